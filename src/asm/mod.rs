@@ -1,0 +1,1 @@
+//! The `.casm` assembler and disassembler, and the TOML data-script compiler.

@@ -1,0 +1,1 @@
+//! The trusted-tag frame for reader → server messages.

@@ -1,0 +1,1 @@
+//! The reader's offline store-and-forward journal of signed receipts.

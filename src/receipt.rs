@@ -1,0 +1,1 @@
+//! Transaction receipts, signed by the reader.

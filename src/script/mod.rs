@@ -1,0 +1,1 @@
+//! Binary formats of command and data scripts.

@@ -1,0 +1,1 @@
+//! Simulated CPU and M1 cards.

@@ -1,0 +1,264 @@
+//! The card transport: how APDUs reach a card.
+//!
+//! [`CardTransport`] is the small trait a backend implements (a simulated card, a PC/SC
+//! reader, a C callback, a test double). It moves one raw command APDU and one raw
+//! response (data ‖ SW1 SW2) into a **caller-supplied buffer**, so a backend never
+//! allocates per exchange.
+//!
+//! [`ApduLayer`] sits above it: it sizes the response buffer from the command's Le,
+//! optionally follows `61xx` with GET RESPONSE and re-sends on `6Cxx`, and splits the
+//! status word off. It never retries a command blindly: a purse command may already have
+//! executed on the card, so transport failures are reported, not repeated.
+
+mod apdu;
+
+pub use apdu::{Apdu, ApduError, Case, Response, StatusWord};
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// Why a transport could not complete an exchange.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The card left the field (or was reset) during the exchange: the command may or may
+    /// not have executed. This is *tearing*.
+    #[error("card removed during the exchange (tearing)")]
+    CardRemoved,
+    /// No card is present in the reader.
+    #[error("no card present")]
+    NoCard,
+    /// The reader itself is gone or unusable.
+    #[error("reader unavailable: {0}")]
+    ReaderUnavailable(String),
+    /// Another application holds the card exclusively.
+    #[error("sharing violation: the card is in use by another application")]
+    SharingViolation,
+    /// The card did not answer in time.
+    #[error("timeout waiting for the card")]
+    Timeout,
+    /// The response did not fit the buffer supplied (`needed` bytes were required).
+    #[error("response of {needed} bytes does not fit a buffer of {capacity}")]
+    ResponseTooLong {
+        /// Bytes the response needed.
+        needed: usize,
+        /// Bytes the buffer had.
+        capacity: usize,
+    },
+    /// The response was shorter than a status word.
+    #[error("malformed response of {0} bytes (shorter than SW1 SW2)")]
+    MalformedResponse(usize),
+    /// The command is not a well-formed APDU.
+    #[error("malformed command APDU: {0}")]
+    MalformedCommand(ApduError),
+    /// Any other backend failure, with the backend's words.
+    #[error("transport failure: {0}")]
+    Other(String),
+}
+
+/// A channel to one card.
+///
+/// Implementors transmit exactly what they are given and report exactly what came back;
+/// status-word handling (61xx / 6Cxx) belongs to [`ApduLayer`].
+pub trait CardTransport {
+    /// Sends one command APDU and writes the raw response (data ‖ SW1 SW2) into
+    /// `response`, returning the number of bytes written.
+    ///
+    /// If the response does not fit, return [`TransportError::ResponseTooLong`]; do not
+    /// truncate.
+    fn transmit(&mut self, command: &[u8], response: &mut [u8]) -> Result<usize, TransportError>;
+
+    /// Powers the card on (or connects to it). The default does nothing.
+    fn power_on(&mut self) -> Result<(), TransportError> {
+        Ok(())
+    }
+
+    /// Powers the card off (or disconnects). The default does nothing.
+    fn power_off(&mut self) -> Result<(), TransportError> {
+        Ok(())
+    }
+
+    /// Resets the card (warm reset). The default does nothing.
+    fn reset(&mut self) -> Result<(), TransportError> {
+        Ok(())
+    }
+
+    /// The card's answer to reset, when known.
+    fn atr(&self) -> Option<&[u8]> {
+        None
+    }
+
+    /// The card's contactless UID, when known.
+    fn uid(&self) -> Option<&[u8]> {
+        None
+    }
+}
+
+impl<T: CardTransport + ?Sized> CardTransport for &mut T {
+    fn transmit(&mut self, command: &[u8], response: &mut [u8]) -> Result<usize, TransportError> {
+        (**self).transmit(command, response)
+    }
+    fn power_on(&mut self) -> Result<(), TransportError> {
+        (**self).power_on()
+    }
+    fn power_off(&mut self) -> Result<(), TransportError> {
+        (**self).power_off()
+    }
+    fn reset(&mut self) -> Result<(), TransportError> {
+        (**self).reset()
+    }
+    fn atr(&self) -> Option<&[u8]> {
+        (**self).atr()
+    }
+    fn uid(&self) -> Option<&[u8]> {
+        (**self).uid()
+    }
+}
+
+/// Status-word handling above a raw transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApduLayerConfig {
+    /// On `61xx`, send GET RESPONSE (`00 C0 00 00 xx`) and append the data.
+    pub get_response: bool,
+    /// On `6Cxx`, re-send the same command with Le = xx. Safe: the card has not executed
+    /// a command it rejected for its Le.
+    pub resend_on_6c: bool,
+    /// How many GET RESPONSE rounds one command may take.
+    pub max_get_response: u8,
+}
+
+impl Default for ApduLayerConfig {
+    fn default() -> Self {
+        Self {
+            get_response: true,
+            resend_on_6c: true,
+            max_get_response: 16,
+        }
+    }
+}
+
+/// Largest response a short APDU can produce: 256 data bytes + SW.
+const SHORT_RESPONSE: usize = 256 + 2;
+/// Largest response an extended APDU can produce: 65536 data bytes + SW.
+const EXTENDED_RESPONSE: usize = 65536 + 2;
+
+/// The APDU layer: one command in, response data and status word out.
+///
+/// It owns a reusable buffer, sized on demand from the command's Le, so steady-state
+/// exchanges do not allocate.
+#[derive(Debug)]
+pub struct ApduLayer<T> {
+    transport: T,
+    config: ApduLayerConfig,
+    buf: Vec<u8>,
+    last_len: usize,
+    follow_up: Vec<u8>,
+}
+
+impl<T: CardTransport> ApduLayer<T> {
+    /// Wraps a transport with the default configuration (61xx and 6Cxx handled).
+    pub fn new(transport: T) -> Self {
+        Self::with_config(transport, ApduLayerConfig::default())
+    }
+
+    /// Wraps a transport with an explicit configuration.
+    pub fn with_config(transport: T, config: ApduLayerConfig) -> Self {
+        Self {
+            transport,
+            config,
+            buf: Vec::new(),
+            last_len: 0,
+            follow_up: Vec::new(),
+        }
+    }
+
+    /// The wrapped transport.
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    /// The wrapped transport, mutably.
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
+    /// Unwraps the transport.
+    pub fn into_inner(self) -> T {
+        self.transport
+    }
+
+    /// Sends `command` and appends the response data (without SW) to `data`, which is
+    /// cleared first. Returns the final status word.
+    ///
+    /// `command` must be a well-formed short or extended APDU.
+    pub fn exchange(
+        &mut self,
+        command: &[u8],
+        data: &mut Vec<u8>,
+    ) -> Result<StatusWord, TransportError> {
+        let apdu = Apdu::parse(command).map_err(TransportError::MalformedCommand)?;
+        data.clear();
+        let mut sw = self.transmit_raw(command, apdu.max_response())?;
+        self.take_data(data);
+
+        if self.config.resend_on_6c
+            && sw.sw1() == 0x6C
+            && apdu.case().has_le()
+            && !apdu.is_extended()
+        {
+            // Same command, Le corrected by the card.
+            self.follow_up.clear();
+            self.follow_up.extend_from_slice(command);
+            if let Some(last) = self.follow_up.last_mut() {
+                *last = sw.sw2();
+            }
+            let cmd = core::mem::take(&mut self.follow_up);
+            let result = self.transmit_raw(&cmd, SHORT_RESPONSE);
+            self.follow_up = cmd;
+            sw = result?;
+            data.clear();
+            self.take_data(data);
+        }
+
+        let mut rounds = 0u8;
+        while self.config.get_response && sw.sw1() == 0x61 && rounds < self.config.max_get_response
+        {
+            rounds += 1;
+            let get_response = [0x00, 0xC0, 0x00, 0x00, sw.sw2()];
+            sw = self.transmit_raw(&get_response, SHORT_RESPONSE)?;
+            self.take_data(data);
+        }
+        Ok(sw)
+    }
+
+    /// Transmits and leaves the raw response in `self.buf`; returns its status word.
+    fn transmit_raw(
+        &mut self,
+        command: &[u8],
+        max_response: usize,
+    ) -> Result<StatusWord, TransportError> {
+        let cap = max_response.clamp(SHORT_RESPONSE, EXTENDED_RESPONSE);
+        if self.buf.len() < cap {
+            self.buf.resize(cap, 0);
+        }
+        let n = self.transport.transmit(command, &mut self.buf[..cap])?;
+        if n > cap {
+            return Err(TransportError::ResponseTooLong {
+                needed: n,
+                capacity: cap,
+            });
+        }
+        if n < 2 {
+            return Err(TransportError::MalformedResponse(n));
+        }
+        let sw = StatusWord::new(self.buf[n - 2], self.buf[n - 1]);
+        self.last_len = n;
+        Ok(sw)
+    }
+
+    fn take_data(&mut self, data: &mut Vec<u8>) {
+        // transmit_raw guarantees 2 <= last_len <= buf.len().
+        let n = self.last_len;
+        data.extend_from_slice(&self.buf[..n - 2]);
+    }
+}
