@@ -1,1 +1,547 @@
-//! The bytecode verifier.
+//! The bytecode verifier: turns a parsed [`CommandScript`] into a [`VerifiedProgram`],
+//! the only form the VM runs.
+//!
+//! Checked once, here, so the interpreter needs no re-checks:
+//! - every byte of the code decodes, and every jump/branch/call target is the start of
+//!   an instruction;
+//! - register, key-slot, constant, input and output indices are in range; immediates
+//!   are in their documented ranges;
+//! - `ldin` names a non-key input and `ldkey` a key input (key bytes can never reach a
+//!   register);
+//! - control cannot fall off the end of the code;
+//! - routines are not recursive, `ret` is only reachable inside a routine, and the
+//!   static call depth is at most [`MAX_CALL_DEPTH`].
+//!
+//! Binding a data script ([`VerifiedProgram::bind`]) then checks that every declared
+//! input exists in the data script with a compatible type.
+
+use crate::crypto::KeyUsage;
+use crate::isa::{DecodeError, Instr, decode_all};
+use crate::script::{
+    CommandScript, Constant, DataScript, DebugInfo, Decl, FieldValue, Header, ValueType,
+};
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+/// Deepest static call nesting accepted.
+pub const MAX_CALL_DEPTH: u32 = 32;
+/// Most distinct routines (call targets) in one script; bounds verification time.
+pub const MAX_ROUTINES: usize = 256;
+
+/// Why a command script failed verification.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyErrorKind {
+    /// The code section is empty.
+    #[error("the code is empty")]
+    EmptyCode,
+    /// Bytes that are not an instruction.
+    #[error("{0}")]
+    Decode(DecodeError),
+    /// A target that is not the start of an instruction.
+    #[error("target {0} is not the start of an instruction")]
+    BadTarget(u32),
+    /// A register index at or above the header's register count.
+    #[error("register r{reg} out of range (the script declares {count})")]
+    RegisterOutOfRange {
+        /// The register.
+        reg: u8,
+        /// Declared count.
+        count: u8,
+    },
+    /// A key-slot index at or above the header's key-slot count.
+    #[error("key slot k{slot} out of range (the script declares {count})")]
+    KeySlotOutOfRange {
+        /// The slot.
+        slot: u8,
+        /// Declared count.
+        count: u8,
+    },
+    /// A constant index past the pool.
+    #[error("constant #{index} out of range (the pool has {count})")]
+    ConstantOutOfRange {
+        /// The index.
+        index: u16,
+        /// Pool size.
+        count: usize,
+    },
+    /// An input index past the declarations.
+    #[error("input #{index} out of range ({count} declared)")]
+    InputOutOfRange {
+        /// The index.
+        index: u16,
+        /// Declared inputs.
+        count: usize,
+    },
+    /// An output index past the declarations.
+    #[error("output #{index} out of range ({count} declared)")]
+    OutputOutOfRange {
+        /// The index.
+        index: u16,
+        /// Declared outputs.
+        count: usize,
+    },
+    /// `ldin` of a key input: key bytes may not enter a register.
+    #[error("input `{0}` is a key: load it with ldkey, never into a register")]
+    KeyIntoRegister(String),
+    /// `ldkey` of a non-key input.
+    #[error("input `{0}` is not a key")]
+    NotAKey(String),
+    /// An output declared with a key type.
+    #[error("output `{0}` has a key type: keys never reach a receipt")]
+    KeyOutput(String),
+    /// An immediate outside its documented range.
+    #[error("immediate {value} out of range for {what}")]
+    BadImmediate {
+        /// Which operand.
+        what: &'static str,
+        /// Its value.
+        value: u32,
+    },
+    /// Control can run past the last instruction.
+    #[error("control falls off the end of the code")]
+    FallsOffEnd,
+    /// `ret` reachable outside any routine.
+    #[error("ret reachable outside a called routine")]
+    ReturnOutsideRoutine,
+    /// A routine calls itself, directly or not.
+    #[error("recursive call")]
+    RecursiveCall,
+    /// Static call nesting beyond [`MAX_CALL_DEPTH`].
+    #[error("call depth {0} exceeds {MAX_CALL_DEPTH}")]
+    CallTooDeep(u32),
+    /// More routines than [`MAX_ROUTINES`].
+    #[error("more than {MAX_ROUTINES} routines")]
+    TooManyRoutines,
+}
+
+/// A verification failure at a code offset.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("at code offset {offset}: {kind}")]
+pub struct VerifyError {
+    /// Byte offset in the code section.
+    pub offset: u32,
+    /// What was wrong.
+    pub kind: VerifyErrorKind,
+}
+
+/// Why a data script does not fit a program's declared inputs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BindError {
+    /// A declared input has no field of that name.
+    #[error("the data script has no field `{0}`")]
+    MissingInput(String),
+    /// The field's type does not fit the declaration.
+    #[error("field `{name}` is {found}, the script declares {expected}")]
+    TypeMismatch {
+        /// The input.
+        name: String,
+        /// Declared type.
+        expected: ValueType,
+        /// What the data script holds (type only, never the value).
+        found: String,
+    },
+}
+
+/// A command script that passed verification, pre-decoded for the VM.
+#[derive(Debug, Clone)]
+pub struct VerifiedProgram {
+    pub(crate) header: Header,
+    /// Instructions; targets are instruction indices.
+    pub(crate) code: Vec<Instr>,
+    /// Byte offset of each instruction (for errors and traces).
+    pub(crate) offsets: Vec<u32>,
+    pub(crate) constants: Vec<Constant>,
+    pub(crate) inputs: Vec<Decl>,
+    pub(crate) outputs: Vec<Decl>,
+    pub(crate) debug: Option<DebugInfo>,
+    pub(crate) max_call_depth: u32,
+}
+
+/// A verified program together with the data script it will run on.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound<'a> {
+    pub(crate) program: &'a VerifiedProgram,
+    pub(crate) data: &'a DataScript,
+    /// For each declared input, the index of its field in `data`.
+    pub(crate) fields: &'a [u16],
+}
+
+/// The result of binding: which data field feeds which input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    fields: Vec<u16>,
+}
+
+impl VerifiedProgram {
+    /// Verifies `script`.
+    pub fn verify(script: &CommandScript) -> Result<Self, VerifyError> {
+        Verifier::new(script).run()
+    }
+
+    /// The script's header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Declared inputs.
+    pub fn inputs(&self) -> &[Decl] {
+        &self.inputs
+    }
+
+    /// Declared outputs.
+    pub fn outputs(&self) -> &[Decl] {
+        &self.outputs
+    }
+
+    /// The pre-decoded instructions (targets are instruction indices).
+    pub fn instructions(&self) -> &[Instr] {
+        &self.code
+    }
+
+    /// The code offset of instruction `index`.
+    pub fn offset_of(&self, index: usize) -> Option<u32> {
+        self.offsets.get(index).copied()
+    }
+
+    /// The source location of the instruction at code offset `offset`, if the script has debug info.
+    pub fn source_location(&self, offset: u32) -> Option<(&str, u32)> {
+        self.debug.as_ref()?.location(offset)
+    }
+
+    /// The deepest static call nesting.
+    pub fn max_call_depth(&self) -> u32 {
+        self.max_call_depth
+    }
+
+    /// Checks `data` against the declared inputs.
+    pub fn bind(&self, data: &DataScript) -> Result<Binding, BindError> {
+        let mut fields = Vec::with_capacity(self.inputs.len());
+        for decl in &self.inputs {
+            let idx = data
+                .fields
+                .iter()
+                .position(|f| f.name == decl.name)
+                .ok_or_else(|| BindError::MissingInput(decl.name.clone()))?;
+            let value = &data.fields[idx].value;
+            if !value.fits(&decl.ty) {
+                return Err(BindError::TypeMismatch {
+                    name: decl.name.clone(),
+                    expected: decl.ty,
+                    found: value.type_name(),
+                });
+            }
+            // MAX_ENTRIES keeps field indices within u16.
+            fields.push(idx as u16);
+        }
+        Ok(Binding { fields })
+    }
+
+    /// Pairs this program with `data` using a [`Binding`] from [`VerifiedProgram::bind`].
+    ///
+    /// The binding must come from `bind(data)` on this program; a binding of another
+    /// length is refused.
+    pub fn with_data<'a>(
+        &'a self,
+        data: &'a DataScript,
+        binding: &'a Binding,
+    ) -> Result<Bound<'a>, BindError> {
+        let ok = binding.fields.len() == self.inputs.len()
+            && binding.fields.iter().zip(&self.inputs).all(|(&f, decl)| {
+                data.fields
+                    .get(usize::from(f))
+                    .is_some_and(|field| field.name == decl.name && field.value.fits(&decl.ty))
+            });
+        if !ok {
+            return Err(self
+                .bind(data)
+                .err()
+                .unwrap_or(BindError::MissingInput(String::from("<binding>"))));
+        }
+        Ok(Bound {
+            program: self,
+            data,
+            fields: &binding.fields,
+        })
+    }
+}
+
+impl<'a> Bound<'a> {
+    /// The program.
+    pub fn program(&self) -> &'a VerifiedProgram {
+        self.program
+    }
+
+    pub(crate) fn input(&self, index: u16) -> &'a FieldValue {
+        // The verifier checked index < inputs.len(); with_data checked the binding.
+        &self.data.fields[usize::from(self.fields[usize::from(index)])].value
+    }
+}
+
+struct Verifier<'s> {
+    script: &'s CommandScript,
+}
+
+impl<'s> Verifier<'s> {
+    fn new(script: &'s CommandScript) -> Self {
+        Verifier { script }
+    }
+
+    fn run(self) -> Result<VerifiedProgram, VerifyError> {
+        let s = self.script;
+        if s.code.is_empty() {
+            return Err(VerifyError {
+                offset: 0,
+                kind: VerifyErrorKind::EmptyCode,
+            });
+        }
+        for d in &s.outputs {
+            if d.ty.is_key() {
+                return Err(VerifyError {
+                    offset: 0,
+                    kind: VerifyErrorKind::KeyOutput(d.name.clone()),
+                });
+            }
+        }
+        let decoded = decode_all(&s.code).map_err(|(offset, e)| VerifyError {
+            offset,
+            kind: VerifyErrorKind::Decode(e),
+        })?;
+
+        // offset -> instruction index + 1 (0: not a boundary).
+        let mut index_at = vec![0u32; s.code.len()];
+        for (i, (off, _)) in decoded.iter().enumerate() {
+            index_at[*off as usize] = i as u32 + 1;
+        }
+        let mut code = Vec::with_capacity(decoded.len());
+        let mut offsets = Vec::with_capacity(decoded.len());
+        for (off, instr) in &decoded {
+            let err = |kind| VerifyError { offset: *off, kind };
+            self.check_operands(instr).map_err(err)?;
+            let instr = retarget(*instr, |t| match index_at.get(t as usize) {
+                Some(&i) if i > 0 => Ok(i - 1),
+                _ => Err(VerifyErrorKind::BadTarget(t)),
+            })
+            .map_err(err)?;
+            code.push(instr);
+            offsets.push(*off);
+        }
+        // Nothing may fall off the end.
+        if let Some(last) = code.last() {
+            if !last.is_terminator() {
+                return Err(VerifyError {
+                    offset: offsets[code.len() - 1],
+                    kind: VerifyErrorKind::FallsOffEnd,
+                });
+            }
+        }
+        let max_call_depth = call_depth(&code, &offsets)?;
+        Ok(VerifiedProgram {
+            header: s.header,
+            code,
+            offsets,
+            constants: s.constants.clone(),
+            inputs: s.inputs.clone(),
+            outputs: s.outputs.clone(),
+            debug: s.debug.clone(),
+            max_call_depth,
+        })
+    }
+
+    fn check_operands(&self, instr: &Instr) -> Result<(), VerifyErrorKind> {
+        use crate::isa::Operand;
+        let s = self.script;
+        let h = &s.header;
+        for op in instr.operands().as_slice() {
+            match *op {
+                Operand::Reg(r) if r >= h.registers => {
+                    return Err(VerifyErrorKind::RegisterOutOfRange {
+                        reg: r,
+                        count: h.registers,
+                    });
+                }
+                Operand::Key(k) if k >= h.key_slots => {
+                    return Err(VerifyErrorKind::KeySlotOutOfRange {
+                        slot: k,
+                        count: h.key_slots,
+                    });
+                }
+                Operand::Const(c) if usize::from(c) >= s.constants.len() => {
+                    return Err(VerifyErrorKind::ConstantOutOfRange {
+                        index: c,
+                        count: s.constants.len(),
+                    });
+                }
+                Operand::Input(i) if usize::from(i) >= s.inputs.len() => {
+                    return Err(VerifyErrorKind::InputOutOfRange {
+                        index: i,
+                        count: s.inputs.len(),
+                    });
+                }
+                Operand::Output(o) if usize::from(o) >= s.outputs.len() => {
+                    return Err(VerifyErrorKind::OutputOutOfRange {
+                        index: o,
+                        count: s.outputs.len(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        let bad = |what, value: u32| Err(VerifyErrorKind::BadImmediate { what, value });
+        match *instr {
+            Instr::Ldin { input, .. } => {
+                let d = &s.inputs[usize::from(input)];
+                if d.ty.is_key() {
+                    return Err(VerifyErrorKind::KeyIntoRegister(d.name.clone()));
+                }
+            }
+            Instr::Ldkey { input, .. } => {
+                let d = &s.inputs[usize::from(input)];
+                if !d.ty.is_key() {
+                    return Err(VerifyErrorKind::NotAKey(d.name.clone()));
+                }
+            }
+            Instr::ToBe { width, .. } if !(1..=8).contains(&width) => {
+                return bad("tobe width (1..=8)", width.into());
+            }
+            Instr::ToBcd { width, .. } if !(1..=10).contains(&width) => {
+                return bad("tobcd width (1..=10)", width.into());
+            }
+            Instr::Pad { block, .. } if block == 0 => return bad("pad block (1..=255)", 0),
+            Instr::Shri { bits, .. } | Instr::Shli { bits, .. } if bits >= 64 => {
+                return bad("shift (0..=63)", bits.into());
+            }
+            Instr::MkApdu { le, .. } if le > 65536 => return bad("Le (0..=65536)", le),
+            Instr::Diversify { usage, .. }
+                if !KeyUsage::from_code(usage)
+                    .is_some_and(|u| !matches!(u, KeyUsage::Master | KeyUsage::Session)) =>
+            {
+                return bad("diversified key usage", usage.into());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Rewrites the target operand of `instr` with `f`.
+fn retarget(
+    instr: Instr,
+    f: impl Fn(u32) -> Result<u32, VerifyErrorKind>,
+) -> Result<Instr, VerifyErrorKind> {
+    use crate::isa::Operand;
+    let Some(_) = instr.target() else {
+        return Ok(instr);
+    };
+    let ops = instr.operands();
+    let mut new = [Operand::U8(0); crate::isa::MAX_OPERANDS];
+    let n = ops.as_slice().len();
+    for (slot, op) in new.iter_mut().zip(ops.as_slice()) {
+        *slot = match *op {
+            Operand::Target(t) => Operand::Target(f(t)?),
+            other => other,
+        };
+    }
+    // Same opcode and operand kinds: cannot fail.
+    Instr::from_operands(instr.opcode(), &new[..n]).ok_or(VerifyErrorKind::BadTarget(0))
+}
+
+/// Explores routines (main at 0, one per call target), rejects recursion and `ret`
+/// outside a routine, and returns the deepest static call nesting.
+fn call_depth(code: &[Instr], offsets: &[u32]) -> Result<u32, VerifyError> {
+    // Routine entries in discovery order; callees[r] = routines r calls.
+    let mut entries: Vec<u32> = vec![0];
+    let mut callees: Vec<Vec<usize>> = Vec::new();
+    let mut seen = vec![u32::MAX; code.len()]; // last routine that visited each instruction
+    let mut r = 0;
+    while r < entries.len() {
+        let mut calls = Vec::new();
+        let mut stack = vec![entries[r]];
+        while let Some(i) = stack.pop() {
+            let iu = i as usize;
+            if seen[iu] == r as u32 {
+                continue;
+            }
+            seen[iu] = r as u32;
+            let instr = &code[iu];
+            let err = |kind| VerifyError {
+                offset: offsets[iu],
+                kind,
+            };
+            match instr {
+                Instr::Ret {} if r == 0 => return Err(err(VerifyErrorKind::ReturnOutsideRoutine)),
+                Instr::Call { target } => {
+                    let callee = match entries.iter().position(|e| e == target) {
+                        Some(p) => p,
+                        None => {
+                            if entries.len() >= MAX_ROUTINES {
+                                return Err(err(VerifyErrorKind::TooManyRoutines));
+                            }
+                            entries.push(*target);
+                            entries.len() - 1
+                        }
+                    };
+                    calls.push(callee);
+                }
+                _ => {}
+            }
+            if let Some(t) = instr.target() {
+                if !matches!(instr, Instr::Call { .. }) {
+                    stack.push(t);
+                }
+            }
+            // Terminators never fall through; the verifier checked the last instruction is one.
+            if !instr.is_terminator() && iu + 1 < code.len() {
+                stack.push(i + 1);
+            }
+        }
+        callees.push(calls);
+        r += 1;
+    }
+    // Longest path in the call graph, rejecting cycles (iterative DFS with colours).
+    const WHITE: u8 = 0;
+    const GREY: u8 = 1;
+    const BLACK: u8 = 2;
+    let n = entries.len();
+    let mut colour = vec![WHITE; n];
+    let mut depth = vec![0u32; n];
+    let mut stack: Vec<(usize, usize)> = vec![(0, 0)];
+    colour[0] = GREY;
+    while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+        if let Some(&c) = callees[node].get(*next) {
+            *next += 1;
+            match colour[c] {
+                GREY => {
+                    let at = offsets[entries[c] as usize];
+                    return Err(VerifyError {
+                        offset: at,
+                        kind: VerifyErrorKind::RecursiveCall,
+                    });
+                }
+                WHITE => {
+                    colour[c] = GREY;
+                    stack.push((c, 0));
+                }
+                _ => {}
+            }
+        } else {
+            colour[node] = BLACK;
+            depth[node] = callees[node]
+                .iter()
+                .map(|&c| depth[c] + 1)
+                .max()
+                .unwrap_or(0);
+            if depth[node] > MAX_CALL_DEPTH {
+                let at = offsets[entries[node] as usize];
+                return Err(VerifyError {
+                    offset: at,
+                    kind: VerifyErrorKind::CallTooDeep(depth[node]),
+                });
+            }
+            stack.pop();
+        }
+    }
+    Ok(depth[0])
+}

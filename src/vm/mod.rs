@@ -1,1 +1,1131 @@
-//! The interpreter.
+//! The interpreter: runs a [`Bound`] program against a card.
+//!
+//! - Registers hold an integer (`u64`) or a byte string. Each register keeps its byte
+//!   buffer between writes, and results are built in one scratch buffer that is swapped
+//!   in, so ordinary instructions do not allocate once the buffers have grown (a [`Vm`]
+//!   reused across transactions does not allocate at all in the dispatch loop).
+//! - Keys live in key slots. No instruction copies a slot into a register: keys reach
+//!   the card only through MAC, process-key, encrypt results, or `ldrkey` (M1 reader key
+//!   store), whose APDU is redacted in traces and in the transcript.
+//! - Limits ([`Limits`]): fuel (instructions), APDU count, byte-string length and total
+//!   register memory. Exceeding one is a typed [`VmError`] carrying the code offset.
+//! - Outcome: `halt` → committed; `fail` → failed with the script's code; a transport
+//!   failure or VM fault → failed before `commit_point`, **unknown** after it (the card
+//!   may or may not have committed: recovery must ask the card).
+
+mod trace;
+mod transcript;
+
+pub use trace::{ApduEvent, NoTrace, Tracer};
+pub use transcript::TranscriptHasher;
+
+use crate::crypto::{self, KeyAlg, KeyUsage, SecretKey};
+use crate::isa::Instr;
+use crate::script::{Constant, FieldValue, ValueType};
+use crate::transport::{Apdu, ApduError, ApduLayer, CardTransport, StatusWord, TransportError};
+use crate::verify::Bound;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// Resource limits of one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most instructions executed.
+    pub fuel: u64,
+    /// Most APDUs sent (including `ldrkey`).
+    pub max_apdus: u32,
+    /// Longest byte string a register may hold.
+    pub max_bytes: usize,
+    /// Most bytes all registers may hold together.
+    pub max_memory: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel: 100_000,
+            max_apdus: 256,
+            max_bytes: 4096,
+            max_memory: 64 * 1024,
+        }
+    }
+}
+
+/// A fault inside the VM.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VmErrorKind {
+    /// The fuel limit was reached.
+    #[error("out of fuel after {0} instructions")]
+    OutOfFuel(u64),
+    /// The APDU limit was reached.
+    #[error("APDU limit of {0} reached")]
+    TooManyApdus(u32),
+    /// A register was read before any write.
+    #[error("register r{0} read before it was written")]
+    Uninitialized(u8),
+    /// A register holds the wrong kind of value.
+    #[error("register r{reg} holds {found}, {expected} needed")]
+    TypeMismatch {
+        /// The register.
+        reg: u8,
+        /// What the instruction needs.
+        expected: &'static str,
+        /// What it holds.
+        found: &'static str,
+    },
+    /// Integer overflow or underflow.
+    #[error("integer overflow")]
+    Overflow,
+    /// Division or remainder by zero.
+    #[error("division by zero")]
+    DivideByZero,
+    /// A slice outside its source.
+    #[error("slice {offset}+{len} outside a string of {available} bytes")]
+    SliceOutOfRange {
+        /// Start.
+        offset: u64,
+        /// Length.
+        len: u64,
+        /// Source length.
+        available: usize,
+    },
+    /// Operands of different lengths where equal lengths are needed.
+    #[error("lengths differ: {0} and {1}")]
+    LengthMismatch(usize, usize),
+    /// A byte string above [`Limits::max_bytes`].
+    #[error("byte string of {len} bytes exceeds the limit {limit}")]
+    StringTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Register memory above [`Limits::max_memory`].
+    #[error("register memory would reach {used} bytes, limit {limit}")]
+    OutOfMemory {
+        /// Bytes needed.
+        used: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A value does not fit the requested width.
+    #[error("value does not fit in {0} bytes")]
+    DoesNotFit(u8),
+    /// More than 8 bytes given to `frombe`.
+    #[error("{0} bytes are too many for an integer")]
+    IntTooWide(usize),
+    /// A nibble above 9 in `frombcd`, or too many digits.
+    #[error("invalid BCD")]
+    BadBcd,
+    /// `ret` with an empty call stack, or the call stack full.
+    #[error("call stack fault")]
+    CallStack,
+    /// A status word was needed before any APDU.
+    #[error("no APDU has been sent yet")]
+    NoStatusWord,
+    /// A malformed command APDU.
+    #[error("malformed APDU: {0}")]
+    BadApdu(ApduError),
+    /// A key slot used before `ldkey` or a derivation filled it.
+    #[error("key slot k{0} is empty")]
+    EmptyKeySlot(u8),
+    /// A key used for an operation its usage does not allow.
+    #[error("key slot k{slot} ({usage}) may not be used for {op}")]
+    KeyUsage {
+        /// The slot.
+        slot: u8,
+        /// Its usage name.
+        usage: &'static str,
+        /// The operation.
+        op: &'static str,
+    },
+    /// A derivation input of the wrong length.
+    #[error("{op} needs {expected} bytes of input, got {found}")]
+    InputLength {
+        /// The operation.
+        op: &'static str,
+        /// Bytes needed.
+        expected: usize,
+        /// Bytes given.
+        found: usize,
+    },
+    /// The crypto layer refused.
+    #[error("crypto: {0}")]
+    Crypto(crypto::CryptoError),
+    /// A value written to an output does not fit its declared type.
+    #[error("value does not fit output `{0}`")]
+    OutputType(String),
+}
+
+/// A VM fault at a code offset.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("at code offset {offset}: {kind}")]
+pub struct VmError {
+    /// Byte offset of the faulting instruction in the code section.
+    pub offset: u32,
+    /// What went wrong.
+    pub kind: VmErrorKind,
+}
+
+/// Why a run did not complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Failure {
+    /// The script executed `fail code` (at `offset`).
+    Script {
+        /// The script's failure code.
+        code: u16,
+        /// Where.
+        offset: u32,
+    },
+    /// The VM faulted.
+    Fault(VmError),
+    /// The card transport failed (at the APDU instruction at `offset`); `CardRemoved`
+    /// is tearing.
+    Transport {
+        /// The error.
+        error: TransportError,
+        /// Where.
+        offset: u32,
+    },
+}
+
+impl core::fmt::Display for Failure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Failure::Script { code, offset } => {
+                write!(f, "script failed with code {code:#06x} at offset {offset}")
+            }
+            Failure::Fault(e) => write!(f, "VM fault {e}"),
+            Failure::Transport { error, offset } => write!(f, "at code offset {offset}: {error}"),
+        }
+    }
+}
+
+impl Failure {
+    /// The numeric code for receipts: the script's code, or 0xFFxx for VM/transport faults.
+    pub fn code(&self) -> u16 {
+        match self {
+            Failure::Script { code, .. } => *code,
+            Failure::Fault(_) => 0xFF01,
+            Failure::Transport {
+                error: TransportError::CardRemoved,
+                ..
+            } => 0xFF02,
+            Failure::Transport { .. } => 0xFF03,
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// `halt` was reached.
+    Committed,
+    /// The transaction did not happen.
+    Failed(Failure),
+    /// The failure came after `commit_point`: the card may have committed. Recovery
+    /// (e.g. GET TRANSACTION PROVE) must find out.
+    Unknown(Failure),
+}
+
+impl Outcome {
+    /// `committed`, `failed` or `unknown`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Committed => "committed",
+            Outcome::Failed(_) => "failed",
+            Outcome::Unknown(_) => "unknown",
+        }
+    }
+}
+
+/// A value written to a declared output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputValue {
+    /// An integer.
+    Int(u64),
+    /// A byte string.
+    Bytes(Vec<u8>),
+}
+
+/// The last APDU exchange, for failure reports and recovery.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LastExchange {
+    /// The command header (CLA INS P1 P2).
+    pub header: [u8; 4],
+    /// The status word, if a response came back.
+    pub sw: Option<u16>,
+}
+
+/// What one run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunReport {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Declared outputs that were written, in declaration order.
+    pub outputs: Vec<(String, OutputValue)>,
+    /// APDUs sent.
+    pub apdu_count: u32,
+    /// Instructions executed.
+    pub fuel_used: u64,
+    /// SM3 over the APDU transcript (see [`crate::receipt`]).
+    pub transcript_sm3: [u8; 32],
+    /// The last exchange, if any.
+    pub last_exchange: Option<LastExchange>,
+    /// Most register bytes held at once.
+    pub peak_memory: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    Unset,
+    Int,
+    Bytes,
+}
+
+#[derive(Debug, Clone)]
+struct Reg {
+    tag: Tag,
+    int: u64,
+    bytes: Vec<u8>,
+}
+
+impl Reg {
+    const EMPTY: Reg = Reg {
+        tag: Tag::Unset,
+        int: 0,
+        bytes: Vec::new(),
+    };
+
+    fn kind_name(&self) -> &'static str {
+        match self.tag {
+            Tag::Unset => "nothing",
+            Tag::Int => "an integer",
+            Tag::Bytes => "a byte string",
+        }
+    }
+}
+
+/// A reusable interpreter. Create once, run many programs: buffers are kept.
+pub struct Vm {
+    limits: Limits,
+    regs: Vec<Reg>,
+    keys: Vec<Option<SecretKey>>,
+    scratch: Vec<u8>,
+    stack: Vec<u32>,
+    outputs: Vec<Option<OutputValue>>,
+    mem_used: usize,
+    peak_memory: usize,
+    sw: Option<StatusWord>,
+    apdu_count: u32,
+    in_commit: bool,
+    last: Option<LastExchange>,
+}
+
+impl core::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // Registers may hold cryptograms; keys are never printed (SecretKey redacts anyway).
+        f.debug_struct("Vm")
+            .field("limits", &self.limits)
+            .field("registers", &self.regs.len())
+            .field("key_slots", &self.keys.len())
+            .field("apdu_count", &self.apdu_count)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Vm {
+    fn default() -> Self {
+        Vm::new(Limits::default())
+    }
+}
+
+enum Stop {
+    Halt,
+    Fail(u16, u32),
+    Transport(TransportError, u32),
+}
+
+fn int_of(regs: &[Reg], r: u8) -> Result<u64, VmErrorKind> {
+    let reg = &regs[usize::from(r)];
+    match reg.tag {
+        Tag::Int => Ok(reg.int),
+        Tag::Unset => Err(VmErrorKind::Uninitialized(r)),
+        Tag::Bytes => Err(VmErrorKind::TypeMismatch {
+            reg: r,
+            expected: "an integer",
+            found: reg.kind_name(),
+        }),
+    }
+}
+
+fn bytes_of(regs: &[Reg], r: u8) -> Result<&[u8], VmErrorKind> {
+    let reg = &regs[usize::from(r)];
+    match reg.tag {
+        Tag::Bytes => Ok(&reg.bytes),
+        Tag::Unset => Err(VmErrorKind::Uninitialized(r)),
+        Tag::Int => Err(VmErrorKind::TypeMismatch {
+            reg: r,
+            expected: "a byte string",
+            found: reg.kind_name(),
+        }),
+    }
+}
+
+/// The key in `slot`, if its usage is one of `allowed` for `op`.
+fn slot_key<'k>(
+    keys: &'k [Option<SecretKey>],
+    slot: u8,
+    op: &'static str,
+    allowed: &[KeyUsage],
+) -> Result<&'k SecretKey, VmErrorKind> {
+    let k = keys[usize::from(slot)]
+        .as_ref()
+        .ok_or(VmErrorKind::EmptyKeySlot(slot))?;
+    if !allowed.contains(&k.usage()) {
+        return Err(VmErrorKind::KeyUsage {
+            slot,
+            usage: k.usage().name(),
+            op,
+        });
+    }
+    Ok(k)
+}
+
+fn slice_range(len: usize, offset: u64, n: u64) -> Result<core::ops::Range<usize>, VmErrorKind> {
+    let end = offset.checked_add(n).filter(|&e| e <= len as u64);
+    match end {
+        Some(end) => Ok(offset as usize..end as usize),
+        None => Err(VmErrorKind::SliceOutOfRange {
+            offset,
+            len: n,
+            available: len,
+        }),
+    }
+}
+
+impl Vm {
+    /// A VM with `limits`.
+    pub fn new(limits: Limits) -> Self {
+        Vm {
+            limits,
+            regs: Vec::new(),
+            keys: Vec::new(),
+            scratch: Vec::new(),
+            stack: Vec::new(),
+            outputs: Vec::new(),
+            mem_used: 0,
+            peak_memory: 0,
+            sw: None,
+            apdu_count: 0,
+            in_commit: false,
+            last: None,
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    fn reset(&mut self, bound: &Bound<'_>) {
+        let h = bound.program.header;
+        self.regs.resize(usize::from(h.registers), Reg::EMPTY);
+        for r in &mut self.regs {
+            r.tag = Tag::Unset;
+            r.bytes.clear();
+        }
+        // Dropping the old keys zeroizes them.
+        self.keys.clear();
+        self.keys.resize(usize::from(h.key_slots), None);
+        self.stack.clear();
+        self.outputs.clear();
+        self.outputs.resize(bound.program.outputs.len(), None);
+        self.mem_used = 0;
+        self.peak_memory = 0;
+        self.sw = None;
+        self.apdu_count = 0;
+        self.in_commit = false;
+        self.last = None;
+    }
+
+    fn set_int(&mut self, r: u8, v: u64) {
+        let reg = &mut self.regs[usize::from(r)];
+        if reg.tag == Tag::Bytes {
+            self.mem_used -= reg.bytes.len();
+        }
+        reg.tag = Tag::Int;
+        reg.int = v;
+    }
+
+    /// Moves the scratch buffer into register `r` (swapping buffers: no allocation).
+    fn set_from_scratch(&mut self, r: u8) -> Result<(), VmErrorKind> {
+        let len = self.scratch.len();
+        if len > self.limits.max_bytes {
+            return Err(VmErrorKind::StringTooLong {
+                len,
+                limit: self.limits.max_bytes,
+            });
+        }
+        let reg = &mut self.regs[usize::from(r)];
+        let old = if reg.tag == Tag::Bytes {
+            reg.bytes.len()
+        } else {
+            0
+        };
+        let used = self.mem_used - old + len;
+        if used > self.limits.max_memory {
+            return Err(VmErrorKind::OutOfMemory {
+                used,
+                limit: self.limits.max_memory,
+            });
+        }
+        self.mem_used = used;
+        self.peak_memory = self.peak_memory.max(used);
+        core::mem::swap(&mut reg.bytes, &mut self.scratch);
+        reg.tag = Tag::Bytes;
+        Ok(())
+    }
+
+    fn set_bytes(&mut self, r: u8, b: &[u8]) -> Result<(), VmErrorKind> {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(b);
+        self.set_from_scratch(r)
+    }
+
+    fn input8(&self, r: u8, op: &'static str) -> Result<[u8; 8], VmErrorKind> {
+        let b = bytes_of(&self.regs, r)?;
+        b.try_into().map_err(|_| VmErrorKind::InputLength {
+            op,
+            expected: 8,
+            found: b.len(),
+        })
+    }
+
+    /// Runs `bound` against the card behind `card`, reporting each step and APDU to
+    /// `tracer`. Never panics; every failure is in the report's outcome.
+    pub fn run<T: CardTransport, R: Tracer + ?Sized>(
+        &mut self,
+        bound: Bound<'_>,
+        card: &mut ApduLayer<T>,
+        tracer: &mut R,
+    ) -> RunReport {
+        self.reset(&bound);
+        let mut transcript = TranscriptHasher::new();
+        let mut fuel_used = 0u64;
+        let result = self.exec(&bound, card, tracer, &mut transcript, &mut fuel_used);
+        let failure = match result {
+            Ok(Stop::Halt) => None,
+            Ok(Stop::Fail(code, offset)) => Some((Failure::Script { code, offset }, false)),
+            Ok(Stop::Transport(error, offset)) => {
+                Some((Failure::Transport { error, offset }, true))
+            }
+            Err(e) => Some((Failure::Fault(e), true)),
+        };
+        let outcome = match failure {
+            None => Outcome::Committed,
+            Some((f, may_be_committed)) if may_be_committed && self.in_commit => {
+                Outcome::Unknown(f)
+            }
+            Some((f, _)) => Outcome::Failed(f),
+        };
+        let outputs = bound
+            .program
+            .outputs
+            .iter()
+            .zip(self.outputs.iter_mut())
+            .filter_map(|(decl, v)| v.take().map(|v| (decl.name.clone(), v)))
+            .collect();
+        // Wipe derived keys now rather than at the next run.
+        self.keys.clear();
+        RunReport {
+            outcome,
+            outputs,
+            apdu_count: self.apdu_count,
+            fuel_used,
+            transcript_sm3: transcript.finalize(),
+            last_exchange: self.last.take(),
+            peak_memory: self.peak_memory,
+        }
+    }
+
+    fn exec<T: CardTransport, R: Tracer + ?Sized>(
+        &mut self,
+        bound: &Bound<'_>,
+        card: &mut ApduLayer<T>,
+        tracer: &mut R,
+        transcript: &mut TranscriptHasher,
+        fuel_used: &mut u64,
+    ) -> Result<Stop, VmError> {
+        let program = bound.program;
+        let code = &program.code[..];
+        let mut pc = 0usize;
+        loop {
+            let offset = program.offsets[pc];
+            let err = |kind| VmError { offset, kind };
+            if *fuel_used >= self.limits.fuel {
+                return Err(err(VmErrorKind::OutOfFuel(*fuel_used)));
+            }
+            *fuel_used += 1;
+            let instr = code[pc];
+            tracer.step(offset, &instr);
+            pc += 1;
+            match self.step(bound, instr, &mut pc, card, tracer, transcript, offset) {
+                Ok(None) => {}
+                Ok(Some(stop)) => return Ok(stop),
+                Err(kind) => return Err(err(kind)),
+            }
+        }
+    }
+
+    /// Executes one instruction. `pc` already points at the next one.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn step<T: CardTransport, R: Tracer + ?Sized>(
+        &mut self,
+        bound: &Bound<'_>,
+        instr: Instr,
+        pc: &mut usize,
+        card: &mut ApduLayer<T>,
+        tracer: &mut R,
+        transcript: &mut TranscriptHasher,
+        offset: u32,
+    ) -> Result<Option<Stop>, VmErrorKind> {
+        let program = bound.program;
+        macro_rules! int_op {
+            ($dst:expr, $a:expr, $b:expr, $f:expr) => {{
+                let (x, y) = (int_of(&self.regs, $a)?, int_of(&self.regs, $b)?);
+                let v: Result<u64, VmErrorKind> = $f(x, y);
+                self.set_int($dst, v?);
+            }};
+        }
+        macro_rules! branch_int {
+            ($a:expr, $b:expr, $target:expr, $cmp:expr) => {{
+                let (x, y) = (int_of(&self.regs, $a)?, int_of(&self.regs, $b)?);
+                if $cmp(&x, &y) {
+                    *pc = $target as usize;
+                }
+            }};
+        }
+        match instr {
+            Instr::Nop {} => {}
+            Instr::Halt {} => return Ok(Some(Stop::Halt)),
+            Instr::Fail { code } => return Ok(Some(Stop::Fail(code, offset))),
+            Instr::Jmp { target } => *pc = target as usize,
+            Instr::Call { target } => {
+                if self.stack.len() >= crate::verify::MAX_CALL_DEPTH as usize {
+                    return Err(VmErrorKind::CallStack);
+                }
+                self.stack.push(*pc as u32);
+                *pc = target as usize;
+            }
+            Instr::Ret {} => *pc = self.stack.pop().ok_or(VmErrorKind::CallStack)? as usize,
+            Instr::CommitPoint {} => self.in_commit = true,
+            Instr::Beq { a, b, target } | Instr::Bne { a, b, target } => {
+                let (ra, rb) = (&self.regs[usize::from(a)], &self.regs[usize::from(b)]);
+                let equal = match (ra.tag, rb.tag) {
+                    (Tag::Int, Tag::Int) => ra.int == rb.int,
+                    (Tag::Bytes, Tag::Bytes) => ra.bytes == rb.bytes,
+                    (Tag::Unset, _) => return Err(VmErrorKind::Uninitialized(a)),
+                    (_, Tag::Unset) => return Err(VmErrorKind::Uninitialized(b)),
+                    _ => {
+                        return Err(VmErrorKind::TypeMismatch {
+                            reg: b,
+                            expected: ra.kind_name(),
+                            found: rb.kind_name(),
+                        });
+                    }
+                };
+                if equal == matches!(instr, Instr::Beq { .. }) {
+                    *pc = target as usize;
+                }
+            }
+            Instr::Blt { a, b, target } => branch_int!(a, b, target, u64::lt),
+            Instr::Ble { a, b, target } => branch_int!(a, b, target, u64::le),
+            Instr::Bgt { a, b, target } => branch_int!(a, b, target, u64::gt),
+            Instr::Bge { a, b, target } => branch_int!(a, b, target, u64::ge),
+            Instr::Bz { a, target } => {
+                if int_of(&self.regs, a)? == 0 {
+                    *pc = target as usize;
+                }
+            }
+            Instr::Bnz { a, target } => {
+                if int_of(&self.regs, a)? != 0 {
+                    *pc = target as usize;
+                }
+            }
+            Instr::Mov { dst, src } => {
+                let reg = &self.regs[usize::from(src)];
+                match reg.tag {
+                    Tag::Int => {
+                        let v = reg.int;
+                        self.set_int(dst, v);
+                    }
+                    Tag::Bytes => {
+                        self.scratch.clear();
+                        self.scratch.extend_from_slice(&reg.bytes);
+                        self.set_from_scratch(dst)?;
+                    }
+                    Tag::Unset => return Err(VmErrorKind::Uninitialized(src)),
+                }
+            }
+            Instr::Ldc { dst, index } => match &program.constants[usize::from(index)] {
+                Constant::Int(v) => self.set_int(dst, *v),
+                Constant::Bytes(b) => self.set_bytes(dst, b)?,
+            },
+            Instr::Ldi { dst, value } => self.set_int(dst, u64::from(value)),
+            Instr::Ldin { dst, input } => match bound.input(input) {
+                FieldValue::Int(v) => self.set_int(dst, *v),
+                FieldValue::Bytes(b) => self.set_bytes(dst, b)?,
+                FieldValue::BcdDateTime(d) => self.set_bytes(dst, d)?,
+                // The verifier refuses ldin of key inputs and binding checks types.
+                FieldValue::Key(_) => {
+                    return Err(VmErrorKind::TypeMismatch {
+                        reg: dst,
+                        expected: "a value",
+                        found: "a key",
+                    });
+                }
+            },
+            Instr::Ldkey { slot, input } => match bound.input(input) {
+                FieldValue::Key(k) => self.keys[usize::from(slot)] = Some(k.clone()),
+                _ => return Err(VmErrorKind::EmptyKeySlot(slot)),
+            },
+            Instr::Out { output, src } => {
+                let decl = &program.outputs[usize::from(output)];
+                let reg = &self.regs[usize::from(src)];
+                let value = match reg.tag {
+                    Tag::Int => OutputValue::Int(reg.int),
+                    Tag::Bytes => OutputValue::Bytes(reg.bytes.clone()),
+                    Tag::Unset => return Err(VmErrorKind::Uninitialized(src)),
+                };
+                let fits = match (&value, decl.ty) {
+                    (OutputValue::Int(v), ValueType::Int { bits }) => bits >= 64 || v >> bits == 0,
+                    (OutputValue::Bytes(_), ValueType::Bytes) => true,
+                    (OutputValue::Bytes(b), ValueType::BytesN { len }) => {
+                        b.len() == usize::from(len)
+                    }
+                    (OutputValue::Bytes(b), ValueType::BcdDateTime) => b.len() == 7,
+                    _ => false,
+                };
+                if !fits {
+                    return Err(VmErrorKind::OutputType(decl.name.clone()));
+                }
+                self.outputs[usize::from(output)] = Some(value);
+            }
+            Instr::Add { dst, a, b } => int_op!(dst, a, b, |x: u64, y| x
+                .checked_add(y)
+                .ok_or(VmErrorKind::Overflow)),
+            Instr::Sub { dst, a, b } => int_op!(dst, a, b, |x: u64, y| x
+                .checked_sub(y)
+                .ok_or(VmErrorKind::Overflow)),
+            Instr::Mul { dst, a, b } => int_op!(dst, a, b, |x: u64, y| x
+                .checked_mul(y)
+                .ok_or(VmErrorKind::Overflow)),
+            Instr::Div { dst, a, b } => {
+                int_op!(dst, a, b, |x: u64, y| x
+                    .checked_div(y)
+                    .ok_or(VmErrorKind::DivideByZero))
+            }
+            Instr::Rem { dst, a, b } => {
+                int_op!(dst, a, b, |x: u64, y| x
+                    .checked_rem(y)
+                    .ok_or(VmErrorKind::DivideByZero))
+            }
+            Instr::Addi { dst, a, value } => {
+                let v = int_of(&self.regs, a)?
+                    .checked_add(u64::from(value))
+                    .ok_or(VmErrorKind::Overflow)?;
+                self.set_int(dst, v);
+            }
+            Instr::Subi { dst, a, value } => {
+                let v = int_of(&self.regs, a)?
+                    .checked_sub(u64::from(value))
+                    .ok_or(VmErrorKind::Overflow)?;
+                self.set_int(dst, v);
+            }
+            Instr::Andi { dst, a, value } => {
+                let v = int_of(&self.regs, a)? & u64::from(value);
+                self.set_int(dst, v);
+            }
+            Instr::Shri { dst, a, bits } => {
+                let v = int_of(&self.regs, a)? >> bits;
+                self.set_int(dst, v);
+            }
+            Instr::Shli { dst, a, bits } => {
+                let x = int_of(&self.regs, a)?;
+                let v = x << bits;
+                if v >> bits != x {
+                    return Err(VmErrorKind::Overflow);
+                }
+                self.set_int(dst, v);
+            }
+            Instr::Cat { dst, a, b } => {
+                let (x, y) = (bytes_of(&self.regs, a)?, bytes_of(&self.regs, b)?);
+                let len = x.len() + y.len();
+                if len > self.limits.max_bytes {
+                    return Err(VmErrorKind::StringTooLong {
+                        len,
+                        limit: self.limits.max_bytes,
+                    });
+                }
+                self.scratch.clear();
+                self.scratch.extend_from_slice(x);
+                self.scratch.extend_from_slice(y);
+                self.set_from_scratch(dst)?;
+            }
+            Instr::Slice {
+                dst,
+                src,
+                offset,
+                len,
+            } => {
+                let s = bytes_of(&self.regs, src)?;
+                let range = slice_range(s.len(), offset.into(), len.into())?;
+                self.scratch.clear();
+                self.scratch.extend_from_slice(&s[range]);
+                self.set_from_scratch(dst)?;
+            }
+            Instr::Slicer {
+                dst,
+                src,
+                offset,
+                len,
+            } => {
+                let (o, n) = (int_of(&self.regs, offset)?, int_of(&self.regs, len)?);
+                let s = bytes_of(&self.regs, src)?;
+                let range = slice_range(s.len(), o, n)?;
+                self.scratch.clear();
+                self.scratch.extend_from_slice(&s[range]);
+                self.set_from_scratch(dst)?;
+            }
+            Instr::Xor { dst, a, b } => {
+                let (x, y) = (bytes_of(&self.regs, a)?, bytes_of(&self.regs, b)?);
+                if x.len() != y.len() {
+                    return Err(VmErrorKind::LengthMismatch(x.len(), y.len()));
+                }
+                self.scratch.clear();
+                self.scratch.extend(x.iter().zip(y).map(|(p, q)| p ^ q));
+                self.set_from_scratch(dst)?;
+            }
+            Instr::Not { dst, src } => {
+                let s = bytes_of(&self.regs, src)?;
+                self.scratch.clear();
+                self.scratch.extend(s.iter().map(|b| !b));
+                self.set_from_scratch(dst)?;
+            }
+            Instr::Pad { dst, src, block } => {
+                let s = bytes_of(&self.regs, src)?;
+                let block = usize::from(block);
+                let len = (s.len() / block + 1) * block;
+                if len > self.limits.max_bytes {
+                    return Err(VmErrorKind::StringTooLong {
+                        len,
+                        limit: self.limits.max_bytes,
+                    });
+                }
+                self.scratch.clear();
+                crypto::pad_iso9797_m2(s, block, &mut self.scratch);
+                self.set_from_scratch(dst)?;
+            }
+            Instr::Len { dst, src } => {
+                let n = bytes_of(&self.regs, src)?.len() as u64;
+                self.set_int(dst, n);
+            }
+            Instr::ToBe { dst, src, width } => {
+                let v = int_of(&self.regs, src)?;
+                let w = usize::from(width);
+                if w < 8 && v >> (8 * w) != 0 {
+                    return Err(VmErrorKind::DoesNotFit(width));
+                }
+                self.scratch.clear();
+                self.scratch.extend_from_slice(&v.to_be_bytes()[8 - w..]);
+                self.set_from_scratch(dst)?;
+            }
+            Instr::FromBe { dst, src } => {
+                let s = bytes_of(&self.regs, src)?;
+                if s.len() > 8 {
+                    return Err(VmErrorKind::IntTooWide(s.len()));
+                }
+                let v = s.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+                self.set_int(dst, v);
+            }
+            Instr::ToBcd { dst, src, width } => {
+                let mut v = int_of(&self.regs, src)?;
+                let w = usize::from(width);
+                let mut buf = [0u8; 10];
+                for byte in buf[..w].iter_mut().rev() {
+                    let lo = (v % 10) as u8;
+                    v /= 10;
+                    let hi = (v % 10) as u8;
+                    v /= 10;
+                    *byte = (hi << 4) | lo;
+                }
+                if v != 0 {
+                    return Err(VmErrorKind::DoesNotFit(width));
+                }
+                self.set_bytes(dst, &buf[..w])?;
+            }
+            Instr::FromBcd { dst, src } => {
+                let s = bytes_of(&self.regs, src)?;
+                if s.len() > 9 {
+                    return Err(VmErrorKind::BadBcd);
+                }
+                let mut v = 0u64;
+                for b in s {
+                    let (hi, lo) = (b >> 4, b & 0xF);
+                    if hi > 9 || lo > 9 {
+                        return Err(VmErrorKind::BadBcd);
+                    }
+                    v = v * 100 + u64::from(hi) * 10 + u64::from(lo);
+                }
+                self.set_int(dst, v);
+            }
+            Instr::Fill { dst, byte, count } => {
+                let n = usize::from(count);
+                if n > self.limits.max_bytes {
+                    return Err(VmErrorKind::StringTooLong {
+                        len: n,
+                        limit: self.limits.max_bytes,
+                    });
+                }
+                self.scratch.clear();
+                self.scratch.resize(n, byte);
+                self.set_from_scratch(dst)?;
+            }
+            Instr::Apdu { resp, cmd } => {
+                if self.apdu_count >= self.limits.max_apdus {
+                    return Err(VmErrorKind::TooManyApdus(self.limits.max_apdus));
+                }
+                let command = bytes_of(&self.regs, cmd)?;
+                Apdu::parse(command).map_err(VmErrorKind::BadApdu)?;
+                self.apdu_count += 1;
+                let mut header = [0u8; 4];
+                header.copy_from_slice(&command[..4]);
+                self.last = Some(LastExchange { header, sw: None });
+                transcript.command(command);
+                tracer.before_apdu();
+                let result = card.exchange(command, &mut self.scratch);
+                let index = self.apdu_count;
+                match result {
+                    Ok(sw) => {
+                        transcript.response(&self.scratch, sw.0);
+                        tracer.apdu(&ApduEvent {
+                            index,
+                            command,
+                            redacted: false,
+                            response: &self.scratch,
+                            sw: Some(sw),
+                            error: None,
+                        });
+                        self.sw = Some(sw);
+                        self.last = Some(LastExchange {
+                            header,
+                            sw: Some(sw.0),
+                        });
+                        self.set_from_scratch(resp)?;
+                    }
+                    Err(e) => {
+                        tracer.apdu(&ApduEvent {
+                            index,
+                            command,
+                            redacted: false,
+                            response: &[],
+                            sw: None,
+                            error: Some(&e),
+                        });
+                        return Ok(Some(Stop::Transport(e, offset)));
+                    }
+                }
+            }
+            Instr::MkApdu {
+                dst,
+                header,
+                data,
+                le,
+            } => {
+                let (h, d) = (bytes_of(&self.regs, header)?, bytes_of(&self.regs, data)?);
+                if h.len() != 4 {
+                    return Err(VmErrorKind::InputLength {
+                        op: "mkapdu header",
+                        expected: 4,
+                        found: h.len(),
+                    });
+                }
+                let le = (le != 0).then_some(le);
+                let apdu = Apdu::new(h[0], h[1], h[2], h[3], d, le);
+                self.scratch.clear();
+                apdu.encode_into(&mut self.scratch)
+                    .map_err(VmErrorKind::BadApdu)?;
+                self.set_from_scratch(dst)?;
+            }
+            Instr::Sw { dst } => {
+                let sw = self.sw.ok_or(VmErrorKind::NoStatusWord)?;
+                self.set_int(dst, u64::from(sw.0));
+            }
+            Instr::Bsw { pattern, target } => {
+                if pattern.matches(self.sw.ok_or(VmErrorKind::NoStatusWord)?.0) {
+                    *pc = target as usize;
+                }
+            }
+            Instr::Bnsw { pattern, target } => {
+                if !pattern.matches(self.sw.ok_or(VmErrorKind::NoStatusWord)?.0) {
+                    *pc = target as usize;
+                }
+            }
+            Instr::Expect { pattern, code } => {
+                if !pattern.matches(self.sw.ok_or(VmErrorKind::NoStatusWord)?.0) {
+                    return Ok(Some(Stop::Fail(code, offset)));
+                }
+            }
+            Instr::Uid { dst } => {
+                self.scratch.clear();
+                if let Some(uid) = card.transport().uid() {
+                    self.scratch.extend_from_slice(uid);
+                }
+                self.set_from_scratch(dst)?;
+            }
+            Instr::ProcessKey { dst, master, data } => {
+                let input = self.input8(data, "pkey")?;
+                let k = slot_key(
+                    &self.keys,
+                    master,
+                    "pkey",
+                    &[KeyUsage::Load, KeyUsage::Purchase],
+                )?;
+                let session = crypto::process_key(k, &input).map_err(VmErrorKind::Crypto)?;
+                self.keys[usize::from(dst)] = Some(session.with_usage(KeyUsage::Session));
+            }
+            Instr::Mac { dst, key, data } => {
+                let k = slot_key(
+                    &self.keys,
+                    key,
+                    "mac",
+                    &[KeyUsage::Session, KeyUsage::Tac, KeyUsage::Mac],
+                )?;
+                let mac = crypto::pboc_mac(k, bytes_of(&self.regs, data)?)
+                    .map_err(VmErrorKind::Crypto)?;
+                self.set_bytes(dst, &mac)?;
+            }
+            Instr::CheckMac {
+                key,
+                data,
+                mac,
+                code,
+            } => {
+                let k = slot_key(
+                    &self.keys,
+                    key,
+                    "chkmac",
+                    &[KeyUsage::Session, KeyUsage::Tac, KeyUsage::Mac],
+                )?;
+                let expected = crypto::pboc_mac(k, bytes_of(&self.regs, data)?)
+                    .map_err(VmErrorKind::Crypto)?;
+                if !crypto::ct_eq(&expected, bytes_of(&self.regs, mac)?) {
+                    return Ok(Some(Stop::Fail(code, offset)));
+                }
+            }
+            Instr::TacKey { dst, src } => {
+                let k = slot_key(&self.keys, src, "tackey", &[KeyUsage::Tac])?;
+                let t = crypto::tac_key(k).map_err(VmErrorKind::Crypto)?;
+                self.keys[usize::from(dst)] = Some(t);
+            }
+            Instr::Diversify {
+                dst,
+                master,
+                data,
+                usage,
+            } => {
+                let f = self.input8(data, "divkey")?;
+                let k = slot_key(&self.keys, master, "divkey", &[KeyUsage::Master])?;
+                // The verifier checked the usage code.
+                let usage = KeyUsage::from_code(usage).unwrap_or(KeyUsage::Mac);
+                let d = crypto::diversify(k, &f, usage).map_err(VmErrorKind::Crypto)?;
+                self.keys[usize::from(dst)] = Some(d);
+            }
+            Instr::Encrypt { dst, key, data } | Instr::Decrypt { dst, key, data } => {
+                let k = slot_key(&self.keys, key, "enc/dec", &[KeyUsage::Encrypt])?;
+                let d = bytes_of(&self.regs, data)?;
+                self.scratch.clear();
+                let r = if matches!(instr, Instr::Encrypt { .. }) {
+                    crypto::ecb_encrypt(k, d, &mut self.scratch)
+                } else {
+                    crypto::ecb_decrypt(k, d, &mut self.scratch)
+                };
+                r.map_err(VmErrorKind::Crypto)?;
+                self.set_from_scratch(dst)?;
+            }
+            Instr::Sm3 { dst, src } => {
+                let h = crypto::sm3(bytes_of(&self.regs, src)?);
+                self.set_bytes(dst, &h)?;
+            }
+            Instr::LoadReaderKey { key, number } => {
+                if self.apdu_count >= self.limits.max_apdus {
+                    return Err(VmErrorKind::TooManyApdus(self.limits.max_apdus));
+                }
+                let k = self.keys[usize::from(key)]
+                    .as_ref()
+                    .ok_or(VmErrorKind::EmptyKeySlot(key))?;
+                if k.alg() != KeyAlg::M1 {
+                    return Err(VmErrorKind::KeyUsage {
+                        slot: key,
+                        usage: k.usage().name(),
+                        op: "ldrkey (M1 keys only)",
+                    });
+                }
+                // FF 82 00 keyNo 06 key(6): the only APDU that carries key bytes. The
+                // trace and transcript see the header with the key replaced by zeros.
+                let mut command = zeroize::Zeroizing::new([0u8; 11]);
+                command[..5].copy_from_slice(&[0xFF, 0x82, 0x00, number, 0x06]);
+                command[5..].copy_from_slice(k.expose());
+                let redacted = [0xFF, 0x82, 0x00, number, 0x06, 0, 0, 0, 0, 0, 0];
+                self.apdu_count += 1;
+                let header = [0xFF, 0x82, 0x00, number];
+                self.last = Some(LastExchange { header, sw: None });
+                transcript.command(&redacted);
+                tracer.before_apdu();
+                let result = card.exchange(&command[..], &mut self.scratch);
+                let index = self.apdu_count;
+                match result {
+                    Ok(sw) => {
+                        transcript.response(&self.scratch, sw.0);
+                        tracer.apdu(&ApduEvent {
+                            index,
+                            command: &redacted[..5],
+                            redacted: true,
+                            response: &self.scratch,
+                            sw: Some(sw),
+                            error: None,
+                        });
+                        self.sw = Some(sw);
+                        self.last = Some(LastExchange {
+                            header,
+                            sw: Some(sw.0),
+                        });
+                    }
+                    Err(e) => {
+                        tracer.apdu(&ApduEvent {
+                            index,
+                            command: &redacted[..5],
+                            redacted: true,
+                            response: &[],
+                            sw: None,
+                            error: Some(&e),
+                        });
+                        return Ok(Some(Stop::Transport(e, offset)));
+                    }
+                }
+            }
+            Instr::CtEq { dst, a, b } => {
+                let eq = crypto::ct_eq(bytes_of(&self.regs, a)?, bytes_of(&self.regs, b)?);
+                self.set_int(dst, u64::from(eq));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests;

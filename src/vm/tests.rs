@@ -1,0 +1,958 @@
+//! VM and verifier tests over hand-built programs (the assembler has its own tests).
+
+use super::*;
+use crate::crypto::{KeyAlg, KeyUsage, SecretKey};
+use crate::isa::{Operand, SwPattern};
+use crate::script::{CommandScript, DataScript, Decl, Field, Header};
+use crate::verify::{VerifiedProgram, VerifyErrorKind};
+use alloc::vec;
+use alloc::vec::Vec;
+use proptest::prelude::*;
+
+/// Encodes `instrs`, whose targets are instruction indices, into code with byte targets.
+pub(crate) fn code_of(instrs: &[Instr]) -> Vec<u8> {
+    let mut offsets = Vec::new();
+    let mut at = 0u32;
+    for i in instrs {
+        offsets.push(at);
+        at += i.opcode().size() as u32;
+    }
+    let mut code = Vec::new();
+    for i in instrs {
+        let ops: Vec<Operand> = i
+            .operands()
+            .as_slice()
+            .iter()
+            .map(|o| match *o {
+                Operand::Target(t) => {
+                    Operand::Target(offsets.get(t as usize).copied().unwrap_or(at + 1000))
+                }
+                other => other,
+            })
+            .collect();
+        Instr::from_operands(i.opcode(), &ops)
+            .unwrap()
+            .encode(&mut code);
+    }
+    code
+}
+
+fn script(
+    instrs: &[Instr],
+    constants: Vec<Constant>,
+    inputs: Vec<Decl>,
+    outputs: Vec<Decl>,
+) -> CommandScript {
+    CommandScript {
+        header: Header {
+            city: 731,
+            script_id: 1,
+            version: 1,
+            registers: 16,
+            key_slots: 4,
+        },
+        constants,
+        inputs,
+        outputs,
+        code: code_of(instrs),
+        debug: None,
+    }
+}
+
+fn decl(name: &str, ty: ValueType) -> Decl {
+    Decl {
+        name: name.into(),
+        ty,
+    }
+}
+
+/// A card that answers each command from a closure and records every command.
+pub(crate) struct SpyCard<F> {
+    pub commands: Vec<Vec<u8>>,
+    pub answer: F,
+}
+
+impl<F: FnMut(&[u8]) -> Result<Vec<u8>, TransportError>> CardTransport for SpyCard<F> {
+    fn transmit(&mut self, command: &[u8], response: &mut [u8]) -> Result<usize, TransportError> {
+        self.commands.push(command.to_vec());
+        let r = (self.answer)(command)?;
+        let capacity = response.len();
+        response
+            .get_mut(..r.len())
+            .ok_or(TransportError::ResponseTooLong {
+                needed: r.len(),
+                capacity,
+            })?
+            .copy_from_slice(&r);
+        Ok(r.len())
+    }
+}
+
+fn ok_card() -> SpyCard<impl FnMut(&[u8]) -> Result<Vec<u8>, TransportError>> {
+    SpyCard {
+        commands: Vec::new(),
+        answer: |_: &[u8]| Ok(vec![0x90, 0x00]),
+    }
+}
+
+fn run_with<T: CardTransport>(
+    s: &CommandScript,
+    data: &DataScript,
+    card: T,
+    limits: Limits,
+) -> (RunReport, T) {
+    let program = VerifiedProgram::verify(s).expect("verifies");
+    let binding = program.bind(data).expect("binds");
+    let bound = program.with_data(data, &binding).unwrap();
+    let mut layer = ApduLayer::new(card);
+    let report = Vm::new(limits).run(bound, &mut layer, &mut NoTrace);
+    (report, layer.into_inner())
+}
+
+fn run(s: &CommandScript) -> RunReport {
+    run_with(s, &DataScript::default(), ok_card(), Limits::default()).0
+}
+
+fn fault_kind(r: &RunReport) -> Option<&VmErrorKind> {
+    match &r.outcome {
+        Outcome::Failed(Failure::Fault(e)) | Outcome::Unknown(Failure::Fault(e)) => Some(&e.kind),
+        _ => None,
+    }
+}
+
+#[test]
+fn arithmetic_and_outputs() {
+    let s = script(
+        &[
+            Instr::Ldi { dst: 0, value: 40 },
+            Instr::Ldi { dst: 1, value: 2 },
+            Instr::Add { dst: 2, a: 0, b: 1 },
+            Instr::ToBe {
+                dst: 3,
+                src: 2,
+                width: 4,
+            },
+            Instr::Out { output: 0, src: 2 },
+            Instr::Out { output: 1, src: 3 },
+            Instr::Halt {},
+        ],
+        vec![],
+        vec![],
+        vec![
+            decl("sum", ValueType::Int { bits: 32 }),
+            decl("sum_be", ValueType::BytesN { len: 4 }),
+        ],
+    );
+    let r = run(&s);
+    assert_eq!(r.outcome, Outcome::Committed);
+    assert_eq!(
+        r.outputs,
+        vec![
+            ("sum".into(), OutputValue::Int(42)),
+            ("sum_be".into(), OutputValue::Bytes(vec![0, 0, 0, 42]))
+        ]
+    );
+}
+
+#[test]
+fn overflow_is_a_typed_fault_with_offset() {
+    let s = script(
+        &[
+            Instr::Ldi { dst: 0, value: 1 },
+            Instr::Ldi { dst: 1, value: 2 },
+            Instr::Sub { dst: 2, a: 0, b: 1 },
+            Instr::Halt {},
+        ],
+        vec![],
+        vec![],
+        vec![],
+    );
+    match run(&s).outcome {
+        Outcome::Failed(Failure::Fault(VmError {
+            offset,
+            kind: VmErrorKind::Overflow,
+        })) => assert_eq!(offset, 12),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn fuel_runs_out_on_an_endless_loop() {
+    let s = script(
+        &[Instr::Nop {}, Instr::Jmp { target: 0 }],
+        vec![],
+        vec![],
+        vec![],
+    );
+    let limits = Limits {
+        fuel: 1000,
+        ..Limits::default()
+    };
+    let (r, _) = run_with(&s, &DataScript::default(), ok_card(), limits);
+    assert_eq!(fault_kind(&r), Some(&VmErrorKind::OutOfFuel(1000)));
+    assert_eq!(r.fuel_used, 1000);
+}
+
+#[test]
+fn memory_limits_stop_a_doubling_string() {
+    let s = script(
+        &[
+            Instr::Fill {
+                dst: 0,
+                byte: 0xAA,
+                count: 16,
+            },
+            Instr::Cat { dst: 0, a: 0, b: 0 },
+            Instr::Jmp { target: 1 },
+        ],
+        vec![],
+        vec![],
+        vec![],
+    );
+    let kind = fault_kind(&run(&s)).cloned();
+    assert!(
+        matches!(
+            kind,
+            Some(VmErrorKind::StringTooLong {
+                len: 8192,
+                limit: 4096
+            })
+        ),
+        "{kind:?}"
+    );
+    let limits = Limits {
+        max_memory: 1000,
+        ..Limits::default()
+    };
+    let (r, _) = run_with(&s, &DataScript::default(), ok_card(), limits);
+    assert!(matches!(
+        fault_kind(&r),
+        Some(VmErrorKind::OutOfMemory {
+            used: 1024,
+            limit: 1000
+        })
+    ));
+}
+
+#[test]
+fn type_errors_name_the_register() {
+    let s = script(
+        &[
+            Instr::Fill {
+                dst: 3,
+                byte: 0,
+                count: 1,
+            },
+            Instr::Addi {
+                dst: 0,
+                a: 3,
+                value: 1,
+            },
+            Instr::Halt {},
+        ],
+        vec![],
+        vec![],
+        vec![],
+    );
+    assert!(matches!(
+        fault_kind(&run(&s)),
+        Some(VmErrorKind::TypeMismatch { reg: 3, .. })
+    ));
+    let s = script(
+        &[
+            Instr::Addi {
+                dst: 0,
+                a: 5,
+                value: 1,
+            },
+            Instr::Halt {},
+        ],
+        vec![],
+        vec![],
+        vec![],
+    );
+    assert_eq!(fault_kind(&run(&s)), Some(&VmErrorKind::Uninitialized(5)));
+}
+
+#[test]
+fn apdu_status_words_and_patterns() {
+    // GET BALANCE; branch on 63Cx; fail with the code for anything but 9000.
+    let s = script(
+        &[
+            Instr::Ldc { dst: 0, index: 0 },
+            Instr::Apdu { resp: 1, cmd: 0 },
+            Instr::Bsw {
+                pattern: SwPattern::parse("63Cx").unwrap(),
+                target: 5,
+            },
+            Instr::Expect {
+                pattern: SwPattern::exact(0x9000),
+                code: 7,
+            },
+            Instr::Halt {},
+            Instr::Fail { code: 0x63 },
+        ],
+        vec![Constant::Bytes(vec![0x80, 0x5C, 0x00, 0x02, 0x04])],
+        vec![],
+        vec![],
+    );
+    let card = |sw: [u8; 2]| SpyCard {
+        commands: vec![],
+        answer: move |_: &[u8]| Ok(vec![0, 0, 1, 0, sw[0], sw[1]]),
+    };
+    let (r, c) = run_with(
+        &s,
+        &DataScript::default(),
+        card([0x90, 0x00]),
+        Limits::default(),
+    );
+    assert_eq!(r.outcome, Outcome::Committed);
+    assert_eq!(c.commands, vec![vec![0x80, 0x5C, 0x00, 0x02, 0x04]]);
+    let (r, _) = run_with(
+        &s,
+        &DataScript::default(),
+        card([0x63, 0xC2]),
+        Limits::default(),
+    );
+    assert!(matches!(
+        r.outcome,
+        Outcome::Failed(Failure::Script { code: 0x63, .. })
+    ));
+    let (r, _) = run_with(
+        &s,
+        &DataScript::default(),
+        card([0x6A, 0x82]),
+        Limits::default(),
+    );
+    assert!(matches!(
+        r.outcome,
+        Outcome::Failed(Failure::Script { code: 7, .. })
+    ));
+    assert_eq!(
+        r.last_exchange,
+        Some(LastExchange {
+            header: [0x80, 0x5C, 0x00, 0x02],
+            sw: Some(0x6A82)
+        })
+    );
+}
+
+#[test]
+fn get_response_is_followed() {
+    let s = script(
+        &[
+            Instr::Ldc { dst: 0, index: 0 },
+            Instr::Apdu { resp: 1, cmd: 0 },
+            Instr::Out { output: 0, src: 1 },
+            Instr::Halt {},
+        ],
+        vec![Constant::Bytes(vec![0x00, 0xB0, 0x95, 0x00, 0x00])],
+        vec![],
+        vec![decl("data", ValueType::Bytes)],
+    );
+    let card = SpyCard {
+        commands: vec![],
+        answer: |c: &[u8]| {
+            Ok(if c[1] == 0xC0 {
+                vec![1, 2, 3, 0x90, 0x00]
+            } else {
+                vec![0x61, 0x03]
+            })
+        },
+    };
+    let (r, c) = run_with(&s, &DataScript::default(), card, Limits::default());
+    assert_eq!(
+        r.outputs,
+        vec![("data".into(), OutputValue::Bytes(vec![1, 2, 3]))]
+    );
+    assert_eq!(c.commands[1], vec![0x00, 0xC0, 0x00, 0x00, 0x03]);
+}
+
+#[test]
+fn tearing_before_the_commit_point_fails_and_after_it_is_unknown() {
+    let prog = |commit_first: bool| {
+        let mut v = vec![Instr::Ldc { dst: 0, index: 0 }];
+        if commit_first {
+            v.push(Instr::CommitPoint {});
+        }
+        v.extend([Instr::Apdu { resp: 1, cmd: 0 }, Instr::Halt {}]);
+        script(
+            &v,
+            vec![Constant::Bytes(vec![
+                0x80, 0x52, 0x00, 0x00, 0x0B, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0x04,
+            ])],
+            vec![],
+            vec![],
+        )
+    };
+    let torn = || SpyCard {
+        commands: vec![],
+        answer: |_: &[u8]| Err(TransportError::CardRemoved),
+    };
+    let (r, _) = run_with(
+        &prog(false),
+        &DataScript::default(),
+        torn(),
+        Limits::default(),
+    );
+    assert!(matches!(
+        r.outcome,
+        Outcome::Failed(Failure::Transport {
+            error: TransportError::CardRemoved,
+            ..
+        })
+    ));
+    let (r, _) = run_with(
+        &prog(true),
+        &DataScript::default(),
+        torn(),
+        Limits::default(),
+    );
+    assert!(matches!(
+        r.outcome,
+        Outcome::Unknown(Failure::Transport {
+            error: TransportError::CardRemoved,
+            offset: 5
+        })
+    ));
+    assert_eq!(
+        r.last_exchange,
+        Some(LastExchange {
+            header: [0x80, 0x52, 0x00, 0x00],
+            sw: None
+        })
+    );
+}
+
+const DLK: [u8; 16] = [
+    0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01,
+];
+
+/// The published PBOC load example (reference/epurse.md): MAC1 6C394D64 is checked by
+/// the script against the card's answer, and MAC2 goes out in CREDIT FOR LOAD.
+fn load_program() -> CommandScript {
+    script(
+        &[
+            Instr::Ldkey { slot: 0, input: 0 },
+            Instr::Ldin { dst: 0, input: 1 }, // amount
+            Instr::ToBe {
+                dst: 1,
+                src: 0,
+                width: 4,
+            },
+            Instr::Ldc { dst: 2, index: 0 }, // 01 (key index)
+            Instr::Cat { dst: 3, a: 2, b: 1 },
+            Instr::Ldin { dst: 4, input: 2 },  // terminal
+            Instr::Cat { dst: 3, a: 3, b: 4 }, // data of INITIALIZE FOR LOAD
+            Instr::Ldc { dst: 5, index: 1 },   // 80 50 00 02
+            Instr::MkApdu {
+                dst: 6,
+                header: 5,
+                data: 3,
+                le: 0x10,
+            },
+            Instr::Apdu { resp: 7, cmd: 6 },
+            Instr::Expect {
+                pattern: SwPattern::exact(0x9000),
+                code: 1,
+            },
+            Instr::Slice {
+                dst: 8,
+                src: 7,
+                offset: 0,
+                len: 4,
+            }, // balance
+            Instr::Slice {
+                dst: 9,
+                src: 7,
+                offset: 4,
+                len: 2,
+            }, // ATC
+            Instr::Slice {
+                dst: 10,
+                src: 7,
+                offset: 8,
+                len: 4,
+            }, // random
+            Instr::Slice {
+                dst: 11,
+                src: 7,
+                offset: 12,
+                len: 4,
+            }, // MAC1
+            Instr::Cat {
+                dst: 12,
+                a: 10,
+                b: 9,
+            },
+            Instr::Ldc { dst: 13, index: 2 }, // 8000
+            Instr::Cat {
+                dst: 12,
+                a: 12,
+                b: 13,
+            },
+            Instr::ProcessKey {
+                dst: 1,
+                master: 0,
+                data: 12,
+            },
+            Instr::Ldc { dst: 13, index: 3 }, // 02 (type)
+            Instr::Cat {
+                dst: 12,
+                a: 8,
+                b: 1,
+            },
+            Instr::Cat {
+                dst: 12,
+                a: 12,
+                b: 13,
+            },
+            Instr::Cat {
+                dst: 12,
+                a: 12,
+                b: 4,
+            },
+            Instr::CheckMac {
+                key: 1,
+                data: 12,
+                mac: 11,
+                code: 2,
+            },
+            Instr::Cat {
+                dst: 12,
+                a: 1,
+                b: 13,
+            },
+            Instr::Cat {
+                dst: 12,
+                a: 12,
+                b: 4,
+            },
+            Instr::Ldin { dst: 14, input: 3 }, // now
+            Instr::Cat {
+                dst: 12,
+                a: 12,
+                b: 14,
+            },
+            Instr::Mac {
+                dst: 15,
+                key: 1,
+                data: 12,
+            },
+            Instr::Cat {
+                dst: 14,
+                a: 14,
+                b: 15,
+            },
+            Instr::Ldc { dst: 5, index: 4 }, // 80 52 00 00
+            Instr::MkApdu {
+                dst: 6,
+                header: 5,
+                data: 14,
+                le: 4,
+            },
+            Instr::CommitPoint {},
+            Instr::Apdu { resp: 7, cmd: 6 },
+            Instr::Expect {
+                pattern: SwPattern::exact(0x9000),
+                code: 3,
+            },
+            Instr::Out { output: 0, src: 15 },
+            Instr::Halt {},
+        ],
+        vec![
+            Constant::Bytes(vec![0x01]),
+            Constant::Bytes(vec![0x80, 0x50, 0x00, 0x02]),
+            Constant::Bytes(vec![0x80, 0x00]),
+            Constant::Bytes(vec![0x02]),
+            Constant::Bytes(vec![0x80, 0x52, 0x00, 0x00]),
+        ],
+        vec![
+            decl(
+                "dlk",
+                ValueType::Key {
+                    alg: KeyAlg::Des3,
+                    usage: KeyUsage::Load,
+                },
+            ),
+            decl("amount", ValueType::Int { bits: 32 }),
+            decl("terminal", ValueType::BytesN { len: 6 }),
+            decl("now", ValueType::BcdDateTime),
+        ],
+        vec![decl("mac2", ValueType::BytesN { len: 4 })],
+    )
+}
+
+fn load_data() -> DataScript {
+    DataScript {
+        fields: vec![
+            Field {
+                name: "dlk".into(),
+                value: FieldValue::Key(SecretKey::new(KeyAlg::Des3, KeyUsage::Load, &DLK).unwrap()),
+            },
+            Field {
+                name: "amount".into(),
+                value: FieldValue::Int(0x1234),
+            },
+            Field {
+                name: "terminal".into(),
+                value: FieldValue::Bytes(vec![0, 0, 0, 0, 0, 1]),
+            },
+            Field {
+                name: "now".into(),
+                value: FieldValue::BcdDateTime([0x20, 0x26, 0x11, 0x23, 0x12, 0x00, 0x00]),
+            },
+        ],
+    }
+}
+
+/// Answers INITIALIZE FOR LOAD with the published trace and CREDIT with a TAC.
+fn published_card() -> SpyCard<impl FnMut(&[u8]) -> Result<Vec<u8>, TransportError>> {
+    SpyCard {
+        commands: vec![],
+        answer: |c: &[u8]| {
+            Ok(match c[1] {
+                0x50 => vec![
+                    0, 0, 0, 0, 0, 0, 0x00, 0x01, 0xF9, 0xCA, 0xBA, 0x91, 0x6C, 0x39, 0x4D, 0x64,
+                    0x90, 0x00,
+                ],
+                _ => vec![0xAA, 0xBB, 0xCC, 0xDD, 0x90, 0x00],
+            })
+        },
+    }
+}
+
+#[test]
+fn published_load_vector_runs_and_checks_mac1() {
+    let (r, card) = run_with(
+        &load_program(),
+        &load_data(),
+        published_card(),
+        Limits::default(),
+    );
+    assert_eq!(r.outcome, Outcome::Committed, "{r:?}");
+    assert_eq!(
+        card.commands[0],
+        vec![
+            0x80, 0x50, 0x00, 0x02, 0x0B, 0x01, 0, 0, 0x12, 0x34, 0, 0, 0, 0, 0, 1, 0x10
+        ]
+    );
+    assert_eq!(card.commands[1].len(), 5 + 11 + 1);
+    assert_eq!(r.apdu_count, 2);
+    // A wrong MAC1 from the card fails with the script's code before anything commits.
+    let bad = SpyCard {
+        commands: vec![],
+        answer: |_: &[u8]| {
+            Ok(vec![
+                0, 0, 0, 0, 0, 0, 0x00, 0x01, 0xF9, 0xCA, 0xBA, 0x91, 0x6C, 0x39, 0x4D, 0x65, 0x90,
+                0x00,
+            ])
+        },
+    };
+    let (r, card) = run_with(&load_program(), &load_data(), bad, Limits::default());
+    assert!(
+        matches!(r.outcome, Outcome::Failed(Failure::Script { code: 2, .. })),
+        "{r:?}"
+    );
+    assert_eq!(card.commands.len(), 1);
+}
+
+#[test]
+fn key_bytes_never_reach_an_apdu_a_register_or_the_report() {
+    let (r, card) = run_with(
+        &load_program(),
+        &load_data(),
+        published_card(),
+        Limits::default(),
+    );
+    let session = [0x03, 0x01, 0x5B, 0xEA, 0x34, 0x7E, 0xA2, 0x31];
+    for needle in [&DLK[..], &DLK[..8], &DLK[8..], &session[..]] {
+        for c in &card.commands {
+            assert!(
+                !c.windows(needle.len()).any(|w| w == needle),
+                "key material in APDU {c:02X?}"
+            );
+        }
+        let text = alloc::format!("{r:?}");
+        assert!(
+            !text.contains(&alloc::format!("{needle:?}")[1..20]),
+            "key material in report"
+        );
+    }
+}
+
+#[test]
+fn ldrkey_is_redacted_in_the_trace() {
+    #[derive(Default)]
+    struct Rec(Vec<(Vec<u8>, bool)>);
+    impl Tracer for Rec {
+        fn apdu(&mut self, e: &ApduEvent<'_>) {
+            self.0.push((e.command.to_vec(), e.redacted));
+        }
+    }
+    let key = [0xA0, 0xA1, 0xA2, 0xA3, 0xA4, 0xA5];
+    let s = script(
+        &[
+            Instr::Ldkey { slot: 0, input: 0 },
+            Instr::LoadReaderKey { key: 0, number: 1 },
+            Instr::Halt {},
+        ],
+        vec![],
+        vec![decl(
+            "ka",
+            ValueType::Key {
+                alg: KeyAlg::M1,
+                usage: KeyUsage::M1A,
+            },
+        )],
+        vec![],
+    );
+    let data = DataScript {
+        fields: vec![Field {
+            name: "ka".into(),
+            value: FieldValue::Key(SecretKey::new(KeyAlg::M1, KeyUsage::M1A, &key).unwrap()),
+        }],
+    };
+    let program = VerifiedProgram::verify(&s).unwrap();
+    let binding = program.bind(&data).unwrap();
+    let mut layer = ApduLayer::new(ok_card());
+    let mut rec = Rec::default();
+    let r = Vm::default().run(
+        program.with_data(&data, &binding).unwrap(),
+        &mut layer,
+        &mut rec,
+    );
+    assert_eq!(r.outcome, Outcome::Committed);
+    // The reader got the key (that is the point of ldrkey)…
+    assert_eq!(
+        layer.transport().commands[0],
+        [&[0xFF, 0x82, 0x00, 0x01, 0x06][..], &key[..]].concat()
+    );
+    // …the trace did not.
+    assert_eq!(rec.0, vec![(vec![0xFF, 0x82, 0x00, 0x01, 0x06], true)]);
+}
+
+#[test]
+fn key_usage_is_enforced() {
+    // A load key used directly as a MAC key (would let a script MAC with the master key).
+    let s = script(
+        &[
+            Instr::Ldkey { slot: 0, input: 0 },
+            Instr::Fill {
+                dst: 0,
+                byte: 0,
+                count: 8,
+            },
+            Instr::Mac {
+                dst: 1,
+                key: 0,
+                data: 0,
+            },
+            Instr::Halt {},
+        ],
+        vec![],
+        vec![decl(
+            "dlk",
+            ValueType::Key {
+                alg: KeyAlg::Des3,
+                usage: KeyUsage::Load,
+            },
+        )],
+        vec![],
+    );
+    let data = DataScript {
+        fields: vec![load_data().fields[0].clone()],
+    };
+    let (r, _) = run_with(&s, &data, ok_card(), Limits::default());
+    assert!(
+        matches!(
+            fault_kind(&r),
+            Some(VmErrorKind::KeyUsage {
+                slot: 0,
+                op: "mac",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+}
+
+fn verify_err(instrs: &[Instr], inputs: Vec<Decl>) -> VerifyErrorKind {
+    VerifiedProgram::verify(&script(instrs, vec![], inputs, vec![]))
+        .unwrap_err()
+        .kind
+}
+
+#[test]
+fn verifier_rejections() {
+    assert_eq!(verify_err(&[], vec![]), VerifyErrorKind::EmptyCode);
+    assert_eq!(
+        verify_err(&[Instr::Nop {}], vec![]),
+        VerifyErrorKind::FallsOffEnd
+    );
+    assert!(matches!(
+        verify_err(&[Instr::Jmp { target: 9 }], vec![]),
+        VerifyErrorKind::BadTarget(_)
+    ));
+    assert_eq!(
+        verify_err(&[Instr::Ldi { dst: 16, value: 0 }, Instr::Halt {}], vec![]),
+        VerifyErrorKind::RegisterOutOfRange { reg: 16, count: 16 }
+    );
+    assert_eq!(
+        verify_err(&[Instr::Ldc { dst: 0, index: 0 }, Instr::Halt {}], vec![]),
+        VerifyErrorKind::ConstantOutOfRange { index: 0, count: 0 }
+    );
+    let key = vec![decl(
+        "dlk",
+        ValueType::Key {
+            alg: KeyAlg::Des3,
+            usage: KeyUsage::Load,
+        },
+    )];
+    assert_eq!(
+        verify_err(&[Instr::Ldin { dst: 0, input: 0 }, Instr::Halt {}], key),
+        VerifyErrorKind::KeyIntoRegister("dlk".into())
+    );
+    assert_eq!(
+        verify_err(&[Instr::Ret {}], vec![]),
+        VerifyErrorKind::ReturnOutsideRoutine
+    );
+    assert_eq!(
+        verify_err(
+            &[
+                Instr::Call { target: 2 },
+                Instr::Halt {},
+                Instr::Call { target: 2 },
+                Instr::Ret {}
+            ],
+            vec![]
+        ),
+        VerifyErrorKind::RecursiveCall
+    );
+    assert_eq!(
+        verify_err(
+            &[
+                Instr::ToBe {
+                    dst: 0,
+                    src: 0,
+                    width: 9
+                },
+                Instr::Halt {}
+            ],
+            vec![]
+        ),
+        VerifyErrorKind::BadImmediate {
+            what: "tobe width (1..=8)",
+            value: 9
+        }
+    );
+    // A jump into the middle of an instruction.
+    let mut s = script(
+        &[Instr::Ldi { dst: 0, value: 0 }, Instr::Jmp { target: 0 }],
+        vec![],
+        vec![],
+        vec![],
+    );
+    s.code[7..11].copy_from_slice(&1u32.to_be_bytes());
+    let e = VerifiedProgram::verify(&s).unwrap_err();
+    assert_eq!((e.offset, e.kind), (6, VerifyErrorKind::BadTarget(1)));
+}
+
+#[test]
+fn call_depth_is_measured() {
+    // main -> a -> b
+    let s = script(
+        &[
+            Instr::Call { target: 2 },
+            Instr::Halt {},
+            Instr::Call { target: 4 },
+            Instr::Ret {},
+            Instr::Ret {},
+        ],
+        vec![],
+        vec![],
+        vec![],
+    );
+    assert_eq!(VerifiedProgram::verify(&s).unwrap().max_call_depth(), 2);
+    assert_eq!(run(&s).outcome, Outcome::Committed);
+}
+
+#[test]
+fn binding_checks_names_and_types() {
+    let p = VerifiedProgram::verify(&load_program()).unwrap();
+    let mut d = load_data();
+    d.fields.retain(|f| f.name != "terminal");
+    assert_eq!(
+        p.bind(&d),
+        Err(crate::verify::BindError::MissingInput("terminal".into()))
+    );
+    let mut d = load_data();
+    d.fields[1].value = FieldValue::Int(1 << 40);
+    assert!(matches!(
+        p.bind(&d),
+        Err(crate::verify::BindError::TypeMismatch { .. })
+    ));
+}
+
+fn small_operand(kind: crate::isa::OperandKind, n: u32) -> BoxedStrategy<Operand> {
+    use crate::isa::OperandKind as K;
+    match kind {
+        K::Reg => (0u8..6).prop_map(Operand::Reg).boxed(),
+        K::Key => (0u8..4).prop_map(Operand::Key).boxed(),
+        K::Const => (0u16..2).prop_map(Operand::Const).boxed(),
+        K::Input => (0u16..4).prop_map(Operand::Input).boxed(),
+        K::Output => Just(Operand::Output(0)).boxed(),
+        K::Target => (0..n).prop_map(Operand::Target).boxed(),
+        K::U8 => (1u8..10).prop_map(Operand::U8).boxed(),
+        K::U16 => (0u16..20).prop_map(Operand::U16).boxed(),
+        K::U32 => (0u32..300).prop_map(Operand::U32).boxed(),
+        K::Sw => (any::<u16>(), any::<u16>())
+            .prop_map(|(v, m)| {
+                Operand::Sw(SwPattern {
+                    value: v & m,
+                    mask: m,
+                })
+            })
+            .boxed(),
+    }
+}
+
+fn any_program() -> impl Strategy<Value = Vec<Instr>> {
+    (1u32..24).prop_flat_map(|n| {
+        proptest::collection::vec(
+            proptest::sample::select(crate::isa::ALL_OPCODES).prop_flat_map(move |op| {
+                let s: Vec<_> = op
+                    .operand_kinds()
+                    .iter()
+                    .map(|&k| small_operand(k, n + 1))
+                    .collect();
+                s.prop_map(move |ops| Instr::from_operands(op, &ops).unwrap())
+            }),
+            n as usize,
+        )
+        .prop_map(|mut v| {
+            v.push(Instr::Halt {});
+            v
+        })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    /// Soundness: whatever verifies runs without panicking and stops within its fuel.
+    #[test]
+    fn verified_programs_run_safely(instrs in any_program(), sw in any::<u16>(), resp in proptest::collection::vec(any::<u8>(), 0..20)) {
+        let s = script(&instrs, vec![Constant::Bytes(vec![0x80, 0x5C, 0x00, 0x02, 0x04]), Constant::Int(7)], load_program().inputs, vec![decl("o", ValueType::Bytes)]);
+        if let Ok(program) = VerifiedProgram::verify(&s) {
+            let data = load_data();
+            let binding = program.bind(&data).unwrap();
+            let mut answer = resp.clone();
+            answer.extend_from_slice(&sw.to_be_bytes());
+            let card = SpyCard { commands: vec![], answer: move |_: &[u8]| Ok(answer.clone()) };
+            let mut layer = ApduLayer::new(card);
+            let limits = Limits { fuel: 500, ..Limits::default() };
+            let r = Vm::new(limits).run(program.with_data(&data, &binding).unwrap(), &mut layer, &mut NoTrace);
+            prop_assert!(r.fuel_used <= 500);
+        }
+    }
+}
