@@ -11,6 +11,7 @@
 //! executed on the card, so transport failures are reported, not repeated.
 
 mod apdu;
+pub mod replay;
 
 pub use apdu::{Apdu, ApduError, Case, Response, StatusWord};
 
