@@ -409,7 +409,7 @@ impl<'s> Verifier<'s> {
             Instr::ToBcd { width, .. } if !(1..=10).contains(&width) => {
                 return bad("tobcd width (1..=10)", width.into());
             }
-            Instr::Pad { block, .. } if block == 0 => return bad("pad block (1..=255)", 0),
+            Instr::Pad { block: 0, .. } => return bad("pad block (1..=255)", 0),
             Instr::Shri { bits, .. } | Instr::Shli { bits, .. } if bits >= 64 => {
                 return bad("shift (0..=63)", bits.into());
             }

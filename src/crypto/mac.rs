@@ -21,7 +21,10 @@ impl MacBlock {
         let mut bytes = [0u8; 16];
         let n = N.min(16);
         bytes[..n].copy_from_slice(&block[..n]);
-        MacBlock { bytes, len: n as u8 }
+        MacBlock {
+            bytes,
+            len: n as u8,
+        }
     }
 
     /// The MAC block (8 or 16 bytes).

@@ -126,7 +126,7 @@ pub(crate) fn fail<T>(rest: &[u8], kind: FormatErrorKind) -> PResult<'_, T> {
 /// Converts a nom result over `whole` into a positioned error.
 pub(crate) fn finish<T>(whole: &[u8], r: PResult<'_, T>) -> Result<T, FormatError> {
     match r {
-        Ok((rest, v)) if rest.is_empty() => Ok(v),
+        Ok(([], v)) => Ok(v),
         Ok((rest, _)) => Err(FormatError {
             offset: whole.len() - rest.len(),
             kind: FormatErrorKind::TrailingBytes,

@@ -74,7 +74,11 @@ fn parse_hex(text: &str) -> Option<(Vec<u8>, bool)> {
 impl ReplayCard {
     /// A card replaying `exchanges`.
     pub fn new(exchanges: Vec<Exchange>) -> Self {
-        ReplayCard { exchanges, next: 0, uid: None }
+        ReplayCard {
+            exchanges,
+            next: 0,
+            uid: None,
+        }
     }
 
     /// Sets the UID the transport reports.
@@ -89,33 +93,51 @@ impl ReplayCard {
         let mut pending: Option<(Vec<u8>, bool)> = None;
         for (n, raw) in text.lines().enumerate() {
             let line = raw.trim();
-            let err = |message: String| ReplayParseError { line: n + 1, message };
+            let err = |message: String| ReplayParseError {
+                line: n + 1,
+                message,
+            };
             if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
                 continue;
             }
             if let Some(rest) = line.strip_prefix(">>") {
                 if pending.is_some() {
-                    return Err(err(String::from("two commands without a response between them")));
+                    return Err(err(String::from(
+                        "two commands without a response between them",
+                    )));
                 }
-                let (cmd, prefix) = parse_hex(rest).ok_or_else(|| err(String::from("bad hex in command")))?;
+                let (cmd, prefix) =
+                    parse_hex(rest).ok_or_else(|| err(String::from("bad hex in command")))?;
                 if cmd.is_empty() {
                     return Err(err(String::from("empty command")));
                 }
                 pending = Some((cmd, prefix));
             } else if let Some(rest) = line.strip_prefix("<<") {
-                let (command, prefix_only) =
-                    pending.take().ok_or_else(|| err(String::from("response without a command")))?;
-                let (response, _) = parse_hex(rest).ok_or_else(|| err(String::from("bad hex in response")))?;
+                let (command, prefix_only) = pending
+                    .take()
+                    .ok_or_else(|| err(String::from("response without a command")))?;
+                let (response, _) =
+                    parse_hex(rest).ok_or_else(|| err(String::from("bad hex in response")))?;
                 if response.len() < 2 {
                     return Err(err(String::from("response shorter than SW1 SW2")));
                 }
-                exchanges.push(Exchange { command, prefix_only, response });
+                exchanges.push(Exchange {
+                    command,
+                    prefix_only,
+                    response,
+                });
             } else {
-                return Err(err(format!("expected `>>` or `<<`, found `{}`", line.chars().take(20).collect::<String>())));
+                return Err(err(format!(
+                    "expected `>>` or `<<`, found `{}`",
+                    line.chars().take(20).collect::<String>()
+                )));
             }
         }
         if pending.is_some() {
-            return Err(ReplayParseError { line: text.lines().count(), message: String::from("last command has no response") });
+            return Err(ReplayParseError {
+                line: text.lines().count(),
+                message: String::from("last command has no response"),
+            });
         }
         Ok(ReplayCard::new(exchanges))
     }
@@ -129,7 +151,10 @@ impl ReplayCard {
 impl CardTransport for ReplayCard {
     fn transmit(&mut self, command: &[u8], response: &mut [u8]) -> Result<usize, TransportError> {
         let Some(ex) = self.exchanges.get(self.next) else {
-            return Err(TransportError::Other(format!("replay exhausted at command {}", self.next + 1)));
+            return Err(TransportError::Other(format!(
+                "replay exhausted at command {}",
+                self.next + 1
+            )));
         };
         let matches = if ex.prefix_only {
             command.starts_with(&ex.command)
@@ -147,7 +172,10 @@ impl CardTransport for ReplayCard {
         }
         let n = ex.response.len();
         if n > response.len() {
-            return Err(TransportError::ResponseTooLong { needed: n, capacity: response.len() });
+            return Err(TransportError::ResponseTooLong {
+                needed: n,
+                capacity: response.len(),
+            });
         }
         response[..n].copy_from_slice(&ex.response);
         self.next += 1;
@@ -172,17 +200,29 @@ mod tests {
         assert_eq!(card.remaining(), 2);
         let mut card = card;
         let mut buf = [0u8; 258];
-        assert_eq!(card.transmit(&[0x80, 0x5C, 0x00, 0x02, 0x04], &mut buf), Ok(6));
+        assert_eq!(
+            card.transmit(&[0x80, 0x5C, 0x00, 0x02, 0x04], &mut buf),
+            Ok(6)
+        );
         assert_eq!(&buf[..6], &[0, 0, 0x10, 0, 0x90, 0]);
-        assert_eq!(card.transmit(&[0x80, 0x52, 0, 0, 0x0B, 9, 9], &mut buf), Ok(6));
-        assert!(matches!(card.transmit(&[0], &mut buf), Err(TransportError::Other(_))));
+        assert_eq!(
+            card.transmit(&[0x80, 0x52, 0, 0, 0x0B, 9, 9], &mut buf),
+            Ok(6)
+        );
+        assert!(matches!(
+            card.transmit(&[0], &mut buf),
+            Err(TransportError::Other(_))
+        ));
     }
 
     #[test]
     fn refuses_a_different_command() {
         let mut card = ReplayCard::parse(">> 00A4\n<< 9000\n").unwrap();
         let mut buf = [0u8; 8];
-        assert!(matches!(card.transmit(&[0x00, 0xA5], &mut buf), Err(TransportError::Other(_))));
+        assert!(matches!(
+            card.transmit(&[0x00, 0xA5], &mut buf),
+            Err(TransportError::Other(_))
+        ));
     }
 
     #[test]
