@@ -1,6 +1,11 @@
 //! Command-line front end: one module per command family.
 
+mod report;
+mod run;
+mod trace;
+
 use clap::{Parser, Subcommand};
+use std::path::Path;
 
 /// A failure, reported as one line.
 pub type CliResult = Result<(), String>;
@@ -14,9 +19,30 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {}
+enum Command {
+    /// Run a command script with a data script against a card; print the receipt.
+    Run(run::RunArgs),
+}
 
 /// Runs one parsed command line.
 pub fn dispatch(cli: Cli) -> CliResult {
-    match cli.command {}
+    match cli.command {
+        Command::Run(args) => run::run(args),
+    }
+}
+
+/// Reads a whole file, with the path in the error.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Writes `bytes` to `path`, or to stdout when `path` is `None`.
+pub fn write_output(path: Option<&Path>, bytes: &[u8]) -> CliResult {
+    use std::io::Write;
+    match path {
+        Some(p) => std::fs::write(p, bytes).map_err(|e| format!("{}: {e}", p.display())),
+        None => std::io::stdout()
+            .write_all(bytes)
+            .map_err(|e| format!("stdout: {e}")),
+    }
 }
