@@ -309,7 +309,10 @@ mod tests {
         }
         let err = SecretKey::new(KeyAlg::Des3, KeyUsage::Load, &[0; 8]).unwrap_err();
         let msg = format!("{err}");
-        assert!(msg.contains("des3") && msg.contains('8') && msg.contains("16"), "{msg}");
+        assert!(
+            msg.contains("des3") && msg.contains('8') && msg.contains("16"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -329,10 +332,7 @@ mod tests {
         ];
         let k = SecretKey::new(KeyAlg::Des3, KeyUsage::Load, &bytes).unwrap();
         let dbg = format!("{k:?}");
-        assert_eq!(
-            dbg,
-            "SecretKey { alg: Des3, usage: Load, bytes: REDACTED }"
-        );
+        assert_eq!(dbg, "SecretKey { alg: Des3, usage: Load, bytes: REDACTED }");
         let alt = format!("{k:#?}");
         for needle in ["dead", "DEAD", "beef", "BEEF", "222", "173", "cafe", "CAFE"] {
             assert!(!dbg.contains(needle), "{dbg}");
