@@ -239,8 +239,8 @@ impl Sm2PrivateKey {
         rng: &mut R,
         msg: &[u8],
     ) -> Result<[u8; SIGNATURE_LEN], Sm2Error> {
-        let sk =
-            SigningKey::from_nonzero_scalar(dist_id, *self.scalar).map_err(|_| Sm2Error::InvalidDistId)?;
+        let sk = SigningKey::from_nonzero_scalar(dist_id, *self.scalar)
+            .map_err(|_| Sm2Error::InvalidDistId)?;
         let sig: Signature = sk
             .try_sign_with_rng(rng, msg)
             .map_err(|_| Sm2Error::SignFailed)?;
@@ -290,14 +290,12 @@ pub(crate) mod test_rng {
         }
     }
     impl TryCryptoRng for TestRng {}
-
 }
 
 #[cfg(test)]
 mod tests {
     use super::test_rng::TestRng;
     use super::*;
-
 
     fn hex(s: &str) -> Vec<u8> {
         (0..s.len())
@@ -358,7 +356,10 @@ mod tests {
     fn encrypt_decrypt_round_trip() {
         let mut rng = TestRng(2);
         let sk = Sm2PrivateKey::generate(&mut rng);
-        let ct = sk.public_key().encrypt(&mut rng, b"content key 0123").unwrap();
+        let ct = sk
+            .public_key()
+            .encrypt(&mut rng, b"content key 0123")
+            .unwrap();
         assert_eq!(ct.len(), 16 + CIPHERTEXT_OVERHEAD);
         assert_eq!(sk.decrypt(&ct).unwrap().as_slice(), b"content key 0123");
         let other = Sm2PrivateKey::generate(&mut rng);
