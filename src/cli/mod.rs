@@ -1,5 +1,8 @@
 //! Command-line front end: one module per command family.
 
+mod envelope;
+mod keys;
+mod receipt;
 mod report;
 mod run;
 mod trace;
@@ -22,11 +25,23 @@ pub struct Cli {
 enum Command {
     /// Run a command script with a data script against a card; print the receipt.
     Run(run::RunArgs),
+    /// Generate an SM2 key pair: PREFIX.key (private) and PREFIX.pub.
+    Keygen(keys::KeygenArgs),
+    /// Seal a script for one reader (issuer side).
+    Seal(envelope::SealArgs),
+    /// Open a sealed script (reader side): verify, check reader/expiry/replay, decrypt.
+    Open(envelope::OpenArgs),
+    /// Work with signed receipts.
+    Receipt(receipt::ReceiptArgs),
 }
 
 /// Runs one parsed command line.
 pub fn dispatch(cli: Cli) -> CliResult {
     match cli.command {
+        Command::Keygen(a) => keys::keygen(a),
+        Command::Seal(a) => envelope::seal_cmd(a),
+        Command::Open(a) => envelope::open_cmd(a),
+        Command::Receipt(a) => receipt::receipt_cmd(a),
         Command::Run(args) => run::run(args),
     }
 }
