@@ -204,6 +204,71 @@ impl Receipt {
         }
     }
 
+    /// The unsigned receipt of a VM run of the script with `header`.
+    ///
+    /// Byte outputs longer than [`MAX_FIELD_BYTES`] and reasons longer than
+    /// [`MAX_REASON`] are cut to fit (the transcript hash still covers every byte);
+    /// an empty `reader_id` becomes `"-"`.
+    pub fn from_run(
+        header: &crate::script::Header,
+        reader_id: &str,
+        card_id: &[u8],
+        report: &crate::vm::RunReport,
+        air_time_us: Option<u64>,
+    ) -> Self {
+        use crate::vm::{Outcome as VmOutcome, OutputValue};
+        let reason = |f: &crate::vm::Failure| {
+            let mut r = alloc::format!("{f}");
+            let mut cut = r.len().min(MAX_REASON);
+            while !r.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            r.truncate(cut);
+            r
+        };
+        let outcome = match &report.outcome {
+            VmOutcome::Committed => Outcome::Committed,
+            VmOutcome::Failed(f) => Outcome::Failed {
+                code: f.code(),
+                reason: reason(f),
+            },
+            VmOutcome::Unknown(f) => Outcome::Unknown { reason: reason(f) },
+        };
+        let mut reader: String = reader_id.chars().take(MAX_READER_ID).collect();
+        while reader.len() > MAX_READER_ID {
+            reader.pop();
+        }
+        if reader.is_empty() {
+            reader.push('-');
+        }
+        let mut r = Receipt::new(
+            header.city,
+            header.script_id,
+            header.version,
+            &reader,
+            outcome,
+        );
+        r.card_id = card_id[..card_id.len().min(MAX_CARD_ID)].to_vec();
+        r.fields = report
+            .outputs
+            .iter()
+            .take(MAX_FIELDS)
+            .map(|(name, v)| {
+                let v = match v {
+                    OutputValue::Int(i) => FieldValue::Int(*i),
+                    OutputValue::Bytes(b) => {
+                        FieldValue::Bytes(b[..b.len().min(MAX_FIELD_BYTES)].to_vec())
+                    }
+                };
+                (name.clone(), v)
+            })
+            .collect();
+        r.apdu_count = report.apdu_count;
+        r.air_time_us = air_time_us;
+        r.transcript_sm3 = report.transcript_sm3;
+        r
+    }
+
     /// The value of the output field `name`.
     pub fn field(&self, name: &str) -> Option<&FieldValue> {
         self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v)

@@ -3,7 +3,6 @@
 mod envelope;
 mod keys;
 mod receipt;
-mod report;
 mod run;
 mod trace;
 
