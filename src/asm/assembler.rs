@@ -180,6 +180,9 @@ struct Macro {
     body: Vec<Vec<Token>>,
 }
 
+/// A macro being defined: name, parameters, body lines so far, position of `.macro`.
+type MacroDef = (String, Vec<String>, Vec<Vec<Token>>, Pos);
+
 struct Pre<'l> {
     srcs: Sources,
     loader: &'l mut dyn SourceLoader,
@@ -196,8 +199,7 @@ impl Pre<'_> {
 
     fn run_file(&mut self, file: u16, macro_depth: usize) -> R<()> {
         let text = self.srcs.files[usize::from(file)].1.clone();
-        // (name, params, body, position of `.macro`)
-        let mut def: Option<(String, Vec<String>, Vec<Vec<Token>>, Pos)> = None;
+        let mut def: Option<MacroDef> = None;
         for (i, line) in text.lines().enumerate() {
             let line_no = u32::try_from(i + 1).unwrap_or(u32::MAX);
             let toks = lex_line(line, file, line_no).map_err(|(col, msg)| {

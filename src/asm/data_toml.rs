@@ -194,7 +194,7 @@ fn value_of(name: &str, v: &Value) -> Result<FieldValue, DataError> {
 }
 
 fn bcd(v: u32) -> u8 {
-    ((v / 10 % 10) << 4 | v % 10) as u8
+    (((v / 10 % 10) << 4) | (v % 10)) as u8
 }
 
 fn bcd_of(name: &str, d: &Datetime) -> Result<[u8; 7], DataError> {

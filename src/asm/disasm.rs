@@ -111,10 +111,10 @@ pub fn disassemble(script: &CommandScript) -> String {
         out.push('\n');
     }
     for d in &script.inputs {
-        let _ = writeln!(out, ".input  {:<12} {}", d.name, d.ty);
+        let _ = writeln!(out, ".input  {:<14} {}", d.name, d.ty);
     }
     for d in &script.outputs {
-        let _ = writeln!(out, ".output {:<12} {}", d.name, d.ty);
+        let _ = writeln!(out, ".output {:<14} {}", d.name, d.ty);
     }
     if !script.constants.is_empty() {
         out.push('\n');
@@ -156,13 +156,15 @@ pub fn disassemble(script: &CommandScript) -> String {
                 .get(usize::from(e.file))
                 .map(String::as_str)
                 .unwrap_or("?");
+            let shown = if name.chars().any(|c| c.is_control() || c == '"') {
+                quote(name)
+            } else {
+                String::from(name)
+            };
             let _ = writeln!(
                 out,
-                "    .loc {} {}    ; {}:{}",
-                e.file,
-                e.line,
-                quote(name),
-                e.line
+                "    .loc {} {}    ; {shown}:{}",
+                e.file, e.line, e.line
             );
         }
         match chunk {
