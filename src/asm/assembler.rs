@@ -62,6 +62,7 @@ pub fn assemble(
         stack: alloc::vec![String::from(name)],
         macros: BTreeMap::new(),
         lines: Vec::new(),
+        work: 0,
     };
     pre.run_file(0, 0)?;
     let Pre { srcs, lines, .. } = pre;
@@ -190,6 +191,8 @@ struct Pre<'l> {
     stack: Vec<String>,
     macros: BTreeMap<String, Macro>,
     lines: Vec<Vec<Token>>,
+    /// Lines processed so far (bounded by [`MAX_LINES`]).
+    work: usize,
 }
 
 impl Pre<'_> {
@@ -278,18 +281,20 @@ impl Pre<'_> {
     }
 
     fn push(&mut self, line: Vec<Token>) -> R<()> {
-        if self.lines.len() >= MAX_LINES {
-            let at = line.first().map(|t| t.pos).unwrap_or_default();
-            return Err(self.err(
-                at,
-                format!("more than {MAX_LINES} lines after includes and macro expansion"),
-            ));
-        }
         self.lines.push(line);
         Ok(())
     }
 
     fn line(&mut self, toks: Vec<Token>, macro_depth: usize) -> R<()> {
+        // Every line counts, also `.include`s and macro calls that emit nothing.
+        self.work += 1;
+        if self.work > MAX_LINES {
+            let at = toks.first().map(|t| t.pos).unwrap_or_default();
+            return Err(self.err(
+                at,
+                format!("more than {MAX_LINES} lines after includes and macro expansion"),
+            ));
+        }
         // Leading `name:` labels become their own line.
         let mut start = 0;
         while toks.len() >= start + 2

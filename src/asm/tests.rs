@@ -584,6 +584,19 @@ fn macro_errors() {
     src.push_str("m11\n");
     let e = err(&src);
     assert!(e.message.contains("more than 200000 lines"), "{e}");
+    // ...also when the lines emit nothing (empty includes, empty macros).
+    let mut m = MapLoader::new();
+    m.insert("empty.casm", "");
+    let mut src = String::from(".macro m0\n .include \"empty.casm\"\n.endm\n");
+    for i in 1..16 {
+        src.push_str(&alloc::format!(
+            ".macro m{i}\n{}\n.endm\n",
+            alloc::format!(" m{}\n", i - 1).repeat(10)
+        ));
+    }
+    src.push_str("m15\n");
+    let e = err_with(&src, &mut m);
+    assert!(e.message.contains("more than 200000 lines"), "{e}");
 }
 
 #[test]
