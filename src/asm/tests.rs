@@ -1045,3 +1045,26 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_rustdoc_syntax_example_assembles_and_verifies() {
+    let doc = include_str!("mod.rs");
+    let start = doc.find("```text").unwrap();
+    let body: String = doc[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.contains("```"))
+        .map(|l| {
+            alloc::format!(
+                "{}\n",
+                l.trim_start_matches("//!").strip_prefix(' ').unwrap_or("")
+            )
+        })
+        .collect();
+    let mut m = MapLoader::new();
+    m.insert("common.casm", ".const SHARED = [01]");
+    let s = asm_with(&body, &mut m, false).unwrap().script;
+    VerifiedProgram::verify(&s).unwrap();
+    assert_eq!(s.header.city, 731);
+    round_trip(&s).unwrap();
+}
