@@ -1,5 +1,6 @@
 //! Command-line front end: one module per command family.
 
+mod asm;
 mod envelope;
 mod keys;
 mod receipt;
@@ -22,14 +23,22 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a command script with a data script against a card; print the receipt.
-    Run(run::RunArgs),
+    /// Assemble a `.casm` command script into bytecode (`.cvm`).
+    Asm(asm::AsmArgs),
+    /// Disassemble a `.cvm` command script into `.casm` text.
+    Disasm(asm::DisasmArgs),
+    /// Verify a `.cvm` command script, and bind a data script to it.
+    Verify(asm::VerifyArgs),
+    /// Compile a TOML data script into a `.cvd`.
+    Data(asm::DataArgs),
     /// Generate an SM2 key pair: PREFIX.key (private) and PREFIX.pub.
     Keygen(keys::KeygenArgs),
     /// Seal a script for one reader (issuer side).
     Seal(envelope::SealArgs),
     /// Open a sealed script (reader side): verify, check reader/expiry/replay, decrypt.
     Open(envelope::OpenArgs),
+    /// Run a command script with a data script against a card; print the receipt.
+    Run(run::RunArgs),
     /// Work with signed receipts.
     Receipt(receipt::ReceiptArgs),
 }
@@ -37,11 +46,15 @@ enum Command {
 /// Runs one parsed command line.
 pub fn dispatch(cli: Cli) -> CliResult {
     match cli.command {
+        Command::Asm(a) => asm::asm(a),
+        Command::Disasm(a) => asm::disasm(a),
+        Command::Verify(a) => asm::verify(a),
+        Command::Data(a) => asm::data(a),
         Command::Keygen(a) => keys::keygen(a),
         Command::Seal(a) => envelope::seal_cmd(a),
         Command::Open(a) => envelope::open_cmd(a),
+        Command::Run(a) => run::run(a),
         Command::Receipt(a) => receipt::receipt_cmd(a),
-        Command::Run(args) => run::run(args),
     }
 }
 
