@@ -48,7 +48,7 @@ fn parse_verify(c: &mut Criterion) {
     g.bench_function("load.cvm", |b| {
         b.iter(|| {
             let s = CommandScript::parse(black_box(&bytes)).unwrap();
-            VerifiedProgram::verify(&s).unwrap()
+            VerifiedProgram::from_script(s).unwrap()
         })
     });
     g.finish();
