@@ -56,10 +56,7 @@ fn inner_hash_mismatch_s5_3() {
     let u1 = uid("reader-0731-0001");
     let wrong = Tag::new(b"not the right tag".to_vec());
     let f = frame::encode(&u1, &wrong, b"receipt batch").unwrap();
-    assert_eq!(
-        frame::verify(&f, store),
-        Err(FrameError::InnerHashMismatch)
-    );
+    assert_eq!(frame::verify(&f, store), Err(FrameError::InnerHashMismatch));
 
     // Tampered SecpakData with the outer hash recomputed: also S5.3.
     let mut g = good_frame(b"receipt batch");
@@ -67,10 +64,7 @@ fn inner_hash_mismatch_s5_3() {
     let n = g.len();
     let outer = sm3(&g[BODY..n - 32]);
     g[n - 32..].copy_from_slice(&outer);
-    assert_eq!(
-        frame::verify(&g, store),
-        Err(FrameError::InnerHashMismatch)
-    );
+    assert_eq!(frame::verify(&g, store), Err(FrameError::InnerHashMismatch));
 
     // Swapping the header's user id to another bound user: S5.3 (the id is not hashed, but the
     // other user's tag differs).
@@ -78,10 +72,7 @@ fn inner_hash_mismatch_s5_3() {
     let f2 = frame::encode(&u2, &store(&u2).unwrap(), b"x").unwrap();
     let mut h = good_frame(b"receipt batch");
     h[6..22].copy_from_slice(b"reader-0731-0002");
-    assert_eq!(
-        frame::verify(&h, store),
-        Err(FrameError::InnerHashMismatch)
-    );
+    assert_eq!(frame::verify(&h, store), Err(FrameError::InnerHashMismatch));
     assert_eq!(frame::verify(&f2, store).unwrap(), b"x");
 }
 
@@ -122,7 +113,10 @@ fn malformed_headers() {
     );
     let mut g = f.clone();
     g[5] = 0;
-    assert_eq!(frame::verify(&g, store), Err(FrameError::BadUserIdLength(0)));
+    assert_eq!(
+        frame::verify(&g, store),
+        Err(FrameError::BadUserIdLength(0))
+    );
     let mut g = f.clone();
     g[5] = 200; // longer than the frame
     assert!(matches!(

@@ -2,6 +2,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod journal;
+
 /// A failure, reported as one line.
 pub type CliResult = Result<(), String>;
 
@@ -14,9 +16,17 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {}
+enum Command {
+    /// The offline receipt journal: list, export, ack, verify.
+    Journal {
+        #[command(subcommand)]
+        cmd: journal::JournalCmd,
+    },
+}
 
 /// Runs one parsed command line.
 pub fn dispatch(cli: Cli) -> CliResult {
-    match cli.command {}
+    match cli.command {
+        Command::Journal { cmd } => journal::run(cmd),
+    }
 }

@@ -195,7 +195,9 @@ pub enum JournalError {
         reason: &'static str,
     },
     /// [`Journal::ack`] with a sequence number the journal does not hold.
-    #[error("cannot acknowledge up to seq {upto}: the journal holds seqs {first}..{next} (exclusive end)")]
+    #[error(
+        "cannot acknowledge up to seq {upto}: the journal holds seqs {first}..{next} (exclusive end)"
+    )]
     AckOutOfRange {
         /// The requested seq.
         upto: u64,
@@ -413,10 +415,7 @@ fn find_valid_entry(file: &File, from: u64, file_len: u64) -> io::Result<Option<
 }
 
 fn scan(path: &Path, file: &File, header: &FileHeader) -> Result<Scan, JournalError> {
-    let file_len = file
-        .metadata()
-        .map_err(io_err("stat", path))?
-        .len();
+    let file_len = file.metadata().map_err(io_err("stat", path))?.len();
     let mut f = file;
     f.seek(SeekFrom::Start(HEADER_LEN as u64))
         .map_err(io_err("seek", path))?;
@@ -485,8 +484,8 @@ fn scan(path: &Path, file: &File, header: &FileHeader) -> Result<Scan, JournalEr
                 expected = expected.checked_add(1).ok_or(JournalError::SeqOverflow)?;
             }
             Err(bad) => {
-                let next = find_valid_entry(file, pos + 1, file_len)
-                    .map_err(io_err("read", path))?;
+                let next =
+                    find_valid_entry(file, pos + 1, file_len).map_err(io_err("read", path))?;
                 if let Some(next_valid) = next {
                     return Err(JournalError::CorruptEntry {
                         path: path.to_path_buf(),
@@ -890,10 +889,7 @@ impl Journal {
         drop(out);
         fs::rename(&tmp, &self.path).map_err(io_err("rename onto", &self.path))?;
         // From here the old handle points at the unlinked old file: reopen.
-        let reopened = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&self.path);
+        let reopened = OpenOptions::new().read(true).write(true).open(&self.path);
         let synced = sync_parent(&self.path);
         match reopened {
             Ok(f) => self.file = f,

@@ -258,9 +258,15 @@ fn removed_reordered_duplicated_or_rechained_entries_are_tampering() {
         })
     ));
     write_log(&p, 1, GENESIS, &[e2.clone(), e1.clone(), e3.clone()]);
-    assert!(matches!(verify(&p), Err(JournalError::SequenceBreak { .. })));
+    assert!(matches!(
+        verify(&p),
+        Err(JournalError::SequenceBreak { .. })
+    ));
     write_log(&p, 1, GENESIS, &[e1.clone(), e2.clone(), e2.clone()]);
-    assert!(matches!(verify(&p), Err(JournalError::SequenceBreak { .. })));
+    assert!(matches!(
+        verify(&p),
+        Err(JournalError::SequenceBreak { .. })
+    ));
     // Checksum-valid entry 2 that chains to something else.
     let (forged2, _) = encode_entry(2, &[7; 32], b"two");
     write_log(&p, 1, GENESIS, &[e1.clone(), forged2]);
@@ -269,7 +275,7 @@ fn removed_reordered_duplicated_or_rechained_entries_are_tampering() {
         Err(JournalError::ChainBroken { seq: 2, .. })
     ));
     // Wrong genesis in a (consistent) header.
-    write_log(&p, 1, [1; 32], &[e1.clone()]);
+    write_log(&p, 1, [1; 32], std::slice::from_ref(&e1));
     assert!(matches!(
         verify(&p),
         Err(JournalError::ChainBroken { seq: 1, .. })
@@ -344,7 +350,15 @@ fn ack_file_damage_is_detected() {
 
 #[test]
 fn header_is_fixed_size() {
-    assert_eq!(FileHeader { base_seq: 1, genesis: GENESIS }.encode().len(), HEADER_LEN);
+    assert_eq!(
+        FileHeader {
+            base_seq: 1,
+            genesis: GENESIS
+        }
+        .encode()
+        .len(),
+        HEADER_LEN
+    );
 }
 
 #[derive(Debug, Clone)]
