@@ -2,6 +2,7 @@
 
 mod asm;
 mod envelope;
+mod journal;
 mod keys;
 mod receipt;
 mod run;
@@ -41,6 +42,11 @@ enum Command {
     Run(run::RunArgs),
     /// Work with signed receipts.
     Receipt(receipt::ReceiptArgs),
+    /// The offline receipt journal: list, export, ack, verify.
+    Journal {
+        #[command(subcommand)]
+        cmd: journal::JournalCmd,
+    },
 }
 
 /// Runs one parsed command line.
@@ -55,6 +61,7 @@ pub fn dispatch(cli: Cli) -> CliResult {
         Command::Open(a) => envelope::open_cmd(a),
         Command::Run(a) => run::run(a),
         Command::Receipt(a) => receipt::receipt_cmd(a),
+        Command::Journal { cmd } => journal::run(cmd),
     }
 }
 

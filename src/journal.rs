@@ -1,1 +1,0 @@
-//! The reader's offline store-and-forward journal of signed receipts.
