@@ -87,13 +87,35 @@ fn plain_scripts_run_against_a_recorded_exchange() {
 fn a_card_with_a_wrong_mac1_fails_with_the_script_code() {
     let (cvm, cvd, trace) = build("badmac");
     std::fs::write(&trace, TRACE.replace("6C 39 4D 64", "6C 39 4D 65")).unwrap();
-    let out = cardvm(&["run", s(&cvm), "--data", s(&cvd), "--replay", s(&trace)]);
+    let journal = tmp("badmac", "receipts.journal");
+    let _ = std::fs::remove_file(&journal);
+    let out = cardvm(&[
+        "run",
+        s(&cvm),
+        "--data",
+        s(&cvd),
+        "--replay",
+        s(&trace),
+        "--journal",
+        s(&journal),
+    ]);
     assert!(!out.status.success());
+    // The failed transaction's receipt is in the journal.
+    let list = ok(&["journal", "list", s(&journal)]);
+    assert!(
+        String::from_utf8_lossy(&list.stdout).contains("pending"),
+        "{}",
+        String::from_utf8_lossy(&list.stdout)
+    );
     let receipt: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("receipt even on failure");
     assert_eq!(receipt["outcome"], "failed", "{receipt}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.lines().count(), 1, "one-line reason: {err}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("cardvm:")).count(),
+        1,
+        "one-line reason: {err}"
+    );
     assert!(err.contains("0x0003"), "{err}");
 }
 

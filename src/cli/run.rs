@@ -39,6 +39,9 @@ pub struct RunArgs {
     /// [default: the reader key's id, or "local"].
     #[arg(long, value_name = "ID")]
     pub reader_id: Option<String>,
+    /// Append the receipt (committed, failed or unknown) to this offline journal.
+    #[arg(long, value_name = "PATH")]
+    pub journal: Option<PathBuf>,
     /// Replay store for sealed scripts [default: K with extension .replay].
     #[arg(long, value_name = "PATH")]
     pub replay_store: Option<PathBuf>,
@@ -194,6 +197,16 @@ pub fn run(args: RunArgs) -> CliResult {
         receipt
             .sign(key, &mut cardvm::crypto::rng::os_rng())
             .map_err(|e| format!("signing the receipt: {e}"))?;
+    }
+    // Journal first: a receipt must survive even if printing it fails.
+    if let Some(path) = &args.journal {
+        let bytes = receipt.to_bytes().map_err(|e| format!("receipt: {e}"))?;
+        let mut journal =
+            cardvm::journal::Journal::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let seq = journal
+            .append(&bytes)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        eprintln!("receipt journalled as entry {seq} in {}", path.display());
     }
     let mut json = receipt.to_json();
     json.push('\n');
