@@ -393,7 +393,7 @@ impl<T: CardTransport> VpcdServer<T> {
                 continue;
             }
             match self.connect() {
-                Ok(stream) => {
+                Ok(mut stream) => {
                     failures = 0;
                     self.handle
                         .shared
@@ -401,20 +401,27 @@ impl<T: CardTransport> VpcdServer<T> {
                         .fetch_add(1, Ordering::SeqCst);
                     self.handle.shared.connected.store(true, Ordering::SeqCst);
                     self.log(format_args!("card inserted (connected to {})", self.config.addr));
-                    let end = self.serve(stream);
+                    let end = self.serve(&mut stream);
+                    // A card out of the field has no power: it loses its volatile state.
+                    if let Err(e) = self.card.power_off() {
+                        self.log(format_args!("card power-off error: {e}"));
+                    }
+                    if matches!(end, End::Pulled | End::Torn) {
+                        self.handle.shared.removals.fetch_add(1, Ordering::SeqCst);
+                    }
                     self.handle.shared.connected.store(false, Ordering::SeqCst);
+                    // Counters are up to date before the reader sees the card go.
+                    drop(stream);
                     let delay = match &end {
                         End::Shutdown => {
                             self.log(format_args!("shutting down"));
                             return Ok(());
                         }
                         End::Pulled => {
-                            self.handle.shared.removals.fetch_add(1, Ordering::SeqCst);
                             self.log(format_args!("card removed"));
                             Duration::ZERO
                         }
                         End::Torn => {
-                            self.handle.shared.removals.fetch_add(1, Ordering::SeqCst);
                             self.log(format_args!("card torn; re-inserting"));
                             self.config.reinsert_delay
                         }
@@ -462,7 +469,7 @@ impl<T: CardTransport> VpcdServer<T> {
     }
 
     /// One connection: frames in, answers out, until something ends it.
-    fn serve(&mut self, mut stream: TcpStream) -> End {
+    fn serve(&mut self, stream: &mut TcpStream) -> End {
         let mut rx: Vec<u8> = Vec::with_capacity(4096);
         let mut chunk = [0u8; 4096];
         let mut partial_since: Option<Instant> = None;
@@ -476,7 +483,7 @@ impl<T: CardTransport> VpcdServer<T> {
             match parse_frame(&rx) {
                 Parsed::Frame(frame, used) => {
                     partial_since = None;
-                    let step = self.answer(frame, &mut stream);
+                    let step = self.answer(frame, stream);
                     rx.drain(..used.min(rx.len()));
                     if let Some(end) = step {
                         return end;
