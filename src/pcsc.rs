@@ -396,6 +396,11 @@ fn transmit_via(
         .transmit(command, buf)
         .map_err(|e| PcscError::from_transmit(e, reader))?;
     let n = got.len();
+    if n == 0 {
+        // "Success" with no bytes at all: the card never answered (vpcd reports a card
+        // that left mid-command this way). The command may have executed: tearing.
+        return Err(PcscError::CardRemoved);
+    }
     let Some(dst) = response.get_mut(..n) else {
         return Err(PcscError::ResponseTooLong {
             needed: n,
@@ -449,7 +454,11 @@ impl PcscCard {
 
     /// Sends one command APDU and writes the raw response into `response`. Never
     /// retried; see the [module docs](self).
-    pub fn transmit_raw(&mut self, command: &[u8], response: &mut [u8]) -> Result<usize, PcscError> {
+    pub fn transmit_raw(
+        &mut self,
+        command: &[u8],
+        response: &mut [u8],
+    ) -> Result<usize, PcscError> {
         transmit_via(&self.card, &mut self.buf, &self.reader, command, response)
     }
 
@@ -554,7 +563,11 @@ impl core::fmt::Debug for PcscTransaction<'_> {
 
 impl PcscTransaction<'_> {
     /// Sends one command APDU inside the transaction. Never retried.
-    pub fn transmit_raw(&mut self, command: &[u8], response: &mut [u8]) -> Result<usize, PcscError> {
+    pub fn transmit_raw(
+        &mut self,
+        command: &[u8],
+        response: &mut [u8],
+    ) -> Result<usize, PcscError> {
         transmit_via(&self.tx, self.buf, self.reader, command, response)
     }
 
@@ -592,11 +605,24 @@ mod tests {
 
     #[test]
     fn pick_reader_exact_then_substring() {
-        let r = names(&["ACS ACR122U 00 00", "Virtual PCD 00 00", "Virtual PCD 00 01"]);
+        let r = names(&[
+            "ACS ACR122U 00 00",
+            "Virtual PCD 00 00",
+            "Virtual PCD 00 01",
+        ]);
         assert_eq!(pick_reader(&r, None).unwrap(), "ACS ACR122U 00 00");
-        assert_eq!(pick_reader(&r, Some("Virtual PCD 00 01")).unwrap(), "Virtual PCD 00 01");
-        assert_eq!(pick_reader(&r, Some("virtual")).unwrap(), "Virtual PCD 00 00");
-        assert_eq!(pick_reader(&r, Some("acr122")).unwrap(), "ACS ACR122U 00 00");
+        assert_eq!(
+            pick_reader(&r, Some("Virtual PCD 00 01")).unwrap(),
+            "Virtual PCD 00 01"
+        );
+        assert_eq!(
+            pick_reader(&r, Some("virtual")).unwrap(),
+            "Virtual PCD 00 00"
+        );
+        assert_eq!(
+            pick_reader(&r, Some("acr122")).unwrap(),
+            "ACS ACR122U 00 00"
+        );
         assert!(matches!(
             pick_reader(&r, Some("omnikey")),
             Err(PcscError::ReaderNotFound { .. })
@@ -606,9 +632,18 @@ mod tests {
 
     #[test]
     fn error_mapping() {
-        assert_eq!(PcscError::from_pcsc(Raw::RemovedCard, "x", "r"), PcscError::CardRemoved);
-        assert_eq!(PcscError::from_pcsc(Raw::ResetCard, "x", "r"), PcscError::CardRemoved);
-        assert_eq!(PcscError::from_pcsc(Raw::NoReadersAvailable, "x", "r"), PcscError::NoReader);
+        assert_eq!(
+            PcscError::from_pcsc(Raw::RemovedCard, "x", "r"),
+            PcscError::CardRemoved
+        );
+        assert_eq!(
+            PcscError::from_pcsc(Raw::ResetCard, "x", "r"),
+            PcscError::CardRemoved
+        );
+        assert_eq!(
+            PcscError::from_pcsc(Raw::NoReadersAvailable, "x", "r"),
+            PcscError::NoReader
+        );
         assert_eq!(
             PcscError::from_pcsc(Raw::ReaderUnavailable, "x", "r"),
             PcscError::ReaderRemoved("r".into())
@@ -621,8 +656,14 @@ mod tests {
             PcscError::from_pcsc(Raw::SharingViolation, "x", "r"),
             PcscError::SharingViolation
         );
-        assert_eq!(PcscError::from_pcsc(Raw::NoService, "x", "r"), PcscError::NoService);
-        assert_eq!(PcscError::from_transmit(Raw::CommError, "r"), PcscError::CardRemoved);
+        assert_eq!(
+            PcscError::from_pcsc(Raw::NoService, "x", "r"),
+            PcscError::NoService
+        );
+        assert_eq!(
+            PcscError::from_transmit(Raw::CommError, "r"),
+            PcscError::CardRemoved
+        );
         assert_eq!(
             TransportError::from(PcscError::CardRemoved),
             TransportError::CardRemoved
