@@ -1,5 +1,6 @@
 //! Command-line front end: one module per command family.
 
+mod pcsc;
 mod report;
 mod run;
 mod trace;
@@ -22,12 +23,17 @@ pub struct Cli {
 enum Command {
     /// Run a command script with a data script against a card; print the receipt.
     Run(run::RunArgs),
+    /// Simulated cards: serve one to pcscd (`sim serve`).
+    Sim(pcsc::SimArgs),
 }
 
 /// Runs one parsed command line.
 pub fn dispatch(cli: Cli) -> CliResult {
     match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Sim(args) => match args.command {
+            pcsc::SimCommand::Serve(serve) => pcsc::serve(serve),
+        },
     }
 }
 
