@@ -37,6 +37,7 @@ pub mod crypto;
 pub mod envelope;
 pub mod error;
 pub mod frame;
+pub mod fuzzing;
 pub mod isa;
 pub mod receipt;
 pub mod script;

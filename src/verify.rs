@@ -16,7 +16,7 @@
 //! input exists in the data script with a compatible type.
 
 use crate::crypto::KeyUsage;
-use crate::isa::{DecodeError, Instr, decode_all};
+use crate::isa::{DecodeError, Instr};
 use crate::script::{
     CommandScript, Constant, DataScript, DebugInfo, Decl, FieldValue, Header, ValueType,
 };
@@ -178,7 +178,32 @@ pub struct Binding {
 impl VerifiedProgram {
     /// Verifies `script`.
     pub fn verify(script: &CommandScript) -> Result<Self, VerifyError> {
-        Verifier::new(script).run()
+        let c = Verifier::new(script).run()?;
+        Ok(VerifiedProgram {
+            header: script.header,
+            code: c.code,
+            offsets: c.offsets,
+            constants: script.constants.clone(),
+            inputs: script.inputs.clone(),
+            outputs: script.outputs.clone(),
+            debug: script.debug.clone(),
+            max_call_depth: c.max_call_depth,
+        })
+    }
+
+    /// Verifies `script`, taking its tables without copying them.
+    pub fn from_script(script: CommandScript) -> Result<Self, VerifyError> {
+        let c = Verifier::new(&script).run()?;
+        Ok(VerifiedProgram {
+            header: script.header,
+            code: c.code,
+            offsets: c.offsets,
+            constants: script.constants,
+            inputs: script.inputs,
+            outputs: script.outputs,
+            debug: script.debug,
+            max_call_depth: c.max_call_depth,
+        })
     }
 
     /// The script's header.
@@ -280,6 +305,13 @@ impl<'a> Bound<'a> {
     }
 }
 
+/// What verification produces besides the script's own tables.
+struct Checked {
+    code: Vec<Instr>,
+    offsets: Vec<u32>,
+    max_call_depth: u32,
+}
+
 struct Verifier<'s> {
     script: &'s CommandScript,
 }
@@ -289,7 +321,8 @@ impl<'s> Verifier<'s> {
         Verifier { script }
     }
 
-    fn run(self) -> Result<VerifiedProgram, VerifyError> {
+    /// Checks the script; returns the retargeted code, offsets and call depth.
+    fn run(self) -> Result<Checked, VerifyError> {
         let s = self.script;
         if s.code.is_empty() {
             return Err(VerifyError {
@@ -305,28 +338,34 @@ impl<'s> Verifier<'s> {
                 });
             }
         }
-        let decoded = decode_all(&s.code).map_err(|(offset, e)| VerifyError {
-            offset,
-            kind: VerifyErrorKind::Decode(e),
-        })?;
-
-        // offset -> instruction index + 1 (0: not a boundary).
+        // Pass 1: decode and check operands; note instruction boundaries
+        // (offset -> instruction index + 1; 0: not a boundary).
         let mut index_at = vec![0u32; s.code.len()];
-        for (i, (off, _)) in decoded.iter().enumerate() {
-            index_at[*off as usize] = i as u32 + 1;
-        }
-        let mut code = Vec::with_capacity(decoded.len());
-        let mut offsets = Vec::with_capacity(decoded.len());
-        for (off, instr) in &decoded {
-            let err = |kind| VerifyError { offset: *off, kind };
-            self.check_operands(instr).map_err(err)?;
-            let instr = retarget(*instr, |t| match index_at.get(t as usize) {
-                Some(&i) if i > 0 => Ok(i - 1),
-                _ => Err(VerifyErrorKind::BadTarget(t)),
-            })
-            .map_err(err)?;
+        let mut code = Vec::with_capacity(s.code.len() / 3 + 1);
+        let mut offsets = Vec::with_capacity(s.code.len() / 3 + 1);
+        let mut at = 0usize;
+        while at < s.code.len() {
+            let err = |kind| VerifyError {
+                offset: at as u32,
+                kind,
+            };
+            let (instr, size) =
+                Instr::decode(&s.code[at..]).map_err(|e| err(VerifyErrorKind::Decode(e)))?;
+            self.check_operands(&instr).map_err(err)?;
+            index_at[at] = code.len() as u32 + 1;
             code.push(instr);
-            offsets.push(*off);
+            offsets.push(at as u32);
+            at += size;
+        }
+        // Pass 2: byte targets become instruction indices.
+        for (instr, off) in code.iter_mut().zip(&offsets) {
+            if instr.target().is_some() {
+                *instr = retarget(*instr, |t| match index_at.get(t as usize) {
+                    Some(&i) if i > 0 => Ok(i - 1),
+                    _ => Err(VerifyErrorKind::BadTarget(t)),
+                })
+                .map_err(|kind| VerifyError { offset: *off, kind })?;
+            }
         }
         // Nothing may fall off the end.
         if let Some(last) = code.last() {
@@ -338,14 +377,9 @@ impl<'s> Verifier<'s> {
             }
         }
         let max_call_depth = call_depth(&code, &offsets)?;
-        Ok(VerifiedProgram {
-            header: s.header,
+        Ok(Checked {
             code,
             offsets,
-            constants: s.constants.clone(),
-            inputs: s.inputs.clone(),
-            outputs: s.outputs.clone(),
-            debug: s.debug.clone(),
             max_call_depth,
         })
     }
@@ -451,6 +485,13 @@ fn retarget(
 /// Explores routines (main at 0, one per call target), rejects recursion and `ret`
 /// outside a routine, and returns the deepest static call nesting.
 fn call_depth(code: &[Instr], offsets: &[u32]) -> Result<u32, VerifyError> {
+    // Without calls and returns there is nothing to explore.
+    if !code
+        .iter()
+        .any(|i| matches!(i, Instr::Call { .. } | Instr::Ret {}))
+    {
+        return Ok(0);
+    }
     // Routine entries in discovery order; callees[r] = routines r calls.
     let mut entries: Vec<u32> = vec![0];
     let mut callees: Vec<Vec<usize>> = Vec::new();

@@ -1,7 +1,10 @@
 //! Command-line front end: one module per command family.
 
+mod asm;
+mod envelope;
+mod keys;
 mod pcsc;
-mod report;
+mod receipt;
 mod run;
 mod trace;
 
@@ -21,8 +24,24 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Assemble a `.casm` command script into bytecode (`.cvm`).
+    Asm(asm::AsmArgs),
+    /// Disassemble a `.cvm` command script into `.casm` text.
+    Disasm(asm::DisasmArgs),
+    /// Verify a `.cvm` command script, and bind a data script to it.
+    Verify(asm::VerifyArgs),
+    /// Compile a TOML data script into a `.cvd`.
+    Data(asm::DataArgs),
+    /// Generate an SM2 key pair: PREFIX.key (private) and PREFIX.pub.
+    Keygen(keys::KeygenArgs),
+    /// Seal a script for one reader (issuer side).
+    Seal(envelope::SealArgs),
+    /// Open a sealed script (reader side): verify, check reader/expiry/replay, decrypt.
+    Open(envelope::OpenArgs),
     /// Run a command script with a data script against a card; print the receipt.
     Run(run::RunArgs),
+    /// Work with signed receipts.
+    Receipt(receipt::ReceiptArgs),
     /// Simulated cards: serve one to pcscd (`sim serve`).
     Sim(pcsc::SimArgs),
 }
@@ -30,8 +49,16 @@ enum Command {
 /// Runs one parsed command line.
 pub fn dispatch(cli: Cli) -> CliResult {
     match cli.command {
-        Command::Run(args) => run::run(args),
-        Command::Sim(args) => match args.command {
+        Command::Asm(a) => asm::asm(a),
+        Command::Disasm(a) => asm::disasm(a),
+        Command::Verify(a) => asm::verify(a),
+        Command::Data(a) => asm::data(a),
+        Command::Keygen(a) => keys::keygen(a),
+        Command::Seal(a) => envelope::seal_cmd(a),
+        Command::Open(a) => envelope::open_cmd(a),
+        Command::Run(a) => run::run(a),
+        Command::Receipt(a) => receipt::receipt_cmd(a),
+        Command::Sim(a) => match a.command {
             pcsc::SimCommand::Serve(serve) => pcsc::serve(serve),
         },
     }

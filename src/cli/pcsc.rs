@@ -1,5 +1,4 @@
-//! `cardvm sim serve` (a card served to pcscd over vpcd) and the `--pcsc` helpers of
-//! `cardvm run`.
+//! `cardvm sim serve`: a card served to pcscd over the vsmartcard vpcd protocol.
 
 use super::CliResult;
 use cardvm::transport::replay::ReplayCard;
@@ -100,8 +99,7 @@ pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
 /// Loads the card to serve.
 fn load_card(args: &ServeArgs) -> Result<Box<dyn CardTransport>, String> {
     if let Some(path) = &args.replay {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let card = ReplayCard::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         return Ok(Box::new(card));
     }
@@ -139,17 +137,6 @@ pub fn serve(args: ServeArgs) -> CliResult {
     }
     let mut server = VpcdServer::new(&mut card, config);
     server.run().map_err(|e| e.to_string())
-}
-
-/// Opens the card for `run --pcsc [READER]`: `reader` empty or `None` means the first
-/// reader; otherwise an exact name or a substring. Waits up to `timeout` for a tap.
-#[cfg(feature = "pcsc")]
-pub fn pcsc_card(
-    reader: Option<&str>,
-    timeout: Duration,
-) -> Result<cardvm::pcsc::PcscCard, String> {
-    let reader = reader.filter(|r| !r.is_empty());
-    cardvm::pcsc::open_reader(reader, timeout).map_err(|e| format!("--pcsc: {e}"))
 }
 
 #[cfg(test)]

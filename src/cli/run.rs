@@ -3,6 +3,7 @@
 
 use super::trace::StderrTrace;
 use super::{CliResult, read_file};
+use cardvm::receipt::Receipt;
 use cardvm::script::{CommandScript, DataScript};
 use cardvm::transport::replay::ReplayCard;
 use cardvm::transport::{ApduLayer, CardTransport};
@@ -28,6 +29,19 @@ pub struct RunArgs {
     /// Write the receipt JSON here instead of stdout.
     #[arg(long, value_name = "OUT.json")]
     pub receipt: Option<PathBuf>,
+    /// The reader's SM2 private key: opens sealed scripts and signs the receipt.
+    #[arg(long, value_name = "K")]
+    pub reader_key: Option<PathBuf>,
+    /// The issuer's SM2 public key (needed for sealed scripts).
+    #[arg(long, value_name = "P")]
+    pub issuer_pub: Option<PathBuf>,
+    /// This reader's id (checked against sealed scripts; written into the receipt)
+    /// [default: the reader key's id, or "local"].
+    #[arg(long, value_name = "ID")]
+    pub reader_id: Option<String>,
+    /// Replay store for sealed scripts [default: K with extension .replay].
+    #[arg(long, value_name = "PATH")]
+    pub replay_store: Option<PathBuf>,
     /// Instruction budget.
     #[arg(long, default_value_t = Limits::default().fuel)]
     pub fuel: u64,
@@ -80,9 +94,77 @@ pub fn execute<T: CardTransport>(
     Ok((report, layer.into_inner()))
 }
 
-pub fn run(args: RunArgs) -> CliResult {
+/// The reader's identity and keys for one run.
+struct ReaderKeys {
+    key: Option<cardvm::crypto::sm2::Sm2PrivateKey>,
+    id: String,
+}
+
+fn reader_keys(args: &RunArgs) -> Result<ReaderKeys, String> {
+    let key = args
+        .reader_key
+        .as_deref()
+        .map(super::keys::load_private_key)
+        .transpose()?;
+    let id = match (&args.reader_id, &key) {
+        (Some(id), _) => id.clone(),
+        (None, Some(k)) => k
+            .public_key()
+            .key_id()
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect(),
+        (None, None) => String::from("local"),
+    };
+    Ok(ReaderKeys { key, id })
+}
+
+/// Reads both scripts, opening sealed ones (at most one SM2 verify + decrypt each).
+fn load_scripts(
+    args: &RunArgs,
+    reader: &ReaderKeys,
+) -> Result<(Vec<u8>, zeroize::Zeroizing<Vec<u8>>), String> {
     let command = read_file(&args.command)?;
-    let data = read_file(&args.data)?;
+    let data = zeroize::Zeroizing::new(read_file(&args.data)?);
+    let sealed = |b: &[u8]| b.starts_with(&cardvm::envelope::format::MAGIC);
+    if !sealed(&command) && !sealed(&data) {
+        return Ok((command, data));
+    }
+    let (Some(key), Some(issuer)) = (&reader.key, &args.issuer_pub) else {
+        return Err(String::from(
+            "sealed scripts need --reader-key K and --issuer-pub P",
+        ));
+    };
+    let issuer = super::keys::load_public_key(issuer)?;
+    let store_path = args.replay_store.clone().unwrap_or_else(|| {
+        args.reader_key
+            .as_deref()
+            .map(|k| k.with_extension("replay"))
+            .unwrap_or_else(|| PathBuf::from("cardvm.replay"))
+    });
+    let store = cardvm::envelope::replay::FileReplayStore::open(&store_path)
+        .map_err(|e| format!("{}: {e}", store_path.display()))?;
+    let reader_id = args.reader_id.as_deref();
+    let mut opener = cardvm::envelope::Opener::new(reader_id, key.clone(), issuer, store);
+    let now = cardvm::envelope::unix_now();
+    let mut open =
+        |bytes: Vec<u8>, path: &std::path::Path| -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+            if !sealed(&bytes) {
+                return Ok(zeroize::Zeroizing::new(bytes));
+            }
+            let opened = opener
+                .open(&bytes, now)
+                .map_err(|e| format!("open {}: {e}", path.display()))?;
+            Ok(opened.into_payload())
+        };
+    let command = open(command, &args.command)?;
+    let data = open(data.to_vec(), &args.data)?;
+    Ok((command.to_vec(), data))
+}
+
+pub fn run(args: RunArgs) -> CliResult {
+    let reader = reader_keys(&args)?;
+    let (command, data) = load_scripts(&args, &reader)?;
     let prepared = prepare(
         &command,
         &data,
@@ -99,8 +181,22 @@ pub fn run(args: RunArgs) -> CliResult {
     };
     let text = std::fs::read_to_string(replay).map_err(|e| format!("{}: {e}", replay.display()))?;
     let card = ReplayCard::parse(&text).map_err(|e| format!("{}: {e}", replay.display()))?;
+    let card_id = card.uid().map(<[u8]>::to_vec).unwrap_or_default();
     let (report, _) = execute(&prepared, card, limits, args.trace)?;
-    let json = super::report::report_json(&prepared.program, &report);
+    let mut receipt = Receipt::from_run(
+        prepared.program.header(),
+        &reader.id,
+        &card_id,
+        &report,
+        None,
+    );
+    if let Some(key) = &reader.key {
+        receipt
+            .sign(key, &mut cardvm::crypto::rng::os_rng())
+            .map_err(|e| format!("signing the receipt: {e}"))?;
+    }
+    let mut json = receipt.to_json();
+    json.push('\n');
     super::write_output(args.receipt.as_deref(), json.as_bytes())?;
     match report.outcome {
         cardvm::vm::Outcome::Committed => Ok(()),

@@ -74,7 +74,7 @@ fn cbc_chain<const N: usize>(data: &[u8], mut enc: impl FnMut(&mut [u8; N])) -> 
 /// - [`KeyAlg::Des3`]: ISO 9797-1 MAC algorithm 3 ("retail MAC"): single-DES CBC under the left
 ///   half K1 over all blocks, then the last value is decrypted under K2 and encrypted under K1.
 /// - [`KeyAlg::Sm4`]: SM4 CBC-MAC (16-byte block).
-/// - [`KeyAlg::M1`]: [`CryptoError::NotABlockCipher`].
+/// - [`KeyAlg::M1`] keys are refused with [`CryptoError::NotABlockCipher`].
 ///
 /// Does not allocate.
 pub fn cbc_mac_full(key: &SecretKey, data: &[u8]) -> Result<MacBlock, CryptoError> {

@@ -12,6 +12,9 @@ mod hash;
 mod key;
 mod mac;
 mod purse;
+#[cfg(feature = "std")]
+pub mod rng;
+pub mod sm2;
 
 pub use block::{ecb_decrypt, ecb_encrypt, pad_iso9797_m2};
 pub use error::CryptoError;

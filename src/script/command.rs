@@ -433,8 +433,16 @@ pub(crate) mod tests {
         fn truncation_is_an_error_never_a_panic(s in any_script(), cut in 0usize..200) {
             let bytes = s.encode();
             let cut = cut % bytes.len();
-            let err = CommandScript::parse(&bytes[..cut]).unwrap_err();
-            prop_assert!(err.offset <= cut);
+            match CommandScript::parse(&bytes[..cut]) {
+                Err(err) => prop_assert!(err.offset <= cut),
+                // The one valid strict prefix: the script without its optional debug section.
+                Ok(prefix) => {
+                    let without = CommandScript { debug: None, ..s.clone() };
+                    prop_assert!(s.debug.is_some());
+                    prop_assert_eq!(cut, without.encode().len());
+                    prop_assert_eq!(prefix, without);
+                }
+            }
         }
 
         #[test]

@@ -460,7 +460,9 @@ impl Vm {
         reg.int = v;
     }
 
-    /// Moves the scratch buffer into register `r` (swapping buffers: no allocation).
+    /// Copies the scratch buffer into register `r`. Copying (not swapping) lets each
+    /// register's buffer settle at the largest value it holds, so a reused VM stops
+    /// allocating after its first run.
     fn set_from_scratch(&mut self, r: u8) -> Result<(), VmErrorKind> {
         let len = self.scratch.len();
         if len > self.limits.max_bytes {
@@ -484,7 +486,8 @@ impl Vm {
         }
         self.mem_used = used;
         self.peak_memory = self.peak_memory.max(used);
-        core::mem::swap(&mut reg.bytes, &mut self.scratch);
+        reg.bytes.clear();
+        reg.bytes.extend_from_slice(&self.scratch);
         reg.tag = Tag::Bytes;
         Ok(())
     }
@@ -531,13 +534,13 @@ impl Vm {
             }
             Some((f, _)) => Outcome::Failed(f),
         };
-        let outputs = bound
-            .program
-            .outputs
-            .iter()
-            .zip(self.outputs.iter_mut())
-            .filter_map(|(decl, v)| v.take().map(|v| (decl.name.clone(), v)))
-            .collect();
+        let written = self.outputs.iter().filter(|v| v.is_some()).count();
+        let mut outputs = Vec::with_capacity(written);
+        for (decl, v) in bound.program.outputs.iter().zip(self.outputs.iter_mut()) {
+            if let Some(v) = v.take() {
+                outputs.push((decl.name.clone(), v));
+            }
+        }
         // Wipe derived keys now rather than at the next run.
         self.keys.clear();
         RunReport {

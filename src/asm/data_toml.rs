@@ -1,0 +1,457 @@
+//! TOML → [`DataScript`]: the per-transaction values and keys, written by hand.
+//!
+//! ```toml
+//! amount   = 4660                              # integer
+//! terminal = { hex = "00 00 00 00 00 01" }     # bytes (spaces allowed)
+//! note     = { text = "hello" }                # bytes (UTF-8)
+//! now      = 2026-11-23T12:00:00               # local date-time → bcd_datetime
+//! later    = { datetime = "2026-11-23T12:00:00" }
+//! [keys.dlk]
+//! alg   = "des3"                               # des, des3, sm4, m1
+//! usage = "load"                               # load, purchase, tac, master, session, enc, mac, m1-a, m1-b, any
+//! hex   = "3F013F013F013F013F013F013F013F01"
+//! ```
+//!
+//! Fields appear in the data script in name order. Errors name the field and what is
+//! wrong with it; they never repeat key bytes.
+
+use crate::crypto::{KeyAlg, KeyUsage, SecretKey};
+use crate::script::{DataScript, Field, FieldValue, MAX_BYTES_LEN, MAX_ENTRIES, is_valid_name};
+use toml::Value;
+use toml::value::Datetime;
+use zeroize::Zeroize;
+
+/// Why a TOML data script does not compile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataError {
+    /// The text is not valid TOML.
+    #[error("line {line}, column {col}: {message}")]
+    Syntax {
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        col: usize,
+        /// The TOML parser's message.
+        message: String,
+    },
+    /// A field is malformed.
+    #[error("field `{field}`: {message}")]
+    Field {
+        /// The field (`amount`, `keys.dlk.hex`, …).
+        field: String,
+        /// What is wrong (never the key bytes).
+        message: String,
+    },
+}
+
+fn field_err(field: &str, message: impl Into<String>) -> DataError {
+    DataError::Field {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Zeroizes every string in a TOML value when dropped (key hex strings).
+struct Wipe(toml::Table);
+
+fn wipe_value(v: &mut Value) {
+    match v {
+        Value::String(s) => s.zeroize(),
+        Value::Table(t) => t.iter_mut().for_each(|(_, v)| wipe_value(v)),
+        Value::Array(a) => a.iter_mut().for_each(wipe_value),
+        _ => {}
+    }
+}
+
+impl Drop for Wipe {
+    fn drop(&mut self) {
+        self.0.iter_mut().for_each(|(_, v)| wipe_value(v));
+    }
+}
+
+/// Compiles TOML text into a data script.
+pub fn compile_data(toml_text: &str) -> Result<DataScript, DataError> {
+    let mut table: toml::Table = toml::from_str(toml_text).map_err(|e| {
+        let (line, col) = e
+            .span()
+            .map(|s| line_col(toml_text, s.start))
+            .unwrap_or((0, 0));
+        DataError::Syntax {
+            line,
+            col,
+            message: String::from(e.message().trim()),
+        }
+    })?;
+    let keys = match table.remove("keys") {
+        None => Wipe(toml::Table::new()),
+        Some(Value::Table(t)) => Wipe(t),
+        Some(_) => return Err(field_err("keys", "must be a table of [keys.NAME] tables")),
+    };
+    let mut fields = Vec::new();
+    for (name, value) in &table {
+        check_name(name)?;
+        fields.push(Field {
+            name: name.clone(),
+            value: value_of(name, value)?,
+        });
+    }
+    let mut keys = keys;
+    for (name, spec) in keys.0.iter_mut() {
+        let field = format!("keys.{name}");
+        check_name(name).map_err(|_| {
+            field_err(
+                &field,
+                "a name is a letter or `_` then letters, digits or `_` (at most 32)",
+            )
+        })?;
+        if table.contains_key(name) {
+            return Err(field_err(&field, format!("`{name}` is also a plain field")));
+        }
+        let Value::Table(spec) = spec else {
+            return Err(field_err(&field, "must be a table with alg, usage and hex"));
+        };
+        fields.push(Field {
+            name: name.clone(),
+            value: FieldValue::Key(key_of(&field, spec)?),
+        });
+    }
+    if fields.len() > MAX_ENTRIES {
+        return Err(field_err("", format!("more than {MAX_ENTRIES} fields")));
+    }
+    fields.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(DataScript { fields })
+}
+
+fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+fn check_name(name: &str) -> Result<(), DataError> {
+    if is_valid_name(name) {
+        Ok(())
+    } else {
+        Err(field_err(
+            name,
+            "a name is a letter or `_` then letters, digits or `_` (at most 32)",
+        ))
+    }
+}
+
+const VALUE_FORMS: &str =
+    "use an integer, { hex = \"..\" }, { text = \"..\" }, a date-time or { datetime = \"..\" }";
+
+fn value_of(name: &str, v: &Value) -> Result<FieldValue, DataError> {
+    match v {
+        Value::Integer(i) => u64::try_from(*i)
+            .map(FieldValue::Int)
+            .map_err(|_| field_err(name, "integers must not be negative")),
+        Value::Datetime(d) => bcd_of(name, d).map(FieldValue::BcdDateTime),
+        Value::Table(t) => {
+            let mut it = t.iter();
+            let (Some((form, inner)), None) = (it.next(), it.next()) else {
+                return Err(field_err(
+                    name,
+                    format!("expected exactly one of hex, text, datetime ({VALUE_FORMS})"),
+                ));
+            };
+            let Value::String(s) = inner else {
+                return Err(field_err(name, format!("`{form}` must be a string")));
+            };
+            let bytes = match form.as_str() {
+                "hex" => hex(s).map_err(|m| field_err(name, m))?,
+                "text" => s.as_bytes().to_vec(),
+                "datetime" => {
+                    let d: Datetime = s
+                        .parse()
+                        .map_err(|_| field_err(name, "not a date-time like 2026-11-23T12:00:00"))?;
+                    return bcd_of(name, &d).map(FieldValue::BcdDateTime);
+                }
+                other => {
+                    return Err(field_err(
+                        name,
+                        format!("unknown form `{other}` ({VALUE_FORMS})"),
+                    ));
+                }
+            };
+            if bytes.len() > MAX_BYTES_LEN {
+                return Err(field_err(
+                    name,
+                    format!("{} bytes exceeds the limit {MAX_BYTES_LEN}", bytes.len()),
+                ));
+            }
+            Ok(FieldValue::Bytes(bytes))
+        }
+        Value::String(_) => Err(field_err(
+            name,
+            format!("a plain string is ambiguous: {VALUE_FORMS}"),
+        )),
+        _ => Err(field_err(name, format!("unsupported value: {VALUE_FORMS}"))),
+    }
+}
+
+fn bcd(v: u32) -> u8 {
+    (((v / 10 % 10) << 4) | (v % 10)) as u8
+}
+
+fn bcd_of(name: &str, d: &Datetime) -> Result<[u8; 7], DataError> {
+    let (Some(date), Some(time), None) = (d.date, d.time, d.offset) else {
+        return Err(field_err(
+            name,
+            "needs a local date and time without offset, like 2026-11-23T12:00:00",
+        ));
+    };
+    if time.nanosecond.is_some_and(|n| n != 0) {
+        return Err(field_err(name, "fractional seconds are not supported"));
+    }
+    if date.year > 9999 {
+        return Err(field_err(name, "the year must have four digits"));
+    }
+    let y = u32::from(date.year);
+    Ok([
+        bcd(y / 100),
+        bcd(y % 100),
+        bcd(date.month.into()),
+        bcd(date.day.into()),
+        bcd(time.hour.into()),
+        bcd(time.minute.into()),
+        bcd(time.second.unwrap_or(0).into()),
+    ])
+}
+
+/// Hex digits, spaces allowed between them. Messages never include the digits.
+fn hex(s: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(s.len() / 2);
+    let mut hi: Option<u8> = None;
+    for (i, c) in s.chars().filter(|c| !c.is_whitespace()).enumerate() {
+        let Some(d) = c.to_digit(16) else {
+            out.zeroize();
+            return Err(format!("not hex: character {} is not a hex digit", i + 1));
+        };
+        match hi.take() {
+            None => hi = Some(d as u8),
+            Some(h) => out.push(h << 4 | d as u8),
+        }
+    }
+    if hi.is_some() {
+        out.zeroize();
+        return Err(String::from("not hex: odd number of digits"));
+    }
+    Ok(out)
+}
+
+fn key_of(field: &str, spec: &mut toml::Table) -> Result<SecretKey, DataError> {
+    for k in spec.keys() {
+        if !matches!(k.as_str(), "alg" | "usage" | "hex") {
+            return Err(field_err(
+                &format!("{field}.{k}"),
+                "unknown key property (alg, usage, hex)",
+            ));
+        }
+    }
+    let text = |spec: &toml::Table, prop: &str| -> Result<String, DataError> {
+        match spec.get(prop) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(field_err(&format!("{field}.{prop}"), "must be a string")),
+            None => Err(field_err(&format!("{field}.{prop}"), "missing")),
+        }
+    };
+    let alg_name = text(spec, "alg")?;
+    let alg = KeyAlg::from_name(&alg_name).ok_or_else(|| {
+        field_err(
+            &format!("{field}.alg"),
+            format!("unknown algorithm `{alg_name}` (des, des3, sm4, m1)"),
+        )
+    })?;
+    let usage_name = text(spec, "usage")?;
+    let usage = KeyUsage::from_name(&usage_name).ok_or_else(|| {
+        let all: Vec<&str> = KeyUsage::ALL.iter().map(|u| u.name()).collect();
+        field_err(
+            &format!("{field}.usage"),
+            format!("unknown usage `{usage_name}` ({})", all.join(", ")),
+        )
+    })?;
+    let hex_field = format!("{field}.hex");
+    let mut digits = match spec.remove("hex") {
+        Some(Value::String(s)) => s,
+        Some(mut other) => {
+            wipe_value(&mut other);
+            return Err(field_err(&hex_field, "must be a string of hex digits"));
+        }
+        None => return Err(field_err(&hex_field, "missing")),
+    };
+    let parsed = hex(&digits);
+    digits.zeroize();
+    let mut bytes = parsed.map_err(|m| field_err(&hex_field, m))?;
+    let key = SecretKey::new(alg, usage, &bytes).map_err(|_| {
+        field_err(
+            &hex_field,
+            format!(
+                "a {} key is {} bytes, found {}",
+                alg.name(),
+                alg.key_len(),
+                bytes.len()
+            ),
+        )
+    });
+    bytes.zeroize();
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::script::ValueType;
+
+    const LOAD: &str = r#"
+amount   = 4660
+terminal = { hex = "00 00 00 00 00 01" }
+note     = { text = "hello" }
+now      = 2026-11-23T12:00:00
+later    = { datetime = "2026-11-23T12:00:07" }
+[keys.dlk]
+alg   = "des3"
+usage = "load"
+hex   = "3F013F013F013F013F013F013F013F01"
+"#;
+
+    #[test]
+    fn compiles_every_form() {
+        let d = compile_data(LOAD).unwrap();
+        let names: Vec<&str> = d.fields.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["amount", "dlk", "later", "note", "now", "terminal"]);
+        assert_eq!(d.get("amount"), Some(&FieldValue::Int(0x1234)));
+        assert_eq!(
+            d.get("terminal"),
+            Some(&FieldValue::Bytes(vec![0, 0, 0, 0, 0, 1]))
+        );
+        assert_eq!(d.get("note"), Some(&FieldValue::Bytes(b"hello".to_vec())));
+        assert_eq!(
+            d.get("now"),
+            Some(&FieldValue::BcdDateTime([
+                0x20, 0x26, 0x11, 0x23, 0x12, 0x00, 0x00
+            ]))
+        );
+        assert_eq!(
+            d.get("later"),
+            Some(&FieldValue::BcdDateTime([
+                0x20, 0x26, 0x11, 0x23, 0x12, 0x00, 0x07
+            ]))
+        );
+        let want = SecretKey::new(KeyAlg::Des3, KeyUsage::Load, &[0x3F, 0x01].repeat(8)).unwrap();
+        assert_eq!(d.get("dlk"), Some(&FieldValue::Key(want)));
+        assert!(d.get("dlk").unwrap().fits(&ValueType::Key {
+            alg: KeyAlg::Des3,
+            usage: KeyUsage::Load
+        }));
+        // The binary form round-trips (BCD validity is checked by the parser).
+        assert_eq!(DataScript::parse(&d.encode()).unwrap(), d);
+    }
+
+    fn field_error(text: &str) -> (String, String) {
+        match compile_data(text).unwrap_err() {
+            DataError::Field { field, message } => (field, message),
+            e => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("a = -1", "a", "negative"),
+            ("a = 1.5", "a", "unsupported"),
+            ("a = \"x\"", "a", "ambiguous"),
+            ("a = { hex = \"0G\" }", "a", "not a hex digit"),
+            ("a = { hex = \"012\" }", "a", "odd"),
+            ("a = { hex = 5 }", "a", "must be a string"),
+            ("a = { bin = \"01\" }", "a", "unknown form"),
+            ("a = { hex = \"01\", text = \"x\" }", "a", "exactly one"),
+            ("a = 2026-11-23", "a", "local date and time"),
+            ("a = 2026-11-23T12:00:00Z", "a", "local date and time"),
+            ("a = 2026-11-23T12:00:00.5", "a", "fractional"),
+            ("a = { datetime = \"tomorrow\" }", "a", "not a date-time"),
+            ("\"9a\" = 1", "9a", "a name is"),
+            ("keys = 1", "keys", "table"),
+            ("[keys]\nk = 1", "keys.k", "alg, usage and hex"),
+            (
+                "[keys.k]\nusage = \"load\"\nhex = \"00\"",
+                "keys.k.alg",
+                "missing",
+            ),
+            (
+                "[keys.k]\nalg = \"rsa\"\nusage = \"load\"\nhex = \"00\"",
+                "keys.k.alg",
+                "unknown algorithm",
+            ),
+            (
+                "[keys.k]\nalg = \"des\"\nusage = \"x\"\nhex = \"00\"",
+                "keys.k.usage",
+                "unknown usage",
+            ),
+            (
+                "[keys.k]\nalg = \"des\"\nusage = 1\nhex = \"00\"",
+                "keys.k.usage",
+                "must be a string",
+            ),
+            (
+                "[keys.k]\nalg = \"des\"\nusage = \"mac\"",
+                "keys.k.hex",
+                "missing",
+            ),
+            (
+                "[keys.k]\nalg = \"des\"\nusage = \"mac\"\nhex = 7",
+                "keys.k.hex",
+                "must be a string",
+            ),
+            (
+                "[keys.k]\nalg = \"des\"\nusage = \"mac\"\nhex = \"00\"\nx = 1",
+                "keys.k.x",
+                "unknown key property",
+            ),
+            (
+                "[keys.k]\nalg = \"des\"\nusage = \"mac\"\nhex = \"0011\"",
+                "keys.k.hex",
+                "8 bytes, found 2",
+            ),
+            (
+                "k = 1\n[keys.k]\nalg = \"des\"\nusage = \"mac\"\nhex = \"0011223344556677\"",
+                "keys.k",
+                "also a plain field",
+            ),
+        ];
+        for (text, field, msg) in cases {
+            let (f, m) = field_error(text);
+            assert_eq!(&f, field, "{text}");
+            assert!(m.contains(msg), "{text}: {m}");
+        }
+        let big = format!("a = {{ hex = \"{}\" }}", "00".repeat(MAX_BYTES_LEN + 1));
+        assert!(field_error(&big).1.contains("exceeds"));
+    }
+
+    #[test]
+    fn errors_never_echo_key_bytes() {
+        let texts = [
+            "[keys.k]\nalg = \"des3\"\nusage = \"load\"\nhex = \"3F013F013F013F013F013F013F01ZZ\"",
+            "[keys.k]\nalg = \"des3\"\nusage = \"load\"\nhex = \"3F013F013F013F01\"",
+            "[keys.k]\nalg = \"des3\"\nusage = \"load\"\nhex = 3F013F013F013F01",
+            "[keys.k]\nalg = \"des3\"\nusage = \"load\"\nhex = \"3F013F013F013F01",
+        ];
+        for t in texts {
+            let e = compile_data(t).unwrap_err();
+            let shown = format!("{e} {e:?}");
+            assert!(!shown.contains("3F01"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_have_a_position() {
+        match compile_data("a = 1\nb = = 2").unwrap_err() {
+            DataError::Syntax { line, col, .. } => assert_eq!((line, col > 0), (2, true)),
+            e => panic!("{e:?}"),
+        }
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+}

@@ -1,0 +1,110 @@
+//! Assembler diagnostics: positioned errors and warnings.
+
+use alloc::string::String;
+use core::fmt;
+
+/// An assembler error at a source position.
+///
+/// Its `Display` is the compiler-style diagnostic:
+/// ```text
+/// load.casm:12:5: error: unknown mnemonic `apud`
+///     apud  r1, r0
+///     ^
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AsmError {
+    /// Source file name (as given to the assembler or resolved by the loader).
+    pub file: String,
+    /// 1-based line.
+    pub line: u32,
+    /// 1-based column (in characters).
+    pub col: u32,
+    /// What is wrong.
+    pub message: String,
+    /// The text of the offending line (empty when there is none).
+    pub source_line: String,
+}
+
+impl AsmError {
+    /// The first line of the diagnostic: `file:line:col: error: message`.
+    pub fn headline(&self) -> String {
+        alloc::format!(
+            "{}:{}:{}: error: {}",
+            self.file,
+            self.line,
+            self.col,
+            self.message
+        )
+    }
+}
+
+impl fmt::Display for AsmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.headline())?;
+        if !self.source_line.is_empty() {
+            write!(f, "\n{}\n", self.source_line)?;
+            // Keep tabs so the caret lines up under tab-indented source.
+            for c in self
+                .source_line
+                .chars()
+                .take(self.col.saturating_sub(1) as usize)
+            {
+                f.write_str(if c == '\t' { "\t" } else { " " })?;
+            }
+            f.write_str("^")?;
+        }
+        Ok(())
+    }
+}
+
+impl core::error::Error for AsmError {}
+
+/// A non-fatal diagnostic. The assembler itself emits none yet; lints add them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// Source file name.
+    pub file: String,
+    /// 1-based line.
+    pub line: u32,
+    /// 1-based column.
+    pub col: u32,
+    /// What is suspicious.
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: warning: {}",
+            self.file, self.line, self.col, self.message
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_shows_caret_under_column() {
+        let e = AsmError {
+            file: "a.casm".into(),
+            line: 3,
+            col: 7,
+            message: "unknown mnemonic `apud`".into(),
+            source_line: "\t  x  apud r1".into(),
+        };
+        assert_eq!(
+            alloc::format!("{e}"),
+            "a.casm:3:7: error: unknown mnemonic `apud`\n\t  x  apud r1\n\t     ^"
+        );
+        let w = Warning {
+            file: "a.casm".into(),
+            line: 1,
+            col: 2,
+            message: "m".into(),
+        };
+        assert_eq!(alloc::format!("{w}"), "a.casm:1:2: warning: m");
+    }
+}

@@ -1,0 +1,155 @@
+//! The `asm`, `disasm`, `verify` and `data` commands, run as the built binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn cardvm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cardvm"))
+        .args(args)
+        .output()
+        .expect("runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = cardvm(args);
+    assert!(
+        out.status.success(),
+        "cardvm {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn tmp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cardvm-asm-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/examples")
+}
+
+#[test]
+fn asm_verify_disasm_asm_gives_identical_bytes() {
+    let dir = tmp_dir("roundtrip");
+    for debug in [false, true] {
+        let cvm = dir.join(format!("load-{debug}.cvm"));
+        let cvd = dir.join("load.cvd");
+        let casm = dir.join(format!("again-{debug}.casm"));
+        let cvm2 = dir.join(format!("again-{debug}.cvm"));
+        let src = examples().join("load.casm");
+        let mut args = vec!["asm", s(&src), "-o", s(&cvm)];
+        if debug {
+            args.push("-g");
+        }
+        ok(&args);
+        ok(&["data", s(&examples().join("load.toml")), "-o", s(&cvd)]);
+        let summary = ok(&["verify", s(&cvm), "--data", s(&cvd)]);
+        assert!(summary.contains("ok: "), "{summary}");
+        assert!(summary.contains("instructions"), "{summary}");
+        assert!(
+            summary.contains("registers, 2 key slots, max call depth 0"),
+            "{summary}"
+        );
+        assert!(summary.contains("binds its 4 inputs"), "{summary}");
+        // disasm to stdout and to a file agree.
+        let text = ok(&["disasm", s(&cvm)]);
+        ok(&["disasm", s(&cvm), "-o", s(&casm)]);
+        assert_eq!(std::fs::read_to_string(&casm).unwrap(), text);
+        assert!(text.contains("pkey"), "{text}");
+        assert_eq!(text.contains(".loc "), debug, "{text}");
+        ok(&["asm", s(&casm), "-o", s(&cvm2)]);
+        assert_eq!(std::fs::read(&cvm).unwrap(), std::fs::read(&cvm2).unwrap());
+    }
+    // The data script holds keys: owner-only on unix.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("load.cvd"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+    }
+    // Balance too, with the default output name.
+    let bal = dir.join("balance.casm");
+    std::fs::copy(examples().join("balance.casm"), &bal).unwrap();
+    std::fs::copy(examples().join("purse.casm"), dir.join("purse.casm")).unwrap();
+    ok(&["asm", s(&bal)]);
+    let summary = ok(&["verify", s(&dir.join("balance.cvm"))]);
+    assert!(summary.contains("3 registers, 0 key slots"), "{summary}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_bad_source_fails_with_file_line_col_and_a_caret() {
+    let dir = tmp_dir("bad");
+    let bad = dir.join("bad.casm");
+    std::fs::write(&bad, ".reg a\n    ldc a, [01]\n    apud a, a\n    halt\n").unwrap();
+    let out = cardvm(&["asm", s(&bad), "-o", s(&dir.join("bad.cvm"))]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let head = format!("{}:3:5: error: unknown mnemonic `apud`", bad.display());
+    assert!(
+        err.contains(&format!("{head}\n    apud a, a\n    ^")),
+        "{err}"
+    );
+    // The last line is the one-line reason.
+    assert!(
+        err.trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("cardvm: "),
+        "{err}"
+    );
+    assert!(!dir.join("bad.cvm").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn verify_reports_failures_in_one_line() {
+    let dir = tmp_dir("verify");
+    // Assembles, but falls off the end of the code: the verifier refuses it.
+    let src = dir.join("fall.casm");
+    std::fs::write(&src, "nop\nnop\n").unwrap();
+    let cvm = dir.join("fall.cvm");
+    ok(&["asm", s(&src), "-o", s(&cvm), "-g"]);
+    let out = cardvm(&["verify", s(&cvm)]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("fall.casm:2: at code offset 1: control falls off the end"),
+        "{err}"
+    );
+    // A data script that lacks an input does not bind.
+    let toml = dir.join("d.toml");
+    std::fs::write(&toml, "amount = 1\n").unwrap();
+    let cvd = dir.join("d.cvd");
+    ok(&["data", s(&toml), "-o", s(&cvd)]);
+    let cvm = dir.join("load.cvm");
+    ok(&["asm", s(&examples().join("load.casm")), "-o", s(&cvm)]);
+    let out = cardvm(&["verify", s(&cvm), "--data", s(&cvd)]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("does not bind: the data script has no field")
+    );
+    // Garbage is a format error, not a crash.
+    std::fs::write(&cvm, b"not a script").unwrap();
+    let out = cardvm(&["disasm", s(&cvm)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad magic"));
+    // A bad data file names the field.
+    std::fs::write(&toml, "amount = -1\n").unwrap();
+    let out = cardvm(&["data", s(&toml), "-o", s(&cvd)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("field `amount`"));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,0 +1,186 @@
+//! End to end through the CLI: assemble, compile data, seal for a reader, run against a
+//! recorded card exchange, and verify the signed receipt.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn cardvm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cardvm"))
+        .args(args)
+        .output()
+        .expect("cardvm runs")
+}
+
+fn ok(args: &[&str]) -> Output {
+    let out = cardvm(args);
+    assert!(
+        out.status.success(),
+        "cardvm {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A file in a directory of this test's own (tests run in parallel).
+fn tmp(test: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cardvm-cli-run-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The published PBOC load exchange (reference/epurse.md): the card answers INITIALIZE
+/// FOR LOAD with MAC1 6C394D64, which the script checks before it sends MAC2.
+const TRACE: &str = "\
+>> 00 A4 04 00 09 A0 00 00 00 03 86 98 07 01 00
+<< 6F 00 90 00
+>> 80 50 00 02 0B 01 00 00 12 34 00 00 00 00 00 01 10
+<< 00 00 00 00 00 00 00 01 F9 CA BA 91 6C 39 4D 64 90 00
+>> 80 52 00 00 0B 20 26 11 23 12 00 00 ..
+<< 11 22 33 44 90 00
+";
+
+fn build(test: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let cvm = tmp(test, "load.cvm");
+    let cvd = tmp(test, "load.cvd");
+    let trace = tmp(test, "load.trace");
+    ok(&["asm", "scripts/examples/load.casm", "-o", s(&cvm)]);
+    ok(&["data", "scripts/examples/load.toml", "-o", s(&cvd)]);
+    std::fs::write(&trace, TRACE).unwrap();
+    (cvm, cvd, trace)
+}
+
+#[test]
+fn plain_scripts_run_against_a_recorded_exchange() {
+    let (cvm, cvd, trace) = build("plain");
+    let out = ok(&[
+        "run",
+        s(&cvm),
+        "--data",
+        s(&cvd),
+        "--replay",
+        s(&trace),
+        "--trace",
+    ]);
+    let receipt: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("receipt JSON on stdout");
+    assert_eq!(receipt["outcome"], "committed", "{receipt}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(">> 80 50 00 02 0B 01 00 00 12 34"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("<< 11 22 33 44 90 00"), "{stderr}");
+    let text = receipt.to_string();
+    assert!(
+        text.contains("4660"),
+        "amount/balance_after in the receipt: {text}"
+    );
+    assert!(!text.contains("3F013F01"), "key bytes in the receipt");
+    assert!(!stderr.contains("3F 01 3F 01"), "key bytes in the trace");
+}
+
+#[test]
+fn a_card_with_a_wrong_mac1_fails_with_the_script_code() {
+    let (cvm, cvd, trace) = build("badmac");
+    std::fs::write(&trace, TRACE.replace("6C 39 4D 64", "6C 39 4D 65")).unwrap();
+    let out = cardvm(&["run", s(&cvm), "--data", s(&cvd), "--replay", s(&trace)]);
+    assert!(!out.status.success());
+    let receipt: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("receipt even on failure");
+    assert_eq!(receipt["outcome"], "failed", "{receipt}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one-line reason: {err}");
+    assert!(err.contains("0x0003"), "{err}");
+}
+
+#[test]
+fn sealed_scripts_run_and_the_receipt_verifies() {
+    let (cvm, cvd, trace) = build("sealed");
+    let issuer = tmp("sealed", "issuer");
+    let reader = tmp("sealed", "reader");
+    ok(&["keygen", "--out", s(&issuer), "--force"]);
+    ok(&["keygen", "--out", s(&reader), "--force"]);
+    let (ikey, ipub) = (issuer.with_extension("key"), issuer.with_extension("pub"));
+    let (rkey, rpub) = (reader.with_extension("key"), reader.with_extension("pub"));
+    let (scvm, scvd) = (
+        tmp("sealed", "load.cvm.sealed"),
+        tmp("sealed", "load.cvd.sealed"),
+    );
+    for (input, out, seq) in [(&cvm, &scvm, "1"), (&cvd, &scvd, "2")] {
+        ok(&[
+            "seal",
+            "--issuer-key",
+            s(&ikey),
+            "--reader-pub",
+            s(&rpub),
+            "--reader-id",
+            "R-0001",
+            "--seq",
+            seq,
+            "--expires",
+            "2099-01-01T00:00:00Z",
+            s(input),
+            "-o",
+            s(out),
+        ]);
+    }
+    let receipt = tmp("sealed", "receipt.json");
+    let store = tmp("sealed", "replay.store");
+    let _ = std::fs::remove_file(&store);
+    ok(&[
+        "run",
+        s(&scvm),
+        "--data",
+        s(&scvd),
+        "--replay",
+        s(&trace),
+        "--reader-key",
+        s(&rkey),
+        "--issuer-pub",
+        s(&ipub),
+        "--reader-id",
+        "R-0001",
+        "--replay-store",
+        s(&store),
+        "--receipt",
+        s(&receipt),
+    ]);
+    ok(&["receipt", "verify", s(&receipt), "--reader-pub", s(&rpub)]);
+    // The same data script again is a replay.
+    let again = cardvm(&[
+        "run",
+        s(&scvm),
+        "--data",
+        s(&scvd),
+        "--replay",
+        s(&trace),
+        "--reader-key",
+        s(&rkey),
+        "--issuer-pub",
+        s(&ipub),
+        "--reader-id",
+        "R-0001",
+        "--replay-store",
+        s(&store),
+    ]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("replay"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    // A tampered receipt does not verify.
+    let text = std::fs::read_to_string(&receipt)
+        .unwrap()
+        .replace("\"committed\"", "\"failed\"");
+    std::fs::write(&receipt, text).unwrap();
+    assert!(
+        !cardvm(&["receipt", "verify", s(&receipt), "--reader-pub", s(&rpub)])
+            .status
+            .success()
+    );
+}
