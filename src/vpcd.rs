@@ -63,8 +63,8 @@ const fn with_tck<const N: usize>(mut atr: [u8; N]) -> [u8; N] {
 /// `3B 8C 80 01` + 12 historical bytes (`"cardvm card1"`) + TCK, offering T=1 (the
 /// protocol under which PC/SC presents ISO 14443-4 cards).
 pub const DEFAULT_ATR: [u8; 17] = with_tck([
-    0x3B, 0x8C, 0x80, 0x01, b'c', b'a', b'r', b'd', b'v', b'm', b' ', b'c', b'a', b'r', b'd',
-    b'1', 0x00,
+    0x3B, 0x8C, 0x80, 0x01, b'c', b'a', b'r', b'd', b'v', b'm', b' ', b'c', b'a', b'r', b'd', b'1',
+    0x00,
 ]);
 
 /// A control message from pcscd.
@@ -400,7 +400,10 @@ impl<T: CardTransport> VpcdServer<T> {
                         .connections
                         .fetch_add(1, Ordering::SeqCst);
                     self.handle.shared.connected.store(true, Ordering::SeqCst);
-                    self.log(format_args!("card inserted (connected to {})", self.config.addr));
+                    self.log(format_args!(
+                        "card inserted (connected to {})",
+                        self.config.addr
+                    ));
                     let end = self.serve(&mut stream);
                     // A card out of the field has no power: it loses its volatile state.
                     if let Err(e) = self.card.power_off() {
@@ -457,8 +460,12 @@ impl<T: CardTransport> VpcdServer<T> {
         for addr in addrs {
             match TcpStream::connect_timeout(&addr, self.config.connect_timeout) {
                 Ok(s) => {
-                    s.set_read_timeout(Some(self.config.poll_interval.max(Duration::from_millis(1))))?;
-                    s.set_write_timeout(Some(self.config.io_timeout.max(Duration::from_millis(1))))?;
+                    s.set_read_timeout(Some(
+                        self.config.poll_interval.max(Duration::from_millis(1)),
+                    ))?;
+                    s.set_write_timeout(Some(
+                        self.config.io_timeout.max(Duration::from_millis(1)),
+                    ))?;
                     s.set_nodelay(true)?;
                     return Ok(s);
                 }
@@ -573,10 +580,7 @@ impl<T: CardTransport> VpcdServer<T> {
         }
     }
 
-    fn control(
-        &mut self,
-        op: impl FnOnce(&mut T) -> Result<(), TransportError>,
-    ) -> Option<End> {
+    fn control(&mut self, op: impl FnOnce(&mut T) -> Result<(), TransportError>) -> Option<End> {
         match op(&mut self.card) {
             Ok(()) => None,
             Err(TransportError::CardRemoved) => Some(End::Torn),
@@ -624,7 +628,10 @@ mod tests {
         );
         assert_eq!(parse_frame(&[0, 0, 7]), Parsed::Frame(Frame::Empty, 2));
         assert_eq!(parse_frame(&[0]), Parsed::Incomplete { needed: 2 });
-        assert_eq!(parse_frame(&[0xFF, 0xFF, 1]), Parsed::Incomplete { needed: 65537 });
+        assert_eq!(
+            parse_frame(&[0xFF, 0xFF, 1]),
+            Parsed::Incomplete { needed: 65537 }
+        );
     }
 
     #[test]

@@ -82,7 +82,10 @@ fn assert_closed(s: &mut TcpStream) {
         Ok(0) => {}
         Ok(_) => panic!("unexpected data: connection should be closed"),
         Err(e) => assert!(
-            matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted),
+            matches!(
+                e.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+            ),
             "expected a closed connection, got {e}"
         ),
     }
@@ -135,7 +138,10 @@ fn survives_bad_frames_and_resynchronises() {
     // 3 bytes: too short for an APDU.
     assert_eq!(exchange(&mut s, &[0x00, 0xA4, 0x04]), vec![0x67, 0x00]);
     // Garbage APDU with a wrong Lc.
-    assert_eq!(exchange(&mut s, &[0x00, 0xA4, 0x04, 0x00, 0x20, 1]), vec![0x67, 0x00]);
+    assert_eq!(
+        exchange(&mut s, &[0x00, 0xA4, 0x04, 0x00, 0x20, 1]),
+        vec![0x67, 0x00]
+    );
     // A frame split across writes is still one frame.
     s.write_all(&[0x00, 0x0F]).unwrap();
     s.flush().unwrap();
@@ -237,7 +243,10 @@ fn gives_up_after_the_attempt_limit() {
     };
     let (_handle, join) = start(PurseCard::new(1), cfg);
     let (r, _) = join.join().unwrap();
-    assert!(matches!(r, Err(VpcdError::Connect { attempts: 3, .. })), "{r:?}");
+    assert!(
+        matches!(r, Err(VpcdError::Connect { attempts: 3, .. })),
+        "{r:?}"
+    );
 }
 
 #[test]
