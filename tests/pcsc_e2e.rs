@@ -266,4 +266,59 @@ fn pcsc_end_to_end() {
     join.join().unwrap().unwrap();
     // The card is gone from the reader once the server stops.
     ctx.wait_for_removal(READER, WAIT).unwrap();
+
+    // 10. The CLI: `cardvm sim serve` on the second vpcd port serves a recorded
+    // exchange to reader "Virtual PCD 00 01".
+    #[cfg(feature = "cli")]
+    cli_sim_serve(&ctx);
+}
+
+/// Kills the child on drop so a failing assertion does not leave it running.
+#[cfg(feature = "cli")]
+struct Child(std::process::Child);
+
+#[cfg(feature = "cli")]
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[cfg(feature = "cli")]
+fn cli_sim_serve(ctx: &PcscContext) {
+    const READER2: &str = "Virtual PCD 00 01";
+    let dir = std::env::temp_dir().join(format!("cardvm-pcsc-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("balance.trace");
+    std::fs::write(
+        &trace,
+        format!(
+            ">> {}\n<< {}9000\n>> {}\n<< 000003E8 9000\n",
+            hex(&SELECT_PURSE),
+            hex(&fci()),
+            hex(&GET_BALANCE)
+        ),
+    )
+    .unwrap();
+    let _child = Child(
+        Command::new(env!("CARGO_BIN_EXE_cardvm"))
+            .args(["sim", "serve", "--quiet", "--vpcd", "127.0.0.1:35964"])
+            .args(["--atr", "3B 80 80 01 01", "--replay"])
+            .arg(&trace)
+            .spawn()
+            .unwrap(),
+    );
+    let atr = ctx.wait_for_card(READER2, WAIT).unwrap();
+    assert_eq!(atr, vec![0x3B, 0x80, 0x80, 0x01, 0x01]);
+    let mut card = ctx.connect(READER2, ConnectOptions::default()).unwrap();
+    let mut layer = ApduLayer::new(&mut card);
+    let mut data = Vec::new();
+    assert_eq!(layer.exchange(&SELECT_PURSE, &mut data).unwrap().0, 0x9000);
+    assert_eq!(layer.exchange(&GET_BALANCE, &mut data).unwrap().0, 0x9000);
+    assert_eq!(data, 1000u32.to_be_bytes());
+    drop(card);
+    drop(_child);
+    ctx.wait_for_removal(READER2, WAIT).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }
