@@ -29,7 +29,8 @@ if [ -z "$PCSCD" ]; then
     exit 1
 fi
 
-running() { pgrep -x pcscd >/dev/null 2>&1; }
+# A live pcscd (a killed one may linger as a zombie until reaped).
+running() { ps -C pcscd -o stat= 2>/dev/null | grep -qv "^Z"; }
 listening() {
     if command -v ss >/dev/null 2>&1; then
         ss -Hltn "sport = :$PORT" 2>/dev/null | grep -q .
