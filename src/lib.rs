@@ -51,5 +51,7 @@ pub mod journal;
 pub mod pcsc;
 #[cfg(feature = "sim")]
 pub mod sim;
+#[cfg(feature = "std")]
+pub mod vpcd;
 
 pub use error::Error;

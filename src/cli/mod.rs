@@ -4,6 +4,7 @@ mod asm;
 mod envelope;
 mod journal;
 mod keys;
+mod pcsc;
 mod receipt;
 mod run;
 mod trace;
@@ -47,6 +48,8 @@ enum Command {
         #[command(subcommand)]
         cmd: journal::JournalCmd,
     },
+    /// Simulated cards: serve one to pcscd (`sim serve`).
+    Sim(pcsc::SimArgs),
 }
 
 /// Runs one parsed command line.
@@ -62,6 +65,9 @@ pub fn dispatch(cli: Cli) -> CliResult {
         Command::Run(a) => run::run(a),
         Command::Receipt(a) => receipt::receipt_cmd(a),
         Command::Journal { cmd } => journal::run(cmd),
+        Command::Sim(a) => match a.command {
+            pcsc::SimCommand::Serve(serve) => pcsc::serve(serve),
+        },
     }
 }
 
