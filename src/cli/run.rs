@@ -20,6 +20,12 @@ pub struct RunArgs {
     /// Data script (`.cvd`, or sealed).
     #[arg(long)]
     pub data: PathBuf,
+    /// Run on the card in a PC/SC reader (first reader, or by name or substring).
+    #[arg(long, value_name = "READER", num_args = 0..=1, default_missing_value = "")]
+    pub pcsc: Option<String>,
+    /// Seconds to wait for a card in the PC/SC reader.
+    #[arg(long, default_value_t = 30)]
+    pub wait: u64,
     /// Replay a recorded APDU trace (the `--trace` format) instead of a card.
     #[arg(long, value_name = "TRACE")]
     pub replay: Option<PathBuf>,
@@ -179,19 +185,13 @@ pub fn run(args: RunArgs) -> CliResult {
         max_apdus: args.max_apdus,
         ..Limits::default()
     };
-    let Some(replay) = &args.replay else {
-        return Err(String::from("no card: give --replay TRACE"));
-    };
-    let text = std::fs::read_to_string(replay).map_err(|e| format!("{}: {e}", replay.display()))?;
-    let card = ReplayCard::parse(&text).map_err(|e| format!("{}: {e}", replay.display()))?;
-    let card_id = card.uid().map(<[u8]>::to_vec).unwrap_or_default();
-    let (report, _) = execute(&prepared, card, limits, args.trace)?;
+    let (report, card_id, air_time) = on_card(&args, &prepared, limits)?;
     let mut receipt = Receipt::from_run(
         prepared.program.header(),
         &reader.id,
         &card_id,
         &report,
-        None,
+        air_time,
     );
     if let Some(key) = &reader.key {
         receipt
@@ -219,6 +219,60 @@ pub fn run(args: RunArgs) -> CliResult {
             describe(&other)
         )),
     }
+}
+
+/// Runs on the card the arguments name; returns the report, the card id and the
+/// modelled air time (simulated cards only).
+fn on_card(
+    args: &RunArgs,
+    prepared: &Prepared,
+    limits: Limits,
+) -> Result<(RunReport, Vec<u8>, Option<u64>), String> {
+    match (&args.replay, &args.pcsc) {
+        (Some(replay), None) => {
+            let text = std::fs::read_to_string(replay)
+                .map_err(|e| format!("{}: {e}", replay.display()))?;
+            let card =
+                ReplayCard::parse(&text).map_err(|e| format!("{}: {e}", replay.display()))?;
+            let card_id = card.uid().map(<[u8]>::to_vec).unwrap_or_default();
+            let (report, _) = execute(prepared, card, limits, args.trace)?;
+            Ok((report, card_id, None))
+        }
+        (None, Some(reader)) => run_pcsc(reader, args, prepared, limits),
+        (None, None) => Err(String::from(
+            "no card: give --sim CARD.toml, --pcsc [READER] or --replay TRACE",
+        )),
+        _ => Err(String::from("give one card: --sim, --pcsc or --replay")),
+    }
+}
+
+#[cfg(feature = "pcsc")]
+fn run_pcsc(
+    reader: &str,
+    args: &RunArgs,
+    prepared: &Prepared,
+    limits: Limits,
+) -> Result<(RunReport, Vec<u8>, Option<u64>), String> {
+    let name = (!reader.is_empty()).then_some(reader);
+    let mut card = cardvm::pcsc::open_reader(name, std::time::Duration::from_secs(args.wait))
+        .map_err(|e| format!("--pcsc: {e}"))?;
+    // The whole script runs inside one PC/SC transaction: no other application can
+    // interleave commands with a purse transaction.
+    let tx = card.transaction().map_err(|e| format!("--pcsc: {e}"))?;
+    let (report, _) = execute(prepared, tx, limits, args.trace)?;
+    Ok((report, Vec::new(), None))
+}
+
+#[cfg(not(feature = "pcsc"))]
+fn run_pcsc(
+    _: &str,
+    _: &RunArgs,
+    _: &Prepared,
+    _: Limits,
+) -> Result<(RunReport, Vec<u8>, Option<u64>), String> {
+    Err(String::from(
+        "--pcsc: this cardvm was built without the `pcsc` feature",
+    ))
 }
 
 fn describe(o: &cardvm::vm::Outcome) -> String {
