@@ -2,7 +2,7 @@
 //! disassembler are all derived.
 //!
 //! Each instruction is an opcode byte followed by fixed-size operands (big-endian). The
-//! table in [`isa!`] lists, per instruction, its opcode, mnemonic and operand kinds; the
+//! table in `isa!` lists, per instruction, its opcode, mnemonic and operand kinds; the
 //! macro generates [`Opcode`], the decoded [`Instr`] enum, and the generic operand view
 //! ([`Instr::operands`], [`Instr::from_operands`]) that the assembler and disassembler
 //! use, so a new instruction is one line here plus its meaning in the VM.

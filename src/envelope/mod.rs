@@ -4,7 +4,7 @@
 //! reader's SM2 public key; the script is encrypted with SM4-CTR and authenticated
 //! with HMAC-SM3 over every preceding byte (encrypt-then-MAC, see [`aead`]); the
 //! issuer signs every byte (SM2, default distinguishing id). The format is in
-//! [`format`].
+//! [`format`](mod@format).
 //!
 //! **Open** (reader), in this order, each failure its own [`OpenError`]:
 //! 1. format ([`OpenError::Format`]);
