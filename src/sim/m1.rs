@@ -1,0 +1,2 @@
+//! M1
+pub struct M1Card; pub struct AccessBits;
