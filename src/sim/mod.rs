@@ -51,7 +51,6 @@
 
 pub mod airtime;
 pub mod cpu;
-pub(crate) mod crypto_compat;
 pub mod fault;
 pub mod m1;
 pub mod profile;

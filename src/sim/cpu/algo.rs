@@ -2,7 +2,7 @@
 //! as in `reference/epurse.md` §"Cryptography". Everything algorithm-specific of the
 //! simulated CPU card goes through here.
 
-use crate::sim::crypto_compat as crypto;
+use crate::crypto;
 use crypto::{KeyAlg, KeyUsage, SecretKey};
 
 use crate::sim::SimError;

@@ -24,7 +24,7 @@ use core::fmt;
 use zeroize::Zeroizing;
 
 use super::airtime::{AirTimeModel, AirTimeReport};
-use super::crypto_compat::{KeyUsage, SecretKey};
+use crate::crypto::{KeyUsage, SecretKey};
 use super::fault::{AirKind, ExecCtx, FaultPlan, Harness, TornMidCommit};
 use super::SimError;
 use crate::transport::{Apdu, CardTransport, TransportError};
