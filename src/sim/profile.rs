@@ -1,0 +1,2 @@
+//! p
+pub struct CardProfile; pub struct SimCard;
