@@ -1,6 +1,6 @@
 //! Simulated CPU card: file system, purse status-word paths, tearing, published vector.
 
-use cardvm::sim::{exchange, Algorithm, CpuCard, Fault, RandomSource};
+use cardvm::sim::{Algorithm, CpuCard, Fault, RandomSource, exchange};
 use cardvm::transport::{CardTransport, TransportError};
 
 fn h(s: &str) -> Vec<u8> {
@@ -21,7 +21,11 @@ const SELECT_PURSE: &str = "00A4040009A00000000386980701 00";
 #[test]
 fn published_load_vector_mac1() {
     let mut card = CpuCard::builder()
-        .diversified_keys(&h("3F013F013F013F013F013F013F013F01"), &[0x11; 16], &[0x22; 16])
+        .diversified_keys(
+            &h("3F013F013F013F013F013F013F013F01"),
+            &[0x11; 16],
+            &[0x22; 16],
+        )
         .balance(0, 1_000_000)
         .counters(0, 0)
         .random(RandomSource::Fixed([0xF9, 0xCA, 0xBA, 0x91]))

@@ -1,2 +1,3 @@
 //! p
-pub struct CardProfile; pub struct SimCard;
+pub struct CardProfile;
+pub struct SimCard;
