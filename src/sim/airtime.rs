@@ -317,7 +317,7 @@ mod tests {
         let m = AirTimeModel::new(BitRate::K106);
         let a = m.apdu(&[0x80, 0x50, 0, 2, 11, 1, 0, 0, 0x12, 0x34, 0, 0, 0, 0, 0, 1], 18, 0);
         let on_air = a.command_ns + a.response_ns;
-        assert_eq!(on_air, 360 * 128 * 1_000_000_000 / FC_HZ);
+        assert!(on_air.abs_diff(360 * 128 * 1_000_000_000 / FC_HZ) < 5);
         assert!((3_300_000..3_500_000).contains(&on_air));
         assert_eq!(a.processing_ns, 5_000_000);
         assert_eq!(a.blocks, 2);
@@ -328,7 +328,7 @@ mod tests {
         let cmd = [0u8; 20];
         let slow = AirTimeModel::new(BitRate::K106).apdu(&cmd, 10, 0);
         let fast = AirTimeModel::new(BitRate::K848).apdu(&cmd, 10, 0);
-        assert_eq!(slow.command_ns, fast.command_ns * 8);
+        assert!(slow.command_ns.abs_diff(fast.command_ns * 8) < 10);
         assert_eq!(slow.processing_ns, fast.processing_ns);
     }
 
