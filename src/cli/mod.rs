@@ -1,5 +1,7 @@
 //! Command-line front end: one module per command family.
 
+mod sim;
+
 use clap::{Parser, Subcommand};
 
 /// A failure, reported as one line.
@@ -14,9 +16,15 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {}
+enum Command {
+    /// Simulated cards.
+    #[command(subcommand)]
+    Sim(sim::SimCommand),
+}
 
 /// Runs one parsed command line.
 pub fn dispatch(cli: Cli) -> CliResult {
-    match cli.command {}
+    match cli.command {
+        Command::Sim(c) => sim::run(c),
+    }
 }

@@ -122,17 +122,17 @@ impl AirTimeModel {
             activation_us: 5_000,
             default_processing_us: 1_000,
             processing_table: alloc::vec![
-                (None, 0xA4, 1_000),       // SELECT
-                (None, 0xB0, 1_000),       // READ BINARY
-                (None, 0xB2, 1_000),       // READ RECORD
-                (None, 0x84, 1_000),       // GET CHALLENGE
-                (None, 0x20, 3_000),       // VERIFY PIN (EEPROM write of the counter)
-                (Some(0x80), 0x5C, 1_000), // GET BALANCE
-                (Some(0x80), 0x50, 5_000), // INITIALIZE (session key + MAC1)
+                (None, 0xA4, 1_000),        // SELECT
+                (None, 0xB0, 1_000),        // READ BINARY
+                (None, 0xB2, 1_000),        // READ RECORD
+                (None, 0x84, 1_000),        // GET CHALLENGE
+                (None, 0x20, 3_000),        // VERIFY PIN (EEPROM write of the counter)
+                (Some(0x80), 0x5C, 1_000),  // GET BALANCE
+                (Some(0x80), 0x50, 5_000),  // INITIALIZE (session key + MAC1)
                 (Some(0x80), 0x52, 20_000), // CREDIT FOR LOAD (MAC2, TAC, EEPROM)
                 (Some(0x80), 0x54, 20_000), // DEBIT FOR PURCHASE
                 (Some(0x80), 0xDC, 10_000), // UPDATE CAPP DATA CACHE
-                (Some(0x80), 0x5A, 3_000), // GET TRANSACTION PROVE
+                (Some(0x80), 0x5A, 3_000),  // GET TRANSACTION PROVE
                 // M1 reader pseudo-APDUs (PC/SC Part 3): reader-local or a native frame.
                 (Some(0xFF), 0xCA, 100),
                 (Some(0xFF), 0x82, 100),
@@ -213,7 +213,13 @@ impl AirTimeModel {
 
     /// A native (non-ISO 14443-4) frame exchange at 106 kbit/s, as an M1 card has:
     /// `pcd` bytes out, `picc` bytes back, `exchanges` round trips, plus processing.
-    pub fn native(&self, pcd: usize, picc: usize, exchanges: u64, processing_us: u64) -> ApduAirTime {
+    pub fn native(
+        &self,
+        pcd: usize,
+        picc: usize,
+        exchanges: u64,
+        processing_us: u64,
+    ) -> ApduAirTime {
         let command_ns = self.bytes_ns(pcd, BitRate::K106);
         let response_ns = self.bytes_ns(picc, BitRate::K106);
         let fdt_ns = exchanges * (self.fdt_pcd_picc_ns + self.fdt_picc_pcd_ns);
@@ -315,7 +321,11 @@ mod tests {
     fn reference_example_at_106() {
         // air-time.md: a 16-byte command with an 18-byte response ≈ 360 etu ≈ 3.4 ms on air.
         let m = AirTimeModel::new(BitRate::K106);
-        let a = m.apdu(&[0x80, 0x50, 0, 2, 11, 1, 0, 0, 0x12, 0x34, 0, 0, 0, 0, 0, 1], 18, 0);
+        let a = m.apdu(
+            &[0x80, 0x50, 0, 2, 11, 1, 0, 0, 0x12, 0x34, 0, 0, 0, 0, 0, 1],
+            18,
+            0,
+        );
         let on_air = a.command_ns + a.response_ns;
         assert!(on_air.abs_diff(360 * 128 * 1_000_000_000 / FC_HZ) < 5);
         assert!((3_300_000..3_500_000).contains(&on_air));

@@ -179,7 +179,13 @@ impl Harness {
         let has = |p: &dyn Fn(&Fault) -> bool| fired.iter().any(p);
         let latency_us: u64 = fired
             .iter()
-            .map(|f| if let Fault::Latency(_, us) = f { *us } else { 0 })
+            .map(|f| {
+                if let Fault::Latency(_, us) = f {
+                    *us
+                } else {
+                    0
+                }
+            })
             .sum();
         if self.faults.sleep && latency_us > 0 {
             std::thread::sleep(std::time::Duration::from_micros(latency_us));
@@ -220,7 +226,9 @@ impl Harness {
                 let (pcd, picc, n) = frames.unwrap_or((0, 0, 0));
                 let cla = command.first().copied().unwrap_or(0);
                 let ins = command.get(1).copied().unwrap_or(0);
-                let mut a = self.model.native(pcd, picc, n, self.model.processing_us(cla, ins));
+                let mut a = self
+                    .model
+                    .native(pcd, picc, n, self.model.processing_us(cla, ins));
                 a.latency_ns = latency_us * 1_000;
                 a.total_ns += a.latency_ns;
                 a

@@ -29,9 +29,9 @@
 use alloc::vec::Vec;
 use core::fmt;
 
+use super::SimError;
 use super::airtime::{AirTimeModel, AirTimeReport};
 use super::fault::{AirKind, ExecCtx, FaultPlan, Harness, TornMidCommit};
-use super::SimError;
 use crate::transport::{Apdu, CardTransport, TransportError};
 
 /// Blocks of a 1K card (16 sectors × 4).
@@ -83,7 +83,11 @@ impl AccessBits {
             c2 |= ((ci >> 1) & 1) << i;
             c3 |= (ci & 1) << i;
         }
-        [(!c2 << 4) | (!c1 & 0x0F), (c1 << 4) | (!c3 & 0x0F), (c3 << 4) | c2]
+        [
+            (!c2 << 4) | (!c1 & 0x0F),
+            (c1 << 4) | (!c3 & 0x0F),
+            (c3 << 4) | c2,
+        ]
     }
 }
 
@@ -96,25 +100,25 @@ const AB: u8 = 3;
 /// Data blocks, by C1C2C3: (read, write, increment, decrement/transfer/restore).
 /// Datasheet table "Access conditions for data blocks".
 const DATA_TABLE: [[u8; 4]; 8] = [
-    [AB, AB, AB, AB],          // 000 transport configuration
-    [AB, NEVER, NEVER, AB],    // 001 value block
-    [AB, NEVER, NEVER, NEVER], // 010 read/write block
-    [B, B, NEVER, NEVER],      // 011
-    [AB, B, NEVER, NEVER],     // 100
-    [B, NEVER, NEVER, NEVER],  // 101
-    [AB, B, B, AB],            // 110 value block
+    [AB, AB, AB, AB],             // 000 transport configuration
+    [AB, NEVER, NEVER, AB],       // 001 value block
+    [AB, NEVER, NEVER, NEVER],    // 010 read/write block
+    [B, B, NEVER, NEVER],         // 011
+    [AB, B, NEVER, NEVER],        // 100
+    [B, NEVER, NEVER, NEVER],     // 101
+    [AB, B, B, AB],               // 110 value block
     [NEVER, NEVER, NEVER, NEVER], // 111
 ];
 
 /// Sector trailer, by C1C2C3: (key A read, key A write, access read, access write,
 /// key B read, key B write). Datasheet table "Access conditions for the sector trailer".
 const TRAILER_TABLE: [[u8; 6]; 8] = [
-    [NEVER, A, A, NEVER, A, A],         // 000 (key B readable)
-    [NEVER, A, A, A, A, A],             // 001 transport configuration (key B readable)
-    [NEVER, NEVER, A, NEVER, A, NEVER], // 010 (key B readable)
-    [NEVER, B, AB, B, NEVER, B],        // 011
-    [NEVER, B, AB, NEVER, NEVER, B],    // 100
-    [NEVER, NEVER, AB, B, NEVER, NEVER], // 101
+    [NEVER, A, A, NEVER, A, A],              // 000 (key B readable)
+    [NEVER, A, A, A, A, A],                  // 001 transport configuration (key B readable)
+    [NEVER, NEVER, A, NEVER, A, NEVER],      // 010 (key B readable)
+    [NEVER, B, AB, B, NEVER, B],             // 011
+    [NEVER, B, AB, NEVER, NEVER, B],         // 100
+    [NEVER, NEVER, AB, B, NEVER, NEVER],     // 101
     [NEVER, NEVER, AB, NEVER, NEVER, NEVER], // 110
     [NEVER, NEVER, AB, NEVER, NEVER, NEVER], // 111
 ];
@@ -240,7 +244,10 @@ impl M1Card {
         for s in 0..16 {
             let t = blocks[s * 4 + 3];
             if AccessBits::decode([t[6], t[7], t[8]]).is_none() {
-                return Err(SimError::Field("blocks", "a sector trailer has inconsistent access bits"));
+                return Err(SimError::Field(
+                    "blocks",
+                    "a sector trailer has inconsistent access bits",
+                ));
             }
         }
         Ok(M1Card {
@@ -352,10 +359,18 @@ impl M1Core {
         let Some(ac) = self.access(sector_of(block)) else {
             return false;
         };
-        allowed(DATA_TABLE[usize::from(ac.0[usize::from(block % 4)])][op as usize], key)
+        allowed(
+            DATA_TABLE[usize::from(ac.0[usize::from(block % 4)])][op as usize],
+            key,
+        )
     }
 
-    fn process(&mut self, command: &[u8], out: &mut Vec<u8>, ctx: ExecCtx) -> Result<(), TornMidCommit> {
+    fn process(
+        &mut self,
+        command: &[u8],
+        out: &mut Vec<u8>,
+        ctx: ExecCtx,
+    ) -> Result<(), TornMidCommit> {
         let sw = match Apdu::parse(command) {
             Err(_) => 0x6700,
             Ok(a) if a.cla != 0xFF => 0x6A81,
@@ -368,7 +383,12 @@ impl M1Core {
         Ok(())
     }
 
-    fn dispatch(&mut self, a: &Apdu<'_>, out: &mut Vec<u8>, ctx: ExecCtx) -> Result<u16, TornMidCommit> {
+    fn dispatch(
+        &mut self,
+        a: &Apdu<'_>,
+        out: &mut Vec<u8>,
+        ctx: ExecCtx,
+    ) -> Result<u16, TornMidCommit> {
         Ok(match a.ins {
             0xCA => {
                 if a.p1 != 0 || a.p2 != 0 {
@@ -420,7 +440,11 @@ impl M1Core {
         };
         let sector = sector_of(*block);
         let t = self.blocks[usize::from(sector) * 4 + 3];
-        let card_key = if key_type == KeyType::A { &t[0..6] } else { &t[10..16] };
+        let card_key = if key_type == KeyType::A {
+            &t[0..6]
+        } else {
+            &t[10..16]
+        };
         if crate::crypto::ct_eq(card_key, key) {
             self.vol.auth = Some((sector, key_type));
             0x9000
@@ -548,14 +572,23 @@ impl M1Core {
                         operand
                     }
                     0x01 | 0x02 => {
-                        let need = if *op == 1 { DataOp::Increment } else { DataOp::Decrement };
+                        let need = if *op == 1 {
+                            DataOp::Increment
+                        } else {
+                            DataOp::Decrement
+                        };
                         if !self.data_allowed(block, need) {
                             return Ok(0x6300);
                         }
-                        let Some((v, _)) = parse_value_block(&self.blocks[usize::from(block)]) else {
+                        let Some((v, _)) = parse_value_block(&self.blocks[usize::from(block)])
+                        else {
                             return Ok(0x6300);
                         };
-                        let r = if *op == 1 { v.checked_add(operand) } else { v.checked_sub(operand) };
+                        let r = if *op == 1 {
+                            v.checked_add(operand)
+                        } else {
+                            v.checked_sub(operand)
+                        };
                         match r {
                             Some(r) => r,
                             None => return Ok(0x6300),
@@ -575,7 +608,9 @@ impl M1Core {
                 if usize::from(dst) >= BLOCKS || dst == 0 || sector_of(dst) != sector_of(block) {
                     return Ok(0x6300);
                 }
-                if !self.data_allowed(block, DataOp::Decrement) || !self.data_allowed(dst, DataOp::Decrement) {
+                if !self.data_allowed(block, DataOp::Decrement)
+                    || !self.data_allowed(dst, DataOp::Decrement)
+                {
                     return Ok(0x6300);
                 }
                 let Some((v, adr)) = parse_value_block(&self.blocks[usize::from(block)]) else {

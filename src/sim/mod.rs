@@ -59,7 +59,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 pub use airtime::{AirTimeModel, AirTimeReport, ApduAirTime, BitRate};
-pub use cpu::{Algorithm, CpuCard, CpuCardBuilder, LogRecord, Prove, PublicInfo, Purse, RandomSource};
+pub use cpu::{
+    Algorithm, CpuCard, CpuCardBuilder, LogRecord, Prove, PublicInfo, Purse, RandomSource,
+};
 pub use fault::{Fault, FaultPlan};
 pub use m1::{AccessBits, M1Card};
 pub use profile::{CardProfile, SimCard};
@@ -116,10 +118,18 @@ pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
 }
 
 /// Sends one APDU to a card and returns (data, SW) — a convenience for tests and tools.
-pub fn exchange<T: CardTransport + ?Sized>(card: &mut T, command: &[u8]) -> Result<(Vec<u8>, u16), TransportError> {
+pub fn exchange<T: CardTransport + ?Sized>(
+    card: &mut T,
+    command: &[u8],
+) -> Result<(Vec<u8>, u16), TransportError> {
     let mut buf = [0u8; 258];
     let n = card.transmit(command, &mut buf)?;
     let raw = buf.get(..n).ok_or(TransportError::MalformedResponse(n))?;
-    let split = n.checked_sub(2).ok_or(TransportError::MalformedResponse(n))?;
-    Ok((raw[..split].to_vec(), u16::from_be_bytes([raw[split], raw[split + 1]])))
+    let split = n
+        .checked_sub(2)
+        .ok_or(TransportError::MalformedResponse(n))?;
+    Ok((
+        raw[..split].to_vec(),
+        u16::from_be_bytes([raw[split], raw[split + 1]]),
+    ))
 }

@@ -1,10 +1,10 @@
 //! The `CARD.toml` card profile (fields documented in [the module docs](super)): parse,
 //! build a card, write the card's state back (atomically: temporary file + rename).
 
+use core::fmt;
 use std::path::Path;
 use std::string::{String, ToString};
 use std::vec::Vec;
-use core::fmt;
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -44,8 +44,14 @@ impl KeyHex {
     pub fn from_bytes(b: &[u8]) -> Self {
         KeyHex(Zeroizing::new(hex(b)))
     }
+    /// Wraps a hex string as given (checked when the card is built).
+    pub fn from_hex(s: &str) -> Self {
+        KeyHex(Zeroizing::new(s.to_string()))
+    }
     fn bytes(&self, field: &'static str) -> Result<Zeroizing<Vec<u8>>, SimError> {
-        unhex(&self.0).map(Zeroizing::new).ok_or(SimError::Field(field, "not hex"))
+        unhex(&self.0)
+            .map(Zeroizing::new)
+            .ok_or(SimError::Field(field, "not hex"))
     }
 }
 
@@ -256,8 +262,10 @@ impl Default for CpuProfile {
 impl CpuProfile {
     /// Builds the card.
     pub fn build(&self) -> Result<CpuCard, SimError> {
-        let algo = Algorithm::from_name(&self.profile).ok_or(SimError::Field("profile", "must be des3 or sm4"))?;
-        let card_number = unhex(&self.card_number).ok_or(SimError::Field("card_number", "not hex"))?;
+        let algo = Algorithm::from_name(&self.profile)
+            .ok_or(SimError::Field("profile", "must be des3 or sm4"))?;
+        let card_number =
+            unhex(&self.card_number).ok_or(SimError::Field("card_number", "not hex"))?;
         let random = match (&self.random, self.seed) {
             (Some(r), _) => RandomSource::Fixed(fixed(r, "random")?),
             (None, seed) => RandomSource::Seeded {
@@ -288,7 +296,11 @@ impl CpuProfile {
             }),
         };
         let k = &self.keys;
-        let (l, p, t) = (k.load.bytes("keys.load")?, k.purchase.bytes("keys.purchase")?, k.tac.bytes("keys.tac")?);
+        let (l, p, t) = (
+            k.load.bytes("keys.load")?,
+            k.purchase.bytes("keys.purchase")?,
+            k.tac.bytes("keys.tac")?,
+        );
         let b = CpuCard::builder()
             .algorithm(algo)
             .card_number(&card_number)
@@ -303,7 +315,11 @@ impl CpuProfile {
             .capp(capp)
             .last_prove(last_prove)
             .locked(self.locked);
-        let b = if k.master { b.master_keys(&l, &p, &t) } else { b.diversified_keys(&l, &p, &t) };
+        let b = if k.master {
+            b.master_keys(&l, &p, &t)
+        } else {
+            b.diversified_keys(&l, &p, &t)
+        };
         b.build()
     }
 }
@@ -397,7 +413,11 @@ impl M1Card {
     pub fn to_profile(&self) -> M1Profile {
         M1Profile {
             uid: hex(self.uid_bytes()),
-            blocks: self.blocks().iter().map(|b| KeyHex::from_bytes(b)).collect(),
+            blocks: self
+                .blocks()
+                .iter()
+                .map(|b| KeyHex::from_bytes(b))
+                .collect(),
         }
     }
 }
@@ -541,9 +561,19 @@ mod tests {
 
     #[test]
     fn bad_profiles_are_errors() {
-        assert!(CardProfile::from_toml("kind = \"cpu\"\nprofile = \"aes\"").unwrap().build().is_err());
+        assert!(
+            CardProfile::from_toml("kind = \"cpu\"\nprofile = \"aes\"")
+                .unwrap()
+                .build()
+                .is_err()
+        );
         assert!(CardProfile::from_toml("kind = \"tape\"").is_err());
         assert!(CardProfile::from_toml("kind = \"cpu\"\nbalanse = 1").is_err());
-        assert!(CardProfile::from_toml("kind = \"m1\"\nuid = \"A1\"").unwrap().build().is_err());
+        assert!(
+            CardProfile::from_toml("kind = \"m1\"\nuid = \"A1\"")
+                .unwrap()
+                .build()
+                .is_err()
+        );
     }
 }

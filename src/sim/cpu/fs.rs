@@ -63,7 +63,11 @@ impl Core {
         self.vol.df = Df::Purse;
         self.vol.ef = None;
         // A5: 9F08 01 02 (application version).
-        Self::push_fci(out, &PURSE_AID, &[0x9F, 0x08, 0x01, self.state.public_info.app_version]);
+        Self::push_fci(
+            out,
+            &PURSE_AID,
+            &[0x9F, 0x08, 0x01, self.state.public_info.app_version],
+        );
         0x9000
     }
 
@@ -213,7 +217,11 @@ impl Core {
             return 0x6983;
         }
         if apdu.data.is_empty() {
-            return if self.vol.pin_ok { 0x9000 } else { 0x63C0 | u16::from(left.min(15)) };
+            return if self.vol.pin_ok {
+                0x9000
+            } else {
+                0x63C0 | u16::from(left.min(15))
+            };
         }
         if apdu.data.len() > 8 {
             return 0x6700;
@@ -226,7 +234,11 @@ impl Core {
             self.vol.pin_ok = false;
             let left = left - 1;
             self.state.pin_tries_left = left;
-            if left == 0 { 0x6983 } else { 0x63C0 | u16::from(left.min(15)) }
+            if left == 0 {
+                0x6983
+            } else {
+                0x63C0 | u16::from(left.min(15))
+            }
         }
     }
 }

@@ -23,10 +23,10 @@ use core::fmt;
 
 use zeroize::Zeroizing;
 
-use super::airtime::{AirTimeModel, AirTimeReport};
-use crate::crypto::{KeyUsage, SecretKey};
-use super::fault::{AirKind, ExecCtx, FaultPlan, Harness, TornMidCommit};
 use super::SimError;
+use super::airtime::{AirTimeModel, AirTimeReport};
+use super::fault::{AirKind, ExecCtx, FaultPlan, Harness, TornMidCommit};
+use crate::crypto::{KeyUsage, SecretKey};
 use crate::transport::{Apdu, CardTransport, TransportError};
 pub use algo::Algorithm;
 
@@ -301,7 +301,10 @@ impl fmt::Debug for CpuCard {
         let p = self.purse();
         f.debug_struct("CpuCard")
             .field("profile", &self.core.state.algo)
-            .field("card_number", &crate::sim::hex(&self.core.state.card_number))
+            .field(
+                "card_number",
+                &crate::sim::hex(&self.core.state.card_number),
+            )
             .field("keys", &"REDACTED")
             .field("pin", &"REDACTED")
             .field("balance", &p.balance)
@@ -346,11 +349,15 @@ impl fmt::Debug for CpuCardBuilder {
 }
 
 /// Default diversified keys of a new card (test keys, not secrets of anyone).
-pub const DEFAULT_DLK: [u8; 16] = [0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01];
+pub const DEFAULT_DLK: [u8; 16] = [
+    0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01,
+];
 /// Default purchase key of a new card.
 pub const DEFAULT_DPK: [u8; 16] = [0x11; 16];
 /// Default TAC key of a new card.
-pub const DEFAULT_DTK: [u8; 16] = [0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xAA, 0xBB, 0xCC, 0xDD, 0xEE, 0xFF];
+pub const DEFAULT_DTK: [u8; 16] = [
+    0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xAA, 0xBB, 0xCC, 0xDD, 0xEE, 0xFF,
+];
 
 impl CpuCardBuilder {
     /// Sets the algorithm profile.
@@ -468,39 +475,42 @@ impl CpuCardBuilder {
         capp.resize(CAPP_RECORDS, [0u8; CAPP_RECORD_LEN]);
         Ok(CpuCard {
             core: Core {
-            state: CpuState {
-                algo: a,
-                card_number: self.card_number,
-                public_info: self.public_info,
-                keys: PurseKeys {
-                    index: self.key_index,
-                    version: self.key_version,
-                    dlk,
-                    dpk,
-                    dtk,
-                    source: KeySource {
-                        master: self.master,
-                        given: self.keys,
+                state: CpuState {
+                    algo: a,
+                    card_number: self.card_number,
+                    public_info: self.public_info,
+                    keys: PurseKeys {
+                        index: self.key_index,
+                        version: self.key_version,
+                        dlk,
+                        dpk,
+                        dtk,
+                        source: KeySource {
+                            master: self.master,
+                            given: self.keys,
+                        },
                     },
+                    balance_limit: self.balance_limit,
+                    overdraft_limit: 0,
+                    pin: self.pin,
+                    pin_tries_max: self.pin_tries,
+                    pin_tries_left: self
+                        .pin_tries_left
+                        .unwrap_or(self.pin_tries)
+                        .min(self.pin_tries),
+                    random: self.random,
+                    locked: self.locked,
+                    purse: Purse {
+                        balance: self.balance,
+                        online_atc: self.online_atc,
+                        offline_atc: self.offline_atc,
+                        log,
+                        capp,
+                        last_prove: self.last_prove,
+                    },
+                    backup: None,
                 },
-                balance_limit: self.balance_limit,
-                overdraft_limit: 0,
-                pin: self.pin,
-                pin_tries_max: self.pin_tries,
-                pin_tries_left: self.pin_tries_left.unwrap_or(self.pin_tries).min(self.pin_tries),
-                random: self.random,
-                locked: self.locked,
-                purse: Purse {
-                    balance: self.balance,
-                    online_atc: self.online_atc,
-                    offline_atc: self.offline_atc,
-                    log,
-                    capp,
-                    last_prove: self.last_prove,
-                },
-                backup: None,
-            },
-            vol: Volatile::default(),
+                vol: Volatile::default(),
             },
             harness: Harness::default(),
         })
@@ -526,7 +536,10 @@ impl CpuCard {
             offline_atc: 0,
             pin: Zeroizing::new(alloc::vec![0x12, 0x34, 0x56]),
             pin_tries: 3,
-            random: RandomSource::Seeded { seed: 1, counter: 0 },
+            random: RandomSource::Seeded {
+                seed: 1,
+                counter: 0,
+            },
             log: Vec::new(),
             capp: Vec::new(),
             last_prove: None,
@@ -537,7 +550,11 @@ impl CpuCard {
 
     /// The committed purse (after a torn commit: the state the card will come back in).
     pub fn purse(&self) -> &Purse {
-        self.core.state.backup.as_deref().unwrap_or(&self.core.state.purse)
+        self.core
+            .state
+            .backup
+            .as_deref()
+            .unwrap_or(&self.core.state.purse)
     }
 
     /// Balance in fen (committed).
@@ -605,7 +622,6 @@ impl CpuCard {
     fn power_loss(vol: &mut Volatile) {
         *vol = Volatile::default();
     }
-
 }
 
 impl Core {
@@ -617,7 +633,12 @@ impl Core {
     }
 
     /// Processes one APDU (the card's main loop).
-    fn process(&mut self, command: &[u8], out: &mut Vec<u8>, ctx: ExecCtx) -> Result<(), TornMidCommit> {
+    fn process(
+        &mut self,
+        command: &[u8],
+        out: &mut Vec<u8>,
+        ctx: ExecCtx,
+    ) -> Result<(), TornMidCommit> {
         let pending = self.vol.pending.take();
         let sw = match Apdu::parse(command) {
             Err(_) => 0x6700,

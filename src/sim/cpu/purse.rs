@@ -347,7 +347,11 @@ impl Core {
 
     /// UPDATE CAPP DATA CACHE: `80 DC rec ((SFI<<3)+0) Lc record`, between INITIALIZE FOR
     /// CAPP PURCHASE and DEBIT; the record is written by the DEBIT's commit.
-    pub(crate) fn update_capp_data_cache(&mut self, apdu: &Apdu<'_>, pending: Option<Pending>) -> u16 {
+    pub(crate) fn update_capp_data_cache(
+        &mut self,
+        apdu: &Apdu<'_>,
+        pending: Option<Pending>,
+    ) -> u16 {
         if let Some(sw) = self.purse_ready() {
             return sw;
         }
