@@ -64,7 +64,11 @@ fn load_and_purchase_both_profiles_with_log_and_prove() {
     for alg in [Algorithm::Des3, Algorithm::Sm4] {
         let (mut c, host) = selected(alg, 0);
         let (r, _) = ex(&mut c, &init_load_apdu(500)).unwrap();
-        assert_eq!(r[7], if alg == Algorithm::Des3 { 0x00 } else { 0x04 }, "algId");
+        assert_eq!(
+            r[7],
+            if alg == Algorithm::Des3 { 0x00 } else { 0x04 },
+            "algId"
+        );
         let _ = exs(&mut c, SELECT_PURSE); // cancels that INITIALIZE
         let l = full_load(&mut c, &host, 500);
         assert_eq!(l.atc, 0);
@@ -75,7 +79,11 @@ fn load_and_purchase_both_profiles_with_log_and_prove() {
         let (r, sw) = ex(&mut c, &prove_apdu(0x06, p.atc)).unwrap();
         assert_eq!(sw, 0x9000);
         assert_eq!(r, [p.mac2, p.tac].concat());
-        assert_eq!(ex(&mut c, &prove_apdu(0x02, 0)).unwrap().1, 0x9406, "only the last");
+        assert_eq!(
+            ex(&mut c, &prove_apdu(0x02, 0)).unwrap().1,
+            0x9406,
+            "only the last"
+        );
         // Log: newest first, 23-byte records.
         let (rec1, sw) = exs(&mut c, "00B201C417");
         assert_eq!(sw, 0x9000);
@@ -159,7 +167,15 @@ fn file_system() {
 
 #[test]
 fn seeded_random_is_deterministic_and_varies() {
-    let mk = || CpuCard::builder().random(RandomSource::Seeded { seed: 7, counter: 0 }).build().unwrap();
+    let mk = || {
+        CpuCard::builder()
+            .random(RandomSource::Seeded {
+                seed: 7,
+                counter: 0,
+            })
+            .build()
+            .unwrap()
+    };
     let (mut a, mut b) = (mk(), mk());
     let a1 = exs(&mut a, "0084000004").0;
     let a2 = exs(&mut a, "0084000004").0;
@@ -173,7 +189,11 @@ fn pin_tries_counter() {
     assert_eq!(exs(&mut c, "0020000003123456").1, 0x9000);
     assert_eq!(exs(&mut c, "0020000003123457").1, 0x63C2);
     assert_eq!(exs(&mut c, "00200000").1, 0x63C2);
-    assert_eq!(exs(&mut c, "0020000003123456").1, 0x9000, "a right PIN resets the counter");
+    assert_eq!(
+        exs(&mut c, "0020000003123456").1,
+        0x9000,
+        "a right PIN resets the counter"
+    );
     assert_eq!(c.pin_tries_left(), 3);
     assert_eq!(exs(&mut c, "0020000002 1234").1, 0x63C2);
     assert_eq!(exs(&mut c, "0020000003000000").1, 0x63C1);
@@ -203,14 +223,20 @@ fn purse_status_words() {
     // 9401: purchase above the balance.
     assert_eq!(ex(&mut c, &init_purchase_apdu(1, 101)).unwrap().1, 0x9401);
     // Balance limit on load (reference silent: 6985).
-    assert_eq!(ex(&mut c, &init_load_apdu(1_000_000 - 99)).unwrap().1, 0x6985);
+    assert_eq!(
+        ex(&mut c, &init_load_apdu(1_000_000 - 99)).unwrap().1,
+        0x6985
+    );
     assert_eq!(ex(&mut c, &init_load_apdu(u32::MAX)).unwrap().1, 0x6985);
     // Completions without INITIALIZE: 6985.
     let (r, _) = ex(&mut c, &init_load_apdu(10)).unwrap();
     let l = host_load(&host, 10, &r);
     assert_eq!(exs(&mut c, "805C000204").1, 0x9000); // any other command cancels
     assert_eq!(ex(&mut c, &l.credit).unwrap().1, 0x6985);
-    assert_eq!(exs(&mut c, "805401000F000000012025060112345600000000 08").1, 0x6985);
+    assert_eq!(
+        exs(&mut c, "805401000F000000012025060112345600000000 08").1,
+        0x6985
+    );
     // 9302: wrong MAC2; the pending load is then cancelled.
     let (r, _) = ex(&mut c, &init_load_apdu(10)).unwrap();
     let l = host_load(&host, 10, &r);
@@ -253,14 +279,22 @@ fn purse_status_words() {
     assert_eq!(exs(&mut c, &rec).1, 0x6985);
     let (_, sw) = ex(&mut c, &init_purchase_apdu(1, 5)).unwrap();
     assert_eq!(sw, 0x9000);
-    assert_eq!(exs(&mut c, &rec).1, 0x6985, "an ordinary purchase has no CAPP cache");
+    assert_eq!(
+        exs(&mut c, &rec).1,
+        0x6985,
+        "an ordinary purchase has no CAPP cache"
+    );
     // A garbled APDU.
     assert_eq!(ex(&mut c, &h("805C00")).unwrap().1, 0x6700);
 }
 
 #[test]
 fn counters_at_maximum_and_locked_application() {
-    let mut c = CpuCard::builder().counters(u16::MAX, u16::MAX).balance(10, 100).build().unwrap();
+    let mut c = CpuCard::builder()
+        .counters(u16::MAX, u16::MAX)
+        .balance(10, 100)
+        .build()
+        .unwrap();
     exs(&mut c, SELECT_PURSE);
     assert_eq!(ex(&mut c, &init_load_apdu(1)).unwrap().1, 0x9402);
     assert_eq!(ex(&mut c, &init_purchase_apdu(1, 1)).unwrap().1, 0x9402);
@@ -283,11 +317,17 @@ fn capp_purchase_updates_the_record_on_commit_only() {
         let (r, sw) = ex(&mut c, &init_purchase_apdu(0x03, 50)).unwrap();
         assert_eq!(sw, 0x9000);
         assert_eq!(exs(&mut c, &rec).1, 0x9000);
-        assert_eq!(exs(&mut c, &format!("80DC05B830{}", "AB".repeat(48))).1, 0x6A83);
+        assert_eq!(
+            exs(&mut c, &format!("80DC05B830{}", "AB".repeat(48))).1,
+            0x6A83
+        );
         // (that error cancelled the purchase; start again)
         let (r2, _) = ex(&mut c, &init_purchase_apdu(0x03, 50)).unwrap();
         assert_eq!(r[..6], r2[..6]);
-        assert_eq!(exs(&mut c, &format!("80DC02B82F{}", "AB".repeat(47))).1, 0x6700);
+        assert_eq!(
+            exs(&mut c, &format!("80DC02B82F{}", "AB".repeat(47))).1,
+            0x6700
+        );
         let (r2, _) = ex(&mut c, &init_purchase_apdu(0x03, 50)).unwrap();
         assert_eq!(exs(&mut c, &rec).1, 0x9000);
         let p = host_purchase(&host, 0x09, 50, 9, &r2);
@@ -302,7 +342,10 @@ fn capp_purchase_updates_the_record_on_commit_only() {
             let (resp, sw) = res.unwrap();
             assert_eq!((sw, &resp[..4]), (0x9000, &p.tac[..]));
             assert_eq!(c.log()[0].ttype, 0x09);
-            assert_eq!(ex(&mut c, &prove_apdu(0x09, p.atc)).unwrap().0, [p.mac2, p.tac].concat());
+            assert_eq!(
+                ex(&mut c, &prove_apdu(0x09, p.atc)).unwrap().0,
+                [p.mac2, p.tac].concat()
+            );
             exs(&mut c, "00B202BC30")
         };
         assert_eq!(rec2 == vec![0xAB; 48], !torn);
@@ -349,7 +392,11 @@ fn tearing_at_every_point_of_a_load_and_a_purchase() {
                     c.power_on().unwrap();
                     let committed = n == 3 && kind == 1;
                     let after = if purchase { 100 } else { 500 };
-                    assert_eq!(c.balance(), if committed { after } else { 300 }, "{fault:?}");
+                    assert_eq!(
+                        c.balance(),
+                        if committed { after } else { 300 },
+                        "{fault:?}"
+                    );
                     assert_eq!(c.log().len(), usize::from(committed));
                     // Recovery, as a script does it: select, prove.
                     assert_eq!(exs(&mut c, SELECT_PURSE).1, 0x9000);
@@ -389,7 +436,10 @@ fn forced_sw_corruption_latency_and_air_time() {
     let air = c.air_time().clone();
     assert_eq!(air.latency_ns, 7_000_000);
     assert_eq!(air.apdus, 4);
-    assert!(air.total_ns > before + 25_000_000, "INIT 5 ms + CREDIT 20 ms processing + latency");
+    assert!(
+        air.total_ns > before + 25_000_000,
+        "INIT 5 ms + CREDIT 20 ms processing + latency"
+    );
     assert_eq!(air.bit_rate_kbps, 106);
     // At 848 kbit/s the frames are shorter; processing is the same.
     let (mut fast, host) = card(Algorithm::Des3, 0);
@@ -407,7 +457,10 @@ fn forced_sw_corruption_latency_and_air_time() {
     let mut small = [0u8; 4];
     assert!(matches!(
         slow.transmit(&h("805C000204"), &mut small),
-        Err(TransportError::ResponseTooLong { needed: 6, capacity: 4 })
+        Err(TransportError::ResponseTooLong {
+            needed: 6,
+            capacity: 4
+        })
     ));
 }
 
@@ -419,9 +472,17 @@ fn power_on_clears_volatile_state() {
     c.power_off().unwrap();
     c.power_on().unwrap();
     assert_eq!(c.apdu_index(), 0);
-    assert_eq!(ex(&mut c, &l.credit).unwrap().1, 0x6985, "DF selection lost");
+    assert_eq!(
+        ex(&mut c, &l.credit).unwrap().1,
+        0x6985,
+        "DF selection lost"
+    );
     exs(&mut c, SELECT_PURSE);
-    assert_eq!(ex(&mut c, &l.credit).unwrap().1, 0x6985, "pending INITIALIZE lost");
+    assert_eq!(
+        ex(&mut c, &l.credit).unwrap().1,
+        0x6985,
+        "pending INITIALIZE lost"
+    );
 }
 
 #[test]
@@ -448,4 +509,42 @@ fn state_saves_and_loads() {
     full_load(&mut c2, &host, 1);
     assert!(!format!("{c2:?}").contains("5A5A5A"));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn example_card_files_load() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let load = |f: &str| {
+        SimCard::load(
+            std::path::Path::new(root)
+                .join("scripts/cards")
+                .join(f)
+                .as_path(),
+        )
+        .unwrap()
+    };
+    let SimCard::Cpu(mut c) = load("cpu_des3.toml") else {
+        panic!("kind")
+    };
+    exs(&mut c, SELECT_PURSE);
+    let (r, _) = ex(&mut c, &init_load_apdu(0x1234)).unwrap();
+    assert_eq!(
+        &r[12..16],
+        &h("6C394D64")[..],
+        "the reference vector's card"
+    );
+    let SimCard::Cpu(mut c) = load("cpu_sm4.toml") else {
+        panic!("kind")
+    };
+    assert_eq!(c.algorithm(), Algorithm::Sm4);
+    let dk = h("18DC6B934AF686E3CA806AC3D4095DB7");
+    exs(&mut c, SELECT_PURSE);
+    full_load(&mut c, &Host::new(Algorithm::Sm4, &dk, &dk, &dk), 10);
+    let SimCard::M1(mut m) = load("m1.toml") else {
+        panic!("kind")
+    };
+    let x = |m: &mut cardvm::sim::M1Card, a: &str| cardvm::sim::exchange(m, &h(a)).unwrap();
+    x(&mut m, "FF82000006A0A1A2A3A4A5");
+    assert_eq!(x(&mut m, "FF860000050100046000").1, 0x9000);
+    assert_eq!(x(&mut m, "FFB1000404"), (h("000003E8"), 0x9000));
 }

@@ -71,7 +71,10 @@ fn authentication_and_transport_configuration() {
     assert_eq!(ex(&mut c, &format!("FFD6000510{data}")).1, 0x9000);
     assert_eq!(ex(&mut c, "FFB0000510"), (h(data), 0x9000));
     // Trailer read: key A as zeros, access bits, key B (readable in transport config).
-    assert_eq!(ex(&mut c, "FFB0000710"), (h("000000000000 FF0780 69 FFFFFFFFFFFF"), 0x9000));
+    assert_eq!(
+        ex(&mut c, "FFB0000710"),
+        (h("000000000000 FF0780 69 FFFFFFFFFFFF"), 0x9000)
+    );
     // Another sector: the authentication is dropped.
     assert_eq!(ex(&mut c, "FFB0000810").1, 0x6300);
     assert_eq!(ex(&mut c, "FFB0000410").1, 0x6300);
@@ -114,8 +117,16 @@ fn data_block_access_conditions() {
             let mut c = card_with([bits, bits, bits, 0b011]);
             assert_eq!(auth(&mut c, 4, use_b), 0x9000);
             let (r, w) = if use_b { (rb, wb) } else { (ra, wa) };
-            assert_eq!(ex(&mut c, "FFB0000410").1 == 0x9000, r, "read {bits:03b} B={use_b}");
-            assert_eq!(ex(&mut c, &format!("FFD6000510{data}")).1 == 0x9000, w, "write {bits:03b} B={use_b}");
+            assert_eq!(
+                ex(&mut c, "FFB0000410").1 == 0x9000,
+                r,
+                "read {bits:03b} B={use_b}"
+            );
+            assert_eq!(
+                ex(&mut c, &format!("FFD6000510{data}")).1 == 0x9000,
+                w,
+                "write {bits:03b} B={use_b}"
+            );
         }
     }
 }
@@ -127,7 +138,11 @@ fn value_blocks_and_their_access_conditions() {
     let mut c = card_with([0b110, 0b001, 0b000, 0b011]);
     c.set_block(5, value_block(40, 5)).unwrap();
     assert_eq!(auth(&mut c, 4, false), 0x9000);
-    assert_eq!(ex(&mut c, "FFD700040500000003E8").1, 0x6300, "store needs write (B)");
+    assert_eq!(
+        ex(&mut c, "FFD700040500000003E8").1,
+        0x6300,
+        "store needs write (B)"
+    );
     assert_eq!(auth(&mut c, 4, true), 0x9000);
     assert_eq!(ex(&mut c, "FFD700040500000003E8").1, 0x9000);
     assert_eq!(c.blocks()[4], value_block(1000, 4));
@@ -135,12 +150,20 @@ fn value_blocks_and_their_access_conditions() {
     assert_eq!(ex(&mut c, "FFD70004050100000064").1, 0x9000);
     assert_eq!(ex(&mut c, "FFB1000404").0, h("0000044C"));
     assert_eq!(auth(&mut c, 4, false), 0x9000);
-    assert_eq!(ex(&mut c, "FFD70004050100000001").1, 0x6300, "increment needs B");
+    assert_eq!(
+        ex(&mut c, "FFD70004050100000001").1,
+        0x6300,
+        "increment needs B"
+    );
     assert_eq!(ex(&mut c, "FFD70004050200000032").1, 0x9000);
     assert_eq!(ex(&mut c, "FFB1000404").0, h("0000041A"));
     assert_eq!(ex(&mut c, "FFD70005050200000005").1, 0x9000);
     assert_eq!(ex(&mut c, "FFB1000504").0, h("00000023"));
-    assert_eq!(ex(&mut c, "FFD70005050100000005").1, 0x6300, "001: no increment");
+    assert_eq!(
+        ex(&mut c, "FFD70005050100000005").1,
+        0x6300,
+        "001: no increment"
+    );
     // Restore 4 → 5 (both need decrement/transfer).
     assert_eq!(ex(&mut c, "FFD70004020305").1, 0x9000);
     assert_eq!(ex(&mut c, "FFB1000504").0, h("0000041A"));
@@ -201,12 +224,26 @@ fn tearing_a_write_and_a_decrement() {
     ex(&mut c, "FF82000006FFFFFFFFFFFF");
     ex(&mut c, "FF860000050100046000");
     assert_eq!(ex(&mut c, "FFB1000404").0, h("00000064"));
-    assert_eq!(exchange(&mut c, &h("FFD70004050200000010")), Err(TransportError::CardRemoved));
-    assert_eq!(c.blocks()[4], value_block(100, 4), "torn decrement: not applied");
+    assert_eq!(
+        exchange(&mut c, &h("FFD70004050200000010")),
+        Err(TransportError::CardRemoved)
+    );
+    assert_eq!(
+        c.blocks()[4],
+        value_block(100, 4),
+        "torn decrement: not applied"
+    );
     c.power_on().unwrap();
     c.faults_mut().push(Fault::TearAfter(2));
-    assert_eq!(ex(&mut c, "FF860000050100046000").1, 0x9000, "reader key store survives");
-    assert_eq!(exchange(&mut c, &h("FFD70004050200000010")), Err(TransportError::CardRemoved));
+    assert_eq!(
+        ex(&mut c, "FF860000050100046000").1,
+        0x9000,
+        "reader key store survives"
+    );
+    assert_eq!(
+        exchange(&mut c, &h("FFD70004050200000010")),
+        Err(TransportError::CardRemoved)
+    );
     assert_eq!(c.blocks()[4], value_block(84, 4), "torn after: applied");
     c.power_on().unwrap();
     assert!(c.air_time().total_ns > 0);

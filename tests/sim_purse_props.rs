@@ -18,7 +18,11 @@ struct Op {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    (any::<bool>(), 0u32..3000, proptest::option::weighted(0.4, (1u32..=2, 0u8..3)))
+    (
+        any::<bool>(),
+        0u32..3000,
+        proptest::option::weighted(0.4, (1u32..=2, 0u8..3)),
+    )
         .prop_map(|(load, amount, tear)| Op { load, amount, tear })
 }
 

@@ -15,9 +15,13 @@ pub fn h(s: &str) -> Vec<u8> {
 }
 
 pub const SELECT_PURSE: &str = "00A4040009A00000000386980701 00";
-pub const DLK: [u8; 16] = [0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01];
+pub const DLK: [u8; 16] = [
+    0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01, 0x3F, 0x01,
+];
 pub const DPK: [u8; 16] = [0x5A; 16];
-pub const DTK: [u8; 16] = [0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xAA, 0xBB, 0xCC, 0xDD, 0xEE, 0xFF];
+pub const DTK: [u8; 16] = [
+    0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xAA, 0xBB, 0xCC, 0xDD, 0xEE, 0xFF,
+];
 pub const TERMINAL: [u8; 6] = [0, 0, 0, 0, 0, 1];
 pub const DATE: [u8; 4] = [0x20, 0x25, 0x06, 0x01];
 pub const TIME: [u8; 3] = [0x12, 0x34, 0x56];
@@ -112,7 +116,13 @@ pub fn host_load(host: &Host, amount: u32, r: &[u8]) -> LoadInit {
     credit.extend_from_slice(&TIME);
     credit.extend_from_slice(&mac2);
     credit.push(0x04);
-    LoadInit { balance, atc, credit, mac2, tac }
+    LoadInit {
+        balance,
+        atc,
+        credit,
+        mac2,
+        tac,
+    }
 }
 
 /// Parsed INITIALIZE FOR PURCHASE response, with the terminal's DEBIT and the expected
@@ -155,7 +165,13 @@ pub fn host_purchase(host: &Host, ttype: u8, amount: u32, seq: u32, r: &[u8]) ->
     debit.extend_from_slice(&TIME);
     debit.extend_from_slice(&mac1);
     debit.push(0x08);
-    PurchaseInit { balance, atc, debit, mac2, tac }
+    PurchaseInit {
+        balance,
+        atc,
+        debit,
+        mac2,
+        tac,
+    }
 }
 
 pub fn prove_apdu(ttype: u8, atc: u16) -> Vec<u8> {
