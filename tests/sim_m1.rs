@@ -29,8 +29,8 @@ fn card_with(ac: [u8; 4]) -> M1Card {
 fn auth(c: &mut M1Card, block: u8, b: bool) -> u16 {
     let kt = if b { "61" } else { "60" };
     let kn = if b { "01" } else { "00" };
-    ex(c, &format!("FF82000006{KA}")).1;
-    ex(c, &format!("FF82000106{KB}")).1;
+    assert_eq!(ex(c, &format!("FF82000006{KA}")).1, 0x9000);
+    assert_eq!(ex(c, &format!("FF82000106{KB}")).1, 0x9000);
     ex(c, &format!("FF860000050100{block:02X}{kt}{kn}")).1
 }
 

@@ -183,11 +183,10 @@ impl AirTimeModel {
         let (response_ns, response_blocks) = self.chained_ns(response_len, self.fsd);
         let processing_us = self.processing_us(cla, ins);
         // One S(WTX) request/response pair per started FWT beyond the first.
-        let wtx = if self.fwt_us == 0 {
-            0
-        } else {
-            processing_us.saturating_sub(1) / self.fwt_us
-        };
+        let wtx = processing_us
+            .saturating_sub(1)
+            .checked_div(self.fwt_us)
+            .unwrap_or(0);
         let wtx_ns = wtx
             * (2 * self.bytes_ns(self.ack_block + 1, self.bit_rate)
                 + self.fdt_pcd_picc_ns

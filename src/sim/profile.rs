@@ -58,6 +58,7 @@ impl KeyHex {
 /// A parsed CARD.toml.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
+#[allow(clippy::large_enum_variant)] // one profile per file, parsed once
 #[non_exhaustive]
 pub enum CardProfile {
     /// A CPU card with an electronic purse.
@@ -444,6 +445,7 @@ impl CardProfile {
 
 /// Either simulated card, as loaded from a CARD.toml.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one long-lived card per run
 #[non_exhaustive]
 pub enum SimCard {
     /// A CPU card.
