@@ -206,3 +206,68 @@ fn sealed_scripts_run_and_the_receipt_verifies() {
             .success()
     );
 }
+
+#[test]
+fn simulated_card_keeps_its_state_with_save() {
+    let dir = "scripts/city0731-des3";
+    let card = tmp("sim", "card.toml");
+    std::fs::copy(format!("{dir}/card.toml"), &card).unwrap();
+    let mut built = Vec::new();
+    for flow in ["load", "balance"] {
+        let (cvm, cvd) = (
+            tmp("sim", &format!("{flow}.cvm")),
+            tmp("sim", &format!("{flow}.cvd")),
+        );
+        ok(&["asm", &format!("{dir}/{flow}.casm"), "-o", s(&cvm)]);
+        ok(&["data", &format!("{dir}/{flow}.toml"), "-o", s(&cvd)]);
+        built.push((cvm, cvd));
+    }
+    let out = ok(&[
+        "run",
+        s(&built[0].0),
+        "--data",
+        s(&built[0].1),
+        "--sim",
+        s(&card),
+        "--save",
+        "--trace",
+    ]);
+    let receipt: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(receipt["fields"]["balance_after"], 10_500, "{receipt}");
+    assert!(
+        receipt["air_time_us"].as_u64().unwrap() > 1000,
+        "air time is modelled: {receipt}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("modelled air time"), "{stderr}");
+    // The saved card continues: its balance is the loaded one.
+    let out = ok(&[
+        "run",
+        s(&built[1].0),
+        "--data",
+        s(&built[1].1),
+        "--sim",
+        s(&card),
+    ]);
+    let receipt: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(receipt["fields"]["balance"], 10_500, "{receipt}");
+    // Without --save the card file is unchanged.
+    ok(&[
+        "run",
+        s(&built[0].0),
+        "--data",
+        s(&built[0].1),
+        "--sim",
+        s(&card),
+    ]);
+    let out = ok(&[
+        "run",
+        s(&built[1].0),
+        "--data",
+        s(&built[1].1),
+        "--sim",
+        s(&card),
+    ]);
+    let receipt: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(receipt["fields"]["balance"], 10_500, "{receipt}");
+}

@@ -7,6 +7,7 @@ mod keys;
 mod pcsc;
 mod receipt;
 mod run;
+mod sim;
 mod trace;
 
 use clap::{Parser, Subcommand};
@@ -48,8 +49,9 @@ enum Command {
         #[command(subcommand)]
         cmd: journal::JournalCmd,
     },
-    /// Simulated cards: serve one to pcscd (`sim serve`).
-    Sim(pcsc::SimArgs),
+    /// Simulated cards: write a card profile (`sim new`), serve one to pcscd (`sim serve`).
+    #[command(subcommand)]
+    Sim(sim::SimCommand),
 }
 
 /// Runs one parsed command line.
@@ -65,9 +67,7 @@ pub fn dispatch(cli: Cli) -> CliResult {
         Command::Run(a) => run::run(a),
         Command::Receipt(a) => receipt::receipt_cmd(a),
         Command::Journal { cmd } => journal::run(cmd),
-        Command::Sim(a) => match a.command {
-            pcsc::SimCommand::Serve(serve) => pcsc::serve(serve),
-        },
+        Command::Sim(c) => sim::run(c),
     }
 }
 

@@ -4,23 +4,9 @@ use super::CliResult;
 use cardvm::transport::replay::ReplayCard;
 use cardvm::transport::{CardTransport, TransportError};
 use cardvm::vpcd::{DEFAULT_ADDR, VpcdConfig, VpcdServer};
-use clap::{Args, Subcommand};
+use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// Simulated cards.
-#[derive(Args, Debug)]
-pub struct SimArgs {
-    #[command(subcommand)]
-    pub command: SimCommand,
-}
-
-/// `cardvm sim …` subcommands.
-#[derive(Subcommand, Debug)]
-pub enum SimCommand {
-    /// Serve a card to pcscd over the vsmartcard vpcd protocol (reader "Virtual PCD 00 00").
-    Serve(ServeArgs),
-}
 
 /// Serve a card to pcscd's vpcd driver, so every PC/SC tool sees it in a reader.
 #[derive(Args, Debug)]
@@ -104,11 +90,11 @@ fn load_card(args: &ServeArgs) -> Result<Box<dyn CardTransport>, String> {
         return Ok(Box::new(card));
     }
     match &args.card {
-        // The simulated-card profile loader lives in `cardvm::sim`.
-        Some(path) => Err(format!(
-            "{}: simulated card profiles are not available in this build yet (use --replay)",
-            path.display()
-        )),
+        Some(path) => {
+            let card =
+                cardvm::sim::SimCard::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(Box::new(card))
+        }
         None => Err(String::from("give --card CARD.toml or --replay TRACE")),
     }
 }

@@ -20,6 +20,13 @@ pub struct RunArgs {
     /// Data script (`.cvd`, or sealed).
     #[arg(long)]
     pub data: PathBuf,
+    /// Run on a simulated card described by this profile (see `cardvm sim new`).
+    #[arg(long, value_name = "CARD.toml")]
+    pub sim: Option<PathBuf>,
+    /// With --sim: write the card's state back to its profile afterwards, so the next
+    /// run continues from it.
+    #[arg(long, requires = "sim")]
+    pub save: bool,
     /// Run on the card in a PC/SC reader (first reader, or by name or substring).
     #[arg(long, value_name = "READER", num_args = 0..=1, default_missing_value = "")]
     pub pcsc: Option<String>,
@@ -228,8 +235,26 @@ fn on_card(
     prepared: &Prepared,
     limits: Limits,
 ) -> Result<(RunReport, Vec<u8>, Option<u64>), String> {
-    match (&args.replay, &args.pcsc) {
-        (Some(replay), None) => {
+    match (&args.sim, &args.replay, &args.pcsc) {
+        (Some(profile), None, None) => {
+            let card = cardvm::sim::SimCard::load(profile)
+                .map_err(|e| format!("{}: {e}", profile.display()))?;
+            let card_id = card.card_id().to_vec();
+            let (report, card) = execute(prepared, card, limits, args.trace)?;
+            let air = card.air_time().total_us();
+            if args.trace {
+                eprintln!(
+                    "-- modelled air time {air} µs over {} APDUs (a model, see cardvm::sim::airtime)",
+                    card.air_time().apdus
+                );
+            }
+            if args.save {
+                card.save(profile)
+                    .map_err(|e| format!("{}: {e}", profile.display()))?;
+            }
+            Ok((report, card_id, Some(air)))
+        }
+        (None, Some(replay), None) => {
             let text = std::fs::read_to_string(replay)
                 .map_err(|e| format!("{}: {e}", replay.display()))?;
             let card =
@@ -238,8 +263,8 @@ fn on_card(
             let (report, _) = execute(prepared, card, limits, args.trace)?;
             Ok((report, card_id, None))
         }
-        (None, Some(reader)) => run_pcsc(reader, args, prepared, limits),
-        (None, None) => Err(String::from(
+        (None, None, Some(reader)) => run_pcsc(reader, args, prepared, limits),
+        (None, None, None) => Err(String::from(
             "no card: give --sim CARD.toml, --pcsc [READER] or --replay TRACE",
         )),
         _ => Err(String::from("give one card: --sim, --pcsc or --replay")),

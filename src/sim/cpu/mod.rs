@@ -1,9 +1,9 @@
 //! The simulated CPU card: an ISO 7816-4 file system with a PBOC / CJ/T 166 electronic
 //! purse (`reference/epurse.md`).
 //!
-//! * [`fs`]: MF 3F00, purse DF `A00000000386980701` / 1001, EF 0015, EF 0018, CAPP EF
+//! * `fs`: MF 3F00, purse DF `A00000000386980701` / 1001, EF 0015, EF 0018, CAPP EF
 //!   0017; SELECT, READ BINARY, READ RECORD, GET CHALLENGE, VERIFY PIN.
-//! * [`purse`]: GET BALANCE, INITIALIZE/CREDIT FOR LOAD, INITIALIZE/DEBIT FOR PURCHASE,
+//! * `purse`: GET BALANCE, INITIALIZE/CREDIT FOR LOAD, INITIALIZE/DEBIT FOR PURCHASE,
 //!   INITIALIZE FOR CAPP PURCHASE, UPDATE CAPP DATA CACHE, GET TRANSACTION PROVE.
 //! * [`algo`]: the `des3` and `sm4` algorithm profiles.
 //!
