@@ -4,7 +4,7 @@
 
 use cardvm::asm::{AsmOptions, assemble_file, compile_data};
 use cardvm::script::{DataScript, FieldValue};
-use cardvm::sim::{Algorithm, CpuCard, Fault, RandomSource};
+use cardvm::sim::{Algorithm, CpuCard, Fault, M1Card, RandomSource, SimCard};
 use cardvm::transport::{ApduLayer, CardTransport, TransportError};
 use cardvm::verify::VerifiedProgram;
 use cardvm::vm::{Failure, NoTrace, Outcome, OutputValue, RunReport, Vm};
@@ -57,7 +57,11 @@ fn data(city: &City, flow: &str) -> DataScript {
 }
 
 fn run_flow(city: &City, flow: &str, data: &DataScript, card: &mut CpuCard) -> RunReport {
-    let path = format!("{}/{flow}.casm", city.dir);
+    run_in(city.dir, flow, data, card)
+}
+
+fn run_in<C: CardTransport>(dir: &str, flow: &str, data: &DataScript, card: &mut C) -> RunReport {
+    let path = format!("{dir}/{flow}.casm");
     let script = assemble_file(path.as_ref(), &AsmOptions::default())
         .unwrap()
         .script;
@@ -282,4 +286,170 @@ fn tearing_at_every_apdu_is_recoverable() {
             }
         }
     });
+}
+
+/// The published load vector (reference/epurse.md) reproduces through the 3DES city's
+/// load script: the card's MAC1 is 6C394D64 and the script accepts it.
+#[test]
+fn published_load_vector_through_the_city_script() {
+    struct Capture(Vec<Vec<u8>>);
+    impl cardvm::vm::Tracer for Capture {
+        fn apdu(&mut self, e: &cardvm::vm::ApduEvent<'_>) {
+            self.0.push(e.response.to_vec());
+        }
+    }
+    let mut c = CpuCard::builder()
+        .algorithm(Algorithm::Des3)
+        .diversified_keys(&h(DES3.dlk), &h(DES3.dpk), &h(DTK))
+        .balance(0, 1_000_000)
+        .counters(0, 0)
+        .random(RandomSource::Fixed([0xF9, 0xCA, 0xBA, 0x91]))
+        .build()
+        .unwrap();
+    let mut d = data(&DES3, "load");
+    for f in &mut d.fields {
+        if f.name == "amount" {
+            f.value = FieldValue::Int(0x1234);
+        }
+    }
+    let script = assemble_file(
+        format!("{}/load.casm", DES3.dir).as_ref(),
+        &AsmOptions::default(),
+    )
+    .unwrap()
+    .script;
+    let program = VerifiedProgram::from_script(script).unwrap();
+    let binding = program.bind(&d).unwrap();
+    let mut capture = Capture(Vec::new());
+    let mut layer = ApduLayer::new(&mut c);
+    let r = Vm::default().run(
+        program.with_data(&d, &binding).unwrap(),
+        &mut layer,
+        &mut capture,
+    );
+    assert_eq!(r.outcome, Outcome::Committed);
+    assert_eq!(
+        &capture.0[1][12..16],
+        &h("6C394D64")[..],
+        "MAC1 of the published trace"
+    );
+    assert_eq!(&capture.0[1][8..12], &h("F9CABA91")[..]);
+    assert_eq!(c.balance(), 0x1234);
+}
+
+const M1_DIR: &str = "scripts/city0571-m1";
+
+fn m1_card() -> M1Card {
+    match SimCard::load(format!("{M1_DIR}/card.toml").as_ref()).unwrap() {
+        SimCard::M1(c) => c,
+        _ => panic!("the M1 city's card is an M1 card"),
+    }
+}
+
+fn m1_data(flow: &str) -> DataScript {
+    compile_data(&std::fs::read_to_string(format!("{M1_DIR}/{flow}.toml")).unwrap()).unwrap()
+}
+
+fn m1_balance(card: &mut M1Card) -> u64 {
+    let r = run_in(M1_DIR, "balance", &m1_data("balance"), card);
+    assert_eq!(r.outcome, Outcome::Committed, "{r:?}");
+    int(&r, "balance")
+}
+
+#[test]
+fn m1_city_balance_load_purchase() {
+    let mut c = m1_card();
+    assert_eq!(m1_balance(&mut c), 1000);
+    let r = run_in(M1_DIR, "load", &m1_data("load"), &mut c);
+    assert_eq!(r.outcome, Outcome::Committed, "{r:?}");
+    assert_eq!(
+        (int(&r, "balance_before"), int(&r, "balance_after")),
+        (1000, 6000)
+    );
+    assert_eq!(out(&r, "card_id"), OutputValue::Bytes(h("A1B2C3D4")));
+    let r = run_in(M1_DIR, "purchase", &m1_data("purchase"), &mut c);
+    assert_eq!(r.outcome, Outcome::Committed, "{r:?}");
+    assert_eq!(m1_balance(&mut c), 5800);
+}
+
+#[test]
+fn m1_city_errors() {
+    // More than the balance: refused by the script before any change.
+    let mut c = m1_card();
+    let mut d = m1_data("purchase");
+    d.fields
+        .iter_mut()
+        .filter(|f| f.name == "amount")
+        .for_each(|f| f.value = FieldValue::Int(1001));
+    assert_eq!(
+        script_failure(&run_in(M1_DIR, "purchase", &d, &mut c)),
+        0x07
+    );
+    assert_eq!(m1_balance(&mut c), 1000);
+    // A wrong key B: authentication fails.
+    let mut d = m1_data("load");
+    for f in &mut d.fields {
+        if f.name == "key_b" {
+            f.value = FieldValue::Key(
+                cardvm::crypto::SecretKey::new(
+                    cardvm::crypto::KeyAlg::M1,
+                    cardvm::crypto::KeyUsage::M1B,
+                    &[1; 6],
+                )
+                .unwrap(),
+            );
+        }
+    }
+    assert_eq!(script_failure(&run_in(M1_DIR, "load", &d, &mut c)), 0x22);
+    assert_eq!(m1_balance(&mut c), 1000);
+}
+
+/// Tearing at every APDU of an M1 load and purchase: before the value change nothing
+/// happened (failed); at or after it the outcome is unknown and recovery decides.
+#[test]
+fn m1_tearing_at_every_apdu_is_recoverable() {
+    for (flow, after) in [("load", 6000u64), ("purchase", 800)] {
+        for n in 1..=7u32 {
+            for fault in [
+                Fault::TearBefore(n),
+                Fault::TearAfter(n),
+                Fault::TearMidCommit(n),
+            ] {
+                let mut c = m1_card();
+                c.faults_mut().push(fault);
+                let r = run_in(M1_DIR, flow, &m1_data(flow), &mut c);
+                c.power_on().unwrap();
+                let committed = match n {
+                    1..=5 => {
+                        assert!(
+                            matches!(r.outcome, Outcome::Failed(_)),
+                            "{flow} {fault:?}: {:?}",
+                            r.outcome
+                        );
+                        assert_eq!(m1_balance(&mut c), 1000, "{flow} {fault:?}");
+                        continue;
+                    }
+                    6 => matches!(fault, Fault::TearAfter(_)),
+                    _ => true,
+                };
+                assert!(
+                    matches!(r.outcome, Outcome::Unknown(_)),
+                    "{flow} {fault:?}: {:?}",
+                    r.outcome
+                );
+                let rec = run_in(M1_DIR, "recover", &m1_data("recover"), &mut c);
+                assert_eq!(rec.outcome, Outcome::Committed, "{rec:?}");
+                assert_eq!(
+                    int(&rec, "committed"),
+                    u64::from(committed),
+                    "{flow} {fault:?}"
+                );
+                assert_eq!(
+                    int(&rec, "balance"),
+                    if committed { after } else { 1000 },
+                    "{flow} {fault:?}"
+                );
+            }
+        }
+    }
 }
