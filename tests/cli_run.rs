@@ -150,6 +150,30 @@ fn sealed_scripts_run_and_the_receipt_verifies() {
             s(out),
         ]);
     }
+    // A command script is sealed under its own city, id and version.
+    let opened = tmp("sealed", "opened.cvm");
+    let probe_store = tmp("sealed", "probe.store");
+    let _ = std::fs::remove_file(&probe_store);
+    let out = ok(&[
+        "open",
+        "--reader-key",
+        s(&rkey),
+        "--issuer-pub",
+        s(&ipub),
+        "--reader-id",
+        "R-0001",
+        "--replay-store",
+        s(&probe_store),
+        s(&scvm),
+        "-o",
+        s(&opened),
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("command script 2 v1 (city 731)"), "{said}");
+    assert_eq!(
+        std::fs::read(&opened).unwrap(),
+        std::fs::read(&cvm).unwrap()
+    );
     let receipt = tmp("sealed", "receipt.json");
     let store = tmp("sealed", "replay.store");
     let _ = std::fs::remove_file(&store);

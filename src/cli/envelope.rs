@@ -38,18 +38,18 @@ pub struct SealArgs {
     /// Expiry, RFC 3339 UTC (e.g. 2030-01-01T00:00:00Z).
     #[arg(long, value_name = "T")]
     expires: String,
-    /// Script kind [default: data for .cvd, otherwise command].
+    /// Script kind [default: from the file's magic bytes (CVMS command, CVMD data)].
     #[arg(long, value_enum)]
     kind: Option<KindArg>,
-    /// City / issuer id.
-    #[arg(long, default_value_t = 0)]
-    city: u32,
-    /// Script id.
-    #[arg(long, default_value_t = 0)]
-    script_id: u32,
-    /// Script version.
-    #[arg(long, default_value_t = 0)]
-    script_version: u16,
+    /// City / issuer id [default: a command script's own header, else 0].
+    #[arg(long)]
+    city: Option<u32>,
+    /// Script id [default: a command script's own header, else 0].
+    #[arg(long)]
+    script_id: Option<u32>,
+    /// Script version [default: a command script's own header, else 0].
+    #[arg(long)]
+    script_version: Option<u16>,
     /// The script to seal (.cvm or .cvd).
     #[arg(value_name = "IN")]
     input: PathBuf,
@@ -99,18 +99,27 @@ pub fn seal_cmd(args: SealArgs) -> CliResult {
     let reader = load_public_key(&args.reader_pub)?;
     let expires =
         parse_rfc3339(&args.expires).map_err(|e| format!("--expires {}: {e}", args.expires))?;
+    let payload = read(&args.input)?;
     let kind = match args.kind {
         Some(KindArg::Command) => ScriptKind::Command,
         Some(KindArg::Data) => ScriptKind::Data,
+        None if payload.starts_with(b"CVMD") => ScriptKind::Data,
+        None if payload.starts_with(b"CVMS") => ScriptKind::Command,
         None if args.input.extension().is_some_and(|e| e == "cvd") => ScriptKind::Data,
         None => ScriptKind::Command,
     };
-    let payload = read(&args.input)?;
+    // A command script names itself: seal it under its own city, id and version.
+    let own = match kind {
+        ScriptKind::Command => cardvm::script::CommandScript::parse(&payload)
+            .map(|s| s.header)
+            .map_err(|e| format!("{}: not a command script: {e}", args.input.display()))?,
+        _ => cardvm::script::Header::default(),
+    };
     let header = EnvelopeHeader {
         kind,
-        city: args.city,
-        script_id: args.script_id,
-        script_version: args.script_version,
+        city: args.city.unwrap_or(own.city),
+        script_id: args.script_id.unwrap_or(own.script_id),
+        script_version: args.script_version.unwrap_or(own.version),
         seq: args.seq,
         expires,
         reader_id: args.reader_id,
