@@ -271,6 +271,208 @@ fn pcsc_end_to_end() {
     // exchange to reader "Virtual PCD 00 01".
     #[cfg(feature = "cli")]
     cli_sim_serve(&ctx);
+
+    // 12. The CLI on the city scripts: load and purchase on the 3DES city's card and a
+    // recharge of the M1 city's card, each served by `cardvm sim serve --card`.
+    #[cfg(feature = "cli")]
+    cli_city_cards(&ctx);
+
+    // 11. Tearing on a simulated city card: the card leaves the field before CREDIT FOR
+    // LOAD reaches it; the outcome is unknown and the recovery script, run through the
+    // same reader after the card is back, finds nothing was committed.
+    sim_city_tearing(&ctx);
+}
+
+fn city_program(
+    dir: &str,
+    flow: &str,
+) -> (cardvm::verify::VerifiedProgram, cardvm::script::DataScript) {
+    use cardvm::asm::{AsmOptions, assemble_file, compile_data};
+    let root = env!("CARGO_MANIFEST_DIR");
+    let script = assemble_file(
+        format!("{root}/{dir}/{flow}.casm").as_ref(),
+        &AsmOptions::default(),
+    )
+    .unwrap()
+    .script;
+    let data = compile_data(&std::fs::read_to_string(format!("{root}/{dir}/{flow}.toml")).unwrap())
+        .unwrap();
+    (
+        cardvm::verify::VerifiedProgram::from_script(script).unwrap(),
+        data,
+    )
+}
+
+fn run_city<T: cardvm::transport::CardTransport>(
+    dir: &str,
+    flow: &str,
+    card: T,
+) -> cardvm::vm::RunReport {
+    let (program, data) = city_program(dir, flow);
+    let binding = program.bind(&data).unwrap();
+    let mut layer = ApduLayer::new(card);
+    cardvm::vm::Vm::default().run(
+        program.with_data(&data, &binding).unwrap(),
+        &mut layer,
+        &mut cardvm::vm::NoTrace,
+    )
+}
+
+fn sim_city_tearing(ctx: &PcscContext) {
+    use cardvm::vm::{Outcome, OutputValue};
+    // The second vpcd slot (port 35964, reader "Virtual PCD 00 01").
+    const READER: &str = "Virtual PCD 00 01";
+    const DIR: &str = "scripts/city0731-des3";
+    let serve = |card: cardvm::sim::SimCard| {
+        let cfg = VpcdConfig {
+            reconnect_delay: Duration::from_millis(100),
+            reinsert_delay: Duration::from_millis(100),
+            max_connect_failures: Some(100),
+            ..VpcdConfig::new("127.0.0.1:35964")
+        };
+        let mut server = VpcdServer::new(card, cfg);
+        let handle = server.handle();
+        let join = std::thread::spawn(move || {
+            let result = server.run();
+            (result, server.into_card())
+        });
+        assert!(handle.wait_connected(WAIT));
+        ctx.wait_for_card(READER, WAIT).unwrap();
+        (handle, join)
+    };
+    let card = cardvm::sim::SimCard::load(
+        format!("{}/{DIR}/card.toml", env!("CARGO_MANIFEST_DIR")).as_ref(),
+    )
+    .unwrap();
+    let (handle, join) = serve(card);
+    let mut card = ctx.connect(READER, ConnectOptions::default()).unwrap();
+    handle.remove_after_apdus(2); // SELECT and INITIALIZE pass; CREDIT never arrives
+    let report = run_city(DIR, "load", card.transaction().unwrap());
+    assert!(
+        matches!(
+            &report.outcome,
+            Outcome::Unknown(cardvm::vm::Failure::Transport {
+                error: TransportError::CardRemoved,
+                ..
+            })
+        ),
+        "{:?}",
+        report.outcome
+    );
+    ctx.wait_for_removal(READER, WAIT).unwrap();
+    // The customer taps the same card again: reconnect on the same handle.
+    handle.insert_card();
+    assert!(handle.wait_connected(WAIT));
+    ctx.wait_for_card(READER, WAIT).unwrap();
+    card.reconnect(true).unwrap();
+    let report = run_city(DIR, "recover", card.transaction().unwrap());
+    assert_eq!(report.outcome, Outcome::Committed, "{report:?}");
+    let committed = report
+        .outputs
+        .iter()
+        .find(|(n, _)| n == "committed")
+        .map(|(_, v)| v.clone());
+    assert_eq!(
+        committed,
+        Some(OutputValue::Int(0)),
+        "the torn load never reached the card"
+    );
+    let balance = report
+        .outputs
+        .iter()
+        .find(|(n, _)| n == "balance")
+        .map(|(_, v)| v.clone());
+    assert_eq!(balance, Some(OutputValue::Int(500)));
+    drop(card);
+    handle.shutdown();
+    join.join().unwrap().0.unwrap();
+    ctx.wait_for_removal(READER, WAIT).unwrap();
+}
+
+#[cfg(feature = "cli")]
+fn cli_city_cards(ctx: &PcscContext) {
+    const READER2: &str = "Virtual PCD 00 01";
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = std::env::temp_dir().join(format!("cardvm-pcsc-cities-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cardvm = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cardvm"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cardvm {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let build = |city: &str, flow: &str| {
+        let cvm = dir.join(format!("{city}-{flow}.cvm"));
+        let cvd = dir.join(format!("{city}-{flow}.cvd"));
+        cardvm(&[
+            "asm",
+            &format!("{root}/scripts/{city}/{flow}.casm"),
+            "-o",
+            cvm.to_str().unwrap(),
+        ]);
+        cardvm(&[
+            "data",
+            &format!("{root}/scripts/{city}/{flow}.toml"),
+            "-o",
+            cvd.to_str().unwrap(),
+        ]);
+        (cvm, cvd)
+    };
+    let run = |cvm: &std::path::Path, cvd: &std::path::Path| -> serde_json::Value {
+        let out = cardvm(&[
+            "run",
+            cvm.to_str().unwrap(),
+            "--data",
+            cvd.to_str().unwrap(),
+            "--pcsc",
+            READER2,
+        ]);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    for (city, flows, expected) in [
+        (
+            "city0731-des3",
+            &["load", "purchase"][..],
+            &[10_500u64, 10_250][..],
+        ),
+        ("city0571-m1", &["load"][..], &[6000u64][..]),
+    ] {
+        let card = dir.join(format!("{city}-card.toml"));
+        std::fs::copy(format!("{root}/scripts/{city}/card.toml"), &card).unwrap();
+        let server = Child(
+            Command::new(env!("CARGO_BIN_EXE_cardvm"))
+                .args([
+                    "sim",
+                    "serve",
+                    "--quiet",
+                    "--vpcd",
+                    "127.0.0.1:35964",
+                    "--card",
+                ])
+                .arg(&card)
+                .spawn()
+                .unwrap(),
+        );
+        ctx.wait_for_card(READER2, WAIT).unwrap();
+        for (flow, after) in flows.iter().zip(expected) {
+            let (cvm, cvd) = build(city, flow);
+            let receipt = run(&cvm, &cvd);
+            assert_eq!(receipt["outcome"], "committed", "{city} {flow}: {receipt}");
+            assert_eq!(
+                receipt["fields"]["balance_after"], *after,
+                "{city} {flow}: {receipt}"
+            );
+        }
+        drop(server);
+        ctx.wait_for_removal(READER2, WAIT).unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Kills the child on drop so a failing assertion does not leave it running.
