@@ -318,10 +318,77 @@ pub struct Vm {
     outputs: Vec<Option<OutputValue>>,
     mem_used: usize,
     peak_memory: usize,
-    sw: Option<StatusWord>,
-    apdu_count: u32,
+    ex: Exchanges,
     in_commit: bool,
+}
+
+/// What the trace and the transcript see of one command.
+struct Shown<'a> {
+    /// Bytes the transcript hashes.
+    hashed: &'a [u8],
+    /// Bytes the tracer is shown.
+    traced: &'a [u8],
+    /// Whether `traced` was cut because the command carries key bytes.
+    redacted: bool,
+}
+
+/// The APDU side of a run: count, last status word, last exchange.
+#[derive(Debug, Default)]
+struct Exchanges {
+    count: u32,
+    sw: Option<StatusWord>,
     last: Option<LastExchange>,
+}
+
+impl Exchanges {
+    /// Sends `command`, leaving the response data in `scratch`. The outer error is a VM
+    /// fault (APDU limit); the inner one the transport's, which ends the run.
+    #[allow(clippy::too_many_arguments)]
+    fn send<T: CardTransport, R: Tracer + ?Sized>(
+        &mut self,
+        card: &mut ApduLayer<T>,
+        tracer: &mut R,
+        transcript: &mut TranscriptHasher,
+        scratch: &mut Vec<u8>,
+        command: &[u8],
+        shown: Shown<'_>,
+        limits: Limits,
+    ) -> Result<Result<(), TransportError>, VmErrorKind> {
+        if self.count >= limits.max_apdus {
+            return Err(VmErrorKind::TooManyApdus(limits.max_apdus));
+        }
+        self.count += 1;
+        let mut header = [0u8; 4];
+        header.copy_from_slice(&command[..4]);
+        self.last = Some(LastExchange { header, sw: None });
+        transcript.command(shown.hashed);
+        tracer.before_apdu();
+        let result = card.exchange(command, scratch);
+        let event = |response, sw, error| ApduEvent {
+            index: self.count,
+            command: shown.traced,
+            redacted: shown.redacted,
+            response,
+            sw,
+            error,
+        };
+        match result {
+            Ok(sw) => {
+                transcript.response(scratch, sw.0);
+                tracer.apdu(&event(scratch, Some(sw), None));
+                self.sw = Some(sw);
+                self.last = Some(LastExchange {
+                    header,
+                    sw: Some(sw.0),
+                });
+                Ok(Ok(()))
+            }
+            Err(e) => {
+                tracer.apdu(&event(&[], None, Some(&e)));
+                Ok(Err(e))
+            }
+        }
+    }
 }
 
 impl core::fmt::Debug for Vm {
@@ -331,7 +398,7 @@ impl core::fmt::Debug for Vm {
             .field("limits", &self.limits)
             .field("registers", &self.regs.len())
             .field("key_slots", &self.keys.len())
-            .field("apdu_count", &self.apdu_count)
+            .field("apdu_count", &self.ex.count)
             .finish_non_exhaustive()
     }
 }
@@ -418,10 +485,8 @@ impl Vm {
             outputs: Vec::new(),
             mem_used: 0,
             peak_memory: 0,
-            sw: None,
-            apdu_count: 0,
+            ex: Exchanges::default(),
             in_commit: false,
-            last: None,
         }
     }
 
@@ -445,10 +510,8 @@ impl Vm {
         self.outputs.resize(bound.program.outputs.len(), None);
         self.mem_used = 0;
         self.peak_memory = 0;
-        self.sw = None;
-        self.apdu_count = 0;
+        self.ex = Exchanges::default();
         self.in_commit = false;
-        self.last = None;
     }
 
     fn set_int(&mut self, r: u8, v: u64) {
@@ -546,10 +609,10 @@ impl Vm {
         RunReport {
             outcome,
             outputs,
-            apdu_count: self.apdu_count,
+            apdu_count: self.ex.count,
             fuel_used,
             transcript_sm3: transcript.finalize(),
-            last_exchange: self.last.take(),
+            last_exchange: self.ex.last.take(),
             peak_memory: self.peak_memory,
         }
     }
@@ -899,48 +962,24 @@ impl Vm {
                 self.set_from_scratch(dst)?;
             }
             Instr::Apdu { resp, cmd } => {
-                if self.apdu_count >= self.limits.max_apdus {
-                    return Err(VmErrorKind::TooManyApdus(self.limits.max_apdus));
-                }
                 let command = bytes_of(&self.regs, cmd)?;
                 Apdu::parse(command).map_err(VmErrorKind::BadApdu)?;
-                self.apdu_count += 1;
-                let mut header = [0u8; 4];
-                header.copy_from_slice(&command[..4]);
-                self.last = Some(LastExchange { header, sw: None });
-                transcript.command(command);
-                tracer.before_apdu();
-                let result = card.exchange(command, &mut self.scratch);
-                let index = self.apdu_count;
-                match result {
-                    Ok(sw) => {
-                        transcript.response(&self.scratch, sw.0);
-                        tracer.apdu(&ApduEvent {
-                            index,
-                            command,
-                            redacted: false,
-                            response: &self.scratch,
-                            sw: Some(sw),
-                            error: None,
-                        });
-                        self.sw = Some(sw);
-                        self.last = Some(LastExchange {
-                            header,
-                            sw: Some(sw.0),
-                        });
-                        self.set_from_scratch(resp)?;
-                    }
-                    Err(e) => {
-                        tracer.apdu(&ApduEvent {
-                            index,
-                            command,
-                            redacted: false,
-                            response: &[],
-                            sw: None,
-                            error: Some(&e),
-                        });
-                        return Ok(Some(Stop::Transport(e, offset)));
-                    }
+                let shown = Shown {
+                    hashed: command,
+                    traced: command,
+                    redacted: false,
+                };
+                match self.ex.send(
+                    card,
+                    tracer,
+                    transcript,
+                    &mut self.scratch,
+                    command,
+                    shown,
+                    self.limits,
+                )? {
+                    Ok(()) => self.set_from_scratch(resp)?,
+                    Err(e) => return Ok(Some(Stop::Transport(e, offset))),
                 }
             }
             Instr::MkApdu {
@@ -965,21 +1004,21 @@ impl Vm {
                 self.set_from_scratch(dst)?;
             }
             Instr::Sw { dst } => {
-                let sw = self.sw.ok_or(VmErrorKind::NoStatusWord)?;
+                let sw = self.ex.sw.ok_or(VmErrorKind::NoStatusWord)?;
                 self.set_int(dst, u64::from(sw.0));
             }
             Instr::Bsw { pattern, target } => {
-                if pattern.matches(self.sw.ok_or(VmErrorKind::NoStatusWord)?.0) {
+                if pattern.matches(self.ex.sw.ok_or(VmErrorKind::NoStatusWord)?.0) {
                     *pc = target as usize;
                 }
             }
             Instr::Bnsw { pattern, target } => {
-                if !pattern.matches(self.sw.ok_or(VmErrorKind::NoStatusWord)?.0) {
+                if !pattern.matches(self.ex.sw.ok_or(VmErrorKind::NoStatusWord)?.0) {
                     *pc = target as usize;
                 }
             }
             Instr::Expect { pattern, code } => {
-                if !pattern.matches(self.sw.ok_or(VmErrorKind::NoStatusWord)?.0) {
+                if !pattern.matches(self.ex.sw.ok_or(VmErrorKind::NoStatusWord)?.0) {
                     return Ok(Some(Stop::Fail(code, offset)));
                 }
             }
@@ -1065,9 +1104,6 @@ impl Vm {
                 self.set_bytes(dst, &h)?;
             }
             Instr::LoadReaderKey { key, number } => {
-                if self.apdu_count >= self.limits.max_apdus {
-                    return Err(VmErrorKind::TooManyApdus(self.limits.max_apdus));
-                }
                 let k = self.keys[usize::from(key)]
                     .as_ref()
                     .ok_or(VmErrorKind::EmptyKeySlot(key))?;
@@ -1079,46 +1115,27 @@ impl Vm {
                     });
                 }
                 // FF 82 00 keyNo 06 key(6): the only APDU that carries key bytes. The
-                // trace and transcript see the header with the key replaced by zeros.
+                // transcript hashes it with the key replaced by zeros; the trace sees only
+                // the header and Lc.
                 let mut command = zeroize::Zeroizing::new([0u8; 11]);
                 command[..5].copy_from_slice(&[0xFF, 0x82, 0x00, number, 0x06]);
                 command[5..].copy_from_slice(k.expose());
                 let redacted = [0xFF, 0x82, 0x00, number, 0x06, 0, 0, 0, 0, 0, 0];
-                self.apdu_count += 1;
-                let header = [0xFF, 0x82, 0x00, number];
-                self.last = Some(LastExchange { header, sw: None });
-                transcript.command(&redacted);
-                tracer.before_apdu();
-                let result = card.exchange(&command[..], &mut self.scratch);
-                let index = self.apdu_count;
-                match result {
-                    Ok(sw) => {
-                        transcript.response(&self.scratch, sw.0);
-                        tracer.apdu(&ApduEvent {
-                            index,
-                            command: &redacted[..5],
-                            redacted: true,
-                            response: &self.scratch,
-                            sw: Some(sw),
-                            error: None,
-                        });
-                        self.sw = Some(sw);
-                        self.last = Some(LastExchange {
-                            header,
-                            sw: Some(sw.0),
-                        });
-                    }
-                    Err(e) => {
-                        tracer.apdu(&ApduEvent {
-                            index,
-                            command: &redacted[..5],
-                            redacted: true,
-                            response: &[],
-                            sw: None,
-                            error: Some(&e),
-                        });
-                        return Ok(Some(Stop::Transport(e, offset)));
-                    }
+                let shown = Shown {
+                    hashed: &redacted,
+                    traced: &redacted[..5],
+                    redacted: true,
+                };
+                if let Err(e) = self.ex.send(
+                    card,
+                    tracer,
+                    transcript,
+                    &mut self.scratch,
+                    &command[..],
+                    shown,
+                    self.limits,
+                )? {
+                    return Ok(Some(Stop::Transport(e, offset)));
                 }
             }
             Instr::CtEq { dst, a, b } => {
