@@ -89,7 +89,7 @@ pub enum OpenError {
         found: String,
     },
     /// Past its expiry.
-    #[error("expired at {expires} (now {now})")]
+    #[error("expired at {} (now {})", time::format_rfc3339(*expires), time::format_rfc3339(*now))]
     Expired {
         /// Expiry, unix seconds.
         expires: u64,
