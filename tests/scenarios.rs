@@ -1,0 +1,86 @@
+//! Every scenario file under scripts/ (scripts/<city>/scenarios/*.toml) runs and passes,
+//! every city ships scenarios, and a wrong expectation is reported as a failure with a
+//! diff.
+
+use std::path::Path;
+
+use cardvm::scenario::{ScenarioFile, discover, run_file, run_path};
+
+#[test]
+fn every_city_scenario_passes() {
+    let summary = run_path(Path::new("scripts"));
+    let text = summary.render();
+    assert!(summary.ok(), "{text}");
+    assert!(summary.results.len() >= 60, "{text}");
+}
+
+#[test]
+fn every_city_ships_scenarios() {
+    for entry in std::fs::read_dir("scripts").unwrap() {
+        let dir = entry.unwrap().path();
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("city") {
+            continue;
+        }
+        let files = discover(&dir);
+        assert!(!files.is_empty(), "{name} has no scenarios");
+        let all: String = files
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap())
+            .collect();
+        for needle in [
+            "outcome = \"committed\"",
+            "force_sw",
+            "tear_",
+            "[[scenario.then]]",
+        ] {
+            assert!(all.contains(needle), "{name}: no scenario with {needle}");
+        }
+    }
+}
+
+#[test]
+fn a_wrong_expectation_fails_with_a_diff_and_the_failure_line() {
+    let text = r#"
+[[scenario]]
+name   = "wrong"
+card   = "../card.toml"
+script = "../load.casm"
+data   = "../load.toml"
+faults = { force_sw = { apdu = 2, sw = "9403" } }
+expect = { outcome = "committed", balance = 1, fields = { tac_ok = 1 }, apdus = [">> 00A4*"] }
+"#;
+    let file = ScenarioFile::parse(text, "x.toml").unwrap();
+    let results = run_file(&file, Path::new("scripts/city0731-des3/scenarios/x.toml"));
+    let r = &results[0];
+    assert!(!r.passed());
+    let whats: Vec<_> = r.mismatches.iter().map(|m| m.what.as_str()).collect();
+    assert_eq!(
+        whats,
+        [
+            "outcome",
+            "balance",
+            "fields.tac_ok",
+            "apdus[1]",
+            "apdus[2]",
+            "apdus[3]"
+        ]
+    );
+    assert_eq!(r.mismatches[1].actual, "500");
+    let report = r.report.join("\n");
+    assert!(report.contains("ep_load.casm:"), "{report}");
+    assert!(report.contains("last APDU exchange: >> 8050"), "{report}");
+    assert!(report.contains("<< 9403"), "{report}");
+}
+
+#[test]
+fn a_broken_script_path_is_an_error_not_a_panic() {
+    let file = ScenarioFile::parse(
+        "[[scenario]]\nname='x'\ncard='../card.toml'\nscript='../nope.casm'",
+        "x.toml",
+    )
+    .unwrap();
+    let r = &run_file(&file, Path::new("scripts/city0731-des3/scenarios/x.toml"))[0];
+    assert!(!r.passed());
+    assert!(r.error.as_deref().unwrap().contains("nope.casm"));
+}
