@@ -84,3 +84,43 @@ fn a_broken_script_path_is_an_error_not_a_panic() {
     assert!(!r.passed());
     assert!(r.error.as_deref().unwrap().contains("nope.casm"));
 }
+
+#[cfg(feature = "cli")]
+#[test]
+fn cardvm_test_prints_a_runner_report_and_fails_on_a_failing_scenario() {
+    let bin = env!("CARGO_BIN_EXE_cardvm");
+    let ok = std::process::Command::new(bin)
+        .args(["test", "scripts/city0731-des3"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{out}");
+    assert!(out.contains(":: load credits the card and verifies the TAC ... ok"));
+    assert!(out.contains("scenario result: ok."));
+
+    let dir = std::env::temp_dir().join(format!("cardvm-scen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let card = std::fs::canonicalize("scripts/city0731-des3/card.toml").unwrap();
+    let script = std::fs::canonicalize("scripts/city0731-des3/balance.casm").unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[scenario]]\nname = 'wrong balance'\ncard = '{}'\nscript = '{}'\nexpect = {{ balance = 7 }}\n",
+            card.display(),
+            script.display()
+        ),
+    )
+    .unwrap();
+    let bad = std::process::Command::new(bin)
+        .args(["test"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&bad.stdout);
+    assert!(!bad.status.success());
+    assert!(out.contains("wrong balance ... FAILED"), "{out}");
+    assert!(out.contains("-   expected: 7\n+   actual:   500"), "{out}");
+    assert!(out.contains("1 failed"), "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
