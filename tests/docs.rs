@@ -29,7 +29,6 @@ fn kind(k: OperandKind) -> &'static str {
         OperandKind::U16 => "U16",
         OperandKind::U32 => "U32",
         OperandKind::Sw => "SW",
-        _ => "?",
     }
 }
 
@@ -131,7 +130,10 @@ fn walkthrough_script_runs_on_a_simulated_card_and_its_scenarios_pass() {
     let text = summary.render();
     assert!(summary.ok(), "{text}");
     assert_eq!(summary.results.len(), 5, "{text}");
-    assert!(text.contains("scenario result: ok. 5 passed; 0 failed"), "{text}");
+    assert!(
+        text.contains("scenario result: ok. 5 passed; 0 failed"),
+        "{text}"
+    );
 }
 
 #[test]

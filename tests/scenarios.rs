@@ -124,3 +124,25 @@ fn cardvm_test_prints_a_runner_report_and_fails_on_a_failing_scenario() {
     assert!(out.contains("1 failed"), "{out}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn city_scripts_are_lint_clean() {
+    for entry in std::fs::read_dir("scripts").unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("city")
+        {
+            continue;
+        }
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_some_and(|e| e == "casm") {
+                let a = cardvm::asm::assemble_file(&f, &Default::default()).unwrap();
+                assert!(a.warnings.is_empty(), "{}: {:?}", f.display(), a.warnings);
+            }
+        }
+    }
+}
