@@ -50,6 +50,8 @@ pub mod journal;
 #[cfg(feature = "pcsc")]
 pub mod pcsc;
 #[cfg(feature = "sim")]
+pub mod scenario;
+#[cfg(feature = "sim")]
 pub mod sim;
 #[cfg(feature = "std")]
 pub mod vpcd;

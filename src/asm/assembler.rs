@@ -70,11 +70,27 @@ pub fn assemble(
     for line in &lines {
         asm.pass1(line)?;
     }
+    let labels = asm
+        .labels
+        .iter()
+        .map(|(name, (off, pos))| (name.clone(), *off, pos.file, pos.line, pos.col))
+        .collect();
+    let lines = asm.auto_lines.clone();
     let script = asm.finish(opts)?;
-    Ok(Assembled {
-        script,
-        warnings: Vec::new(),
-    })
+    let files = srcs
+        .files
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    let warnings = super::lint::lint(
+        &script,
+        &super::lint::LintInput {
+            files,
+            labels,
+            lines: &lines,
+        },
+    );
+    Ok(Assembled { script, warnings })
 }
 
 /// Assembles the file at `path`, reading `.include`s from the file system.

@@ -59,7 +59,8 @@ impl fmt::Display for AsmError {
 
 impl core::error::Error for AsmError {}
 
-/// A non-fatal diagnostic. The assembler itself emits none yet; lints add them.
+/// A non-fatal diagnostic from the assembler's lints (unused labels or inputs,
+/// unreachable code, an unchecked status word, a MAC compared in variable time).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Warning {
     /// Source file name.

@@ -76,6 +76,7 @@ mod data_toml;
 mod disasm;
 mod error;
 mod lexer;
+mod lint;
 mod loader;
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ mod pcsc;
 mod receipt;
 mod run;
 mod sim;
+mod test;
 mod trace;
 
 use clap::{Parser, Subcommand};
@@ -52,6 +53,8 @@ enum Command {
     /// Simulated cards: write a card profile (`sim new`), serve one to pcscd (`sim serve`).
     #[command(subcommand)]
     Sim(sim::SimCommand),
+    /// Run scenario tests: a scenario file, or every `scenarios/*.toml` under a directory.
+    Test(test::TestArgs),
 }
 
 /// Runs one parsed command line.
@@ -68,6 +71,7 @@ pub fn dispatch(cli: Cli) -> CliResult {
         Command::Receipt(a) => receipt::receipt_cmd(a),
         Command::Journal { cmd } => journal::run(cmd),
         Command::Sim(c) => sim::run(c),
+        Command::Test(a) => test::test(a),
     }
 }
 

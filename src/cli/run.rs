@@ -15,11 +15,11 @@ use std::path::PathBuf;
 /// Run a command script with a data script against a card.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Command script (`.cvm`, or sealed).
+    /// Command script (`.cvm`, or sealed; or `.casm` source, assembled with debug info).
     pub command: PathBuf,
-    /// Data script (`.cvd`, or sealed).
+    /// Data script (`.cvd`, or sealed; or `.toml` source). Default: no inputs.
     #[arg(long)]
-    pub data: PathBuf,
+    pub data: Option<PathBuf>,
     /// Run on a simulated card described by this profile (see `cardvm sim new`).
     #[arg(long, value_name = "CARD.toml")]
     pub sim: Option<PathBuf>,
@@ -39,6 +39,14 @@ pub struct RunArgs {
     /// Print the APDU trace on stderr.
     #[arg(long)]
     pub trace: bool,
+    /// Print every executed instruction with its source line (needs debug info: a
+    /// `.casm` input, or `asm -g`), the registers it changed and the APDUs, on stderr;
+    /// on failure, the failing source line and the last APDU exchange.
+    #[arg(long)]
+    pub trace_vm: bool,
+    /// Like --trace-vm, and wait for Enter after each instruction (`c` + Enter: run on).
+    #[arg(long)]
+    pub step: bool,
     /// Write the receipt JSON here instead of stdout.
     #[arg(long, value_name = "OUT.json")]
     pub receipt: Option<PathBuf>,
@@ -70,6 +78,8 @@ pub struct RunArgs {
 pub struct Prepared {
     pub program: VerifiedProgram,
     pub data: DataScript,
+    /// `Some(step)`: trace the VM (`--trace-vm`, `--step`).
+    pub vm_trace: Option<bool>,
 }
 
 /// Parses and verifies the command script and binds the data script.
@@ -86,7 +96,11 @@ pub fn prepare(
     program
         .bind(&data)
         .map_err(|e| format!("{data_name}: {e}"))?;
-    Ok(Prepared { program, data })
+    Ok(Prepared {
+        program,
+        data,
+        vm_trace: None,
+    })
 }
 
 /// Runs `prepared` on `card`.
@@ -105,9 +119,43 @@ pub fn execute<T: CardTransport>(
         .with_data(&prepared.data, &binding)
         .map_err(|e| e.to_string())?;
     let mut layer = ApduLayer::new(card);
-    let mut tracer = StderrTrace::new(trace);
-    let report = Vm::new(limits).run(bound, &mut layer, &mut tracer);
+    let report = match prepared.vm_trace {
+        Some(step) => {
+            let mut tracer = super::trace::VmTrace::new(&prepared.program, step);
+            let report = Vm::new(limits).run(bound, &mut layer, &mut tracer);
+            failure_report(&mut tracer, &report);
+            report
+        }
+        None => Vm::new(limits).run(bound, &mut layer, &mut StderrTrace::new(trace)),
+    };
     Ok((report, layer.into_inner()))
+}
+
+/// After a traced run that did not commit: the failing source line and the last APDU.
+fn failure_report(tracer: &mut super::trace::VmTrace<'_>, report: &RunReport) {
+    use cardvm::vm::{Failure, Outcome};
+    let (Outcome::Failed(f) | Outcome::Unknown(f)) = &report.outcome else {
+        return;
+    };
+    let offset = match f {
+        Failure::Script { offset, .. } | Failure::Transport { offset, .. } => *offset,
+        Failure::Fault(e) => e.offset,
+        _ => return,
+    };
+    let at = tracer
+        .source_line(offset)
+        .unwrap_or_else(|| format!("code offset {offset} (no debug info)"));
+    eprintln!("-- {} at {at}", report.outcome.name());
+    eprintln!("--   {f}");
+    if let Some(last) = &report.last_exchange {
+        let sw = last
+            .sw
+            .map_or(String::from("no response"), |sw| format!("{sw:04X}"));
+        eprintln!(
+            "--   last APDU exchange: {} -> {sw}",
+            super::trace::hex(&last.header)
+        );
+    }
 }
 
 /// The reader's identity and keys for one run.
@@ -140,8 +188,27 @@ fn load_scripts(
     args: &RunArgs,
     reader: &ReaderKeys,
 ) -> Result<(Vec<u8>, zeroize::Zeroizing<Vec<u8>>), String> {
-    let command = read_file(&args.command)?;
-    let data = zeroize::Zeroizing::new(read_file(&args.data)?);
+    let ext = |p: &std::path::Path, e: &str| p.extension().is_some_and(|x| x == e);
+    let command = if ext(&args.command, "casm") {
+        cardvm::asm::assemble_file(&args.command, &cardvm::asm::AsmOptions { debug: true })
+            .map_err(|e| e.to_string())?
+            .script
+            .encode()
+    } else {
+        read_file(&args.command)?
+    };
+    let data = match &args.data {
+        None => zeroize::Zeroizing::new(DataScript::default().encode()),
+        Some(d) if ext(d, "toml") => {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(d).map_err(|e| format!("{}: {e}", d.display()))?,
+            );
+            let data =
+                cardvm::asm::compile_data(&text).map_err(|e| format!("{}: {e}", d.display()))?;
+            zeroize::Zeroizing::new(data.encode())
+        }
+        Some(d) => zeroize::Zeroizing::new(read_file(d)?),
+    };
     let sealed = |b: &[u8]| b.starts_with(&cardvm::envelope::format::MAGIC);
     if !sealed(&command) && !sealed(&data) {
         return Ok((command, data));
@@ -174,19 +241,26 @@ fn load_scripts(
             Ok(opened.into_payload())
         };
     let command = open(command, &args.command)?;
-    let data = open(data.to_vec(), &args.data)?;
+    let data_path = args.data.clone().unwrap_or_default();
+    let data = open(data.to_vec(), &data_path)?;
     Ok((command.to_vec(), data))
 }
 
 pub fn run(args: RunArgs) -> CliResult {
     let reader = reader_keys(&args)?;
     let (command, data) = load_scripts(&args, &reader)?;
-    let prepared = prepare(
+    let mut prepared = prepare(
         &command,
         &data,
         &args.command.display().to_string(),
-        &args.data.display().to_string(),
+        &args
+            .data
+            .as_ref()
+            .map_or(String::from("(no data)"), |d| d.display().to_string()),
     )?;
+    if args.trace_vm || args.step {
+        prepared.vm_trace = Some(args.step);
+    }
     let limits = Limits {
         fuel: args.fuel,
         max_apdus: args.max_apdus,

@@ -16,7 +16,7 @@
 mod trace;
 mod transcript;
 
-pub use trace::{ApduEvent, NoTrace, Tracer};
+pub use trace::{ApduEvent, KeyHandle, NoTrace, RegValue, RegView, Tracer};
 pub use transcript::TranscriptHasher;
 
 use crate::crypto::{self, KeyAlg, KeyUsage, SecretKey};
@@ -298,6 +298,14 @@ impl Reg {
         int: 0,
         bytes: Vec::new(),
     };
+
+    fn view(&self) -> RegValue<'_> {
+        match self.tag {
+            Tag::Unset => RegValue::Unset,
+            Tag::Int => RegValue::Int(self.int),
+            Tag::Bytes => RegValue::Bytes(&self.bytes),
+        }
+    }
 
     fn kind_name(&self) -> &'static str {
         match self.tag {
@@ -639,7 +647,17 @@ impl Vm {
             tracer.step(offset, &instr);
             pc += 1;
             match self.step(bound, instr, &mut pc, card, tracer, transcript, offset) {
-                Ok(None) => {}
+                Ok(None) => {
+                    if tracer.wants_registers() {
+                        tracer.after_step(
+                            offset,
+                            &RegView {
+                                regs: &self.regs,
+                                keys: &self.keys,
+                            },
+                        );
+                    }
+                }
                 Ok(Some(stop)) => return Ok(stop),
                 Err(kind) => return Err(err(kind)),
             }

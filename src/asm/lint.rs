@@ -1,0 +1,292 @@
+//! Assembler lints: non-fatal warnings for likely mistakes.
+//!
+//! * an unused label;
+//! * a declared input no instruction reads (`ldin`/`ldkey`);
+//! * unreachable code (not reachable from offset 0 through jumps, branches, calls and
+//!   fall-through);
+//! * an `apdu` (or `ldrkey`) after which some path reaches another APDU, `halt` or the
+//!   end without looking at the status word (`expect`, `bsw`, `bnsw`, `sw`);
+//! * `beq`/`bne` on a register written by `mac`: not constant-time (use `cteq` or
+//!   `chkmac`).
+//!
+//! Lints run on the assembled code, so instructions from `.include`d files and macros
+//! are covered; positions come from the assembler's line table.
+
+use alloc::collections::BTreeSet;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use super::error::Warning;
+use crate::isa::{Instr, decode_all};
+use crate::script::{CommandScript, LineEntry};
+
+/// What the assembler knows beyond the script.
+pub(crate) struct LintInput<'a> {
+    /// (name, text) of every source file, by file index.
+    pub files: Vec<(&'a str, &'a str)>,
+    /// Every label: name, code offset, file index, line, column.
+    pub labels: Vec<(String, u32, u16, u32, u32)>,
+    /// The offset → line table of every instruction.
+    pub lines: &'a [LineEntry],
+}
+
+impl LintInput<'_> {
+    fn warn(&self, file: u16, line: u32, col: u32, message: String) -> Warning {
+        Warning {
+            file: self
+                .files
+                .get(usize::from(file))
+                .map_or(String::new(), |f| String::from(f.0)),
+            line,
+            col,
+            message,
+        }
+    }
+
+    fn at(&self, offset: u32, message: String) -> Warning {
+        match self.lines.iter().find(|l| l.offset == offset) {
+            Some(l) => self.warn(l.file, l.line, 1, message),
+            None => self.warn(0, 0, 0, format!("code offset {offset}: {message}")),
+        }
+    }
+}
+
+fn reads_sw(i: &Instr) -> bool {
+    matches!(
+        i,
+        Instr::Expect { .. } | Instr::Bsw { .. } | Instr::Bnsw { .. } | Instr::Sw { .. }
+    )
+}
+
+fn sends_apdu(i: &Instr) -> bool {
+    matches!(i, Instr::Apdu { .. } | Instr::LoadReaderKey { .. })
+}
+
+/// Successor instruction indices of instruction `k`.
+fn successors(code: &[(u32, Instr)], k: usize, out: &mut Vec<usize>) {
+    let index_of = |off: u32| code.binary_search_by_key(&off, |c| c.0).ok();
+    let i = &code[k].1;
+    if let Some(t) = i.target().and_then(index_of) {
+        out.push(t);
+    }
+    if !i.is_terminator() && k + 1 < code.len() {
+        out.push(k + 1);
+    }
+}
+
+/// The lint warnings for an assembled script.
+pub(crate) fn lint(script: &CommandScript, input: &LintInput<'_>) -> Vec<Warning> {
+    let mut out = Vec::new();
+    let Ok(code) = decode_all(&script.code) else {
+        return out;
+    };
+    if code.is_empty() {
+        return out;
+    }
+    let targets: BTreeSet<u32> = code.iter().filter_map(|(_, i)| i.target()).collect();
+
+    for (name, offset, file, line, col) in &input.labels {
+        if !targets.contains(offset) && *offset != 0 {
+            out.push(input.warn(*file, *line, *col, format!("label `{name}` is never used")));
+        }
+    }
+
+    for (n, decl) in script.inputs.iter().enumerate() {
+        let used = code.iter().any(|(_, i)| match *i {
+            Instr::Ldin { input, .. } | Instr::Ldkey { input, .. } => usize::from(input) == n,
+            _ => false,
+        });
+        if !used {
+            let (file, line, col) = find_input(input, &decl.name).unwrap_or((0, 0, 0));
+            out.push(input.warn(
+                file,
+                line,
+                col,
+                format!("input `{}` is never read", decl.name),
+            ));
+        }
+    }
+
+    // Reachability.
+    let mut reached = alloc::vec![false; code.len()];
+    let mut stack = alloc::vec![0usize];
+    let mut next = Vec::new();
+    while let Some(k) = stack.pop() {
+        if core::mem::replace(&mut reached[k], true) {
+            continue;
+        }
+        next.clear();
+        successors(&code, k, &mut next);
+        stack.extend(next.iter().copied().filter(|&s| !reached[s]));
+    }
+    let mut k = 0;
+    while k < code.len() {
+        if reached[k] {
+            k += 1;
+            continue;
+        }
+        out.push(input.at(code[k].0, String::from("unreachable code")));
+        while k < code.len() && !reached[k] {
+            k += 1;
+        }
+    }
+
+    // Status words never checked.
+    for (k, (offset, instr)) in code.iter().enumerate() {
+        if !reached[k] || !sends_apdu(instr) {
+            continue;
+        }
+        if let Some(why) = unchecked_path(&code, k) {
+            out.push(input.at(
+                *offset,
+                format!(
+                    "the status word of this `{}` is never checked ({why})",
+                    instr.opcode().mnemonic()
+                ),
+            ));
+        }
+    }
+
+    // MACs compared with a non-constant-time branch.
+    let macs: BTreeSet<u8> = code
+        .iter()
+        .filter_map(|(_, i)| match *i {
+            Instr::Mac { dst, .. } => Some(dst),
+            _ => None,
+        })
+        .collect();
+    for (offset, i) in &code {
+        if let Instr::Beq { a, b, .. } | Instr::Bne { a, b, .. } = *i {
+            if macs.contains(&a) || macs.contains(&b) {
+                out.push(input.at(
+                    *offset,
+                    format!(
+                        "`{}` compares a MAC (not constant-time): use `cteq` or `chkmac`",
+                        i.opcode().mnemonic()
+                    ),
+                ));
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
+    out
+}
+
+/// A path from the APDU at `k` that reaches another APDU, `halt` or the end of the code
+/// without reading the status word.
+fn unchecked_path(code: &[(u32, Instr)], k: usize) -> Option<&'static str> {
+    let mut seen = alloc::vec![false; code.len()];
+    let mut stack = Vec::new();
+    let mut next = Vec::new();
+    successors(code, k, &mut next);
+    if next.is_empty() {
+        return Some("the script ends");
+    }
+    stack.extend(next.iter().copied());
+    while let Some(j) = stack.pop() {
+        if core::mem::replace(&mut seen[j], true) {
+            continue;
+        }
+        let i = &code[j].1;
+        if reads_sw(i) || matches!(i, Instr::Fail { .. } | Instr::Ret {}) {
+            continue;
+        }
+        if sends_apdu(i) {
+            return Some("another APDU follows");
+        }
+        if matches!(i, Instr::Halt {}) {
+            return Some("the script halts");
+        }
+        next.clear();
+        successors(code, j, &mut next);
+        if next.is_empty() {
+            return Some("the script ends");
+        }
+        stack.extend(next.iter().copied().filter(|&s| !seen[s]));
+    }
+    None
+}
+
+/// Where `.input NAME` is declared.
+fn find_input(input: &LintInput<'_>, name: &str) -> Option<(u16, u32, u32)> {
+    for (f, (_, text)) in input.files.iter().enumerate() {
+        for (n, line) in text.lines().enumerate() {
+            let mut words = line.split_whitespace();
+            if words.next() == Some(".input") && words.next() == Some(name) {
+                let col = line.find(".input").unwrap_or(0) + 1;
+                return Some((f as u16, n as u32 + 1, col as u32));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::asm::{AsmOptions, MapLoader, assemble};
+    use alloc::string::ToString;
+    use alloc::vec::Vec;
+
+    fn warnings(src: &str) -> Vec<alloc::string::String> {
+        assemble(src, "t.casm", &AsmOptions::default(), &mut MapLoader::new())
+            .unwrap()
+            .warnings
+            .iter()
+            .map(|w| w.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_clean_script_has_no_warnings() {
+        let w = warnings(
+            ".input a u32\n.output o u32\n  ldin r0, a\n  ldc r1, [00 A4 04 00]\n  apdu r2, r1\n  bsw 6A82, nf\n  expect 9000, 1\n  out o, r0\n  halt\nnf: fail 2\n",
+        );
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn unused_label_and_input() {
+        let w = warnings(".input a u32\n.input b u32\n  ldin r0, a\nspare:\n  halt\n");
+        assert_eq!(
+            w,
+            [
+                "t.casm:2:1: warning: input `b` is never read",
+                "t.casm:4:1: warning: label `spare` is never used",
+            ]
+        );
+    }
+
+    #[test]
+    fn unreachable_code() {
+        let w = warnings("  jmp end\n  nop\n  nop\nend: halt\n");
+        assert_eq!(w, ["t.casm:2:1: warning: unreachable code"]);
+    }
+
+    #[test]
+    fn unchecked_status_words() {
+        let w = warnings(
+            "  ldc r0, [00 A4 04 00]\n  apdu r1, r0\n  apdu r1, r0\n  bz r1, x\n  expect 9000, 1\nx: halt\n",
+        );
+        assert_eq!(
+            w,
+            [
+                "t.casm:2:1: warning: the status word of this `apdu` is never checked (another APDU follows)",
+                "t.casm:3:1: warning: the status word of this `apdu` is never checked (the script halts)",
+            ]
+        );
+    }
+
+    #[test]
+    fn mac_compared_with_beq() {
+        let w = warnings(
+            ".input k key(des3, mac)\n.key sk\n  ldkey sk, k\n  ldc r0, [00 00 00 00 00 00 00 00]\n  mac r1, sk, r0\n  beq r1, r0, ok\n  fail 3\nok: halt\n",
+        );
+        assert_eq!(
+            w,
+            [
+                "t.casm:6:1: warning: `beq` compares a MAC (not constant-time): use `cteq` or `chkmac`"
+            ]
+        );
+    }
+}

@@ -1,0 +1,32 @@
+//! `cardvm test PATH`: run scenario files (see `cardvm::scenario` and docs/casm.md).
+
+use super::CliResult;
+use clap::Args;
+use std::path::PathBuf;
+
+/// Run declarative scenario tests.
+#[derive(Args, Debug)]
+pub struct TestArgs {
+    /// A scenario file, or a directory searched for `scenarios/*.toml` (e.g. `scripts`
+    /// or `scripts/city0731-des3`).
+    pub path: PathBuf,
+    /// Only scenarios whose name contains this text.
+    #[arg(long)]
+    pub filter: Option<String>,
+}
+
+/// Runs the scenarios, prints test-runner output; fails when any scenario fails.
+pub fn test(args: TestArgs) -> CliResult {
+    let mut summary = cardvm::scenario::run_path(&args.path);
+    if let Some(f) = &args.filter {
+        summary.results.retain(|r| r.name.contains(f.as_str()));
+    }
+    print!("{}", summary.render());
+    if summary.ok() {
+        Ok(())
+    } else if summary.results.is_empty() && summary.file_errors.is_empty() {
+        Err("no scenario matched".into())
+    } else {
+        Err(format!("{} scenario(s) failed", summary.failed()))
+    }
+}

@@ -1,0 +1,146 @@
+//! docs/casm.md stays true: its instruction reference is generated from the instruction
+//! table (`CARDVM_REGEN_DOCS=1 cargo test --test docs` rewrites it), and its walkthrough's
+//! script, card and scenarios are extracted, assembled, run on a simulated card and
+//! tested.
+
+use std::path::Path;
+
+use cardvm::asm::{AsmOptions, assemble_file};
+use cardvm::isa::{ALL_OPCODES, OperandKind};
+use cardvm::script::DataScript;
+use cardvm::sim::SimCard;
+use cardvm::transport::ApduLayer;
+use cardvm::verify::VerifiedProgram;
+use cardvm::vm::{NoTrace, Outcome, OutputValue, Vm};
+
+const DOC: &str = "docs/casm.md";
+const BEGIN: &str = "<!-- BEGIN GENERATED ISA -->\n";
+const END: &str = "<!-- END GENERATED ISA -->";
+
+fn kind(k: OperandKind) -> &'static str {
+    match k {
+        OperandKind::Reg => "R",
+        OperandKind::Key => "K",
+        OperandKind::Const => "C",
+        OperandKind::Input => "I",
+        OperandKind::Output => "O",
+        OperandKind::Target => "L",
+        OperandKind::U8 => "U8",
+        OperandKind::U16 => "U16",
+        OperandKind::U32 => "U32",
+        OperandKind::Sw => "SW",
+    }
+}
+
+/// The generated reference: one row per opcode, in table order.
+fn generated() -> String {
+    let mut s = String::from(
+        "| opcode | syntax | operand kinds | size | effect |\n|---|---|---|---|---|\n",
+    );
+    for &op in ALL_OPCODES {
+        let names = op.operand_names().join(", ");
+        let kinds: Vec<_> = op.operand_kinds().iter().map(|&k| kind(k)).collect();
+        s.push_str(&format!(
+            "| `0x{:02X}` | `{}{}{}` | {} | {} | {} |\n",
+            op as u8,
+            op.mnemonic(),
+            if names.is_empty() { "" } else { " " },
+            names,
+            if kinds.is_empty() {
+                "—".to_string()
+            } else {
+                kinds.join(", ")
+            },
+            op.size(),
+            op.summary().trim().replace('|', "\\|"),
+        ));
+    }
+    s
+}
+
+#[test]
+fn instruction_reference_is_generated_from_the_table() {
+    let doc = std::fs::read_to_string(DOC).unwrap();
+    let start = doc.find(BEGIN).expect("begin marker") + BEGIN.len();
+    let end = doc.find(END).expect("end marker");
+    let want = generated();
+    if std::env::var_os("CARDVM_REGEN_DOCS").is_some() {
+        let new = format!("{}{}{}", &doc[..start], want, &doc[end..]);
+        std::fs::write(DOC, new).unwrap();
+        return;
+    }
+    assert_eq!(
+        &doc[start..end],
+        want,
+        "docs/casm.md is stale: run CARDVM_REGEN_DOCS=1 cargo test --test docs"
+    );
+    for &op in ALL_OPCODES {
+        assert!(doc.contains(&format!("`{}", op.mnemonic())));
+    }
+}
+
+/// The code block following `<!-- walkthrough: NAME -->`.
+fn walkthrough_file(doc: &str, name: &str) -> String {
+    let marker = format!("<!-- walkthrough: {name} -->");
+    let at = doc.find(&marker).unwrap_or_else(|| panic!("no {marker}"));
+    let rest = &doc[at..];
+    let open = rest.find("```").unwrap();
+    let body = &rest[open..];
+    let body = &body[body.find('\n').unwrap() + 1..];
+    body[..body.find("```").unwrap()].to_string()
+}
+
+#[test]
+fn walkthrough_script_runs_on_a_simulated_card_and_its_scenarios_pass() {
+    let doc = std::fs::read_to_string(DOC).unwrap();
+    let dir = std::env::temp_dir().join(format!("cardvm-docs-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("scenarios")).unwrap();
+    for name in ["balance.casm", "card.toml", "scenarios/balance.toml"] {
+        std::fs::write(dir.join(name), walkthrough_file(&doc, name)).unwrap();
+    }
+    let asm = assemble_file(&dir.join("balance.casm"), &AsmOptions::default()).unwrap();
+    assert!(
+        asm.warnings.is_empty(),
+        "the walkthrough script is lint-clean: {:?}",
+        asm.warnings
+    );
+    let program = VerifiedProgram::from_script(asm.script).unwrap();
+    let data = DataScript::default();
+    let binding = program.bind(&data).unwrap();
+    let mut card = SimCard::load(&dir.join("card.toml")).unwrap();
+    let mut layer = ApduLayer::new(&mut card);
+    let r = Vm::default().run(
+        program.with_data(&data, &binding).unwrap(),
+        &mut layer,
+        &mut NoTrace,
+    );
+    assert_eq!(r.outcome, Outcome::Committed);
+    assert_eq!(
+        r.outputs,
+        vec![
+            (
+                "card_id".to_string(),
+                OutputValue::Bytes(vec![0x41, 0, 0, 0, 0x12, 0x34, 0x56, 0x78])
+            ),
+            ("balance".to_string(), OutputValue::Int(2500)),
+        ]
+    );
+    let summary = cardvm::scenario::run_path(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let text = summary.render();
+    assert!(summary.ok(), "{text}");
+    assert_eq!(summary.results.len(), 5, "{text}");
+    assert!(
+        text.contains("scenario result: ok. 5 passed; 0 failed"),
+        "{text}"
+    );
+}
+
+#[test]
+fn docs_name_every_city_failure_code_file() {
+    let doc = std::fs::read_to_string(DOC).unwrap();
+    for f in ["scripts/common/purse.casm", "scripts/common/m1.casm"] {
+        assert!(doc.contains(f));
+        assert!(Path::new(f).exists());
+    }
+}

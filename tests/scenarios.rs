@@ -1,0 +1,148 @@
+//! Every scenario file under scripts/ (scripts/<city>/scenarios/*.toml) runs and passes,
+//! every city ships scenarios, and a wrong expectation is reported as a failure with a
+//! diff.
+
+use std::path::Path;
+
+use cardvm::scenario::{ScenarioFile, discover, run_file, run_path};
+
+#[test]
+fn every_city_scenario_passes() {
+    let summary = run_path(Path::new("scripts"));
+    let text = summary.render();
+    assert!(summary.ok(), "{text}");
+    assert!(summary.results.len() >= 60, "{text}");
+}
+
+#[test]
+fn every_city_ships_scenarios() {
+    for entry in std::fs::read_dir("scripts").unwrap() {
+        let dir = entry.unwrap().path();
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("city") {
+            continue;
+        }
+        let files = discover(&dir);
+        assert!(!files.is_empty(), "{name} has no scenarios");
+        let all: String = files
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap())
+            .collect();
+        for needle in [
+            "outcome = \"committed\"",
+            "force_sw",
+            "tear_",
+            "[[scenario.then]]",
+        ] {
+            assert!(all.contains(needle), "{name}: no scenario with {needle}");
+        }
+    }
+}
+
+#[test]
+fn a_wrong_expectation_fails_with_a_diff_and_the_failure_line() {
+    let text = r#"
+[[scenario]]
+name   = "wrong"
+card   = "../card.toml"
+script = "../load.casm"
+data   = "../load.toml"
+faults = { force_sw = { apdu = 2, sw = "9403" } }
+expect = { outcome = "committed", balance = 1, fields = { tac_ok = 1 }, apdus = [">> 00A4*"] }
+"#;
+    let file = ScenarioFile::parse(text, "x.toml").unwrap();
+    let results = run_file(&file, Path::new("scripts/city0731-des3/scenarios/x.toml"));
+    let r = &results[0];
+    assert!(!r.passed());
+    let whats: Vec<_> = r.mismatches.iter().map(|m| m.what.as_str()).collect();
+    assert_eq!(
+        whats,
+        [
+            "outcome",
+            "balance",
+            "fields.tac_ok",
+            "apdus[1]",
+            "apdus[2]",
+            "apdus[3]"
+        ]
+    );
+    assert_eq!(r.mismatches[1].actual, "500");
+    let report = r.report.join("\n");
+    assert!(report.contains("ep_load.casm:"), "{report}");
+    assert!(report.contains("last APDU exchange: >> 8050"), "{report}");
+    assert!(report.contains("<< 9403"), "{report}");
+}
+
+#[test]
+fn a_broken_script_path_is_an_error_not_a_panic() {
+    let file = ScenarioFile::parse(
+        "[[scenario]]\nname='x'\ncard='../card.toml'\nscript='../nope.casm'",
+        "x.toml",
+    )
+    .unwrap();
+    let r = &run_file(&file, Path::new("scripts/city0731-des3/scenarios/x.toml"))[0];
+    assert!(!r.passed());
+    assert!(r.error.as_deref().unwrap().contains("nope.casm"));
+}
+
+#[cfg(feature = "cli")]
+#[test]
+fn cardvm_test_prints_a_runner_report_and_fails_on_a_failing_scenario() {
+    let bin = env!("CARGO_BIN_EXE_cardvm");
+    let ok = std::process::Command::new(bin)
+        .args(["test", "scripts/city0731-des3"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{out}");
+    assert!(out.contains(":: load credits the card and verifies the TAC ... ok"));
+    assert!(out.contains("scenario result: ok."));
+
+    let dir = std::env::temp_dir().join(format!("cardvm-scen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let card = std::fs::canonicalize("scripts/city0731-des3/card.toml").unwrap();
+    let script = std::fs::canonicalize("scripts/city0731-des3/balance.casm").unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[scenario]]\nname = 'wrong balance'\ncard = '{}'\nscript = '{}'\nexpect = {{ balance = 7 }}\n",
+            card.display(),
+            script.display()
+        ),
+    )
+    .unwrap();
+    let bad = std::process::Command::new(bin)
+        .args(["test"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&bad.stdout);
+    assert!(!bad.status.success());
+    assert!(out.contains("wrong balance ... FAILED"), "{out}");
+    assert!(out.contains("-   expected: 7\n+   actual:   500"), "{out}");
+    assert!(out.contains("1 failed"), "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn city_scripts_are_lint_clean() {
+    for entry in std::fs::read_dir("scripts").unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("city")
+        {
+            continue;
+        }
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_some_and(|e| e == "casm") {
+                let a = cardvm::asm::assemble_file(&f, &Default::default()).unwrap();
+                assert!(a.warnings.is_empty(), "{}: {:?}", f.display(), a.warnings);
+            }
+        }
+    }
+}
