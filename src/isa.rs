@@ -509,7 +509,7 @@ isa! {
     0x00 Nop "nop" ();
     /// Stop: the transaction completed (outcome `committed`).
     0x01 Halt "halt" ();
-    /// Stop: the transaction failed with `code` (outcome `failed`, or `unknown` after `commit_point`).
+    /// Stop: the transaction failed with `code` (outcome `failed`: the script knows the card did not commit).
     0x02 Fail "fail" (code: U16);
     /// Jump to `target`.
     0x03 Jmp "jmp" (target: L);
@@ -517,7 +517,7 @@ isa! {
     0x04 Call "call" (target: L);
     /// Return from a routine.
     0x05 Ret "ret" ();
-    /// From here on the card may commit: a later failure or tearing is reported as `unknown`.
+    /// From here on the card may commit: a later transport failure (tearing) or VM fault is reported as `unknown`.
     0x06 CommitPoint "commit_point" ();
     // ---- branches ----
     /// Branch if `a == b` (integers, or byte strings — not constant-time: use `cteq` for MACs).
