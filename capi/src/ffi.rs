@@ -20,7 +20,10 @@ pub(crate) unsafe fn bytes_in<'a>(ptr: *const u8, len: usize, what: &str) -> Res
         return Err(Error::new(CARDVM_E_NULL, format!("{what}: null pointer")));
     }
     if len == 0 {
-        return Err(Error::new(CARDVM_E_INVALID_ARG, format!("{what}: length 0")));
+        return Err(Error::new(
+            CARDVM_E_INVALID_ARG,
+            format!("{what}: length 0"),
+        ));
     }
     if len > CARDVM_MAX_INPUT {
         return Err(Error::new(

@@ -28,6 +28,7 @@
 //!   callback) returns `CARDVM_E_BUSY` rather than blocking.
 
 #![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 #![allow(non_camel_case_types)]
 
@@ -509,9 +510,8 @@ pub unsafe extern "C" fn cardvm_load_command(
             let plain = open_if_sealed(c, bytes, "command script")?;
             let script = CommandScript::parse(&plain)
                 .map_err(|e| Error::new(CARDVM_E_SCRIPT, format!("command script: {e}")))?;
-            let program = VerifiedProgram::from_script(script).map_err(|e| {
-                Error::new(CARDVM_E_SCRIPT, format!("command script: verify: {e}"))
-            })?;
+            let program = VerifiedProgram::from_script(script)
+                .map_err(|e| Error::new(CARDVM_E_SCRIPT, format!("command script: verify: {e}")))?;
             c.program = Some(program);
             Ok(CARDVM_OK)
         })
@@ -646,11 +646,10 @@ fn with_receipt<T>(ctx: cardvm_ctx, f: impl FnOnce(&mut Receipt) -> Result<T>) -
 pub extern "C" fn cardvm_sign_receipt(ctx: cardvm_ctx) -> c_int {
     code(call(Some(ctx), || {
         with_ctx(ctx, |c| {
-            let key = c
-                .keys
-                .as_ref()
-                .map(|k| k.reader.clone())
-                .ok_or_else(|| Error::new(CARDVM_E_STATE, "no reader key: call cardvm_set_keys"))?;
+            let key =
+                c.keys.as_ref().map(|k| k.reader.clone()).ok_or_else(|| {
+                    Error::new(CARDVM_E_STATE, "no reader key: call cardvm_set_keys")
+                })?;
             let r = c
                 .receipt
                 .as_mut()
@@ -901,9 +900,9 @@ pub unsafe extern "C" fn cardvm_sim_transmit(
             }
             Err(e) => return Err(Error::new(CARDVM_E_SIM, e.to_string())),
         };
-        let body = out.get(..n).ok_or_else(|| {
-            Error::new(CARDVM_E_INTERNAL, "simulated card reported a bad length")
-        })?;
+        let body = out
+            .get(..n)
+            .ok_or_else(|| Error::new(CARDVM_E_INTERNAL, "simulated card reported a bad length"))?;
         // SAFETY: forwarded contracts of `resp` (resp_cap >= out.len() >= n bytes) and
         // `resp_len` (checked non-null above).
         unsafe {

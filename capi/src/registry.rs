@@ -78,7 +78,9 @@ pub(crate) fn try_lock<'a, T>(m: &'a Mutex<T>, kind: &str) -> Result<MutexGuard<
         Err(TryLockError::Poisoned(e)) => Ok(e.into_inner()),
         Err(TryLockError::WouldBlock) => Err(Error::new(
             CARDVM_E_BUSY,
-            format!("the {kind} is in use by another call (re-entered from a callback, or used from two threads at once)"),
+            format!(
+                "the {kind} is in use by another call (re-entered from a callback, or used from two threads at once)"
+            ),
         )),
     }
 }
