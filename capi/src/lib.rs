@@ -1,7 +1,7 @@
 //! The C ABI of cardvm: `libcardvm.a` / `libcardvm.so` and `include/cardvm.h`.
 //!
 //! This crate is the only place in cardvm with `unsafe` code; every unsafe block
-//! carries a `// SAFETY:` comment, and all raw-pointer handling is in [`ffi`].
+//! carries a `// SAFETY:` comment, and all raw-pointer handling is in `src/ffi.rs`.
 //!
 //! # Conventions (see also `capi/README.md`)
 //! - **Return codes.** Functions return `int`: [`CARDVM_OK`] (0) or a negative
