@@ -10,9 +10,24 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Builds libcardvm.a and libcardvm.so: `cargo test` links integration tests against
+/// an rlib, which this crate does not produce, so it does not build them by itself.
+fn build_libraries() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "cardvm-capi", "--lib", "--manifest-path"])
+            .arg(repo().join("Cargo.toml"))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the C libraries failed");
+    });
+}
+
 /// target/<profile>/, where cargo put libcardvm.a and libcardvm.so (the test binary
 /// itself is in target/<profile>/deps/).
 fn lib_dir() -> PathBuf {
+    build_libraries();
     let exe = std::env::current_exe().expect("test executable path");
     exe.parent()
         .and_then(Path::parent)
