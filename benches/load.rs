@@ -42,6 +42,9 @@ fn load(c: &mut Criterion) {
         g.bench_function("crypto only (same calls)", |b| {
             b.iter(|| case.crypto_only(black_box(&inputs)))
         });
+        g.bench_function("transcript SM3 (cardvm only)", |b| {
+            b.iter(|| case.transcript_only())
+        });
         g.finish();
     }
 }

@@ -120,16 +120,18 @@ fn main() {
         let card_only = per_card(&case, |mut card| case.replay_on(&mut card));
         let inputs = case.crypto_inputs();
         let crypto = per_call(200, || case.crypto_only(&inputs));
-        let vm_over = total - card_only - crypto;
+        let transcript = per_call(200, || case.transcript_only());
+        let vm_over = total - card_only - crypto - transcript;
         let lua_over = lua - card_only - crypto;
         let air_us = air_time_us(&case) as f64;
         let n = case.name;
         println!(
-            "-- {n} load: cardvm {:.2} µs, Lua {:.2} µs, card model {:.2} µs, reader crypto {:.2} µs",
+            "-- {n} load: cardvm {:.2} µs, Lua {:.2} µs, card model {:.2} µs, reader crypto {:.2} µs, cardvm transcript SM3 {:.2} µs",
             total / 1e3,
             lua / 1e3,
             card_only / 1e3,
-            crypto / 1e3
+            crypto / 1e3,
+            transcript / 1e3
         );
         r.line(
             &format!("{n}: VM overhead < 2 µs"),

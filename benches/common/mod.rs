@@ -15,7 +15,9 @@
 //!   answers byte for byte the same). This is the card model, including its own crypto.
 //! * **crypto** — the reader-side crypto calls the load makes, with the same inputs, made
 //!   directly in Rust: one `process_key`, three `pboc_mac` (MAC1 check, MAC2, TAC), one
-//!   `tac_key`, two constant-time compares.
+//!   `tac_key`, two constant-time compares. cardvm also hashes the APDU transcript with
+//!   SM3 for its receipt (the Lua peer does not): that hash, over the same exchange, is
+//!   measured too and counted in cardvm's crypto share.
 //! * **overhead** = total − card − crypto: what the interpreter (and its glue) costs.
 #![allow(dead_code)]
 
@@ -44,6 +46,8 @@ pub struct LoadCase {
     pub profile: CardProfile,
     /// The command APDUs a load sends, in order.
     pub commands: Vec<Vec<u8>>,
+    /// The raw responses (data ‖ SW) to `commands`.
+    pub responses: Vec<Vec<u8>>,
     /// The algorithm byte INITIALIZE FOR LOAD reports.
     pub alg_id: u8,
 }
@@ -78,9 +82,10 @@ fn case(name: &'static str, dir: &str, alg_id: u8) -> LoadCase {
         data,
         profile,
         commands: Vec::new(),
+        responses: Vec::new(),
         alg_id,
     };
-    let mut rec = Recorder(c.card(), Vec::new());
+    let mut rec = Recorder(c.card(), Vec::new(), Vec::new());
     let report = run_vm(&c, &mut Vm::default(), &mut rec);
     assert_eq!(
         report.outcome,
@@ -88,6 +93,12 @@ fn case(name: &'static str, dir: &str, alg_id: u8) -> LoadCase {
         "{name} load: {report:?}"
     );
     c.commands = rec.1;
+    c.responses = rec.2;
+    assert_eq!(
+        c.transcript_only(),
+        report.transcript_sm3,
+        "{name}: transcript share differs from the VM's"
+    );
     c
 }
 
@@ -156,6 +167,18 @@ impl LoadCase {
         ok1 ^ ok2
     }
 
+    /// The SM3 transcript hash a cardvm run keeps for its receipt (crypto the Lua peer
+    /// does not do; counted in cardvm's crypto share, not in its overhead).
+    pub fn transcript_only(&self) -> [u8; 32] {
+        let mut t = cardvm::vm::TranscriptHasher::new();
+        for (c, r) in self.commands.iter().zip(&self.responses) {
+            t.command(c);
+            let (data, sw) = r.split_at(r.len() - 2);
+            t.response(data, u16::from_be_bytes([sw[0], sw[1]]));
+        }
+        t.finalize()
+    }
+
     /// Inputs of [`LoadCase::crypto_only`] with the load's lengths.
     pub fn crypto_inputs(&self) -> CryptoInputs {
         CryptoInputs {
@@ -179,13 +202,15 @@ pub struct CryptoInputs {
     tac_in: Vec<u8>,
 }
 
-/// Records every command APDU.
-pub struct Recorder<T>(pub T, pub Vec<Vec<u8>>);
+/// Records every command APDU and its raw response.
+pub struct Recorder<T>(pub T, pub Vec<Vec<u8>>, pub Vec<Vec<u8>>);
 
 impl<T: CardTransport> CardTransport for Recorder<T> {
     fn transmit(&mut self, c: &[u8], r: &mut [u8]) -> Result<usize, TransportError> {
         self.1.push(c.to_vec());
-        self.0.transmit(c, r)
+        let n = self.0.transmit(c, r)?;
+        self.2.push(r[..n].to_vec());
+        Ok(n)
     }
 }
 
