@@ -183,20 +183,7 @@ pub fn run_script<T: CardTransport>(script: &CommandScript, card: T) -> bool {
     let Ok(bound) = program.with_data(&data, &binding) else {
         return true;
     };
-    let limits = Limits {
-        fuel: 10_000,
-        max_apdus: 32,
-        max_bytes: 2048,
-        max_memory: 16 * 1024,
-    };
-    let mut layer = ApduLayer::new(card);
-    let report = Vm::new(limits).run(bound, &mut layer, &mut NoTrace);
-    assert!(report.fuel_used <= limits.fuel, "fuel limit overrun");
-    assert!(report.apdu_count <= limits.max_apdus, "APDU limit overrun");
-    assert!(
-        report.peak_memory <= limits.max_memory,
-        "memory limit overrun"
-    );
+    run_bound(bound, card);
     true
 }
 
