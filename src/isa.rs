@@ -664,6 +664,7 @@ impl Instr {
     }
 
     /// Decodes one instruction from the front of `code`; returns it and its size.
+    #[inline]
     pub fn decode(code: &[u8]) -> Result<(Instr, usize), DecodeError> {
         let first = *code.first().ok_or(DecodeError::Truncated {
             needed: 1,
