@@ -183,12 +183,201 @@ pub fn run_script<T: CardTransport>(script: &CommandScript, card: T) -> bool {
     let Ok(bound) = program.with_data(&data, &binding) else {
         return true;
     };
-    let limits = Limits {
-        fuel: 10_000,
-        max_apdus: 32,
-        max_bytes: 2048,
-        max_memory: 16 * 1024,
+    run_bound(bound, card);
+    true
+}
+
+/// Shared flows the assembler target can `.include` (as `../common/NAME.casm` from
+/// `city/input.casm`, like the city scripts do).
+#[cfg(feature = "std")]
+const COMMON_FLOWS: [(&str, &str); 7] = [
+    (
+        "common/ep_balance.casm",
+        include_str!("../scripts/common/ep_balance.casm"),
+    ),
+    (
+        "common/ep_load.casm",
+        include_str!("../scripts/common/ep_load.casm"),
+    ),
+    (
+        "common/ep_purchase.casm",
+        include_str!("../scripts/common/ep_purchase.casm"),
+    ),
+    (
+        "common/ep_recover.casm",
+        include_str!("../scripts/common/ep_recover.casm"),
+    ),
+    ("common/m1.casm", include_str!("../scripts/common/m1.casm")),
+    (
+        "common/m1_value.casm",
+        include_str!("../scripts/common/m1_value.casm"),
+    ),
+    (
+        "common/purse.casm",
+        include_str!("../scripts/common/purse.casm"),
+    ),
+];
+
+/// Assembler: arbitrary text (lossy UTF-8) assembled with an in-memory loader holding
+/// the shared city flows. Whatever assembles must disassemble and re-assemble to the same
+/// command script (without its debug section), and its encoding must parse back.
+#[cfg(feature = "std")]
+pub fn assemble(data: &[u8]) {
+    use crate::asm::{AsmOptions, MapLoader, disassemble};
+    let text = alloc::string::String::from_utf8_lossy(data);
+    let mut loader = MapLoader::new();
+    for (name, src) in COMMON_FLOWS {
+        loader.insert(name, src);
+    }
+    let opts = AsmOptions { debug: true };
+    let Ok(asm) = crate::asm::assemble(&text, "city/input.casm", &opts, &mut loader) else {
+        return;
     };
+    let bytes = asm.script.encode();
+    let parsed = CommandScript::parse(&bytes);
+    assert!(
+        parsed.as_ref().is_ok_and(|p| *p == asm.script),
+        "assembled script does not parse back: {parsed:?}"
+    );
+    let mut plain = asm.script;
+    plain.debug = None;
+    let listing = disassemble(&plain);
+    let again = crate::asm::assemble(
+        &listing,
+        "listing.casm",
+        &AsmOptions::default(),
+        &mut MapLoader::new(),
+    );
+    match again {
+        Ok(again) => assert_eq!(
+            again.script, plain,
+            "asm(disasm(x)) != x; listing:\n{listing}"
+        ),
+        Err(e) => panic!("disassembly does not assemble: {e}\n{listing}"),
+    }
+}
+
+/// Data-script compiler: arbitrary text (lossy UTF-8) → `compile_data`; whatever compiles
+/// must encode and parse back to itself.
+#[cfg(feature = "std")]
+pub fn data_toml(data: &[u8]) {
+    let text = alloc::string::String::from_utf8_lossy(data);
+    if let Ok(d) = crate::asm::compile_data(&text) {
+        let bytes = d.encode();
+        let back = DataScript::parse(&bytes);
+        assert!(
+            back.as_ref().is_ok_and(|b| b.encode() == bytes),
+            "compiled data script does not round-trip: {back:?}"
+        );
+    }
+}
+
+/// The simulated cards of the city scripts (`scripts/city*/card.toml`), parsed once.
+#[cfg(feature = "sim")]
+fn sim_profiles() -> &'static [crate::sim::CardProfile] {
+    use std::sync::OnceLock;
+    static PROFILES: OnceLock<Vec<crate::sim::CardProfile>> = OnceLock::new();
+    PROFILES.get_or_init(|| {
+        [
+            include_str!("../scripts/city0731-des3/card.toml"),
+            include_str!("../scripts/city0755-sm4/card.toml"),
+            include_str!("../scripts/city0571-m1/card.toml"),
+        ]
+        .iter()
+        .filter_map(|t| crate::sim::CardProfile::from_toml(t).ok())
+        .collect()
+    })
+}
+
+/// The example data of the city scripts (`scripts/city*/*.toml`, compiled once): a
+/// fuzzed program whose inputs one of these binds runs with real keys, so it can get
+/// past the card's MAC checks.
+#[cfg(feature = "sim")]
+fn city_data() -> &'static [DataScript] {
+    use std::sync::OnceLock;
+    static DATA: OnceLock<Vec<DataScript>> = OnceLock::new();
+    DATA.get_or_init(|| {
+        [
+            include_str!("../scripts/city0731-des3/load.toml"),
+            include_str!("../scripts/city0731-des3/purchase.toml"),
+            include_str!("../scripts/city0731-des3/capp_purchase.toml"),
+            include_str!("../scripts/city0755-sm4/load.toml"),
+            include_str!("../scripts/city0755-sm4/purchase.toml"),
+            include_str!("../scripts/city0755-sm4/capp_purchase.toml"),
+            include_str!("../scripts/city0571-m1/balance.toml"),
+            include_str!("../scripts/city0571-m1/load.toml"),
+            include_str!("../scripts/city0571-m1/purchase.toml"),
+            include_str!("../scripts/city0571-m1/recover.toml"),
+        ]
+        .iter()
+        .filter_map(|t| crate::asm::compile_data(t).ok())
+        .collect()
+    })
+}
+
+/// Verify-then-run against the simulated cards: the first byte picks the card (the
+/// 3DES CPU card, the SM4 CPU card or the M1 card of the city scripts, built fresh from
+/// its `card.toml`) and whether the run is torn at an APDU; the rest is a whole command
+/// script (`CVMS…`) or bare code in a fixed frame. Whatever verifies runs fuel-bounded;
+/// the data is a city example data script if one binds, else synthesised.
+#[cfg(feature = "sim")]
+pub fn verify_and_run_sim(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let profiles = sim_profiles();
+    let Some(profile) = profiles.get(usize::from(sel & 3) % profiles.len().max(1)) else {
+        return;
+    };
+    let Ok(mut card) = profile.build() else {
+        return;
+    };
+    if sel & 0x80 != 0 {
+        let at = u32::from((sel >> 2) & 0x0F);
+        let faults = match &mut card {
+            crate::sim::SimCard::Cpu(c) => c.faults_mut(),
+            crate::sim::SimCard::M1(c) => c.faults_mut(),
+        };
+        let fault = match sel & 0x40 {
+            0 => crate::sim::Fault::TearAfter(at),
+            _ => crate::sim::Fault::TearMidCommit(at),
+        };
+        faults.push(fault);
+    }
+    let script = if rest.starts_with(b"CVMS") {
+        match CommandScript::parse(rest) {
+            Ok(s) => s,
+            Err(_) => return,
+        }
+    } else {
+        template(rest)
+    };
+    let Ok(program) = VerifiedProgram::verify(&script) else {
+        return;
+    };
+    let synthesised = synthesise_data(program.inputs());
+    let candidates = city_data().iter().chain(synthesised.as_ref());
+    for d in candidates {
+        if let Ok(binding) = program.bind(d)
+            && let Ok(bound) = program.with_data(d, &binding)
+        {
+            run_bound(bound, &mut card);
+            return;
+        }
+    }
+}
+
+/// The limits every fuzzed run gets.
+const FUZZ_LIMITS: Limits = Limits {
+    fuel: 10_000,
+    max_apdus: 32,
+    max_bytes: 2048,
+    max_memory: 16 * 1024,
+};
+
+/// Runs a bound program under [`FUZZ_LIMITS`] and checks the limits held.
+fn run_bound<T: CardTransport>(bound: crate::verify::Bound<'_>, card: T) {
+    let limits = FUZZ_LIMITS;
     let mut layer = ApduLayer::new(card);
     let report = Vm::new(limits).run(bound, &mut layer, &mut NoTrace);
     assert!(report.fuel_used <= limits.fuel, "fuel limit overrun");
@@ -197,7 +386,93 @@ pub fn run_script<T: CardTransport>(script: &CommandScript, card: T) -> bool {
         report.peak_memory <= limits.max_memory,
         "memory limit overrun"
     );
-    true
+}
+
+/// The fixed SM2 keys of the [`envelope_open`] target: (issuer, reader) private keys.
+pub fn envelope_test_keys() -> Option<(
+    crate::crypto::sm2::Sm2PrivateKey,
+    crate::crypto::sm2::Sm2PrivateKey,
+)> {
+    use crate::crypto::sm2::Sm2PrivateKey;
+    let issuer = Sm2PrivateKey::from_bytes(&[0x11; 32]).ok()?;
+    let reader = Sm2PrivateKey::from_bytes(&[0x22; 32]).ok()?;
+    Some((issuer, reader))
+}
+
+/// The reader id and the clock of the [`envelope_open`] target.
+pub const ENVELOPE_READER_ID: &str = "reader-0001";
+/// Unix time at which [`envelope_open`] opens (seeds expire after it).
+pub const ENVELOPE_NOW: u64 = 1_800_000_000;
+
+/// Envelope open: arbitrary bytes → `Opener::open` with the fixed test keys, twice (the
+/// second open of the same envelope must be refused as a replay, or served from the
+/// cache for a command script); an opened payload is handed to the script parsers.
+pub fn envelope_open(data: &[u8]) {
+    use crate::envelope::{MemoryReplayStore, Opener};
+    let Some((issuer, reader)) = envelope_test_keys() else {
+        return;
+    };
+    let mut opener = Opener::new(
+        Some(ENVELOPE_READER_ID),
+        reader,
+        issuer.public_key().clone(),
+        MemoryReplayStore::new(),
+    );
+    if let Ok(opened) = opener.open(data, ENVELOPE_NOW) {
+        let payload = opened.payload();
+        let _ = CommandScript::parse(payload).map(|s| VerifiedProgram::verify(&s).is_ok());
+        let _ = DataScript::parse(payload);
+        let _ = opener.open(data, ENVELOPE_NOW);
+    }
+}
+
+/// vpcd framing: the bytes are a stream from pcscd. Every frame [`crate::vpcd::parse_frame`]
+/// decodes is answered the way the server does (controls, or the APDU sent to the
+/// simulated 3DES card), the answer is framed with `encode_frame`, and that frame must
+/// parse back to the same payload.
+#[cfg(feature = "sim")]
+pub fn vpcd_frame(data: &[u8]) {
+    use crate::vpcd::{Frame, Parsed, encode_frame, parse_frame};
+    let mut card = sim_profiles().first().and_then(|p| p.build().ok());
+    let mut rest = data;
+    let mut response = vec![0u8; 258];
+    let mut out = Vec::new();
+    let mut frames = 0usize;
+    while let Parsed::Frame(frame, used) = parse_frame(rest) {
+        assert!(used >= 2 && used <= rest.len(), "frame length out of range");
+        frames += 1;
+        assert!(frames <= data.len(), "more frames than bytes");
+        let answer: &[u8] = match frame {
+            Frame::Apdu(apdu) => match card.as_mut().map(|c| c.transmit(apdu, &mut response)) {
+                Some(Ok(n)) => response.get(..n).unwrap_or(&[]),
+                Some(Err(_)) => {
+                    if let Some(c) = card.as_mut() {
+                        let _ = c.power_on();
+                    }
+                    &[0x6F, 0x00]
+                }
+                None => &[0x6F, 0x00],
+            },
+            Frame::Control(crate::vpcd::Control::GetAtr) => &crate::vpcd::DEFAULT_ATR,
+            Frame::Control(_) | Frame::Empty => &[],
+        };
+        out.clear();
+        if encode_frame(answer, &mut out).is_ok() {
+            match parse_frame(&out) {
+                Parsed::Frame(Frame::Apdu(p), n) => {
+                    assert_eq!((p, n), (answer, out.len()), "answer frame mismatch")
+                }
+                Parsed::Frame(Frame::Control(c), n) => {
+                    assert_eq!(answer.len(), 1, "control frame from {answer:?}");
+                    assert_eq!(n, 3);
+                    assert_eq!(crate::vpcd::Control::from_byte(answer[0]), Some(c));
+                }
+                Parsed::Frame(Frame::Empty, n) => assert!(answer.is_empty() && n == 2),
+                Parsed::Incomplete { .. } => panic!("encoded frame is incomplete"),
+            }
+        }
+        rest = &rest[used..];
+    }
 }
 
 #[cfg(test)]

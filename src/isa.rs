@@ -168,6 +168,7 @@ impl Operand {
     }
 
     /// Reads an operand of `kind` from the front of `b` (which must hold `kind.size()` bytes).
+    #[inline]
     fn decode(kind: OperandKind, b: &[u8]) -> Option<Operand> {
         let u16_at = |i: usize| Some(u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]));
         let u32_at = || {
@@ -454,7 +455,7 @@ macro_rules! isa {
 
             /// Encoded size of the instruction in bytes.
             pub fn size(self) -> usize {
-                1 + self.operand_kinds().iter().map(|k| k.size()).sum::<usize>()
+                match self { $( Opcode::$variant => 1 $( + operand_kind!($kind).size() )*, )* }
             }
 
             /// One-line description from the table.
@@ -482,6 +483,26 @@ macro_rules! isa {
             pub fn operands(&self) -> Operands {
                 match *self {
                     $( Instr::$variant { $($field),* } => Operands::from_slice(&[ $( operand_wrap!($kind, $field), )* ]), )*
+                }
+            }
+
+            /// Reads the operand fields of `op` straight into its variant (one match
+            /// arm per opcode: no operand array, no second match). `code` starts at the
+            /// opcode byte; `None` if it is too short.
+            #[inline]
+            #[allow(unused_variables, unused_mut, unused_assignments)]
+            fn decode_fields(op: Opcode, code: &[u8]) -> Option<Instr> {
+                let mut at = 1usize;
+                match op {
+                    $( Opcode::$variant => {
+                        $( let $field = {
+                            let kind = operand_kind!($kind);
+                            let o = Operand::decode(kind, code.get(at..)?)?;
+                            at += kind.size();
+                            operand_unwrap!($kind, o)
+                        }; )*
+                        Some(Instr::$variant { $($field),* })
+                    } )*
                 }
             }
 
@@ -643,6 +664,7 @@ impl Instr {
     }
 
     /// Decodes one instruction from the front of `code`; returns it and its size.
+    #[inline]
     pub fn decode(code: &[u8]) -> Result<(Instr, usize), DecodeError> {
         let first = *code.first().ok_or(DecodeError::Truncated {
             needed: 1,
@@ -656,25 +678,25 @@ impl Instr {
                 available: code.len(),
             });
         }
-        let mut ops = [Operand::U8(0); MAX_OPERANDS];
-        let mut at = 1;
-        for (slot, &kind) in ops.iter_mut().zip(op.operand_kinds()) {
-            let bytes = &code[at..at + kind.size()];
-            if kind == OperandKind::Sw {
-                let value = u16::from_be_bytes([bytes[0], bytes[1]]);
-                let mask = u16::from_be_bytes([bytes[2], bytes[3]]);
-                if value & !mask != 0 {
-                    return Err(DecodeError::NonCanonicalPattern);
+        let kinds = op.operand_kinds();
+        if kinds.contains(&OperandKind::Sw) {
+            let mut at = 1;
+            for &kind in kinds {
+                if kind == OperandKind::Sw {
+                    let b = &code[at..at + 4];
+                    let value = u16::from_be_bytes([b[0], b[1]]);
+                    let mask = u16::from_be_bytes([b[2], b[3]]);
+                    if value & !mask != 0 {
+                        return Err(DecodeError::NonCanonicalPattern);
+                    }
                 }
+                at += kind.size();
             }
-            *slot = Operand::decode(kind, bytes).ok_or(DecodeError::Truncated {
-                needed: size,
-                available: code.len(),
-            })?;
-            at += kind.size();
         }
-        let n = op.operand_kinds().len();
-        let instr = Instr::from_operands(op, &ops[..n]).ok_or(DecodeError::UnknownOpcode(first))?;
+        let instr = Instr::decode_fields(op, &code[..size]).ok_or(DecodeError::Truncated {
+            needed: size,
+            available: code.len(),
+        })?;
         Ok((instr, size))
     }
 

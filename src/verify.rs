@@ -343,6 +343,7 @@ impl<'s> Verifier<'s> {
         let mut index_at = vec![0u32; s.code.len()];
         let mut code = Vec::with_capacity(s.code.len() / 3 + 1);
         let mut offsets = Vec::with_capacity(s.code.len() / 3 + 1);
+        let mut with_target = Vec::new();
         let mut at = 0usize;
         while at < s.code.len() {
             let err = |kind| VerifyError {
@@ -351,21 +352,31 @@ impl<'s> Verifier<'s> {
             };
             let (instr, size) =
                 Instr::decode(&s.code[at..]).map_err(|e| err(VerifyErrorKind::Decode(e)))?;
-            self.check_operands(&instr).map_err(err)?;
+            let ops = instr.operands();
+            self.check_operands(&instr, ops.as_slice()).map_err(err)?;
+            if ops
+                .as_slice()
+                .iter()
+                .any(|o| matches!(o, crate::isa::Operand::Target(_)))
+            {
+                with_target.push(code.len());
+            }
             index_at[at] = code.len() as u32 + 1;
             code.push(instr);
             offsets.push(at as u32);
             at += size;
         }
         // Pass 2: byte targets become instruction indices.
-        for (instr, off) in code.iter_mut().zip(&offsets) {
-            if instr.target().is_some() {
-                *instr = retarget(*instr, |t| match index_at.get(t as usize) {
-                    Some(&i) if i > 0 => Ok(i - 1),
-                    _ => Err(VerifyErrorKind::BadTarget(t)),
-                })
-                .map_err(|kind| VerifyError { offset: *off, kind })?;
-            }
+        // (Only the instructions pass 1 saw a target in: no second operand walk.)
+        for &i in &with_target {
+            let (Some(instr), Some(&off)) = (code.get_mut(i), offsets.get(i)) else {
+                continue;
+            };
+            *instr = retarget(*instr, |t| match index_at.get(t as usize) {
+                Some(&i) if i > 0 => Ok(i - 1),
+                _ => Err(VerifyErrorKind::BadTarget(t)),
+            })
+            .map_err(|kind| VerifyError { offset: off, kind })?;
         }
         // Nothing may fall off the end.
         if let Some(last) = code.last() {
@@ -384,11 +395,15 @@ impl<'s> Verifier<'s> {
         })
     }
 
-    fn check_operands(&self, instr: &Instr) -> Result<(), VerifyErrorKind> {
+    fn check_operands(
+        &self,
+        instr: &Instr,
+        ops: &[crate::isa::Operand],
+    ) -> Result<(), VerifyErrorKind> {
         use crate::isa::Operand;
         let s = self.script;
         let h = &s.header;
-        for op in instr.operands().as_slice() {
+        for op in ops {
             match *op {
                 Operand::Reg(r) if r >= h.registers => {
                     return Err(VerifyErrorKind::RegisterOutOfRange {

@@ -1,0 +1,292 @@
+//! Prints every DESIGN §5 performance target with the value measured in this run, the
+//! ratio against the target (or the Lua peer) and PASS/FAIL.
+//!
+//! `cargo run --release --example targets`
+//!
+//! Simple timing loops: warm-up, then the median of many samples. Method of the
+//! total / card / crypto / overhead split: benches/common/mod.rs. Memory: a counting
+//! global allocator (peak live heap bytes of a cold VM's load, above the baseline).
+
+#[path = "../benches/common/mod.rs"]
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use cardvm::script::CommandScript;
+use cardvm::verify::VerifiedProgram;
+use cardvm::vm::Vm;
+use common::{LoadCase, LuaPeer, air_time_us, cases, check_lua, run_vm};
+
+struct Counting;
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call unchanged to the system allocator; only counts bytes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+        PEAK.fetch_max(now, Ordering::Relaxed);
+        // SAFETY: same layout contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: ptr came from System.alloc with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if new_size >= layout.size() {
+            let now = LIVE.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size
+                - layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        } else {
+            LIVE.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const SAMPLES: usize = 2001;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Median ns of `f` on a fresh card each time (cards are built untimed).
+fn per_card<R>(case: &LoadCase, mut f: impl FnMut(cardvm::sim::SimCard) -> R) -> f64 {
+    let mut cards: Vec<_> = (0..SAMPLES + 200).map(|_| case.card()).collect();
+    let mut t = Vec::with_capacity(SAMPLES);
+    for i in 0..SAMPLES + 200 {
+        let card = cards.pop().unwrap();
+        let s = Instant::now();
+        black_box(f(card));
+        let ns = s.elapsed().as_nanos() as f64;
+        if i >= 200 {
+            t.push(ns);
+        }
+    }
+    median(t)
+}
+
+/// Median ns per call of `f`, measured in batches of `batch`.
+fn per_call<R>(batch: usize, mut f: impl FnMut() -> R) -> f64 {
+    for _ in 0..batch * 20 {
+        black_box(f());
+    }
+    let mut t = Vec::new();
+    for _ in 0..201 {
+        let s = Instant::now();
+        for _ in 0..batch {
+            black_box(f());
+        }
+        t.push(s.elapsed().as_nanos() as f64 / batch as f64);
+    }
+    median(t)
+}
+
+struct Report {
+    fails: u32,
+}
+
+impl Report {
+    fn line(&mut self, what: &str, value: String, ratio: String, pass: bool) {
+        if !pass {
+            self.fails += 1;
+        }
+        println!(
+            "{:<4} {what:<58} {value:>16}   {ratio}",
+            if pass { "PASS" } else { "FAIL" }
+        );
+    }
+}
+
+fn main() {
+    let mut r = Report { fails: 0 };
+    let peer = LuaPeer::new();
+    println!("DESIGN §5 targets (median of {SAMPLES} samples each; host: this machine)\n");
+    for case in cases() {
+        check_lua(&case, &peer);
+        let mut vm = Vm::default();
+        let total = per_card(&case, |mut card| run_vm(&case, &mut vm, &mut card));
+        let lua = per_card(&case, |card| peer.run(&case, card));
+        let card_only = per_card(&case, |mut card| case.replay_on(&mut card));
+        let inputs = case.crypto_inputs();
+        let crypto = per_call(200, || case.crypto_only(&inputs));
+        let transcript = per_call(200, || case.transcript_only());
+        let vm_over = total - card_only - crypto - transcript;
+        let lua_over = lua - card_only - crypto;
+        let air_us = air_time_us(&case) as f64;
+        let n = case.name;
+        println!(
+            "-- {n} load: cardvm {:.2} µs, Lua {:.2} µs, card model {:.2} µs, reader crypto {:.2} µs, cardvm transcript SM3 {:.2} µs",
+            total / 1e3,
+            lua / 1e3,
+            card_only / 1e3,
+            crypto / 1e3,
+            transcript / 1e3
+        );
+        r.line(
+            &format!("{n}: VM overhead < 2 µs"),
+            format!("{:.3} µs", vm_over / 1e3),
+            format!("{:.2}x of target", vm_over / 2000.0),
+            vm_over < 2000.0,
+        );
+        r.line(
+            &format!("{n}: whole transaction < 50 µs"),
+            format!("{:.2} µs", total / 1e3),
+            format!("{:.2}x of target", total / 50_000.0),
+            total < 50_000.0,
+        );
+        r.line(
+            &format!("{n}: cardvm faster end to end than Lua"),
+            format!("{:.2} µs", total / 1e3),
+            format!("Lua/cardvm = {:.2}x", lua / total),
+            total < lua,
+        );
+        r.line(
+            &format!("{n}: VM overhead >= 5x lower than Lua's"),
+            format!("{:.3} µs", vm_over / 1e3),
+            format!(
+                "Lua overhead {:.3} µs = {:.1}x",
+                lua_over / 1e3,
+                lua_over / vm_over.max(1.0)
+            ),
+            lua_over >= 5.0 * vm_over,
+        );
+        r.line(
+            &format!("{n}: host time < 1% of air time at 106 kbit/s"),
+            format!("{:.2} µs", total / 1e3),
+            format!(
+                "air {:.0} µs; host = {:.3}%",
+                air_us,
+                100.0 * total / 1e3 / air_us
+            ),
+            total / 1e3 < air_us / 100.0,
+        );
+        // Memory: a cold VM's load (VM buffers, registers, layer, report).
+        let mut card = case.card();
+        let base = LIVE.load(Ordering::SeqCst);
+        PEAK.store(base, Ordering::SeqCst);
+        let mut cold = Vm::default();
+        let report = run_vm(&case, &mut cold, &mut card);
+        let heap = PEAK.load(Ordering::SeqCst) - base;
+        drop(report);
+        let state = heap + std::mem::size_of::<Vm>();
+        r.line(
+            &format!("{n}: VM state for a load < 8 KiB"),
+            format!("{state} B"),
+            format!(
+                "{:.2}x of target (heap peak {heap} B incl. card model, Vm {} B)",
+                state as f64 / 8192.0,
+                std::mem::size_of::<Vm>()
+            ),
+            state < 8192,
+        );
+    }
+
+    // Parse + verify of every city command script.
+    println!("-- parse + verify");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut bytes_total = 0usize;
+    let mut ns_total = 0.0;
+    for city in ["city0731-des3", "city0755-sm4", "city0571-m1"] {
+        let mut names: Vec<_> = std::fs::read_dir(format!("{root}/scripts/{city}"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "casm"))
+            .collect();
+        names.sort();
+        for path in names {
+            let script = cardvm::asm::assemble_file(&path, &Default::default())
+                .unwrap()
+                .script;
+            let bytes = script.encode();
+            let ns = per_call(200, || {
+                VerifiedProgram::from_script(CommandScript::parse(black_box(&bytes)).unwrap())
+                    .unwrap()
+            });
+            bytes_total += bytes.len();
+            ns_total += ns;
+        }
+    }
+    let mbs = bytes_total as f64 / ns_total * 1e3;
+    r.line(
+        "parse + verify (all city scripts) >= 200 MB/s",
+        format!("{mbs:.0} MB/s"),
+        format!(
+            "{:.2}x of target ({bytes_total} B in {:.2} µs)",
+            mbs / 200.0,
+            ns_total / 1e3
+        ),
+        mbs >= 200.0,
+    );
+
+    envelope(&mut r);
+    println!(
+        "\n{} target(s) failed",
+        if r.fails == 0 {
+            "no".to_string()
+        } else {
+            r.fails.to_string()
+        }
+    );
+}
+
+fn envelope(r: &mut Report) {
+    use cardvm::envelope::{EnvelopeHeader, MemoryReplayStore, Opener, ScriptKind, seal};
+    use cardvm::fuzzing::{ENVELOPE_NOW, ENVELOPE_READER_ID, envelope_test_keys};
+    println!("-- envelope open (report only)");
+    let (issuer, reader) = envelope_test_keys().unwrap();
+    let case = &cases()[0];
+    let payload = case.script.encode();
+    let mut rng = cardvm::crypto::rng::os_rng();
+    let blob = seal(
+        &issuer,
+        reader.public_key(),
+        &EnvelopeHeader {
+            kind: ScriptKind::Command,
+            city: 731,
+            script_id: 2,
+            script_version: 1,
+            seq: 1,
+            expires: ENVELOPE_NOW + 3600,
+            reader_id: ENVELOPE_READER_ID.into(),
+        },
+        &payload,
+        &mut rng,
+    )
+    .unwrap();
+    let new = || {
+        Opener::new(
+            Some(ENVELOPE_READER_ID),
+            reader.clone(),
+            issuer.public_key().clone(),
+            MemoryReplayStore::new(),
+        )
+    };
+    let cold = per_call(5, || new().open(&blob, ENVELOPE_NOW).unwrap());
+    let mut warm = new();
+    warm.open(&blob, ENVELOPE_NOW).unwrap();
+    let cached = per_call(200, || warm.open(&blob, ENVELOPE_NOW).unwrap());
+    r.line(
+        "open sealed load script, cold (SM2 verify + decrypt)",
+        format!("{:.1} µs", cold / 1e3),
+        format!("{} B payload", payload.len()),
+        true,
+    );
+    r.line(
+        "open sealed load script, cached per city+version",
+        format!("{:.2} µs", cached / 1e3),
+        format!("{:.0}x faster than cold", cold / cached),
+        true,
+    );
+}
