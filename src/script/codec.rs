@@ -142,6 +142,25 @@ pub(crate) fn finish<T>(whole: &[u8], r: PResult<'_, T>) -> Result<T, FormatErro
     }
 }
 
+/// Parses a whole script with `parser`, refusing inputs above [`super::MAX_SCRIPT_LEN`]
+/// before looking at them.
+pub(crate) fn finish_script<'a, T>(
+    whole: &'a [u8],
+    parser: impl FnOnce(&'a [u8]) -> PResult<'a, T>,
+) -> Result<T, FormatError> {
+    if whole.len() > super::MAX_SCRIPT_LEN {
+        return Err(FormatError {
+            offset: 0,
+            kind: FormatErrorKind::TooLarge {
+                what: "script length",
+                value: whole.len(),
+                limit: super::MAX_SCRIPT_LEN,
+            },
+        });
+    }
+    finish(whole, parser(whole))
+}
+
 pub(crate) fn u8_(i: &[u8]) -> PResult<'_, u8> {
     be_u8(i)
 }

@@ -1,10 +1,10 @@
 //! The command script: header, constants, declared inputs and outputs, code, debug info.
 
 use super::codec::{
-    FormatError, FormatErrorKind, PResult, bytes16, count16, fail, finish, magic, name,
+    FormatError, FormatErrorKind, PResult, bytes16, count16, fail, finish_script, magic, name,
     put_bytes16, put_name, take_n, u8_, u16_, u32_, u64_,
 };
-use super::{MAX_BYTES_LEN, MAX_CODE_LEN, MAX_ENTRIES, MAX_SCRIPT_LEN, ValueType};
+use super::{MAX_BYTES_LEN, MAX_CODE_LEN, MAX_ENTRIES, ValueType};
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -102,17 +102,7 @@ pub struct CommandScript {
 impl CommandScript {
     /// Parses a `.cvm` file.
     pub fn parse(bytes: &[u8]) -> Result<Self, FormatError> {
-        if bytes.len() > MAX_SCRIPT_LEN {
-            return Err(FormatError {
-                offset: 0,
-                kind: FormatErrorKind::TooLarge {
-                    what: "script length",
-                    value: bytes.len(),
-                    limit: MAX_SCRIPT_LEN,
-                },
-            });
-        }
-        finish(bytes, parse_script(bytes))
+        finish_script(bytes, parse_script)
     }
 
     /// Encodes to the canonical `.cvm` bytes.

@@ -1,11 +1,11 @@
 //! The data script: the typed, named per-transaction values and keys.
 
 use super::codec::{
-    FormatError, FormatErrorKind, PResult, bytes16, count16, fail, finish, magic, name,
+    FormatError, FormatErrorKind, PResult, bytes16, count16, fail, finish_script, magic, name,
     put_bytes16, put_name, take_n, u8_, u64_,
 };
 use super::types::is_valid_bcd_datetime;
-use super::{MAX_BYTES_LEN, MAX_ENTRIES, MAX_SCRIPT_LEN, ValueType};
+use super::{MAX_BYTES_LEN, MAX_ENTRIES, ValueType};
 use crate::crypto::{KeyAlg, KeyUsage, SecretKey};
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -98,17 +98,7 @@ impl DataScript {
 
     /// Parses a `.cvd` file.
     pub fn parse(bytes: &[u8]) -> Result<Self, FormatError> {
-        if bytes.len() > MAX_SCRIPT_LEN {
-            return Err(FormatError {
-                offset: 0,
-                kind: FormatErrorKind::TooLarge {
-                    what: "script length",
-                    value: bytes.len(),
-                    limit: MAX_SCRIPT_LEN,
-                },
-            });
-        }
-        finish(bytes, parse_data(bytes))
+        finish_script(bytes, parse_data)
     }
 
     /// Encodes to the canonical `.cvd` bytes. The result holds key bytes: zeroize it
