@@ -16,7 +16,7 @@ use alloc::vec::Vec;
 
 use super::algo::{ct_eq, mac};
 use super::{
-    CAPP_RECORD_LEN, CAPP_RECORDS, Core, Df, LOG_RECORDS, LogRecord, Pending, Prove,
+    CAPP_RECORD_LEN, CAPP_RECORDS, Core, Df, LOG_RECORDS, LogRecord, Pending, Prove, Purse,
     TT_CAPP_PURCHASE, TT_EP_LOAD, TT_EP_PURCHASE,
 };
 use crate::sim::fault::{ExecCtx, TornMidCommit};
@@ -213,8 +213,8 @@ impl Core {
         let mut new = purse.clone();
         new.balance = after;
         new.online_atc = atc.saturating_add(1);
-        push_log(
-            &mut new.log,
+        record_commit(
+            &mut new,
             LogRecord {
                 atc,
                 overdraft: 0,
@@ -224,13 +224,9 @@ impl Core {
                 date,
                 time,
             },
-        );
-        new.last_prove = Some(Prove {
-            atc,
-            ttype,
-            mac: mac2,
+            mac2,
             tac,
-        });
+        );
         self.commit(ctx, new)?;
         out.extend_from_slice(&tac);
         Ok(0x9000)
@@ -321,8 +317,8 @@ impl Core {
                 *slot = rec;
             }
         }
-        push_log(
-            &mut new.log,
+        record_commit(
+            &mut new,
             LogRecord {
                 atc,
                 overdraft: 0,
@@ -332,13 +328,9 @@ impl Core {
                 date,
                 time,
             },
-        );
-        new.last_prove = Some(Prove {
-            atc,
-            ttype,
-            mac: mac2,
+            mac2,
             tac,
-        });
+        );
         self.commit(ctx, new)?;
         out.extend_from_slice(&tac);
         out.extend_from_slice(&mac2);
@@ -417,4 +409,17 @@ impl Core {
 fn push_log(log: &mut Vec<[u8; 23]>, rec: LogRecord) {
     log.insert(0, rec.encode());
     log.truncate(LOG_RECORDS);
+}
+
+/// What every purse commit records: the log entry (newest first) and the proof that
+/// GET TRANSACTION PROVE answers with.
+fn record_commit(purse: &mut Purse, record: LogRecord, mac: [u8; 4], tac: [u8; 4]) {
+    let (atc, ttype) = (record.atc, record.ttype);
+    push_log(&mut purse.log, record);
+    purse.last_prove = Some(Prove {
+        atc,
+        ttype,
+        mac,
+        tac,
+    });
 }
