@@ -1083,6 +1083,39 @@ impl<'s> Asm<'s> {
             .ok_or_else(|| self.err(m.pos, "operands do not fit the instruction"))
     }
 
+    /// A register or key-slot operand: a declared name or a raw `r`/`k` index. Records
+    /// the highest one used (the header counts come from it).
+    fn slot_operand(&mut self, w: &str, pos: Pos, which: SlotKind, expected: &str) -> R<u8> {
+        let (names, prefix, noun, directive) = match which {
+            SlotKind::Reg => (&self.reg_names, 'r', "register", ".reg"),
+            SlotKind::Key => (&self.key_names, 'k', "key slot", ".key"),
+        };
+        let index = match names.get(w).copied().or_else(|| raw_index(w, prefix)) {
+            Some(i) => i,
+            None if looks_raw(w, prefix) => {
+                return Err(self.err(
+                    pos,
+                    format!("{noun} `{w}` out of range ({prefix}0..{prefix}255)"),
+                ));
+            }
+            None if is_valid_name(w) => {
+                return Err(self.err(
+                    pos,
+                    format!("unknown {noun} `{w}` (declare it with `{directive} {w}` or use {prefix}0..{prefix}254)"),
+                ));
+            }
+            None => return Err(self.err(pos, format!("{expected}, found `{w}`"))),
+        };
+        let max = match which {
+            SlotKind::Reg => &mut self.max_reg,
+            SlotKind::Key => &mut self.max_key,
+        };
+        if max.is_none_or(|(m, _)| index > m) {
+            *max = Some((index, pos));
+        }
+        Ok(index)
+    }
+
     fn operand(&mut self, kind: OperandKind, name: &str, g: &[Token], m: &Token) -> R<Operand> {
         let t = &g[0];
         let what = |desc: &str| format!("operand `{name}` of `{}` must be {desc}", m.text);
@@ -1098,48 +1131,10 @@ impl<'s> Asm<'s> {
         self.no_more(&g[1..])?;
         Ok(match kind {
             OperandKind::Reg => {
-                let r = match self.reg_names.get(w).copied().or_else(|| raw_index(w, 'r')) {
-                    Some(r) => r,
-                    None if looks_raw(w, 'r') => {
-                        return Err(
-                            self.err(t.pos, format!("register `{w}` out of range (r0..r255)"))
-                        );
-                    }
-                    None if is_valid_name(w) => {
-                        return Err(self.err(t.pos, format!("unknown register `{w}` (declare it with `.reg {w}` or use r0..r254)")));
-                    }
-                    None => {
-                        return Err(
-                            self.err(t.pos, format!("{}, found `{w}`", what(kind_desc(kind))))
-                        );
-                    }
-                };
-                if self.max_reg.is_none_or(|(m, _)| r > m) {
-                    self.max_reg = Some((r, t.pos));
-                }
-                Operand::Reg(r)
+                Operand::Reg(self.slot_operand(w, t.pos, SlotKind::Reg, &what(kind_desc(kind)))?)
             }
             OperandKind::Key => {
-                let k = match self.key_names.get(w).copied().or_else(|| raw_index(w, 'k')) {
-                    Some(k) => k,
-                    None if looks_raw(w, 'k') => {
-                        return Err(
-                            self.err(t.pos, format!("key slot `{w}` out of range (k0..k255)"))
-                        );
-                    }
-                    None if is_valid_name(w) => {
-                        return Err(self.err(t.pos, format!("unknown key slot `{w}` (declare it with `.key {w}` or use k0..k254)")));
-                    }
-                    None => {
-                        return Err(
-                            self.err(t.pos, format!("{}, found `{w}`", what(kind_desc(kind))))
-                        );
-                    }
-                };
-                if self.max_key.is_none_or(|(m, _)| k > m) {
-                    self.max_key = Some((k, t.pos));
-                }
-                Operand::Key(k)
+                Operand::Key(self.slot_operand(w, t.pos, SlotKind::Key, &what(kind_desc(kind)))?)
             }
             OperandKind::Input | OperandKind::Output => {
                 let (list, label) = if kind == OperandKind::Input {
@@ -1277,6 +1272,13 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     String::from(&s[..end])
+}
+
+/// Which numbered operand space a name lives in.
+#[derive(Clone, Copy)]
+enum SlotKind {
+    Reg,
+    Key,
 }
 
 fn kind_desc(kind: OperandKind) -> &'static str {
