@@ -6,7 +6,6 @@
 
 mod common;
 
-use cardvm::vm::Vm;
 use common::{LuaPeer, cases, check_lua, run_vm};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -16,11 +15,11 @@ fn load(c: &mut Criterion) {
     for case in cases() {
         check_lua(&case, &peer);
         let mut g = c.benchmark_group(format!("load/{}", case.name));
-        let mut vm = Vm::default();
+        let mut reader = common::Reader::default();
         g.bench_function("cardvm total", |b| {
             b.iter_batched_ref(
                 || case.card(),
-                |card| run_vm(&case, &mut vm, card),
+                |card| run_vm(&case, &mut reader, card),
                 BatchSize::SmallInput,
             )
         });

@@ -114,8 +114,8 @@ fn main() {
     println!("DESIGN §5 targets (median of {SAMPLES} samples each; host: this machine)\n");
     for case in cases() {
         check_lua(&case, &peer);
-        let mut vm = Vm::default();
-        let total = per_card(&case, |mut card| run_vm(&case, &mut vm, &mut card));
+        let mut reader = common::Reader::default();
+        let total = per_card(&case, |mut card| run_vm(&case, &mut reader, &mut card));
         let lua = per_card(&case, |card| peer.run(&case, card));
         let card_only = per_card(&case, |mut card| case.replay_on(&mut card));
         let inputs = case.crypto_inputs();
@@ -175,7 +175,7 @@ fn main() {
         let mut card = case.card();
         let base = LIVE.load(Ordering::SeqCst);
         PEAK.store(base, Ordering::SeqCst);
-        let mut cold = Vm::default();
+        let mut cold = common::Reader::default();
         let report = run_vm(&case, &mut cold, &mut card);
         let heap = PEAK.load(Ordering::SeqCst) - base;
         drop(report);

@@ -15,6 +15,7 @@ use crate::script::{
 use crate::transport::{ApduLayer, CardTransport, TransportError};
 use crate::verify::VerifiedProgram;
 use crate::vm::{Limits, NoTrace, Vm};
+use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -63,7 +64,7 @@ pub fn synthesise_data(inputs: &[Decl]) -> Option<DataScript> {
         .iter()
         .map(|d| {
             Some(Field {
-                name: d.name.clone(),
+                name: String::from(&*d.name),
                 value: sample_value(&d.ty)?,
             })
         })

@@ -260,7 +260,7 @@ impl Receipt {
                         FieldValue::Bytes(b[..b.len().min(MAX_FIELD_BYTES)].to_vec())
                     }
                 };
-                (name.clone(), v)
+                (String::from(&**name), v)
             })
             .collect();
         r.apdu_count = report.apdu_count;

@@ -728,7 +728,7 @@ fn check(
         let got = report
             .outputs
             .iter()
-            .find(|(n, _)| n == name)
+            .find(|(n, _)| **n == **name)
             .map(|(_, v)| v);
         let ok = match (want, got) {
             (toml::Value::Integer(w), Some(OutputValue::Int(g))) => u64::try_from(*w) == Ok(*g),

@@ -169,8 +169,9 @@ pub struct Bound<'a> {
     pub(crate) fields: &'a [u16],
 }
 
-/// The result of binding: which data field feeds which input.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The result of binding: which data field feeds which input. `Binding::default()` is
+/// an empty binding to fill with [`VerifiedProgram::bind_into`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Binding {
     fields: Vec<u16>,
 }
@@ -243,17 +244,58 @@ impl VerifiedProgram {
 
     /// Checks `data` against the declared inputs.
     pub fn bind(&self, data: &DataScript) -> Result<Binding, BindError> {
-        let mut fields = Vec::with_capacity(self.inputs.len());
+        let mut binding = Binding::default();
+        self.fill_binding(data, &mut binding.fields)?;
+        Ok(binding)
+    }
+
+    /// Checks `data` against the declared inputs and pairs it with this program in one
+    /// step, like [`VerifiedProgram::bind`] then [`VerifiedProgram::with_data`], but
+    /// reusing `binding`'s storage: a reader that keeps one [`Binding`] per worker binds
+    /// each transaction's data without allocating, and checks each field once.
+    ///
+    /// ```
+    /// # use cardvm::asm::{assemble, compile_data, AsmOptions, MapLoader};
+    /// # use cardvm::verify::{Binding, VerifiedProgram};
+    /// let source = ".input amount u32\n.reg a\n    ldin a, amount\n    halt\n";
+    /// let opts = AsmOptions::default();
+    /// let script = assemble(source, "doc.casm", &opts, &mut MapLoader::new())?.script;
+    /// let program = VerifiedProgram::verify(&script)?;
+    /// let mut binding = Binding::default();
+    /// for amount in [100, 200] {
+    ///     let data = compile_data(&format!("amount = {amount}"))?;
+    ///     let bound = program.bind_into(&data, &mut binding)?;
+    ///     assert_eq!(bound.program().inputs().len(), 1);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn bind_into<'a>(
+        &'a self,
+        data: &'a DataScript,
+        binding: &'a mut Binding,
+    ) -> Result<Bound<'a>, BindError> {
+        self.fill_binding(data, &mut binding.fields)?;
+        Ok(Bound {
+            program: self,
+            data,
+            fields: &binding.fields,
+        })
+    }
+
+    /// For each declared input, finds its field in `data` and checks its type.
+    fn fill_binding(&self, data: &DataScript, fields: &mut Vec<u16>) -> Result<(), BindError> {
+        fields.clear();
+        fields.reserve(self.inputs.len());
         for decl in &self.inputs {
             let idx = data
                 .fields
                 .iter()
-                .position(|f| f.name == decl.name)
-                .ok_or_else(|| BindError::MissingInput(decl.name.clone()))?;
+                .position(|f| *f.name == *decl.name)
+                .ok_or_else(|| BindError::MissingInput(String::from(&*decl.name)))?;
             let value = &data.fields[idx].value;
             if !value.fits(&decl.ty) {
                 return Err(BindError::TypeMismatch {
-                    name: decl.name.clone(),
+                    name: String::from(&*decl.name),
                     expected: decl.ty,
                     found: value.type_name(),
                 });
@@ -261,7 +303,7 @@ impl VerifiedProgram {
             // MAX_ENTRIES keeps field indices within u16.
             fields.push(idx as u16);
         }
-        Ok(Binding { fields })
+        Ok(())
     }
 
     /// Pairs this program with `data` using a [`Binding`] from [`VerifiedProgram::bind`].
@@ -277,7 +319,7 @@ impl VerifiedProgram {
             && binding.fields.iter().zip(&self.inputs).all(|(&f, decl)| {
                 data.fields
                     .get(usize::from(f))
-                    .is_some_and(|field| field.name == decl.name && field.value.fits(&decl.ty))
+                    .is_some_and(|field| *field.name == *decl.name && field.value.fits(&decl.ty))
             });
         if !ok {
             return Err(self
@@ -334,7 +376,7 @@ impl<'s> Verifier<'s> {
             if d.ty.is_key() {
                 return Err(VerifyError {
                     offset: 0,
-                    kind: VerifyErrorKind::KeyOutput(d.name.clone()),
+                    kind: VerifyErrorKind::KeyOutput(String::from(&*d.name)),
                 });
             }
         }
@@ -443,13 +485,13 @@ impl<'s> Verifier<'s> {
             Instr::Ldin { input, .. } => {
                 let d = &s.inputs[usize::from(input)];
                 if d.ty.is_key() {
-                    return Err(VerifyErrorKind::KeyIntoRegister(d.name.clone()));
+                    return Err(VerifyErrorKind::KeyIntoRegister(String::from(&*d.name)));
                 }
             }
             Instr::Ldkey { input, .. } => {
                 let d = &s.inputs[usize::from(input)];
                 if !d.ty.is_key() {
-                    return Err(VerifyErrorKind::NotAKey(d.name.clone()));
+                    return Err(VerifyErrorKind::NotAKey(String::from(&*d.name)));
                 }
             }
             Instr::ToBe { width, .. } if !(1..=8).contains(&width) => {

@@ -119,10 +119,10 @@ fn walkthrough_script_runs_on_a_simulated_card_and_its_scenarios_pass() {
         r.outputs,
         vec![
             (
-                "card_id".to_string(),
+                "card_id".into(),
                 OutputValue::Bytes(vec![0x41, 0, 0, 0, 0x12, 0x34, 0x56, 0x78])
             ),
-            ("balance".to_string(), OutputValue::Int(2500)),
+            ("balance".into(), OutputValue::Int(2500)),
         ]
     );
     let summary = cardvm::scenario::run_path(&dir);

@@ -29,7 +29,7 @@ use cardvm::crypto::{self, SecretKey};
 use cardvm::script::{CommandScript, DataScript, FieldValue};
 use cardvm::sim::{CardProfile, SimCard};
 use cardvm::transport::{ApduLayer, CardTransport, TransportError};
-use cardvm::verify::VerifiedProgram;
+use cardvm::verify::{Binding, VerifiedProgram};
 use cardvm::vm::{NoTrace, Outcome, RunReport, Vm};
 
 /// One city's load: its script, data, card and the recorded exchange.
@@ -86,7 +86,7 @@ fn case(name: &'static str, dir: &str, alg_id: u8) -> LoadCase {
         alg_id,
     };
     let mut rec = Recorder(c.card(), Vec::new(), Vec::new());
-    let report = run_vm(&c, &mut Vm::default(), &mut rec);
+    let report = run_vm(&c, &mut Reader::default(), &mut rec);
     assert_eq!(
         report.outcome,
         Outcome::Committed,
@@ -214,15 +214,24 @@ impl<T: CardTransport> CardTransport for Recorder<T> {
     }
 }
 
-/// One cardvm transaction: bind, run, report.
-pub fn run_vm<T: CardTransport>(case: &LoadCase, vm: &mut Vm, card: T) -> RunReport {
-    let binding = case.program.bind(&case.data).unwrap();
-    let mut layer = ApduLayer::new(card);
-    vm.run(
-        case.program.with_data(&case.data, &binding).unwrap(),
-        &mut layer,
-        &mut NoTrace,
-    )
+/// What a reader keeps between transactions: the interpreter and the binding storage.
+#[derive(Default)]
+pub struct Reader {
+    /// The reusable VM.
+    pub vm: Vm,
+    /// The reusable binding.
+    pub binding: Binding,
+}
+
+/// One cardvm transaction: bind the data, run, report.
+pub fn run_vm<T: CardTransport>(case: &LoadCase, reader: &mut Reader, card: T) -> RunReport {
+    let bound = case
+        .program
+        .bind_into(&case.data, &mut reader.binding)
+        .unwrap();
+    reader
+        .vm
+        .run(bound, &mut ApduLayer::new(card), &mut NoTrace)
 }
 
 /// The same load flow in Lua 5.4: ISO/PBOC APDUs built with string operations, the card
@@ -413,7 +422,7 @@ pub fn check_lua(case: &LoadCase, peer: &LuaPeer) {
 /// The modelled air time of one load at 106 kbit/s (the card's default model), µs.
 pub fn air_time_us(case: &LoadCase) -> u64 {
     let mut card = case.card();
-    let r = run_vm(case, &mut Vm::default(), &mut card);
+    let r = run_vm(case, &mut Reader::default(), &mut card);
     assert_eq!(r.outcome, Outcome::Committed);
     card.air_time().total_us()
 }

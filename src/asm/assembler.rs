@@ -17,6 +17,7 @@ use crate::script::{
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 /// Deepest `.include` nesting.
@@ -712,14 +713,14 @@ impl<'s> Asm<'s> {
         } else {
             &self.outputs
         };
-        if list.iter().any(|x| x.name == name.text) {
+        if list.iter().any(|x| *x.name == *name.text) {
             return Err(self.err(name.pos, format!("`{}` is declared twice", name.text)));
         }
         if list.len() >= MAX_ENTRIES {
             return Err(self.err(name.pos, format!("more than {MAX_ENTRIES} declarations")));
         }
         let decl = Decl {
-            name: name.text.clone(),
+            name: Arc::from(name.text.as_str()),
             ty,
         };
         if d.text == ".input" {
@@ -1156,7 +1157,7 @@ impl<'s> Asm<'s> {
                             u16::MAX.into(),
                         )? as u16
                     } else {
-                        match list.iter().position(|d| d.name == w) {
+                        match list.iter().position(|d| &*d.name == w) {
                             Some(i) => i as u16,
                             None => return Err(self.err(
                                 t.pos,

@@ -208,11 +208,11 @@ fn operand_text(script: &CommandScript, o: Operand, name: &str, labels: &BTreeSe
         Operand::Const(c) if usize::from(c) < script.constants.len() => format!("c{c}"),
         Operand::Const(c) => format!("#{c}"),
         Operand::Input(i) => match script.inputs.get(usize::from(i)) {
-            Some(d) => d.name.clone(),
+            Some(d) => String::from(&*d.name),
             None => format!("#{i}"),
         },
         Operand::Output(i) => match script.outputs.get(usize::from(i)) {
-            Some(d) => d.name.clone(),
+            Some(d) => String::from(&*d.name),
             None => format!("#{i}"),
         },
         Operand::Target(t) if labels.contains(&t) => format!("L{t:04X}"),

@@ -667,7 +667,7 @@ fn balance_example_assembles_and_verifies() {
         include_str!("../../scripts/examples/balance.casm"),
     );
     let p = VerifiedProgram::verify(&s).unwrap();
-    assert_eq!(p.outputs()[0].name, "balance");
+    assert_eq!(&*p.outputs()[0].name, "balance");
     assert_eq!(
         s.constants[1],
         Constant::Bytes(vec![0x80, 0x5C, 0x00, 0x02, 0x04])
@@ -740,7 +740,7 @@ mod load_example {
             report
                 .outputs
                 .iter()
-                .find(|(k, _)| k == n)
+                .find(|(k, _)| **k == *n)
                 .map(|(_, v)| v.clone())
         };
         assert_eq!(out("balance_before"), Some(OutputValue::Int(0)));
@@ -848,8 +848,14 @@ fn any_type() -> impl Strategy<Value = ValueType> {
 }
 
 fn any_decls() -> impl Strategy<Value = Vec<Decl>> {
-    proptest::collection::btree_map("[A-Za-z_][A-Za-z0-9_]{0,31}", any_type(), 0..5)
-        .prop_map(|m| m.into_iter().map(|(name, ty)| Decl { name, ty }).collect())
+    proptest::collection::btree_map("[A-Za-z_][A-Za-z0-9_]{0,31}", any_type(), 0..5).prop_map(|m| {
+        m.into_iter()
+            .map(|(name, ty)| Decl {
+                name: name.into(),
+                ty,
+            })
+            .collect()
+    })
 }
 
 fn any_script() -> impl Strategy<Value = CommandScript> {

@@ -133,12 +133,12 @@ impl<'p> VmTrace<'p> {
                     .program
                     .inputs()
                     .get(usize::from(i))
-                    .map_or(format!("#{i}"), |d| d.name.clone()),
+                    .map_or(format!("#{i}"), |d| d.name.to_string()),
                 Operand::Output(i) => self
                     .program
                     .outputs()
                     .get(usize::from(i))
-                    .map_or(format!("#{i}"), |d| d.name.clone()),
+                    .map_or(format!("#{i}"), |d| d.name.to_string()),
                 Operand::Target(t) => self
                     .program
                     .offset_of(t as usize)

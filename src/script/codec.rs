@@ -209,10 +209,16 @@ pub(crate) fn count16<'a>(i: &'a [u8], what: &'static str, limit: usize) -> PRes
 
 /// A name: length byte and ASCII identifier.
 pub(crate) fn name(i: &[u8]) -> PResult<'_, String> {
+    let (rest, s) = name_str(i)?;
+    Ok((rest, String::from(s)))
+}
+
+/// A length-prefixed (u8) identifier, borrowed from the input.
+pub(crate) fn name_str(i: &[u8]) -> PResult<'_, &str> {
     let (rest, len) = u8_(i)?;
     let (rest, bytes) = take_n(rest, usize::from(len))?;
     match core::str::from_utf8(bytes) {
-        Ok(s) if super::is_valid_name(s) => Ok((rest, String::from(s))),
+        Ok(s) if super::is_valid_name(s) => Ok((rest, s)),
         _ => fail(i, FormatErrorKind::BadName),
     }
 }

@@ -1,11 +1,12 @@
 //! The command script: header, constants, declared inputs and outputs, code, debug info.
 
 use super::codec::{
-    FormatError, FormatErrorKind, PResult, bytes16, count16, fail, finish_script, magic, name,
+    FormatError, FormatErrorKind, PResult, bytes16, count16, fail, finish_script, magic, name_str,
     put_bytes16, put_name, take_n, u8_, u16_, u32_, u64_,
 };
 use super::{MAX_BYTES_LEN, MAX_CODE_LEN, MAX_ENTRIES, ValueType};
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 const MAGIC: &[u8; 4] = b"CVMS";
@@ -45,7 +46,8 @@ pub enum Constant {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decl {
     /// Name (matches a data-script field for inputs; a receipt field for outputs).
-    pub name: String,
+    /// Shared, so a run report names its outputs without copying strings.
+    pub name: Arc<str>,
     /// Type.
     pub ty: ValueType,
 }
@@ -278,12 +280,15 @@ fn parse_decls(i: &[u8]) -> PResult<'_, Vec<Decl>> {
     let mut out: Vec<Decl> = Vec::with_capacity(n);
     for _ in 0..n {
         let at = i;
-        let (rest, name) = name(i)?;
-        if out.iter().any(|d| d.name == name) {
-            return fail(at, FormatErrorKind::DuplicateName(name));
+        let (rest, name) = name_str(i)?;
+        if out.iter().any(|d| &*d.name == name) {
+            return fail(at, FormatErrorKind::DuplicateName(String::from(name)));
         }
         let (rest, ty) = ValueType::parse(rest)?;
-        out.push(Decl { name, ty });
+        out.push(Decl {
+            name: Arc::from(name),
+            ty,
+        });
         i = rest;
     }
     Ok((i, out))
@@ -348,8 +353,14 @@ pub(crate) mod tests {
     }
 
     fn any_decls() -> impl Strategy<Value = Vec<Decl>> {
-        proptest::collection::btree_map("[a-z_][a-z0-9_]{0,8}", any_type(), 0..6)
-            .prop_map(|m| m.into_iter().map(|(name, ty)| Decl { name, ty }).collect())
+        proptest::collection::btree_map("[a-z_][a-z0-9_]{0,8}", any_type(), 0..6).prop_map(|m| {
+            m.into_iter()
+                .map(|(name, ty)| Decl {
+                    name: name.into(),
+                    ty,
+                })
+                .collect()
+        })
     }
 
     pub(crate) fn any_script() -> impl Strategy<Value = CommandScript> {
@@ -480,7 +491,7 @@ pub(crate) mod tests {
     #[test]
     fn duplicate_input_names_are_rejected() {
         let d = Decl {
-            name: String::from("amount"),
+            name: "amount".into(),
             ty: ValueType::Int { bits: 32 },
         };
         let s = CommandScript {

@@ -145,15 +145,30 @@ const EXTENDED_RESPONSE: usize = 65536 + 2;
 
 /// The APDU layer: one command in, response data and status word out.
 ///
-/// It owns a reusable buffer, sized on demand from the command's Le, so steady-state
-/// exchanges do not allocate.
-#[derive(Debug)]
+/// It owns its response buffers: an inline one for short APDUs (so creating a layer per
+/// transaction does not allocate) and one grown on demand from an extended command's Le.
 pub struct ApduLayer<T> {
     transport: T,
     config: ApduLayerConfig,
-    buf: Vec<u8>,
+    /// Response buffer for short APDUs: inline, so a layer per transaction costs no
+    /// allocation.
+    short: [u8; SHORT_RESPONSE],
+    /// Response buffer for extended APDUs, grown on first use.
+    long: Vec<u8>,
+    /// Whether the last response is in `long`.
+    last_long: bool,
     last_len: usize,
     follow_up: Vec<u8>,
+}
+
+impl<T: core::fmt::Debug> core::fmt::Debug for ApduLayer<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // Not the buffers: they hold the last response.
+        f.debug_struct("ApduLayer")
+            .field("transport", &self.transport)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<T: CardTransport> ApduLayer<T> {
@@ -167,7 +182,9 @@ impl<T: CardTransport> ApduLayer<T> {
         Self {
             transport,
             config,
-            buf: Vec::new(),
+            short: [0; SHORT_RESPONSE],
+            long: Vec::new(),
+            last_long: false,
             last_len: 0,
             follow_up: Vec::new(),
         }
@@ -232,17 +249,23 @@ impl<T: CardTransport> ApduLayer<T> {
         Ok(sw)
     }
 
-    /// Transmits and leaves the raw response in `self.buf`; returns its status word.
+    /// Transmits and leaves the raw response in the short or long buffer; returns its
+    /// status word.
     fn transmit_raw(
         &mut self,
         command: &[u8],
         max_response: usize,
     ) -> Result<StatusWord, TransportError> {
         let cap = max_response.clamp(SHORT_RESPONSE, EXTENDED_RESPONSE);
-        if self.buf.len() < cap {
-            self.buf.resize(cap, 0);
-        }
-        let n = self.transport.transmit(command, &mut self.buf[..cap])?;
+        let buf = if cap <= SHORT_RESPONSE {
+            &mut self.short[..]
+        } else {
+            if self.long.len() < cap {
+                self.long.resize(cap, 0);
+            }
+            &mut self.long[..cap]
+        };
+        let n = self.transport.transmit(command, buf)?;
         if n > cap {
             return Err(TransportError::ResponseTooLong {
                 needed: n,
@@ -252,14 +275,90 @@ impl<T: CardTransport> ApduLayer<T> {
         if n < 2 {
             return Err(TransportError::MalformedResponse(n));
         }
-        let sw = StatusWord::new(self.buf[n - 2], self.buf[n - 1]);
+        let sw = StatusWord::new(buf[n - 2], buf[n - 1]);
         self.last_len = n;
+        self.last_long = cap > SHORT_RESPONSE;
         Ok(sw)
     }
 
     fn take_data(&mut self, data: &mut Vec<u8>) {
-        // transmit_raw guarantees 2 <= last_len <= buf.len().
-        let n = self.last_len;
-        data.extend_from_slice(&self.buf[..n - 2]);
+        // transmit_raw guarantees 2 <= last_len <= the buffer's length.
+        let buf = if self.last_long {
+            &self.long[..]
+        } else {
+            &self.short[..]
+        };
+        data.extend_from_slice(&buf[..self.last_len - 2]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    /// Answers each command with `len(Le)` bytes of a pattern and 9000; an extended
+    /// command gets a response longer than any short buffer.
+    #[derive(Debug)]
+    struct Echo;
+
+    impl CardTransport for Echo {
+        fn transmit(
+            &mut self,
+            command: &[u8],
+            response: &mut [u8],
+        ) -> Result<usize, TransportError> {
+            let apdu = Apdu::parse(command).map_err(TransportError::MalformedCommand)?;
+            let n = apdu.max_response() - 2;
+            let total = n + 2;
+            if total > response.len() {
+                return Err(TransportError::ResponseTooLong {
+                    needed: total,
+                    capacity: response.len(),
+                });
+            }
+            for (i, b) in response[..n].iter_mut().enumerate() {
+                *b = (i % 251) as u8 ^ command[1];
+            }
+            response[n..total].copy_from_slice(&[0x90, 0x00]);
+            Ok(total)
+        }
+    }
+
+    #[test]
+    fn short_and_extended_responses_use_their_own_buffers() {
+        let mut layer = ApduLayer::new(Echo);
+        let mut data = Vec::new();
+        // Short: Le 0x10.
+        let sw = layer
+            .exchange(&[0x80, 0x11, 0, 0, 0x10], &mut data)
+            .unwrap();
+        assert_eq!(sw, StatusWord(0x9000));
+        assert_eq!(data.len(), 0x10);
+        assert_eq!(data[3], 3 ^ 0x11);
+        // Extended: Le 0x0400 (00 Lc-less case 2E: 00 04 00).
+        let sw = layer
+            .exchange(&[0x80, 0x22, 0, 0, 0x00, 0x04, 0x00], &mut data)
+            .unwrap();
+        assert_eq!(sw, StatusWord(0x9000));
+        assert_eq!(data.len(), 0x400);
+        assert_eq!(data[300], (300 % 251) as u8 ^ 0x22);
+        // Short again: the data comes from the short buffer, not the long one.
+        layer
+            .exchange(&[0x80, 0x33, 0, 0, 0x04], &mut data)
+            .unwrap();
+        assert_eq!(data, vec![0x33, 1 ^ 0x33, 2 ^ 0x33, 3 ^ 0x33]);
+    }
+
+    #[test]
+    fn debug_output_leaves_out_the_response_buffers() {
+        let mut layer = ApduLayer::new(Echo);
+        let mut data = Vec::new();
+        layer
+            .exchange(&[0x80, 0x44, 0, 0, 0x08], &mut data)
+            .unwrap();
+        let shown = alloc::format!("{layer:?}");
+        assert!(shown.starts_with("ApduLayer"), "{shown}");
+        assert!(!shown.contains("68"), "response bytes printed: {shown}");
     }
 }

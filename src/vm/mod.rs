@@ -25,6 +25,7 @@ use crate::script::{Constant, FieldValue, ValueType};
 use crate::transport::{Apdu, ApduError, ApduLayer, CardTransport, StatusWord, TransportError};
 use crate::verify::Bound;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 /// Resource limits of one run.
@@ -264,8 +265,9 @@ pub struct LastExchange {
 pub struct RunReport {
     /// How it ended.
     pub outcome: Outcome,
-    /// Declared outputs that were written, in declaration order.
-    pub outputs: Vec<(String, OutputValue)>,
+    /// Declared outputs that were written, in declaration order. The names are shared
+    /// with the program's declarations (no string is copied per run).
+    pub outputs: Vec<(Arc<str>, OutputValue)>,
     /// APDUs sent.
     pub apdu_count: u32,
     /// Instructions executed.
@@ -795,7 +797,7 @@ impl Vm {
                     _ => false,
                 };
                 if !fits {
-                    return Err(VmErrorKind::OutputType(decl.name.clone()));
+                    return Err(VmErrorKind::OutputType(String::from(&*decl.name)));
                 }
                 self.outputs[usize::from(output)] = Some(value);
             }
