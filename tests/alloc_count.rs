@@ -73,7 +73,7 @@ fn a_warm_transaction_allocates_only_for_its_report() {
     // What a reader keeps between transactions: the VM and the binding storage.
     let mut vm = Vm::default();
     let mut binding = Binding::default();
-    let mut transaction = |vm: &mut Vm, binding: &mut Binding| {
+    let transaction = |vm: &mut Vm, binding: &mut Binding| {
         let bound = program.bind_into(&data, binding).unwrap();
         // A new APDU layer per transaction, as a reader does per card.
         vm.run(bound, &mut ApduLayer::new(PublishedCard), &mut NoTrace)
