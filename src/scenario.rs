@@ -725,11 +725,7 @@ fn check(
         }
     }
     for (name, want) in &e.fields {
-        let got = report
-            .outputs
-            .iter()
-            .find(|(n, _)| **n == **name)
-            .map(|(_, v)| v);
+        let got = report.output(name);
         let ok = match (want, got) {
             (toml::Value::Integer(w), Some(OutputValue::Int(g))) => u64::try_from(*w) == Ok(*g),
             (toml::Value::String(w), Some(OutputValue::Bytes(g))) => norm(w) == hex(g),

@@ -76,11 +76,8 @@ fn run_in<C: CardTransport>(dir: &str, flow: &str, data: &DataScript, card: &mut
 }
 
 fn out(r: &RunReport, name: &str) -> OutputValue {
-    r.outputs
-        .iter()
-        .find(|(n, _)| **n == *name)
+    r.output(name)
         .unwrap_or_else(|| panic!("no output {name} in {r:?}"))
-        .1
         .clone()
 }
 

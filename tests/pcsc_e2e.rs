@@ -367,21 +367,13 @@ fn sim_city_tearing(ctx: &PcscContext) {
     card.reconnect(true).unwrap();
     let report = run_city(DIR, "recover", card.transaction().unwrap());
     assert_eq!(report.outcome, Outcome::Committed, "{report:?}");
-    let committed = report
-        .outputs
-        .iter()
-        .find(|(n, _)| n == "committed")
-        .map(|(_, v)| v.clone());
+    let committed = report.output("committed").cloned();
     assert_eq!(
         committed,
         Some(OutputValue::Int(0)),
         "the torn load never reached the card"
     );
-    let balance = report
-        .outputs
-        .iter()
-        .find(|(n, _)| n == "balance")
-        .map(|(_, v)| v.clone());
+    let balance = report.output("balance").cloned();
     assert_eq!(balance, Some(OutputValue::Int(500)));
     drop(card);
     handle.shutdown();

@@ -736,13 +736,7 @@ mod load_example {
                 0x80, 0x52, 0x00, 0x00, 0x0B, 0x20, 0x26, 0x11, 0x23, 0x12, 0x00, 0x00
             ]
         );
-        let out = |n: &str| {
-            report
-                .outputs
-                .iter()
-                .find(|(k, _)| **k == *n)
-                .map(|(_, v)| v.clone())
-        };
+        let out = |n: &str| report.output(n).cloned();
         assert_eq!(out("balance_before"), Some(OutputValue::Int(0)));
         assert_eq!(out("balance_after"), Some(OutputValue::Int(0x1234)));
         assert_eq!(out("atc"), Some(OutputValue::Int(0)));

@@ -280,6 +280,16 @@ pub struct RunReport {
     pub peak_memory: usize,
 }
 
+impl RunReport {
+    /// The value written to output `name`, if the run wrote it.
+    pub fn output(&self, name: &str) -> Option<&OutputValue> {
+        self.outputs
+            .iter()
+            .find(|(n, _)| **n == *name)
+            .map(|(_, v)| v)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tag {
     Unset,
