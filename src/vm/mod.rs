@@ -543,18 +543,18 @@ impl Vm {
         reg.int = v;
     }
 
-    /// Copies the scratch buffer into register `r`. Copying (not swapping) lets each
-    /// register's buffer settle at the largest value it holds, so a reused VM stops
-    /// allocating after its first run.
-    fn set_from_scratch(&mut self, r: u8) -> Result<(), VmErrorKind> {
-        let len = self.scratch.len();
+    /// Checks that register `r` may hold `len` bytes (string and memory limits) and
+    /// accounts for them. Called before the register changes, so a fault leaves it as
+    /// it was.
+    #[inline]
+    fn reserve(&mut self, r: u8, len: usize) -> Result<(), VmErrorKind> {
         if len > self.limits.max_bytes {
             return Err(VmErrorKind::StringTooLong {
                 len,
                 limit: self.limits.max_bytes,
             });
         }
-        let reg = &mut self.regs[usize::from(r)];
+        let reg = &self.regs[usize::from(r)];
         let old = if reg.tag == Tag::Bytes {
             reg.bytes.len()
         } else {
@@ -569,16 +569,75 @@ impl Vm {
         }
         self.mem_used = used;
         self.peak_memory = self.peak_memory.max(used);
+        Ok(())
+    }
+
+    /// Copies the scratch buffer into register `r`. Copying (not swapping) lets each
+    /// register's buffer settle at the largest value it holds, so a reused VM stops
+    /// allocating after its first run.
+    #[inline]
+    fn set_from_scratch(&mut self, r: u8) -> Result<(), VmErrorKind> {
+        self.reserve(r, self.scratch.len())?;
+        let reg = &mut self.regs[usize::from(r)];
         reg.bytes.clear();
         reg.bytes.extend_from_slice(&self.scratch);
         reg.tag = Tag::Bytes;
         Ok(())
     }
 
+    /// Copies `b` (a constant, an input or a crypto result: never a register) into
+    /// register `r`.
+    #[inline]
     fn set_bytes(&mut self, r: u8, b: &[u8]) -> Result<(), VmErrorKind> {
-        self.scratch.clear();
-        self.scratch.extend_from_slice(b);
-        self.set_from_scratch(r)
+        self.reserve(r, b.len())?;
+        let reg = &mut self.regs[usize::from(r)];
+        reg.bytes.clear();
+        reg.bytes.extend_from_slice(b);
+        reg.tag = Tag::Bytes;
+        Ok(())
+    }
+
+    /// Writes `parts` of other registers, concatenated, into register `dst`: one copy,
+    /// straight into `dst`'s buffer. The caller checked that every part is a byte string
+    /// and that none of them is `dst` itself.
+    #[inline]
+    fn set_from_regs(
+        &mut self,
+        dst: u8,
+        parts: &[(u8, core::ops::Range<usize>)],
+    ) -> Result<(), VmErrorKind> {
+        let len = parts.iter().map(|(_, r)| r.len()).sum();
+        self.reserve(dst, len)?;
+        // Taking the buffer out (no allocation) lets the sources be read while it fills.
+        let mut buf = core::mem::take(&mut self.regs[usize::from(dst)].bytes);
+        buf.clear();
+        for (src, range) in parts {
+            buf.extend_from_slice(&self.regs[usize::from(*src)].bytes[range.clone()]);
+        }
+        let reg = &mut self.regs[usize::from(dst)];
+        reg.bytes = buf;
+        reg.tag = Tag::Bytes;
+        Ok(())
+    }
+
+    /// `dst = src[range]` for a byte-string `src` and a checked `range`.
+    #[inline]
+    fn set_slice(
+        &mut self,
+        dst: u8,
+        src: u8,
+        range: core::ops::Range<usize>,
+    ) -> Result<(), VmErrorKind> {
+        if dst != src {
+            return self.set_from_regs(dst, &[(src, range)]);
+        }
+        // In place: move the slice to the front and cut.
+        self.reserve(dst, range.len())?;
+        let bytes = &mut self.regs[usize::from(dst)].bytes;
+        let n = range.len();
+        bytes.copy_within(range, 0);
+        bytes.truncate(n);
+        Ok(())
     }
 
     fn input8(&self, r: u8, op: &'static str) -> Result<[u8; 8], VmErrorKind> {
@@ -759,10 +818,10 @@ impl Vm {
                         let v = reg.int;
                         self.set_int(dst, v);
                     }
+                    Tag::Bytes if dst == src => {}
                     Tag::Bytes => {
-                        self.scratch.clear();
-                        self.scratch.extend_from_slice(&reg.bytes);
-                        self.set_from_scratch(dst)?;
+                        let n = reg.bytes.len();
+                        self.set_from_regs(dst, &[(src, 0..n)])?;
                     }
                     Tag::Unset => return Err(VmErrorKind::Uninitialized(src)),
                 }
@@ -867,10 +926,21 @@ impl Vm {
                         limit: self.limits.max_bytes,
                     });
                 }
-                self.scratch.clear();
-                self.scratch.extend_from_slice(x);
-                self.scratch.extend_from_slice(y);
-                self.set_from_scratch(dst)?;
+                let (nx, ny) = (x.len(), y.len());
+                if dst == a && dst != b {
+                    // `cat t, t, x`, the usual way a MAC input is built: append in place.
+                    self.reserve(dst, len)?;
+                    let tail = core::mem::take(&mut self.regs[usize::from(b)].bytes);
+                    self.regs[usize::from(dst)].bytes.extend_from_slice(&tail);
+                    self.regs[usize::from(b)].bytes = tail;
+                } else if dst != a && dst != b {
+                    self.set_from_regs(dst, &[(a, 0..nx), (b, 0..ny)])?;
+                } else {
+                    self.scratch.clear();
+                    self.scratch.extend_from_slice(x);
+                    self.scratch.extend_from_slice(y);
+                    self.set_from_scratch(dst)?;
+                }
             }
             Instr::Slice {
                 dst,
@@ -880,9 +950,7 @@ impl Vm {
             } => {
                 let s = bytes_of(&self.regs, src)?;
                 let range = slice_range(s.len(), offset.into(), len.into())?;
-                self.scratch.clear();
-                self.scratch.extend_from_slice(&s[range]);
-                self.set_from_scratch(dst)?;
+                self.set_slice(dst, src, range)?;
             }
             Instr::Slicer {
                 dst,
@@ -893,9 +961,7 @@ impl Vm {
                 let (o, n) = (int_of(&self.regs, offset)?, int_of(&self.regs, len)?);
                 let s = bytes_of(&self.regs, src)?;
                 let range = slice_range(s.len(), o, n)?;
-                self.scratch.clear();
-                self.scratch.extend_from_slice(&s[range]);
-                self.set_from_scratch(dst)?;
+                self.set_slice(dst, src, range)?;
             }
             Instr::Xor { dst, a, b } => {
                 let (x, y) = (bytes_of(&self.regs, a)?, bytes_of(&self.regs, b)?);

@@ -956,3 +956,88 @@ proptest! {
         }
     }
 }
+
+/// One byte-string operation of [`byte_ops_match_a_model`]: registers 0..4.
+#[derive(Debug, Clone)]
+enum ByteOp {
+    Cat(u8, u8, u8),
+    Slice(u8, u8, u16, u16),
+    Mov(u8, u8),
+    Ldc(u8, u16),
+}
+
+fn byte_op() -> impl Strategy<Value = ByteOp> {
+    let r = || 0u8..4;
+    prop_oneof![
+        (r(), r(), r()).prop_map(|(d, a, b)| ByteOp::Cat(d, a, b)),
+        (r(), r(), 0u16..6, 0u16..6).prop_map(|(d, s, o, n)| ByteOp::Slice(d, s, o, n)),
+        (r(), r()).prop_map(|(d, s)| ByteOp::Mov(d, s)),
+        (r(), 0u16..3).prop_map(|(d, c)| ByteOp::Ldc(d, c)),
+    ]
+}
+
+proptest! {
+    /// Byte-string instructions give the same registers as a plain model, whichever
+    /// registers alias (in-place append, in-place slice, self-moves), and the memory
+    /// account (peak register bytes) matches the model's.
+    #[test]
+    fn byte_ops_match_a_model(ops in proptest::collection::vec(byte_op(), 0..24)) {
+        let constants: Vec<Vec<u8>> = vec![vec![1, 2], vec![3], vec![4, 5, 6, 7]];
+        let mut instrs: Vec<Instr> = (0..4u8).map(|r| Instr::Ldc { dst: r, index: u16::from(r % 3) }).collect();
+        let mut model: Vec<Vec<u8>> = (0..4).map(|r| constants[r % 3].clone()).collect();
+        let mut peak = model.iter().map(Vec::len).sum::<usize>();
+        let mut faulted = false;
+        for op in &ops {
+            instrs.push(match *op {
+                ByteOp::Cat(dst, a, b) => Instr::Cat { dst, a, b },
+                ByteOp::Slice(dst, src, offset, len) => Instr::Slice { dst, src, offset, len },
+                ByteOp::Mov(dst, src) => Instr::Mov { dst, src },
+                ByteOp::Ldc(dst, index) => Instr::Ldc { dst, index },
+            });
+            if faulted {
+                continue;
+            }
+            let value = match *op {
+                ByteOp::Cat(_, a, b) => [model[usize::from(a)].clone(), model[usize::from(b)].clone()].concat(),
+                ByteOp::Slice(_, src, o, n) => {
+                    let s = &model[usize::from(src)];
+                    let (o, n) = (usize::from(o), usize::from(n));
+                    if o + n > s.len() {
+                        faulted = true;
+                        continue;
+                    }
+                    s[o..o + n].to_vec()
+                }
+                ByteOp::Mov(_, src) => model[usize::from(src)].clone(),
+                ByteOp::Ldc(_, c) => constants[usize::from(c)].clone(),
+            };
+            let dst = match *op {
+                ByteOp::Cat(d, ..) | ByteOp::Slice(d, ..) | ByteOp::Mov(d, _) | ByteOp::Ldc(d, _) => d,
+            };
+            model[usize::from(dst)] = value;
+            peak = peak.max(model.iter().map(Vec::len).sum());
+        }
+        for r in 0..4u8 {
+            instrs.push(Instr::Out { output: u16::from(r), src: r });
+        }
+        instrs.push(Instr::Halt {});
+        let s = script(
+            &instrs,
+            constants.into_iter().map(Constant::Bytes).collect(),
+            vec![],
+            (0..4).map(|r| decl(&alloc::format!("r{r}"), ValueType::Bytes)).collect(),
+        );
+        let report = run(&s);
+        if faulted {
+            prop_assert!(matches!(fault_kind(&report), Some(VmErrorKind::SliceOutOfRange { .. })), "{report:?}");
+        } else {
+            prop_assert_eq!(&report.outcome, &Outcome::Committed);
+            let got: Vec<Vec<u8>> = report.outputs.iter().map(|(_, v)| match v {
+                OutputValue::Bytes(b) => b.clone(),
+                OutputValue::Int(_) => Vec::new(),
+            }).collect();
+            prop_assert_eq!(got, model);
+            prop_assert_eq!(report.peak_memory, peak);
+        }
+    }
+}
