@@ -216,7 +216,7 @@ impl Receipt {
         report: &crate::vm::RunReport,
         air_time_us: Option<u64>,
     ) -> Self {
-        use crate::vm::{Outcome as VmOutcome, OutputValue};
+        use crate::vm::{Outcome as VmOutcome, OutputRef};
         let reason = |f: &crate::vm::Failure| {
             let mut r = alloc::format!("{f}");
             let mut cut = r.len().min(MAX_REASON);
@@ -255,12 +255,12 @@ impl Receipt {
             .take(MAX_FIELDS)
             .map(|(name, v)| {
                 let v = match v {
-                    OutputValue::Int(i) => FieldValue::Int(*i),
-                    OutputValue::Bytes(b) => {
+                    OutputRef::Int(i) => FieldValue::Int(i),
+                    OutputRef::Bytes(b) => {
                         FieldValue::Bytes(b[..b.len().min(MAX_FIELD_BYTES)].to_vec())
                     }
                 };
-                (String::from(&**name), v)
+                (String::from(name), v)
             })
             .collect();
         r.apdu_count = report.apdu_count;

@@ -51,7 +51,7 @@ use crate::script::DataScript;
 use crate::sim::{CardProfile, Fault, SimCard, m1};
 use crate::transport::{ApduLayer, CardTransport};
 use crate::verify::VerifiedProgram;
-use crate::vm::{ApduEvent, Outcome, OutputValue, RunReport, Tracer, Vm};
+use crate::vm::{ApduEvent, Outcome, OutputRef, RunReport, Tracer, Vm};
 
 /// Why a scenario file could not be read (a scenario that cannot run is a failed
 /// scenario, not an error).
@@ -668,10 +668,10 @@ fn card_balance(card: &SimCard, block: usize) -> Option<i64> {
     }
 }
 
-fn show_output(v: &OutputValue) -> String {
+fn show_output(v: OutputRef<'_>) -> String {
     match v {
-        OutputValue::Int(i) => i.to_string(),
-        OutputValue::Bytes(b) => format!("\"{}\"", hex(b)),
+        OutputRef::Int(i) => i.to_string(),
+        OutputRef::Bytes(b) => format!("\"{}\"", hex(b)),
     }
 }
 
@@ -727,8 +727,8 @@ fn check(
     for (name, want) in &e.fields {
         let got = report.output(name);
         let ok = match (want, got) {
-            (toml::Value::Integer(w), Some(OutputValue::Int(g))) => u64::try_from(*w) == Ok(*g),
-            (toml::Value::String(w), Some(OutputValue::Bytes(g))) => norm(w) == hex(g),
+            (toml::Value::Integer(w), Some(OutputRef::Int(g))) => u64::try_from(*w) == Ok(g),
+            (toml::Value::String(w), Some(OutputRef::Bytes(g))) => norm(w) == hex(g),
             _ => false,
         };
         if !ok {

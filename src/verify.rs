@@ -21,6 +21,7 @@ use crate::script::{
     CommandScript, Constant, DataScript, DebugInfo, Decl, FieldValue, Header, ValueType,
 };
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -155,7 +156,7 @@ pub struct VerifiedProgram {
     pub(crate) offsets: Vec<u32>,
     pub(crate) constants: Vec<Constant>,
     pub(crate) inputs: Vec<Decl>,
-    pub(crate) outputs: Vec<Decl>,
+    pub(crate) outputs: Arc<[Decl]>,
     pub(crate) debug: Option<DebugInfo>,
     pub(crate) max_call_depth: u32,
 }
@@ -186,7 +187,7 @@ impl VerifiedProgram {
             offsets: c.offsets,
             constants: script.constants.clone(),
             inputs: script.inputs.clone(),
-            outputs: script.outputs.clone(),
+            outputs: Arc::from(script.outputs.as_slice()),
             debug: script.debug.clone(),
             max_call_depth: c.max_call_depth,
         })
@@ -201,7 +202,7 @@ impl VerifiedProgram {
             offsets: c.offsets,
             constants: script.constants,
             inputs: script.inputs,
-            outputs: script.outputs,
+            outputs: Arc::from(script.outputs),
             debug: script.debug,
             max_call_depth: c.max_call_depth,
         })

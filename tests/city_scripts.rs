@@ -78,7 +78,7 @@ fn run_in<C: CardTransport>(dir: &str, flow: &str, data: &DataScript, card: &mut
 fn out(r: &RunReport, name: &str) -> OutputValue {
     r.output(name)
         .unwrap_or_else(|| panic!("no output {name} in {r:?}"))
-        .clone()
+        .to_value()
 }
 
 fn int(r: &RunReport, name: &str) -> u64 {

@@ -116,7 +116,7 @@ fn walkthrough_script_runs_on_a_simulated_card_and_its_scenarios_pass() {
     );
     assert_eq!(r.outcome, Outcome::Committed);
     assert_eq!(
-        r.outputs,
+        r.outputs.to_vec(),
         vec![
             (
                 "card_id".into(),

@@ -367,13 +367,13 @@ fn sim_city_tearing(ctx: &PcscContext) {
     card.reconnect(true).unwrap();
     let report = run_city(DIR, "recover", card.transaction().unwrap());
     assert_eq!(report.outcome, Outcome::Committed, "{report:?}");
-    let committed = report.output("committed").cloned();
+    let committed = report.output("committed").map(|v| v.to_value());
     assert_eq!(
         committed,
         Some(OutputValue::Int(0)),
         "the torn load never reached the card"
     );
-    let balance = report.output("balance").cloned();
+    let balance = report.output("balance").map(|v| v.to_value());
     assert_eq!(balance, Some(OutputValue::Int(500)));
     drop(card);
     handle.shutdown();

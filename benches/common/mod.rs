@@ -194,12 +194,12 @@ impl LoadCase {
 
 /// Inputs of the crypto share.
 pub struct CryptoInputs {
-    dlk: SecretKey,
-    dtk: SecretKey,
-    pkey_in: [u8; 8],
-    mac1_in: Vec<u8>,
-    mac2_in: Vec<u8>,
-    tac_in: Vec<u8>,
+    pub dlk: SecretKey,
+    pub dtk: SecretKey,
+    pub pkey_in: [u8; 8],
+    pub mac1_in: Vec<u8>,
+    pub mac2_in: Vec<u8>,
+    pub tac_in: Vec<u8>,
 }
 
 /// Records every command APDU and its raw response.

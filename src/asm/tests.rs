@@ -680,7 +680,7 @@ mod load_example {
     use super::*;
     use crate::script::DataScript;
     use crate::transport::{ApduLayer, CardTransport, TransportError};
-    use crate::vm::{Limits, NoTrace, Outcome, OutputValue, Vm};
+    use crate::vm::{Limits, NoTrace, Outcome, OutputRef, OutputValue, Vm};
 
     /// Answers like the card of the published PBOC load trace (reference/epurse.md).
     struct PublishedCard {
@@ -736,7 +736,7 @@ mod load_example {
                 0x80, 0x52, 0x00, 0x00, 0x0B, 0x20, 0x26, 0x11, 0x23, 0x12, 0x00, 0x00
             ]
         );
-        let out = |n: &str| report.output(n).cloned();
+        let out = |n: &str| report.output(n).map(OutputRef::to_value);
         assert_eq!(out("balance_before"), Some(OutputValue::Int(0)));
         assert_eq!(out("balance_after"), Some(OutputValue::Int(0x1234)));
         assert_eq!(out("atc"), Some(OutputValue::Int(0)));

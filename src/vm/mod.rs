@@ -13,9 +13,11 @@
 //!   failure or VM fault → failed before `commit_point`, **unknown** after it (the card
 //!   may or may not have committed: recovery must ask the card).
 
+mod outputs;
 mod trace;
 mod transcript;
 
+pub use outputs::{OutputRef, OutputValue, Outputs};
 pub use trace::{ApduEvent, KeyHandle, NoTrace, RegValue, RegView, Tracer};
 pub use transcript::TranscriptHasher;
 
@@ -25,7 +27,6 @@ use crate::script::{Constant, FieldValue, ValueType};
 use crate::transport::{Apdu, ApduError, ApduLayer, CardTransport, StatusWord, TransportError};
 use crate::verify::Bound;
 use alloc::string::String;
-use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 /// Resource limits of one run.
@@ -242,15 +243,6 @@ impl Outcome {
     }
 }
 
-/// A value written to a declared output.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OutputValue {
-    /// An integer.
-    Int(u64),
-    /// A byte string.
-    Bytes(Vec<u8>),
-}
-
 /// The last APDU exchange, for failure reports and recovery.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LastExchange {
@@ -265,9 +257,8 @@ pub struct LastExchange {
 pub struct RunReport {
     /// How it ended.
     pub outcome: Outcome,
-    /// Declared outputs that were written, in declaration order. The names are shared
-    /// with the program's declarations (no string is copied per run).
-    pub outputs: Vec<(Arc<str>, OutputValue)>,
+    /// Declared outputs that were written, in declaration order.
+    pub outputs: Outputs,
     /// APDUs sent.
     pub apdu_count: u32,
     /// Instructions executed.
@@ -282,11 +273,8 @@ pub struct RunReport {
 
 impl RunReport {
     /// The value written to output `name`, if the run wrote it.
-    pub fn output(&self, name: &str) -> Option<&OutputValue> {
-        self.outputs
-            .iter()
-            .find(|(n, _)| **n == *name)
-            .map(|(_, v)| v)
+    pub fn output(&self, name: &str) -> Option<OutputRef<'_>> {
+        self.outputs.get(name)
     }
 }
 
@@ -335,7 +323,8 @@ pub struct Vm {
     keys: Vec<Option<SecretKey>>,
     scratch: Vec<u8>,
     stack: Vec<u32>,
-    outputs: Vec<Option<OutputValue>>,
+    /// One slot per declared output, reused across runs like the registers.
+    outputs: Vec<Reg>,
     mem_used: usize,
     peak_memory: usize,
     ex: Exchanges,
@@ -431,8 +420,22 @@ impl Default for Vm {
 
 enum Stop {
     Halt,
-    Fail(u16, u32),
-    Transport(TransportError, u32),
+    Fail(u16),
+    Transport(TransportError),
+}
+
+/// Why [`Vm::step`] did not simply go on to the next instruction. Stops and faults
+/// share the error path so the common case, `Ok(())`, is one compare in the dispatch
+/// loop.
+enum Exit {
+    Stop(Stop),
+    Fault(VmErrorKind),
+}
+
+impl From<VmErrorKind> for Exit {
+    fn from(kind: VmErrorKind) -> Self {
+        Exit::Fault(kind)
+    }
 }
 
 fn int_of(regs: &[Reg], r: u8) -> Result<u64, VmErrorKind> {
@@ -526,8 +529,10 @@ impl Vm {
         self.keys.clear();
         self.keys.resize(usize::from(h.key_slots), None);
         self.stack.clear();
-        self.outputs.clear();
-        self.outputs.resize(bound.program.outputs.len(), None);
+        self.outputs.resize(bound.program.outputs.len(), Reg::EMPTY);
+        for o in &mut self.outputs {
+            o.tag = Tag::Unset;
+        }
         self.mem_used = 0;
         self.peak_memory = 0;
         self.ex = Exchanges::default();
@@ -662,9 +667,9 @@ impl Vm {
         let mut fuel_used = 0u64;
         let result = self.exec(&bound, card, tracer, &mut transcript, &mut fuel_used);
         let failure = match result {
-            Ok(Stop::Halt) => None,
-            Ok(Stop::Fail(code, offset)) => Some((Failure::Script { code, offset }, false)),
-            Ok(Stop::Transport(error, offset)) => {
+            Ok((Stop::Halt, _)) => None,
+            Ok((Stop::Fail(code), offset)) => Some((Failure::Script { code, offset }, false)),
+            Ok((Stop::Transport(error), offset)) => {
                 Some((Failure::Transport { error, offset }, true))
             }
             Err(e) => Some((Failure::Fault(e), true)),
@@ -676,13 +681,14 @@ impl Vm {
             }
             Some((f, _)) => Outcome::Failed(f),
         };
-        let written = self.outputs.iter().filter(|v| v.is_some()).count();
-        let mut outputs = Vec::with_capacity(written);
-        for (decl, v) in bound.program.outputs.iter().zip(self.outputs.iter_mut()) {
-            if let Some(v) = v.take() {
-                outputs.push((decl.name.clone(), v));
-            }
-        }
+        let outputs = Outputs::collect(
+            &bound.program.outputs,
+            self.outputs.iter().map(|o| match o.tag {
+                Tag::Unset => None,
+                Tag::Int => Some(OutputRef::Int(o.int)),
+                Tag::Bytes => Some(OutputRef::Bytes(&o.bytes)),
+            }),
+        );
         // Wipe derived keys now rather than at the next run.
         self.keys.clear();
         RunReport {
@@ -703,25 +709,30 @@ impl Vm {
         tracer: &mut R,
         transcript: &mut TranscriptHasher,
         fuel_used: &mut u64,
-    ) -> Result<Stop, VmError> {
+    ) -> Result<(Stop, u32), VmError> {
         let program = bound.program;
         let code = &program.code[..];
+        // The code offset of instruction `at`, looked up only when reported: the
+        // verifier made every index valid, and the fallback keeps this panic-free.
+        let offset_of = |at: usize| program.offsets.get(at).copied().unwrap_or(0);
         let mut pc = 0usize;
         loop {
-            let offset = program.offsets[pc];
-            let err = |kind| VmError { offset, kind };
+            let at = pc;
             if *fuel_used >= self.limits.fuel {
-                return Err(err(VmErrorKind::OutOfFuel(*fuel_used)));
+                return Err(VmError {
+                    offset: offset_of(at),
+                    kind: VmErrorKind::OutOfFuel(*fuel_used),
+                });
             }
             *fuel_used += 1;
-            let instr = code[pc];
-            tracer.step(offset, &instr);
+            let instr = &code[pc];
+            tracer.step(offset_of(at), instr);
             pc += 1;
-            match self.step(bound, instr, &mut pc, card, tracer, transcript, offset) {
-                Ok(None) => {
+            match self.step(bound, instr, &mut pc, card, tracer, transcript) {
+                Ok(()) => {
                     if tracer.wants_registers() {
                         tracer.after_step(
-                            offset,
+                            offset_of(at),
                             &RegView {
                                 regs: &self.regs,
                                 keys: &self.keys,
@@ -729,8 +740,13 @@ impl Vm {
                         );
                     }
                 }
-                Ok(Some(stop)) => return Ok(stop),
-                Err(kind) => return Err(err(kind)),
+                Err(Exit::Stop(stop)) => return Ok((stop, offset_of(at))),
+                Err(Exit::Fault(kind)) => {
+                    return Err(VmError {
+                        offset: offset_of(at),
+                        kind,
+                    });
+                }
             }
         }
     }
@@ -741,13 +757,12 @@ impl Vm {
     fn step<T: CardTransport, R: Tracer + ?Sized>(
         &mut self,
         bound: &Bound<'_>,
-        instr: Instr,
+        instr: &Instr,
         pc: &mut usize,
         card: &mut ApduLayer<T>,
         tracer: &mut R,
         transcript: &mut TranscriptHasher,
-        offset: u32,
-    ) -> Result<Option<Stop>, VmErrorKind> {
+    ) -> Result<(), Exit> {
         let program = bound.program;
         macro_rules! int_op {
             ($dst:expr, $a:expr, $b:expr, $f:expr) => {{
@@ -764,14 +779,14 @@ impl Vm {
                 }
             }};
         }
-        match instr {
+        match *instr {
             Instr::Nop {} => {}
-            Instr::Halt {} => return Ok(Some(Stop::Halt)),
-            Instr::Fail { code } => return Ok(Some(Stop::Fail(code, offset))),
+            Instr::Halt {} => return Err(Exit::Stop(Stop::Halt)),
+            Instr::Fail { code } => return Err(Exit::Stop(Stop::Fail(code))),
             Instr::Jmp { target } => *pc = target as usize,
             Instr::Call { target } => {
                 if self.stack.len() >= crate::verify::MAX_CALL_DEPTH as usize {
-                    return Err(VmErrorKind::CallStack);
+                    return Err(Exit::Fault(VmErrorKind::CallStack));
                 }
                 self.stack.push(*pc as u32);
                 *pc = target as usize;
@@ -783,17 +798,17 @@ impl Vm {
                 let equal = match (ra.tag, rb.tag) {
                     (Tag::Int, Tag::Int) => ra.int == rb.int,
                     (Tag::Bytes, Tag::Bytes) => ra.bytes == rb.bytes,
-                    (Tag::Unset, _) => return Err(VmErrorKind::Uninitialized(a)),
-                    (_, Tag::Unset) => return Err(VmErrorKind::Uninitialized(b)),
+                    (Tag::Unset, _) => return Err(Exit::Fault(VmErrorKind::Uninitialized(a))),
+                    (_, Tag::Unset) => return Err(Exit::Fault(VmErrorKind::Uninitialized(b))),
                     _ => {
-                        return Err(VmErrorKind::TypeMismatch {
+                        return Err(Exit::Fault(VmErrorKind::TypeMismatch {
                             reg: b,
                             expected: ra.kind_name(),
                             found: rb.kind_name(),
-                        });
+                        }));
                     }
                 };
-                if equal == matches!(instr, Instr::Beq { .. }) {
+                if equal == matches!(*instr, Instr::Beq { .. }) {
                     *pc = target as usize;
                 }
             }
@@ -823,7 +838,7 @@ impl Vm {
                         let n = reg.bytes.len();
                         self.set_from_regs(dst, &[(src, 0..n)])?;
                     }
-                    Tag::Unset => return Err(VmErrorKind::Uninitialized(src)),
+                    Tag::Unset => return Err(Exit::Fault(VmErrorKind::Uninitialized(src))),
                 }
             }
             Instr::Ldc { dst, index } => match &program.constants[usize::from(index)] {
@@ -837,38 +852,43 @@ impl Vm {
                 FieldValue::BcdDateTime(d) => self.set_bytes(dst, d)?,
                 // The verifier refuses ldin of key inputs and binding checks types.
                 FieldValue::Key(_) => {
-                    return Err(VmErrorKind::TypeMismatch {
+                    return Err(Exit::Fault(VmErrorKind::TypeMismatch {
                         reg: dst,
                         expected: "a value",
                         found: "a key",
-                    });
+                    }));
                 }
             },
             Instr::Ldkey { slot, input } => match bound.input(input) {
                 FieldValue::Key(k) => self.keys[usize::from(slot)] = Some(k.clone()),
-                _ => return Err(VmErrorKind::EmptyKeySlot(slot)),
+                _ => return Err(Exit::Fault(VmErrorKind::EmptyKeySlot(slot))),
             },
             Instr::Out { output, src } => {
                 let decl = &program.outputs[usize::from(output)];
                 let reg = &self.regs[usize::from(src)];
-                let value = match reg.tag {
-                    Tag::Int => OutputValue::Int(reg.int),
-                    Tag::Bytes => OutputValue::Bytes(reg.bytes.clone()),
-                    Tag::Unset => return Err(VmErrorKind::Uninitialized(src)),
-                };
-                let fits = match (&value, decl.ty) {
-                    (OutputValue::Int(v), ValueType::Int { bits }) => bits >= 64 || v >> bits == 0,
-                    (OutputValue::Bytes(_), ValueType::Bytes) => true,
-                    (OutputValue::Bytes(b), ValueType::BytesN { len }) => {
-                        b.len() == usize::from(len)
+                let fits = match (reg.tag, decl.ty) {
+                    (Tag::Unset, _) => {
+                        return Err(Exit::Fault(VmErrorKind::Uninitialized(src)));
                     }
-                    (OutputValue::Bytes(b), ValueType::BcdDateTime) => b.len() == 7,
+                    (Tag::Int, ValueType::Int { bits }) => bits >= 64 || reg.int >> bits == 0,
+                    (Tag::Bytes, ValueType::Bytes) => true,
+                    (Tag::Bytes, ValueType::BytesN { len }) => reg.bytes.len() == usize::from(len),
+                    (Tag::Bytes, ValueType::BcdDateTime) => reg.bytes.len() == 7,
                     _ => false,
                 };
                 if !fits {
-                    return Err(VmErrorKind::OutputType(String::from(&*decl.name)));
+                    return Err(Exit::Fault(VmErrorKind::OutputType(String::from(
+                        &*decl.name,
+                    ))));
                 }
-                self.outputs[usize::from(output)] = Some(value);
+                // Copied into the slot's own buffer: no allocation once it has grown.
+                let slot = &mut self.outputs[usize::from(output)];
+                slot.tag = reg.tag;
+                slot.int = reg.int;
+                slot.bytes.clear();
+                if reg.tag == Tag::Bytes {
+                    slot.bytes.extend_from_slice(&reg.bytes);
+                }
             }
             Instr::Add { dst, a, b } => int_op!(dst, a, b, |x: u64, y| x
                 .checked_add(y)
@@ -913,7 +933,7 @@ impl Vm {
                 let x = int_of(&self.regs, a)?;
                 let v = x << bits;
                 if v >> bits != x {
-                    return Err(VmErrorKind::Overflow);
+                    return Err(Exit::Fault(VmErrorKind::Overflow));
                 }
                 self.set_int(dst, v);
             }
@@ -921,10 +941,10 @@ impl Vm {
                 let (x, y) = (bytes_of(&self.regs, a)?, bytes_of(&self.regs, b)?);
                 let len = x.len() + y.len();
                 if len > self.limits.max_bytes {
-                    return Err(VmErrorKind::StringTooLong {
+                    return Err(Exit::Fault(VmErrorKind::StringTooLong {
                         len,
                         limit: self.limits.max_bytes,
-                    });
+                    }));
                 }
                 let (nx, ny) = (x.len(), y.len());
                 if dst == a && dst != b {
@@ -966,7 +986,7 @@ impl Vm {
             Instr::Xor { dst, a, b } => {
                 let (x, y) = (bytes_of(&self.regs, a)?, bytes_of(&self.regs, b)?);
                 if x.len() != y.len() {
-                    return Err(VmErrorKind::LengthMismatch(x.len(), y.len()));
+                    return Err(Exit::Fault(VmErrorKind::LengthMismatch(x.len(), y.len())));
                 }
                 self.scratch.clear();
                 self.scratch.extend(x.iter().zip(y).map(|(p, q)| p ^ q));
@@ -983,10 +1003,10 @@ impl Vm {
                 let block = usize::from(block);
                 let len = (s.len() / block + 1) * block;
                 if len > self.limits.max_bytes {
-                    return Err(VmErrorKind::StringTooLong {
+                    return Err(Exit::Fault(VmErrorKind::StringTooLong {
                         len,
                         limit: self.limits.max_bytes,
-                    });
+                    }));
                 }
                 self.scratch.clear();
                 crypto::pad_iso9797_m2(s, block, &mut self.scratch);
@@ -1000,7 +1020,7 @@ impl Vm {
                 let v = int_of(&self.regs, src)?;
                 let w = usize::from(width);
                 if w < 8 && v >> (8 * w) != 0 {
-                    return Err(VmErrorKind::DoesNotFit(width));
+                    return Err(Exit::Fault(VmErrorKind::DoesNotFit(width)));
                 }
                 self.scratch.clear();
                 self.scratch.extend_from_slice(&v.to_be_bytes()[8 - w..]);
@@ -1009,7 +1029,7 @@ impl Vm {
             Instr::FromBe { dst, src } => {
                 let s = bytes_of(&self.regs, src)?;
                 if s.len() > 8 {
-                    return Err(VmErrorKind::IntTooWide(s.len()));
+                    return Err(Exit::Fault(VmErrorKind::IntTooWide(s.len())));
                 }
                 let v = s.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
                 self.set_int(dst, v);
@@ -1026,20 +1046,20 @@ impl Vm {
                     *byte = (hi << 4) | lo;
                 }
                 if v != 0 {
-                    return Err(VmErrorKind::DoesNotFit(width));
+                    return Err(Exit::Fault(VmErrorKind::DoesNotFit(width)));
                 }
                 self.set_bytes(dst, &buf[..w])?;
             }
             Instr::FromBcd { dst, src } => {
                 let s = bytes_of(&self.regs, src)?;
                 if s.len() > 9 {
-                    return Err(VmErrorKind::BadBcd);
+                    return Err(Exit::Fault(VmErrorKind::BadBcd));
                 }
                 let mut v = 0u64;
                 for b in s {
                     let (hi, lo) = (b >> 4, b & 0xF);
                     if hi > 9 || lo > 9 {
-                        return Err(VmErrorKind::BadBcd);
+                        return Err(Exit::Fault(VmErrorKind::BadBcd));
                     }
                     v = v * 100 + u64::from(hi) * 10 + u64::from(lo);
                 }
@@ -1048,10 +1068,10 @@ impl Vm {
             Instr::Fill { dst, byte, count } => {
                 let n = usize::from(count);
                 if n > self.limits.max_bytes {
-                    return Err(VmErrorKind::StringTooLong {
+                    return Err(Exit::Fault(VmErrorKind::StringTooLong {
                         len: n,
                         limit: self.limits.max_bytes,
-                    });
+                    }));
                 }
                 self.scratch.clear();
                 self.scratch.resize(n, byte);
@@ -1075,7 +1095,7 @@ impl Vm {
                     self.limits,
                 )? {
                     Ok(()) => self.set_from_scratch(resp)?,
-                    Err(e) => return Ok(Some(Stop::Transport(e, offset))),
+                    Err(e) => return Err(Exit::Stop(Stop::Transport(e))),
                 }
             }
             Instr::MkApdu {
@@ -1086,11 +1106,11 @@ impl Vm {
             } => {
                 let (h, d) = (bytes_of(&self.regs, header)?, bytes_of(&self.regs, data)?);
                 if h.len() != 4 {
-                    return Err(VmErrorKind::InputLength {
+                    return Err(Exit::Fault(VmErrorKind::InputLength {
                         op: "mkapdu header",
                         expected: 4,
                         found: h.len(),
-                    });
+                    }));
                 }
                 let le = (le != 0).then_some(le);
                 let apdu = Apdu::new(h[0], h[1], h[2], h[3], d, le);
@@ -1115,7 +1135,7 @@ impl Vm {
             }
             Instr::Expect { pattern, code } => {
                 if !pattern.matches(self.ex.sw.ok_or(VmErrorKind::NoStatusWord)?.0) {
-                    return Ok(Some(Stop::Fail(code, offset)));
+                    return Err(Exit::Stop(Stop::Fail(code)));
                 }
             }
             Instr::Uid { dst } => {
@@ -1162,7 +1182,7 @@ impl Vm {
                 let expected = crypto::pboc_mac(k, bytes_of(&self.regs, data)?)
                     .map_err(VmErrorKind::Crypto)?;
                 if !crypto::ct_eq(&expected, bytes_of(&self.regs, mac)?) {
-                    return Ok(Some(Stop::Fail(code, offset)));
+                    return Err(Exit::Stop(Stop::Fail(code)));
                 }
             }
             Instr::TacKey { dst, src } => {
@@ -1187,7 +1207,7 @@ impl Vm {
                 let k = slot_key(&self.keys, key, "enc/dec", &[KeyUsage::Encrypt])?;
                 let d = bytes_of(&self.regs, data)?;
                 self.scratch.clear();
-                let r = if matches!(instr, Instr::Encrypt { .. }) {
+                let r = if matches!(*instr, Instr::Encrypt { .. }) {
                     crypto::ecb_encrypt(k, d, &mut self.scratch)
                 } else {
                     crypto::ecb_decrypt(k, d, &mut self.scratch)
@@ -1204,11 +1224,11 @@ impl Vm {
                     .as_ref()
                     .ok_or(VmErrorKind::EmptyKeySlot(key))?;
                 if k.alg() != KeyAlg::M1 {
-                    return Err(VmErrorKind::KeyUsage {
+                    return Err(Exit::Fault(VmErrorKind::KeyUsage {
                         slot: key,
                         usage: k.usage().name(),
                         op: "ldrkey (M1 keys only)",
-                    });
+                    }));
                 }
                 // FF 82 00 keyNo 06 key(6): the only APDU that carries key bytes. The
                 // transcript hashes it with the key replaced by zeros; the trace sees only
@@ -1231,7 +1251,7 @@ impl Vm {
                     shown,
                     self.limits,
                 )? {
-                    return Ok(Some(Stop::Transport(e, offset)));
+                    return Err(Exit::Stop(Stop::Transport(e)));
                 }
             }
             Instr::CtEq { dst, a, b } => {
@@ -1239,7 +1259,7 @@ impl Vm {
                 self.set_int(dst, u64::from(eq));
             }
         }
-        Ok(None)
+        Ok(())
     }
 }
 

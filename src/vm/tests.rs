@@ -146,7 +146,7 @@ fn arithmetic_and_outputs() {
     let r = run(&s);
     assert_eq!(r.outcome, Outcome::Committed);
     assert_eq!(
-        r.outputs,
+        r.outputs.to_vec(),
         vec![
             ("sum".into(), OutputValue::Int(42)),
             ("sum_be".into(), OutputValue::Bytes(vec![0, 0, 0, 42]))
@@ -362,7 +362,7 @@ fn get_response_is_followed() {
     };
     let (r, c) = run_with(&s, &DataScript::default(), card, Limits::default());
     assert_eq!(
-        r.outputs,
+        r.outputs.to_vec(),
         vec![("data".into(), OutputValue::Bytes(vec![1, 2, 3]))]
     );
     assert_eq!(c.commands[1], vec![0x00, 0xC0, 0x00, 0x00, 0x03]);
@@ -1033,8 +1033,8 @@ proptest! {
         } else {
             prop_assert_eq!(&report.outcome, &Outcome::Committed);
             let got: Vec<Vec<u8>> = report.outputs.iter().map(|(_, v)| match v {
-                OutputValue::Bytes(b) => b.clone(),
-                OutputValue::Int(_) => Vec::new(),
+                OutputRef::Bytes(b) => b.to_vec(),
+                OutputRef::Int(_) => Vec::new(),
             }).collect();
             prop_assert_eq!(got, model);
             prop_assert_eq!(report.peak_memory, peak);
