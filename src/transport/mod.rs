@@ -215,6 +215,17 @@ impl<T: CardTransport> ApduLayer<T> {
         data: &mut Vec<u8>,
     ) -> Result<StatusWord, TransportError> {
         let apdu = Apdu::parse(command).map_err(TransportError::MalformedCommand)?;
+        self.exchange_parsed(command, &apdu, data)
+    }
+
+    /// [`ApduLayer::exchange`] for a caller that has already parsed `command` into
+    /// `apdu` (the VM checks every command before it counts as sent).
+    pub(crate) fn exchange_parsed(
+        &mut self,
+        command: &[u8],
+        apdu: &Apdu<'_>,
+        data: &mut Vec<u8>,
+    ) -> Result<StatusWord, TransportError> {
         data.clear();
         let mut sw = self.transmit_raw(command, apdu.max_response())?;
         self.take_data(data);

@@ -351,8 +351,10 @@ struct Exchanges {
 
 impl Exchanges {
     /// Sends `command`, leaving the response data in `scratch`. The outer error is a VM
-    /// fault (APDU limit); the inner one the transport's, which ends the run.
+    /// fault (APDU limit, malformed command); the inner one the transport's, which ends
+    /// the run.
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     fn send<T: CardTransport, R: Tracer + ?Sized>(
         &mut self,
         card: &mut ApduLayer<T>,
@@ -366,13 +368,14 @@ impl Exchanges {
         if self.count >= limits.max_apdus {
             return Err(VmErrorKind::TooManyApdus(limits.max_apdus));
         }
+        let apdu = Apdu::parse(command).map_err(VmErrorKind::BadApdu)?;
         self.count += 1;
         let mut header = [0u8; 4];
         header.copy_from_slice(&command[..4]);
         self.last = Some(LastExchange { header, sw: None });
         transcript.command(shown.hashed);
         tracer.before_apdu();
-        let result = card.exchange(command, scratch);
+        let result = card.exchange_parsed(command, &apdu, scratch);
         let event = |response, sw, error| ApduEvent {
             index: self.count,
             command: shown.traced,
@@ -532,6 +535,7 @@ impl Vm {
         self.outputs.resize(bound.program.outputs.len(), Reg::EMPTY);
         for o in &mut self.outputs {
             o.tag = Tag::Unset;
+            o.bytes.clear();
         }
         self.mem_used = 0;
         self.peak_memory = 0;
@@ -602,22 +606,23 @@ impl Vm {
         Ok(())
     }
 
-    /// Writes `parts` of other registers, concatenated, into register `dst`: one copy,
-    /// straight into `dst`'s buffer. The caller checked that every part is a byte string
-    /// and that none of them is `dst` itself.
+    /// `dst = a[ra] ‖ b[rb]`, copied straight into `dst`'s buffer (`rb` may be empty).
+    /// The caller checked that `a` and `b` hold byte strings, the ranges, and that
+    /// neither source is `dst` itself.
     #[inline]
     fn set_from_regs(
         &mut self,
         dst: u8,
-        parts: &[(u8, core::ops::Range<usize>)],
+        (a, ra): (u8, core::ops::Range<usize>),
+        (b, rb): (u8, core::ops::Range<usize>),
     ) -> Result<(), VmErrorKind> {
-        let len = parts.iter().map(|(_, r)| r.len()).sum();
-        self.reserve(dst, len)?;
+        self.reserve(dst, ra.len() + rb.len())?;
         // Taking the buffer out (no allocation) lets the sources be read while it fills.
         let mut buf = core::mem::take(&mut self.regs[usize::from(dst)].bytes);
         buf.clear();
-        for (src, range) in parts {
-            buf.extend_from_slice(&self.regs[usize::from(*src)].bytes[range.clone()]);
+        buf.extend_from_slice(&self.regs[usize::from(a)].bytes[ra]);
+        if !rb.is_empty() {
+            buf.extend_from_slice(&self.regs[usize::from(b)].bytes[rb]);
         }
         let reg = &mut self.regs[usize::from(dst)];
         reg.bytes = buf;
@@ -634,7 +639,7 @@ impl Vm {
         range: core::ops::Range<usize>,
     ) -> Result<(), VmErrorKind> {
         if dst != src {
-            return self.set_from_regs(dst, &[(src, range)]);
+            return self.set_from_regs(dst, (src, range), (src, 0..0));
         }
         // In place: move the slice to the front and cut.
         self.reserve(dst, range.len())?;
@@ -681,14 +686,20 @@ impl Vm {
             }
             Some((f, _)) => Outcome::Failed(f),
         };
-        let outputs = Outputs::collect(
-            &bound.program.outputs,
-            self.outputs.iter().map(|o| match o.tag {
-                Tag::Unset => None,
-                Tag::Int => Some(OutputRef::Int(o.int)),
-                Tag::Bytes => Some(OutputRef::Bytes(&o.bytes)),
-            }),
-        );
+        let (mut count, mut bytes) = (0, 0);
+        for o in &self.outputs {
+            count += usize::from(o.tag != Tag::Unset);
+            bytes += o.bytes.len();
+        }
+        let mut outputs = Outputs::with_capacity(&bound.program.outputs, count, bytes);
+        for (i, o) in self.outputs.iter().enumerate() {
+            // Declaration counts are u16 (MAX_ENTRIES).
+            match o.tag {
+                Tag::Unset => {}
+                Tag::Int => outputs.push(i as u16, OutputRef::Int(o.int)),
+                Tag::Bytes => outputs.push(i as u16, OutputRef::Bytes(&o.bytes)),
+            }
+        }
         // Wipe derived keys now rather than at the next run.
         self.keys.clear();
         RunReport {
@@ -836,7 +847,7 @@ impl Vm {
                     Tag::Bytes if dst == src => {}
                     Tag::Bytes => {
                         let n = reg.bytes.len();
-                        self.set_from_regs(dst, &[(src, 0..n)])?;
+                        self.set_from_regs(dst, (src, 0..n), (src, 0..0))?;
                     }
                     Tag::Unset => return Err(Exit::Fault(VmErrorKind::Uninitialized(src))),
                 }
@@ -954,7 +965,7 @@ impl Vm {
                     self.regs[usize::from(dst)].bytes.extend_from_slice(&tail);
                     self.regs[usize::from(b)].bytes = tail;
                 } else if dst != a && dst != b {
-                    self.set_from_regs(dst, &[(a, 0..nx), (b, 0..ny)])?;
+                    self.set_from_regs(dst, (a, 0..nx), (b, 0..ny))?;
                 } else {
                     self.scratch.clear();
                     self.scratch.extend_from_slice(x);
@@ -1079,7 +1090,6 @@ impl Vm {
             }
             Instr::Apdu { resp, cmd } => {
                 let command = bytes_of(&self.regs, cmd)?;
-                Apdu::parse(command).map_err(VmErrorKind::BadApdu)?;
                 let shown = Shown {
                     hashed: command,
                     traced: command,

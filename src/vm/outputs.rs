@@ -69,44 +69,31 @@ pub struct Outputs {
 }
 
 impl Outputs {
-    /// Builds the outputs from per-declaration values (`None`: not written). Allocates
-    /// twice at most: the entries and one buffer for all byte strings.
-    pub(crate) fn collect<'v>(
-        decls: &Arc<[Decl]>,
-        values: impl Iterator<Item = Option<OutputRef<'v>>> + Clone,
-    ) -> Self {
-        let mut count = 0;
-        let mut total = 0;
-        for v in values.clone().flatten() {
-            count += 1;
-            if let OutputRef::Bytes(b) = v {
-                total += b.len();
-            }
-        }
-        let mut written = Vec::with_capacity(count);
-        let mut bytes = Vec::with_capacity(total);
-        for (i, v) in values.enumerate() {
-            let slot = match v {
-                None => continue,
-                Some(OutputRef::Int(v)) => Slot::Int(v),
-                Some(OutputRef::Bytes(b)) => {
-                    // The VM's string limit keeps every offset far below u32::MAX.
-                    let start = bytes.len() as u32;
-                    bytes.extend_from_slice(b);
-                    Slot::Bytes {
-                        start,
-                        end: bytes.len() as u32,
-                    }
-                }
-            };
-            // Declaration counts are u16 (MAX_ENTRIES).
-            written.push((i as u16, slot));
-        }
+    /// Empty outputs of a program with `decls`, with room for `count` entries and
+    /// `bytes` bytes of byte-string values: the only allocations a report makes.
+    pub(crate) fn with_capacity(decls: &Arc<[Decl]>, count: usize, bytes: usize) -> Self {
         Outputs {
             decls: decls.clone(),
-            written,
-            bytes,
+            written: Vec::with_capacity(count),
+            bytes: Vec::with_capacity(bytes),
         }
+    }
+
+    /// Records `value` for declaration `index`. Entries are pushed in declaration order.
+    pub(crate) fn push(&mut self, index: u16, value: OutputRef<'_>) {
+        let slot = match value {
+            OutputRef::Int(v) => Slot::Int(v),
+            OutputRef::Bytes(b) => {
+                // The VM's string limit keeps every offset far below u32::MAX.
+                let start = self.bytes.len() as u32;
+                self.bytes.extend_from_slice(b);
+                Slot::Bytes {
+                    start,
+                    end: self.bytes.len() as u32,
+                }
+            }
+        };
+        self.written.push((index, slot));
     }
 
     /// How many outputs were written.
@@ -173,14 +160,23 @@ mod tests {
             .collect()
     }
 
+    fn collect(values: &[Option<OutputRef<'_>>]) -> Outputs {
+        let mut o = Outputs::with_capacity(&decls(), values.len(), 16);
+        for (i, v) in values.iter().enumerate() {
+            if let Some(v) = v {
+                o.push(i as u16, *v);
+            }
+        }
+        o
+    }
+
     #[test]
     fn written_outputs_keep_declaration_order_and_values() {
-        let values = [
+        let o = collect(&[
             Some(OutputRef::Bytes(&[1, 2][..])),
             None,
             Some(OutputRef::Int(7)),
-        ];
-        let o = Outputs::collect(&decls(), values.iter().copied());
+        ]);
         assert_eq!(o.len(), 2);
         assert_eq!(o.get("a"), Some(OutputRef::Bytes(&[1, 2])));
         assert_eq!(o.get("b"), None);
@@ -200,12 +196,11 @@ mod tests {
 
     #[test]
     fn byte_values_share_one_buffer_without_bleeding_into_each_other() {
-        let values = [
+        let o = collect(&[
             Some(OutputRef::Bytes(&[1, 2, 3][..])),
             Some(OutputRef::Bytes(&[][..])),
             Some(OutputRef::Bytes(&[4][..])),
-        ];
-        let o = Outputs::collect(&decls(), values.iter().copied());
+        ]);
         let got: Vec<_> = o.iter().collect();
         assert_eq!(
             got,

@@ -1041,3 +1041,62 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_malformed_command_is_a_fault_and_never_reaches_the_card() {
+    let s = script(
+        &[
+            Instr::Ldc { dst: 0, index: 0 },
+            Instr::Apdu { resp: 1, cmd: 0 },
+            Instr::Halt {},
+        ],
+        // Lc says 5 data bytes, 1 follows.
+        vec![Constant::Bytes(vec![0x00, 0xA4, 0x04, 0x00, 0x05, 0xA0])],
+        vec![],
+        vec![],
+    );
+    let (report, card) = run_with(&s, &DataScript::default(), ok_card(), Limits::default());
+    assert!(
+        matches!(fault_kind(&report), Some(VmErrorKind::BadApdu(_))),
+        "{report:?}"
+    );
+    assert_eq!(report.apdu_count, 0);
+    assert!(card.commands.is_empty());
+}
+
+#[test]
+fn a_reused_binding_follows_each_data_scripts_field_order() {
+    let p = VerifiedProgram::verify(&load_program()).unwrap();
+    let data = load_data();
+    let mut reversed = load_data();
+    reversed.fields.reverse();
+    let mut missing = load_data();
+    missing.fields.retain(|f| f.name != "terminal");
+    let mut binding = crate::verify::Binding::default();
+    for d in [&data, &reversed, &data, &reversed] {
+        let bound = p.bind_into(d, &mut binding).unwrap();
+        for (i, decl) in p.inputs().iter().enumerate() {
+            let want = &d
+                .fields
+                .iter()
+                .find(|f| *f.name == *decl.name)
+                .unwrap()
+                .value;
+            let got = bound.input(i as u16);
+            assert!(
+                core::ptr::eq(want, got),
+                "input {} bound to the wrong field",
+                decl.name
+            );
+        }
+        // The reused binding is what a fresh one would be.
+        assert_eq!(binding, p.bind(d).unwrap());
+    }
+    assert_eq!(
+        p.bind_into(&missing, &mut binding).err(),
+        Some(crate::verify::BindError::MissingInput("terminal".into()))
+    );
+    // A failed bind leaves nothing stale behind: the next one is still right.
+    p.bind_into(&reversed, &mut binding).unwrap();
+    assert_eq!(binding, p.bind(&reversed).unwrap());
+}
