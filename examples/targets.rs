@@ -3,7 +3,10 @@
 //!
 //! `cargo run --release --example targets`
 //!
-//! Simple timing loops: warm-up, then the median of many samples. Method of the
+//! Timing: the load shares (cardvm, Lua, card model, crypto) are measured side by side,
+//! interleaved in rounds of short batches, so drift on a shared machine hits them alike;
+//! each figure is the median over rounds, and each ratio the median of the per-round
+//! ratios. Other figures: warm-up, then the median of many samples. Method of the
 //! total / card / crypto / overhead split: benches/common/mod.rs. Memory: a counting
 //! global allocator (peak live heap bytes of a cold VM's load, above the baseline).
 
@@ -54,29 +57,87 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 const SAMPLES: usize = 2001;
+/// Rounds of the interleaved load measurement, and transactions per batch.
+const ROUNDS: usize = 101;
+const BATCH: usize = 50;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
 
-/// Median ns of `f` on a fresh card each time (cards are built untimed).
-fn per_card<R>(case: &LoadCase, mut f: impl FnMut(cardvm::sim::SimCard) -> R) -> f64 {
-    let mut cards: Vec<_> = (0..SAMPLES + 200).map(|_| case.card()).collect();
-    let mut t = Vec::with_capacity(SAMPLES);
-    for i in 0..SAMPLES + 200 {
-        let card = cards.pop().unwrap();
-        let s = Instant::now();
+/// Mean time of one transaction over a batch of fresh cards (built outside the timing).
+fn batch_on_cards<R>(case: &LoadCase, mut f: impl FnMut(cardvm::sim::SimCard) -> R) -> f64 {
+    let mut cards: Vec<_> = (0..BATCH).map(|_| case.card()).collect();
+    let s = Instant::now();
+    while let Some(card) = cards.pop() {
         black_box(f(card));
-        let ns = s.elapsed().as_nanos() as f64;
-        if i >= 200 {
-            t.push(ns);
-        }
     }
-    median(t)
+    s.elapsed().as_nanos() as f64 / BATCH as f64
 }
 
-/// Median ns per call of `f`, measured in batches of `batch`.
+/// Mean time of one call over a batch.
+fn batch_of_calls<R>(mut f: impl FnMut() -> R) -> f64 {
+    let s = Instant::now();
+    for _ in 0..BATCH {
+        black_box(f());
+    }
+    s.elapsed().as_nanos() as f64 / BATCH as f64
+}
+
+/// The load shares of one case, in ns, medians over interleaved rounds.
+struct LoadShares {
+    total: f64,
+    lua: f64,
+    card: f64,
+    crypto: f64,
+    transcript: f64,
+    vm_overhead: f64,
+    lua_overhead: f64,
+    /// Median of the per-round ratios Lua overhead / cardvm overhead.
+    overhead_ratio: f64,
+    /// Median of the per-round ratios Lua total / cardvm total.
+    total_ratio: f64,
+}
+
+fn load_shares(case: &LoadCase, peer: &LuaPeer) -> LoadShares {
+    let mut reader = common::Reader::default();
+    let inputs = case.crypto_inputs();
+    let mut rounds: Vec<[f64; 5]> = Vec::with_capacity(ROUNDS);
+    for i in 0..ROUNDS + 10 {
+        let r = [
+            batch_on_cards(case, |mut card| run_vm(case, &mut reader, &mut card)),
+            batch_on_cards(case, |card| peer.run(case, card)),
+            batch_on_cards(case, |mut card| case.replay_on(&mut card)),
+            batch_of_calls(|| case.crypto_only(&inputs)),
+            batch_of_calls(|| case.transcript_only()),
+        ];
+        // The first rounds warm up.
+        if i >= 10 {
+            rounds.push(r);
+        }
+    }
+    let col = |k: usize| median(rounds.iter().map(|r| r[k]).collect());
+    let vm_over = |r: &[f64; 5]| r[0] - r[2] - r[3] - r[4];
+    let lua_over = |r: &[f64; 5]| r[1] - r[2] - r[3];
+    LoadShares {
+        total: col(0),
+        lua: col(1),
+        card: col(2),
+        crypto: col(3),
+        transcript: col(4),
+        vm_overhead: median(rounds.iter().map(vm_over).collect()),
+        lua_overhead: median(rounds.iter().map(lua_over).collect()),
+        overhead_ratio: median(
+            rounds
+                .iter()
+                .map(|r| lua_over(r) / vm_over(r).max(1.0))
+                .collect(),
+        ),
+        total_ratio: median(rounds.iter().map(|r| r[1] / r[0]).collect()),
+    }
+}
+
 fn per_call<R>(batch: usize, mut f: impl FnMut() -> R) -> f64 {
     for _ in 0..batch * 20 {
         black_box(f());
@@ -111,18 +172,16 @@ impl Report {
 fn main() {
     let mut r = Report { fails: 0 };
     let peer = LuaPeer::new();
-    println!("DESIGN §5 targets (median of {SAMPLES} samples each; host: this machine)\n");
+    println!(
+        "DESIGN §5 targets (loads: medians over {ROUNDS} interleaved rounds of {BATCH}; \
+         others: median of {SAMPLES} samples; host: this machine)\n"
+    );
     for case in cases() {
         check_lua(&case, &peer);
-        let mut reader = common::Reader::default();
-        let total = per_card(&case, |mut card| run_vm(&case, &mut reader, &mut card));
-        let lua = per_card(&case, |card| peer.run(&case, card));
-        let card_only = per_card(&case, |mut card| case.replay_on(&mut card));
-        let inputs = case.crypto_inputs();
-        let crypto = per_call(200, || case.crypto_only(&inputs));
-        let transcript = per_call(200, || case.transcript_only());
-        let vm_over = total - card_only - crypto - transcript;
-        let lua_over = lua - card_only - crypto;
+        let s = load_shares(&case, &peer);
+        let (total, lua, card_only, crypto, transcript) =
+            (s.total, s.lua, s.card, s.crypto, s.transcript);
+        let (vm_over, lua_over) = (s.vm_overhead, s.lua_overhead);
         let air_us = air_time_us(&case) as f64;
         let n = case.name;
         println!(
@@ -148,7 +207,7 @@ fn main() {
         r.line(
             &format!("{n}: cardvm faster end to end than Lua"),
             format!("{:.2} µs", total / 1e3),
-            format!("Lua/cardvm = {:.2}x", lua / total),
+            format!("Lua/cardvm = {:.2}x", s.total_ratio),
             total < lua,
         );
         r.line(
@@ -157,9 +216,9 @@ fn main() {
             format!(
                 "Lua overhead {:.3} µs = {:.1}x",
                 lua_over / 1e3,
-                lua_over / vm_over.max(1.0)
+                s.overhead_ratio
             ),
-            lua_over >= 5.0 * vm_over,
+            s.overhead_ratio >= 5.0,
         );
         r.line(
             &format!("{n}: host time < 1% of air time at 106 kbit/s"),
