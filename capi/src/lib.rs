@@ -47,7 +47,7 @@ use cardvm_core::receipt::{FieldValue, Receipt};
 use cardvm_core::script::{CommandScript, DataScript};
 use cardvm_core::sim::{CardProfile, SimCard};
 use cardvm_core::transport::{ApduLayer, CardTransport, TransportError};
-use cardvm_core::verify::VerifiedProgram;
+use cardvm_core::verify::{Binding, VerifiedProgram};
 use cardvm_core::vm::{Limits, NoTrace, Outcome, Vm};
 use core::ffi::{c_char, c_int, c_void};
 use registry::{Table, lock, try_lock};
@@ -261,7 +261,9 @@ struct Keys {
 }
 
 struct Ctx {
-    limits: Limits,
+    /// Kept across runs with the binding storage: a warm run allocates only its report.
+    vm: Vm,
+    binding: Binding,
     keys: Option<Keys>,
     reader_id: String,
     card_id: Vec<u8>,
@@ -345,7 +347,8 @@ pub unsafe extern "C" fn cardvm_ctx_new(limits: *const cardvm_limits) -> cardvm_
             limits_from(&l)?
         };
         Ok(CONTEXTS.insert(Ctx {
-            limits,
+            vm: Vm::new(limits),
+            binding: Binding::default(),
             keys: None,
             reader_id: String::from("local"),
             card_id: Vec::new(),
@@ -607,14 +610,11 @@ pub unsafe extern "C" fn cardvm_run(
                     "load a command script and a data script before cardvm_run",
                 ));
             };
-            let binding = program
-                .bind(data)
-                .map_err(|e| Error::new(CARDVM_E_SCRIPT, format!("data script: {e}")))?;
             let bound = program
-                .with_data(data, &binding)
+                .bind_into(data, &mut c.binding)
                 .map_err(|e| Error::new(CARDVM_E_SCRIPT, format!("data script: {e}")))?;
             let mut layer = ApduLayer::new(CallbackCard { f, user });
-            let report = Vm::new(c.limits).run(bound, &mut layer, &mut NoTrace);
+            let report = c.vm.run(bound, &mut layer, &mut NoTrace);
             let receipt =
                 Receipt::from_run(program.header(), &c.reader_id, &c.card_id, &report, None);
             let o = match report.outcome {

@@ -209,6 +209,14 @@ fn a_load_through_the_callback_commits_and_the_receipt_says_so() {
         "JSON and bytes agree"
     );
 
+    // A second load on the same context (its VM and binding are reused) and card.
+    let mut tx = Tx::new(sim);
+    assert_eq!(run(ctx, &mut tx), (CARDVM_OK, CARDVM_OUTCOME_COMMITTED));
+    assert_eq!(field(ctx, c"balance_before").unwrap(), 10_500);
+    assert_eq!(field(ctx, c"balance_after").unwrap(), 20_500);
+    assert_eq!(unsafe { cardvm_sim_balance(sim, &mut bal) }, CARDVM_OK);
+    assert_eq!(bal, 20_500);
+
     assert_eq!(cardvm_ctx_free(ctx), CARDVM_OK);
     assert_eq!(cardvm_sim_free(sim), CARDVM_OK);
 }
