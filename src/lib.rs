@@ -26,6 +26,35 @@
 //! | real readers | `pcsc` (feature `pcsc`) |
 //!
 //! The core builds with `--no-default-features` under `#![no_std]` + `alloc`.
+//!
+//! ## A reader's transaction loop
+//!
+//! Verify a command script once (cache it per city and version); per transaction, bind
+//! that transaction's data script and run. A [`vm::Vm`] and a [`verify::Binding`] kept
+//! between transactions make a warm run allocate only its report.
+//!
+//! ```
+//! use cardvm::asm::{assemble_file, compile_data, AsmOptions};
+//! use cardvm::sim::SimCard;
+//! use cardvm::transport::ApduLayer;
+//! use cardvm::verify::{Binding, VerifiedProgram};
+//! use cardvm::vm::{NoTrace, Outcome, OutputRef, Vm};
+//!
+//! let script = assemble_file("scripts/examples/load.casm".as_ref(), &AsmOptions::default())?;
+//! let program = VerifiedProgram::verify(&script.script)?; // once, then cached
+//! let (mut vm, mut binding) = (Vm::default(), Binding::default());
+//! let mut card = SimCard::load("scripts/cards/cpu_des3.toml".as_ref())?;
+//! for _ in 0..2 {
+//!     let data = compile_data(&std::fs::read_to_string("scripts/examples/load.toml")?)?;
+//!     let bound = program.bind_into(&data, &mut binding)?;
+//!     let report = vm.run(bound, &mut ApduLayer::new(&mut card), &mut NoTrace);
+//!     assert_eq!(report.outcome, Outcome::Committed);
+//!     if let Some(OutputRef::Int(after)) = report.output("balance_after") {
+//!         println!("balance after: {after}");
+//!     }
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
