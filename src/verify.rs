@@ -554,10 +554,14 @@ fn call_depth(code: &[Instr], offsets: &[u32]) -> Result<u32, VerifyError> {
     let mut entries: Vec<u32> = vec![0];
     let mut callees: Vec<Vec<usize>> = Vec::new();
     let mut seen = vec![u32::MAX; code.len()]; // last routine that visited each instruction
+    // One work list for every routine, sized so it never grows: each instruction is
+    // pushed at most twice per visit (its branch target and its successor).
+    let mut stack: Vec<u32> = Vec::with_capacity(2 * code.len() + 1);
     let mut r = 0;
     while r < entries.len() {
         let mut calls = Vec::new();
-        let mut stack = vec![entries[r]];
+        stack.clear();
+        stack.push(entries[r]);
         while let Some(i) = stack.pop() {
             let iu = i as usize;
             if seen[iu] == r as u32 {
