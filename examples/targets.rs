@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use cardvm::script::CommandScript;
+use cardvm::transport::ApduLayer;
 use cardvm::verify::VerifiedProgram;
 use cardvm::vm::Vm;
 use common::{LoadCase, LuaPeer, air_time_us, cases, check_lua, run_vm};
@@ -238,14 +239,19 @@ fn main() {
         let report = run_vm(&case, &mut cold, &mut card);
         let heap = PEAK.load(Ordering::SeqCst) - base;
         drop(report);
-        let state = heap + std::mem::size_of::<Vm>();
+        // The VM and the APDU layer (its short-response buffer is inline) live on the
+        // stack or in the caller's struct: counted by size.
+        let (vm_size, layer_size) = (
+            std::mem::size_of::<Vm>(),
+            std::mem::size_of::<ApduLayer<&mut cardvm::sim::SimCard>>(),
+        );
+        let state = heap + vm_size + layer_size;
         r.line(
             &format!("{n}: VM state for a load < 8 KiB"),
             format!("{state} B"),
             format!(
-                "{:.2}x of target (heap peak {heap} B incl. card model, Vm {} B)",
+                "{:.2}x of target (heap peak {heap} B incl. card model, Vm {vm_size} B, layer {layer_size} B)",
                 state as f64 / 8192.0,
-                std::mem::size_of::<Vm>()
             ),
             state < 8192,
         );
