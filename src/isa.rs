@@ -458,6 +458,13 @@ macro_rules! isa {
                 match self { $( Opcode::$variant => 1 $( + operand_kind!($kind).size() )*, )* }
             }
 
+            /// Whether an operand is a status-word pattern (checked for canonical form
+            /// when decoding).
+            #[inline]
+            fn has_sw_operand(self) -> bool {
+                match self { $( Opcode::$variant => false $( || matches!(operand_kind!($kind), OperandKind::Sw) )*, )* }
+            }
+
             /// One-line description from the table.
             pub fn summary(self) -> &'static str {
                 match self { $( Opcode::$variant => concat!($($doc, )* ""), )* }
@@ -484,6 +491,21 @@ macro_rules! isa {
                 match *self {
                     $( Instr::$variant { $($field),* } => Operands::from_slice(&[ $( operand_wrap!($kind, $field), )* ]), )*
                 }
+            }
+
+            /// Calls `f` on each operand in table order, stopping at the first error.
+            /// Unlike [`Instr::operands`] it builds no array: once inlined, each opcode
+            /// runs only the checks its operand kinds need (the verifier's hot loop).
+            #[inline]
+            #[allow(unused_variables, unused_mut)]
+            pub fn try_for_each_operand<E>(
+                &self,
+                mut f: impl FnMut(Operand) -> Result<(), E>,
+            ) -> Result<(), E> {
+                match *self {
+                    $( Instr::$variant { $($field),* } => { $( f(operand_wrap!($kind, $field))?; )* } )*
+                }
+                Ok(())
             }
 
             /// Reads the operand fields of `op` straight into its variant (one match
@@ -678,8 +700,8 @@ impl Instr {
                 available: code.len(),
             });
         }
-        let kinds = op.operand_kinds();
-        if kinds.contains(&OperandKind::Sw) {
+        if op.has_sw_operand() {
+            let kinds = op.operand_kinds();
             let mut at = 1;
             for &kind in kinds {
                 if kind == OperandKind::Sw {
@@ -702,10 +724,14 @@ impl Instr {
 
     /// The branch/jump/call target, if this instruction has one.
     pub fn target(&self) -> Option<u32> {
-        self.operands().as_slice().iter().find_map(|o| match o {
-            Operand::Target(t) => Some(*t),
-            _ => None,
-        })
+        // The visitor stops at the target by "failing" with it.
+        match self.try_for_each_operand(|o| match o {
+            Operand::Target(t) => Err(t),
+            _ => Ok(()),
+        }) {
+            Err(t) => Some(t),
+            Ok(()) => None,
+        }
     }
 
     /// Whether control never falls through to the next instruction.
@@ -779,6 +805,19 @@ mod tests {
             Instr::decode(&[0x55, 0x90, 0x01, 0xFF, 0x00, 0, 1]),
             Err(DecodeError::NonCanonicalPattern)
         );
+    }
+
+    #[test]
+    fn the_sw_shortcut_agrees_with_the_operand_table() {
+        let mut with_sw = 0;
+        for byte in 0..=255u8 {
+            if let Some(op) = Opcode::from_byte(byte) {
+                let table = op.operand_kinds().contains(&OperandKind::Sw);
+                assert_eq!(op.has_sw_operand(), table, "{op:?}");
+                with_sw += usize::from(table);
+            }
+        }
+        assert_eq!(with_sw, 3, "bsw, bnsw, expect");
     }
 
     fn any_operand(kind: OperandKind) -> BoxedStrategy<Operand> {

@@ -395,13 +395,7 @@ impl<'s> Verifier<'s> {
             };
             let (instr, size) =
                 Instr::decode(&s.code[at..]).map_err(|e| err(VerifyErrorKind::Decode(e)))?;
-            let ops = instr.operands();
-            self.check_operands(&instr, ops.as_slice()).map_err(err)?;
-            if ops
-                .as_slice()
-                .iter()
-                .any(|o| matches!(o, crate::isa::Operand::Target(_)))
-            {
+            if self.check_operands(&instr).map_err(err)? {
                 with_target.push(code.len());
             }
             index_at[at] = code.len() as u32 + 1;
@@ -438,16 +432,16 @@ impl<'s> Verifier<'s> {
         })
     }
 
-    fn check_operands(
-        &self,
-        instr: &Instr,
-        ops: &[crate::isa::Operand],
-    ) -> Result<(), VerifyErrorKind> {
+    /// Checks `instr`'s operands against the script's tables and its immediates; says
+    /// whether it has a branch target (to be rewritten in pass 2).
+    #[inline]
+    fn check_operands(&self, instr: &Instr) -> Result<bool, VerifyErrorKind> {
         use crate::isa::Operand;
         let s = self.script;
         let h = &s.header;
-        for op in ops {
-            match *op {
+        let mut has_target = false;
+        instr.try_for_each_operand(|op| {
+            match op {
                 Operand::Reg(r) if r >= h.registers => {
                     return Err(VerifyErrorKind::RegisterOutOfRange {
                         reg: r,
@@ -478,9 +472,11 @@ impl<'s> Verifier<'s> {
                         count: s.outputs.len(),
                     });
                 }
+                Operand::Target(_) => has_target = true,
                 _ => {}
             }
-        }
+            Ok(())
+        })?;
         let bad = |what, value: u32| Err(VerifyErrorKind::BadImmediate { what, value });
         match *instr {
             Instr::Ldin { input, .. } => {
@@ -514,7 +510,7 @@ impl<'s> Verifier<'s> {
             }
             _ => {}
         }
-        Ok(())
+        Ok(has_target)
     }
 }
 
