@@ -725,13 +725,11 @@ impl Instr {
     /// The branch/jump/call target, if this instruction has one.
     pub fn target(&self) -> Option<u32> {
         // The visitor stops at the target by "failing" with it.
-        match self.try_for_each_operand(|o| match o {
+        self.try_for_each_operand(|o| match o {
             Operand::Target(t) => Err(t),
             _ => Ok(()),
-        }) {
-            Err(t) => Some(t),
-            Ok(()) => None,
-        }
+        })
+        .err()
     }
 
     /// Whether control never falls through to the next instruction.
