@@ -586,16 +586,15 @@ impl Vm {
     /// allocating after its first run.
     #[inline]
     fn set_from_scratch(&mut self, r: u8) -> Result<(), VmErrorKind> {
-        self.reserve(r, self.scratch.len())?;
-        let reg = &mut self.regs[usize::from(r)];
-        reg.bytes.clear();
-        reg.bytes.extend_from_slice(&self.scratch);
-        reg.tag = Tag::Bytes;
-        Ok(())
+        // Taken out for the copy (no allocation) and put back with its capacity.
+        let scratch = core::mem::take(&mut self.scratch);
+        let result = self.set_bytes(r, &scratch);
+        self.scratch = scratch;
+        result
     }
 
-    /// Copies `b` (a constant, an input or a crypto result: never a register) into
-    /// register `r`.
+    /// Copies `b` (a constant, an input, a crypto result or the scratch buffer: never a
+    /// register) into register `r`.
     #[inline]
     fn set_bytes(&mut self, r: u8, b: &[u8]) -> Result<(), VmErrorKind> {
         self.reserve(r, b.len())?;
@@ -949,18 +948,12 @@ impl Vm {
                 self.set_int(dst, v);
             }
             Instr::Cat { dst, a, b } => {
+                // Every path checks the string and memory limits in `reserve`.
                 let (x, y) = (bytes_of(&self.regs, a)?, bytes_of(&self.regs, b)?);
-                let len = x.len() + y.len();
-                if len > self.limits.max_bytes {
-                    return Err(Exit::Fault(VmErrorKind::StringTooLong {
-                        len,
-                        limit: self.limits.max_bytes,
-                    }));
-                }
                 let (nx, ny) = (x.len(), y.len());
                 if dst == a && dst != b {
                     // `cat t, t, x`, the usual way a MAC input is built: append in place.
-                    self.reserve(dst, len)?;
+                    self.reserve(dst, nx + ny)?;
                     let tail = core::mem::take(&mut self.regs[usize::from(b)].bytes);
                     self.regs[usize::from(dst)].bytes.extend_from_slice(&tail);
                     self.regs[usize::from(b)].bytes = tail;
