@@ -427,13 +427,13 @@ pub fn envelope_open(data: &[u8]) {
     }
 }
 
-/// vpcd framing: the bytes are a stream from pcscd. Every frame [`crate::vpcd::parse_frame`]
+/// vpcd framing: the bytes are a stream from pcscd. Every frame [`crate::transport::vpcd::parse_frame`]
 /// decodes is answered the way the server does (controls, or the APDU sent to the
 /// simulated 3DES card), the answer is framed with `encode_frame`, and that frame must
 /// parse back to the same payload.
 #[cfg(feature = "sim")]
 pub fn vpcd_frame(data: &[u8]) {
-    use crate::vpcd::{Frame, Parsed, encode_frame, parse_frame};
+    use crate::transport::vpcd::{Frame, Parsed, encode_frame, parse_frame};
     let mut card = sim_profiles().first().and_then(|p| p.build().ok());
     let mut rest = data;
     let mut response = vec![0u8; 258];
@@ -454,7 +454,7 @@ pub fn vpcd_frame(data: &[u8]) {
                 }
                 None => &[0x6F, 0x00],
             },
-            Frame::Control(crate::vpcd::Control::GetAtr) => &crate::vpcd::DEFAULT_ATR,
+            Frame::Control(crate::transport::vpcd::Control::GetAtr) => &crate::transport::vpcd::DEFAULT_ATR,
             Frame::Control(_) | Frame::Empty => &[],
         };
         out.clear();
@@ -466,7 +466,7 @@ pub fn vpcd_frame(data: &[u8]) {
                 Parsed::Frame(Frame::Control(c), n) => {
                     assert_eq!(answer.len(), 1, "control frame from {answer:?}");
                     assert_eq!(n, 3);
-                    assert_eq!(crate::vpcd::Control::from_byte(answer[0]), Some(c));
+                    assert_eq!(crate::transport::vpcd::Control::from_byte(answer[0]), Some(c));
                 }
                 Parsed::Frame(Frame::Empty, n) => assert!(answer.is_empty() && n == 2),
                 Parsed::Incomplete { .. } => panic!("encoded frame is incomplete"),

@@ -23,7 +23,7 @@
 //! | offline receipt store | `journal` (std) |
 //! | reader → server message frame | [`frame`] |
 //! | simulated cards | `sim` (feature `sim`) |
-//! | real readers | `pcsc` (feature `pcsc`) |
+//! | real readers, virtual readers | `transport::pcsc` (feature `pcsc`), `transport::vpcd` |
 //!
 //! The core builds with `--no-default-features` under `#![no_std]` + `alloc`.
 //!
@@ -66,6 +66,8 @@ pub mod crypto;
 pub mod envelope;
 pub mod error;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
 pub mod fuzzing;
 pub mod isa;
 pub mod receipt;
@@ -76,13 +78,7 @@ pub mod vm;
 
 #[cfg(feature = "std")]
 pub mod journal;
-#[cfg(feature = "pcsc")]
-pub mod pcsc;
-#[cfg(feature = "sim")]
-pub mod scenario;
 #[cfg(feature = "sim")]
 pub mod sim;
-#[cfg(feature = "std")]
-pub mod vpcd;
 
 pub use error::Error;

@@ -125,7 +125,7 @@ fn walkthrough_script_runs_on_a_simulated_card_and_its_scenarios_pass() {
             ("balance".into(), OutputValue::Int(2500)),
         ]
     );
-    let summary = cardvm::scenario::run_path(&dir);
+    let summary = cardvm::sim::scenario::run_path(&dir);
     std::fs::remove_dir_all(&dir).unwrap();
     let text = summary.render();
     assert!(summary.ok(), "{text}");

@@ -116,8 +116,8 @@ fn write_seed_corpora() {
     }
 
     let mut frames = Vec::new();
-    cardvm::vpcd::encode_frame(&[0x01], &mut frames).unwrap();
-    cardvm::vpcd::encode_frame(&[0x04], &mut frames).unwrap();
+    cardvm::transport::vpcd::encode_frame(&[0x01], &mut frames).unwrap();
+    cardvm::transport::vpcd::encode_frame(&[0x04], &mut frames).unwrap();
     for (sel, city) in [
         (0u8, "city0731-des3"),
         (1, "city0755-sm4"),
@@ -162,11 +162,11 @@ fn write_seed_corpora() {
                         );
                         drop(layer);
                         let mut stream = Vec::new();
-                        cardvm::vpcd::encode_frame(&[0x01], &mut stream).unwrap();
+                        cardvm::transport::vpcd::encode_frame(&[0x01], &mut stream).unwrap();
                         for apdu in &rec.1 {
-                            cardvm::vpcd::encode_frame(apdu, &mut stream).unwrap();
+                            cardvm::transport::vpcd::encode_frame(apdu, &mut stream).unwrap();
                         }
-                        cardvm::vpcd::encode_frame(&[0x00], &mut stream).unwrap();
+                        cardvm::transport::vpcd::encode_frame(&[0x00], &mut stream).unwrap();
                         put("vpcd_frame", &format!("{city}-{stem}"), &stream);
                         if stem == "load" {
                             frames.extend_from_slice(&stream);

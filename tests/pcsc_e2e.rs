@@ -10,9 +10,9 @@
 #[path = "support/purse_card.rs"]
 mod purse_card;
 
-use cardvm::pcsc::{ConnectOptions, PcscContext, PcscError, ShareMode};
+use cardvm::transport::pcsc::{ConnectOptions, PcscContext, PcscError, ShareMode};
 use cardvm::transport::{ApduLayer, TransportError};
-use cardvm::vpcd::{VpcdConfig, VpcdHandle, VpcdServer};
+use cardvm::transport::vpcd::{VpcdConfig, VpcdHandle, VpcdServer};
 use purse_card::{GET_BALANCE, PurseCard, SELECT_PURSE, fci};
 use std::process::Command;
 use std::time::Duration;
@@ -164,7 +164,7 @@ fn pcsc_end_to_end() {
     wait_present(&ctx, &handle);
     let state = ctx.reader_state(READER).unwrap();
     assert!(state.card_present);
-    assert_eq!(state.atr, cardvm::vpcd::DEFAULT_ATR.to_vec());
+    assert_eq!(state.atr, cardvm::transport::vpcd::DEFAULT_ATR.to_vec());
 
     // 2. SELECT + GET BALANCE through PcscCard.
     let ours = read_balance(&ctx, READER);
@@ -249,7 +249,7 @@ fn pcsc_end_to_end() {
     }
 
     // 8. open_reader, the `run --pcsc` path, by substring.
-    let mut card = cardvm::pcsc::open_reader(Some("Virtual PCD 00 00"), WAIT).unwrap();
+    let mut card = cardvm::transport::pcsc::open_reader(Some("Virtual PCD 00 00"), WAIT).unwrap();
     assert_eq!(card.reader(), READER);
     let mut layer = ApduLayer::new(&mut card);
     let mut data = Vec::new();

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use cardvm::scenario::{ScenarioFile, discover, run_file, run_path};
+use cardvm::sim::scenario::{ScenarioFile, discover, run_file, run_path};
 
 #[test]
 fn every_city_scenario_passes() {

@@ -5,7 +5,7 @@
 #[path = "support/purse_card.rs"]
 mod purse_card;
 
-use cardvm::vpcd::{DEFAULT_ATR, VpcdConfig, VpcdError, VpcdHandle, VpcdServer};
+use cardvm::transport::vpcd::{DEFAULT_ATR, VpcdConfig, VpcdError, VpcdHandle, VpcdServer};
 use purse_card::{GET_BALANCE, PurseCard, SELECT_PURSE, fci};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

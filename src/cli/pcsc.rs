@@ -3,7 +3,7 @@
 use super::CliResult;
 use cardvm::transport::replay::ReplayCard;
 use cardvm::transport::{CardTransport, TransportError};
-use cardvm::vpcd::{DEFAULT_ADDR, VpcdConfig, VpcdServer};
+use cardvm::transport::vpcd::{DEFAULT_ADDR, VpcdConfig, VpcdServer};
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! `cardvm test PATH`: run scenario files (see `cardvm::scenario` and docs/casm.md).
+//! `cardvm test PATH`: run scenario files (see `cardvm::sim::scenario` and docs/casm.md).
 
 use super::CliResult;
 use clap::Args;
@@ -17,7 +17,7 @@ pub struct TestArgs {
 
 /// Runs the scenarios, prints test-runner output; fails when any scenario fails.
 pub fn test(args: TestArgs) -> CliResult {
-    let mut summary = cardvm::scenario::run_path(&args.path);
+    let mut summary = cardvm::sim::scenario::run_path(&args.path);
     if let Some(f) = &args.filter {
         summary.results.retain(|r| r.name.contains(f.as_str()));
     }

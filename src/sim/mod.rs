@@ -54,6 +54,7 @@ pub mod cpu;
 pub mod fault;
 pub mod m1;
 pub mod profile;
+pub mod scenario;
 
 use alloc::string::String;
 use alloc::vec::Vec;

@@ -11,7 +11,11 @@
 //! executed on the card, so transport failures are reported, not repeated.
 
 mod apdu;
+#[cfg(feature = "pcsc")]
+pub mod pcsc;
 pub mod replay;
+#[cfg(feature = "std")]
+pub mod vpcd;
 
 pub use apdu::{Apdu, ApduError, Case, Response, StatusWord};
 
