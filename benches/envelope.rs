@@ -5,7 +5,7 @@ use std::hint::black_box;
 
 use cardvm::crypto::rng::os_rng;
 use cardvm::crypto::sm2::Sm2PrivateKey;
-use cardvm::envelope::{EnvelopeHeader, MemoryReplayStore, Opener, ScriptKind, seal};
+use cardvm::envelope::{EnvelopeHeader, Expect, MemoryReplayStore, Opener, ScriptKind, seal};
 use cardvm::receipt::{FieldValue, Outcome, Receipt};
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -18,7 +18,10 @@ fn header(kind: ScriptKind, seq: u64) -> EnvelopeHeader {
         script_id: 1,
         script_version: 1,
         seq,
+        issued: NOW - 60,
         expires: NOW + 3600,
+        // The bench's command script is 1 KiB of 0x5A (see `bench`).
+        binding: cardvm::crypto::sm3(&[0x5Au8; 1024]),
         reader_id: "reader-0001".into(),
     }
 }
@@ -28,6 +31,7 @@ fn bench(c: &mut Criterion) {
     let issuer = Sm2PrivateKey::generate(&mut rng);
     let reader = Sm2PrivateKey::generate(&mut rng);
     let script = vec![0x5Au8; 1024];
+    let binding = cardvm::crypto::sm3(&script);
     let new_opener = || {
         Opener::new(
             Some("reader-0001"),
@@ -61,7 +65,10 @@ fn bench(c: &mut Criterion) {
     c.bench_function("envelope/open cold 1 KiB", |b| {
         b.iter_batched(
             new_opener,
-            |mut o| o.open(black_box(&data_blob), NOW).unwrap(),
+            |mut o| {
+                o.open(black_box(&data_blob), NOW, Expect::DataFor(&binding))
+                    .unwrap()
+            },
             criterion::BatchSize::SmallInput,
         )
     });
@@ -75,9 +82,12 @@ fn bench(c: &mut Criterion) {
     )
     .unwrap();
     let mut warm = new_opener();
-    warm.open(&cmd_blob, NOW).unwrap();
+    warm.open(&cmd_blob, NOW, Expect::Command).unwrap();
     c.bench_function("envelope/open cached command 1 KiB", |b| {
-        b.iter(|| warm.open(black_box(&cmd_blob), NOW).unwrap())
+        b.iter(|| {
+            warm.open(black_box(&cmd_blob), NOW, Expect::Command)
+                .unwrap()
+        })
     });
 
     let mut receipt = Receipt::new(731, 1, 1, "reader-0001", Outcome::Committed);

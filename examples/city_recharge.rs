@@ -5,22 +5,21 @@
 //!    script (amount, terminal, time, keys) from `scripts/city0731-des3/`;
 //! 2. it seals both for one reader (SM2 to the reader's key, SM4 + HMAC-SM3 inside,
 //!    signed by the issuer);
-//! 3. the reader opens them (signature, reader id, expiry, replay), verifies the
-//!    bytecode and runs it against a simulated CPU card, printing the APDU trace;
-//! 4. the reader signs the receipt, and the card company verifies it.
+//! 3. the reader — one [`cardvm::reader::Reader`] call — opens them (signature, reader
+//!    id, expiry, replay, command ↔ data binding), verifies the bytecode, runs it
+//!    against a simulated CPU card printing the APDU trace, signs the receipt and
+//!    journals it;
+//! 4. the card company verifies the receipt as a production receipt.
 //!
 //! `cargo run --example city_recharge`
 
 use cardvm::asm::{AsmOptions, assemble_file, compile_data};
 use cardvm::crypto::rng::os_rng;
 use cardvm::crypto::sm2::Sm2PrivateKey;
-use cardvm::envelope::{EnvelopeHeader, MemoryReplayStore, Opener, ScriptKind, seal, unix_now};
-use cardvm::receipt::Receipt;
-use cardvm::script::{CommandScript, DataScript};
+use cardvm::envelope::{EnvelopeHeader, MemoryReplayStore, ScriptKind, seal, unix_now};
+use cardvm::reader::{JournalStatus, MemoryJournal, Policy, Reader, ReaderConfig, SystemClock};
 use cardvm::sim::{Algorithm, CpuCard, RandomSource};
-use cardvm::transport::ApduLayer;
-use cardvm::verify::VerifiedProgram;
-use cardvm::vm::{ApduEvent, Tracer, Vm};
+use cardvm::vm::{ApduEvent, Limits, Tracer};
 use std::error::Error;
 
 const CITY: &str = "scripts/city0731-des3";
@@ -66,20 +65,26 @@ fn main() -> Result<(), Box<dyn Error>> {
     let reader_key = Sm2PrivateKey::generate(&mut rng);
     let now = unix_now();
     let h = command.header;
+    let command_bytes = command.encode();
+    // Both envelopes name the command script: the data script (amount and keys) may
+    // run with this program and no other.
+    let command_sm3 = cardvm::crypto::sm3(&command_bytes);
     let header = |kind, seq| EnvelopeHeader {
         kind,
         city: h.city,
         script_id: h.script_id,
         script_version: h.version,
         seq,
+        issued: now,
         expires: now + 600,
+        binding: command_sm3,
         reader_id: READER_ID.into(),
     };
     let sealed_command = seal(
         &issuer,
         reader_key.public_key(),
         &header(ScriptKind::Command, 1),
-        &command.encode(),
+        &command_bytes,
         &mut rng,
     )?;
     let data_bytes = zeroize::Zeroizing::new(data.encode());
@@ -96,24 +101,27 @@ fn main() -> Result<(), Box<dyn Error>> {
         sealed_data.len()
     );
 
-    // -- reader: open, verify, run ----------------------------------------------------
-    let issuer_pub = issuer.public_key().clone();
-    let mut opener = Opener::new(
-        Some(READER_ID),
-        reader_key.clone(),
-        issuer_pub,
-        MemoryReplayStore::new(),
-    );
-    let command = CommandScript::parse(opener.open(&sealed_command, now)?.payload())?;
-    let data = DataScript::parse(opener.open(&sealed_data, now)?.payload())?;
-    let program = VerifiedProgram::from_script(command)?;
-    let binding = program.bind(&data)?;
+    // -- reader: one pipeline from sealed scripts to a journaled receipt ------------
+    let mut reader = Reader::new(
+        ReaderConfig {
+            reader_id: READER_ID.into(),
+            reader_key: Some(reader_key.clone()),
+            issuers: vec![issuer.public_key().clone()],
+            policy: Policy::SealedOnly,
+            limits: Limits::default(),
+        },
+        Some(Box::new(MemoryReplayStore::new())),
+        Some(Box::new(MemoryJournal::default())),
+        Box::new(SystemClock),
+    )?;
+    let prepared = reader.prepare(&sealed_command, &sealed_data)?;
     println!(
-        "reader: opened and verified script {} v{} of city {} ({} instructions)",
-        program.header().script_id,
-        program.header().version,
-        program.header().city,
-        program.instructions().len()
+        "reader: opened and verified script {} v{} of city {} ({} instructions), {} mode",
+        prepared.program().header().script_id,
+        prepared.program().header().version,
+        prepared.program().header().city,
+        prepared.program().instructions().len(),
+        prepared.mode().name()
     );
 
     // The customer's card: a simulated 3DES purse with 5.00 CNY on it.
@@ -128,37 +136,26 @@ fn main() -> Result<(), Box<dyn Error>> {
         .balance(500, 1_000_000)
         .random(RandomSource::Fixed([0xF9, 0xCA, 0xBA, 0x91]))
         .build()?;
-    let mut layer = ApduLayer::new(card);
+    let mut card = card;
     let started = std::time::Instant::now();
-    let report = Vm::default().run(
-        program.with_data(&data, &binding)?,
-        &mut layer,
-        &mut PrintTrace,
-    );
+    let done = reader.run(&prepared, &mut card, &mut PrintTrace, &mut rng)?;
     let host = started.elapsed();
-    let card = layer.into_inner();
     let air = card.air_time().total_us();
     println!(
         "outcome: {} — card balance now {} fen; host time {:?}, modelled air time {} µs at 106 kbit/s",
-        report.outcome.name(),
+        done.report.outcome.name(),
         card.balance(),
         host,
         air
     );
-
-    let mut receipt = Receipt::from_run(
-        program.header(),
-        READER_ID,
-        card.card_number(),
-        &report,
-        Some(air),
-    );
-    receipt.sign(&reader_key, &mut rng)?;
-    println!("signed receipt:\n{}", receipt.to_json());
+    if let JournalStatus::Appended(seq) = done.journal {
+        println!("reader: receipt journaled as entry {seq}");
+    }
+    println!("signed receipt:\n{}", done.receipt.to_json());
 
     // -- card company: check the receipt ----------------------------------------------
-    receipt.verify(reader_key.public_key())?;
-    println!("card company: receipt signature verifies");
+    done.receipt.verify_production(reader_key.public_key())?;
+    println!("card company: receipt signature verifies; production receipt for data seq 1");
     Ok(())
 }
 

@@ -1,12 +1,15 @@
 //! Generates an issuer and a reader key pair, seals a small data script for the
-//! reader, opens it, and prints what happened (including a replay attempt).
+//! reader (bound to one command script), opens it, and prints what happened: a replay
+//! attempt, and an attempt to open it for another command script.
 //!
 //! `cargo run --example seal_open`
 
 use cardvm::crypto::rng::os_rng;
 use cardvm::crypto::sm2::Sm2PrivateKey;
 use cardvm::envelope::time::format_rfc3339;
-use cardvm::envelope::{EnvelopeHeader, MemoryReplayStore, Opener, ScriptKind, seal, unix_now};
+use cardvm::envelope::{
+    EnvelopeHeader, Expect, MemoryReplayStore, Opener, ScriptKind, seal, unix_now,
+};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rng = os_rng();
@@ -21,7 +24,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         script_id: 1,
         script_version: 1,
         seq: 1,
+        issued: now,
         expires: now + 3600,
+        // The SM3 of the command script this data script may run with.
+        binding: cardvm::crypto::sm3(b"the city's load script"),
         reader_id: "reader-0001".into(),
     };
     let payload = b"amount=1000 terminal=112233445566";
@@ -39,13 +45,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         issuer.public_key().clone(),
         MemoryReplayStore::new(),
     );
-    let opened = opener.open(&blob, now)?;
+    let evil = cardvm::crypto::sm3(b"an attacker's load script");
+    match opener.open(&blob, now, Expect::DataFor(&evil)) {
+        Ok(_) => println!("opened for another command script (unexpected!)"),
+        Err(e) => println!("other command script rejected: {e}"),
+    }
+    let opened = opener.open(&blob, now, Expect::DataFor(&header.binding))?;
     println!(
         "opened: {:?} -> {:?}",
         opened,
         String::from_utf8_lossy(opened.payload())
     );
-    match opener.open(&blob, now) {
+    match opener.open(&blob, now, Expect::DataFor(&header.binding)) {
         Ok(_) => println!("replay accepted (unexpected!)"),
         Err(e) => println!("replay rejected: {e}"),
     }

@@ -307,7 +307,7 @@ fn main() {
 }
 
 fn envelope(r: &mut Report) {
-    use cardvm::envelope::{EnvelopeHeader, MemoryReplayStore, Opener, ScriptKind, seal};
+    use cardvm::envelope::{EnvelopeHeader, Expect, MemoryReplayStore, Opener, ScriptKind, seal};
     use cardvm::fuzzing::{ENVELOPE_NOW, ENVELOPE_READER_ID, envelope_test_keys};
     println!("-- envelope open (report only)");
     let (issuer, reader) = envelope_test_keys().unwrap();
@@ -323,7 +323,9 @@ fn envelope(r: &mut Report) {
             script_id: 2,
             script_version: 1,
             seq: 1,
+            issued: ENVELOPE_NOW - 60,
             expires: ENVELOPE_NOW + 3600,
+            binding: cardvm::crypto::sm3(&payload),
             reader_id: ENVELOPE_READER_ID.into(),
         },
         &payload,
@@ -338,10 +340,14 @@ fn envelope(r: &mut Report) {
             MemoryReplayStore::new(),
         )
     };
-    let cold = per_call(5, || new().open(&blob, ENVELOPE_NOW).unwrap());
+    let cold = per_call(5, || {
+        new().open(&blob, ENVELOPE_NOW, Expect::Command).unwrap()
+    });
     let mut warm = new();
-    warm.open(&blob, ENVELOPE_NOW).unwrap();
-    let cached = per_call(200, || warm.open(&blob, ENVELOPE_NOW).unwrap());
+    warm.open(&blob, ENVELOPE_NOW, Expect::Command).unwrap();
+    let cached = per_call(200, || {
+        warm.open(&blob, ENVELOPE_NOW, Expect::Command).unwrap()
+    });
     r.line(
         "open sealed load script, cold (SM2 verify + decrypt)",
         format!("{:.1} µs", cold / 1e3),

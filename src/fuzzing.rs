@@ -419,11 +419,14 @@ pub fn envelope_open(data: &[u8]) {
         issuer.public_key().clone(),
         MemoryReplayStore::new(),
     );
-    if let Ok(opened) = opener.open(data, ENVELOPE_NOW) {
+    use crate::envelope::Expect;
+    if let Ok(opened) = opener.open(data, ENVELOPE_NOW, Expect::Inspect) {
         let payload = opened.payload();
         let _ = CommandScript::parse(payload).map(|s| VerifiedProgram::verify(&s).is_ok());
         let _ = DataScript::parse(payload);
-        let _ = opener.open(data, ENVELOPE_NOW);
+        let binding = opened.header.binding;
+        let _ = opener.open(data, ENVELOPE_NOW, Expect::Command);
+        let _ = opener.open(data, ENVELOPE_NOW, Expect::DataFor(&binding));
     }
 }
 
@@ -454,7 +457,9 @@ pub fn vpcd_frame(data: &[u8]) {
                 }
                 None => &[0x6F, 0x00],
             },
-            Frame::Control(crate::transport::vpcd::Control::GetAtr) => &crate::transport::vpcd::DEFAULT_ATR,
+            Frame::Control(crate::transport::vpcd::Control::GetAtr) => {
+                &crate::transport::vpcd::DEFAULT_ATR
+            }
             Frame::Control(_) | Frame::Empty => &[],
         };
         out.clear();
@@ -466,7 +471,10 @@ pub fn vpcd_frame(data: &[u8]) {
                 Parsed::Frame(Frame::Control(c), n) => {
                     assert_eq!(answer.len(), 1, "control frame from {answer:?}");
                     assert_eq!(n, 3);
-                    assert_eq!(crate::transport::vpcd::Control::from_byte(answer[0]), Some(c));
+                    assert_eq!(
+                        crate::transport::vpcd::Control::from_byte(answer[0]),
+                        Some(c)
+                    );
                 }
                 Parsed::Frame(Frame::Empty, n) => assert!(answer.is_empty() && n == 2),
                 Parsed::Incomplete { .. } => panic!("encoded frame is incomplete"),

@@ -62,6 +62,7 @@
 extern crate alloc;
 
 pub mod asm;
+pub mod codec;
 pub mod crypto;
 pub mod envelope;
 pub mod error;
@@ -70,8 +71,10 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod isa;
+pub mod reader;
 pub mod receipt;
 pub mod script;
+pub mod storage;
 pub mod transport;
 pub mod verify;
 pub mod vm;

@@ -8,12 +8,27 @@
 //! values, so JSON → [`Receipt`] → canonical bytes reproduces exactly what was
 //! signed.
 //!
-//! # Canonical encoding, version 1
+//! # What the card company can tell from a receipt
 //!
-//! Big-endian integers; every length is checked against the limits below.
+//! - **which program ran**: SM3 of the command script's bytes ([`Receipt::command_sm3`]);
+//! - **which transaction it was**: the sealed data script's identity — the issuer key
+//!   that sealed it and its sequence number ([`Receipt::data`]); `None` only for plain
+//!   (unsealed) data scripts;
+//! - **whether it counts**: [`Mode::Production`] only when both scripts were sealed and
+//!   verified; anything run with plain scripts says [`Mode::Development`] in a signed
+//!   field and is never settled;
+//! - **which card**: read from the card by the script (CPU: the application serial
+//!   number of EF 0015; M1: the UID), whatever the transport.
+//!
+//! # Canonical encoding, version 2
+//!
+//! Read and written through [`crate::codec`]; big-endian integers; every length is
+//! checked against the limits below. Version 1 receipts are refused as unsupported.
 //!
 //! ```text
-//! "CVRC" | version u8 = 1 | city u32 | script id u32 | script version u16
+//! "CVRC" | version u8 = 2 | mode u8 (0 production, 1 development)
+//! | city u32 | script id u32 | script version u16 | command SM3 [32]
+//! | data: 0 (plain) | 1 + issuer key id [8] + seq u64
 //! | reader id: len u8 (1..=64) + UTF-8
 //! | card id: len u8 (0..=32) + bytes
 //! | outcome u8: 0 committed
@@ -28,22 +43,22 @@
 //! | signature: 0 (unsigned) | 1 + r ‖ s [64]
 //! ```
 //! Nothing may follow. Every value has exactly one encoding, so equal receipts
-//! give equal bytes.
+//! give equal bytes. The JSON view has exactly one text per receipt too, and
+//! [`Receipt::from_json`] accepts only that text (see its docs).
 
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use nom::Parser;
-use nom::bytes::complete::{tag, take};
-use nom::number::complete::{be_u8, be_u16, be_u32, be_u64};
 use rand_core::CryptoRng;
+
+use crate::codec::{Codec, CodecError, CodecErrorKind, Reader, Writer};
 
 use crate::crypto::sm2::{Sm2Error, Sm2PrivateKey, Sm2PublicKey};
 
 /// Magic bytes of the canonical encoding.
 pub const MAGIC: [u8; 4] = *b"CVRC";
 /// The receipt format version this build writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 /// Longest reader id.
 pub const MAX_READER_ID: usize = 64;
 /// Longest card id.
@@ -56,6 +71,34 @@ pub const MAX_FIELDS: usize = 64;
 pub const MAX_FIELD_NAME: usize = 32;
 /// Longest byte-string field value.
 pub const MAX_FIELD_BYTES: usize = 1024;
+
+/// Whether a receipt can be settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Both scripts were sealed by a trusted issuer and opened by this reader.
+    Production,
+    /// Plain (unsealed) scripts ran: authoring and tests; never settled.
+    Development,
+}
+
+impl Mode {
+    /// `production` / `development`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Production => "production",
+            Mode::Development => "development",
+        }
+    }
+}
+
+/// The sealed data script a receipt's transaction came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataIdentity {
+    /// Key id of the issuer key that sealed it.
+    pub issuer_key_id: [u8; 8],
+    /// Its sequence number (unique per issuer, city and reader).
+    pub seq: u64,
+}
 
 /// How the transaction ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,17 +132,24 @@ pub enum FieldValue {
 /// A reader-signed record of one script run (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
-    /// Format version (1).
+    /// Format version (2).
     pub format_version: u8,
+    /// Production (sealed scripts) or development (plain scripts).
+    pub mode: Mode,
     /// City / issuer id.
     pub city: u32,
     /// Command script id.
     pub script_id: u32,
     /// Command script version.
     pub script_version: u16,
+    /// SM3 of the command script's bytes (the program that ran).
+    pub command_sm3: [u8; 32],
+    /// The sealed data script's identity (`None`: a plain data script).
+    pub data: Option<DataIdentity>,
     /// The reader that ran it.
     pub reader_id: String,
-    /// Card UID or application serial number (may be empty).
+    /// The card, as the card itself reports it: application serial number (CPU) or UID
+    /// (M1); empty when the script read neither.
     pub card_id: Vec<u8>,
     /// How it ended.
     pub outcome: Outcome,
@@ -121,16 +171,10 @@ pub struct Receipt {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReceiptError {
-    /// The magic bytes are not `CVRC`.
-    #[error("not a receipt (bad magic)")]
-    BadMagic,
-    /// A format version this build does not know.
-    #[error("unsupported receipt version {0}")]
-    UnsupportedVersion(u8),
-    /// Input ends inside a field.
-    #[error("receipt truncated in `{0}`")]
-    Truncated(&'static str),
-    /// A length outside its limits.
+    /// Malformed canonical bytes: which field, at which offset, what is wrong.
+    #[error("receipt {0}")]
+    Codec(#[from] CodecError),
+    /// A value outside the canonical encoding's limits (when encoding).
     #[error("receipt `{field}` length {len} outside 0..={max}")]
     Length {
         /// Which field.
@@ -140,33 +184,25 @@ pub enum ReceiptError {
         /// The limit.
         max: usize,
     },
-    /// Text that is not UTF-8.
-    #[error("receipt `{0}` is not UTF-8")]
-    NotUtf8(&'static str),
-    /// An unknown tag byte.
-    #[error("receipt `{field}` has unknown tag {tag}")]
-    BadTag {
-        /// Which field.
-        field: &'static str,
-        /// The tag found.
-        tag: u8,
-    },
     /// Two output fields with the same name.
     #[error("duplicate receipt field `{0}`")]
     DuplicateField(String),
-    /// Bytes after the end.
-    #[error("{0} trailing bytes after the receipt")]
-    TrailingBytes(usize),
+    /// A format version this build does not read.
+    #[error("unsupported receipt version {0}")]
+    UnsupportedVersion(u8),
     /// The receipt carries no signature.
     #[error("receipt is not signed")]
     Unsigned,
     /// The signature does not verify under the given reader key.
     #[error("receipt signature does not verify")]
     BadSignature,
+    /// A development receipt where a production one is required.
+    #[error("development receipt (plain scripts ran): not valid for settlement")]
+    Development,
     /// Signing failed.
     #[error("cannot sign receipt: {0}")]
     Crypto(#[from] Sm2Error),
-    /// The JSON form is malformed (std builds).
+    /// The JSON form is malformed or not canonical (std builds).
     #[error("receipt JSON: {0}")]
     Json(String),
 }
@@ -190,9 +226,12 @@ impl Receipt {
     ) -> Self {
         Receipt {
             format_version: FORMAT_VERSION,
+            mode: Mode::Development,
             city,
             script_id,
             script_version,
+            command_sm3: [0; 32],
+            data: None,
             reader_id: reader_id.into(),
             card_id: Vec::new(),
             outcome,
@@ -279,6 +318,11 @@ impl Receipt {
         if self.format_version != FORMAT_VERSION {
             return Err(ReceiptError::UnsupportedVersion(self.format_version));
         }
+        if self.mode == Mode::Production && self.data.is_none() {
+            return Err(ReceiptError::Json(String::from(
+                "a production receipt must name its sealed data script",
+            )));
+        }
         check_len("reader id", self.reader_id.len(), 1, MAX_READER_ID)?;
         check_len("card id", self.card_id.len(), 0, MAX_CARD_ID)?;
         match &self.outcome {
@@ -303,77 +347,58 @@ impl Receipt {
     /// The canonical bytes the signature covers (everything but the signature).
     pub fn signed_bytes(&self) -> Result<Vec<u8>, ReceiptError> {
         self.validate()?;
-        let mut o = Vec::with_capacity(128 + self.fields.len() * 16);
-        o.extend_from_slice(&MAGIC);
-        o.push(self.format_version);
-        o.extend_from_slice(&self.city.to_be_bytes());
-        o.extend_from_slice(&self.script_id.to_be_bytes());
-        o.extend_from_slice(&self.script_version.to_be_bytes());
-        // Lengths were validated above, so the narrowing casts are exact.
-        o.push(self.reader_id.len() as u8);
-        o.extend_from_slice(self.reader_id.as_bytes());
-        o.push(self.card_id.len() as u8);
-        o.extend_from_slice(&self.card_id);
-        let reason = |o: &mut Vec<u8>, r: &str| {
-            o.extend_from_slice(&(r.len() as u16).to_be_bytes());
-            o.extend_from_slice(r.as_bytes());
+        let mut w = Writer::with_capacity(192 + self.fields.len() * 16);
+        self.write_signed_part(&mut w);
+        Ok(w.into_vec())
+    }
+
+    fn write_signed_part(&self, w: &mut Writer) {
+        w.put(&MAGIC)
+            .u8(self.format_version)
+            .u8(match self.mode {
+                Mode::Production => 0,
+                Mode::Development => 1,
+            })
+            .u32(self.city)
+            .u32(self.script_id)
+            .u16(self.script_version)
+            .put(&self.command_sm3);
+        match &self.data {
+            None => w.u8(0),
+            Some(d) => w.u8(1).put(&d.issuer_key_id).u64(d.seq),
         };
+        w.bytes(1, self.reader_id.as_bytes())
+            .bytes(1, &self.card_id);
         match &self.outcome {
-            Outcome::Committed => o.push(0),
-            Outcome::Failed { code, reason: r } => {
-                o.push(1);
-                o.extend_from_slice(&code.to_be_bytes());
-                reason(&mut o, r);
-            }
-            Outcome::Unknown { reason: r } => {
-                o.push(2);
-                reason(&mut o, r);
-            }
-        }
-        o.extend_from_slice(&(self.fields.len() as u16).to_be_bytes());
+            Outcome::Committed => w.u8(0),
+            Outcome::Failed { code, reason } => w.u8(1).u16(*code).bytes(2, reason.as_bytes()),
+            Outcome::Unknown { reason } => w.u8(2).bytes(2, reason.as_bytes()),
+        };
+        w.u16(self.fields.len() as u16);
         for (name, value) in &self.fields {
-            o.push(name.len() as u8);
-            o.extend_from_slice(name.as_bytes());
+            w.bytes(1, name.as_bytes());
             match value {
-                FieldValue::Int(v) => {
-                    o.push(0);
-                    o.extend_from_slice(&v.to_be_bytes());
-                }
-                FieldValue::Bytes(b) => {
-                    o.push(1);
-                    o.extend_from_slice(&(b.len() as u16).to_be_bytes());
-                    o.extend_from_slice(b);
-                }
-            }
+                FieldValue::Int(v) => w.u8(0).u64(*v),
+                FieldValue::Bytes(b) => w.u8(1).bytes(2, b),
+            };
         }
-        o.extend_from_slice(&self.apdu_count.to_be_bytes());
+        w.u32(self.apdu_count);
         match self.air_time_us {
-            None => o.push(0),
-            Some(t) => {
-                o.push(1);
-                o.extend_from_slice(&t.to_be_bytes());
-            }
-        }
-        o.extend_from_slice(&self.transcript_sm3);
-        Ok(o)
+            None => w.u8(0),
+            Some(t) => w.u8(1).u64(t),
+        };
+        w.put(&self.transcript_sm3);
     }
 
     /// The full canonical encoding, signature included.
     pub fn to_bytes(&self) -> Result<Vec<u8>, ReceiptError> {
-        let mut o = self.signed_bytes()?;
-        match &self.signature {
-            None => o.push(0),
-            Some(s) => {
-                o.push(1);
-                o.extend_from_slice(s);
-            }
-        }
-        Ok(o)
+        self.validate()?;
+        Ok(self.to_vec())
     }
 
     /// Parses the canonical encoding (rejecting anything non-canonical).
     pub fn from_bytes(input: &[u8]) -> Result<Self, ReceiptError> {
-        parse(input)
+        Ok(Self::from_slice(input)?)
     }
 
     /// Signs the canonical bytes with the reader's key (replacing any signature).
@@ -387,7 +412,17 @@ impl Receipt {
         Ok(())
     }
 
-    /// Verifies the signature under the reader's public key.
+    /// Verifies the signature under the reader's public key **and** that the receipt is a
+    /// production one: what the card company settles on.
+    pub fn verify_production(&self, reader_pub: &Sm2PublicKey) -> Result<(), ReceiptError> {
+        self.verify(reader_pub)?;
+        match self.mode {
+            Mode::Production => Ok(()),
+            Mode::Development => Err(ReceiptError::Development),
+        }
+    }
+
+    /// Verifies the signature under the reader's public key (either mode).
     pub fn verify(&self, reader_pub: &Sm2PublicKey) -> Result<(), ReceiptError> {
         let sig = self.signature.as_ref().ok_or(ReceiptError::Unsigned)?;
         let bytes = self.signed_bytes()?;
@@ -397,153 +432,125 @@ impl Receipt {
     }
 }
 
-type In<'a> = &'a [u8];
-
-fn field<'a, O, P>(i: In<'a>, name: &'static str, mut p: P) -> Result<(In<'a>, O), ReceiptError>
-where
-    P: Parser<In<'a>, Output = O, Error = nom::error::Error<In<'a>>>,
-{
-    p.parse(i).map_err(|_| ReceiptError::Truncated(name))
-}
-
-fn bytes_n<'a>(
-    i: In<'a>,
-    name: &'static str,
-    n: usize,
-    min: usize,
-    max: usize,
-) -> Result<(In<'a>, &'a [u8]), ReceiptError> {
-    check_len(name, n, min, max)?;
-    field(i, name, take(n))
-}
-
-fn utf8(b: &[u8], name: &'static str) -> Result<String, ReceiptError> {
-    core::str::from_utf8(b)
-        .map(String::from)
-        .map_err(|_| ReceiptError::NotUtf8(name))
-}
-
-fn parse(input: &[u8]) -> Result<Receipt, ReceiptError> {
-    let magic: nom::IResult<In<'_>, In<'_>> = tag(&MAGIC[..]).parse(input);
-    let (i, _) = magic.map_err(|_| ReceiptError::BadMagic)?;
-    let (i, version) = field(i, "version", be_u8)?;
-    if version != FORMAT_VERSION {
-        return Err(ReceiptError::UnsupportedVersion(version));
+impl Codec for Receipt {
+    fn write(&self, w: &mut Writer) {
+        self.write_signed_part(w);
+        match &self.signature {
+            None => w.u8(0),
+            Some(s) => w.u8(1).put(s),
+        };
     }
-    let (i, city) = field(i, "city", be_u32)?;
-    let (i, script_id) = field(i, "script id", be_u32)?;
-    let (i, script_version) = field(i, "script version", be_u16)?;
-    let (i, n) = field(i, "reader id length", be_u8)?;
-    let (i, rid) = bytes_n(i, "reader id", n.into(), 1, MAX_READER_ID)?;
-    let reader_id = utf8(rid, "reader id")?;
-    let (i, n) = field(i, "card id length", be_u8)?;
-    let (i, card_id) = bytes_n(i, "card id", n.into(), 0, MAX_CARD_ID)?;
-    let (i, otag) = field(i, "outcome", be_u8)?;
-    fn reason(i: In<'_>) -> Result<(In<'_>, String), ReceiptError> {
-        let (i, n) = field(i, "reason length", be_u16)?;
-        let (i, r) = bytes_n(i, "reason", n.into(), 0, MAX_REASON)?;
-        Ok((i, utf8(r, "reason")?))
-    }
-    let (i, outcome) = match otag {
-        0 => (i, Outcome::Committed),
-        1 => {
-            let (i, code) = field(i, "failure code", be_u16)?;
-            let (i, reason) = reason(i)?;
-            (i, Outcome::Failed { code, reason })
-        }
-        2 => {
-            let (i, reason) = reason(i)?;
-            (i, Outcome::Unknown { reason })
-        }
-        t => {
-            return Err(ReceiptError::BadTag {
-                field: "outcome",
-                tag: t,
-            });
-        }
-    };
-    let (mut i, count) = field(i, "field count", be_u16)?;
-    check_len("fields", count.into(), 0, MAX_FIELDS)?;
-    let mut fields: Vec<(String, FieldValue)> = Vec::with_capacity(count.into());
-    for _ in 0..count {
-        let (r, n) = field(i, "field name length", be_u8)?;
-        let (r, name) = bytes_n(r, "field name", n.into(), 1, MAX_FIELD_NAME)?;
-        let name = utf8(name, "field name")?;
-        if fields.iter().any(|(n, _)| *n == name) {
-            return Err(ReceiptError::DuplicateField(name));
-        }
-        let (r, vtag) = field(r, "field type", be_u8)?;
-        let (r, value) = match vtag {
-            0 => {
-                let (r, v) = field(r, "field value", be_u64)?;
-                (r, FieldValue::Int(v))
-            }
-            1 => {
-                let (r, n) = field(r, "field value length", be_u16)?;
-                let (r, b) = bytes_n(r, "field value", n.into(), 0, MAX_FIELD_BYTES)?;
-                (r, FieldValue::Bytes(b.to_vec()))
-            }
-            t => {
-                return Err(ReceiptError::BadTag {
-                    field: "field type",
-                    tag: t,
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, CodecError> {
+        fn tag(r: &mut Reader<'_>, field: &'static str, max: u8) -> Result<u8, CodecError> {
+            let at = r.position();
+            let t = r.u8(field)?;
+            if t > max {
+                return Err(CodecError {
+                    at,
+                    field,
+                    kind: CodecErrorKind::BadTag(t),
                 });
             }
+            Ok(t)
+        }
+        r.magic(&MAGIC)?;
+        let format_version = r.version(FORMAT_VERSION)?;
+        let mode = match tag(r, "mode", 1)? {
+            0 => Mode::Production,
+            _ => Mode::Development,
         };
-        fields.push((name, value));
-        i = r;
-    }
-    let (i, apdu_count) = field(i, "apdu count", be_u32)?;
-    let (i, atag) = field(i, "air time", be_u8)?;
-    let (i, air_time_us) = match atag {
-        0 => (i, None),
-        1 => {
-            let (i, t) = field(i, "air time", be_u64)?;
-            (i, Some(t))
+        let city = r.u32("city")?;
+        let script_id = r.u32("script id")?;
+        let script_version = r.u16("script version")?;
+        let command_sm3 = r.array("command sm3")?;
+        let data = if r.present("data")? {
+            Some(DataIdentity {
+                issuer_key_id: r.array("issuer key id")?,
+                seq: r.u64("data seq")?,
+            })
+        } else {
+            None
+        };
+        if mode == Mode::Production && data.is_none() {
+            return Err(r.error(
+                "data",
+                CodecErrorKind::Invalid("a production receipt must name its data script"),
+            ));
         }
-        t => {
-            return Err(ReceiptError::BadTag {
-                field: "air time",
-                tag: t,
+        let reader_id = r.str("reader id", 1, 1, MAX_READER_ID)?;
+        let card_id = r.bytes("card id", 1, 0, MAX_CARD_ID)?.to_vec();
+        let outcome = match tag(r, "outcome", 2)? {
+            0 => Outcome::Committed,
+            1 => {
+                let code = r.u16("failure code")?;
+                let reason = r.str("reason", 2, 0, MAX_REASON)?;
+                Outcome::Failed { code, reason }
+            }
+            _ => Outcome::Unknown {
+                reason: r.str("reason", 2, 0, MAX_REASON)?,
+            },
+        };
+        let at = r.position();
+        let count = usize::from(r.u16("field count")?);
+        if count > MAX_FIELDS {
+            return Err(CodecError {
+                at,
+                field: "field count",
+                kind: CodecErrorKind::Length {
+                    len: count,
+                    min: 0,
+                    max: MAX_FIELDS,
+                },
             });
         }
-    };
-    let (i, t) = field(i, "transcript sm3", take(32usize))?;
-    let mut transcript_sm3 = [0u8; 32];
-    transcript_sm3.copy_from_slice(t);
-    let (i, stag) = field(i, "signature", be_u8)?;
-    let (i, signature) = match stag {
-        0 => (i, None),
-        1 => {
-            let (i, s) = field(i, "signature", take(64usize))?;
-            let mut sig = [0u8; 64];
-            sig.copy_from_slice(s);
-            (i, Some(sig))
+        let mut fields: Vec<(String, FieldValue)> = Vec::with_capacity(count);
+        for _ in 0..count {
+            let at = r.position();
+            let name = r.str("field name", 1, 1, MAX_FIELD_NAME)?;
+            if fields.iter().any(|(n, _)| *n == name) {
+                return Err(CodecError {
+                    at,
+                    field: "field name",
+                    kind: CodecErrorKind::Invalid("duplicate field name"),
+                });
+            }
+            let value = match tag(r, "field type", 1)? {
+                0 => FieldValue::Int(r.u64("field value")?),
+                _ => FieldValue::Bytes(r.bytes("field value", 2, 0, MAX_FIELD_BYTES)?.to_vec()),
+            };
+            fields.push((name, value));
         }
-        t => {
-            return Err(ReceiptError::BadTag {
-                field: "signature",
-                tag: t,
-            });
-        }
-    };
-    if !i.is_empty() {
-        return Err(ReceiptError::TrailingBytes(i.len()));
+        let apdu_count = r.u32("apdu count")?;
+        let air_time_us = if r.present("air time")? {
+            Some(r.u64("air time")?)
+        } else {
+            None
+        };
+        let transcript_sm3 = r.array("transcript sm3")?;
+        let signature = if r.present("signature")? {
+            Some(r.array("signature")?)
+        } else {
+            None
+        };
+        Ok(Receipt {
+            format_version,
+            mode,
+            city,
+            script_id,
+            script_version,
+            command_sm3,
+            data,
+            reader_id,
+            card_id,
+            outcome,
+            fields,
+            apdu_count,
+            air_time_us,
+            transcript_sm3,
+            signature,
+        })
     }
-    Ok(Receipt {
-        format_version: version,
-        city,
-        script_id,
-        script_version,
-        reader_id,
-        card_id: card_id.to_vec(),
-        outcome,
-        fields,
-        apdu_count,
-        air_time_us,
-        transcript_sm3,
-        signature,
-    })
 }
 
 /// The transcript digest receipts carry (defined with the VM that feeds it).
@@ -608,9 +615,21 @@ mod json {
         pub fn to_json_value(&self) -> Value {
             let mut m = Map::new();
             m.insert("format".into(), self.format_version.into());
+            m.insert("mode".into(), self.mode.name().into());
             m.insert("city".into(), self.city.into());
             m.insert("script_id".into(), self.script_id.into());
             m.insert("script_version".into(), self.script_version.into());
+            m.insert("command_sm3".into(), hex(&self.command_sm3).into());
+            let data = match &self.data {
+                None => Value::Null,
+                Some(d) => {
+                    let mut o = Map::new();
+                    o.insert("issuer_key_id".into(), hex(&d.issuer_key_id).into());
+                    o.insert("seq".into(), d.seq.into());
+                    Value::Object(o)
+                }
+            };
+            m.insert("data".into(), data);
             m.insert("reader_id".into(), self.reader_id.clone().into());
             m.insert("card_id".into(), hex(&self.card_id).into());
             match &self.outcome {
@@ -655,11 +674,35 @@ mod json {
             serde_json::to_string_pretty(&self.to_json_value()).unwrap_or_default()
         }
 
-        /// Parses the JSON view. Strict: every key required, no unknown keys, and
-        /// the result must satisfy the canonical-encoding limits.
+        /// Parses the JSON view, accepting **only its canonical text**: exactly what
+        /// [`to_json`](Self::to_json) writes for the receipt (one trailing newline
+        /// allowed). A duplicate key, an unknown or missing field, another key order,
+        /// `+1`, `1.0`, `1e0`, lower-case hex or a `\u` escape is refused with the line
+        /// and column of the first difference, so what a person (or a first-key-wins
+        /// parser) reads is exactly what the signature covers.
         pub fn from_json(text: &str) -> Result<Self, ReceiptError> {
             let v: Value = serde_json::from_str(text).map_err(|e| err(e.to_string()))?;
-            Self::from_json_value(&v)
+            let r = Self::from_json_value(&v)?;
+            let canonical = r.to_json();
+            let body = text.strip_suffix('\n').unwrap_or(text);
+            if body != canonical {
+                let at = body
+                    .bytes()
+                    .zip(canonical.bytes())
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(body.len().min(canonical.len()));
+                let mut cut = at;
+                while !body.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                let before = &body[..cut];
+                let line = before.matches('\n').count() + 1;
+                let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                return Err(err(format!(
+                    "not in canonical form at line {line} column {col} (duplicate or unknown keys, key order, number or hex spelling, escapes): refusing to read values that might not be the signed ones"
+                )));
+            }
+            Ok(r)
         }
 
         /// Parses a `serde_json::Value` (see [`from_json`](Self::from_json)).
@@ -668,9 +711,12 @@ mod json {
             let outcome_name = string(m, "outcome")?;
             let mut allowed = vec![
                 "format",
+                "mode",
                 "city",
                 "script_id",
                 "script_version",
+                "command_sm3",
+                "data",
                 "reader_id",
                 "card_id",
                 "outcome",
@@ -724,11 +770,32 @@ mod json {
                 Value::String(s) => Some(fixed::<64>(s, "signature")?),
                 _ => return Err(err("`signature` must be hex or null")),
             };
+            let mode = match string(m, "mode")? {
+                "production" => Mode::Production,
+                "development" => Mode::Development,
+                other => return Err(err(format!("unknown mode `{other}`"))),
+            };
+            let data = match get(m, "data")? {
+                Value::Null => None,
+                Value::Object(d) => {
+                    if let Some(k) = d.keys().find(|k| *k != "issuer_key_id" && *k != "seq") {
+                        return Err(err(format!("unknown key `data.{k}`")));
+                    }
+                    Some(DataIdentity {
+                        issuer_key_id: fixed::<8>(string(d, "issuer_key_id")?, "issuer_key_id")?,
+                        seq: uint(d, "seq", u64::MAX)?,
+                    })
+                }
+                _ => return Err(err("`data` must be an object or null")),
+            };
             let r = Receipt {
                 format_version: uint(m, "format", u8::MAX.into())? as u8,
+                mode,
                 city: uint(m, "city", u32::MAX.into())? as u32,
                 script_id: uint(m, "script_id", u32::MAX.into())? as u32,
                 script_version: uint(m, "script_version", u16::MAX.into())? as u16,
+                command_sm3: fixed::<32>(string(m, "command_sm3")?, "command_sm3")?,
+                data,
                 reader_id: string(m, "reader_id")?.into(),
                 card_id: unhex(string(m, "card_id")?, "card_id")?,
                 outcome,
@@ -797,9 +864,23 @@ mod tests {
             prop::collection::btree_map("[a-z_]{1,12}", value, 0..8),
             (any::<u32>(), any::<Option<u64>>(), any::<[u8; 32]>()),
             prop::option::of(prop::collection::vec(any::<u8>(), 64)),
+            (
+                any::<bool>(),
+                any::<[u8; 32]>(),
+                any::<Option<([u8; 8], u64)>>(),
+            ),
         )
-            .prop_map(|(ids, card_id, outcome, fields, tail, sig)| Receipt {
+            .prop_map(|(ids, card_id, outcome, fields, tail, sig, m)| Receipt {
                 format_version: FORMAT_VERSION,
+                mode: if m.0 && m.2.is_some() {
+                    Mode::Production
+                } else {
+                    Mode::Development
+                },
+                command_sm3: m.1,
+                data: m
+                    .2
+                    .map(|(issuer_key_id, seq)| DataIdentity { issuer_key_id, seq }),
                 city: ids.0,
                 script_id: ids.1,
                 script_version: ids.2,
@@ -868,24 +949,37 @@ mod tests {
         assert_eq!(t.verify(key.public_key()), Err(ReceiptError::BadSignature));
     }
 
+    fn codec_kind(r: Result<Receipt, ReceiptError>) -> (&'static str, CodecErrorKind) {
+        match r {
+            Err(ReceiptError::Codec(e)) => (e.field, e.kind),
+            other => panic!("expected a codec error, got {other:?}"),
+        }
+    }
+
     #[test]
     fn typed_errors() {
         let good = sample().to_bytes().unwrap();
         let mut b = good.clone();
         b[0] ^= 1;
-        assert_eq!(Receipt::from_bytes(&b), Err(ReceiptError::BadMagic));
-        let mut b = good.clone();
-        b[4] = 2;
         assert_eq!(
-            Receipt::from_bytes(&b),
-            Err(ReceiptError::UnsupportedVersion(2))
+            codec_kind(Receipt::from_bytes(&b)).1,
+            CodecErrorKind::BadMagic
+        );
+        let mut b = good.clone();
+        b[4] = 1;
+        assert_eq!(
+            codec_kind(Receipt::from_bytes(&b)).1,
+            CodecErrorKind::UnsupportedVersion(1)
         );
         let mut b = good.clone();
         b.push(0);
-        assert_eq!(Receipt::from_bytes(&b), Err(ReceiptError::TrailingBytes(1)));
+        assert_eq!(
+            codec_kind(Receipt::from_bytes(&b)).1,
+            CodecErrorKind::TrailingBytes(1)
+        );
         assert!(matches!(
-            Receipt::from_bytes(&good[..good.len() - 1]),
-            Err(ReceiptError::Truncated(_))
+            codec_kind(Receipt::from_bytes(&good[..good.len() - 1])),
+            ("signature", CodecErrorKind::Truncated { .. })
         ));
         let mut r = sample();
         r.fields.push(("amount".into(), FieldValue::Int(1)));
@@ -897,7 +991,7 @@ mod tests {
         r.reader_id.clear();
         assert!(matches!(r.to_bytes(), Err(ReceiptError::Length { .. })));
         assert!(matches!(
-            Receipt::from_json("{\"format\": 1}"),
+            Receipt::from_json("{\"format\": 2}"),
             Err(ReceiptError::Json(_))
         ));
         let mut v = sample().to_json_value();
@@ -906,6 +1000,87 @@ mod tests {
             Receipt::from_json_value(&v),
             Err(ReceiptError::Json(_))
         ));
+    }
+
+    /// DESIGN §4 invariant 10, as the attack: a signed receipt's JSON edited so that a
+    /// first-key-wins reader (or a person) sees values that were never signed, while a
+    /// last-key-wins parser still sees the signed ones. Every such text is refused.
+    #[test]
+    fn only_the_canonical_json_text_is_accepted() {
+        let mut rng = TestRng(21);
+        let key = Sm2PrivateKey::generate(&mut rng);
+        let mut r = sample();
+        r.outcome = Outcome::Committed;
+        r.sign(&key, &mut rng).unwrap();
+        let json = r.to_json();
+        Receipt::from_json(&json)
+            .unwrap()
+            .verify(key.public_key())
+            .unwrap();
+        Receipt::from_json(&(json.clone() + "\n")).unwrap();
+        let attacks = [
+            // A duplicate key placed first: a first-key-wins reader sees "failed".
+            json.replacen(
+                "\"outcome\": \"committed\"",
+                "\"outcome\": \"failed\",\n  \"outcome\": \"committed\"",
+                1,
+            ),
+            json.replacen(
+                "\"amount\": 10000",
+                "\"amount\": 99999,\n    \"amount\": 10000",
+                1,
+            ),
+            // Non-canonical spellings of the same values.
+            json.replacen("\"amount\": 10000", "\"amount\": 1e4", 1),
+            json.replacen("\"amount\": 10000", "\"amount\": 10000.0", 1),
+            json.replacen("\"apdu_count\": 1", "\"apdu_count\": +1", 1),
+            json.replacen("A1B2C3D4", "a1b2c3d4", 1),
+            json.replacen("\"committed\"", "\"\\u0063ommitted\"", 1),
+            // An unknown field, and a reordered one.
+            json.replacen("{\n", "{\n  \"note\": \"refunded\",\n", 1),
+            json.replacen(
+                "  \"mode\": \"development\",\n  \"city\": 731,",
+                "  \"city\": 731,\n  \"mode\": \"development\",",
+                1,
+            ),
+            // Whitespace games.
+            json.replace("\n", "\r\n"),
+            format!(" {json}"),
+        ];
+        for (i, bad) in attacks.iter().enumerate() {
+            assert_ne!(bad, &json, "attack {i} did not change the text");
+            assert!(
+                matches!(Receipt::from_json(bad), Err(ReceiptError::Json(_))),
+                "attack {i} accepted: {bad}"
+            );
+        }
+    }
+
+    /// A development receipt verifies as signed but never as a production receipt.
+    #[test]
+    fn development_receipts_never_pass_as_production() {
+        let mut rng = TestRng(22);
+        let key = Sm2PrivateKey::generate(&mut rng);
+        let mut r = sample();
+        r.sign(&key, &mut rng).unwrap();
+        r.verify(key.public_key()).unwrap();
+        assert_eq!(
+            r.verify_production(key.public_key()),
+            Err(ReceiptError::Development)
+        );
+        // Relabelling it production breaks the signature (and needs a data identity).
+        let mut p = r.clone();
+        p.mode = Mode::Production;
+        p.data = Some(DataIdentity {
+            issuer_key_id: [1; 8],
+            seq: 9,
+        });
+        assert_eq!(
+            p.verify_production(key.public_key()),
+            Err(ReceiptError::BadSignature)
+        );
+        p.sign(&key, &mut rng).unwrap();
+        p.verify_production(key.public_key()).unwrap();
     }
 
     #[test]

@@ -135,6 +135,10 @@ fn sealed_scripts_run_and_the_receipt_verifies() {
     for (input, out, seq) in [(&cvm, &scvm, "1"), (&cvd, &scvd, "2")] {
         ok(&[
             "seal",
+            // The data script is bound to this command script (ignored for the command
+            // script itself, which binds to its own bytes).
+            "--command",
+            s(&cvm),
             "--issuer-key",
             s(&ikey),
             "--reader-pub",

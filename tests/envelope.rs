@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use cardvm::crypto::rng::os_rng;
 use cardvm::crypto::sm2::Sm2PrivateKey;
 use cardvm::envelope::{
-    EnvelopeHeader, FileReplayStore, MemoryReplayStore, OpenError, Opener, ScriptKind, seal,
+    EnvelopeHeader, Expect, FileReplayStore, MemoryReplayStore, OpenError, Opener, ScriptKind, seal,
 };
 use cardvm::receipt::{FieldValue, Outcome, Receipt, ReceiptError, TranscriptHasher};
 use proptest::prelude::*;
@@ -29,9 +29,31 @@ fn header(kind: ScriptKind, seq: u64, expires: u64, reader_id: &str) -> Envelope
         script_id: 12,
         script_version: 3,
         seq,
+        issued: NOW - 600,
         expires,
+        binding: cardvm::crypto::sm3(COMMAND),
         reader_id: reader_id.into(),
     }
+}
+
+/// The command script every test envelope is bound to.
+const COMMAND: &[u8] = b"\x01\x02\x03 bytecode";
+
+/// Opens `blob` expecting what its kind byte says: a command script, or a data script
+/// bound to [`COMMAND`].
+fn open_<S: cardvm::envelope::ReplayStore>(
+    o: &mut Opener<S>,
+    blob: &[u8],
+    now: u64,
+) -> Result<cardvm::envelope::OpenedScript, OpenError> {
+    static DIGEST: OnceLock<[u8; 32]> = OnceLock::new();
+    let digest = DIGEST.get_or_init(|| cardvm::crypto::sm3(COMMAND));
+    let expect = if blob.get(5) == Some(&1) {
+        Expect::Command
+    } else {
+        Expect::DataFor(digest)
+    };
+    o.open(blob, now, expect)
 }
 
 fn world() -> &'static World {
@@ -52,7 +74,7 @@ fn world() -> &'static World {
             &issuer,
             reader.public_key(),
             &header(ScriptKind::Command, 3, NOW + 86_400, READER),
-            b"\x01\x02\x03 bytecode",
+            COMMAND,
             &mut rng,
         )
         .unwrap();
@@ -99,11 +121,11 @@ fn untampered_blobs_open() {
     let w = world();
     let mut o = opener(w);
     assert_eq!(
-        o.open(&w.data_blob, NOW).unwrap().payload(),
+        open_(&mut o, &w.data_blob, NOW).unwrap().payload(),
         b"amount=100 terminal=112233445566"
     );
     assert_eq!(
-        o.open(&w.cmd_blob, NOW).unwrap().payload(),
+        open_(&mut o, &w.cmd_blob, NOW).unwrap().payload(),
         b"\x01\x02\x03 bytecode"
     );
     let r = Receipt::from_bytes(&w.receipt_bytes).unwrap();
@@ -119,7 +141,7 @@ proptest! {
         let w = world();
         let blob = if cmd { &w.cmd_blob } else { &w.data_blob };
         let bad = flipped(blob, pos.index(blob.len() * 8));
-        prop_assert!(opener(w).open(&bad, NOW).is_err());
+        prop_assert!(open_(&mut opener(w), &bad, NOW).is_err());
     }
 
     /// Invariant 3: any single flipped bit of a receipt's canonical bytes is rejected
@@ -139,7 +161,10 @@ fn every_bit_flip_of_a_sealed_data_script_is_rejected() {
     let w = world();
     for bit in 0..w.data_blob.len() * 8 {
         let bad = flipped(&w.data_blob, bit);
-        assert!(opener(w).open(&bad, NOW).is_err(), "bit {bit} accepted");
+        assert!(
+            open_(&mut opener(w), &bad, NOW).is_err(),
+            "bit {bit} accepted"
+        );
     }
 }
 
@@ -168,7 +193,7 @@ fn rejections_are_typed() {
     )
     .unwrap();
     assert!(matches!(
-        opener(w).open(&other, NOW),
+        open_(&mut opener(w), &other, NOW),
         Err(OpenError::WrongReader { .. })
     ));
 
@@ -183,13 +208,13 @@ fn rejections_are_typed() {
     )
     .unwrap();
     assert!(matches!(
-        opener(w).open(&other_key, NOW),
+        open_(&mut opener(w), &other_key, NOW),
         Err(OpenError::WrongReader { .. })
     ));
 
     // Expired.
     assert_eq!(
-        opener(w).open(&w.data_blob, NOW + 60).unwrap_err(),
+        open_(&mut opener(w), &w.data_blob, NOW + 60).unwrap_err(),
         OpenError::Expired {
             expires: NOW + 60,
             now: NOW + 60
@@ -207,30 +232,30 @@ fn rejections_are_typed() {
     )
     .unwrap();
     assert!(matches!(
-        opener(w).open(&forged, NOW),
+        open_(&mut opener(w), &forged, NOW),
         Err(OpenError::WrongIssuerKey { .. })
     ));
 
     // Bad signature: the forger also copies the real issuer's key id.
     let mut forged2 = forged.clone();
     let real_id = w.issuer.public_key().key_id();
-    forged2[32..40].copy_from_slice(&real_id);
+    forged2[72..80].copy_from_slice(&real_id);
     assert_eq!(
-        opener(w).open(&forged2, NOW).unwrap_err(),
+        open_(&mut opener(w), &forged2, NOW).unwrap_err(),
         OpenError::BadSignature
     );
 
     // Bad format.
     assert!(matches!(
-        opener(w).open(b"CVSE\x01", NOW),
+        open_(&mut opener(w), b"CVSE\x01", NOW),
         Err(OpenError::Format(_))
     ));
 
     // Replayed.
     let mut o = opener(w);
-    o.open(&w.data_blob, NOW).unwrap();
+    open_(&mut o, &w.data_blob, NOW).unwrap();
     assert_eq!(
-        o.open(&w.data_blob, NOW).unwrap_err(),
+        open_(&mut o, &w.data_blob, NOW).unwrap_err(),
         OpenError::Replayed { seq: 10, last: 10 }
     );
 
@@ -260,18 +285,18 @@ fn replay_store_survives_restart() {
         )
     };
     {
-        let mut o = new(FileReplayStore::open(&path).unwrap());
-        o.open(&w.data_blob, NOW).unwrap();
-        o.open(&w.cmd_blob, NOW).unwrap();
+        let mut o = new(FileReplayStore::open_file(&path, &w.reader).unwrap());
+        open_(&mut o, &w.data_blob, NOW).unwrap();
+        open_(&mut o, &w.cmd_blob, NOW).unwrap();
     }
     // "Restart": a new opener over the same file.
-    let mut o = new(FileReplayStore::open(&path).unwrap());
+    let mut o = new(FileReplayStore::open_file(&path, &w.reader).unwrap());
     assert_eq!(
-        o.open(&w.data_blob, NOW).unwrap_err(),
+        open_(&mut o, &w.data_blob, NOW).unwrap_err(),
         OpenError::Replayed { seq: 10, last: 10 }
     );
     // The command script the reader already accepted still opens after restart.
-    assert!(o.open(&w.cmd_blob, NOW).is_ok());
+    assert!(open_(&mut o, &w.cmd_blob, NOW).is_ok());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -280,7 +305,7 @@ fn cached_command_script_skips_asymmetric_crypto() {
     let w = world();
     let mut o = opener(w);
     for _ in 0..5 {
-        o.open(&w.cmd_blob, NOW).unwrap();
+        open_(&mut o, &w.cmd_blob, NOW).unwrap();
     }
     let s = o.stats();
     assert_eq!((s.full_opens, s.cache_hits), (1, 4));

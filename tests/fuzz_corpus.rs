@@ -181,7 +181,9 @@ fn write_seed_corpora() {
                             script_id: 2,
                             script_version: 1,
                             seq,
+                            issued: cardvm::fuzzing::ENVELOPE_NOW - 60,
                             expires: cardvm::fuzzing::ENVELOPE_NOW + 3600,
+                            binding: cardvm::crypto::sm3(&cvm),
                             reader_id: cardvm::fuzzing::ENVELOPE_READER_ID.into(),
                         };
                         let cmd = seal(

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use cardvm::crypto::rng::os_rng;
 use cardvm::envelope::time::{format_rfc3339, parse_rfc3339};
-use cardvm::envelope::{EnvelopeHeader, FileReplayStore, Opener, ScriptKind, seal, unix_now};
+use cardvm::envelope::{
+    EnvelopeHeader, Expect, FileReplayStore, Opener, ScriptKind, seal, unix_now,
+};
 use clap::{Args, ValueEnum};
 
 use super::CliResult;
@@ -50,6 +52,14 @@ pub struct SealArgs {
     /// Script version [default: a command script's own header, else 0].
     #[arg(long)]
     script_version: Option<u16>,
+    /// For a data script: the command script (`.cvm`) it may run with. Its SM3 is sealed
+    /// into the data script; a reader refuses to run the data script with any other.
+    #[arg(long, value_name = "CMD.cvm")]
+    command: Option<PathBuf>,
+    /// Issue time, RFC 3339 UTC [default: now]. A reader whose clock reads earlier than
+    /// an accepted script's issue time refuses sealed scripts.
+    #[arg(long, value_name = "T")]
+    issued: Option<String>,
     /// The script to seal (.cvm or .cvd).
     #[arg(value_name = "IN")]
     input: PathBuf,
@@ -77,6 +87,10 @@ pub struct OpenArgs {
     /// Time to check expiry against, RFC 3339 [default: the system clock].
     #[arg(long, value_name = "T")]
     now: Option<String>,
+    /// For a data script: the command script (`.cvm`) it must be bound to (checked;
+    /// without it the binding is only shown).
+    #[arg(long, value_name = "CMD.cvm")]
+    command: Option<PathBuf>,
     /// The sealed script.
     #[arg(value_name = "IN")]
     input: PathBuf,
@@ -115,13 +129,34 @@ pub fn seal_cmd(args: SealArgs) -> CliResult {
             .map_err(|e| format!("{}: not a command script: {e}", args.input.display()))?,
         _ => cardvm::script::Header::default(),
     };
+    let (binding, command_header) = match (kind, &args.command) {
+        (ScriptKind::Command, _) => (cardvm::crypto::sm3(&payload), own),
+        (_, Some(cmd)) => {
+            let bytes = read(cmd)?;
+            let header = cardvm::script::CommandScript::parse(&bytes)
+                .map(|s| s.header)
+                .map_err(|e| format!("--command {}: not a command script: {e}", cmd.display()))?;
+            (cardvm::crypto::sm3(&bytes), header)
+        }
+        (_, None) => {
+            return Err(String::from(
+                "sealing a data script needs --command CMD.cvm: the command script it may run with",
+            ));
+        }
+    };
+    let issued = match &args.issued {
+        Some(t) => parse_rfc3339(t).map_err(|e| format!("--issued {t}: {e}"))?,
+        None => unix_now(),
+    };
     let header = EnvelopeHeader {
         kind,
-        city: args.city.unwrap_or(own.city),
-        script_id: args.script_id.unwrap_or(own.script_id),
-        script_version: args.script_version.unwrap_or(own.version),
+        city: args.city.unwrap_or(command_header.city),
+        script_id: args.script_id.unwrap_or(command_header.script_id),
+        script_version: args.script_version.unwrap_or(command_header.version),
         seq: args.seq,
+        issued,
         expires,
+        binding,
         reader_id: args.reader_id,
     };
     let blob = seal(&issuer, &reader, &header, &payload, &mut os_rng())
@@ -152,12 +187,20 @@ pub fn open_cmd(args: OpenArgs) -> CliResult {
         .replay_store
         .clone()
         .unwrap_or_else(|| args.reader_key.with_extension("replay"));
-    let store =
-        FileReplayStore::open(&store_path).map_err(|e| format!("{}: {e}", store_path.display()))?;
+    let store = FileReplayStore::open_file(&store_path, &reader_key)
+        .map_err(|e| format!("{}: {e}", store_path.display()))?;
     let blob = read(&args.input)?;
+    let command_sm3 = match &args.command {
+        Some(cmd) => Some(cardvm::crypto::sm3(&read(cmd)?)),
+        None => None,
+    };
+    let expect = match &command_sm3 {
+        Some(d) => Expect::DataFor(d),
+        None => Expect::Inspect,
+    };
     let mut opener = Opener::new(args.reader_id.as_deref(), reader_key, issuer, store);
     let opened = opener
-        .open(&blob, now)
+        .open(&blob, now, expect)
         .map_err(|e| format!("open {}: {e}", args.input.display()))?;
     write(&args.out, opened.payload())?;
     let h = &opened.header;
@@ -172,5 +215,9 @@ pub fn open_cmd(args: OpenArgs) -> CliResult {
         args.out.display(),
         opened.payload().len()
     );
+    if h.kind == ScriptKind::Data && command_sm3.is_none() {
+        let hex: String = h.binding.iter().map(|b| format!("{b:02X}")).collect();
+        println!("bound to command script SM3 {hex} (not checked: give --command)");
+    }
     Ok(())
 }

@@ -1,16 +1,21 @@
-//! `cardvm run`: load (and open) the scripts, verify, bind, run against a card, print
-//! the receipt.
+//! `cardvm run`: a thin adapter over [`cardvm::reader::Reader`] — it loads files and
+//! keys, picks the card, and prints; the reader applies the whole security policy.
 
 use super::trace::StderrTrace;
 use super::{CliResult, read_file};
-use cardvm::receipt::Receipt;
-use cardvm::script::{CommandScript, DataScript};
+use cardvm::reader::{
+    Completed, JournalStatus, Policy, Prepared, Reader, ReaderConfig, ReceiptJournal, SystemClock,
+};
+use cardvm::script::DataScript;
+use cardvm::transport::CardTransport;
 use cardvm::transport::replay::ReplayCard;
-use cardvm::transport::{ApduLayer, CardTransport};
-use cardvm::verify::VerifiedProgram;
-use cardvm::vm::{Limits, RunReport, Vm};
+use cardvm::vm::{Limits, RunReport};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// Exit code when the card was reached but the receipt could not be journaled: the
+/// receipt went to stdout (or `--receipt`) and to a fallback file instead.
+pub const EXIT_UNJOURNALED: i32 = 3;
 
 /// Run a command script with a data script against a card.
 #[derive(Args, Debug)]
@@ -53,17 +58,30 @@ pub struct RunArgs {
     /// The reader's SM2 private key: opens sealed scripts and signs the receipt.
     #[arg(long, value_name = "K")]
     pub reader_key: Option<PathBuf>,
-    /// The issuer's SM2 public key (needed for sealed scripts).
+    /// The issuer's SM2 public key (needed for sealed scripts; repeat to trust several).
+    /// With an issuer key the reader runs sealed scripts only, unless --allow-plain.
     #[arg(long, value_name = "P")]
-    pub issuer_pub: Option<PathBuf>,
+    pub issuer_pub: Vec<PathBuf>,
+    /// Development mode: also run plain (unsealed) scripts on a reader that has an issuer
+    /// key. Receipts then say `"mode": "development"` (signed) and never settle. A sealed
+    /// data script still runs only with the command script it was sealed for.
+    #[arg(long)]
+    pub allow_plain: bool,
     /// This reader's id (checked against sealed scripts; written into the receipt)
     /// [default: the reader key's id, or "local"].
     #[arg(long, value_name = "ID")]
     pub reader_id: Option<String>,
-    /// Append the receipt (committed, failed or unknown) to this offline journal.
+    /// Append the receipt (committed, failed or unknown) to this offline journal, opened
+    /// and locked before the card is touched [default with --issuer-pub: K with extension
+    /// .journal].
     #[arg(long, value_name = "PATH")]
     pub journal: Option<PathBuf>,
-    /// Replay store for sealed scripts [default: K with extension .replay].
+    /// Where a receipt goes if the journal cannot take it after the card was reached
+    /// [default: the journal path with `.unjournaled` appended].
+    #[arg(long, value_name = "PATH")]
+    pub fallback: Option<PathBuf>,
+    /// Replay store for sealed scripts, integrity-protected with the reader key
+    /// [default: K with extension .replay].
     #[arg(long, value_name = "PATH")]
     pub replay_store: Option<PathBuf>,
     /// Instruction budget.
@@ -74,61 +92,195 @@ pub struct RunArgs {
     pub max_apdus: u32,
 }
 
-/// Loaded, verified and bound inputs of one run.
-pub struct Prepared {
-    pub program: VerifiedProgram,
-    pub data: DataScript,
-    /// `Some(step)`: trace the VM (`--trace-vm`, `--step`).
-    pub vm_trace: Option<bool>,
+/// Reads the command script: `.casm` (assembled, with debug info), `.cvm`, or sealed.
+fn load_command(path: &Path) -> Result<Vec<u8>, String> {
+    if path.extension().is_some_and(|x| x == "casm") {
+        Ok(
+            cardvm::asm::assemble_file(path, &cardvm::asm::AsmOptions { debug: true })
+                .map_err(|e| e.to_string())?
+                .script
+                .encode(),
+        )
+    } else {
+        read_file(path)
+    }
 }
 
-/// Parses and verifies the command script and binds the data script.
-pub fn prepare(
-    command: &[u8],
-    data: &[u8],
-    command_name: &str,
-    data_name: &str,
-) -> Result<Prepared, String> {
-    let script = CommandScript::parse(command).map_err(|e| format!("{command_name}: {e}"))?;
-    let program =
-        VerifiedProgram::verify(&script).map_err(|e| format!("{command_name}: verify: {e}"))?;
-    let data = DataScript::parse(data).map_err(|e| format!("{data_name}: {e}"))?;
-    program
-        .bind(&data)
-        .map_err(|e| format!("{data_name}: {e}"))?;
-    Ok(Prepared {
-        program,
-        data,
-        vm_trace: None,
-    })
-}
-
-/// Runs `prepared` on `card`.
-pub fn execute<T: CardTransport>(
-    prepared: &Prepared,
-    card: T,
-    limits: Limits,
-    trace: bool,
-) -> Result<(RunReport, T), String> {
-    let binding = prepared
-        .program
-        .bind(&prepared.data)
-        .map_err(|e| e.to_string())?;
-    let bound = prepared
-        .program
-        .with_data(&prepared.data, &binding)
-        .map_err(|e| e.to_string())?;
-    let mut layer = ApduLayer::new(card);
-    let report = match prepared.vm_trace {
-        Some(step) => {
-            let mut tracer = super::trace::VmTrace::new(&prepared.program, step);
-            let report = Vm::new(limits).run(bound, &mut layer, &mut tracer);
-            failure_report(&mut tracer, &report);
-            report
+/// Reads the data script: `.toml` (compiled), `.cvd`, sealed, or none (no inputs).
+fn load_data(path: Option<&Path>) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    match path {
+        None => Ok(zeroize::Zeroizing::new(DataScript::default().encode())),
+        Some(d) if d.extension().is_some_and(|x| x == "toml") => {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(d).map_err(|e| format!("{}: {e}", d.display()))?,
+            );
+            let data =
+                cardvm::asm::compile_data(&text).map_err(|e| format!("{}: {e}", d.display()))?;
+            Ok(zeroize::Zeroizing::new(data.encode()))
         }
-        None => Vm::new(limits).run(bound, &mut layer, &mut StderrTrace::new(trace)),
+        Some(d) => Ok(zeroize::Zeroizing::new(read_file(d)?)),
+    }
+}
+
+/// The reader as the arguments configure it (keys, trust, policy, store, journal).
+fn build_reader(args: &RunArgs) -> Result<(Reader, Option<PathBuf>), String> {
+    let key = args
+        .reader_key
+        .as_deref()
+        .map(super::keys::load_private_key)
+        .transpose()?;
+    let issuers = args
+        .issuer_pub
+        .iter()
+        .map(|p| super::keys::load_public_key(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let reader_id = match (&args.reader_id, &key) {
+        (Some(id), _) => id.clone(),
+        (None, Some(k)) => k
+            .public_key()
+            .key_id()
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect(),
+        (None, None) => String::from("local"),
     };
-    Ok((report, layer.into_inner()))
+    let sealed_reader = key.is_some() && !issuers.is_empty();
+    let store: Option<cardvm::reader::BoxedStore> = match (&key, sealed_reader) {
+        (Some(k), true) => {
+            let path = args.replay_store.clone().unwrap_or_else(|| {
+                args.reader_key.as_deref().map_or_else(
+                    || PathBuf::from("cardvm.replay"),
+                    |p| p.with_extension("replay"),
+                )
+            });
+            let store = cardvm::envelope::FileReplayStore::open_file(&path, k)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            Some(Box::new(store))
+        }
+        _ => None,
+    };
+    let journal_path = args.journal.clone().or_else(|| {
+        sealed_reader
+            .then(|| {
+                args.reader_key
+                    .as_deref()
+                    .map(|p| p.with_extension("journal"))
+            })
+            .flatten()
+    });
+    // The journal is opened (and locked) here, before any card is touched.
+    let journal: Option<Box<dyn ReceiptJournal>> = match &journal_path {
+        Some(p) => Some(Box::new(
+            cardvm::journal::Journal::open(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        )),
+        None => None,
+    };
+    let config = ReaderConfig {
+        reader_id,
+        reader_key: key,
+        issuers,
+        policy: if args.allow_plain {
+            Policy::AllowPlain
+        } else {
+            Policy::SealedOnly
+        },
+        limits: Limits {
+            fuel: args.fuel,
+            max_apdus: args.max_apdus,
+            ..Limits::default()
+        },
+    };
+    let reader =
+        Reader::new(config, store, journal, Box::new(SystemClock)).map_err(|e| e.to_string())?;
+    Ok((reader, journal_path))
+}
+
+pub fn run(args: RunArgs) -> CliResult {
+    let (mut reader, journal_path) = build_reader(&args)?;
+    let command = load_command(&args.command)?;
+    let data = load_data(args.data.as_deref())?;
+    let prepared = reader
+        .prepare(&command, &data)
+        .map_err(|e| format!("{}: {e}", args.command.display()))?;
+    let completed = on_card(&args, &mut reader, &prepared)?;
+    let mut json = completed.receipt.to_json();
+    json.push('\n');
+    match &completed.journal {
+        JournalStatus::Appended(seq) => {
+            if let Some(p) = &journal_path {
+                eprintln!("receipt journaled as entry {seq} in {}", p.display());
+            }
+        }
+        JournalStatus::NotConfigured => {}
+        JournalStatus::Failed(e) => {
+            // The card was reached: the receipt must not be lost. Deliver it twice.
+            let fallback = args.fallback.clone().unwrap_or_else(|| {
+                let mut p = journal_path.clone().unwrap_or_default().into_os_string();
+                p.push(".unjournaled");
+                PathBuf::from(p)
+            });
+            let saved = append_fallback(&fallback, json.as_bytes());
+            let _ = super::write_output(args.receipt.as_deref(), json.as_bytes());
+            eprintln!(
+                "cardvm: the receipt could not be journaled ({e}); it was printed and {}",
+                match saved {
+                    Ok(()) => format!("appended to {}", fallback.display()),
+                    Err(e) => format!(
+                        "NOT saved to {} either ({e}): keep the printed copy",
+                        fallback.display()
+                    ),
+                }
+            );
+            std::process::exit(EXIT_UNJOURNALED);
+        }
+    }
+    super::write_output(args.receipt.as_deref(), json.as_bytes())?;
+    outcome_result(&completed)
+}
+
+/// Appends `bytes` to the fallback file and syncs it.
+fn append_fallback(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+fn outcome_result(c: &Completed) -> CliResult {
+    use cardvm::vm::Outcome;
+    match &c.report.outcome {
+        Outcome::Committed => Ok(()),
+        Outcome::Failed(f) => Err(format!("transaction failed: {f}")),
+        Outcome::Unknown(f) => Err(format!(
+            "transaction unknown: {f} (run the city's recover script on the same card to learn whether it committed)"
+        )),
+    }
+}
+
+/// Runs `prepared` on `card` through the reader, with the tracer the arguments ask for.
+fn execute<T: CardTransport>(
+    args: &RunArgs,
+    reader: &mut Reader,
+    prepared: &Prepared,
+    card: &mut T,
+) -> Result<Completed, String> {
+    let mut rng = cardvm::crypto::rng::os_rng();
+    let completed = if args.trace_vm || args.step {
+        let mut tracer = super::trace::VmTrace::new(prepared.program(), args.step);
+        let c = reader
+            .run(prepared, card, &mut tracer, &mut rng)
+            .map_err(|e| e.to_string())?;
+        failure_report(&mut tracer, &c.report);
+        c
+    } else {
+        reader
+            .run(prepared, card, &mut StderrTrace::new(args.trace), &mut rng)
+            .map_err(|e| e.to_string())?
+    };
+    Ok(completed)
 }
 
 /// After a traced run that did not commit: the failing source line and the last APDU.
@@ -158,167 +310,17 @@ fn failure_report(tracer: &mut super::trace::VmTrace<'_>, report: &RunReport) {
     }
 }
 
-/// The reader's identity and keys for one run.
-struct ReaderKeys {
-    key: Option<cardvm::crypto::sm2::Sm2PrivateKey>,
-    id: String,
-}
-
-fn reader_keys(args: &RunArgs) -> Result<ReaderKeys, String> {
-    let key = args
-        .reader_key
-        .as_deref()
-        .map(super::keys::load_private_key)
-        .transpose()?;
-    let id = match (&args.reader_id, &key) {
-        (Some(id), _) => id.clone(),
-        (None, Some(k)) => k
-            .public_key()
-            .key_id()
-            .iter()
-            .map(|b| format!("{b:02X}"))
-            .collect(),
-        (None, None) => String::from("local"),
-    };
-    Ok(ReaderKeys { key, id })
-}
-
-/// Reads both scripts, opening sealed ones (at most one SM2 verify + decrypt each).
-fn load_scripts(
-    args: &RunArgs,
-    reader: &ReaderKeys,
-) -> Result<(Vec<u8>, zeroize::Zeroizing<Vec<u8>>), String> {
-    let ext = |p: &std::path::Path, e: &str| p.extension().is_some_and(|x| x == e);
-    let command = if ext(&args.command, "casm") {
-        cardvm::asm::assemble_file(&args.command, &cardvm::asm::AsmOptions { debug: true })
-            .map_err(|e| e.to_string())?
-            .script
-            .encode()
-    } else {
-        read_file(&args.command)?
-    };
-    let data = match &args.data {
-        None => zeroize::Zeroizing::new(DataScript::default().encode()),
-        Some(d) if ext(d, "toml") => {
-            let text = zeroize::Zeroizing::new(
-                std::fs::read_to_string(d).map_err(|e| format!("{}: {e}", d.display()))?,
-            );
-            let data =
-                cardvm::asm::compile_data(&text).map_err(|e| format!("{}: {e}", d.display()))?;
-            zeroize::Zeroizing::new(data.encode())
-        }
-        Some(d) => zeroize::Zeroizing::new(read_file(d)?),
-    };
-    let sealed = |b: &[u8]| b.starts_with(&cardvm::envelope::format::MAGIC);
-    if !sealed(&command) && !sealed(&data) {
-        return Ok((command, data));
-    }
-    let (Some(key), Some(issuer)) = (&reader.key, &args.issuer_pub) else {
-        return Err(String::from(
-            "sealed scripts need --reader-key K and --issuer-pub P",
-        ));
-    };
-    let issuer = super::keys::load_public_key(issuer)?;
-    let store_path = args.replay_store.clone().unwrap_or_else(|| {
-        args.reader_key
-            .as_deref()
-            .map(|k| k.with_extension("replay"))
-            .unwrap_or_else(|| PathBuf::from("cardvm.replay"))
-    });
-    let store = cardvm::envelope::replay::FileReplayStore::open(&store_path)
-        .map_err(|e| format!("{}: {e}", store_path.display()))?;
-    let reader_id = args.reader_id.as_deref();
-    let mut opener = cardvm::envelope::Opener::new(reader_id, key.clone(), issuer, store);
-    let now = cardvm::envelope::unix_now();
-    let mut open =
-        |bytes: Vec<u8>, path: &std::path::Path| -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
-            if !sealed(&bytes) {
-                return Ok(zeroize::Zeroizing::new(bytes));
-            }
-            let opened = opener
-                .open(&bytes, now)
-                .map_err(|e| format!("open {}: {e}", path.display()))?;
-            Ok(opened.into_payload())
-        };
-    let command = open(command, &args.command)?;
-    let data_path = args.data.clone().unwrap_or_default();
-    let data = open(data.to_vec(), &data_path)?;
-    Ok((command.to_vec(), data))
-}
-
-pub fn run(args: RunArgs) -> CliResult {
-    let reader = reader_keys(&args)?;
-    let (command, data) = load_scripts(&args, &reader)?;
-    let mut prepared = prepare(
-        &command,
-        &data,
-        &args.command.display().to_string(),
-        &args
-            .data
-            .as_ref()
-            .map_or(String::from("(no data)"), |d| d.display().to_string()),
-    )?;
-    if args.trace_vm || args.step {
-        prepared.vm_trace = Some(args.step);
-    }
-    let limits = Limits {
-        fuel: args.fuel,
-        max_apdus: args.max_apdus,
-        ..Limits::default()
-    };
-    let (report, card_id, air_time) = on_card(&args, &prepared, limits)?;
-    let mut receipt = Receipt::from_run(
-        prepared.program.header(),
-        &reader.id,
-        &card_id,
-        &report,
-        air_time,
-    );
-    if let Some(key) = &reader.key {
-        receipt
-            .sign(key, &mut cardvm::crypto::rng::os_rng())
-            .map_err(|e| format!("signing the receipt: {e}"))?;
-    }
-    // Journal first: a receipt must survive even if printing it fails.
-    if let Some(path) = &args.journal {
-        let bytes = receipt.to_bytes().map_err(|e| format!("receipt: {e}"))?;
-        let mut journal =
-            cardvm::journal::Journal::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let seq = journal
-            .append(&bytes)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        eprintln!("receipt journalled as entry {seq} in {}", path.display());
-    }
-    let mut json = receipt.to_json();
-    json.push('\n');
-    super::write_output(args.receipt.as_deref(), json.as_bytes())?;
-    match report.outcome {
-        cardvm::vm::Outcome::Committed => Ok(()),
-        other => Err(format!(
-            "transaction {}: {}",
-            other.name(),
-            describe(&other)
-        )),
-    }
-}
-
-/// Runs on the card the arguments name; returns the report, the card id and the
-/// modelled air time (simulated cards only).
-fn on_card(
-    args: &RunArgs,
-    prepared: &Prepared,
-    limits: Limits,
-) -> Result<(RunReport, Vec<u8>, Option<u64>), String> {
+/// Runs on the card the arguments name.
+fn on_card(args: &RunArgs, reader: &mut Reader, prepared: &Prepared) -> Result<Completed, String> {
     match (&args.sim, &args.replay, &args.pcsc) {
         (Some(profile), None, None) => {
-            let card = cardvm::sim::SimCard::load(profile)
+            let mut card = cardvm::sim::SimCard::load(profile)
                 .map_err(|e| format!("{}: {e}", profile.display()))?;
-            let card_id = card.card_id().to_vec();
-            let (report, card) = execute(prepared, card, limits, args.trace)?;
-            let air = card.air_time().total_us();
+            let completed = execute(args, reader, prepared, &mut card)?;
             if args.trace {
                 eprintln!(
-                    "-- modelled air time {air} µs over {} APDUs (a model, see cardvm::sim::airtime)",
+                    "-- modelled air time {} µs over {} APDUs (a model, see cardvm::sim::airtime)",
+                    card.air_time().total_us(),
                     card.air_time().apdus
                 );
             }
@@ -326,18 +328,16 @@ fn on_card(
                 card.save(profile)
                     .map_err(|e| format!("{}: {e}", profile.display()))?;
             }
-            Ok((report, card_id, Some(air)))
+            Ok(completed)
         }
         (None, Some(replay), None) => {
             let text = std::fs::read_to_string(replay)
                 .map_err(|e| format!("{}: {e}", replay.display()))?;
-            let card =
+            let mut card =
                 ReplayCard::parse(&text).map_err(|e| format!("{}: {e}", replay.display()))?;
-            let card_id = card.uid().map(<[u8]>::to_vec).unwrap_or_default();
-            let (report, _) = execute(prepared, card, limits, args.trace)?;
-            Ok((report, card_id, None))
+            execute(args, reader, prepared, &mut card)
         }
-        (None, None, Some(reader)) => run_pcsc(reader, args, prepared, limits),
+        (None, None, Some(name)) => run_pcsc(name, args, reader, prepared),
         (None, None, None) => Err(String::from(
             "no card: give --sim CARD.toml, --pcsc [READER] or --replay TRACE",
         )),
@@ -347,36 +347,24 @@ fn on_card(
 
 #[cfg(feature = "pcsc")]
 fn run_pcsc(
-    reader: &str,
+    name: &str,
     args: &RunArgs,
+    reader: &mut Reader,
     prepared: &Prepared,
-    limits: Limits,
-) -> Result<(RunReport, Vec<u8>, Option<u64>), String> {
-    let name = (!reader.is_empty()).then_some(reader);
-    let mut card = cardvm::transport::pcsc::open_reader(name, std::time::Duration::from_secs(args.wait))
-        .map_err(|e| format!("--pcsc: {e}"))?;
+) -> Result<Completed, String> {
+    let name = (!name.is_empty()).then_some(name);
+    let mut card =
+        cardvm::transport::pcsc::open_reader(name, std::time::Duration::from_secs(args.wait))
+            .map_err(|e| format!("--pcsc: {e}"))?;
     // The whole script runs inside one PC/SC transaction: no other application can
     // interleave commands with a purse transaction.
-    let tx = card.transaction().map_err(|e| format!("--pcsc: {e}"))?;
-    let (report, _) = execute(prepared, tx, limits, args.trace)?;
-    Ok((report, Vec::new(), None))
+    let mut tx = card.transaction().map_err(|e| format!("--pcsc: {e}"))?;
+    execute(args, reader, prepared, &mut tx)
 }
 
 #[cfg(not(feature = "pcsc"))]
-fn run_pcsc(
-    _: &str,
-    _: &RunArgs,
-    _: &Prepared,
-    _: Limits,
-) -> Result<(RunReport, Vec<u8>, Option<u64>), String> {
+fn run_pcsc(_: &str, _: &RunArgs, _: &mut Reader, _: &Prepared) -> Result<Completed, String> {
     Err(String::from(
         "--pcsc: this cardvm was built without the `pcsc` feature",
     ))
-}
-
-fn describe(o: &cardvm::vm::Outcome) -> String {
-    match o {
-        cardvm::vm::Outcome::Committed => String::from("ok"),
-        cardvm::vm::Outcome::Failed(f) | cardvm::vm::Outcome::Unknown(f) => f.to_string(),
-    }
 }

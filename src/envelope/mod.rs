@@ -7,15 +7,25 @@
 //! [`format`](mod@format).
 //!
 //! **Open** (reader), in this order, each failure its own [`OpenError`]:
-//! 1. format ([`OpenError::Format`]);
-//! 2. issuer: key id ([`OpenError::WrongIssuerKey`]) then signature
+//! 1. the clock: unset or implausible ([`OpenError::ClockUnset`]), or earlier than the
+//!    issue time of a script already accepted ([`OpenError::ClockBehind`]);
+//! 2. format ([`OpenError::Format`]);
+//! 3. issuer: key id ([`OpenError::WrongIssuerKey`]) then signature
 //!    ([`OpenError::BadSignature`]);
-//! 3. reader: reader key id and, when configured, reader id ([`OpenError::WrongReader`]);
-//! 4. expiry, valid while `now < expires` ([`OpenError::Expired`]);
-//! 5. replay ([`OpenError::Replayed`], rule in [`replay`]);
-//! 6. content-key unwrap ([`OpenError::KeyUnwrap`]) and tag ([`OpenError::BadTag`]),
-//!    then decryption;
-//! 7. only then the sequence number is recorded.
+//! 4. reader: reader key id and, when configured, reader id ([`OpenError::WrongReader`]);
+//! 5. what the caller expects ([`Expect`]): the kind ([`OpenError::WrongKind`]) and,
+//!    for a data script, that it is bound to the command script about to run
+//!    ([`OpenError::WrongCommand`]);
+//! 6. expiry, valid while `now < expires` ([`OpenError::Expired`]);
+//! 7. replay ([`OpenError::Replayed`], rule in [`replay`]);
+//! 8. content-key unwrap ([`OpenError::KeyUnwrap`]) and tag ([`OpenError::BadTag`]),
+//!    then decryption; a command script's bytes must hash to its own binding
+//!    ([`OpenError::BadBinding`]);
+//! 9. only then the sequence number is recorded.
+//!
+//! **Binding** (DESIGN §4 invariant 6): every envelope carries SM3 of a command script.
+//! A data script can be opened only for the command script it names, so a sealed data
+//! script (with the issuer's keys) never runs under any other program.
 //!
 //! [`Opener`] adds the [`OpenCache`]: a command script already opened is served
 //! from the cache with zero asymmetric operations; the per-transaction data script
@@ -45,6 +55,7 @@ pub use replay::{MemoryReplayStore, ReplayEntry, ReplayKey, ReplayStore, StoreEr
 
 #[cfg(feature = "std")]
 pub use replay::FileReplayStore;
+pub use replay::ProtectedReplayStore;
 
 /// Why sealing failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,6 +70,9 @@ pub enum SealError {
     /// An SM2 operation failed.
     #[error("cannot seal: {0}")]
     Crypto(#[from] Sm2Error),
+    /// A command script's header binding is not the SM3 of its payload.
+    #[error("cannot seal: a command script's binding must be the SM3 of its own bytes")]
+    BindingMismatch,
 }
 
 /// Why opening failed. Each check has its own variant (see the module docs for
@@ -113,6 +127,59 @@ pub enum OpenError {
     /// The replay store failed.
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// The reader's clock is not set (or reads before 2020): expiry cannot be checked.
+    #[error("the reader's clock is not set (reads {}); refusing sealed scripts", time::format_rfc3339(*now))]
+    ClockUnset {
+        /// The clock's reading, unix seconds.
+        now: u64,
+    },
+    /// The reader's clock reads earlier than a script it already accepted was issued.
+    #[error("the reader's clock ({}) is behind the issue time of an accepted script ({}); refusing sealed scripts until the clock is right", time::format_rfc3339(*now), time::format_rfc3339(*issued))]
+    ClockBehind {
+        /// The clock's reading.
+        now: u64,
+        /// The latest accepted issue time.
+        issued: u64,
+    },
+    /// A command script where a data script was expected, or the other way round.
+    #[error("expected a sealed {expected} script, got a {found} script")]
+    WrongKind {
+        /// What the caller expected.
+        expected: &'static str,
+        /// What the envelope holds.
+        found: &'static str,
+    },
+    /// The data script is bound to another command script than the one about to run.
+    #[error("this data script may only run with command script SM3 {bound}, not with {running}")]
+    WrongCommand {
+        /// Hex SM3 of the command script the data script names.
+        bound: String,
+        /// Hex SM3 of the command script about to run.
+        running: String,
+    },
+    /// A command script whose bytes do not hash to the binding it was sealed with.
+    #[error("command script bytes do not match the digest it was sealed with")]
+    BadBinding,
+}
+
+/// Earliest clock reading a reader accepts (2020-01-01T00:00:00Z): anything before is an
+/// unset clock.
+pub const MIN_PLAUSIBLE_TIME: u64 = 1_577_836_800;
+
+/// How far the reader's clock may run behind an accepted script's issue time before it
+/// counts as set back (a slow clock, not an attack).
+pub const CLOCK_SKEW: u64 = 15 * 60;
+
+/// What [`Opener::open`] must find in the envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect<'a> {
+    /// A command script.
+    Command,
+    /// A data script bound to the command script with this SM3.
+    DataFor(&'a [u8; 32]),
+    /// Either kind, binding not checked: only for inspecting an envelope (`cardvm
+    /// open`); a reader never runs what it opened this way.
+    Inspect,
 }
 
 /// An opened script. The payload is zeroized on drop and not shown by `Debug`.
@@ -160,6 +227,9 @@ pub fn seal<R: CryptoRng>(
     if payload.is_empty() {
         return Err(SealError::EmptyPayload);
     }
+    if header.kind == ScriptKind::Command && header.binding != crate::crypto::sm3(payload) {
+        return Err(SealError::BindingMismatch);
+    }
     let mut content_key = Zeroizing::new([0u8; aead::CONTENT_KEY_LEN]);
     rng.fill_bytes(&mut content_key[..]);
     let mut nonce = [0u8; format::NONCE_LEN];
@@ -183,17 +253,18 @@ pub fn seal<R: CryptoRng>(
         signature: [0; 64],
     };
     env.check_lengths()?;
-    let mut bytes =
-        Vec::with_capacity(format::FIXED_OVERHEAD + header.reader_id.len() + payload.len());
-    env.encode_tagged_part(&mut bytes);
-    env.tag = keys.tag(&bytes);
-    bytes.extend_from_slice(&env.tag);
-    env.signature = issuer.sign(rng, &bytes)?;
-    bytes.extend_from_slice(&env.signature);
-    Ok(bytes)
+    let mut w = crate::codec::Writer::with_capacity(
+        format::FIXED_OVERHEAD + header.reader_id.len() + payload.len(),
+    );
+    env.write_tagged_part(&mut w);
+    env.tag = keys.tag(w.as_slice());
+    w.put(&env.tag);
+    env.signature = issuer.sign(rng, w.as_slice())?;
+    w.put(&env.signature);
+    Ok(w.into_vec())
 }
 
-fn hex8(id: &[u8; 8]) -> String {
+fn hex8(id: &[u8]) -> String {
     id.iter().map(|b| alloc::format!("{b:02X}")).collect()
 }
 
@@ -202,8 +273,7 @@ fn hex8(id: &[u8; 8]) -> String {
 pub struct Opener<S: ReplayStore> {
     reader_id: Option<String>,
     reader_key: Sm2PrivateKey,
-    issuer_pub: Sm2PublicKey,
-    issuer_key_id: [u8; 8],
+    issuers: Vec<([u8; 8], Sm2PublicKey)>,
     reader_key_id: [u8; 8],
     store: S,
     cache: OpenCache,
@@ -215,7 +285,7 @@ impl<S: ReplayStore> fmt::Debug for Opener<S> {
         f.debug_struct("Opener")
             .field("reader_id", &self.reader_id)
             .field("reader_key", &self.reader_key)
-            .field("issuer_pub", &self.issuer_pub)
+            .field("issuers", &self.issuers.len())
             .field("cache", &self.cache)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
@@ -241,17 +311,27 @@ impl<S: ReplayStore> Opener<S> {
         store: S,
     ) -> Self {
         let reader_key_id = reader_key.public_key().key_id();
-        let issuer_key_id = issuer_pub.key_id();
         Opener {
             reader_id: reader_id.map(String::from),
             reader_key,
-            issuer_pub,
-            issuer_key_id,
+            issuers: alloc::vec![(issuer_pub.key_id(), issuer_pub)],
             reader_key_id,
             store,
             cache: OpenCache::default(),
             stats: OpenStats::default(),
         }
+    }
+
+    /// Trusts one more issuer key (a card company rotating its key, or several cities'
+    /// issuers on one reader).
+    pub fn with_issuer(mut self, issuer_pub: Sm2PublicKey) -> Self {
+        self.issuers.push((issuer_pub.key_id(), issuer_pub));
+        self
+    }
+
+    /// Mutable access to the replay store (the reader's reconciliation and rebuild).
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
     }
 
     /// Replaces the cache (e.g. `OpenCache::new(0)` to disable caching).
@@ -298,13 +378,46 @@ impl<S: ReplayStore> Opener<S> {
         Ok(())
     }
 
-    /// Opens `blob` at time `now` (unix seconds). See the module docs for the order
-    /// of checks.
-    pub fn open(&mut self, blob: &[u8], now: u64) -> Result<OpenedScript, OpenError> {
-        // 1. format
+    /// The clock checks: set, plausible, not behind an accepted script's issue time.
+    fn check_clock(&self, now: u64) -> Result<(), OpenError> {
+        if now < MIN_PLAUSIBLE_TIME {
+            return Err(OpenError::ClockUnset { now });
+        }
+        let issued = self.store.latest_issued()?;
+        if now.saturating_add(CLOCK_SKEW) < issued {
+            return Err(OpenError::ClockBehind { now, issued });
+        }
+        Ok(())
+    }
+
+    /// Opens `blob` at time `now` (unix seconds), expecting `expect`. See the module docs
+    /// for the order of checks.
+    pub fn open(
+        &mut self,
+        blob: &[u8],
+        now: u64,
+        expect: Expect<'_>,
+    ) -> Result<OpenedScript, OpenError> {
+        self.check_clock(now)?;
+        // format
         let env = SealedEnvelope::parse(blob)?;
         let digest = crate::crypto::sm3(blob);
         let h = &env.header;
+        match (expect, h.kind) {
+            (Expect::Command, ScriptKind::Command)
+            | (Expect::DataFor(_), ScriptKind::Data)
+            | (Expect::Inspect, _) => {}
+            (Expect::Command, found) | (Expect::DataFor(_), found) => {
+                return Err(OpenError::WrongKind {
+                    expected: if expect == Expect::Command {
+                        "command"
+                    } else {
+                        "data"
+                    },
+                    found: found.name(),
+                });
+            }
+        }
         let cache_key = CacheKey {
             city: h.city,
             script_id: h.script_id,
@@ -331,32 +444,43 @@ impl<S: ReplayStore> Opener<S> {
             }
         }
         self.stats.full_opens += 1;
-        // 2. issuer key and signature
-        if env.issuer_key_id != self.issuer_key_id {
+        // issuer key and signature
+        let Some((_, issuer)) = self.issuers.iter().find(|(id, _)| *id == env.issuer_key_id) else {
+            let expected: Vec<String> = self.issuers.iter().map(|(id, _)| hex8(id)).collect();
             return Err(OpenError::WrongIssuerKey {
-                expected: hex8(&self.issuer_key_id),
+                expected: expected.join(" or "),
                 found: hex8(&env.issuer_key_id),
             });
-        }
+        };
         let signed = &blob[..blob.len() - env.signature.len()];
-        self.issuer_pub
+        issuer
             .verify(signed, &env.signature)
             .map_err(|_| OpenError::BadSignature)?;
-        // 3. reader
+        // reader
         self.check_reader(&h.reader_id, &env.reader_key_id)?;
-        // 4. expiry
+        // binding: checked before anything is recorded, so a mismatched pairing does
+        // not burn the data script's sequence number
+        if let Expect::DataFor(command) = expect {
+            if h.binding != *command {
+                return Err(OpenError::WrongCommand {
+                    bound: hex8(&h.binding),
+                    running: hex8(command),
+                });
+            }
+        }
+        // expiry
         if now >= h.expires {
             return Err(OpenError::Expired {
                 expires: h.expires,
                 now,
             });
         }
-        // 5. replay
+        // replay
         let rkey = ReplayKey::new(h.city, h.kind, &h.reader_id);
         let last = self.store.last(&rkey)?;
         replay::accept(h.kind, last, h.seq, &digest)
             .map_err(|last| OpenError::Replayed { seq: h.seq, last })?;
-        // 6. unwrap, authenticate, decrypt
+        // unwrap, authenticate, decrypt
         let ck = self
             .reader_key
             .decrypt(&env.wrapped_key)
@@ -370,9 +494,18 @@ impl<S: ReplayStore> Opener<S> {
         }
         let mut payload = Zeroizing::new(env.ciphertext);
         keys.ctr_xor(&env.nonce, &mut payload);
-        // 7. record
-        self.store
-            .record(&rkey, ReplayEntry { seq: h.seq, digest })?;
+        if h.kind == ScriptKind::Command && crate::crypto::sm3(&payload) != h.binding {
+            return Err(OpenError::BadBinding);
+        }
+        // record
+        self.store.record(
+            &rkey,
+            ReplayEntry {
+                seq: h.seq,
+                digest,
+                issued: h.issued,
+            },
+        )?;
         if h.kind == ScriptKind::Command {
             self.cache.insert(cache_key, env.header.clone(), &payload);
         }

@@ -680,6 +680,10 @@ impl CardTransport for M1Card {
     fn uid(&self) -> Option<&[u8]> {
         Some(&self.core.uid)
     }
+
+    fn air_time_us(&self) -> Option<u64> {
+        Some(self.air_time().total_us())
+    }
 }
 
 #[cfg(test)]

@@ -550,6 +550,9 @@ impl CardTransport for SimCard {
             SimCard::M1(c) => c.uid(),
         }
     }
+    fn air_time_us(&self) -> Option<u64> {
+        Some(self.air_time().total_us())
+    }
 }
 
 #[cfg(test)]

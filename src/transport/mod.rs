@@ -97,6 +97,12 @@ pub trait CardTransport {
     fn uid(&self) -> Option<&[u8]> {
         None
     }
+
+    /// Modelled air time of every exchange so far, in microseconds (simulated cards;
+    /// `None` for real ones). Receipts carry the difference over one run.
+    fn air_time_us(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl<T: CardTransport + ?Sized> CardTransport for &mut T {
@@ -117,6 +123,9 @@ impl<T: CardTransport + ?Sized> CardTransport for &mut T {
     }
     fn uid(&self) -> Option<&[u8]> {
         (**self).uid()
+    }
+    fn air_time_us(&self) -> Option<u64> {
+        (**self).air_time_us()
     }
 }
 

@@ -740,4 +740,8 @@ impl CardTransport for CpuCard {
         // historical bytes.
         Some(&[0x3B, 0x80, 0x80, 0x01, 0x01])
     }
+
+    fn air_time_us(&self) -> Option<u64> {
+        Some(self.air_time().total_us())
+    }
 }
