@@ -680,6 +680,11 @@ impl CardTransport for M1Card {
     fn uid(&self) -> Option<&[u8]> {
         Some(&self.core.uid)
     }
+
+    /// The simulated reader front keeps FF 82 keys in its own volatile store.
+    fn reader_key_store(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

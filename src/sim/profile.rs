@@ -550,6 +550,12 @@ impl CardTransport for SimCard {
             SimCard::M1(c) => c.uid(),
         }
     }
+    fn reader_key_store(&self) -> bool {
+        match self {
+            SimCard::Cpu(c) => c.reader_key_store(),
+            SimCard::M1(c) => c.reader_key_store(),
+        }
+    }
 }
 
 #[cfg(test)]
