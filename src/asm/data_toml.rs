@@ -381,6 +381,25 @@ hex   = "3F013F013F013F013F013F013F013F01"
         assert_eq!(DataScript::parse(&d.encode()).unwrap(), d);
     }
 
+    #[test]
+    fn masters_say_what_they_are_masters_of() {
+        for (name, usage) in [
+            ("load-master", KeyUsage::LoadMaster),
+            ("purchase-master", KeyUsage::PurchaseMaster),
+            ("tac-master", KeyUsage::TacMaster),
+        ] {
+            let text = format!(
+                "[keys.mk]\nalg = \"sm4\"\nusage = \"{name}\"\nhex = \"{}\"",
+                "11".repeat(16)
+            );
+            let d = compile_data(&text).unwrap();
+            let Some(FieldValue::Key(k)) = d.get("mk") else {
+                panic!("{d:?}")
+            };
+            assert_eq!(k.usage(), usage);
+        }
+    }
+
     fn field_error(text: &str) -> (String, String) {
         match compile_data(text).unwrap_err() {
             DataError::Field { field, message } => (field, message),
