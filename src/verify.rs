@@ -15,7 +15,6 @@
 //! Binding a data script ([`VerifiedProgram::bind`]) then checks that every declared
 //! input exists in the data script with a compatible type.
 
-use crate::crypto::KeyUsage;
 use crate::isa::{DecodeError, Instr};
 use crate::script::{
     CommandScript, Constant, DataScript, DebugInfo, Decl, FieldValue, Header, ValueType,
@@ -502,12 +501,6 @@ impl<'s> Verifier<'s> {
                 return bad("shift (0..=63)", bits.into());
             }
             Instr::MkApdu { le, .. } if le > 65536 => return bad("Le (0..=65536)", le),
-            Instr::Diversify { usage, .. }
-                if !KeyUsage::from_code(usage)
-                    .is_some_and(|u| !matches!(u, KeyUsage::Master | KeyUsage::Session)) =>
-            {
-                return bad("diversified key usage", usage.into());
-            }
             _ => {}
         }
         Ok(has_target)

@@ -155,9 +155,7 @@ impl LoadCase {
 
     /// The reader-side crypto of one load, made directly (the crypto share of a load).
     pub fn crypto_only(&self, k: &CryptoInputs) -> bool {
-        let session = crypto::process_key(&k.dlk, &k.pkey_in)
-            .unwrap()
-            .with_usage(crypto::KeyUsage::Session);
+        let session = crypto::process_key(&k.dlk, &k.pkey_in).unwrap();
         let mac1 = crypto::pboc_mac(&session, &k.mac1_in).unwrap();
         let ok1 = crypto::ct_eq(&mac1, &k.mac1_in[..4]);
         let mac2 = crypto::pboc_mac(&session, &k.mac2_in).unwrap();
@@ -338,7 +336,7 @@ impl LuaPeer {
                     .try_into()
                     .map_err(|_| mlua::Error::runtime("pkey input is not 8 bytes"))?;
                 let s = crypto::process_key(&k.0, &input).map_err(mlua::Error::external)?;
-                Ok(LuaKey(s.with_usage(crypto::KeyUsage::Session)))
+                Ok(LuaKey(s))
             })
             .unwrap();
         g.set("pkey", pkey).unwrap();

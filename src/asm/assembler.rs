@@ -790,12 +790,14 @@ impl<'s> Asm<'s> {
                         ),
                     )
                 })?;
-                let usage = KeyUsage::from_name(&toks[4].text).ok_or_else(|| {
-                    self.err(
-                        toks[4].pos,
-                        format!("unknown key usage `{}` ({})", toks[4].text, usage_names()),
-                    )
-                })?;
+                let usage = KeyUsage::from_name(&toks[4].text)
+                    .filter(|u| u.is_declarable())
+                    .ok_or_else(|| {
+                        self.err(
+                            toks[4].pos,
+                            format!("unknown key usage `{}` ({})", toks[4].text, usage_names()),
+                        )
+                    })?;
                 (ValueType::Key { alg, usage }, 6)
             }
             _ => return Err(bad()),
@@ -1194,20 +1196,7 @@ impl<'s> Asm<'s> {
                 };
                 Operand::Target(target)
             }
-            OperandKind::U8 => {
-                if name == "usage" {
-                    if let Some(u) = KeyUsage::from_name(w) {
-                        return Ok(Operand::U8(u.code()));
-                    }
-                    if !w.starts_with(|c: char| c.is_ascii_digit()) {
-                        return Err(self.err(
-                            t.pos,
-                            format!("unknown key usage `{w}` ({})", usage_names()),
-                        ));
-                    }
-                }
-                Operand::U8(self.number(t, u8::MAX.into())? as u8)
-            }
+            OperandKind::U8 => Operand::U8(self.number(t, u8::MAX.into())? as u8),
             OperandKind::U16 => Operand::U16(self.number(t, u16::MAX.into())? as u16),
             OperandKind::U32 => Operand::U32(self.number(t, u32::MAX.into())? as u32),
             OperandKind::Sw => Operand::Sw(parse_sw(w).ok_or_else(|| {
@@ -1297,9 +1286,11 @@ fn kind_desc(kind: OperandKind) -> &'static str {
     }
 }
 
+/// The usages a `key(ALG, USAGE)` input may name (derived-only usages are left out).
 fn usage_names() -> String {
     KeyUsage::ALL
         .iter()
+        .filter(|u| u.is_declarable())
         .map(|u| u.name())
         .collect::<Vec<_>>()
         .join(", ")

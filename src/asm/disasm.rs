@@ -6,7 +6,6 @@
 //! inside them) are written as `.code [..]` so that nothing is lost.
 
 use super::lexer::quote;
-use crate::crypto::KeyUsage;
 use crate::isa::{Instr, Operand, SwPattern};
 use crate::script::{CommandScript, Constant};
 use alloc::collections::BTreeSet;
@@ -217,10 +216,6 @@ fn operand_text(script: &CommandScript, o: Operand, name: &str, labels: &BTreeSe
         },
         Operand::Target(t) if labels.contains(&t) => format!("L{t:04X}"),
         Operand::Target(t) => format!("@{t}"),
-        Operand::U8(v) if name == "usage" => match KeyUsage::from_code(v) {
-            Some(u) => String::from(u.name()),
-            None => format!("{v}"),
-        },
         Operand::U16(v) if name == "code" => format!("0x{v:02X}"),
         Operand::U8(v) => format!("{v}"),
         Operand::U16(v) => format!("{v}"),
