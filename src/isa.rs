@@ -825,7 +825,10 @@ mod tests {
             }
         }
         // divkey chooses nothing: it has no usage operand.
-        assert_eq!(Opcode::Diversify.operand_names(), &["dst", "master", "data"]);
+        assert_eq!(
+            Opcode::Diversify.operand_names(),
+            &["dst", "master", "data"]
+        );
     }
 
     #[test]

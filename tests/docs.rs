@@ -197,7 +197,11 @@ fn key_usage_table_matches_the_instruction_table() {
     }
     for &op in ALL_OPCODES {
         if !op.allowed_key_usages().is_empty() {
-            assert!(covered.contains(&op), "{} missing from the table", op.mnemonic());
+            assert!(
+                covered.contains(&op),
+                "{} missing from the table",
+                op.mnemonic()
+            );
         }
     }
 }

@@ -35,11 +35,31 @@ fn h(s: &str) -> Vec<u8> {
 
 /// (slot name, input name, usage, des3/m1 key hex)
 const KEYS: [(&str, &str, &str, &str); 9] = [
-    ("k_lm", "lm", "load-master", "11223344556677888877665544332211"),
-    ("k_pm", "pm", "purchase-master", "2132435465768798A9BACBDCEDFE0F10"),
-    ("k_tm", "tm", "tac-master", "0F1E2D3C4B5A69788796A5B4C3D2E1F0"),
+    (
+        "k_lm",
+        "lm",
+        "load-master",
+        "11223344556677888877665544332211",
+    ),
+    (
+        "k_pm",
+        "pm",
+        "purchase-master",
+        "2132435465768798A9BACBDCEDFE0F10",
+    ),
+    (
+        "k_tm",
+        "tm",
+        "tac-master",
+        "0F1E2D3C4B5A69788796A5B4C3D2E1F0",
+    ),
     ("k_dlk", "dlk", "load", "3F013F013F013F013F013F013F013F01"),
-    ("k_dpk", "dpk", "purchase", "112233445566778899AABBCCDDEEFF00"),
+    (
+        "k_dpk",
+        "dpk",
+        "purchase",
+        "112233445566778899AABBCCDDEEFF00",
+    ),
     ("k_dtk", "dtk", "tac", "00112233445566778899AABBCCDDEEFF"),
     ("k_mk", "mk", "mac", "0123456789ABCDEFFEDCBA9876543210"),
     ("k_ek", "ek", "enc", "A1A2A3A4A5A6A7A8B1B2B3B4B5B6B7B8"),
@@ -228,7 +248,7 @@ fn assemble_text(source: &str) -> VerifiedProgram {
     let mut loader = MapLoader::new();
     loader.insert(
         "purse.casm",
-        &std::fs::read_to_string("scripts/common/purse.casm").unwrap(),
+        std::fs::read_to_string("scripts/common/purse.casm").unwrap(),
     );
     let script = assemble(source, "attack.casm", &AsmOptions::default(), &mut loader)
         .unwrap_or_else(|e| panic!("{e}\n{source}"))
@@ -286,10 +306,18 @@ fn is_typed_fault(r: &RunReport) -> bool {
 fn the_divkey_oracle_is_closed_for_every_derivation_chain() {
     let data = evil_data();
     let needles = needles();
-    let steps = ["divkey {d}, {s}, f", "pkey {d}, {s}, pin", "tackey {d}, {s}"];
+    let steps = [
+        "divkey {d}, {s}, f",
+        "pkey {d}, {s}, pin",
+        "tackey {d}, {s}",
+    ];
     let mut chains: Vec<Vec<usize>> = vec![vec![]];
     for len in 1..=3 {
-        let prev: Vec<Vec<usize>> = chains.iter().filter(|c| c.len() == len - 1).cloned().collect();
+        let prev: Vec<Vec<usize>> = chains
+            .iter()
+            .filter(|c| c.len() == len - 1)
+            .cloned()
+            .collect();
         for c in prev {
             for s in 0..steps.len() {
                 chains.push([c.clone(), vec![s]].concat());
@@ -341,8 +369,14 @@ fn the_leak_detector_sees_an_oracle() {
     let (report, spy, _) = run_on(&evil_script("    enc x, k_ek, f"), &data, cpu_card());
     assert_eq!(report.outcome, Outcome::Committed, "{report:?}");
     // 3DES(lm, F) is the left half of the load key diversified from lm.
-    let leak = spy.seen.leak(&needles()).expect("the oracle must be detected");
-    assert!(leak.contains(&hex_upper(&ecb(&h(KEYS[0].3), &h(F)))), "{leak}");
+    let leak = spy
+        .seen
+        .leak(&needles())
+        .expect("the oracle must be detected");
+    assert!(
+        leak.contains(&hex_upper(&ecb(&h(KEYS[0].3), &h(F)))),
+        "{leak}"
+    );
 }
 
 /// Relabelling attempts that are not enc/dec: masters, purse and session keys only do what
@@ -604,11 +638,14 @@ fn a_load_with_keys_diversified_from_masters_commits() {
 /// The M1 city's balance enquiry (`ldrkey ka, 0` then authenticate and read) on `card`.
 fn run_m1<T: CardTransport>(card: T) -> (RunReport, Recorder<T>) {
     let dir = "scripts/city0571-m1";
-    let script = assemble_file(format!("{dir}/balance.casm").as_ref(), &AsmOptions::default())
-        .unwrap()
-        .script;
-    let data = compile_data(&std::fs::read_to_string(format!("{dir}/balance.toml")).unwrap())
-        .unwrap();
+    let script = assemble_file(
+        format!("{dir}/balance.casm").as_ref(),
+        &AsmOptions::default(),
+    )
+    .unwrap()
+    .script;
+    let data =
+        compile_data(&std::fs::read_to_string(format!("{dir}/balance.toml")).unwrap()).unwrap();
     let program = VerifiedProgram::from_script(script).unwrap();
     let binding = program.bind(&data).unwrap();
     let mut layer = ApduLayer::new(Recorder(card, Vec::new()));
@@ -648,7 +685,10 @@ fn ldrkey_on_a_cpu_card_is_refused_before_any_key_byte_leaves() {
     // The M1 city's own balance script on a CPU card stops at GET UID (6E00), long before.
     let (report, recorder) = run_m1(cpu_card());
     assert!(
-        matches!(report.outcome, Outcome::Failed(Failure::Script { code: 0x21, .. })),
+        matches!(
+            report.outcome,
+            Outcome::Failed(Failure::Script { code: 0x21, .. })
+        ),
         "{report:?}"
     );
     assert!(!sends_ff82(&recorder.1));
@@ -665,7 +705,11 @@ fn ldrkey_on_a_replay_is_refused_before_any_key_byte_leaves() {
     let (report, recorder) = run_m1(replay);
     assert!(no_key_store(&report), "{report:?}");
     assert!(!sends_ff82(&recorder.1), "{:02X?}", recorder.1);
-    assert_eq!(recorder.0.remaining(), 1, "the FF 82 exchange was never replayed");
+    assert_eq!(
+        recorder.0.remaining(),
+        1,
+        "the FF 82 exchange was never replayed"
+    );
 }
 
 #[test]

@@ -435,9 +435,19 @@ fn operand_errors() {
     check("bsw 9000/0F00, x\nx: halt", 1, 5, "must be a status word");
     check("bsw 9G00, x\nx: halt", 1, 5, "must be a status word");
     // divkey takes no usage: the derived key's usage follows the master's.
-    check("divkey k0, k0, r0, enc", 1, 20, "takes 3 operand(s): dst, master, data");
+    check(
+        "divkey k0, k0, r0, enc",
+        1,
+        20,
+        "takes 3 operand(s): dst, master, data",
+    );
     check("divkey k0, k0, r0, 6", 1, 20, "takes 3 operand(s)");
-    check(".input k key(des3, load-session)", 1, 20, "unknown key usage `load-session`");
+    check(
+        ".input k key(des3, load-session)",
+        1,
+        20,
+        "unknown key usage `load-session`",
+    );
     check(".input k key(des3, any)", 1, 20, "unknown key usage `any`");
     check("out #x, r0", 1, 6, "expected a number");
     check("mov r255, r0", 1, 5, "too many registers");

@@ -330,7 +330,9 @@ pub(crate) mod tests {
             prop_oneof![Just(KeyAlg::Des), Just(KeyAlg::Des3), Just(KeyAlg::Sm4)],
             proptest::array::uniform16(any::<u8>()),
         )
-            .prop_map(|(alg, b)| SecretKey::new(alg, KeyUsage::Encrypt, &b[..alg.key_len()]).unwrap())
+            .prop_map(|(alg, b)| {
+                SecretKey::new(alg, KeyUsage::Encrypt, &b[..alg.key_len()]).unwrap()
+            })
     }
 
     proptest! {

@@ -300,7 +300,6 @@ impl SecretKey {
     pub(crate) fn expose(&self) -> &[u8] {
         &self.bytes[..self.len()]
     }
-
 }
 
 impl Drop for SecretKey {

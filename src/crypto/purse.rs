@@ -13,13 +13,10 @@ use super::key::{Derivation, KeyAlg, KeyUsage, SecretKey};
 
 /// The usage of the key `d` derives from `source`, or [`CryptoError::WrongUsage`].
 fn derived_usage(source: &SecretKey, d: Derivation) -> Result<KeyUsage, CryptoError> {
-    source
-        .usage()
-        .derive(d)
-        .ok_or(CryptoError::WrongUsage {
-            op: d.name(),
-            usage: source.usage(),
-        })
+    source.usage().derive(d).ok_or(CryptoError::WrongUsage {
+        op: d.name(),
+        usage: source.usage(),
+    })
 }
 
 /// Process (session) key from a purse key (DLK or DPK) and the 8 input bytes

@@ -485,11 +485,7 @@ fn bytes_of(regs: &[Reg], r: u8) -> Result<&[u8], VmErrorKind> {
 
 /// The key in `slot`, if its usage is one `op` accepts ([`Opcode::allowed_key_usages`]).
 #[inline]
-fn slot_key(
-    keys: &[Option<SecretKey>],
-    slot: u8,
-    op: Opcode,
-) -> Result<&SecretKey, VmErrorKind> {
+fn slot_key(keys: &[Option<SecretKey>], slot: u8, op: Opcode) -> Result<&SecretKey, VmErrorKind> {
     let k = keys[usize::from(slot)]
         .as_ref()
         .ok_or(VmErrorKind::EmptyKeySlot(slot))?;

@@ -818,7 +818,10 @@ fn output_slots_count_toward_the_memory_limit() {
             assert_eq!(*limit, 64 * 1024);
             assert!(*used > *limit);
         }
-        other => panic!("expected an out-of-memory fault, got {other:?}: {:?}", r.outcome),
+        other => panic!(
+            "expected an out-of-memory fault, got {other:?}: {:?}",
+            r.outcome
+        ),
     }
     // The register (4 KiB) and 15 outputs fit; the 16th is refused.
     assert_eq!(r.outputs.len(), 15);
@@ -847,7 +850,10 @@ fn output_slots_count_toward_the_memory_limit() {
         &instrs,
         vec![],
         vec![],
-        vec![decl("a", ValueType::Bytes), decl("b", ValueType::Int { bits: 8 })],
+        vec![
+            decl("a", ValueType::Bytes),
+            decl("b", ValueType::Int { bits: 8 }),
+        ],
     );
     let (r, _) = run_with(&s, &DataScript::default(), ok_card(), limits);
     assert_eq!(r.outcome, Outcome::Committed, "{r:?}");
