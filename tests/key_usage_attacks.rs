@@ -145,10 +145,15 @@ fn needles() -> Vec<Vec<u8>> {
         all.extend(next.iter().cloned());
         level = next;
     }
-    // Look for 6-byte (M1) and 8-byte (DES, halves of 3DES) pieces.
+    // Look for 6-byte (M1) and 8-byte (DES, halves of 3DES) pieces. An all-zero piece (the
+    // TAC key of a key whose halves are equal) is left out: zero runs fill every format
+    // (padding, unset digests), so finding one says nothing about a leak.
     let mut pieces = Vec::new();
     for k in all {
         for chunk in k.chunks(8) {
+            if chunk.iter().all(|&b| b == 0) {
+                continue;
+            }
             if !pieces.contains(&chunk.to_vec()) {
                 pieces.push(chunk.to_vec());
             }
