@@ -57,12 +57,15 @@ fn good_reader_certificate_verifies() {
     let mut ca = root("Root");
     let (k, cert) = reader(&mut ca, "R1");
     let s = store(&ca.cert.clone(), &mut [&mut ca]);
-    let id = s.verify_reader(&[cert.clone()], NOW).unwrap();
+    let id = s.verify_reader(std::slice::from_ref(&cert), NOW).unwrap();
     assert_eq!(id.reader_id, "R1");
     assert_eq!(&id.public_key, k.public_key());
     assert_eq!(id.serial, serial_of(&cert));
     assert_eq!(id.not_after, NOW + 30 * DAY);
-    assert_eq!(s.verify_reader_id(&[cert], "R1", NOW).unwrap().reader_id, "R1");
+    assert_eq!(
+        s.verify_reader_id(&[cert], "R1", NOW).unwrap().reader_id,
+        "R1"
+    );
 }
 
 #[test]
@@ -81,12 +84,14 @@ fn two_level_chain_verifies_from_store_or_sent_by_the_reader() {
     let (_, cert) = reader(&mut city, "R7");
     let mut s = store(&rootca.cert.clone(), &mut [&mut rootca, &mut city]);
     // The reader sends its intermediate…
-    let id = s.verify_reader(&[cert.clone(), city.cert.clone()], NOW).unwrap();
+    let id = s
+        .verify_reader(&[cert.clone(), city.cert.clone()], NOW)
+        .unwrap();
     assert_eq!(id.reader_id, "R7");
     assert!(id.issuer.contains("City CA"));
     // …or the issuer service knows it.
     assert!(matches!(
-        s.verify_reader(&[cert.clone()], NOW),
+        s.verify_reader(std::slice::from_ref(&cert), NOW),
         Err(PkiError::UnknownIssuer { .. })
     ));
     s.add_intermediate(city.cert.clone()).unwrap();
@@ -98,7 +103,7 @@ fn expired_and_not_yet_valid_certificates_refused() {
     let mut ca = root("Root");
     let (_, cert) = reader(&mut ca, "R1");
     let s = store(&ca.cert.clone(), &mut [&mut ca]);
-    match s.verify_reader(&[cert.clone()], NOW + 31 * DAY) {
+    match s.verify_reader(std::slice::from_ref(&cert), NOW + 31 * DAY) {
         Err(PkiError::Expired { not_after, .. }) => assert_eq!(not_after, NOW + 30 * DAY),
         other => panic!("expired certificate: {other:?}"),
     }
@@ -119,12 +124,20 @@ fn expired_and_not_yet_valid_certificates_refused() {
         )
         .unwrap();
     let leaf = city
-        .issue_reader("R2", key().public_key(), NOW - 50 * DAY, NOW + DAY, os_rng())
+        .issue_reader(
+            "R2",
+            key().public_key(),
+            NOW - 50 * DAY,
+            NOW + DAY,
+            os_rng(),
+        )
         .unwrap();
     let mut s = TrustStore::new();
     s.set_require_crl(false);
     s.add_root(rootca.cert.clone()).unwrap();
-    let err = s.verify_reader(&[leaf, city.cert.clone()], NOW).unwrap_err();
+    let err = s
+        .verify_reader(&[leaf, city.cert.clone()], NOW)
+        .unwrap_err();
     assert!(matches!(err, PkiError::Expired { .. }), "{err}");
     assert!(err.to_string().contains("expired"), "{err}");
 }
@@ -137,20 +150,20 @@ fn revoked_certificate_refused_and_revocation_needs_a_current_signed_crl() {
     let serial = u64::from_str_radix(&serial_of(&cert), 16).unwrap();
     ca.revoke(serial, NOW - 100).unwrap();
     let s = store(&ca.cert.clone(), &mut [&mut ca]);
-    match s.verify_reader(&[cert.clone()], NOW) {
+    match s.verify_reader(std::slice::from_ref(&cert), NOW) {
         Err(PkiError::Revoked { serial: sn, at, .. }) => {
             assert_eq!(sn, serial_of(&cert));
             assert_eq!(at, NOW - 100);
         }
         other => panic!("revoked certificate: {other:?}"),
     }
-    s.verify_reader(&[other.clone()], NOW).unwrap();
+    s.verify_reader(std::slice::from_ref(&other), NOW).unwrap();
 
     // No CRL at all: fail closed.
     let mut bare = TrustStore::new();
     bare.add_root(ca.cert.clone()).unwrap();
     assert!(matches!(
-        bare.verify_reader(&[other.clone()], NOW),
+        bare.verify_reader(std::slice::from_ref(&other), NOW),
         Err(PkiError::MissingCrl { .. })
     ));
     // A CRL past its nextUpdate: fail closed.
@@ -159,7 +172,7 @@ fn revoked_certificate_refused_and_revocation_needs_a_current_signed_crl() {
     s2.add_root(ca.cert.clone()).unwrap();
     s2.add_crl(stale);
     assert!(matches!(
-        s2.verify_reader(&[other.clone()], NOW),
+        s2.verify_reader(std::slice::from_ref(&other), NOW),
         Err(PkiError::StaleCrl { .. })
     ));
     // A CRL with the CA's name but another key (a forged empty list) is refused,
@@ -204,7 +217,7 @@ fn foreign_ca_refused() {
     )
     .unwrap();
     let (_, c2) = reader(&mut clone, "R1");
-    let err = s.verify_reader(&[c2.clone()], NOW).unwrap_err();
+    let err = s.verify_reader(std::slice::from_ref(&c2), NOW).unwrap_err();
     assert!(matches!(err, PkiError::BadSignature { .. }), "{err}");
     // Sending the impostor CA along does not help: it is not trusted.
     assert!(s.verify_reader(&[c2, clone.cert.clone()], NOW).is_err());
@@ -223,7 +236,13 @@ fn wrong_reader_id_refused() {
     }
     // A reader id cannot smuggle attributes into the subject.
     let cert = ca
-        .issue_reader("R1,OU=ca", key().public_key(), NOW - DAY, NOW + DAY, os_rng())
+        .issue_reader(
+            "R1,OU=ca",
+            key().public_key(),
+            NOW - DAY,
+            NOW + DAY,
+            os_rng(),
+        )
         .unwrap();
     let s = store(&ca.cert.clone(), &mut [&mut ca]);
     assert_eq!(s.verify_reader(&[cert], NOW).unwrap().reader_id, "R1,OU=ca");
@@ -305,11 +324,17 @@ fn only_ca_certificates_issue_and_only_reader_certificates_identify_readers() {
     ));
     // The script-signing certificate is not a reader, nor a reader a script signer.
     let signer = ca
-        .issue_script_signer("Scripts", key().public_key(), NOW - DAY, NOW + DAY, os_rng())
+        .issue_script_signer(
+            "Scripts",
+            key().public_key(),
+            NOW - DAY,
+            NOW + DAY,
+            os_rng(),
+        )
         .unwrap();
     let s = store(&ca.cert.clone(), &mut [&mut ca]);
     assert!(matches!(
-        s.verify_reader(&[signer.clone()], NOW),
+        s.verify_reader(std::slice::from_ref(&signer), NOW),
         Err(PkiError::WrongRole { .. })
     ));
     s.verify_script_signer(&[signer], NOW).unwrap();
@@ -423,11 +448,20 @@ fn requests_prove_possession_and_name_the_reader() {
     assert!(pem.starts_with("-----BEGIN CERTIFICATE REQUEST-----"));
     let mut ca = root("Root");
     let cert = ca
-        .issue_from_request(&from_pem(&pem, "certificate request").unwrap(), None, NOW - DAY, NOW + DAY, os_rng())
+        .issue_from_request(
+            &from_pem(&pem, "certificate request").unwrap(),
+            None,
+            NOW - DAY,
+            NOW + DAY,
+            os_rng(),
+        )
         .unwrap();
     let s = store(&ca.cert.clone(), &mut [&mut ca]);
     let id = s.verify_reader(&[cert], NOW).unwrap();
-    assert_eq!((id.reader_id.as_str(), &id.public_key), ("R5", rk.public_key()));
+    assert_eq!(
+        (id.reader_id.as_str(), &id.public_key),
+        ("R5", rk.public_key())
+    );
     // The CA refuses a request for another id than the one it was told.
     assert!(matches!(
         ca.issue_from_request(&req, Some("R6"), NOW, NOW + DAY, os_rng()),
@@ -450,21 +484,43 @@ fn ca_state_round_trips_and_refuses_tampering() {
     let mut ca = root("Root");
     reader(&mut ca, "R1");
     ca.revoke(2, NOW).unwrap();
-    assert!(matches!(ca.revoke(2, NOW), Err(PkiError::AlreadyRevoked { .. })));
-    assert!(matches!(ca.revoke(77, NOW), Err(PkiError::UnknownSerial { .. })));
+    assert!(matches!(
+        ca.revoke(2, NOW),
+        Err(PkiError::AlreadyRevoked { .. })
+    ));
+    assert!(matches!(
+        ca.revoke(77, NOW),
+        Err(PkiError::UnknownSerial { .. })
+    ));
     ca.state.save(&path).unwrap();
     assert_eq!(CaState::load(&path).unwrap(), ca.state);
     assert!(!dir.join("state.json.tmp").exists());
     // A serial counter moved back would reissue serials: refused.
     let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, text.replace("\"next_serial\": 3", "\"next_serial\": 2")).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("\"next_serial\": 3", "\"next_serial\": 2"),
+    )
+    .unwrap();
     assert!(matches!(CaState::load(&path), Err(PkiError::State { .. })));
-    std::fs::write(&path, text.replace("\"version\"", "\"extra\": 1, \"version\"")).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("\"version\"", "\"extra\": 1, \"version\""),
+    )
+    .unwrap();
     assert!(matches!(CaState::load(&path), Err(PkiError::State { .. })));
     // The CA's key never shows in Debug output.
     let k = key();
     let hex: String = k.to_bytes().iter().map(|b| format!("{b:02X}")).collect();
-    let ca = Ca::new_root(parse_name("CN=X").unwrap(), k, NOW, NOW + DAY, None, os_rng()).unwrap();
+    let ca = Ca::new_root(
+        parse_name("CN=X").unwrap(),
+        k,
+        NOW,
+        NOW + DAY,
+        None,
+        os_rng(),
+    )
+    .unwrap();
     let dbg = format!("{ca:?}").to_uppercase();
     assert!(!dbg.contains(&hex[..16]), "{dbg}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -512,26 +568,94 @@ fn p(dir: &Path, name: &str) -> String {
 fn cli_provisions_a_reader_through_an_intermediate_and_revokes_it() {
     let d = tmp_dir("cli");
     let (root, city, r1, r2) = (p(&d, "root"), p(&d, "city"), p(&d, "r1"), p(&d, "r2"));
-    ok(&["ca", "init", "--dir", &root, "--subject", "CN=Industry Root,O=Transit"]);
-    ok(&["ca", "init", "--dir", &city, "--parent-dir", &root, "--subject", "CN=City CA,O=City", "--path-len", "0"]);
+    ok(&[
+        "ca",
+        "init",
+        "--dir",
+        &root,
+        "--subject",
+        "CN=Industry Root,O=Transit",
+    ]);
+    ok(&[
+        "ca",
+        "init",
+        "--dir",
+        &city,
+        "--parent-dir",
+        &root,
+        "--subject",
+        "CN=City CA,O=City",
+        "--path-len",
+        "0",
+    ]);
     fails(&["ca", "init", "--dir", &city, "--subject", "CN=Again"]);
     ok(&["reader", "init", "--reader-id", "R1", "--dir", &r1]);
     ok(&["reader", "init", "--reader-id", "R2", "--dir", &r2]);
     let crt = p(&d, "R1.crt");
-    let out = ok(&["ca", "issue", "--dir", &city, "--csr", &p(&d, "r1/R1.csr"), "--days", "30", "--with-chain", "-o", &crt]);
+    let out = ok(&[
+        "ca",
+        "issue",
+        "--dir",
+        &city,
+        "--csr",
+        &p(&d, "r1/R1.csr"),
+        "--days",
+        "30",
+        "--with-chain",
+        "-o",
+        &crt,
+    ]);
     assert!(out.contains("CN=R1,OU=reader,O=City"), "{out}");
-    assert!(std::fs::read_to_string(&crt).unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
+    assert!(
+        std::fs::read_to_string(&crt)
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
     // Another reader cannot install R1's certificate: the key is not its own.
-    let err = fails(&["reader", "install", &crt, "--ca", &p(&d, "root/ca.crt"), "--dir", &r2]);
+    let err = fails(&[
+        "reader",
+        "install",
+        &crt,
+        "--ca",
+        &p(&d, "root/ca.crt"),
+        "--dir",
+        &r2,
+    ]);
     assert!(err.contains("does not match"), "{err}");
     // A request for R2 cannot be issued as R1.
-    let err = fails(&["ca", "issue", "--dir", &city, "--csr", &p(&d, "r2/R2.csr"), "--reader-id", "R1", "-o", &p(&d, "x.crt")]);
+    let err = fails(&[
+        "ca",
+        "issue",
+        "--dir",
+        &city,
+        "--csr",
+        &p(&d, "r2/R2.csr"),
+        "--reader-id",
+        "R1",
+        "-o",
+        &p(&d, "x.crt"),
+    ]);
     assert!(err.contains("expected \"R1\""), "{err}");
-    ok(&["reader", "install", &crt, "--ca", &p(&d, "root/ca.crt"), "--dir", &r1]);
+    ok(&[
+        "reader",
+        "install",
+        &crt,
+        "--ca",
+        &p(&d, "root/ca.crt"),
+        "--dir",
+        &r1,
+    ]);
     assert!(Path::new(&p(&d, "r1/reader.crt")).exists());
     // A CA that is not ours refuses it.
     let other = p(&d, "other");
-    ok(&["ca", "init", "--dir", &other, "--subject", "CN=Industry Root,O=Transit"]);
+    ok(&[
+        "ca",
+        "init",
+        "--dir",
+        &other,
+        "--subject",
+        "CN=Industry Root,O=Transit",
+    ]);
     let err = fails(&["ca", "verify", "--ca", &p(&d, "other/ca.crt"), &crt]);
     assert!(err.contains("bad signature"), "{err}");
     // Revoke, publish, verify: refused.
@@ -550,7 +674,15 @@ fn cli_provisions_a_reader_through_an_intermediate_and_revokes_it() {
     let err = fails(&args);
     assert!(err.contains("revoked"), "{err}");
     // Time travel: expired.
-    let err = fails(&["ca", "verify", "--ca", &rootcrt, "--now", "2099-01-01T00:00:00Z", &crt]);
+    let err = fails(&[
+        "ca",
+        "verify",
+        "--ca",
+        &rootcrt,
+        "--now",
+        "2099-01-01T00:00:00Z",
+        &crt,
+    ]);
     assert!(err.contains("expired"), "{err}");
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -100,7 +100,12 @@ struct IssueArgs {
     #[arg(long, default_value = "ca")]
     dir: PathBuf,
     /// The subject's public key file (`keygen` format).
-    #[arg(long, value_name = "P", conflicts_with = "csr", required_unless_present = "csr")]
+    #[arg(
+        long,
+        value_name = "P",
+        conflicts_with = "csr",
+        required_unless_present = "csr"
+    )]
     r#pub: Option<PathBuf>,
     /// A PKCS#10 request (from `reader init` or OpenSSL); its signature is checked.
     #[arg(long, value_name = "R.csr")]
@@ -241,7 +246,12 @@ fn init(a: InitArgs) -> CliResult {
     write_file(&a.dir.join("ca.crt"), &own, false, a.force)?;
     let mut chain = vec![ca.cert.clone()];
     chain.extend(ca.parents.iter().cloned());
-    write_file(&a.dir.join("chain.crt"), &pem_chain(&chain)?, false, a.force)?;
+    write_file(
+        &a.dir.join("chain.crt"),
+        &pem_chain(&chain)?,
+        false,
+        a.force,
+    )?;
     save_state(&a.dir, &ca)?;
     println!(
         "CA {} in {} (serial {}, valid until {})",
@@ -319,7 +329,11 @@ fn revoke(dir: &Path, serial: &str, at: Option<&str>) -> CliResult {
     let entry = ca
         .revoke(u64::from_be_bytes(buf), at)
         .map_err(|e| e.to_string())?;
-    println!("revoked serial {serial} ({}) at {}", entry.subject, rfc3339(at));
+    println!(
+        "revoked serial {serial} ({}) at {}",
+        entry.subject,
+        rfc3339(at)
+    );
     save_state(dir, &ca)
 }
 
@@ -330,7 +344,11 @@ fn crl(dir: &Path, days: u64, out: &Path) -> CliResult {
     let mut ca = load_ca(dir)?;
     let start = now();
     let list = ca
-        .crl(start, start.saturating_add(days.saturating_mul(DAY)), os_rng())
+        .crl(
+            start,
+            start.saturating_add(days.saturating_mul(DAY)),
+            os_rng(),
+        )
         .map_err(|e| e.to_string())?;
     save_state(dir, &ca)?;
     let pem = to_pem(&list, "CRL").map_err(|e| e.to_string())?;
@@ -374,7 +392,11 @@ fn verify(a: VerifyArgs) -> CliResult {
     let fail = |e: cardvm::issuer::PkiError| format!("{}: {e}", a.cert.display());
     if a.script_signer {
         store.verify_script_signer(&chain, at).map_err(fail)?;
-        println!("{}: OK (script signer {})", a.cert.display(), subject_of(&chain[0]));
+        println!(
+            "{}: OK (script signer {})",
+            a.cert.display(),
+            subject_of(&chain[0])
+        );
         return Ok(());
     }
     let id = match &a.reader_id {

@@ -94,7 +94,12 @@ fn init(reader_id: &str, dir: &Path, csr: Option<PathBuf>, force: bool) -> CliRe
         &dir.join("reader.pub"),
         force,
     )?;
-    write_file(&dir.join("reader.id"), &format!("{reader_id}\n"), false, force)?;
+    write_file(
+        &dir.join("reader.id"),
+        &format!("{reader_id}\n"),
+        false,
+        force,
+    )?;
     let req = reader_request(&key, reader_id, os_rng()).map_err(|e| e.to_string())?;
     let csr = csr.unwrap_or_else(|| dir.join(format!("{reader_id}.csr")));
     let pem = to_pem(&req, "certificate request").map_err(|e| e.to_string())?;
@@ -111,7 +116,10 @@ fn install(cert: &Path, ca: &Path, chain: &[PathBuf], crls: &[PathBuf], dir: &Pa
     let key = load_private_key(&dir.join("reader.key"))?;
     let public = load_public_key(&dir.join("reader.pub"))?;
     if &public != key.public_key() {
-        return Err(format!("{}: reader.pub does not match reader.key", dir.display()));
+        return Err(format!(
+            "{}: reader.pub does not match reader.key",
+            dir.display()
+        ));
     }
     let id_path = dir.join("reader.id");
     let reader_id = fs::read_to_string(&id_path)

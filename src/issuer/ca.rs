@@ -219,7 +219,7 @@ impl Ca {
 
     /// The CA subject's `O` (copied into the certificates it issues).
     pub fn organization(&self) -> Result<Option<String>, PkiError> {
-        Ok(name_parts(self.cert.tbs_certificate().subject())?.2)
+        Ok(name_parts(self.cert.tbs_certificate().subject())?.o)
     }
 
     /// Issues a reader certificate for `reader_id` and `public_key`.
@@ -254,11 +254,7 @@ impl Ca {
         rng: R,
     ) -> Result<Certificate, PkiError> {
         check_reader_id(name)?;
-        let subject = entity_name(
-            Role::ScriptSigning,
-            name,
-            self.organization()?.as_deref(),
-        )?;
+        let subject = entity_name(Role::ScriptSigning, name, self.organization()?.as_deref())?;
         self.issue_template(
             subject,
             public_key.clone(),
@@ -344,7 +340,9 @@ impl Ca {
             .issued
             .iter_mut()
             .find(|c| c.serial == serial)
-            .ok_or(PkiError::UnknownSerial { serial: hex.clone() })?;
+            .ok_or(PkiError::UnknownSerial {
+                serial: hex.clone(),
+            })?;
         if entry.revoked_at.is_some() {
             return Err(PkiError::AlreadyRevoked { serial: hex });
         }
@@ -364,7 +362,12 @@ impl Ca {
             .state
             .issued
             .iter()
-            .filter_map(|c| c.revoked_at.map(|at| Revocation { serial: c.serial, at }))
+            .filter_map(|c| {
+                c.revoked_at.map(|at| Revocation {
+                    serial: c.serial,
+                    at,
+                })
+            })
             .collect();
         let number = self.state.next_crl_number;
         let crl = build_crl(

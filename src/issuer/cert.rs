@@ -8,7 +8,6 @@
 //! readers and the script signer get `CA:FALSE` and `digitalSignature`.
 
 use der::Encode;
-use der::referenced::OwnedToRef;
 use rand_core::CryptoRng;
 use sm2::dsa::DerSignature;
 use spki::SubjectPublicKeyInfoRef;
@@ -100,16 +99,16 @@ impl BuilderProfile for Profile {
         };
         // basicConstraints is critical for end entities too: a verifier that does not
         // know it must not take the reader's key for a CA.
-        let mut bc_ext = bc.to_extension(&tbs.subject(), &exts)?;
+        let mut bc_ext = bc.to_extension(tbs.subject(), &exts)?;
         bc_ext.critical = true;
         exts.push(bc_ext);
-        exts.push(ku.to_extension(&tbs.subject(), &exts)?);
-        exts.push(ski.to_extension(&tbs.subject(), &exts)?);
+        exts.push(ku.to_extension(tbs.subject(), &exts)?);
+        exts.push(ski.to_extension(tbs.subject(), &exts)?);
         let aki = AuthorityKeyIdentifier {
             key_identifier: Some(issuer_ski.0),
             ..Default::default()
         };
-        exts.push(aki.to_extension(&tbs.subject(), &exts)?);
+        exts.push(aki.to_extension(tbs.subject(), &exts)?);
         Ok(exts)
     }
 }
@@ -200,13 +199,24 @@ pub fn validity_of(cert: &Certificate) -> (u64, u64) {
     (time_to_unix(v.not_before), time_to_unix(v.not_after))
 }
 
-/// The subject's `CN`, `OU` and `O` (each optional).
-pub fn name_parts(name: &Name) -> Result<(Option<String>, Option<String>, Option<String>), PkiError> {
-    Ok((
-        name_attr(name, OID_COMMON_NAME)?,
-        name_attr(name, OID_ORG_UNIT)?,
-        name_attr(name, OID_ORGANIZATION)?,
-    ))
+/// The parts of a subject this PKI uses, each optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NameParts {
+    /// `CN`: the reader id, the script signer's or the CA's name.
+    pub cn: Option<String>,
+    /// `OU`: the role.
+    pub ou: Option<String>,
+    /// `O`: the card company.
+    pub o: Option<String>,
+}
+
+/// The subject's `CN`, `OU` and `O`.
+pub fn name_parts(name: &Name) -> Result<NameParts, PkiError> {
+    Ok(NameParts {
+        cn: name_attr(name, OID_COMMON_NAME)?,
+        ou: name_attr(name, OID_ORG_UNIT)?,
+        o: name_attr(name, OID_ORGANIZATION)?,
+    })
 }
 
 /// The certificate's role, from its subject's `OU` (`None` for other subjects).
@@ -265,12 +275,4 @@ pub fn key_usage(cert: &Certificate) -> Result<Option<KeyUsage>, PkiError> {
             subject: subject_of(cert),
             reason: format!("keyUsage: {e}"),
         })
-}
-
-/// Whether the certificate's subject key is the key of `spki` (same bytes).
-pub fn same_key(cert: &Certificate, other: SubjectPublicKeyInfoRef<'_>) -> bool {
-    cert.tbs_certificate()
-        .subject_public_key_info()
-        .owned_to_ref()
-        == other
 }

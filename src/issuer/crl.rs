@@ -9,8 +9,8 @@ use x509_cert::ext::ToExtension;
 use x509_cert::ext::pkix::{AuthorityKeyIdentifier, CrlNumber, SubjectKeyIdentifier};
 use x509_cert::serial_number::SerialNumber;
 
-use der::referenced::OwnedToRef;
 use der::oid::AssociatedOid;
+use der::referenced::OwnedToRef;
 use spki::DynSignatureAlgorithmIdentifier;
 
 use super::cert::{cert_public_key, key_usage, subject_of};
@@ -128,8 +128,7 @@ pub fn verify_crl(crl: &CertificateList, issuer: &Certificate, now: u64) -> Resu
     )?;
     // Delta CRLs and unknown critical CRL extensions would change what the list means.
     for e in tbs.crl_extensions.iter().flatten() {
-        let known = e.extn_id == CrlNumber::OID
-            || e.extn_id == AuthorityKeyIdentifier::OID;
+        let known = e.extn_id == CrlNumber::OID || e.extn_id == AuthorityKeyIdentifier::OID;
         if e.critical && !known {
             return Err(PkiError::UnknownCriticalExtension {
                 subject: format!("CRL of {issuer_name}"),
@@ -162,9 +161,7 @@ pub fn revoked_at(crl: &CertificateList, cert: &Certificate) -> Option<u64> {
 /// The CRL's `crlNumber` as an integer, if present and at most 8 bytes.
 pub fn crl_number(crl: &CertificateList) -> Option<u64> {
     let exts = crl.tbs_cert_list.crl_extensions.as_ref()?;
-    let e = exts
-        .iter()
-        .find(|e| e.extn_id == CrlNumber::OID)?;
+    let e = exts.iter().find(|e| e.extn_id == CrlNumber::OID)?;
     let n = <CrlNumber as der::Decode>::from_der(e.extn_value.as_bytes()).ok()?;
     let b = n.0.as_bytes();
     if b.len() > 8 {

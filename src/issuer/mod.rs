@@ -30,6 +30,6 @@ pub mod pki;
 pub mod trust;
 
 pub use ca::{Ca, CaState, IssuedCert};
-pub use x509_cert::{Certificate, crl::CertificateList, request::CertReq};
 pub use pki::{PkiError, Role};
 pub use trust::{ReaderIdentity, TrustStore};
+pub use x509_cert::{Certificate, crl::CertificateList, request::CertReq};

@@ -388,7 +388,10 @@ pub fn spki_of(key: &Sm2PublicKey) -> Result<SubjectPublicKeyInfoOwned, PkiError
 }
 
 /// The SM2 key in a `SubjectPublicKeyInfo`; any other algorithm or curve is refused.
-pub fn key_from_spki(spki: &SubjectPublicKeyInfoOwned, what: &str) -> Result<Sm2PublicKey, PkiError> {
+pub fn key_from_spki(
+    spki: &SubjectPublicKeyInfoOwned,
+    what: &str,
+) -> Result<Sm2PublicKey, PkiError> {
     let curve = spki
         .algorithm
         .parameters

@@ -22,14 +22,14 @@
 
 use std::collections::HashSet;
 
+use der::oid::AssociatedOid;
 use x509_cert::certificate::Certificate;
 use x509_cert::crl::CertificateList;
-use der::oid::AssociatedOid;
 use x509_cert::ext::pkix::{BasicConstraints, KeyUsage};
 
 use super::cert::{
-    basic_constraints, cert_public_key, check_signed_by, key_usage, name_parts, role_of,
-    serial_of, subject_of, validity_of,
+    basic_constraints, cert_public_key, check_signed_by, key_usage, name_parts, role_of, serial_of,
+    subject_of, validity_of,
 };
 use super::crl::{crl_number, revoked_at, verify_crl};
 use super::pki::{MAX_CHAIN_DEPTH, PkiError, Role, check_reader_id, from_pem};
@@ -183,11 +183,12 @@ impl TrustStore {
     ) -> Result<ReaderIdentity, PkiError> {
         let verified = self.verify_chain(chain, Role::Reader, now)?;
         let leaf = &verified.path[0];
-        let (cn, _, _) = name_parts(leaf.tbs_certificate().subject())?;
-        let reader_id = cn.ok_or_else(|| PkiError::Malformed {
-            subject: subject_of(leaf),
-            reason: "reader certificate without CN (the reader id)".into(),
-        })?;
+        let reader_id = name_parts(leaf.tbs_certificate().subject())?
+            .cn
+            .ok_or_else(|| PkiError::Malformed {
+                subject: subject_of(leaf),
+                reason: "reader certificate without CN (the reader id)".into(),
+            })?;
         check_reader_id(&reader_id)?;
         Ok(ReaderIdentity {
             reader_id,
@@ -221,9 +222,7 @@ impl TrustStore {
         chain: &[Certificate],
         now: u64,
     ) -> Result<Sm2PublicKey, PkiError> {
-        Ok(self
-            .verify_chain(chain, Role::ScriptSigning, now)?
-            .leaf_key)
+        Ok(self.verify_chain(chain, Role::ScriptSigning, now)?.leaf_key)
     }
 
     /// Builds and checks the path of `chain[0]` (steps 1–5 of the module docs).
@@ -296,9 +295,11 @@ impl TrustStore {
                 });
             }
             let mut next = None;
-            for ca in sent.iter().chain(&self.intermediates).filter(|c| {
-                c.tbs_certificate().subject() == issuer && !path.contains(c)
-            }) {
+            for ca in sent
+                .iter()
+                .chain(&self.intermediates)
+                .filter(|c| c.tbs_certificate().subject() == issuer && !path.contains(c))
+            {
                 match check_signed_by(cur, &cert_public_key(ca)?) {
                     Ok(()) => {
                         next = Some(ca.clone());
