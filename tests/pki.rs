@@ -686,3 +686,30 @@ fn cli_provisions_a_reader_through_an_intermediate_and_revokes_it() {
     assert!(err.contains("expired"), "{err}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn every_single_byte_change_to_a_certificate_is_refused() {
+    let mut ca = root("Root");
+    let (_, cert) = reader(&mut ca, "R1");
+    let s = store(&ca.cert.clone(), &mut [&mut ca]);
+    let der = cert.to_der().unwrap();
+    let mut decoded = 0;
+    for i in 0..der.len() {
+        for mask in [0x01u8, 0x80] {
+            let mut bad = der.clone();
+            bad[i] ^= mask;
+            // Either it no longer decodes, or the verifier refuses it; never a panic.
+            if let Ok(c) = Certificate::from_der(&bad) {
+                decoded += 1;
+                assert!(
+                    s.verify_reader(&[c], NOW).is_err(),
+                    "byte {i} ^ {mask:#04x} accepted"
+                );
+            }
+        }
+    }
+    assert!(
+        decoded > der.len() / 2,
+        "most changes still decode ({decoded})"
+    );
+}
