@@ -105,6 +105,8 @@ pub mod transport;
 pub mod verify;
 pub mod vm;
 
+#[cfg(feature = "issuer")]
+pub mod issuer;
 #[cfg(feature = "std")]
 pub mod journal;
 #[cfg(feature = "sim")]
