@@ -20,7 +20,7 @@
 //! | run it against a card | [`vm`] over [`transport`] |
 //! | DES/3DES, SM4, SM3, SM2, PBOC MAC | [`crypto`] |
 //! | seal / open scripts, signed receipts | [`envelope`], [`receipt`] |
-//! | offline receipt store | `journal` (std) |
+//! | offline receipt store (storage trait; files in `std`) | [`journal`] |
 //! | reader → server message frame | [`frame`] |
 //! | simulated cards | `sim` (feature `sim`) |
 //! | real readers, virtual readers | `transport::pcsc` (feature `pcsc`), `transport::vpcd` |
@@ -70,14 +70,13 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod isa;
+pub mod journal;
 pub mod receipt;
 pub mod script;
 pub mod transport;
 pub mod verify;
 pub mod vm;
 
-#[cfg(feature = "std")]
-pub mod journal;
 #[cfg(feature = "sim")]
 pub mod sim;
 

@@ -6,7 +6,9 @@
 //!   ack returned. The parent SIGKILLs it at random moments, reopens, and checks that every
 //!   printed seq above the acknowledged point is present with its payload, the chain
 //!   verifies, and the ack point is at least the last printed one.
-//! - every byte flip and every truncation of a small journal is classified as documented.
+//! - every byte flip and every truncation of a small journal is classified as documented: a
+//!   flip anywhere, the last entry included, is an error that changes nothing; only a cut
+//!   inside the last entry (an interrupted append) is truncated.
 #![cfg(feature = "std")]
 
 use cardvm::journal::{self, Journal, JournalError};
@@ -157,11 +159,14 @@ fn sigkill_during_appends_loses_nothing_that_returned() {
         printed_total += seqs.len();
 
         // SIGKILL cannot tear a single write(2) (the kernel finishes it), but power loss can.
-        // In some rounds, simulate that: leave a partial entry (a prefix of a real entry, or
-        // zeros as a file system may show after a crash) at the end of the log.
+        // In some rounds, simulate that: leave a partial entry (a prefix of the entry the
+        // writer would append next, or zeros as a file system may show after a crash) at the
+        // end of the log.
         let simulated_tear = match rng.below(3) {
             0 => {
-                let e = entry_prefix(rng.below(200) as usize + 1);
+                let r = Journal::open_read_only(&path).unwrap();
+                let e = entry_prefix(r.next_seq(), &r.head_hash(), rng.below(200) as usize + 1);
+                drop(r);
                 append_raw(&path, &e);
                 e.len() as u64
             }
@@ -215,12 +220,15 @@ fn sigkill_during_appends_loses_nothing_that_returned() {
     assert!(printed_total > 0, "the writer never completed an append");
 }
 
-/// The first `n` bytes of an entry that was being written (magic, a length that runs past
-/// the end of the file, ...).
-fn entry_prefix(n: usize) -> Vec<u8> {
+/// The first `n` bytes (fewer than the whole) of entry `seq` chained to `prev` that was
+/// being written: magic, a length that runs past the end of the file, seq, prev, payload.
+fn entry_prefix(seq: u64, prev: &[u8; 32], n: usize) -> Vec<u8> {
     let mut e = b"CVJE".to_vec();
     e.extend_from_slice(&500u32.to_be_bytes());
-    e.extend(std::iter::repeat_n(0x5A, 600));
+    e.extend_from_slice(&seq.to_be_bytes());
+    e.extend_from_slice(prev);
+    e.extend(std::iter::repeat_n(0x5A, 500 + 32));
+    assert!(n < e.len());
     e.truncate(n);
     e
 }
@@ -247,11 +255,12 @@ fn small_journal(path: &Path, sizes: &[usize]) -> (Vec<u8>, Vec<usize>) {
     (bytes, offsets)
 }
 
-/// Every single-byte change of the log is detected:
+/// Every single-byte change of the log is detected, and changes nothing:
 /// - in the header or in any entry but the last: `verify` and `open` fail with an error;
-/// - in the last entry: it is indistinguishable from a torn write, so it is reported as a torn
-///   tail (`torn_tail_bytes` = the last entry's size) and a writer's open drops exactly that
-///   entry.
+/// - in the last entry (its length field included): `verify`, a read-only open and a
+///   writer's open fail with `CorruptLastEntry` naming its seq; the entry is never dropped
+///   as a torn tail (the attack: flip a byte, let the next writer drop the entry and reuse
+///   its seq, and `verify` says ok).
 #[test]
 fn every_byte_flip_is_detected() {
     let dir = TempDir::new("flip");
@@ -266,36 +275,36 @@ fn every_byte_flip_is_detected() {
             m[i] ^= mask;
             std::fs::write(&work, &m).unwrap();
             let v = journal::verify(&work);
-            if i < last {
-                let e = v.expect_err(&format!("flip {mask:#x} at {i} not detected"));
-                if i < HEADER_LEN {
-                    assert!(
-                        matches!(
-                            e,
-                            JournalError::BadHeader { .. }
-                                | JournalError::UnsupportedVersion { .. }
-                        ),
-                        "header flip at {i}: {e}"
-                    );
-                } else {
-                    assert!(
-                        matches!(e, JournalError::CorruptEntry { .. }),
-                        "entry flip at {i}: {e}"
-                    );
-                }
-                assert!(Journal::open(&work).is_err());
-                // Nothing was modified by the failed opens.
-                assert_eq!(std::fs::read(&work).unwrap(), m);
+            let e = v.expect_err(&format!("flip {mask:#x} at {i} not detected"));
+            if i < HEADER_LEN {
+                assert!(
+                    matches!(
+                        e,
+                        JournalError::BadHeader { .. } | JournalError::UnsupportedVersion { .. }
+                    ),
+                    "header flip at {i}: {e}"
+                );
+            } else if i < last {
+                assert!(
+                    matches!(e, JournalError::CorruptEntry { .. }),
+                    "entry flip at {i}: {e}"
+                );
             } else {
-                let v = v.unwrap_or_else(|e| panic!("last-entry flip at {i}: {e}"));
-                assert_eq!(v.torn_tail_bytes, (bytes.len() - last) as u64, "at {i}");
-                assert_eq!(v.entries, sizes.len() - 1);
-                let j = Journal::open(&work).unwrap();
-                assert_eq!(j.torn_tail_bytes(), (bytes.len() - last) as u64);
-                assert_eq!(j.len(), sizes.len() - 1);
-                drop(j);
-                assert_eq!(std::fs::read(&work).unwrap(), &bytes[..last]);
+                let want_seq = sizes.len() as u64;
+                let is_last = |e: &JournalError| {
+                    matches!(e, JournalError::CorruptLastEntry { seq, offset, .. }
+                        if *seq == want_seq && *offset as usize == last)
+                };
+                assert!(is_last(&e), "last-entry flip {mask:#x} at {i}: {e}");
+                let ro = Journal::open_read_only(&work).map(|_| ()).unwrap_err();
+                assert!(is_last(&ro), "read-only open, flip at {i}: {ro}");
+                let w = Journal::open(&work).map(|_| ()).unwrap_err();
+                assert!(is_last(&w), "writer open, flip at {i}: {w}");
+                assert!(w.to_string().contains("cardvm journal repair"), "{w}");
             }
+            assert!(Journal::open(&work).is_err());
+            // Nothing was modified by the failed opens.
+            assert_eq!(std::fs::read(&work).unwrap(), m, "flip at {i}");
         }
     }
 }

@@ -1,5 +1,7 @@
-use super::format::{ENTRY_OVERHEAD, HEADER_LEN, encode_entry};
+use super::format::{AckRecord, ENTRY_OVERHEAD, FileHeader, HEADER_LEN, encode_entry};
 use super::*;
+use std::fs;
+use std::path::{Path, PathBuf};
 use proptest::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -32,7 +34,7 @@ fn payload(seq: u64, len: usize) -> Vec<u8> {
     (0..len).map(|i| (seq as usize * 31 + i) as u8).collect()
 }
 
-fn pending_seqs(j: &Journal) -> Vec<u64> {
+fn pending_seqs(j: &FileJournal) -> Vec<u64> {
     j.pending().map(|e| e.unwrap().seq).collect()
 }
 
@@ -320,7 +322,7 @@ fn ack_file_damage_is_detected() {
     }
     j.ack(2).unwrap();
     drop(j);
-    let ap = with_suffix(&p, ".ack");
+    let ap = d.file("j.ack");
     let good = fs::read(&ap).unwrap();
     for i in 0..good.len() {
         let mut m = good.clone();
