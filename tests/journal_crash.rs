@@ -6,6 +6,9 @@
 //!   ack returned. The parent SIGKILLs it at random moments, reopens, and checks that every
 //!   printed seq above the acknowledged point is present with its payload, the chain
 //!   verifies, and the ack point is at least the last printed one.
+//! - `a_writer_in_another_process_locks_the_journal`: the same writer child holds the
+//!   journal; this process's writer opens get `Locked`, read-only opens work, and the lock
+//!   goes with the child's death.
 //! - every byte flip and every truncation of a small journal is classified as documented: a
 //!   flip anywhere, the last entry included, is an error that changes nothing; only a cut
 //!   inside the last entry (an interrupted append) is truncated.
@@ -218,6 +221,68 @@ fn sigkill_during_appends_loses_nothing_that_returned() {
         "{rounds} rounds, {printed_total} returned appends, {torn_rounds} rounds with a torn tail"
     );
     assert!(printed_total > 0, "the writer never completed an append");
+}
+
+/// Attack: a second process appends while a writer has the journal open (the chain would
+/// break). It must get `Locked`, while the writer keeps appending; the OS lock goes away with
+/// the writer's process.
+#[test]
+fn a_writer_in_another_process_locks_the_journal() {
+    let dir = TempDir::new("lock");
+    let path = dir.0.join("receipts.cvj");
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(&exe)
+        .args(["--exact", "writer_child", "--nocapture", "--test-threads=1"])
+        .env(WRITER_ENV, &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let mut seen = 0;
+    // Wait until the child has appended a few entries: it holds the lock by then.
+    while seen < 3 {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "writer child ended");
+        if line.starts_with("SEQ ") {
+            seen += 1;
+        }
+    }
+    for attempt in 0..20 {
+        let e = Journal::open(&path).map(|_| ()).unwrap_err();
+        assert!(
+            matches!(e, JournalError::Locked { .. }),
+            "attempt {attempt}: {e}"
+        );
+        assert!(matches!(
+            Journal::open_existing(&path),
+            Err(JournalError::Locked { .. })
+        ));
+        assert!(matches!(
+            journal::repair(&path),
+            Err(JournalError::Locked { .. })
+        ));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // The writer kept appending meanwhile.
+    let mut later = 0;
+    while later < 3 {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "writer child ended");
+        if line.starts_with("SEQ ") {
+            later += 1;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Lock released by the process's death; the chain is whole.
+    let mut j = Journal::open(&path).unwrap();
+    let n = j.next_seq();
+    assert_eq!(j.append(b"after").unwrap(), n);
+    drop(j);
+    let v = journal::verify(&path).unwrap();
+    assert_eq!((v.next_seq, v.torn_tail_bytes), (n + 1, 0));
 }
 
 /// The first `n` bytes (fewer than the whole) of entry `seq` chained to `prev` that was

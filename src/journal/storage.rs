@@ -271,3 +271,44 @@ impl Storage for MemoryStorage {
         Ok(name)
     }
 }
+
+/// A journal can borrow its storage (`Journal::open_in(&mut flash)`), so the embedder keeps
+/// it when an open or a repair fails.
+impl<S: Storage + ?Sized> Storage for &mut S {
+    fn location(&self) -> &str {
+        (**self).location()
+    }
+    fn log_len(&self) -> Result<u64, StorageError> {
+        (**self).log_len()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
+        (**self).read_at(offset, buf)
+    }
+    fn append(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        (**self).append(bytes)
+    }
+    fn sync(&mut self) -> Result<(), StorageError> {
+        (**self).sync()
+    }
+    fn truncate(&mut self, len: u64) -> Result<(), StorageError> {
+        (**self).truncate(len)
+    }
+    fn read_ack(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        (**self).read_ack()
+    }
+    fn write_ack(&mut self, record: &[u8]) -> Result<(), StorageError> {
+        (**self).write_ack(record)
+    }
+    fn begin_replace(&mut self) -> Result<(), StorageError> {
+        (**self).begin_replace()
+    }
+    fn replace_append(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        (**self).replace_append(bytes)
+    }
+    fn commit_replace(&mut self) -> Result<(), StorageError> {
+        (**self).commit_replace()
+    }
+    fn keep_aside(&mut self, seq: u64, bytes: &[u8]) -> Result<String, StorageError> {
+        (**self).keep_aside(seq, bytes)
+    }
+}
