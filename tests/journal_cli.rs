@@ -25,7 +25,8 @@ fn stdout(o: &Output) -> String {
 
 /// A directory of this test's own (tests run in parallel).
 fn tmp(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cardvm-journal-cli-{}-{test}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("cardvm-journal-cli-{}-{test}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -73,7 +74,11 @@ fn operator_recovers_a_damaged_last_entry() {
     let dir = tmp("repair");
     let p = dir.join("receipts.cvj");
     let mut j = Journal::open(&p).unwrap();
-    for r in [&b"{\"receipt\":1}"[..], b"{\"receipt\":2}", b"{\"receipt\":3}"] {
+    for r in [
+        &b"{\"receipt\":1}"[..],
+        b"{\"receipt\":2}",
+        b"{\"receipt\":3}",
+    ] {
         j.append(r).unwrap();
     }
     drop(j);
@@ -89,10 +94,20 @@ fn operator_recovers_a_damaged_last_entry() {
         vec!["journal", "ack", s(&p), "--upto", "1"],
     ] {
         let o = cardvm(&args);
-        assert!(!o.status.success(), "{args:?} accepted a damaged last entry");
+        assert!(
+            !o.status.success(),
+            "{args:?} accepted a damaged last entry"
+        );
         let e = stderr(&o);
-        assert!(e.contains("seq 3") && e.contains("cardvm journal repair"), "{args:?}: {e}");
-        assert_eq!(std::fs::read(&p).unwrap(), bytes, "{args:?} changed the journal");
+        assert!(
+            e.contains("seq 3") && e.contains("cardvm journal repair"),
+            "{args:?}: {e}"
+        );
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            bytes,
+            "{args:?} changed the journal"
+        );
     }
 
     let o = cardvm(&["journal", "repair", s(&p)]);
@@ -108,7 +123,13 @@ fn operator_recovers_a_damaged_last_entry() {
     assert!(out.contains("1 lost entry: seq 3 (repaired"), "{out}");
     assert!(out.contains(s(&aside)), "{out}");
     let o = cardvm(&["journal", "list", s(&p)]);
-    assert!(stdout(&o).lines().any(|l| l.contains(" 3 ") && l.contains("lost")), "{}", stdout(&o));
+    assert!(
+        stdout(&o)
+            .lines()
+            .any(|l| l.contains(" 3 ") && l.contains("lost")),
+        "{}",
+        stdout(&o)
+    );
 
     let mut j = Journal::open(&p).unwrap();
     assert_eq!(j.append(b"{\"receipt\":4}").unwrap(), 4);

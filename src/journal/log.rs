@@ -6,12 +6,12 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::batch::{self, BATCH_HEADER_LEN, Batch, ExportLimits};
+#[cfg(feature = "std")]
+use super::file::FileStorage;
 use super::format::{
     ACK_LEN, AckRecord, ENTRY_HEAD_LEN, ENTRY_MAGIC, ENTRY_OVERHEAD, EntryHead, FileHeader,
     HEADER_LEN, HeaderFault, check_entry, encode_entry,
 };
-#[cfg(feature = "std")]
-use super::file::FileStorage;
 use super::storage::Storage;
 use super::{
     CompactReport, Entry, GENESIS, JournalError, LOST_MARKER, LostEntry, MAX_PAYLOAD_LEN,
@@ -78,7 +78,10 @@ enum Tail {
     /// An interrupted append: this many bytes, safe to drop.
     Torn(u64),
     /// A complete entry that does not check, or other data: never dropped silently.
-    Damaged { offset: u64, reason: &'static str },
+    Damaged {
+        offset: u64,
+        reason: &'static str,
+    },
 }
 
 /// Result of scanning the entries of a log.
@@ -438,16 +441,16 @@ impl<S: Storage> Journal<S> {
             kept_at,
         };
         let (record, record_hash) = encode_entry(seq, &scan.head_hash(), &lost.encode());
-        if let Some(ack) = storage.read_ack()? {
-            if let Ok(a) = AckRecord::decode(&ack) {
-                if a.upto == seq {
-                    let moved = AckRecord {
-                        upto: seq,
-                        hash: record_hash,
-                    };
-                    storage.write_ack(&moved.encode())?;
-                }
-            }
+        let acked_damaged = storage
+            .read_ack()?
+            .and_then(|ack| AckRecord::decode(&ack).ok())
+            .is_some_and(|a| a.upto == seq);
+        if acked_damaged {
+            let moved = AckRecord {
+                upto: seq,
+                hash: record_hash,
+            };
+            storage.write_ack(&moved.encode())?;
         }
         storage.begin_replace()?;
         storage.replace_append(&scan.header.encode())?;

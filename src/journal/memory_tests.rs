@@ -105,7 +105,10 @@ fn power_cut_at_every_byte_of_an_append() {
         let r = j.append(&payload(5, 40));
         if cut < entry_len {
             assert!(r.is_err(), "cut {cut}");
-            assert!(matches!(j.append(b"x"), Err(_)), "cut {cut}: usable after power loss");
+            assert!(
+                matches!(j.append(b"x"), Err(_)),
+                "cut {cut}: usable after power loss"
+            );
         } else {
             assert_eq!(r.unwrap(), 5);
         }
@@ -224,7 +227,12 @@ fn tails_are_classified() {
     // an entry at all): damaged, kept.
     let (other_seq, _) = format::encode_entry(next + 1, &prev, &[7u8; 30]);
     let (other_prev, _) = format::encode_entry(next, &[9; 32], &[7u8; 30]);
-    for junk in [&other_seq[..40], &other_prev[..40], &b"garbage"[..], &[0xFF; 3][..]] {
+    for junk in [
+        &other_seq[..40],
+        &other_prev[..40],
+        &b"garbage"[..],
+        &[0xFF; 3][..],
+    ] {
         let mut st = base.clone();
         st.log_mut().extend_from_slice(junk);
         assert!(

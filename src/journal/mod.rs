@@ -114,13 +114,13 @@
 //! job.
 
 mod batch;
-mod format;
-mod log;
-mod storage;
 #[cfg(feature = "std")]
 mod file;
+mod format;
+mod log;
 #[cfg(test)]
 mod memory_tests;
+mod storage;
 #[cfg(all(test, feature = "std"))]
 mod tests;
 

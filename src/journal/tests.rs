@@ -1,8 +1,8 @@
 use super::format::{AckRecord, ENTRY_OVERHEAD, FileHeader, HEADER_LEN, encode_entry};
 use super::*;
+use proptest::prelude::*;
 use std::fs;
 use std::path::{Path, PathBuf};
-use proptest::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 struct TempDir(PathBuf);
@@ -448,9 +448,7 @@ fn second_writer_in_this_process_is_locked_out() {
     let p = d.file("j");
     let mut first = Journal::open_locked(&p).unwrap();
     first.append(b"one").unwrap();
-    let locked = |r: Result<(), JournalError>| {
-        matches!(&r, Err(JournalError::Locked { location }) if location.contains("j"))
-    };
+    let locked = |r: Result<(), JournalError>| matches!(&r, Err(JournalError::Locked { location }) if location.contains("j"));
     assert!(locked(Journal::open(&p).map(|_| ())));
     assert!(locked(Journal::open_locked(&p).map(|_| ())));
     assert!(locked(Journal::open_existing(&p).map(|_| ())));
@@ -488,13 +486,15 @@ fn damaged_last_entry_is_refused_then_repaired_without_reusing_its_seq() {
     let last = bytes.len() - (ENTRY_OVERHEAD + 20);
     bytes[last + ENTRY_OVERHEAD] ^= 0x04; // inside the payload
     fs::write(&p, &bytes).unwrap();
-    let is_last = |e: &JournalError| {
-        matches!(e, JournalError::CorruptLastEntry { seq: 3, offset, .. } if *offset as usize == last)
-    };
+    let is_last = |e: &JournalError| matches!(e, JournalError::CorruptLastEntry { seq: 3, offset, .. } if *offset as usize == last);
     assert!(is_last(&Journal::open(&p).unwrap_err()));
     assert!(is_last(&Journal::open_read_only(&p).unwrap_err()));
     assert!(is_last(&verify(&p).unwrap_err()));
-    assert_eq!(fs::read(&p).unwrap(), bytes, "a failed open changed the file");
+    assert_eq!(
+        fs::read(&p).unwrap(),
+        bytes,
+        "a failed open changed the file"
+    );
 
     // An unrelated file already sits at the first aside name: it must not be overwritten.
     fs::write(d.file("j.bad-3"), b"someone else's").unwrap();
@@ -519,7 +519,10 @@ fn damaged_last_entry_is_refused_then_repaired_without_reusing_its_seq() {
     // The record travels to the server like any entry.
     let b = j.export(ExportLimits::default()).unwrap();
     let es = parse_batch(&b.bytes).unwrap();
-    assert_eq!(es.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(
+        es.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
     assert!(es[2].lost().is_some() && es[3].lost().is_none());
     drop(j);
     // Repairing a clean journal changes nothing.
