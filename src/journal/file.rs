@@ -15,6 +15,12 @@ pub type FileJournal = Journal<FileStorage>;
 /// Temporaries a crash may leave behind; a writer's open removes them.
 const TEMP_SUFFIXES: [&str; 3] = [".new", ".compact", ".ack.tmp"];
 
+/// How long a writer's open keeps retrying a held lock before it reports
+/// [`JournalError::Locked`]: a child being forked by another thread of this process shares
+/// the lock until its `exec` closes the descriptor, which takes far less than this.
+const LOCK_RETRIES: u32 = 20;
+const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// How many numbered `PATH.bad-<seq>.<n>` names [`FileStorage`] tries before giving up.
 const MAX_ASIDE_NAMES: u32 = 1000;
 
@@ -90,7 +96,8 @@ fn read_exact_at(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
 
 impl FileStorage {
     /// Opens the journal files at `path` for a writer: takes the exclusive lock on
-    /// `PATH.lock` (non-blocking: [`JournalError::Locked`] if another writer holds it),
+    /// `PATH.lock` (without waiting for a writer: [`JournalError::Locked`] if the lock is
+    /// still held after about 100 ms of retries, which only cover a fork in progress),
     /// removes temporaries a crash left, and opens the log if it exists.
     pub fn open_writer(path: impl AsRef<Path>) -> Result<Self, JournalError> {
         let path = path.as_ref();
@@ -102,14 +109,21 @@ impl FileStorage {
             .truncate(false)
             .open(&lock_path)
             .map_err(io_err("create lock file", &lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                return Err(JournalError::Locked {
-                    location: path.display().to_string(),
-                });
+        let mut attempt = 0;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) if attempt < LOCK_RETRIES => {
+                    attempt += 1;
+                    std::thread::sleep(LOCK_RETRY_PAUSE);
+                }
+                Err(TryLockError::WouldBlock) => {
+                    return Err(JournalError::Locked {
+                        location: path.display().to_string(),
+                    });
+                }
+                Err(TryLockError::Error(e)) => return Err(io_err("lock", &lock_path)(e).into()),
             }
-            Err(TryLockError::Error(e)) => return Err(io_err("lock", &lock_path)(e).into()),
         }
         for suffix in TEMP_SUFFIXES {
             let p = with_suffix(path, suffix);

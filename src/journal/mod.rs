@@ -108,7 +108,9 @@
 //! exclusive, non-blocking OS lock on `PATH.lock` (a separate file, because compaction
 //! replaces `PATH` itself). A second writer, in this process or another, gets
 //! [`JournalError::Locked`]. The OS releases the lock when the handle is dropped or the
-//! process dies. Read-only handles take no lock and may coexist with a writer, but may
+//! process dies. (Open retries for about 100 ms first: a child being forked by another
+//! thread holds a copy of the lock until its `exec`; a child process that does not `exec`
+//! keeps the lock as long as it lives.) Read-only handles take no lock and may coexist with a writer, but may
 //! observe an append in flight: as a torn tail, or (rarely, mid-`write`) as a damaged last
 //! entry; retry such a read. With another [`Storage`], serializing writers is the embedder's
 //! job.
