@@ -23,7 +23,7 @@
 //! | **the transaction pipeline and its policy** | [`reader`] |
 //! | one reader/writer for the binary formats | [`codec`] |
 //! | durable device state (replay store) | [`storage`] |
-//! | offline receipt store | `journal` (std) |
+//! | offline receipt store (storage trait; files in `std`) | [`journal`] |
 //! | reader → server message frame | [`frame`] |
 //! | simulated cards | `sim` (feature `sim`) |
 //! | real readers, virtual readers | `transport::pcsc` (feature `pcsc`), `transport::vpcd` |
@@ -97,6 +97,7 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod isa;
+pub mod journal;
 pub mod reader;
 pub mod receipt;
 pub mod script;
@@ -107,8 +108,6 @@ pub mod vm;
 
 #[cfg(feature = "issuer")]
 pub mod issuer;
-#[cfg(feature = "std")]
-pub mod journal;
 #[cfg(feature = "sim")]
 pub mod sim;
 

@@ -415,13 +415,13 @@ impl<'s> Verifier<'s> {
             .map_err(|kind| VerifyError { offset: off, kind })?;
         }
         // Nothing may fall off the end.
-        if let Some(last) = code.last() {
-            if !last.is_terminator() {
-                return Err(VerifyError {
-                    offset: offsets[code.len() - 1],
-                    kind: VerifyErrorKind::FallsOffEnd,
-                });
-            }
+        if let Some(last) = code.last()
+            && !last.is_terminator()
+        {
+            return Err(VerifyError {
+                offset: offsets[code.len() - 1],
+                kind: VerifyErrorKind::FallsOffEnd,
+            });
         }
         let max_call_depth = call_depth(&code, &offsets)?;
         Ok(Checked {
@@ -579,10 +579,10 @@ fn call_depth(code: &[Instr], offsets: &[u32]) -> Result<u32, VerifyError> {
                 }
                 _ => {}
             }
-            if let Some(t) = instr.target() {
-                if !matches!(instr, Instr::Call { .. }) {
-                    stack.push(t);
-                }
+            if let Some(t) = instr.target()
+                && !matches!(instr, Instr::Call { .. })
+            {
+                stack.push(t);
             }
             // Terminators never fall through; the verifier checked the last instruction is one.
             if !instr.is_terminator() && iu + 1 < code.len() {

@@ -106,9 +106,8 @@ mod tests {
     use cardvm::asm::{AsmOptions, MapLoader, assemble};
     use cardvm::crypto::sm2::Sm2PrivateKey;
     use cardvm::envelope::{EnvelopeHeader, MemoryReplayStore, ScriptKind, seal};
-    use cardvm::reader::{
-        FixedClock, JournalStatus, MemoryJournal, Policy, Reader, ReaderConfig, ReaderError,
-    };
+    use cardvm::journal::{Journal, MemoryStorage};
+    use cardvm::reader::{FixedClock, JournalStatus, Policy, Reader, ReaderConfig, ReaderError};
     use cardvm::receipt::{Mode, Receipt};
     use cardvm::script::{DataScript, Field, FieldValue};
     use cardvm::vm::{Limits, NoTrace, Outcome};
@@ -173,7 +172,10 @@ mod tests {
                 limits: Limits::default(),
             },
             Some(Box::new(MemoryReplayStore::new())),
-            Some(Box::new(MemoryJournal::default())),
+            // The journal proper (hash chain, crash rules) on in-memory "flash".
+            Some(Box::new(
+                Journal::create_in(MemoryStorage::new("flash")).unwrap(),
+            )),
             Box::new(FixedClock(NOW)),
         )
         .unwrap();

@@ -912,10 +912,8 @@ impl<'s> Asm<'s> {
     /// Adds a pool entry (or, for inline literals, reuses an equal one).
     fn add_constant(&mut self, c: Constant, pos: Pos, dedup: bool) -> R<u16> {
         let key = ckey(&c);
-        if dedup {
-            if let Some(&i) = self.pool.get(&key) {
-                return Ok(i);
-            }
+        if dedup && let Some(&i) = self.pool.get(&key) {
+            return Ok(i);
         }
         if self.constants.len() >= MAX_ENTRIES {
             return Err(self.err(pos, format!("more than {MAX_ENTRIES} constants")));

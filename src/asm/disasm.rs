@@ -182,10 +182,10 @@ pub fn disassemble(script: &CommandScript) -> String {
                 for (i, (o, name)) in ops.as_slice().iter().zip(op.operand_names()).enumerate() {
                     text.push_str(if i == 0 { " " } else { ", " });
                     text.push_str(&operand_text(script, *o, name, &targets));
-                    if let Operand::Const(c) = o {
-                        if let Some(c) = script.constants.get(usize::from(*c)) {
-                            comment = constant_text(c);
-                        }
+                    if let Operand::Const(c) = o
+                        && let Some(c) = script.constants.get(usize::from(*c))
+                    {
+                        comment = constant_text(c);
                     }
                 }
                 if !comment.is_empty() {

@@ -47,7 +47,7 @@ enum Command {
     Run(run::RunArgs),
     /// Work with signed receipts.
     Receipt(receipt::ReceiptArgs),
-    /// The offline receipt journal: list, export, ack, verify.
+    /// The offline receipt journal: list, export, ack, verify, repair.
     Journal {
         #[command(subcommand)]
         cmd: journal::JournalCmd,

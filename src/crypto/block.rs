@@ -109,7 +109,7 @@ fn check_ecb(key: &SecretKey, data: &[u8], op: &'static str) -> Result<(), Crypt
         .alg()
         .block_len()
         .ok_or(CryptoError::NotABlockCipher(key.alg()))?;
-    if data.len() % block != 0 {
+    if !data.len().is_multiple_of(block) {
         return Err(CryptoError::NotBlockAligned {
             len: data.len(),
             block,

@@ -386,10 +386,10 @@ mod tests {
         let mut i = 0;
         while i < seen.len() {
             for d in Derivation::ALL {
-                if let Some(u) = seen[i].derive(d) {
-                    if !seen.contains(&u) {
-                        seen.push(u);
-                    }
+                if let Some(u) = seen[i].derive(d)
+                    && !seen.contains(&u)
+                {
+                    seen.push(u);
                 }
             }
             i += 1;

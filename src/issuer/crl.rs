@@ -105,12 +105,12 @@ pub fn verify_crl(crl: &CertificateList, issuer: &Certificate, now: u64) -> Resu
             reason: format!("not issued by {issuer_name}"),
         });
     }
-    if let Some(ku) = key_usage(issuer)? {
-        if !ku.crl_sign() {
-            return Err(PkiError::NotACa {
-                subject: issuer_name,
-            });
-        }
+    if let Some(ku) = key_usage(issuer)?
+        && !ku.crl_sign()
+    {
+        return Err(PkiError::NotACa {
+            subject: issuer_name,
+        });
     }
     if crl.signature_algorithm != tbs.signature {
         return Err(PkiError::Malformed {

@@ -703,15 +703,15 @@ fn check(
         Outcome::Committed => None,
         Outcome::Failed(f) | Outcome::Unknown(f) => Some(f),
     };
-    if let Some(o) = &e.outcome {
-        if o != report.outcome.name() {
-            let detail = failure.map(|f| format!(" ({f})")).unwrap_or_default();
-            miss(
-                "outcome",
-                o.clone(),
-                format!("{}{detail}", report.outcome.name()),
-            );
-        }
+    if let Some(o) = &e.outcome
+        && o != report.outcome.name()
+    {
+        let detail = failure.map(|f| format!(" ({f})")).unwrap_or_default();
+        miss(
+            "outcome",
+            o.clone(),
+            format!("{}{detail}", report.outcome.name()),
+        );
     }
     if let Some(code) = e.code {
         let actual = failure.map(|f| f.code());
@@ -748,10 +748,10 @@ fn check(
             );
         }
     }
-    if let Some(n) = e.apdu_count {
-        if n != report.apdu_count {
-            miss("apdu_count", n.to_string(), report.apdu_count.to_string());
-        }
+    if let Some(n) = e.apdu_count
+        && n != report.apdu_count
+    {
+        miss("apdu_count", n.to_string(), report.apdu_count.to_string());
     }
     if let Some(want) = &e.apdus {
         for i in 0..want.len().max(log.lines.len()) {
