@@ -47,6 +47,11 @@ pub struct RunArgs {
     /// Like --trace-vm, and wait for Enter after each instruction (`c` + Enter: run on).
     #[arg(long)]
     pub step: bool,
+    /// For --trace-vm / --step on a `.cvm`: a source file (`.casm`, or one it includes;
+    /// repeat for each) to show lines from, used only if its SM3 matches the debug info.
+    /// Files named inside the script are never opened.
+    #[arg(long, value_name = "PATH")]
+    pub source: Vec<PathBuf>,
     /// Write the receipt JSON here instead of stdout.
     #[arg(long, value_name = "OUT.json")]
     pub receipt: Option<PathBuf>,
@@ -78,8 +83,8 @@ pub struct RunArgs {
 pub struct Prepared {
     pub program: VerifiedProgram,
     pub data: DataScript,
-    /// `Some(step)`: trace the VM (`--trace-vm`, `--step`).
-    pub vm_trace: Option<bool>,
+    /// `Some(..)`: trace the VM (`--trace-vm`, `--step`, `--source`).
+    pub vm_trace: Option<super::trace::VmTraceOptions>,
 }
 
 /// Parses and verifies the command script and binds the data script.
@@ -119,9 +124,9 @@ pub fn execute<T: CardTransport>(
         .with_data(&prepared.data, &binding)
         .map_err(|e| e.to_string())?;
     let mut layer = ApduLayer::new(card);
-    let report = match prepared.vm_trace {
-        Some(step) => {
-            let mut tracer = super::trace::VmTrace::new(&prepared.program, step);
+    let report = match &prepared.vm_trace {
+        Some(t) => {
+            let mut tracer = super::trace::VmTrace::new(&prepared.program, t.step, &t.sources);
             let report = Vm::new(limits).run(bound, &mut layer, &mut tracer);
             failure_report(&mut tracer, &report);
             report
@@ -259,7 +264,8 @@ pub fn run(args: RunArgs) -> CliResult {
             .map_or(String::from("(no data)"), |d| d.display().to_string()),
     )?;
     if args.trace_vm || args.step {
-        prepared.vm_trace = Some(args.step);
+        let t = super::trace::VmTraceOptions::for_run(&args.command, &args.source, args.step);
+        prepared.vm_trace = Some(t);
     }
     let limits = Limits {
         fuel: args.fuel,
@@ -353,8 +359,9 @@ fn run_pcsc(
     limits: Limits,
 ) -> Result<(RunReport, Vec<u8>, Option<u64>), String> {
     let name = (!reader.is_empty()).then_some(reader);
-    let mut card = cardvm::transport::pcsc::open_reader(name, std::time::Duration::from_secs(args.wait))
-        .map_err(|e| format!("--pcsc: {e}"))?;
+    let mut card =
+        cardvm::transport::pcsc::open_reader(name, std::time::Duration::from_secs(args.wait))
+            .map_err(|e| format!("--pcsc: {e}"))?;
     // The whole script runs inside one PC/SC transaction: no other application can
     // interleave commands with a purse transaction.
     let tx = card.transaction().map_err(|e| format!("--pcsc: {e}"))?;
