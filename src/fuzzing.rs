@@ -455,9 +455,7 @@ pub fn vpcd_frame(data: &[u8]) {
                 }
                 None => &[0x6F, 0x00],
             },
-            Frame::Control(crate::transport::vpcd::Control::GetAtr) => {
-                &crate::transport::vpcd::DEFAULT_ATR
-            }
+            Frame::Control(crate::transport::vpcd::Control::GetAtr) => &crate::transport::vpcd::DEFAULT_ATR,
             Frame::Control(_) | Frame::Empty => &[],
         };
         out.clear();
@@ -469,10 +467,7 @@ pub fn vpcd_frame(data: &[u8]) {
                 Parsed::Frame(Frame::Control(c), n) => {
                     assert_eq!(answer.len(), 1, "control frame from {answer:?}");
                     assert_eq!(n, 3);
-                    assert_eq!(
-                        crate::transport::vpcd::Control::from_byte(answer[0]),
-                        Some(c)
-                    );
+                    assert_eq!(crate::transport::vpcd::Control::from_byte(answer[0]), Some(c));
                 }
                 Parsed::Frame(Frame::Empty, n) => assert!(answer.is_empty() && n == 2),
                 Parsed::Incomplete { .. } => panic!("encoded frame is incomplete"),

@@ -11,8 +11,8 @@
 mod purse_card;
 
 use cardvm::transport::pcsc::{ConnectOptions, PcscContext, PcscError, ShareMode};
-use cardvm::transport::vpcd::{VpcdConfig, VpcdHandle, VpcdServer};
 use cardvm::transport::{ApduLayer, TransportError};
+use cardvm::transport::vpcd::{VpcdConfig, VpcdHandle, VpcdServer};
 use purse_card::{GET_BALANCE, PurseCard, SELECT_PURSE, fci};
 use std::process::Command;
 use std::time::Duration;

@@ -359,9 +359,8 @@ fn run_pcsc(
     limits: Limits,
 ) -> Result<(RunReport, Vec<u8>, Option<u64>), String> {
     let name = (!reader.is_empty()).then_some(reader);
-    let mut card =
-        cardvm::transport::pcsc::open_reader(name, std::time::Duration::from_secs(args.wait))
-            .map_err(|e| format!("--pcsc: {e}"))?;
+    let mut card = cardvm::transport::pcsc::open_reader(name, std::time::Duration::from_secs(args.wait))
+        .map_err(|e| format!("--pcsc: {e}"))?;
     // The whole script runs inside one PC/SC transaction: no other application can
     // interleave commands with a purse transaction.
     let tx = card.transaction().map_err(|e| format!("--pcsc: {e}"))?;
