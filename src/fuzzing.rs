@@ -152,6 +152,7 @@ fn template(code: &[u8]) -> CommandScript {
         ],
         code: code.to_vec(),
         debug: None,
+        unsupported_debug: None,
     }
 }
 

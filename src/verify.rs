@@ -157,6 +157,8 @@ pub struct VerifiedProgram {
     pub(crate) inputs: Vec<Decl>,
     pub(crate) outputs: Arc<[Decl]>,
     pub(crate) debug: Option<DebugInfo>,
+    /// Version of a debug section this build does not read, if the script had one.
+    pub(crate) unsupported_debug: Option<u8>,
     pub(crate) max_call_depth: u32,
 }
 
@@ -188,6 +190,7 @@ impl VerifiedProgram {
             inputs: script.inputs.clone(),
             outputs: Arc::from(script.outputs.as_slice()),
             debug: script.debug.clone(),
+            unsupported_debug: script.unsupported_debug.as_ref().map(|u| u.version),
             max_call_depth: c.max_call_depth,
         })
     }
@@ -203,6 +206,7 @@ impl VerifiedProgram {
             inputs: script.inputs,
             outputs: Arc::from(script.outputs),
             debug: script.debug,
+            unsupported_debug: script.unsupported_debug.map(|u| u.version),
             max_call_depth: c.max_call_depth,
         })
     }
@@ -235,6 +239,17 @@ impl VerifiedProgram {
     /// The source location of the instruction at code offset `offset`, if the script has debug info.
     pub fn source_location(&self, offset: u32) -> Option<(&str, u32)> {
         self.debug.as_ref()?.location(offset)
+    }
+
+    /// The script's debug info (file labels with source hashes, line table), if any.
+    pub fn debug_info(&self) -> Option<&DebugInfo> {
+        self.debug.as_ref()
+    }
+
+    /// The version of the script's debug section when this build cannot read it (e.g. 1:
+    /// written before source hashes); the program runs, without source lines.
+    pub fn unsupported_debug_version(&self) -> Option<u8> {
+        self.unsupported_debug
     }
 
     /// The deepest static call nesting.

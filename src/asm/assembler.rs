@@ -11,8 +11,9 @@ use super::loader::SourceLoader;
 use crate::crypto::{KeyAlg, KeyUsage};
 use crate::isa::{Instr, MAX_OPERANDS, Opcode, Operand, OperandKind, SwPattern};
 use crate::script::{
-    CommandScript, Constant, DebugInfo, Decl, Header, LineEntry, MAX_BYTES_LEN, MAX_CODE_LEN,
-    MAX_ENTRIES, ValueType, is_valid_name,
+    CommandScript, Constant, DEBUG_VERSION, DebugFile, DebugInfo, Decl, Header, LineEntry,
+    MAX_BYTES_LEN, MAX_CODE_LEN, MAX_DEBUG_NAME, MAX_ENTRIES, MAX_SCRIPT_LEN, UnsupportedDebug,
+    ValueType, is_valid_name,
 };
 use alloc::collections::BTreeMap;
 use alloc::format;
@@ -28,14 +29,21 @@ pub const MAX_MACRO_DEPTH: usize = 16;
 pub const MAX_LINES: usize = 200_000;
 /// Most distinct source files.
 pub const MAX_FILES: usize = 256;
-/// Longest file name kept in the debug section.
-const MAX_DEBUG_NAME: usize = 1024;
 
 /// Assembler options.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AsmOptions {
-    /// Emit the debug section (file table and offset → line table).
+    /// Emit the debug section (file table with each source's SM3, offset → line table).
     pub debug: bool,
+}
+
+/// A source file the assembler read: the main file and every `.include`d one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceText {
+    /// The resolved name (as in diagnostics and the debug section).
+    pub name: String,
+    /// The text; its SM3 is the file's hash in the debug section.
+    pub text: String,
 }
 
 /// The result of a successful assembly.
@@ -45,6 +53,9 @@ pub struct Assembled {
     pub script: CommandScript,
     /// Non-fatal diagnostics (lints).
     pub warnings: Vec<Warning>,
+    /// Every source file read, in debug-file-table order (index 0: the main file). A
+    /// debugger takes source lines from here, never by opening the names in the script.
+    pub sources: Vec<SourceText>,
 }
 
 /// Assembles `source` (called `name` in diagnostics and as the base of relative
@@ -91,14 +102,24 @@ pub fn assemble(
             lines: &lines,
         },
     );
-    Ok(Assembled { script, warnings })
+    let sources = srcs
+        .files
+        .into_iter()
+        .map(|(name, text)| SourceText { name, text })
+        .collect();
+    Ok(Assembled {
+        script,
+        warnings,
+        sources,
+    })
 }
 
-/// Assembles the file at `path`, reading `.include`s from the file system.
+/// Assembles the file at `path`, reading `.include`s from the file system (regular
+/// files of at most [`MAX_SOURCE_FILE`](super::loader::MAX_SOURCE_FILE) bytes).
 #[cfg(feature = "std")]
 pub fn assemble_file(path: &std::path::Path, opts: &AsmOptions) -> Result<Assembled, AsmError> {
     let name = path.to_string_lossy().into_owned();
-    let text = match std::fs::read_to_string(path) {
+    let text = match super::loader::read_source_file(path, super::loader::MAX_SOURCE_FILE) {
         Ok(t) => t,
         Err(e) => {
             return Err(AsmError {
@@ -469,6 +490,8 @@ struct Asm<'s> {
     auto_lines: Vec<LineEntry>,
     /// Explicit debug info from `.debug` / `.file` / `.loc`.
     explicit_debug: Option<DebugInfo>,
+    /// A kept debug section of another version, from `.debug_raw`.
+    raw_debug: Option<UnsupportedDebug>,
     /// Highest register / key slot an instruction names, and where.
     max_reg: Option<(u8, Pos)>,
     max_key: Option<(u8, Pos)>,
@@ -496,6 +519,7 @@ impl<'s> Asm<'s> {
             offset: 0,
             auto_lines: Vec::new(),
             explicit_debug: None,
+            raw_debug: None,
             max_reg: None,
             max_key: None,
         }
@@ -598,7 +622,7 @@ impl<'s> Asm<'s> {
             ".reg" | ".key" => self.names(d, args),
             ".const" => self.constant(d, args),
             ".code" => {
-                let (bytes, rest) = self.bytes_literal(args, d)?;
+                let (bytes, rest) = self.bytes_literal(args, d, MAX_CODE_LEN)?;
                 self.no_more(rest)?;
                 self.check_code_room(d.pos, bytes.len() as u32)?;
                 self.offset += bytes.len() as u32;
@@ -607,7 +631,32 @@ impl<'s> Asm<'s> {
             }
             ".debug" => {
                 self.no_more(args)?;
-                self.explicit_debug.get_or_insert_with(DebugInfo::default);
+                self.debug_section(d.pos)?;
+                Ok(())
+            }
+            ".debug_raw" => {
+                let Some(v) = args.first() else {
+                    return Err(self.err(
+                        after(d, args),
+                        "`.debug_raw` takes a version and the section body: `.debug_raw 1 [..]`",
+                    ));
+                };
+                let version = self.number(v, u8::MAX.into())? as u8;
+                if version == DEBUG_VERSION || version == 0 {
+                    return Err(self.err(
+                        v.pos,
+                        format!(
+                            "`.debug_raw` keeps a debug section of another version than {DEBUG_VERSION} \
+                             (write version {DEBUG_VERSION} with `.debug`, `.file` and `.loc`)"
+                        ),
+                    ));
+                }
+                let (body, rest) = self.bytes_literal(&args[1..], v, MAX_SCRIPT_LEN)?;
+                self.no_more(rest)?;
+                if self.explicit_debug.is_some() || self.raw_debug.is_some() {
+                    return Err(self.err(d.pos, "a script has one debug section"));
+                }
+                self.raw_debug = Some(UnsupportedDebug { version, body });
                 Ok(())
             }
             ".file" => {
@@ -621,7 +670,20 @@ impl<'s> Asm<'s> {
                         ));
                     }
                 };
-                self.no_more(&args[1..])?;
+                // Optional: the SM3 of the source text, `[32 hex bytes]`.
+                let sm3 = if args.len() > 1 {
+                    let (hash, rest) = self.bytes_literal(&args[1..], t, 64)?;
+                    self.no_more(rest)?;
+                    <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| {
+                        self.err(
+                            args[1].pos,
+                            format!("a source hash is 32 bytes (SM3), found {}", hash.len()),
+                        )
+                    })?
+                } else {
+                    DebugFile::NO_HASH
+                };
+                self.debug_section(d.pos)?;
                 let dbg = self.explicit_debug.get_or_insert_with(DebugInfo::default);
                 if dbg.files.len() >= MAX_ENTRIES || t.text.len() > MAX_DEBUG_NAME {
                     return Err(self.srcs.err(
@@ -629,7 +691,10 @@ impl<'s> Asm<'s> {
                         format!("at most {MAX_ENTRIES} `.file`s of at most {MAX_DEBUG_NAME} bytes"),
                     ));
                 }
-                dbg.files.push(t.text.clone());
+                dbg.files.push(DebugFile {
+                    name: t.text.clone(),
+                    sm3,
+                });
                 Ok(())
             }
             ".loc" => {
@@ -643,6 +708,7 @@ impl<'s> Asm<'s> {
                 let file = self.number(f, u16::MAX.into())? as u16;
                 let line = self.number(l, u32::MAX.into())? as u32;
                 let offset = self.offset;
+                self.debug_section(d.pos)?;
                 let dbg = self.explicit_debug.get_or_insert_with(DebugInfo::default);
                 if usize::from(file) >= dbg.files.len() {
                     return Err(self.srcs.err(
@@ -664,6 +730,15 @@ impl<'s> Asm<'s> {
             )),
             other => Err(self.err(d.pos, format!("unknown directive `{other}`"))),
         }
+    }
+
+    /// Starts (or continues) the explicit debug section; `.debug_raw` excludes it.
+    fn debug_section(&mut self, at: Pos) -> R<()> {
+        if self.raw_debug.is_some() {
+            return Err(self.err(at, "a script has one debug section (`.debug_raw` given)"));
+        }
+        self.explicit_debug.get_or_insert_with(DebugInfo::default);
+        Ok(())
     }
 
     fn header_value(&mut self, d: &Token, args: &[Token], max: u64) -> R<u64> {
@@ -888,7 +963,7 @@ impl<'s> Asm<'s> {
     fn literal(&self, toks: &[Token], after: &Token) -> R<Constant> {
         match toks.first() {
             Some(t) if t.is_punct('[') => {
-                let (bytes, rest) = self.bytes_literal(toks, after)?;
+                let (bytes, rest) = self.bytes_literal(toks, after, MAX_CODE_LEN)?;
                 self.no_more(rest)?;
                 if bytes.len() > MAX_BYTES_LEN {
                     return Err(self.err(
@@ -925,7 +1000,12 @@ impl<'s> Asm<'s> {
     }
 
     /// Parses `[ hex… ]` at the front of `toks`; returns the bytes and what follows.
-    fn bytes_literal<'t>(&self, toks: &'t [Token], after: &Token) -> R<(Vec<u8>, &'t [Token])> {
+    fn bytes_literal<'t>(
+        &self,
+        toks: &'t [Token],
+        after: &Token,
+        limit: usize,
+    ) -> R<(Vec<u8>, &'t [Token])> {
         match toks.first() {
             Some(t) if t.is_punct('[') => {}
             Some(t) => {
@@ -962,7 +1042,7 @@ impl<'s> Asm<'s> {
             if w.len() % 2 != 0 {
                 return Err(self.err(t.pos, format!("bad hex: `{w}` has an odd number of digits")));
             }
-            if bytes.len() + w.len() / 2 > MAX_CODE_LEN {
+            if bytes.len() + w.len() / 2 > limit {
                 return Err(self.err(t.pos, "byte string too long"));
             }
             for pair in w.as_bytes().chunks(2) {
@@ -1034,17 +1114,21 @@ impl<'s> Asm<'s> {
                 d.lines.retain(|e| e.offset < code_len);
                 Some(d)
             }
-            None if opts.debug => Some(DebugInfo {
+            None if opts.debug && self.raw_debug.is_none() => Some(DebugInfo {
                 files: self
                     .srcs
                     .files
                     .iter()
-                    .map(|(n, _)| truncate(n, MAX_DEBUG_NAME))
+                    .map(|(n, text)| DebugFile {
+                        name: truncate(n, MAX_DEBUG_NAME),
+                        sm3: crate::crypto::sm3(text.as_bytes()),
+                    })
                     .collect(),
                 lines: core::mem::take(&mut self.auto_lines),
             }),
             None => None,
         };
+        let unsupported_debug = self.raw_debug.take();
         Ok(CommandScript {
             header: Header {
                 registers,
@@ -1056,6 +1140,7 @@ impl<'s> Asm<'s> {
             outputs: self.outputs,
             code,
             debug,
+            unsupported_debug,
         })
     }
 

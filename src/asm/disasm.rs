@@ -7,7 +7,7 @@
 
 use super::lexer::quote;
 use crate::isa::{Instr, Operand, SwPattern};
-use crate::script::{CommandScript, Constant};
+use crate::script::{CommandScript, Constant, display_safe};
 use alloc::collections::BTreeSet;
 use alloc::format;
 use alloc::string::String;
@@ -103,8 +103,19 @@ pub fn disassemble(script: &CommandScript) -> String {
     if let Some(dbg) = &script.debug {
         let _ = writeln!(out, ".debug");
         for f in &dbg.files {
-            let _ = writeln!(out, ".file {}", quote(f));
+            if f.has_hash() {
+                let _ = writeln!(out, ".file {} {}", quote(&f.name), hex_bytes(&f.sm3));
+            } else {
+                let _ = writeln!(out, ".file {}", quote(&f.name));
+            }
         }
+    } else if let Some(u) = &script.unsupported_debug {
+        let _ = writeln!(
+            out,
+            "; debug info version {} is not read by this build; kept as it is",
+            u.version
+        );
+        let _ = writeln!(out, ".debug_raw {} {}", u.version, hex_bytes(&u.body));
     }
     if !script.inputs.is_empty() || !script.outputs.is_empty() {
         out.push('\n');
@@ -151,15 +162,9 @@ pub fn disassemble(script: &CommandScript) -> String {
             let _ = writeln!(out, "L{at:04X}:");
         }
         if let Some(e) = next_line.next_if(|e| e.offset == at) {
-            let name = files
+            let shown = files
                 .get(usize::from(e.file))
-                .map(String::as_str)
-                .unwrap_or("?");
-            let shown = if name.chars().any(|c| c.is_control() || c == '"') {
-                quote(name)
-            } else {
-                String::from(name)
-            };
+                .map_or(String::from("?"), |f| display_safe(&f.name));
             let _ = writeln!(
                 out,
                 "    .loc {} {}    ; {shown}:{}",

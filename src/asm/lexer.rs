@@ -155,7 +155,10 @@ pub(crate) fn quote(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if c.is_control() => out.push_str(&alloc::format!("\\u{{{:x}}}", c as u32)),
+            // Controls, and bidi overrides that would reorder the listing on screen.
+            c if crate::script::acts_on_terminal(c) => {
+                out.push_str(&alloc::format!("\\u{{{:x}}}", c as u32))
+            }
             c => out.push(c),
         }
     }

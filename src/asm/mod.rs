@@ -59,10 +59,15 @@
 //!   replaced by the call's arguments (whole tokens). Expansion nests at most
 //!   [`MAX_MACRO_DEPTH`] deep, so a recursive macro is an error, not a hang.
 //! - **Debug info**: with [`AsmOptions::debug`] (CLI `asm -g`) the script gets a debug
-//!   section (every source file, one line entry per instruction). Explicit directives
-//!   replace it: `.debug` (emit a section), `.file "name"` (next file-table entry),
-//!   `.loc FILE LINE` (the next code byte comes from that line). The disassembler writes
-//!   these so its output re-assembles to identical bytes.
+//!   section (every source file with the SM3 of its bytes, one line entry per
+//!   instruction); [`Assembled::sources`] hands the texts read to a debugger. File names
+//!   are display labels only: nothing opens a file because a script names it, and a
+//!   debugger shows a file's lines only from a text whose SM3 matches. Explicit
+//!   directives replace the section: `.debug` (emit a section), `.file "name"` or
+//!   `.file "name" [32-byte SM3]` (next file-table entry; without a hash its lines are
+//!   never shown), `.loc FILE LINE` (the next code byte comes from that line), and
+//!   `.debug_raw VERSION [bytes]` (a debug section of another version, kept as it is).
+//!   The disassembler writes these so its output re-assembles to identical bytes.
 //! - **Raw code**: `.code [hex]` appends bytes to the code as they are (the disassembler
 //!   uses it for bytes that do not decode).
 //!
@@ -85,12 +90,13 @@ mod tests;
 #[cfg(feature = "std")]
 pub use assembler::assemble_file;
 pub use assembler::{
-    AsmOptions, Assembled, MAX_FILES, MAX_INCLUDE_DEPTH, MAX_LINES, MAX_MACRO_DEPTH, assemble,
+    AsmOptions, Assembled, MAX_FILES, MAX_INCLUDE_DEPTH, MAX_LINES, MAX_MACRO_DEPTH, SourceText,
+    assemble,
 };
 #[cfg(feature = "std")]
 pub use data_toml::{DataError, compile_data};
 pub use disasm::disassemble;
 pub use error::{AsmError, Warning};
 #[cfg(feature = "std")]
-pub use loader::FsLoader;
+pub use loader::{FsLoader, MAX_SOURCE_FILE, SourceFileError, read_source_file};
 pub use loader::{MapLoader, SourceLoader, resolve_relative};

@@ -4,7 +4,10 @@
 use super::*;
 use crate::crypto::{KeyAlg, KeyUsage};
 use crate::isa::{ALL_OPCODES, Instr, Operand, OperandKind, SwPattern, decode_all};
-use crate::script::{CommandScript, Constant, DebugInfo, Decl, Header, LineEntry, ValueType};
+use crate::script::{
+    CommandScript, Constant, DebugFile, DebugInfo, Decl, Header, LineEntry, UnsupportedDebug,
+    ValueType,
+};
 use crate::verify::VerifiedProgram;
 use alloc::string::{String, ToString};
 use alloc::vec;
@@ -302,11 +305,36 @@ fn includes_resolve_relative_to_the_includer() {
 fn debug_info_maps_offsets_to_lines() {
     let mut m = MapLoader::new();
     m.insert("inc.casm", ".macro two\n nop\n nop\n.endm");
-    let a = asm_with(".include \"inc.casm\"\nnop\n\n  two\nhalt", &mut m, true).unwrap();
+    let main = ".include \"inc.casm\"\nnop\n\n  two\nhalt";
+    let a = asm_with(main, &mut m, true).unwrap();
     let d = a.script.debug.clone().unwrap();
+    let inc = m.get("inc.casm").unwrap();
+    // Each file with the SM3 of its bytes; the assembler hands the texts over.
     assert_eq!(
         d.files,
-        vec![String::from("main.casm"), String::from("inc.casm")]
+        vec![
+            DebugFile {
+                name: "main.casm".into(),
+                sm3: crate::crypto::sm3(main.as_bytes())
+            },
+            DebugFile {
+                name: "inc.casm".into(),
+                sm3: crate::crypto::sm3(inc.as_bytes())
+            }
+        ]
+    );
+    assert_eq!(
+        a.sources,
+        vec![
+            SourceText {
+                name: "main.casm".into(),
+                text: main.into()
+            },
+            SourceText {
+                name: "inc.casm".into(),
+                text: inc.into()
+            }
+        ]
     );
     assert_eq!(
         d.lines,
@@ -339,7 +367,7 @@ fn debug_info_maps_offsets_to_lines() {
     assert_eq!(plain.script.debug, None);
     let text = disassemble(&a.script);
     assert!(
-        text.contains(".debug\n.file \"main.casm\"\n.file \"inc.casm\""),
+        text.contains(".debug\n.file \"main.casm\" [") && text.contains("\n.file \"inc.casm\" ["),
         "{text}"
     );
     assert!(text.contains(".loc 1 3"), "{text}");
@@ -350,7 +378,7 @@ fn debug_info_maps_offsets_to_lines() {
     assert_eq!(
         s.debug,
         Some(DebugInfo {
-            files: vec!["x".into()],
+            files: vec![DebugFile::unhashed("x")],
             lines: vec![LineEntry {
                 offset: 0,
                 file: 0,
@@ -359,6 +387,45 @@ fn debug_info_maps_offsets_to_lines() {
         })
     );
     assert_eq!(asm(".debug\nhalt").debug, Some(DebugInfo::default()));
+}
+
+#[test]
+fn debug_file_hashes_and_kept_sections_round_trip() {
+    let h = "[".to_string() + &"AB ".repeat(31) + "AB]";
+    let s = asm(&format!(".file \"x.casm\" {h}\n.loc 0 2\nnop"));
+    let d = s.debug.clone().unwrap();
+    assert_eq!(d.files[0].sm3, [0xAB; 32]);
+    round_trip(&s).unwrap();
+    // A version-1 section (no hashes) and a later one are kept byte for byte.
+    for version in [1u8, 7] {
+        let s = asm(&format!(".debug_raw {version} [00 01 02]\nhalt"));
+        assert_eq!(
+            s.unsupported_debug,
+            Some(UnsupportedDebug {
+                version,
+                body: vec![0, 1, 2]
+            })
+        );
+        assert_eq!(s.debug, None);
+        let text = disassemble(&s);
+        assert!(
+            text.contains(&format!(".debug_raw {version} [00 01 02]")),
+            "{text}"
+        );
+        round_trip(&s).unwrap();
+    }
+    // `asm -g` does not add a second section next to a kept one.
+    let mut m = MapLoader::new();
+    let g = asm_with(".debug_raw 1 []\nhalt", &mut m, true).unwrap();
+    assert_eq!(g.script.debug, None);
+    let e = err(".file \"x\" [01 02]");
+    assert!(e.message.contains("32 bytes (SM3), found 2"), "{e}");
+    let e = err(".debug_raw 2 [00]");
+    assert!(e.message.contains("another version than 2"), "{e}");
+    let e = err(".debug\n.debug_raw 1 [00]");
+    assert!(e.message.contains("one debug section"), "{e}");
+    let e = err(".debug_raw 1 [00]\n.file \"x\"");
+    assert!(e.message.contains("one debug section"), "{e}");
 }
 
 #[test]
@@ -919,6 +986,15 @@ fn any_script() -> impl Strategy<Value = CommandScript> {
                         rows.dedup_by_key(|e| e.offset);
                         lines = rows;
                     }
+                    let files = files
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, name)| DebugFile {
+                            name,
+                            // Hashed and unhashed entries both round-trip.
+                            sm3: [i as u8; 32],
+                        })
+                        .collect();
                     DebugInfo { files, lines }
                 });
                 CommandScript {
@@ -934,6 +1010,7 @@ fn any_script() -> impl Strategy<Value = CommandScript> {
                     outputs,
                     code,
                     debug,
+                    unsupported_debug: None,
                 }
             },
         )
@@ -960,6 +1037,7 @@ fn any_word() -> impl Strategy<Value = String> {
                 ".debug",
                 ".file",
                 ".loc",
+                ".debug_raw",
                 ".registers",
                 ".key_slots",
                 "u8",

@@ -99,7 +99,11 @@ pub fn verify(a: VerifyArgs) -> CliResult {
     let script = parse_script(&a.input)?;
     let program = VerifiedProgram::verify(&script).map_err(|e| {
         match script.debug.as_ref().and_then(|d| d.location(e.offset)) {
-            Some((file, line)) => format!("{}: {file}:{line}: {e}", a.input.display()),
+            Some((file, line)) => format!(
+                "{}: {}:{line}: {e}",
+                a.input.display(),
+                cardvm::script::display_safe(file)
+            ),
             None => format!("{}: {e}", a.input.display()),
         }
     })?;

@@ -1,7 +1,7 @@
 //! `cardvm run`: a thin adapter over [`cardvm::reader::Reader`] — it loads files and
 //! keys, picks the card, and prints; the reader applies the whole security policy.
 
-use super::trace::StderrTrace;
+use super::trace::{StderrTrace, TraceSources};
 use super::{CliResult, read_file};
 use cardvm::reader::{
     Completed, JournalStatus, Policy, Prepared, Reader, ReaderConfig, ReceiptJournal, SystemClock,
@@ -52,6 +52,11 @@ pub struct RunArgs {
     /// Like --trace-vm, and wait for Enter after each instruction (`c` + Enter: run on).
     #[arg(long)]
     pub step: bool,
+    /// For --trace-vm / --step on a `.cvm`: a source file (`.casm`, or one it includes;
+    /// repeat for each) to show lines from, used only if its SM3 matches the debug info.
+    /// Files named inside the script are never opened.
+    #[arg(long, value_name = "PATH")]
+    pub source: Vec<PathBuf>,
     /// Write the receipt JSON here instead of stdout.
     #[arg(long, value_name = "OUT.json")]
     pub receipt: Option<PathBuf>,
@@ -93,16 +98,15 @@ pub struct RunArgs {
 }
 
 /// Reads the command script: `.casm` (assembled, with debug info), `.cvm`, or sealed.
-fn load_command(path: &Path) -> Result<Vec<u8>, String> {
+/// For a `.casm`, also the source texts the assembler read (what `--trace-vm` shows).
+fn load_command(path: &Path) -> Result<(Vec<u8>, Option<TraceSources>), String> {
     if path.extension().is_some_and(|x| x == "casm") {
-        Ok(
-            cardvm::asm::assemble_file(path, &cardvm::asm::AsmOptions { debug: true })
-                .map_err(|e| e.to_string())?
-                .script
-                .encode(),
-        )
+        let assembled = cardvm::asm::assemble_file(path, &cardvm::asm::AsmOptions { debug: true })
+            .map_err(|e| e.to_string())?;
+        let sources = TraceSources::from_assembled(&assembled);
+        Ok((assembled.script.encode(), Some(sources)))
     } else {
-        read_file(path)
+        Ok((read_file(path)?, None))
     }
 }
 
@@ -197,12 +201,16 @@ fn build_reader(args: &RunArgs) -> Result<(Reader, Option<PathBuf>), String> {
 
 pub fn run(args: RunArgs) -> CliResult {
     let (mut reader, journal_path) = build_reader(&args)?;
-    let command = load_command(&args.command)?;
+    let (command, casm_sources) = load_command(&args.command)?;
+    // Source lines for --trace-vm come only from the `.casm` being run and --source files,
+    // matched by hash; never from files the bytecode names.
+    let mut sources = casm_sources.unwrap_or_default();
+    args.source.iter().for_each(|p| sources.add_file(p));
     let data = load_data(args.data.as_deref())?;
     let prepared = reader
         .prepare(&command, &data)
         .map_err(|e| format!("{}: {e}", args.command.display()))?;
-    let completed = on_card(&args, &mut reader, &prepared)?;
+    let completed = on_card(&args, &mut reader, &prepared, &sources)?;
     let mut json = completed.receipt.to_json();
     json.push('\n');
     match &completed.journal {
@@ -265,11 +273,12 @@ fn execute<T: CardTransport>(
     args: &RunArgs,
     reader: &mut Reader,
     prepared: &Prepared,
+    sources: &TraceSources,
     card: &mut T,
 ) -> Result<Completed, String> {
     let mut rng = cardvm::crypto::rng::os_rng();
     let completed = if args.trace_vm || args.step {
-        let mut tracer = super::trace::VmTrace::new(prepared.program(), args.step);
+        let mut tracer = super::trace::VmTrace::new(prepared.program(), args.step, sources);
         let c = reader
             .run(prepared, card, &mut tracer, &mut rng)
             .map_err(|e| e.to_string())?;
@@ -311,12 +320,17 @@ fn failure_report(tracer: &mut super::trace::VmTrace<'_>, report: &RunReport) {
 }
 
 /// Runs on the card the arguments name.
-fn on_card(args: &RunArgs, reader: &mut Reader, prepared: &Prepared) -> Result<Completed, String> {
+fn on_card(
+    args: &RunArgs,
+    reader: &mut Reader,
+    prepared: &Prepared,
+    sources: &TraceSources,
+) -> Result<Completed, String> {
     match (&args.sim, &args.replay, &args.pcsc) {
         (Some(profile), None, None) => {
             let mut card = cardvm::sim::SimCard::load(profile)
                 .map_err(|e| format!("{}: {e}", profile.display()))?;
-            let completed = execute(args, reader, prepared, &mut card)?;
+            let completed = execute(args, reader, prepared, sources, &mut card)?;
             if args.trace {
                 eprintln!(
                     "-- modelled air time {} µs over {} APDUs (a model, see cardvm::sim::airtime)",
@@ -335,9 +349,9 @@ fn on_card(args: &RunArgs, reader: &mut Reader, prepared: &Prepared) -> Result<C
                 .map_err(|e| format!("{}: {e}", replay.display()))?;
             let mut card =
                 ReplayCard::parse(&text).map_err(|e| format!("{}: {e}", replay.display()))?;
-            execute(args, reader, prepared, &mut card)
+            execute(args, reader, prepared, sources, &mut card)
         }
-        (None, None, Some(name)) => run_pcsc(name, args, reader, prepared),
+        (None, None, Some(name)) => run_pcsc(name, args, reader, prepared, sources),
         (None, None, None) => Err(String::from(
             "no card: give --sim CARD.toml, --pcsc [READER] or --replay TRACE",
         )),
@@ -351,6 +365,7 @@ fn run_pcsc(
     args: &RunArgs,
     reader: &mut Reader,
     prepared: &Prepared,
+    sources: &TraceSources,
 ) -> Result<Completed, String> {
     let name = (!name.is_empty()).then_some(name);
     let mut card =
@@ -359,11 +374,17 @@ fn run_pcsc(
     // The whole script runs inside one PC/SC transaction: no other application can
     // interleave commands with a purse transaction.
     let mut tx = card.transaction().map_err(|e| format!("--pcsc: {e}"))?;
-    execute(args, reader, prepared, &mut tx)
+    execute(args, reader, prepared, sources, &mut tx)
 }
 
 #[cfg(not(feature = "pcsc"))]
-fn run_pcsc(_: &str, _: &RunArgs, _: &mut Reader, _: &Prepared) -> Result<Completed, String> {
+fn run_pcsc(
+    _: &str,
+    _: &RunArgs,
+    _: &mut Reader,
+    _: &Prepared,
+    _: &TraceSources,
+) -> Result<Completed, String> {
     Err(String::from(
         "--pcsc: this cardvm was built without the `pcsc` feature",
     ))

@@ -1,11 +1,22 @@
-//! The APDU trace printed by `run --trace`: `>> command` / `<< response SW (time)`.
+//! The APDU trace printed by `run --trace`: `>> command` / `<< response SW (time)`, and
+//! the VM trace of `run --trace-vm` / `--step`.
 //!
-//! The format is the one [`cardvm::transport::replay::ReplayCard`] reads back, so a
-//! trace captured from a real card can be replayed against a changed script.
+//! The APDU trace format is the one [`cardvm::transport::replay::ReplayCard`] reads back,
+//! so a trace captured from a real card can be replayed against a changed script.
+//!
+//! The VM trace shows source lines only from texts it is handed ([`TraceSources`]: the
+//! `.casm` being run and its includes, or `--source` files), matched to the debug
+//! section by SM3. The file names in a script's debug section are display labels
+//! (printed through [`display_safe`]): a crafted `.cvm` naming the reader's key file, a
+//! device or a FIFO makes the trace open nothing.
 
 use cardvm::isa::Instr;
+use cardvm::script::{DebugFile, display_safe};
 use cardvm::vm::{ApduEvent, Tracer};
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::io::Write;
+use std::path::Path;
 use std::time::Instant;
 
 /// Writes the trace to stderr as it happens.
@@ -76,12 +87,132 @@ impl Tracer for StderrTrace {
     }
 }
 
+/// Largest file `--source` reads for the VM trace.
+pub const MAX_TRACE_SOURCE: u64 = 1 << 20;
+
+/// The source texts `run --trace-vm` / `--step` may show, keyed by SM3.
+///
+/// Texts come only from the `.casm` being run (the assembler's own input, includes
+/// too) or from paths the user passes with `--source`; never from a file the script's
+/// debug section names. A debug-section file shows lines only when the SM3 recorded for
+/// it equals the SM3 of one of these texts.
+#[derive(Debug, Default)]
+pub struct TraceSources {
+    /// SM3 of the text -> its lines, already safe to print.
+    texts: HashMap<[u8; 32], Vec<String>>,
+    /// File name (last path component) and display name of every text given, to say
+    /// which `--source` differs from the assembled file.
+    given: Vec<(Option<OsString>, String)>,
+    /// Why a source was not used, printed once when tracing starts.
+    notes: Vec<String>,
+}
+
+impl TraceSources {
+    /// No sources: every debug-section file shows "source not available".
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The texts the assembler read for `assembled` (the main file and its includes).
+    pub fn from_assembled(assembled: &cardvm::asm::Assembled) -> Self {
+        let mut s = Self::new();
+        for src in &assembled.sources {
+            s.add_text(&src.name, &src.text);
+        }
+        s
+    }
+
+    /// Adds the regular file at `path` (at most [`MAX_TRACE_SOURCE`] bytes; a FIFO, a
+    /// device or a larger file is refused without reading it).
+    pub fn add_file(&mut self, path: &Path) {
+        let shown = display_safe(&path.display().to_string());
+        if self.given.len() >= cardvm::asm::MAX_FILES {
+            let max = cardvm::asm::MAX_FILES;
+            self.notes.push(format!(
+                "--source {shown}: not used: more than {max} sources"
+            ));
+            return;
+        }
+        match cardvm::asm::read_source_file(path, MAX_TRACE_SOURCE) {
+            Ok(text) => self.add_text(&path.display().to_string(), &text),
+            Err(e) => self.notes.push(format!("--source {shown}: not used: {e}")),
+        }
+    }
+
+    /// Adds `text`, called `name` in messages.
+    pub fn add_text(&mut self, name: &str, text: &str) {
+        let file_name = Path::new(name).file_name().map(OsString::from);
+        self.given.push((file_name, display_safe(name)));
+        self.texts
+            .entry(cardvm::crypto::sm3(text.as_bytes()))
+            .or_insert_with(|| text.lines().map(|l| display_safe(l.trim())).collect());
+    }
+
+    /// The lines of the text `file` was assembled from, or why there are none.
+    fn resolve(&self, file: &DebugFile) -> Result<&[String], Unavailable> {
+        if !file.has_hash() {
+            return Err(Unavailable::NoHash);
+        }
+        if let Some(lines) = self.texts.get(&file.sm3) {
+            return Ok(lines);
+        }
+        let wanted = Path::new(&file.name).file_name();
+        match self
+            .given
+            .iter()
+            .find(|(n, _)| wanted.is_some() && n.as_deref() == wanted)
+        {
+            Some((_, shown)) => Err(Unavailable::Differs(shown.clone())),
+            None => Err(Unavailable::NotGiven),
+        }
+    }
+}
+
+/// Why a debug-section file has no lines to show.
+#[derive(Debug)]
+enum Unavailable {
+    /// The debug info has no source hash for it.
+    NoHash,
+    /// A source of the same file name was given, with other contents (its display name).
+    Differs(String),
+    /// No source with its SM3 was given.
+    NotGiven,
+}
+
+impl Unavailable {
+    /// The reason on every trace line.
+    fn short(&self) -> &'static str {
+        match self {
+            Unavailable::NoHash => "no source hash",
+            Unavailable::Differs(_) => "SM3 mismatch",
+            Unavailable::NotGiven => "not given",
+        }
+    }
+
+    /// The reason printed once when tracing starts.
+    fn long(&self) -> String {
+        match self {
+            Unavailable::NoHash => String::from("the debug info records no source hash"),
+            Unavailable::Differs(shown) => {
+                format!("{shown} differs from the assembled source (SM3 mismatch)")
+            }
+            Unavailable::NotGiven => {
+                String::from("no source given matches its SM3 (pass it with --source PATH)")
+            }
+        }
+    }
+}
+
 /// `run --trace-vm` / `--step`: every executed instruction with its source line, the
 /// registers it changed (key slots as redacted handles, e.g. `k0=<des3 load key>`) and
 /// the APDUs. `--step` also waits for Enter after each instruction (`c` + Enter runs on).
+///
+/// Debug info never fails a run and never opens a file: a line whose source is not
+/// available reads `code offset N (source not available: why)`.
 pub struct VmTrace<'p> {
     program: &'p cardvm::verify::VerifiedProgram,
-    sources: std::collections::HashMap<String, Option<Vec<String>>>,
+    /// Per debug-section file: its printable label, and its lines or why there are none.
+    files: Vec<(String, Result<&'p [String], Unavailable>)>,
     regs: Vec<String>,
     keys: Vec<String>,
     step: bool,
@@ -89,34 +220,65 @@ pub struct VmTrace<'p> {
 }
 
 impl<'p> VmTrace<'p> {
-    /// A tracer for `program` writing to stderr.
-    pub fn new(program: &'p cardvm::verify::VerifiedProgram, step: bool) -> Self {
+    /// A tracer for `program` writing to stderr, showing lines from `sources`. Notes on
+    /// sources that cannot be shown are printed once, here.
+    pub fn new(
+        program: &'p cardvm::verify::VerifiedProgram,
+        step: bool,
+        sources: &'p TraceSources,
+    ) -> Self {
+        let files: Vec<_> = program
+            .debug_info()
+            .map(|d| d.files.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|f| (f.label(), sources.resolve(f)))
+            .collect();
+        let mut out = std::io::stderr();
+        for note in &sources.notes {
+            let _ = writeln!(out, "-- trace: {note}");
+        }
+        if let Some(v) = program.unsupported_debug_version() {
+            let _ = writeln!(
+                out,
+                "-- trace: unsupported debug info version {v} (this build reads version {}; \
+                 re-assemble with `cardvm asm -g`): no source lines",
+                cardvm::script::DEBUG_VERSION
+            );
+        }
+        for (label, lines) in &files {
+            if let Err(why) = lines {
+                let _ = writeln!(out, "-- trace: no source lines for {label}: {}", why.long());
+            }
+        }
         VmTrace {
             program,
-            sources: std::collections::HashMap::new(),
+            files,
             regs: Vec::new(),
             keys: Vec::new(),
             step,
-            out: std::io::stderr(),
+            out,
         }
     }
 
-    /// `file:line: text` of the source line behind code offset `offset`, if known.
+    /// `file:line: text` of the source line behind code offset `offset`; `code offset
+    /// N (source not available: why)` in place of the text when it cannot be shown;
+    /// `None` without debug info for `offset`.
     pub fn source_line(&mut self, offset: u32) -> Option<String> {
-        let (file, line) = self.program.source_location(offset)?;
-        let text = self
-            .sources
-            .entry(file.to_string())
-            .or_insert_with(|| {
-                std::fs::read_to_string(file)
-                    .ok()
-                    .map(|t| t.lines().map(str::to_string).collect())
-            })
-            .as_ref()
-            .and_then(|lines| lines.get(line.checked_sub(1)? as usize))
-            .map(|l| l.trim().to_string())
-            .unwrap_or_default();
-        Some(format!("{file}:{line}: {text}"))
+        let unavailable = |why: &str| format!("code offset {offset} (source not available: {why})");
+        if let Some(v) = self.program.unsupported_debug_version() {
+            return Some(unavailable(&format!("unsupported debug info version {v}")));
+        }
+        let e = self.program.debug_info()?.entry(offset)?;
+        let (label, lines) = self.files.get(usize::from(e.file))?;
+        let text = match lines {
+            Ok(lines) => match e.line.checked_sub(1).and_then(|i| lines.get(i as usize)) {
+                Some(text) => text.clone(),
+                None => unavailable(&format!("the source has no line {}", e.line)),
+            },
+            Err(why) => unavailable(why.short()),
+        };
+        Some(format!("{label}:{}: {text}", e.line))
     }
 
     fn render(&self, instr: &Instr) -> String {

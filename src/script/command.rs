@@ -16,7 +16,18 @@ const SEC_CONSTS: u8 = 0x01;
 const SEC_INPUTS: u8 = 0x02;
 const SEC_OUTPUTS: u8 = 0x03;
 const SEC_CODE: u8 = 0x04;
-const SEC_DEBUG: u8 = 0x05;
+/// The first debug section: file names without source hashes (debug info version 1).
+const SEC_DEBUG_V1: u8 = 0x05;
+/// The versioned debug section: a version byte, then the body of that version.
+const SEC_DEBUG: u8 = 0x06;
+
+/// The debug info version this build writes and reads: file names with the SM3 of each
+/// source file's bytes. Version 1 is the older section 05 (names only); sections of
+/// other versions are kept as [`UnsupportedDebug`] so the script still parses and runs.
+pub const DEBUG_VERSION: u8 = 2;
+
+/// Longest source file name kept in the debug section (bytes).
+pub const MAX_DEBUG_NAME: usize = 1024;
 
 /// Identity and resource needs of a command script.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -52,6 +63,76 @@ pub struct Decl {
     pub ty: ValueType,
 }
 
+/// One entry of the debug file table: a display label and the hash of the source text.
+///
+/// The name is only a label: nothing opens a file because the bytecode names it (a
+/// crafted script could name a key file, a device or a FIFO). A debugger shows source
+/// lines only from text it was handed (the assembler's own input, or a file the user
+/// names) whose SM3 equals [`DebugFile::sm3`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebugFile {
+    /// The file name as the assembler resolved it (display only; see [`display_safe`]).
+    pub name: String,
+    /// SM3 of the source file's bytes; all zeros when unknown (matches no text).
+    pub sm3: [u8; 32],
+}
+
+impl DebugFile {
+    /// The hash value that stands for "no source hash recorded".
+    pub const NO_HASH: [u8; 32] = [0; 32];
+
+    /// A file entry without a source hash (its lines are never shown).
+    pub fn unhashed(name: impl Into<String>) -> Self {
+        DebugFile {
+            name: name.into(),
+            sm3: Self::NO_HASH,
+        }
+    }
+
+    /// Whether a source hash was recorded.
+    pub fn has_hash(&self) -> bool {
+        self.sm3 != Self::NO_HASH
+    }
+
+    /// The name, safe to print to a terminal (see [`display_safe`]).
+    pub fn label(&self) -> String {
+        display_safe(&self.name)
+    }
+}
+
+/// `text` with every control character (C0, DEL, C1 — so no ANSI escape sequence) and
+/// every bidirectional-override or line-separator character written as `\u{..}`, so text
+/// taken from a script can be printed to a terminal without acting on it.
+pub fn display_safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if acts_on_terminal(c) {
+            let _ = core::fmt::Write::write_fmt(&mut out, format_args!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Whether printing `c` could act on a terminal or reorder what it shows: controls (C0,
+/// DEL, C1), bidirectional marks, embeddings, overrides and isolates, line separators.
+pub(crate) fn acts_on_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200E}' | '\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A debug section of a version this build does not read, kept byte for byte so the
+/// script re-encodes to itself. Tools report "unsupported debug info version N" and run
+/// without source lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsupportedDebug {
+    /// The section's version: 1 (section 05) or above [`DEBUG_VERSION`] (section 06).
+    pub version: u8,
+    /// The section body after the version byte (version 1 has none).
+    pub body: Vec<u8>,
+}
+
 /// One row of the line table: the instruction at `offset` came from `file:line`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LineEntry {
@@ -66,21 +147,27 @@ pub struct LineEntry {
 /// Optional debug information from the assembler.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DebugInfo {
-    /// Source file names.
-    pub files: Vec<String>,
+    /// Source files: display labels and source hashes.
+    pub files: Vec<DebugFile>,
     /// Line table, sorted by offset.
     pub lines: Vec<LineEntry>,
 }
 
 impl DebugInfo {
     /// The source location of the instruction at `offset`, if recorded.
+    /// The file name is the raw label: print it through [`display_safe`].
     pub fn location(&self, offset: u32) -> Option<(&str, u32)> {
+        let e = self.entry(offset)?;
+        Some((self.files.get(usize::from(e.file))?.name.as_str(), e.line))
+    }
+
+    /// The line-table row of the instruction at `offset`, if recorded.
+    pub fn entry(&self, offset: u32) -> Option<LineEntry> {
         let i = self
             .lines
             .binary_search_by_key(&offset, |e| e.offset)
             .ok()?;
-        let e = self.lines[i];
-        Some((self.files.get(usize::from(e.file))?.as_str(), e.line))
+        Some(self.lines[i])
     }
 }
 
@@ -97,8 +184,11 @@ pub struct CommandScript {
     pub outputs: Vec<Decl>,
     /// Bytecode.
     pub code: Vec<u8>,
-    /// Optional source mapping.
+    /// Optional source mapping ([`DEBUG_VERSION`]).
     pub debug: Option<DebugInfo>,
+    /// A debug section of another version, kept as bytes. At most one of `debug` and
+    /// `unsupported_debug` is set; the encoder writes `debug` if both are.
+    pub unsupported_debug: Option<UnsupportedDebug>,
 }
 
 impl CommandScript {
@@ -146,9 +236,11 @@ impl CommandScript {
         section(&mut out, SEC_CODE, &self.code);
         if let Some(dbg) = &self.debug {
             body.clear();
+            body.push(DEBUG_VERSION);
             body.extend_from_slice(&(dbg.files.len() as u16).to_be_bytes());
             for f in &dbg.files {
-                put_bytes16(&mut body, f.as_bytes());
+                put_bytes16(&mut body, f.name.as_bytes());
+                body.extend_from_slice(&f.sm3);
             }
             body.extend_from_slice(&(dbg.lines.len() as u32).to_be_bytes());
             for e in &dbg.lines {
@@ -157,6 +249,15 @@ impl CommandScript {
                 body.extend_from_slice(&e.line.to_be_bytes());
             }
             section(&mut out, SEC_DEBUG, &body);
+        } else if let Some(u) = &self.unsupported_debug {
+            if u.version == 1 {
+                section(&mut out, SEC_DEBUG_V1, &u.body);
+            } else {
+                body.clear();
+                body.push(u.version);
+                body.extend_from_slice(&u.body);
+                section(&mut out, SEC_DEBUG, &body);
+            }
         }
         out
     }
@@ -230,12 +331,38 @@ fn parse_script(i: &[u8]) -> PResult<'_, CommandScript> {
             },
         );
     }
-    let (i, debug) = if i.first() == Some(&SEC_DEBUG) {
-        let (i, body) = expect_section(i, SEC_DEBUG)?;
-        let (_, dbg) = whole(body, |b| parse_debug(b, code.len()))?;
-        (i, Some(dbg))
-    } else {
-        (i, None)
+    let (i, debug, unsupported_debug) = match i.first() {
+        Some(&SEC_DEBUG_V1) => {
+            // Version 1 had no source hashes: kept, not read (its names are not trusted
+            // to mean anything, and there is nothing to check a source against).
+            let (i, body) = expect_section(i, SEC_DEBUG_V1)?;
+            let old = UnsupportedDebug {
+                version: 1,
+                body: body.to_vec(),
+            };
+            (i, None, Some(old))
+        }
+        Some(&SEC_DEBUG) => {
+            let (i, body) = expect_section(i, SEC_DEBUG)?;
+            let (rest, version) = u8_(body)?;
+            match version {
+                DEBUG_VERSION => {
+                    let (_, dbg) = whole(rest, |b| parse_debug(b, code.len()))?;
+                    (i, Some(dbg), None)
+                }
+                // A later version: still a valid script, just no source mapping here.
+                v if v > DEBUG_VERSION => {
+                    let newer = UnsupportedDebug {
+                        version: v,
+                        body: rest.to_vec(),
+                    };
+                    (i, None, Some(newer))
+                }
+                // Versions below 2 never used this section.
+                _ => return fail(body, FormatErrorKind::BadDebugInfo),
+            }
+        }
+        _ => (i, None, None),
     };
     if let Some(&t) = i.first() {
         return fail(i, FormatErrorKind::UnexpectedSection(t));
@@ -249,6 +376,7 @@ fn parse_script(i: &[u8]) -> PResult<'_, CommandScript> {
             outputs,
             code: code.to_vec(),
             debug,
+            unsupported_debug,
         },
     ))
 }
@@ -299,11 +427,15 @@ fn parse_debug(i: &[u8], code_len: usize) -> PResult<'_, DebugInfo> {
     let mut files = Vec::with_capacity(n);
     for _ in 0..n {
         let at = i;
-        let (rest, b) = bytes16(i, 1024)?;
-        match core::str::from_utf8(b) {
-            Ok(s) => files.push(String::from(s)),
+        let (rest, b) = bytes16(i, MAX_DEBUG_NAME)?;
+        let name = match core::str::from_utf8(b) {
+            Ok(s) => String::from(s),
             Err(_) => return fail(at, FormatErrorKind::BadName),
-        }
+        };
+        let (rest, hash) = take_n(rest, 32)?;
+        let mut sm3 = [0u8; 32];
+        sm3.copy_from_slice(hash);
+        files.push(DebugFile { name, sm3 });
         i = rest;
     }
     let (mut i, count) = u32_(i)?;
@@ -391,7 +523,8 @@ pub(crate) mod tests {
             any_decls(),
             any_decls(),
             proptest::collection::vec(any::<u8>(), 1..40),
-            any::<bool>(),
+            0u8..4,
+            any::<[u8; 32]>(),
         )
             .prop_map(
                 |(
@@ -401,9 +534,14 @@ pub(crate) mod tests {
                     outputs,
                     code,
                     dbg,
+                    sm3,
                 )| {
-                    let debug = dbg.then(|| DebugInfo {
-                        files: alloc::vec![String::from("city.casm")],
+                    // 0: none, 1: current version, 2: version 1 kept, 3: a later version kept.
+                    let debug = (dbg == 1).then(|| DebugInfo {
+                        files: alloc::vec![DebugFile {
+                            name: String::from("city.casm"),
+                            sm3
+                        }],
                         lines: (0..code.len() as u32)
                             .step_by(3)
                             .map(|o| LineEntry {
@@ -413,6 +551,17 @@ pub(crate) mod tests {
                             })
                             .collect(),
                     });
+                    let unsupported_debug = match dbg {
+                        2 => Some(UnsupportedDebug {
+                            version: 1,
+                            body: sm3[..5].to_vec(),
+                        }),
+                        3 => Some(UnsupportedDebug {
+                            version: 9,
+                            body: sm3.to_vec(),
+                        }),
+                        _ => None,
+                    };
                     CommandScript {
                         header: Header {
                             city,
@@ -426,6 +575,7 @@ pub(crate) mod tests {
                         outputs,
                         code,
                         debug,
+                        unsupported_debug,
                     }
                 },
             )
@@ -447,8 +597,8 @@ pub(crate) mod tests {
                 Err(err) => prop_assert!(err.offset <= cut),
                 // The one valid strict prefix: the script without its optional debug section.
                 Ok(prefix) => {
-                    let without = CommandScript { debug: None, ..s.clone() };
-                    prop_assert!(s.debug.is_some());
+                    let without = CommandScript { debug: None, unsupported_debug: None, ..s.clone() };
+                    prop_assert!(s.debug.is_some() || s.unsupported_debug.is_some());
                     prop_assert_eq!(cut, without.encode().len());
                     prop_assert_eq!(prefix, without);
                 }
@@ -530,5 +680,91 @@ pub(crate) mod tests {
             matches!(err.kind, FormatErrorKind::TooLarge { .. }),
             "{err:?}"
         );
+    }
+
+    /// A section 05 as `asm -g` wrote it before source hashes: names and rows only.
+    fn v1_debug_section(name: &str) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&1u16.to_be_bytes());
+        put_bytes16(&mut body, name.as_bytes());
+        body.extend_from_slice(&1u32.to_be_bytes());
+        body.extend_from_slice(&0u32.to_be_bytes());
+        body.extend_from_slice(&0u16.to_be_bytes());
+        body.extend_from_slice(&7u32.to_be_bytes());
+        let mut out = alloc::vec![SEC_DEBUG_V1];
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    #[test]
+    fn version_1_debug_sections_are_kept_but_not_read() {
+        let s = CommandScript {
+            code: alloc::vec![1],
+            ..Default::default()
+        };
+        let mut bytes = s.encode();
+        bytes.extend_from_slice(&v1_debug_section("/etc/cardvm/reader.key"));
+        let parsed = CommandScript::parse(&bytes).unwrap();
+        assert_eq!(parsed.debug, None);
+        assert_eq!(
+            parsed.unsupported_debug.as_ref().map(|u| u.version),
+            Some(1)
+        );
+        assert_eq!(parsed.encode(), bytes);
+    }
+
+    #[test]
+    fn debug_section_versions() {
+        let s = CommandScript {
+            code: alloc::vec![1, 2],
+            debug: Some(DebugInfo {
+                files: alloc::vec![DebugFile {
+                    name: "a.casm".into(),
+                    sm3: [7; 32]
+                }],
+                lines: alloc::vec![LineEntry {
+                    offset: 1,
+                    file: 0,
+                    line: 3
+                }],
+            }),
+            ..Default::default()
+        };
+        let bytes = s.encode();
+        let at = CommandScript {
+            debug: None,
+            ..s.clone()
+        }
+        .encode()
+        .len();
+        // tag, length(4), then the version byte.
+        assert_eq!((bytes[at], bytes[at + 5]), (SEC_DEBUG, DEBUG_VERSION));
+        assert_eq!(CommandScript::parse(&bytes).unwrap().debug, s.debug);
+        // A later version parses (kept as bytes); versions below 2 never used section 06.
+        let mut later = bytes.clone();
+        later[at + 5] = DEBUG_VERSION + 1;
+        let p = CommandScript::parse(&later).unwrap();
+        assert_eq!(p.unsupported_debug.as_ref().map(|u| u.version), Some(3));
+        assert_eq!(p.encode(), later);
+        for v in [0, 1] {
+            let mut old = bytes.clone();
+            old[at + 5] = v;
+            let err = CommandScript::parse(&old).unwrap_err();
+            assert_eq!(err.kind, FormatErrorKind::BadDebugInfo);
+        }
+    }
+
+    #[test]
+    fn labels_never_carry_terminal_controls() {
+        let f = DebugFile::unhashed("a\u{1b}]0;x\u{7}\u{1b}[31m\u{9b}b\u{202e}c\nd");
+        let shown = f.label();
+        assert!(!shown.chars().any(|c| c.is_control()), "{shown}");
+        assert!(!shown.contains('\u{202e}'), "{shown}");
+        assert_eq!(
+            shown,
+            "a\\u{1b}]0;x\\u{7}\\u{1b}[31m\\u{9b}b\\u{202e}c\\u{a}d"
+        );
+        assert_eq!(display_safe("scripts/城市.casm"), "scripts/城市.casm");
     }
 }

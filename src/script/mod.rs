@@ -14,7 +14,10 @@
 //!   02 inputs      count(2) { name type }
 //!   03 outputs     count(2) { name type }
 //!   04 code        instructions (see [`crate::isa`])
-//!   05 debug       files count(2) { name } ; lines count(4) { offset(4) file(2) line(4) }
+//!   06 debug       version(1)=2 files count(2) { len(2) name sm3(32) } ;
+//!                  lines count(4) { offset(4) file(2) line(4) }
+//!                  (05: the version-1 debug section, names without hashes; it and 06 bodies
+//!                  of later versions are kept as bytes, not read: see `UnsupportedDebug`)
 //! name = len(1) ASCII [A-Za-z_][A-Za-z0-9_]* (1..=32)
 //! type = 01 bits(1) | 02 (bytes, any length) | 03 len(2) (bytes, exact) | 04 (BCD date-time, 7 bytes)
 //!      | 05 alg(1) usage(1) (key)
@@ -31,7 +34,11 @@ mod data;
 mod types;
 
 pub use codec::{FormatError, FormatErrorKind};
-pub use command::{CommandScript, Constant, DebugInfo, Decl, Header, LineEntry};
+pub(crate) use command::acts_on_terminal;
+pub use command::{
+    CommandScript, Constant, DEBUG_VERSION, DebugFile, DebugInfo, Decl, Header, LineEntry,
+    MAX_DEBUG_NAME, UnsupportedDebug, display_safe,
+};
 pub use data::{DataScript, Field, FieldValue, with_encoded};
 pub use types::{ValueType, is_valid_name};
 

@@ -56,6 +56,7 @@ fn script(
         outputs,
         code: code_of(instrs),
         debug: None,
+        unsupported_debug: None,
     }
 }
 
