@@ -461,3 +461,97 @@ fn cli_refuses_the_reviews_attacks() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("canonical"));
 }
+
+/// Deleting the replay store (or pointing `--replay-store` at a new path) does not let
+/// the same sealed data script commit again: the reader finds the journal's receipts and
+/// refuses; `cardvm reader replay-rebuild` restores the store and the replay stays refused.
+#[test]
+fn deleted_replay_store_is_refused_until_rebuilt() {
+    let t = "replaystore";
+    let city = "scripts/city0731-des3";
+    let card = tmp(t, "card.toml");
+    std::fs::copy(format!("{city}/card.toml"), &card).unwrap();
+    let (cvm, cvd) = (tmp(t, "load.cvm"), tmp(t, "load.cvd"));
+    ok(&["asm", &format!("{city}/load.casm"), "-o", s(&cvm)]);
+    ok(&["data", &format!("{city}/load.toml"), "-o", s(&cvd)]);
+    let (issuer, reader) = (tmp(t, "issuer"), tmp(t, "reader"));
+    ok(&["keygen", "--out", s(&issuer), "--force"]);
+    ok(&["keygen", "--out", s(&reader), "--force"]);
+    let (ikey, ipub) = (issuer.with_extension("key"), issuer.with_extension("pub"));
+    let (rkey, rpub) = (reader.with_extension("key"), reader.with_extension("pub"));
+    for ext in ["replay", "journal", "journal.lock", "replay.old"] {
+        let _ = std::fs::remove_file(reader.with_extension(ext));
+    }
+    let (scvm, scvd) = (tmp(t, "load.cvm.sealed"), tmp(t, "load.cvd.sealed"));
+    for (input, out, seq) in [(&cvm, &scvm, "1"), (&cvd, &scvd, "2")] {
+        ok(&[
+            "seal",
+            "--issuer-key",
+            s(&ikey),
+            "--reader-pub",
+            s(&rpub),
+            "--reader-id",
+            "R1",
+            "--seq",
+            seq,
+            "--expires",
+            "2099-01-01T00:00:00Z",
+            "--command",
+            s(&cvm),
+            s(input),
+            "-o",
+            s(out),
+        ]);
+    }
+    let run = || {
+        cardvm(&[
+            "run",
+            s(&scvm),
+            "--data",
+            s(&scvd),
+            "--sim",
+            s(&card),
+            "--save",
+            "--reader-key",
+            s(&rkey),
+            "--issuer-pub",
+            s(&ipub),
+            "--reader-id",
+            "R1",
+        ])
+    };
+    let first = run();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    // The attacker deletes the store and runs the same sealed data again.
+    std::fs::remove_file(reader.with_extension("replay")).unwrap();
+    let again = run();
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("replay store") && err.contains("missing"),
+        "{err}"
+    );
+    // The documented recovery.
+    ok(&[
+        "reader",
+        "replay-rebuild",
+        "--reader-key",
+        s(&rkey),
+        "--reader-id",
+        "R1",
+    ]);
+    let after = run();
+    assert!(!after.status.success());
+    assert!(
+        String::from_utf8_lossy(&after.stderr).contains("replayed"),
+        "{}",
+        String::from_utf8_lossy(&after.stderr)
+    );
+    // The card was loaded exactly once.
+    let text = std::fs::read_to_string(&card).unwrap();
+    assert!(text.contains("balance = 10500"), "{text}");
+}

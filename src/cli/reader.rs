@@ -63,6 +63,25 @@ enum ReaderCmd {
         #[arg(long, default_value = "reader")]
         dir: PathBuf,
     },
+    /// Recovery after the reader refused sealed scripts because its replay store is
+    /// missing, rolled back or fails its integrity check: rebuild the store from the
+    /// receipts in the journal (each stream's newest data sequence number), sealed with
+    /// the reader key. See docs/security.md.
+    ReplayRebuild {
+        /// The reader's private key.
+        #[arg(long, value_name = "K")]
+        reader_key: PathBuf,
+        /// The reader's id, as its receipts name it [default: the reader key's id].
+        #[arg(long, value_name = "ID")]
+        reader_id: Option<String>,
+        /// The receipt journal to rebuild from [default: K with extension .journal].
+        #[arg(long, value_name = "PATH")]
+        journal: Option<PathBuf>,
+        /// The replay store to write [default: K with extension .replay]. The old file
+        /// is kept as PATH.old.
+        #[arg(long, value_name = "PATH")]
+        replay_store: Option<PathBuf>,
+    },
 }
 
 /// Runs `cardvm reader ...`.
@@ -81,7 +100,55 @@ pub fn run(args: ReaderArgs) -> CliResult {
             crl,
             dir,
         } => install(&cert, &ca, &chain, &crl, &dir),
+        ReaderCmd::ReplayRebuild {
+            reader_key,
+            reader_id,
+            journal,
+            replay_store,
+        } => replay_rebuild(&reader_key, reader_id, journal, replay_store),
     }
+}
+
+fn replay_rebuild(
+    key_path: &Path,
+    reader_id: Option<String>,
+    journal: Option<PathBuf>,
+    store: Option<PathBuf>,
+) -> CliResult {
+    use cardvm::envelope::FileReplayStore;
+    use cardvm::reader::Reader;
+    let key = super::keys::load_private_key(key_path)?;
+    let reader_id = reader_id.unwrap_or_else(|| {
+        key.public_key()
+            .key_id()
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect()
+    });
+    let journal = journal.unwrap_or_else(|| key_path.with_extension("journal"));
+    let store = store.unwrap_or_else(|| key_path.with_extension("replay"));
+    let j = cardvm::journal::Journal::open_read_only(&journal)
+        .map_err(|e| format!("{}: {e}", journal.display()))?;
+    let entries = Reader::replay_entries_from_journal(&j, &reader_id).map_err(|e| e.to_string())?;
+    if store.exists() {
+        let mut old = store.clone().into_os_string();
+        old.push(".old");
+        fs::rename(&store, &old).map_err(|e| format!("{}: {e}", store.display()))?;
+    }
+    // A fresh store: nothing to verify, everything to write.
+    let mut s = FileReplayStore::open_file(&store, &key).map_err(|e| e.to_string())?;
+    let n = entries.len();
+    for (k, e) in &entries {
+        println!("  {k}: last accepted seq {}", e.seq);
+    }
+    s.rebuild(entries).map_err(|e| e.to_string())?;
+    println!(
+        "replay store {} rebuilt from {} ({n} stream{})",
+        store.display(),
+        journal.display(),
+        if n == 1 { "" } else { "s" }
+    );
+    Ok(())
 }
 
 fn init(reader_id: &str, dir: &Path, csr: Option<PathBuf>, force: bool) -> CliResult {
