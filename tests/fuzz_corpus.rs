@@ -133,6 +133,7 @@ fn write_seed_corpora() {
             .unwrap()
             .flatten()
             .map(|e| e.path())
+            .filter(|p| p.is_file())
             .collect();
         names.sort();
         for path in names {
