@@ -346,7 +346,7 @@ fn sim_city_tearing(ctx: &PcscContext) {
     .unwrap();
     let (handle, join) = serve(card);
     let mut card = ctx.connect(READER, ConnectOptions::default()).unwrap();
-    handle.remove_after_apdus(2); // SELECT and INITIALIZE pass; CREDIT never arrives
+    handle.remove_after_apdus(3); // SELECT, READ EF 0015 and INITIALIZE pass; CREDIT never arrives
     let report = run_city(DIR, "load", card.transaction().unwrap());
     assert!(
         matches!(
