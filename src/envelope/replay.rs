@@ -145,6 +145,18 @@ pub trait ReplayStore {
     fn latest_issued(&self) -> Result<u64, StoreError>;
 }
 
+impl<T: ReplayStore + ?Sized> ReplayStore for alloc::boxed::Box<T> {
+    fn last(&self, key: &ReplayKey) -> Result<Option<ReplayEntry>, StoreError> {
+        (**self).last(key)
+    }
+    fn record(&mut self, key: &ReplayKey, entry: ReplayEntry) -> Result<(), StoreError> {
+        (**self).record(key, entry)
+    }
+    fn latest_issued(&self) -> Result<u64, StoreError> {
+        (**self).latest_issued()
+    }
+}
+
 impl<T: ReplayStore + ?Sized> ReplayStore for &mut T {
     fn last(&self, key: &ReplayKey) -> Result<Option<ReplayEntry>, StoreError> {
         (**self).last(key)

@@ -298,18 +298,6 @@ impl fmt::Debug for ReaderConfig {
 /// A replay store behind a box, so a [`Reader`] is one type whatever the device.
 pub type BoxedStore = Box<dyn ReplayStore>;
 
-impl ReplayStore for Box<dyn ReplayStore> {
-    fn last(&self, key: &ReplayKey) -> Result<Option<ReplayEntry>, StoreError> {
-        (**self).last(key)
-    }
-    fn record(&mut self, key: &ReplayKey, entry: ReplayEntry) -> Result<(), StoreError> {
-        (**self).record(key, entry)
-    }
-    fn latest_issued(&self) -> Result<u64, StoreError> {
-        (**self).latest_issued()
-    }
-}
-
 /// The transaction pipeline (see the module docs).
 pub struct Reader {
     reader_id: String,
