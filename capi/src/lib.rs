@@ -3,6 +3,26 @@
 //! This crate is the only place in cardvm with `unsafe` code; every unsafe block
 //! carries a `// SAFETY:` comment, and all raw-pointer handling is in `src/ffi.rs`.
 //!
+//! # The reader flow
+//! A context ([`cardvm_ctx`]) is a thin adapter over one
+//! [`cardvm::reader::Reader`](cardvm_core::reader::Reader): the reader opens sealed
+//! scripts, applies the policy (sealed only, command ↔ data binding, replay, expiry),
+//! binds, runs, signs the receipt and journals it. The ABI has no policy of its own.
+//! A C reader does:
+//! 1. [`cardvm_ctx_new`] — an authoring reader (plain scripts, unsigned development
+//!    receipts);
+//! 2. [`cardvm_set_keys`] — the reader key, the issuer key (the reader then runs
+//!    sealed scripts only), the reader id and the replay store;
+//! 3. [`cardvm_set_journal`] — the receipt journal, opened now, before any card is
+//!    touched (sealed scripts need one); steps 2 and 3 in either order;
+//!    [`cardvm_set_allow_plain`] is the explicit development mode;
+//! 4. [`cardvm_load_command`], [`cardvm_load_data`] — the scripts as received;
+//! 5. [`cardvm_run`] with the card's transmit callback — `CARDVM_OK`, or
+//!    [`CARDVM_E_UNJOURNALED`] when the receipt could not be journaled (deliver it
+//!    yourself), or an error before the card was touched;
+//! 6. [`cardvm_receipt_bytes`] / [`cardvm_receipt_json`] — the signed receipt;
+//!    [`cardvm_receipt_mode`] says production or development.
+//!
 //! # Conventions (see also `capi/README.md`)
 //! - **Return codes.** Functions return `int`: [`CARDVM_OK`] (0) or a negative
 //!   `CARDVM_E_*` code. The message of the most recent failure is kept per context
