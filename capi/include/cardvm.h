@@ -73,7 +73,7 @@
 
 // The replay store could not be opened or written, failed its integrity check, or is
 // missing or older than the receipts in the journal (rolled back): sealed scripts are
-// refused until it is rebuilt (`cardvm reader replay-rebuild`).
+// refused until it is rebuilt from the journal.
 #define CARDVM_E_STORE -14
 
 // The receipt journal could not be opened or read, or is already open in another
@@ -277,7 +277,9 @@ int cardvm_load_data(cardvm_ctx ctx, const uint8_t *bytes, size_t len);
 //   and there is no receipt: `CARDVM_E_POLICY` (plain script on a sealed-only
 //   reader), `CARDVM_E_OPEN`, `CARDVM_E_SCRIPT`, `CARDVM_E_STORE`,
 //   `CARDVM_E_STATE` (nothing loaded, sealed scripts without a journal, or an
-//   undelivered receipt), ...
+//   undelivered receipt), ... Two exceptions may come after the card was reached,
+//   without a receipt: `CARDVM_E_INTERNAL` (signing the receipt failed) and
+//   `CARDVM_E_PANIC`; treat the transaction as unknown and recover.
 //
 // # Safety
 // `transmit` must be null (→ `CARDVM_E_NULL`) or a function of the

@@ -120,7 +120,7 @@ pub const CARDVM_E_INTERNAL: c_int = -12;
 pub const CARDVM_E_POLICY: c_int = -13;
 /// The replay store could not be opened or written, failed its integrity check, or is
 /// missing or older than the receipts in the journal (rolled back): sealed scripts are
-/// refused until it is rebuilt (`cardvm reader replay-rebuild`).
+/// refused until it is rebuilt from the journal.
 pub const CARDVM_E_STORE: c_int = -14;
 /// The receipt journal could not be opened or read, or is already open in another
 /// context of this process.
@@ -464,9 +464,11 @@ pub unsafe extern "C" fn cardvm_set_keys(
                 .map_err(|e| Error::new(CARDVM_E_KEY, format!("issuer_pub: {e}")))?;
             let store = match &path {
                 None => SharedStore::new(MemoryReplayStore::new()),
-                Some(p) => SharedStore::new(FileReplayStore::open_file(p, &reader).map_err(
-                    |e| Error::new(CARDVM_E_STORE, format!("replay store {p}: {e}")),
-                )?),
+                // The store's errors name its file.
+                Some(p) => SharedStore::new(
+                    FileReplayStore::open_file(p, &reader)
+                        .map_err(|e| Error::new(CARDVM_E_STORE, e.to_string()))?,
+                ),
             };
             c.reconfigure(|s| {
                 if id.is_some() {
@@ -670,7 +672,9 @@ impl CardTransport for CallbackCard {
 ///   and there is no receipt: `CARDVM_E_POLICY` (plain script on a sealed-only
 ///   reader), `CARDVM_E_OPEN`, `CARDVM_E_SCRIPT`, `CARDVM_E_STORE`,
 ///   `CARDVM_E_STATE` (nothing loaded, sealed scripts without a journal, or an
-///   undelivered receipt), ...
+///   undelivered receipt), ... Two exceptions may come after the card was reached,
+///   without a receipt: `CARDVM_E_INTERNAL` (signing the receipt failed) and
+///   `CARDVM_E_PANIC`; treat the transaction as unknown and recover.
 ///
 /// # Safety
 /// `transmit` must be null (→ `CARDVM_E_NULL`) or a function of the

@@ -237,7 +237,10 @@ fn null_pointers_return_e_null() {
         );
         assert_eq!(cardvm_load_data(ctx, core::ptr::null(), 8), CARDVM_E_NULL);
         assert_eq!(cardvm_set_journal(ctx, core::ptr::null()), CARDVM_E_NULL);
-        assert_eq!(cardvm_receipt_mode(ctx, core::ptr::null_mut()), CARDVM_E_NULL);
+        assert_eq!(
+            cardvm_receipt_mode(ctx, core::ptr::null_mut()),
+            CARDVM_E_NULL
+        );
         assert_eq!(
             cardvm_receipt_journal_seq(ctx, core::ptr::null_mut()),
             CARDVM_E_NULL
@@ -578,13 +581,25 @@ impl Issuer {
             reader_id: READER_ID.to_str().unwrap().into(),
         };
         let mut rng = cardvm_core::crypto::rng::os_rng();
-        seal(&self.issuer, self.reader.public_key(), &header, payload, &mut rng).unwrap()
+        seal(
+            &self.issuer,
+            self.reader.public_key(),
+            &header,
+            payload,
+            &mut rng,
+        )
+        .unwrap()
     }
 
     /// The city's load command script, sealed (bound to its own bytes).
     fn command(&self, seq: u64) -> Vec<u8> {
         let cmd = command_bytes();
-        self.seal(ScriptKind::Command, seq, &cmd, cardvm_core::crypto::sm3(&cmd))
+        self.seal(
+            ScriptKind::Command,
+            seq,
+            &cmd,
+            cardvm_core::crypto::sm3(&cmd),
+        )
     }
 
     /// The load's data script, sealed for the city's load command script.
@@ -692,7 +707,11 @@ fn a_sealed_data_script_never_runs_under_an_attackers_plain_command_script() {
         "{}",
         last_message(ctx)
     );
-    assert_eq!(mode_of_err(ctx), CARDVM_E_STATE, "no receipt after a refusal");
+    assert_eq!(
+        mode_of_err(ctx),
+        CARDVM_E_STATE,
+        "no receipt after a refusal"
+    );
 
     // Development mode: the data script still opens only for its own command script.
     assert_eq!(cardvm_set_allow_plain(ctx, 1), CARDVM_OK);
@@ -741,7 +760,11 @@ fn plain_scripts_on_a_reader_with_keys_are_refused_unless_allow_plain() {
     let sealed_cmd = keys.command(1);
     load(ctx, &sealed_cmd, &data_bytes());
     assert_eq!(run(ctx, &mut tx).0, CARDVM_E_POLICY);
-    assert!(last_message(ctx).contains("plain data"), "{}", last_message(ctx));
+    assert!(
+        last_message(ctx).contains("plain data"),
+        "{}",
+        last_message(ctx)
+    );
     assert_eq!(tx.apdus, 0);
 
     // The explicit development mode: runs, and the signed receipt says development.
@@ -782,7 +805,11 @@ fn sealed_scripts_need_a_journal_and_their_receipts_land_in_it() {
     // No journal: refused before the card is touched.
     let mut tx = Tx::new(sim);
     assert_eq!(run(ctx, &mut tx).0, CARDVM_E_STATE);
-    assert!(last_message(ctx).contains("journal"), "{}", last_message(ctx));
+    assert!(
+        last_message(ctx).contains("journal"),
+        "{}",
+        last_message(ctx)
+    );
     assert_eq!(tx.apdus, 0);
 
     // With a journal: the signed production receipt is its first entry.
@@ -801,7 +828,10 @@ fn sealed_scripts_need_a_journal_and_their_receipts_land_in_it() {
     receipt.verify_production(keys.reader.public_key()).unwrap();
     assert_eq!(receipt.reader_id, "kiosk-1");
     assert_eq!(receipt.data.map(|d| d.seq), Some(7));
-    assert_eq!(receipt.command_sm3, cardvm_core::crypto::sm3(&command_bytes()));
+    assert_eq!(
+        receipt.command_sm3,
+        cardvm_core::crypto::sm3(&command_bytes())
+    );
     let entries = journal_entries(&dir.path("j"));
     assert_eq!(entries.len(), 1);
     assert_eq!(Receipt::from_bytes(&entries[0]).unwrap(), receipt);
@@ -809,7 +839,11 @@ fn sealed_scripts_need_a_journal_and_their_receipts_land_in_it() {
     // The same sealed data script again: a replay, refused before the card.
     let mut tx = Tx::new(sim);
     assert_eq!(run(ctx, &mut tx).0, CARDVM_E_OPEN);
-    assert!(last_message(ctx).contains("replayed"), "{}", last_message(ctx));
+    assert!(
+        last_message(ctx).contains("replayed"),
+        "{}",
+        last_message(ctx)
+    );
     assert_eq!(tx.apdus, 0);
     assert_eq!(journal_entries(&dir.path("j")).len(), 1);
     assert_eq!(cardvm_ctx_free(ctx), CARDVM_OK);
@@ -830,7 +864,10 @@ fn sealed_scripts_for_another_reader_or_tampered_are_refused() {
     assert_eq!(run(ctx, &mut tx).0, CARDVM_E_OPEN);
     assert!(last_message(ctx).contains("cardvm_set_keys"));
     // Keys of another reader id: the envelopes are not for this reader.
-    assert_eq!(unsafe { cardvm_set_reader_id(ctx, c"kiosk-2".as_ptr()) }, CARDVM_OK);
+    assert_eq!(
+        unsafe { cardvm_set_reader_id(ctx, c"kiosk-2".as_ptr()) },
+        CARDVM_OK
+    );
     let rk = keys.reader.to_bytes();
     let ip = keys.issuer.public_key().to_sec1_bytes();
     let rc = unsafe {
@@ -846,7 +883,11 @@ fn sealed_scripts_for_another_reader_or_tampered_are_refused() {
     };
     assert_eq!(rc, CARDVM_OK, "{}", last_message(ctx));
     assert_eq!(run(ctx, &mut tx).0, CARDVM_E_OPEN);
-    assert!(last_message(ctx).contains("kiosk-2"), "{}", last_message(ctx));
+    assert!(
+        last_message(ctx).contains("kiosk-2"),
+        "{}",
+        last_message(ctx)
+    );
     // A tampered byte is detected.
     assert_eq!(keys.set_keys(ctx, None), CARDVM_OK);
     let mut bad = sealed_data.clone();
@@ -888,7 +929,10 @@ fn a_replay_store_rolled_back_tampered_or_lost_is_refused_in_either_order() {
     assert_eq!(set_journal(ctx, &journal), CARDVM_OK);
     let saved = std::fs::read(dir.path("replay")).ok();
     load(ctx, &keys.command(1), &keys.data(1));
-    assert_eq!(run(ctx, &mut Tx::new(sim)), (CARDVM_OK, CARDVM_OUTCOME_COMMITTED));
+    assert_eq!(
+        run(ctx, &mut Tx::new(sim)),
+        (CARDVM_OK, CARDVM_OUTCOME_COMMITTED)
+    );
     assert_eq!(cardvm_ctx_free(ctx), CARDVM_OK);
 
     // Roll the store back (or delete it) to replay data script 1.
@@ -909,7 +953,11 @@ fn a_replay_store_rolled_back_tampered_or_lost_is_refused_in_either_order() {
     let ctx = new_ctx();
     assert_eq!(set_journal(ctx, &journal), CARDVM_OK);
     assert_eq!(keys.set_keys(ctx, Some(&store)), CARDVM_E_STORE);
-    assert!(last_message(ctx).contains("replay-rebuild"), "{}", last_message(ctx));
+    assert!(
+        last_message(ctx).contains("replay store"),
+        "{}",
+        last_message(ctx)
+    );
     assert_eq!(keys.set_keys(ctx, None), CARDVM_E_STORE);
     assert_eq!(cardvm_ctx_free(ctx), CARDVM_OK);
 
@@ -918,14 +966,20 @@ fn a_replay_store_rolled_back_tampered_or_lost_is_refused_in_either_order() {
     assert_eq!(keys.set_keys(ctx, Some(&dir.cpath("replay2"))), CARDVM_OK);
     assert_eq!(set_journal(ctx, &dir.cpath("j2")), CARDVM_OK);
     load(ctx, &keys.command(2), &keys.data(2));
-    assert_eq!(run(ctx, &mut Tx::new(sim)), (CARDVM_OK, CARDVM_OUTCOME_COMMITTED));
+    assert_eq!(
+        run(ctx, &mut Tx::new(sim)),
+        (CARDVM_OK, CARDVM_OUTCOME_COMMITTED)
+    );
     assert_eq!(cardvm_ctx_free(ctx), CARDVM_OK);
     let mut bytes = std::fs::read(dir.path("replay2")).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     std::fs::write(dir.path("replay2"), &bytes).unwrap();
     let ctx = new_ctx();
-    assert_eq!(keys.set_keys(ctx, Some(&dir.cpath("replay2"))), CARDVM_E_STORE);
+    assert_eq!(
+        keys.set_keys(ctx, Some(&dir.cpath("replay2"))),
+        CARDVM_E_STORE
+    );
     assert_eq!(cardvm_ctx_free(ctx), CARDVM_OK);
     assert_eq!(cardvm_sim_free(sim), CARDVM_OK);
 }
@@ -977,7 +1031,11 @@ fn a_receipt_the_journal_refused_is_still_delivered_and_not_overwritten() {
         unsafe { cardvm_receipt_json(ctx, core::ptr::null_mut(), 0, &mut n) },
         CARDVM_E_BUFFER_TOO_SMALL
     );
-    assert_eq!(run(ctx, &mut tx).0, CARDVM_E_STATE, "a size query is not delivery");
+    assert_eq!(
+        run(ctx, &mut tx).0,
+        CARDVM_E_STATE,
+        "a size query is not delivery"
+    );
     let receipt = receipt_of(ctx);
     assert_eq!(receipt.outcome, cardvm_core::receipt::Outcome::Committed);
     let mut tx = Tx::new(sim);

@@ -114,12 +114,12 @@ fn c_example_static() {
         let j = journal("valgrind");
         let stdout = run(
             Command::new("valgrind")
-            .args([
-                "--leak-check=full",
-                "--errors-for-leak-kinds=definite,indirect,possible",
-                "--error-exitcode=1",
-                "-q",
-            ])
+                .args([
+                    "--leak-check=full",
+                    "--errors-for-leak-kinds=definite,indirect,possible",
+                    "--error-exitcode=1",
+                    "-q",
+                ])
                 .arg(&exe),
             &j,
         );
