@@ -64,7 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(j);
 
     if given.is_none() {
-        for suffix in ["", ".ack"] {
+        for suffix in ["", ".ack", ".lock"] {
             let mut p = path.clone().into_os_string();
             p.push(suffix);
             let _ = std::fs::remove_file(p);

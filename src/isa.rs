@@ -11,6 +11,7 @@
 //! index, `I` declared input, `O` declared output, `L` code offset (a label), `U8`/`U16`/
 //! `U32` immediates, and `SW` a status-word pattern (value + mask, e.g. `63Cx`).
 
+use crate::crypto::{Derivation, KeyUsage};
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -654,26 +655,59 @@ isa! {
     /// `dst` = the card's UID (empty when the transport does not know it).
     0x56 Uid "uid" (dst: R);
     // ---- cryptography over key slots ----
-    /// Key slot `dst` = process (session) key of key slot `master` over the 8 bytes in `data`.
+    /// Key slot `dst` = process (session) key of key slot `master` (`load` or `purchase`) over the 8 bytes in `data`; a `load-session` or `purchase-session` key.
     0x60 ProcessKey "pkey" (dst: K, master: K, data: R);
     /// `dst` = 4-byte PBOC MAC of `data` under key slot `key`.
     0x61 Mac "mac" (dst: R, key: K, data: R);
     /// Fail with `code` unless `mac` is the MAC of `data` under `key` (constant-time).
     0x62 CheckMac "chkmac" (key: K, data: R, mac: R, code: U16);
-    /// Key slot `dst` = TAC key derived from key slot `src`.
+    /// Key slot `dst` = TAC key derived from key slot `src` (`tac`); a `tac` key.
     0x63 TacKey "tackey" (dst: K, src: K);
-    /// Key slot `dst` = `master` diversified by the 8 bytes in `data`, with key usage code `usage`.
-    0x64 Diversify "divkey" (dst: K, master: K, data: R, usage: U8);
+    /// Key slot `dst` = `master` diversified by the 8 bytes in `data`; its usage follows the master's: `load-master` gives `load`, `purchase-master` `purchase`, `tac-master` `tac`.
+    0x64 Diversify "divkey" (dst: K, master: K, data: R);
     /// `dst` = ECB encryption of `data` under key slot `key` (usage `enc`).
     0x65 Encrypt "enc" (dst: R, key: K, data: R);
     /// `dst` = ECB decryption of `data` under key slot `key` (usage `enc`).
     0x66 Decrypt "dec" (dst: R, key: K, data: R);
     /// `dst` = SM3 digest of `src`.
     0x67 Sm3 "sm3" (dst: R, src: R);
-    /// Send M1 key slot `key` to the reader's volatile key store `number` (FF 82); the only way key bytes leave a slot.
+    /// Send M1 key slot `key` (`m1-a`/`m1-b`) to the reader's volatile key store `number` (FF 82), only on a transport with a reader key store; the only way key bytes leave a slot.
     0x68 LoadReaderKey "ldrkey" (key: K, number: U8);
     /// `dst` = 1 if `a` and `b` are equal byte strings (constant-time), else 0.
     0x69 CtEq "cteq" (dst: R, a: R, b: R);
+}
+
+impl Opcode {
+    /// The key usages the instruction accepts in the key slot it reads (`master` of `pkey`
+    /// and `divkey`, `src` of `tackey`, `key` of `mac`/`chkmac`/`enc`/`dec`/`ldrkey`);
+    /// empty for instructions that read no key slot. The one table the VM checks usages
+    /// against. For a derivation it is exactly the usages [`KeyUsage::derive`] accepts,
+    /// and no usage that is a derivation source is accepted by `enc`/`dec`.
+    #[inline]
+    pub const fn allowed_key_usages(self) -> &'static [KeyUsage] {
+        use KeyUsage as U;
+        match self {
+            Opcode::ProcessKey => &[U::Load, U::Purchase],
+            Opcode::Mac | Opcode::CheckMac => &[U::LoadSession, U::PurchaseSession, U::Tac, U::Mac],
+            Opcode::TacKey => &[U::Tac],
+            Opcode::Diversify => &[U::LoadMaster, U::PurchaseMaster, U::TacMaster],
+            Opcode::Encrypt | Opcode::Decrypt => &[U::Encrypt],
+            Opcode::LoadReaderKey => &[U::M1A, U::M1B],
+            _ => &[],
+        }
+    }
+
+    /// The key derivation the instruction performs, if any (`divkey`, `pkey`, `tackey`):
+    /// the derived key's usage is [`KeyUsage::derive`] of the source's.
+    #[inline]
+    pub const fn derivation(self) -> Option<Derivation> {
+        match self {
+            Opcode::Diversify => Some(Derivation::Diversify),
+            Opcode::ProcessKey => Some(Derivation::Process),
+            Opcode::TacKey => Some(Derivation::Tac),
+            _ => None,
+        }
+    }
 }
 
 impl Instr {
@@ -767,6 +801,34 @@ mod tests {
             assert_eq!(op.operand_kinds().len(), op.operand_names().len());
             assert!(!op.summary().is_empty(), "{op:?} lacks a summary");
         }
+    }
+
+    #[test]
+    fn key_usage_table_agrees_with_the_derivation_rules() {
+        for &op in ALL_OPCODES {
+            let allowed = op.allowed_key_usages();
+            let reads_key = op.operand_kinds().contains(&OperandKind::Key) && op != Opcode::Ldkey;
+            assert_eq!(!allowed.is_empty(), reads_key, "{op:?}");
+            if let Some(d) = op.derivation() {
+                for u in KeyUsage::ALL {
+                    assert_eq!(allowed.contains(&u), u.derive(d).is_some(), "{op:?} {u:?}");
+                }
+            }
+        }
+        // No key that can be a derivation source may be used for enc/dec (the key oracle).
+        for op in [Opcode::Encrypt, Opcode::Decrypt] {
+            assert_eq!(op.allowed_key_usages(), &[KeyUsage::Encrypt]);
+            for &u in op.allowed_key_usages() {
+                for d in Derivation::ALL {
+                    assert_eq!(u.derive(d), None, "{u:?} is a {d:?} source");
+                }
+            }
+        }
+        // divkey chooses nothing: it has no usage operand.
+        assert_eq!(
+            Opcode::Diversify.operand_names(),
+            &["dst", "master", "data"]
+        );
     }
 
     #[test]

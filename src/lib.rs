@@ -20,39 +20,65 @@
 //! | run it against a card | [`vm`] over [`transport`] |
 //! | DES/3DES, SM4, SM3, SM2, PBOC MAC | [`crypto`] |
 //! | seal / open scripts, signed receipts | [`envelope`], [`receipt`] |
-//! | offline receipt store | `journal` (std) |
+//! | **the transaction pipeline and its policy** | [`reader`] |
+//! | one reader/writer for the binary formats | [`codec`] |
+//! | durable device state (replay store) | [`storage`] |
+//! | offline receipt store (storage trait; files in `std`) | [`journal`] |
 //! | reader → server message frame | [`frame`] |
 //! | simulated cards | `sim` (feature `sim`) |
 //! | real readers, virtual readers | `transport::pcsc` (feature `pcsc`), `transport::vpcd` |
 //!
 //! The core builds with `--no-default-features` under `#![no_std]` + `alloc`.
 //!
-//! ## A reader's transaction loop
+//! ## A reader's transaction: one call
 //!
-//! Verify a command script once (cache it per city and version); per transaction, bind
-//! that transaction's data script and run. A [`vm::Vm`] and a [`verify::Binding`] kept
-//! between transactions make a warm run allocate only its report.
+//! [`reader::Reader`] owns the whole transaction and its security policy: it opens the
+//! sealed scripts (issuer signature, reader, expiry, replay, command ↔ data binding),
+//! verifies and binds them, runs them on the card, signs the receipt and journals it.
+//! Everything the device provides — replay store, journal, clock, randomness — is a
+//! small trait, so the same code runs in reader firmware (`no_std`).
 //!
 //! ```
-//! use cardvm::asm::{assemble_file, compile_data, AsmOptions};
+//! use cardvm::envelope::{EnvelopeHeader, MemoryReplayStore, ScriptKind, seal};
+//! use cardvm::crypto::sm2::Sm2PrivateKey;
+//! use cardvm::reader::{MemoryJournal, Policy, Reader, ReaderConfig, SystemClock};
 //! use cardvm::sim::SimCard;
-//! use cardvm::transport::ApduLayer;
-//! use cardvm::verify::{Binding, VerifiedProgram};
-//! use cardvm::vm::{NoTrace, Outcome, OutputRef, Vm};
+//! use cardvm::vm::{Limits, NoTrace, Outcome};
 //!
-//! let script = assemble_file("scripts/examples/load.casm".as_ref(), &AsmOptions::default())?;
-//! let program = VerifiedProgram::verify(&script.script)?; // once, then cached
-//! let (mut vm, mut binding) = (Vm::default(), Binding::default());
-//! let mut card = SimCard::load("scripts/cards/cpu_des3.toml".as_ref())?;
-//! for _ in 0..2 {
-//!     let data = compile_data(&std::fs::read_to_string("scripts/examples/load.toml")?)?;
-//!     let bound = program.bind_into(&data, &mut binding)?;
-//!     let report = vm.run(bound, &mut ApduLayer::new(&mut card), &mut NoTrace);
-//!     assert_eq!(report.outcome, Outcome::Committed);
-//!     if let Some(OutputRef::Int(after)) = report.output("balance_after") {
-//!         println!("balance after: {after}");
-//!     }
-//! }
+//! let mut rng = cardvm::crypto::rng::os_rng();
+//! let (issuer, reader_key) = (Sm2PrivateKey::generate(&mut rng), Sm2PrivateKey::generate(&mut rng));
+//!
+//! // The card company seals the city's load script and one transaction's data for R1.
+//! let command = cardvm::asm::assemble_file(
+//!     "scripts/city0731-des3/load.casm".as_ref(), &Default::default())?.script.encode();
+//! let data = cardvm::asm::compile_data(
+//!     &std::fs::read_to_string("scripts/city0731-des3/load.toml")?)?.encode();
+//! let now = cardvm::envelope::unix_now();
+//! let header = |kind, seq| EnvelopeHeader {
+//!     kind, city: 731, script_id: 2, script_version: 1, seq, issued: now,
+//!     expires: now + 600, binding: cardvm::crypto::sm3(&command), reader_id: "R1".into(),
+//! };
+//! let sealed_command = seal(&issuer, reader_key.public_key(), &header(ScriptKind::Command, 1), &command, &mut rng)?;
+//! let sealed_data = seal(&issuer, reader_key.public_key(), &header(ScriptKind::Data, 2), &data, &mut rng)?;
+//!
+//! // The reader: built once, one call per transaction.
+//! let mut reader = Reader::new(
+//!     ReaderConfig {
+//!         reader_id: "R1".into(),
+//!         reader_key: Some(reader_key.clone()),
+//!         issuers: vec![issuer.public_key().clone()],
+//!         policy: Policy::SealedOnly,
+//!         limits: Limits::default(),
+//!     },
+//!     Some(Box::new(MemoryReplayStore::new())), // desktop: FileReplayStore
+//!     Some(Box::new(MemoryJournal::default())), // desktop: cardvm::journal::Journal
+//!     Box::new(SystemClock),
+//! )?;
+//! let mut card = SimCard::load("scripts/city0731-des3/card.toml".as_ref())?;
+//! let done = reader.transact(&sealed_command, &sealed_data, &mut card, &mut NoTrace, &mut rng)?;
+//! assert_eq!(done.report.outcome, Outcome::Committed);
+//! done.receipt.verify_production(reader_key.public_key())?; // what the card company checks
+//! println!("{}", done.receipt.to_json());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![cfg_attr(not(feature = "std"), no_std)]
@@ -71,6 +97,7 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod isa;
+pub mod journal;
 pub mod reader;
 pub mod receipt;
 pub mod script;
@@ -79,8 +106,8 @@ pub mod transport;
 pub mod verify;
 pub mod vm;
 
-#[cfg(feature = "std")]
-pub mod journal;
+#[cfg(feature = "issuer")]
+pub mod issuer;
 #[cfg(feature = "sim")]
 pub mod sim;
 

@@ -574,7 +574,7 @@ mod json {
 
     fn unhex(s: &str, what: &str) -> Result<Vec<u8>, ReceiptError> {
         let b = s.as_bytes();
-        if b.len() % 2 != 0 {
+        if !b.len().is_multiple_of(2) {
             return Err(err(format!("`{what}`: odd-length hex")));
         }
         b.chunks(2)

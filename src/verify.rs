@@ -15,7 +15,6 @@
 //! Binding a data script ([`VerifiedProgram::bind`]) then checks that every declared
 //! input exists in the data script with a compatible type.
 
-use crate::crypto::KeyUsage;
 use crate::isa::{DecodeError, Instr};
 use crate::script::{
     CommandScript, Constant, DataScript, DebugInfo, Decl, FieldValue, Header, ValueType,
@@ -416,13 +415,13 @@ impl<'s> Verifier<'s> {
             .map_err(|kind| VerifyError { offset: off, kind })?;
         }
         // Nothing may fall off the end.
-        if let Some(last) = code.last() {
-            if !last.is_terminator() {
-                return Err(VerifyError {
-                    offset: offsets[code.len() - 1],
-                    kind: VerifyErrorKind::FallsOffEnd,
-                });
-            }
+        if let Some(last) = code.last()
+            && !last.is_terminator()
+        {
+            return Err(VerifyError {
+                offset: offsets[code.len() - 1],
+                kind: VerifyErrorKind::FallsOffEnd,
+            });
         }
         let max_call_depth = call_depth(&code, &offsets)?;
         Ok(Checked {
@@ -502,12 +501,6 @@ impl<'s> Verifier<'s> {
                 return bad("shift (0..=63)", bits.into());
             }
             Instr::MkApdu { le, .. } if le > 65536 => return bad("Le (0..=65536)", le),
-            Instr::Diversify { usage, .. }
-                if !KeyUsage::from_code(usage)
-                    .is_some_and(|u| !matches!(u, KeyUsage::Master | KeyUsage::Session)) =>
-            {
-                return bad("diversified key usage", usage.into());
-            }
             _ => {}
         }
         Ok(has_target)
@@ -586,10 +579,10 @@ fn call_depth(code: &[Instr], offsets: &[u32]) -> Result<u32, VerifyError> {
                 }
                 _ => {}
             }
-            if let Some(t) = instr.target() {
-                if !matches!(instr, Instr::Call { .. }) {
-                    stack.push(t);
-                }
+            if let Some(t) = instr.target()
+                && !matches!(instr, Instr::Call { .. })
+            {
+                stack.push(t);
             }
             // Terminators never fall through; the verifier checked the last instruction is one.
             if !instr.is_terminator() && iu + 1 < code.len() {

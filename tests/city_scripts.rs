@@ -179,7 +179,8 @@ fn purse_errors_fail_with_the_scripts_codes() {
         // The card refuses INITIALIZE with a forced status word.
         for (sw, code) in [(0x9403u16, 0x05u16), (0x9303, 0x08), (0x6A82, 0x02)] {
             let mut c = card(city, 100);
-            c.faults_mut().push(Fault::ForceSw(2, sw));
+            // APDU 1 selects the purse, 2 reads EF 0015 (card id), 3 is INITIALIZE.
+            c.faults_mut().push(Fault::ForceSw(3, sw));
             let r = run_flow(city, "load", &data(city, "load"), &mut c);
             assert_eq!(script_failure(&r), code, "{}: SW {sw:04X}", city.dir);
         }
@@ -215,8 +216,9 @@ fn recover(city: &City, card: &mut CpuCard, txn_type: u64, atc: u64) -> RunRepor
 fn tearing_at_every_apdu_is_recoverable() {
     for_both(|city| {
         for (flow, apdus, txn_type, atc, start, delta) in [
-            ("load", 3u32, 2u64, 5u64, 500u32, 10_000i64),
-            ("purchase", 3, 6, 9, 1000, -250),
+            // SELECT, READ EF 0015 (card id), INITIALIZE, then the commit command.
+            ("load", 4u32, 2u64, 5u64, 500u32, 10_000i64),
+            ("purchase", 4, 6, 9, 1000, -250),
         ] {
             for n in 1..=apdus {
                 for fault in [
@@ -326,11 +328,11 @@ fn published_load_vector_through_the_city_script() {
     );
     assert_eq!(r.outcome, Outcome::Committed);
     assert_eq!(
-        &capture.0[1][12..16],
+        &capture.0[2][12..16],
         &h("6C394D64")[..],
         "MAC1 of the published trace"
     );
-    assert_eq!(&capture.0[1][8..12], &h("F9CABA91")[..]);
+    assert_eq!(&capture.0[2][8..12], &h("F9CABA91")[..]);
     assert_eq!(c.balance(), 0x1234);
 }
 

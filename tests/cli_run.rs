@@ -299,3 +299,165 @@ fn simulated_card_keeps_its_state_with_save() {
     let receipt: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(receipt["fields"]["balance"], 10_500, "{receipt}");
 }
+
+/// The review's attack through `cardvm run`: the sealed data script of a 100.00 CNY load
+/// run under an unsealed copy of the city's load script that credits 9000.00 CNY. Refused
+/// without and with `--allow-plain`; the card file is untouched. Then the development
+/// receipt of a plain run is refused as a production receipt, and a receipt whose JSON
+/// carries a duplicate key is refused.
+#[test]
+fn cli_refuses_the_reviews_attacks() {
+    let t = "attacks";
+    let city = "scripts/city0731-des3";
+    let card = tmp(t, "card.toml");
+    std::fs::copy(format!("{city}/card.toml"), &card).unwrap();
+    let card_before = std::fs::read_to_string(&card).unwrap();
+    let (cvm, cvd) = (tmp(t, "load.cvm"), tmp(t, "load.cvd"));
+    ok(&["asm", &format!("{city}/load.casm"), "-o", s(&cvm)]);
+    ok(&["data", &format!("{city}/load.toml"), "-o", s(&cvd)]);
+    // The attacker's copy: the shared flow with one line added.
+    let evil_dir = tmp(t, "evil");
+    std::fs::create_dir_all(evil_dir.join("city")).unwrap();
+    std::fs::create_dir_all(evil_dir.join("common")).unwrap();
+    std::fs::copy(format!("{city}/load.casm"), evil_dir.join("city/load.casm")).unwrap();
+    std::fs::copy(
+        "scripts/common/purse.casm",
+        evil_dir.join("common/purse.casm"),
+    )
+    .unwrap();
+    let flow = std::fs::read_to_string("scripts/common/ep_load.casm").unwrap();
+    let evil_flow = flow.replacen(
+        "    ldin   amt, amount\n",
+        "    ldin   amt, amount\n    ldi    amt, 900000\n",
+        1,
+    );
+    assert_ne!(evil_flow, flow);
+    std::fs::write(evil_dir.join("common/ep_load.casm"), evil_flow).unwrap();
+    let evil = tmp(t, "evil.cvm");
+    ok(&["asm", s(&evil_dir.join("city/load.casm")), "-o", s(&evil)]);
+
+    let (issuer, reader) = (tmp(t, "issuer"), tmp(t, "reader"));
+    ok(&["keygen", "--out", s(&issuer), "--force"]);
+    ok(&["keygen", "--out", s(&reader), "--force"]);
+    let (ikey, ipub) = (issuer.with_extension("key"), issuer.with_extension("pub"));
+    let (rkey, rpub) = (reader.with_extension("key"), reader.with_extension("pub"));
+    let sealed = tmp(t, "load.cvd.sealed");
+    let seal = |out: &Path, seq: &str| {
+        ok(&[
+            "seal",
+            "--issuer-key",
+            s(&ikey),
+            "--reader-pub",
+            s(&rpub),
+            "--reader-id",
+            "R1",
+            "--seq",
+            seq,
+            "--expires",
+            "2099-01-01T00:00:00Z",
+            "--command",
+            s(&cvm),
+            s(&cvd),
+            "-o",
+            s(out),
+        ]);
+    };
+    seal(&sealed, "5");
+    // Sealing a data script without naming its command script is refused.
+    let unbound = cardvm(&[
+        "seal",
+        "--issuer-key",
+        s(&ikey),
+        "--reader-pub",
+        s(&rpub),
+        "--reader-id",
+        "R1",
+        "--seq",
+        "6",
+        "--expires",
+        "2099-01-01T00:00:00Z",
+        s(&cvd),
+        "-o",
+        s(&tmp(t, "x")),
+    ]);
+    assert!(!unbound.status.success());
+    assert!(String::from_utf8_lossy(&unbound.stderr).contains("--command"));
+
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            s(&evil),
+            "--data",
+            s(&sealed),
+            "--sim",
+            s(&card),
+            "--save",
+            "--reader-key",
+            s(&rkey),
+            "--issuer-pub",
+            s(&ipub),
+            "--reader-id",
+            "R1",
+        ];
+        args.extend_from_slice(extra);
+        cardvm(&args)
+    };
+    let out = run(&[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("plain command script refused"), "{err}");
+    let out = run(&["--allow-plain"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("may only run with command script"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&card).unwrap(),
+        card_before,
+        "the card was touched"
+    );
+
+    // A plain run in development mode: a signed development receipt, never production.
+    let receipt = tmp(t, "dev.json");
+    ok(&[
+        "run",
+        s(&cvm),
+        "--data",
+        s(&cvd),
+        "--sim",
+        s(&card),
+        "--reader-key",
+        s(&rkey),
+        "--issuer-pub",
+        s(&ipub),
+        "--reader-id",
+        "R1",
+        "--allow-plain",
+        "--receipt",
+        s(&receipt),
+    ]);
+    let text = std::fs::read_to_string(&receipt).unwrap();
+    assert!(text.contains("\"mode\": \"development\""), "{text}");
+    assert!(text.contains("\"card_id\": \"4100000089999985\""), "{text}");
+    let said = ok(&["receipt", "verify", s(&receipt), "--reader-pub", s(&rpub)]);
+    assert!(String::from_utf8_lossy(&said.stdout).contains("DEVELOPMENT"));
+    let prod = cardvm(&[
+        "receipt",
+        "verify",
+        s(&receipt),
+        "--reader-pub",
+        s(&rpub),
+        "--production",
+    ]);
+    assert!(!prod.status.success());
+    // A duplicate key placed first: a first-key-wins reader would see "failed".
+    let dup = text.replacen(
+        "\"outcome\": \"committed\"",
+        "\"outcome\": \"failed\",\n  \"outcome\": \"committed\"",
+        1,
+    );
+    assert_ne!(dup, text);
+    std::fs::write(&receipt, dup).unwrap();
+    let out = cardvm(&["receipt", "verify", s(&receipt), "--reader-pub", s(&rpub)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("canonical"));
+}

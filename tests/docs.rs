@@ -144,3 +144,64 @@ fn docs_name_every_city_failure_code_file() {
         assert!(Path::new(f).exists());
     }
 }
+
+/// The key-usage table of §4 says what `Opcode::allowed_key_usages` and `KeyUsage::derive`
+/// say, for every instruction that reads a key slot.
+#[test]
+fn key_usage_table_matches_the_instruction_table() {
+    use cardvm::crypto::KeyUsage;
+    let doc = std::fs::read_to_string(DOC).unwrap();
+    let at = doc
+        .find("| instruction | accepts | the new key is |")
+        .expect("key usage table");
+    let rows: Vec<&str> = doc[at..]
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .collect();
+    let names = |cell: &str| -> Vec<String> {
+        cell.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(String::from)
+            .collect()
+    };
+    let mut covered = Vec::new();
+    for row in rows {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let (instrs, accepts, gives) = (cells[1], cells[2], cells[3]);
+        for instr in names(instrs) {
+            let mnemonic = instr.split_whitespace().next().unwrap().to_string();
+            let op = *ALL_OPCODES
+                .iter()
+                .find(|o| o.mnemonic() == mnemonic)
+                .unwrap_or_else(|| panic!("unknown instruction {mnemonic}"));
+            let want: Vec<String> = op
+                .allowed_key_usages()
+                .iter()
+                .map(|u| u.name().to_string())
+                .collect();
+            assert_eq!(names(accepts), want, "{mnemonic}");
+            let derived: Vec<String> = match op.derivation() {
+                Some(d) => op
+                    .allowed_key_usages()
+                    .iter()
+                    .filter_map(|u| u.derive(d))
+                    .map(|u: KeyUsage| u.name().to_string())
+                    .collect(),
+                None => vec![],
+            };
+            assert_eq!(names(gives), derived, "{mnemonic}");
+            covered.push(op);
+        }
+    }
+    for &op in ALL_OPCODES {
+        if !op.allowed_key_usages().is_empty() {
+            assert!(
+                covered.contains(&op),
+                "{} missing from the table",
+                op.mnemonic()
+            );
+        }
+    }
+}

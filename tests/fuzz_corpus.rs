@@ -113,6 +113,10 @@ fn write_seed_corpora() {
             self.1.push(c.to_vec());
             self.0.transmit(c, r)
         }
+        // The M1 scripts' `ldrkey` needs the simulated reader's key store.
+        fn reader_key_store(&self) -> bool {
+            self.0.reader_key_store()
+        }
     }
 
     let mut frames = Vec::new();

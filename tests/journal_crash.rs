@@ -6,7 +6,12 @@
 //!   ack returned. The parent SIGKILLs it at random moments, reopens, and checks that every
 //!   printed seq above the acknowledged point is present with its payload, the chain
 //!   verifies, and the ack point is at least the last printed one.
-//! - every byte flip and every truncation of a small journal is classified as documented.
+//! - `a_writer_in_another_process_locks_the_journal`: the same writer child holds the
+//!   journal; this process's writer opens get `Locked`, read-only opens work, and the lock
+//!   goes with the child's death.
+//! - every byte flip and every truncation of a small journal is classified as documented: a
+//!   flip anywhere, the last entry included, is an error that changes nothing; only a cut
+//!   inside the last entry (an interrupted append) is truncated.
 #![cfg(feature = "std")]
 
 use cardvm::journal::{self, Journal, JournalError};
@@ -157,11 +162,14 @@ fn sigkill_during_appends_loses_nothing_that_returned() {
         printed_total += seqs.len();
 
         // SIGKILL cannot tear a single write(2) (the kernel finishes it), but power loss can.
-        // In some rounds, simulate that: leave a partial entry (a prefix of a real entry, or
-        // zeros as a file system may show after a crash) at the end of the log.
+        // In some rounds, simulate that: leave a partial entry (a prefix of the entry the
+        // writer would append next, or zeros as a file system may show after a crash) at the
+        // end of the log.
         let simulated_tear = match rng.below(3) {
             0 => {
-                let e = entry_prefix(rng.below(200) as usize + 1);
+                let r = Journal::open_read_only(&path).unwrap();
+                let e = entry_prefix(r.next_seq(), &r.head_hash(), rng.below(200) as usize + 1);
+                drop(r);
                 append_raw(&path, &e);
                 e.len() as u64
             }
@@ -215,12 +223,77 @@ fn sigkill_during_appends_loses_nothing_that_returned() {
     assert!(printed_total > 0, "the writer never completed an append");
 }
 
-/// The first `n` bytes of an entry that was being written (magic, a length that runs past
-/// the end of the file, ...).
-fn entry_prefix(n: usize) -> Vec<u8> {
+/// Attack: a second process appends while a writer has the journal open (the chain would
+/// break). It must get `Locked`, while the writer keeps appending; the OS lock goes away with
+/// the writer's process.
+#[test]
+fn a_writer_in_another_process_locks_the_journal() {
+    let dir = TempDir::new("lock");
+    let path = dir.0.join("receipts.cvj");
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(&exe)
+        .args(["--exact", "writer_child", "--nocapture", "--test-threads=1"])
+        .env(WRITER_ENV, &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let mut seen = 0;
+    // Wait until the child has appended a few entries: it holds the lock by then.
+    while seen < 3 {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "writer child ended");
+        if line.starts_with("SEQ ") {
+            seen += 1;
+        }
+    }
+    for attempt in 0..4 {
+        let e = Journal::open(&path).map(|_| ()).unwrap_err();
+        assert!(
+            matches!(e, JournalError::Locked { .. }),
+            "attempt {attempt}: {e}"
+        );
+        assert!(matches!(
+            Journal::open_existing(&path),
+            Err(JournalError::Locked { .. })
+        ));
+        assert!(matches!(
+            journal::repair(&path),
+            Err(JournalError::Locked { .. })
+        ));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // The writer kept appending meanwhile.
+    let mut later = 0;
+    while later < 3 {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "writer child ended");
+        if line.starts_with("SEQ ") {
+            later += 1;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Lock released by the process's death; the chain is whole.
+    let mut j = Journal::open(&path).unwrap();
+    let n = j.next_seq();
+    assert_eq!(j.append(b"after").unwrap(), n);
+    drop(j);
+    let v = journal::verify(&path).unwrap();
+    assert_eq!((v.next_seq, v.torn_tail_bytes), (n + 1, 0));
+}
+
+/// The first `n` bytes (fewer than the whole) of entry `seq` chained to `prev` that was
+/// being written: magic, a length that runs past the end of the file, seq, prev, payload.
+fn entry_prefix(seq: u64, prev: &[u8; 32], n: usize) -> Vec<u8> {
     let mut e = b"CVJE".to_vec();
     e.extend_from_slice(&500u32.to_be_bytes());
-    e.extend(std::iter::repeat_n(0x5A, 600));
+    e.extend_from_slice(&seq.to_be_bytes());
+    e.extend_from_slice(prev);
+    e.extend(std::iter::repeat_n(0x5A, 500 + 32));
+    assert!(n < e.len());
     e.truncate(n);
     e
 }
@@ -247,11 +320,12 @@ fn small_journal(path: &Path, sizes: &[usize]) -> (Vec<u8>, Vec<usize>) {
     (bytes, offsets)
 }
 
-/// Every single-byte change of the log is detected:
+/// Every single-byte change of the log is detected, and changes nothing:
 /// - in the header or in any entry but the last: `verify` and `open` fail with an error;
-/// - in the last entry: it is indistinguishable from a torn write, so it is reported as a torn
-///   tail (`torn_tail_bytes` = the last entry's size) and a writer's open drops exactly that
-///   entry.
+/// - in the last entry (its length field included): `verify`, a read-only open and a
+///   writer's open fail with `CorruptLastEntry` naming its seq; the entry is never dropped
+///   as a torn tail (the attack: flip a byte, let the next writer drop the entry and reuse
+///   its seq, and `verify` says ok).
 #[test]
 fn every_byte_flip_is_detected() {
     let dir = TempDir::new("flip");
@@ -266,36 +340,36 @@ fn every_byte_flip_is_detected() {
             m[i] ^= mask;
             std::fs::write(&work, &m).unwrap();
             let v = journal::verify(&work);
-            if i < last {
-                let e = v.expect_err(&format!("flip {mask:#x} at {i} not detected"));
-                if i < HEADER_LEN {
-                    assert!(
-                        matches!(
-                            e,
-                            JournalError::BadHeader { .. }
-                                | JournalError::UnsupportedVersion { .. }
-                        ),
-                        "header flip at {i}: {e}"
-                    );
-                } else {
-                    assert!(
-                        matches!(e, JournalError::CorruptEntry { .. }),
-                        "entry flip at {i}: {e}"
-                    );
-                }
-                assert!(Journal::open(&work).is_err());
-                // Nothing was modified by the failed opens.
-                assert_eq!(std::fs::read(&work).unwrap(), m);
+            let e = v.expect_err(&format!("flip {mask:#x} at {i} not detected"));
+            if i < HEADER_LEN {
+                assert!(
+                    matches!(
+                        e,
+                        JournalError::BadHeader { .. } | JournalError::UnsupportedVersion { .. }
+                    ),
+                    "header flip at {i}: {e}"
+                );
+            } else if i < last {
+                assert!(
+                    matches!(e, JournalError::CorruptEntry { .. }),
+                    "entry flip at {i}: {e}"
+                );
             } else {
-                let v = v.unwrap_or_else(|e| panic!("last-entry flip at {i}: {e}"));
-                assert_eq!(v.torn_tail_bytes, (bytes.len() - last) as u64, "at {i}");
-                assert_eq!(v.entries, sizes.len() - 1);
-                let j = Journal::open(&work).unwrap();
-                assert_eq!(j.torn_tail_bytes(), (bytes.len() - last) as u64);
-                assert_eq!(j.len(), sizes.len() - 1);
-                drop(j);
-                assert_eq!(std::fs::read(&work).unwrap(), &bytes[..last]);
+                let want_seq = sizes.len() as u64;
+                let is_last = |e: &JournalError| {
+                    matches!(e, JournalError::CorruptLastEntry { seq, offset, .. }
+                        if *seq == want_seq && *offset as usize == last)
+                };
+                assert!(is_last(&e), "last-entry flip {mask:#x} at {i}: {e}");
+                let ro = Journal::open_read_only(&work).map(|_| ()).unwrap_err();
+                assert!(is_last(&ro), "read-only open, flip at {i}: {ro}");
+                let w = Journal::open(&work).map(|_| ()).unwrap_err();
+                assert!(is_last(&w), "writer open, flip at {i}: {w}");
+                assert!(w.to_string().contains("cardvm journal repair"), "{w}");
             }
+            assert!(Journal::open(&work).is_err());
+            // Nothing was modified by the failed opens.
+            assert_eq!(std::fs::read(&work).unwrap(), m, "flip at {i}");
         }
     }
 }

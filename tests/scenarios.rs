@@ -47,7 +47,7 @@ name   = "wrong"
 card   = "../card.toml"
 script = "../load.casm"
 data   = "../load.toml"
-faults = { force_sw = { apdu = 2, sw = "9403" } }
+faults = { force_sw = { apdu = 3, sw = "9403" } }
 expect = { outcome = "committed", balance = 1, fields = { tac_ok = 1 }, apdus = [">> 00A4*"] }
 "#;
     let file = ScenarioFile::parse(text, "x.toml").unwrap();
@@ -63,7 +63,9 @@ expect = { outcome = "committed", balance = 1, fields = { tac_ok = 1 }, apdus = 
             "fields.tac_ok",
             "apdus[1]",
             "apdus[2]",
-            "apdus[3]"
+            "apdus[3]",
+            "apdus[4]",
+            "apdus[5]"
         ]
     );
     assert_eq!(r.mismatches[1].actual, "500");

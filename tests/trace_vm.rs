@@ -29,7 +29,7 @@ fn trace_vm_shows_instructions_source_lines_registers_and_apdus() {
     let (ok, err) = run("scripts/city0731-des3/card.toml");
     assert!(ok, "{err}");
     assert!(
-        err.contains("ldkey  k0, dlk") && err.contains("ep_load.casm:25: ldkey  load_key, dlk"),
+        err.contains("ldkey  k0, dlk") && err.contains("ep_load.casm:26: ldkey  load_key, dlk"),
         "{err}"
     );
     assert!(err.contains("k0=<des3 load key>"), "{err}");
@@ -60,7 +60,7 @@ fn trace_vm_failure_report_names_the_source_line_and_last_apdu() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(!ok);
     assert!(
-        err.contains("-- failed at scripts/common/ep_load.casm:111: fail   0x08"),
+        err.contains("-- failed at scripts/common/ep_load.casm:113: fail   0x08"),
         "{err}"
     );
     assert!(

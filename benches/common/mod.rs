@@ -155,9 +155,7 @@ impl LoadCase {
 
     /// The reader-side crypto of one load, made directly (the crypto share of a load).
     pub fn crypto_only(&self, k: &CryptoInputs) -> bool {
-        let session = crypto::process_key(&k.dlk, &k.pkey_in)
-            .unwrap()
-            .with_usage(crypto::KeyUsage::Session);
+        let session = crypto::process_key(&k.dlk, &k.pkey_in).unwrap();
         let mac1 = crypto::pboc_mac(&session, &k.mac1_in).unwrap();
         let ok1 = crypto::ct_eq(&mac1, &k.mac1_in[..4]);
         let mac2 = crypto::pboc_mac(&session, &k.mac2_in).unwrap();
@@ -238,6 +236,7 @@ pub fn run_vm<T: CardTransport>(case: &LoadCase, reader: &mut Reader, card: T) -
 /// and the crypto reached through Rust functions registered into Lua.
 pub const LUA_LOAD: &str = r#"
 local SELECT_PURSE = "\x00\xA4\x04\x00\x09\xA0\x00\x00\x00\x03\x86\x98\x07\x01\x00"
+local READ_EF15 = "\x00\xB0\x95\x00\x1E"
 
 local function sw(resp)
   local n = #resp
@@ -247,6 +246,9 @@ end
 function load(amount, terminal, now, dlk, dtk, alg_id)
   local s = sw(transmit(SELECT_PURSE))
   if s ~= 0x9000 then return { fail = 1 } end
+  local s, ef15 = sw(transmit(READ_EF15))
+  if s ~= 0x9000 then return { fail = 10 } end
+  local card_id = string.sub(ef15, 13, 20)
   local amt4 = string.pack(">I4", amount)
   local data = "\x01" .. amt4 .. terminal
   local s, resp = sw(transmit("\x80\x50\x00\x02" .. string.char(#data) .. data .. "\x10"))
@@ -274,6 +276,7 @@ function load(amount, terminal, now, dlk, dtk, alg_id)
   local expect = mac(tackey(dtk), string.pack(">I4", bal_after) .. atc2 .. amt4 .. ttype
     .. terminal .. now)
   return {
+    card_id = card_id,
     balance_before = bal,
     balance_after = bal_after,
     atc = string.unpack(">I2", atc2),
@@ -333,7 +336,7 @@ impl LuaPeer {
                     .try_into()
                     .map_err(|_| mlua::Error::runtime("pkey input is not 8 bytes"))?;
                 let s = crypto::process_key(&k.0, &input).map_err(mlua::Error::external)?;
-                Ok(LuaKey(s.with_usage(crypto::KeyUsage::Session)))
+                Ok(LuaKey(s))
             })
             .unwrap();
         g.set("pkey", pkey).unwrap();

@@ -790,12 +790,14 @@ impl<'s> Asm<'s> {
                         ),
                     )
                 })?;
-                let usage = KeyUsage::from_name(&toks[4].text).ok_or_else(|| {
-                    self.err(
-                        toks[4].pos,
-                        format!("unknown key usage `{}` ({})", toks[4].text, usage_names()),
-                    )
-                })?;
+                let usage = KeyUsage::from_name(&toks[4].text)
+                    .filter(|u| u.is_declarable())
+                    .ok_or_else(|| {
+                        self.err(
+                            toks[4].pos,
+                            format!("unknown key usage `{}` ({})", toks[4].text, usage_names()),
+                        )
+                    })?;
                 (ValueType::Key { alg, usage }, 6)
             }
             _ => return Err(bad()),
@@ -910,10 +912,8 @@ impl<'s> Asm<'s> {
     /// Adds a pool entry (or, for inline literals, reuses an equal one).
     fn add_constant(&mut self, c: Constant, pos: Pos, dedup: bool) -> R<u16> {
         let key = ckey(&c);
-        if dedup {
-            if let Some(&i) = self.pool.get(&key) {
-                return Ok(i);
-            }
+        if dedup && let Some(&i) = self.pool.get(&key) {
+            return Ok(i);
         }
         if self.constants.len() >= MAX_ENTRIES {
             return Err(self.err(pos, format!("more than {MAX_ENTRIES} constants")));
@@ -1194,20 +1194,7 @@ impl<'s> Asm<'s> {
                 };
                 Operand::Target(target)
             }
-            OperandKind::U8 => {
-                if name == "usage" {
-                    if let Some(u) = KeyUsage::from_name(w) {
-                        return Ok(Operand::U8(u.code()));
-                    }
-                    if !w.starts_with(|c: char| c.is_ascii_digit()) {
-                        return Err(self.err(
-                            t.pos,
-                            format!("unknown key usage `{w}` ({})", usage_names()),
-                        ));
-                    }
-                }
-                Operand::U8(self.number(t, u8::MAX.into())? as u8)
-            }
+            OperandKind::U8 => Operand::U8(self.number(t, u8::MAX.into())? as u8),
             OperandKind::U16 => Operand::U16(self.number(t, u16::MAX.into())? as u16),
             OperandKind::U32 => Operand::U32(self.number(t, u32::MAX.into())? as u32),
             OperandKind::Sw => Operand::Sw(parse_sw(w).ok_or_else(|| {
@@ -1297,9 +1284,11 @@ fn kind_desc(kind: OperandKind) -> &'static str {
     }
 }
 
+/// The usages a `key(ALG, USAGE)` input may name (derived-only usages are left out).
 fn usage_names() -> String {
     KeyUsage::ALL
         .iter()
+        .filter(|u| u.is_declarable())
         .map(|u| u.name())
         .collect::<Vec<_>>()
         .join(", ")

@@ -8,9 +8,16 @@
 //! later    = { datetime = "2026-11-23T12:00:00" }
 //! [keys.dlk]
 //! alg   = "des3"                               # des, des3, sm4, m1
-//! usage = "load"                               # load, purchase, tac, master, session, enc, mac, m1-a, m1-b, any
+//! usage = "load"                               # see below
 //! hex   = "3F013F013F013F013F013F013F013F01"
 //! ```
+//!
+//! Key usages: `load`, `purchase`, `tac` (the card's DLK, DPK, DTK); `load-master`,
+//! `purchase-master`, `tac-master` (a master says what it is the master of: `divkey` of a
+//! `load-master` is a `load` key, and so on); `mac` (a generic MAC key); `enc` (the only
+//! usage `enc`/`dec` accept; never a derivation source); `m1-a`, `m1-b` (MIFARE Classic
+//! sector keys for `ldrkey`). Session keys (`load-session`, `purchase-session`) are only
+//! derived in a transaction, and the old `master`, `session` and `any` are gone.
 //!
 //! Fields appear in the data script in name order. Errors name the field and what is
 //! wrong with it; they never repeat key bytes.
@@ -267,13 +274,36 @@ fn key_of(field: &str, spec: &mut toml::Table) -> Result<SecretKey, DataError> {
         )
     })?;
     let usage_name = text(spec, "usage")?;
-    let usage = KeyUsage::from_name(&usage_name).ok_or_else(|| {
-        let all: Vec<&str> = KeyUsage::ALL.iter().map(|u| u.name()).collect();
-        field_err(
-            &format!("{field}.usage"),
-            format!("unknown usage `{usage_name}` ({})", all.join(", ")),
-        )
-    })?;
+    let usage_field = format!("{field}.usage");
+    let usage = match KeyUsage::from_name(&usage_name) {
+        Some(u) if u.is_declarable() => u,
+        Some(_) => {
+            return Err(field_err(
+                &usage_field,
+                format!("`{usage_name}` keys are only derived in a transaction (by pkey)"),
+            ));
+        }
+        None if matches!(usage_name.as_str(), "master" | "session" | "any") => {
+            return Err(field_err(
+                &usage_field,
+                format!(
+                    "`{usage_name}` is no longer a usage: a master says what it is the master of \
+                     (load-master, purchase-master, tac-master), and no key may do everything"
+                ),
+            ));
+        }
+        None => {
+            let all: Vec<&str> = KeyUsage::ALL
+                .iter()
+                .filter(|u| u.is_declarable())
+                .map(|u| u.name())
+                .collect();
+            return Err(field_err(
+                &usage_field,
+                format!("unknown usage `{usage_name}` ({})", all.join(", ")),
+            ));
+        }
+    };
     let hex_field = format!("{field}.hex");
     let mut digits = match spec.remove("hex") {
         Some(Value::String(s)) => s,
@@ -351,6 +381,25 @@ hex   = "3F013F013F013F013F013F013F013F01"
         assert_eq!(DataScript::parse(&d.encode()).unwrap(), d);
     }
 
+    #[test]
+    fn masters_say_what_they_are_masters_of() {
+        for (name, usage) in [
+            ("load-master", KeyUsage::LoadMaster),
+            ("purchase-master", KeyUsage::PurchaseMaster),
+            ("tac-master", KeyUsage::TacMaster),
+        ] {
+            let text = format!(
+                "[keys.mk]\nalg = \"sm4\"\nusage = \"{name}\"\nhex = \"{}\"",
+                "11".repeat(16)
+            );
+            let d = compile_data(&text).unwrap();
+            let Some(FieldValue::Key(k)) = d.get("mk") else {
+                panic!("{d:?}")
+            };
+            assert_eq!(k.usage(), usage);
+        }
+    }
+
     fn field_error(text: &str) -> (String, String) {
         match compile_data(text).unwrap_err() {
             DataError::Field { field, message } => (field, message),
@@ -390,6 +439,21 @@ hex   = "3F013F013F013F013F013F013F013F01"
                 "[keys.k]\nalg = \"des\"\nusage = \"x\"\nhex = \"00\"",
                 "keys.k.usage",
                 "unknown usage",
+            ),
+            (
+                "[keys.k]\nalg = \"des3\"\nusage = \"master\"\nhex = \"00\"",
+                "keys.k.usage",
+                "load-master, purchase-master, tac-master",
+            ),
+            (
+                "[keys.k]\nalg = \"des3\"\nusage = \"any\"\nhex = \"00\"",
+                "keys.k.usage",
+                "no longer a usage",
+            ),
+            (
+                "[keys.k]\nalg = \"des\"\nusage = \"load-session\"\nhex = \"00\"",
+                "keys.k.usage",
+                "only derived",
             ),
             (
                 "[keys.k]\nalg = \"des\"\nusage = 1\nhex = \"00\"",

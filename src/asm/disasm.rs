@@ -6,7 +6,6 @@
 //! inside them) are written as `.code [..]` so that nothing is lost.
 
 use super::lexer::quote;
-use crate::crypto::KeyUsage;
 use crate::isa::{Instr, Operand, SwPattern};
 use crate::script::{CommandScript, Constant};
 use alloc::collections::BTreeSet;
@@ -183,10 +182,10 @@ pub fn disassemble(script: &CommandScript) -> String {
                 for (i, (o, name)) in ops.as_slice().iter().zip(op.operand_names()).enumerate() {
                     text.push_str(if i == 0 { " " } else { ", " });
                     text.push_str(&operand_text(script, *o, name, &targets));
-                    if let Operand::Const(c) = o {
-                        if let Some(c) = script.constants.get(usize::from(*c)) {
-                            comment = constant_text(c);
-                        }
+                    if let Operand::Const(c) = o
+                        && let Some(c) = script.constants.get(usize::from(*c))
+                    {
+                        comment = constant_text(c);
                     }
                 }
                 if !comment.is_empty() {
@@ -217,10 +216,6 @@ fn operand_text(script: &CommandScript, o: Operand, name: &str, labels: &BTreeSe
         },
         Operand::Target(t) if labels.contains(&t) => format!("L{t:04X}"),
         Operand::Target(t) => format!("@{t}"),
-        Operand::U8(v) if name == "usage" => match KeyUsage::from_code(v) {
-            Some(u) => String::from(u.name()),
-            None => format!("{v}"),
-        },
         Operand::U16(v) if name == "code" => format!("0x{v:02X}"),
         Operand::U8(v) => format!("{v}"),
         Operand::U16(v) => format!("{v}"),

@@ -157,16 +157,16 @@ pub(crate) fn lint(script: &CommandScript, input: &LintInput<'_>) -> Vec<Warning
         })
         .collect();
     for (offset, i) in &code {
-        if let Instr::Beq { a, b, .. } | Instr::Bne { a, b, .. } = *i {
-            if macs.contains(&a) || macs.contains(&b) {
-                out.push(input.at(
-                    *offset,
-                    format!(
-                        "`{}` compares a MAC (not constant-time): use `cteq` or `chkmac`",
-                        i.opcode().mnemonic()
-                    ),
-                ));
-            }
+        if let Instr::Beq { a, b, .. } | Instr::Bne { a, b, .. } = *i
+            && (macs.contains(&a) || macs.contains(&b))
+        {
+            out.push(input.at(
+                *offset,
+                format!(
+                    "`{}` compares a MAC (not constant-time): use `cteq` or `chkmac`",
+                    i.opcode().mnemonic()
+                ),
+            ));
         }
     }
     out.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));

@@ -37,7 +37,7 @@
 //!     bsw    63Cx, retry      ; status words: 4 hex digits, x = any nibble
 //!     ldin   bal, amount      ; inputs and outputs by declared name
 //!     ldkey  sk, dlk
-//!     divkey k1, k0, r2, load ; the `usage` operand of divkey takes a usage name
+//!     divkey k1, k0, r2       ; the card key's usage follows the master's
 //!     jmp    start            ; targets: a label, or @N (a raw code offset)
 //! retry: fail 0x63
 //! ```

@@ -84,7 +84,7 @@ start:
     bsw   63Cx, retry
     ldin  bal, amount
     ldkey sk, dlk
-    divkey k1, k0, r2, load
+    divkey k1, k0, r2
     ldc   r3, [80 5C 00 02 04]
     ldc   r4, [80 5C 00 02 04]
     ldc   r5, 7
@@ -165,8 +165,7 @@ fn assembles_the_documented_example() {
             Instr::Diversify {
                 dst: 1,
                 master: 0,
-                data: 2,
-                usage: KeyUsage::Load.code()
+                data: 2
             },
             Instr::Ldc { dst: 3, index: 3 },
             Instr::Ldc { dst: 4, index: 3 },
@@ -199,7 +198,7 @@ fn disassembly_is_readable_and_round_trips() {
         "    expect  9000, 0x01",
         "    bsw     63Cx, L",
         "    ldin    r0, amount",
-        "    divkey  k1, k0, r2, load",
+        "    divkey  k1, k0, r2\n",
         "    jmp     L0000",
         "    fail    0x63",
     ] {
@@ -247,7 +246,7 @@ fn sw_forms_numbers_and_raw_operands() {
             Instr::Jmp { target: 77 },
         ]
     );
-    let s = asm("divkey k0, k0, r0, 7\n.code [AB cd]\n.code []");
+    let s = asm("divkey k0, k0, r0\n.code [AB cd]\n.code []");
     assert_eq!(s.code[s.code.len() - 2..], [0xAB, 0xCD]);
 }
 
@@ -435,8 +434,21 @@ fn operand_errors() {
     check("bsw 900, x\nx: halt", 1, 5, "must be a status word");
     check("bsw 9000/0F00, x\nx: halt", 1, 5, "must be a status word");
     check("bsw 9G00, x\nx: halt", 1, 5, "must be a status word");
-    check("divkey k0, k0, r0, loud", 1, 20, "unknown key usage `loud`");
-    check("divkey k0, k0, r0, 300", 1, 20, "out of range");
+    // divkey takes no usage: the derived key's usage follows the master's.
+    check(
+        "divkey k0, k0, r0, enc",
+        1,
+        20,
+        "takes 3 operand(s): dst, master, data",
+    );
+    check("divkey k0, k0, r0, 6", 1, 20, "takes 3 operand(s)");
+    check(
+        ".input k key(des3, load-session)",
+        1,
+        20,
+        "unknown key usage `load-session`",
+    );
+    check(".input k key(des3, any)", 1, 20, "unknown key usage `any`");
     check("out #x, r0", 1, 6, "expected a number");
     check("mov r255, r0", 1, 5, "too many registers");
     check("pkey k255, k0, r0", 1, 6, "too many key slots");
@@ -835,7 +847,12 @@ fn any_type() -> impl Strategy<Value = ValueType> {
         Just(ValueType::BcdDateTime),
         (
             proptest::sample::select(&KeyAlg::ALL[..]),
-            proptest::sample::select(&KeyUsage::ALL[..])
+            proptest::sample::select(
+                KeyUsage::ALL
+                    .into_iter()
+                    .filter(|u| u.is_declarable())
+                    .collect::<Vec<_>>()
+            )
         )
             .prop_map(|(alg, usage)| ValueType::Key { alg, usage }),
     ]

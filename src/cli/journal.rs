@@ -1,4 +1,4 @@
-//! `cardvm journal …`: inspect, export and acknowledge the offline receipt journal.
+//! `cardvm journal …`: inspect, export, acknowledge and repair the offline receipt journal.
 
 use std::path::PathBuf;
 
@@ -45,8 +45,15 @@ pub enum JournalCmd {
         compact: bool,
     },
     /// Check the header, every entry, the hash chain and the ack file without modifying
-    /// anything. Fails on damage and also on a torn tail.
+    /// anything. Fails on damage and also on a torn tail; names every lost (repaired) entry.
     Verify {
+        /// The journal file.
+        path: PathBuf,
+    },
+    /// Recover from a damaged last entry: keep its bytes in PATH.bad-SEQ and record SEQ as
+    /// lost (a chained entry), so that the seq is never reused. Takes the writers' lock.
+    /// Also truncates a torn tail; does nothing to a clean journal.
+    Repair {
         /// The journal file.
         path: PathBuf,
     },
@@ -59,7 +66,7 @@ fn hex(b: &[u8]) -> String {
 fn torn_note(bytes: u64) {
     if bytes > 0 {
         eprintln!(
-            "cardvm: warning: torn tail of {bytes} bytes after the last valid entry (a writer's open truncates it)"
+            "cardvm: warning: torn tail of {bytes} bytes after the last valid entry (an interrupted append; a writer's open truncates it)"
         );
     }
 }
@@ -73,7 +80,9 @@ pub fn run(cmd: JournalCmd) -> CliResult {
             println!("{:>10}  {:<7}  {:>8}  sm3", "seq", "state", "length");
             for e in j.entries() {
                 let e = e.map_err(|e| e.to_string())?;
-                let state = if e.seq <= j.acked_upto() {
+                let state = if e.lost().is_some() {
+                    "lost"
+                } else if e.seq <= j.acked_upto() {
                     "acked"
                 } else {
                     "pending"
@@ -142,19 +151,59 @@ pub fn run(cmd: JournalCmd) -> CliResult {
             Ok(())
         }
         JournalCmd::Verify { path } => {
-            let r = journal::verify(&path).map_err(|e| e.to_string())?;
+            let j = Journal::open_read_only(&path).map_err(|e| e.to_string())?;
+            let r = j.report();
             if r.torn_tail_bytes > 0 {
                 return Err(format!(
-                    "{}: torn tail of {} bytes after seq {} (the last append did not complete, or the last entry is damaged)",
+                    "{}: torn tail of {} bytes after seq {} (an append did not complete; a writer's open truncates it)",
                     path.display(),
                     r.torn_tail_bytes,
                     r.next_seq - 1
                 ));
             }
+            // A repaired journal is never reported as plainly ok: name every lost seq.
+            let mut lost = Vec::new();
+            for e in j.entries() {
+                let e = e.map_err(|e| e.to_string())?;
+                if let Some(l) = e.lost() {
+                    lost.push(format!(
+                        "seq {} (repaired; {} bytes kept in {})",
+                        e.seq, l.lost_len, l.kept_at
+                    ));
+                }
+            }
+            let lost_note = if lost.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} lost entr{}: {}",
+                    lost.len(),
+                    if lost.len() == 1 { "y" } else { "ies" },
+                    lost.join(", ")
+                )
+            };
             println!(
-                "ok: {} entries (seq {}..{}), acknowledged up to {}, {} pending",
+                "ok: {} entries (seq {}..{}), acknowledged up to {}, {} pending{lost_note}",
                 r.entries, r.first_seq, r.next_seq, r.acked_upto, r.pending
             );
+            Ok(())
+        }
+        JournalCmd::Repair { path } => {
+            let r = journal::repair(&path).map_err(|e| e.to_string())?;
+            match (r.lost_seq, &r.kept_at) {
+                (Some(seq), Some(kept)) => println!(
+                    "repaired {}: damaged entry seq {seq} ({} bytes) kept in {kept} and recorded as lost; the next entry gets seq {}",
+                    path.display(),
+                    r.lost_bytes,
+                    seq + 1
+                ),
+                _ if r.torn_tail_bytes > 0 => println!(
+                    "repaired {}: truncated a torn tail of {} bytes (an interrupted append; nothing lost)",
+                    path.display(),
+                    r.torn_tail_bytes
+                ),
+                _ => println!("{}: nothing to repair", path.display()),
+            }
             Ok(())
         }
     }

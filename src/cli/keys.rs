@@ -44,7 +44,8 @@ fn hex(bytes: &[u8]) -> Zeroizing<String> {
     s
 }
 
-fn write_file(path: &Path, text: &str, private: bool, force: bool) -> CliResult {
+/// Writes `text` to a new file (`force`: overwrite); `private` files get mode 0600.
+pub fn write_file(path: &Path, text: &str, private: bool, force: bool) -> CliResult {
     let mut opts = fs::OpenOptions::new();
     opts.write(true);
     if force {
@@ -72,18 +73,28 @@ pub fn keygen(args: KeygenArgs) -> CliResult {
     let key = Sm2PrivateKey::generate(&mut os_rng());
     let key_path = with_ext(&args.out, ".key");
     let pub_path = with_ext(&args.out, ".pub");
+    save_key_pair(&key, &key_path, &pub_path, args.force)?;
+    println!("wrote {} and {}", key_path.display(), pub_path.display());
+    Ok(())
+}
+
+/// Writes a key pair in the `keygen` formats: `key_path` (mode 0600) and `pub_path`.
+pub fn save_key_pair(
+    key: &Sm2PrivateKey,
+    key_path: &Path,
+    pub_path: &Path,
+    force: bool,
+) -> CliResult {
     let mut text = Zeroizing::new(String::from(PRIVATE_HEADER));
     text.push('\n');
     text.push_str(&hex(&key.to_bytes()[..]));
     text.push('\n');
-    write_file(&key_path, &text, true, args.force)?;
+    write_file(key_path, &text, true, force)?;
     let pub_text = format!(
         "{PUBLIC_HEADER}\n{}\n",
         hex(&key.public_key().to_sec1_bytes()).as_str()
     );
-    write_file(&pub_path, &pub_text, false, args.force)?;
-    println!("wrote {} and {}", key_path.display(), pub_path.display());
-    Ok(())
+    write_file(pub_path, &pub_text, false, force)
 }
 
 fn read_hex_line(path: &Path, header: &str) -> Result<Zeroizing<Vec<u8>>, String> {

@@ -1,10 +1,12 @@
 //! Command-line front end: one module per command family.
 
 mod asm;
+mod ca;
 mod envelope;
 mod journal;
 mod keys;
 mod pcsc;
+mod reader;
 mod receipt;
 mod run;
 mod sim;
@@ -45,7 +47,7 @@ enum Command {
     Run(run::RunArgs),
     /// Work with signed receipts.
     Receipt(receipt::ReceiptArgs),
-    /// The offline receipt journal: list, export, ack, verify.
+    /// The offline receipt journal: list, export, ack, verify, repair.
     Journal {
         #[command(subcommand)]
         cmd: journal::JournalCmd,
@@ -53,6 +55,10 @@ enum Command {
     /// Simulated cards: write a card profile (`sim new`), serve one to pcscd (`sim serve`).
     #[command(subcommand)]
     Sim(sim::SimCommand),
+    /// The card company's CA: init (root or intermediate), issue, revoke, crl, verify.
+    Ca(ca::CaArgs),
+    /// Provision a reader's certificate: init (key pair + PKCS#10 request), install.
+    Reader(reader::ReaderArgs),
     /// Run scenario tests: a scenario file, or every `scenarios/*.toml` under a directory.
     Test(test::TestArgs),
 }
@@ -72,6 +78,8 @@ pub fn dispatch(cli: Cli) -> CliResult {
         Command::Journal { cmd } => journal::run(cmd),
         Command::Sim(c) => sim::run(c),
         Command::Test(a) => test::test(a),
+        Command::Ca(a) => ca::run(a),
+        Command::Reader(a) => reader::run(a),
     }
 }
 

@@ -68,7 +68,7 @@ pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
         .bytes()
         .filter(|b| !matches!(b, b' ' | b':' | b'\t'))
         .collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err(format!("odd number of hex digits in {text:?}"));
     }
     digits
@@ -102,10 +102,10 @@ fn load_card(args: &ServeArgs) -> Result<Box<dyn CardTransport>, String> {
 /// `cardvm sim serve`: runs until killed (or until `--max-retries` failed attempts).
 pub fn serve(args: ServeArgs) -> CliResult {
     let atr = args.atr.as_deref().map(parse_hex).transpose()?;
-    if let Some(a) = &atr {
-        if a.len() < 2 || a.len() > 33 {
-            return Err(format!("--atr: an ATR has 2 to 33 bytes, not {}", a.len()));
-        }
+    if let Some(a) = &atr
+        && (a.len() < 2 || a.len() > 33)
+    {
+        return Err(format!("--atr: an ATR has 2 to 33 bytes, not {}", a.len()));
     }
     let mut card = WithAtr {
         card: load_card(&args)?,

@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::PathBuf;
 
-use cardvm::receipt::{Outcome, Receipt};
+use cardvm::receipt::{Mode, Outcome, Receipt};
 use clap::{Args, Subcommand};
 
 use super::CliResult;
@@ -18,14 +18,20 @@ pub struct ReceiptArgs {
 
 #[derive(Subcommand, Debug)]
 enum ReceiptCmd {
-    /// Check a receipt's reader signature (over its canonical bytes).
+    /// Check a receipt: its canonical JSON text and the reader's signature over its
+    /// canonical bytes. Says whether it is a production (settleable) receipt.
     Verify {
-        /// The receipt, as JSON.
+        /// The receipt, as JSON (exactly as `run` wrote it: any other spelling of the
+        /// same values is refused).
         #[arg(value_name = "RECEIPT.json")]
         receipt: PathBuf,
         /// The reader's public key file.
         #[arg(long, value_name = "P")]
         reader_pub: PathBuf,
+        /// Fail unless it is a production receipt (both scripts sealed): what the card
+        /// company settles on.
+        #[arg(long)]
+        production: bool,
     },
 }
 
@@ -35,22 +41,46 @@ pub fn receipt_cmd(args: ReceiptArgs) -> CliResult {
         ReceiptCmd::Verify {
             receipt,
             reader_pub,
+            production,
         } => {
             let key = load_public_key(&reader_pub)?;
             let text = fs::read_to_string(&receipt)
                 .map_err(|e| format!("cannot read {}: {e}", receipt.display()))?;
             let r = Receipt::from_json(&text).map_err(|e| format!("{}: {e}", receipt.display()))?;
-            r.verify(&key)
-                .map_err(|e| format!("{}: {e}", receipt.display()))?;
+            if production {
+                r.verify_production(&key)
+            } else {
+                r.verify(&key)
+            }
+            .map_err(|e| format!("{}: {e}", receipt.display()))?;
             let outcome = match &r.outcome {
                 Outcome::Committed => "committed".to_string(),
                 Outcome::Failed { code, reason } => format!("failed {code:#06X} ({reason})"),
                 Outcome::Unknown { reason } => format!("unknown ({reason})"),
                 _ => "other".to_string(),
             };
+            let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02X}")).collect::<String>();
+            let what = match (&r.mode, &r.data) {
+                (Mode::Production, Some(d)) => format!(
+                    "production receipt for data seq {} of issuer key {}",
+                    d.seq,
+                    hex(&d.issuer_key_id)
+                ),
+                _ => String::from("DEVELOPMENT receipt (plain scripts): not for settlement"),
+            };
             println!(
-                "receipt OK: reader {:?}, city {}, script {} v{}, {outcome}, {} APDUs",
-                r.reader_id, r.city, r.script_id, r.script_version, r.apdu_count
+                "receipt OK: {what}; reader {:?}, card {}, city {}, script {} v{} (SM3 {}), {outcome}, {} APDUs",
+                r.reader_id,
+                if r.card_id.is_empty() {
+                    String::from("(not read)")
+                } else {
+                    hex(&r.card_id)
+                },
+                r.city,
+                r.script_id,
+                r.script_version,
+                hex(&r.command_sm3[..8]),
+                r.apdu_count
             );
             Ok(())
         }

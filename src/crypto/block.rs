@@ -8,7 +8,7 @@ use des::{Des, TdesEde2};
 use sm4::Sm4;
 
 use super::error::CryptoError;
-use super::key::{KeyAlg, SecretKey};
+use super::key::{KeyAlg, KeyUsage, SecretKey};
 
 /// Append `data` to `out` padded with ISO/IEC 9797-1 padding method 2: one `80` byte, then `00`
 /// bytes up to a multiple of `block`. Padding is always added (an aligned input gains a whole
@@ -95,13 +95,21 @@ fn ecb_blocks<const N: usize>(data: &[u8], out: &mut Vec<u8>, mut f: impl FnMut(
     zeroize::Zeroize::zeroize(&mut buf);
 }
 
-/// Check that `key` is a block-cipher key and `data` is a whole number of its blocks.
-fn check_ecb(key: &SecretKey, data: &[u8]) -> Result<(), CryptoError> {
+/// Check that `key` is an `enc` block-cipher key and `data` is a whole number of its blocks.
+fn check_ecb(key: &SecretKey, data: &[u8], op: &'static str) -> Result<(), CryptoError> {
+    // Diversification and process keys are ECB encryptions: ECB under any derivation source
+    // would hand its derived keys out in clear.
+    if key.usage() != KeyUsage::Encrypt {
+        return Err(CryptoError::WrongUsage {
+            op,
+            usage: key.usage(),
+        });
+    }
     let block = key
         .alg()
         .block_len()
         .ok_or(CryptoError::NotABlockCipher(key.alg()))?;
-    if data.len() % block != 0 {
+    if !data.len().is_multiple_of(block) {
         return Err(CryptoError::NotBlockAligned {
             len: data.len(),
             block,
@@ -112,9 +120,10 @@ fn check_ecb(key: &SecretKey, data: &[u8]) -> Result<(), CryptoError> {
 
 /// ECB-encrypt `data` (a multiple of the block size; may be empty) under `key` and append the
 /// ciphertext to `out`. DES, 2-key 3DES (EDE) or SM4 by the key's algorithm; an M1 key is
-/// [`CryptoError::NotABlockCipher`].
+/// [`CryptoError::NotABlockCipher`]. Only a [`KeyUsage::Encrypt`] key is accepted
+/// ([`CryptoError::WrongUsage`] otherwise).
 pub fn ecb_encrypt(key: &SecretKey, data: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
-    check_ecb(key, data)?;
+    check_ecb(key, data, "ecb_encrypt")?;
     match key.alg() {
         KeyAlg::Des => {
             let c = des_cipher(KeyAlg::Des, key.expose())?;
@@ -136,7 +145,7 @@ pub fn ecb_encrypt(key: &SecretKey, data: &[u8], out: &mut Vec<u8>) -> Result<()
 /// ECB-decrypt `data` (a multiple of the block size; may be empty) under `key` and append the
 /// plaintext to `out`. Same algorithms and errors as [`ecb_encrypt`].
 pub fn ecb_decrypt(key: &SecretKey, data: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
-    check_ecb(key, data)?;
+    check_ecb(key, data, "ecb_decrypt")?;
     match key.alg() {
         KeyAlg::Des => {
             let c = des_cipher(KeyAlg::Des, key.expose())?;
@@ -170,8 +179,14 @@ pub(crate) mod tests {
             .collect()
     }
 
+    /// An `enc` key (what ECB accepts).
     pub(crate) fn key(alg: KeyAlg, hex: &str) -> SecretKey {
-        SecretKey::new(alg, KeyUsage::Any, &h(hex)).unwrap()
+        key_as(alg, KeyUsage::Encrypt, hex)
+    }
+
+    /// A key of `usage`.
+    pub(crate) fn key_as(alg: KeyAlg, usage: KeyUsage, hex: &str) -> SecretKey {
+        SecretKey::new(alg, usage, &h(hex)).unwrap()
     }
 
     #[test]
@@ -279,12 +294,45 @@ pub(crate) mod tests {
         assert!(msg.contains('7') && msg.contains('8'), "{msg}");
     }
 
+    #[test]
+    fn ecb_refuses_every_key_that_is_not_an_enc_key() {
+        // ECB under a master or purse key computes its derived keys: the key oracle.
+        for usage in KeyUsage::ALL {
+            let k = key_as(KeyAlg::Des3, usage, "0123456789ABCDEFFEDCBA9876543210");
+            let mut out = Vec::new();
+            let enc = ecb_encrypt(&k, &[0x41; 8], &mut out);
+            let dec = ecb_decrypt(&k, &[0x41; 8], &mut out);
+            if usage == KeyUsage::Encrypt {
+                assert!(enc.is_ok() && dec.is_ok());
+                assert_eq!(out.len(), 16);
+            } else {
+                assert_eq!(
+                    enc,
+                    Err(CryptoError::WrongUsage {
+                        op: "ecb_encrypt",
+                        usage
+                    })
+                );
+                assert_eq!(
+                    dec,
+                    Err(CryptoError::WrongUsage {
+                        op: "ecb_decrypt",
+                        usage
+                    })
+                );
+                assert!(out.is_empty(), "{usage:?}");
+            }
+        }
+    }
+
     fn any_block_key() -> impl Strategy<Value = SecretKey> {
         (
             prop_oneof![Just(KeyAlg::Des), Just(KeyAlg::Des3), Just(KeyAlg::Sm4)],
             proptest::array::uniform16(any::<u8>()),
         )
-            .prop_map(|(alg, b)| SecretKey::new(alg, KeyUsage::Any, &b[..alg.key_len()]).unwrap())
+            .prop_map(|(alg, b)| {
+                SecretKey::new(alg, KeyUsage::Encrypt, &b[..alg.key_len()]).unwrap()
+            })
     }
 
     proptest! {

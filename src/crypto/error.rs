@@ -1,6 +1,6 @@
 //! Errors of the symmetric crypto layer.
 
-use super::key::KeyAlg;
+use super::key::{KeyAlg, KeyUsage};
 
 /// Why a symmetric crypto operation was refused.
 ///
@@ -35,5 +35,14 @@ pub enum CryptoError {
         op: &'static str,
         /// The algorithm of the key that was given.
         alg: KeyAlg,
+    },
+    /// A key whose usage the operation does not accept: a derivation from a key that is not
+    /// its source (see [`KeyUsage::derive`]), or ECB with a key that is not an `enc` key.
+    #[error("{op} does not accept a `{}` key", usage.name())]
+    WrongUsage {
+        /// The operation that was asked, e.g. `"diversify"`.
+        op: &'static str,
+        /// The usage of the key that was given.
+        usage: KeyUsage,
     },
 }

@@ -77,19 +77,37 @@ impl KeyAlg {
 }
 
 /// What a key may be used for (the key slot's label).
+///
+/// A usage is fixed where the key enters: by the data script for a declared key, and by the
+/// derivation rules of [`KeyUsage::derive`] for a derived one. Nothing relabels a key, and
+/// no script chooses the usage of a key it derives:
+///
+/// | source | `divkey` | `pkey` | `tackey` |
+/// |---|---|---|---|
+/// | `load-master` | `load` | — | — |
+/// | `purchase-master` | `purchase` | — | — |
+/// | `tac-master` | `tac` | — | — |
+/// | `load` | — | `load-session` | — |
+/// | `purchase` | — | `purchase-session` | — |
+/// | `tac` | — | — | `tac` |
+///
+/// `enc` keys (the only ones `enc`/`dec` accept, and so the only ones whose ECB results a
+/// script can read) are never derived and never a derivation source: since diversification
+/// and process keys *are* ECB encryptions, a derivation source usable for `enc` would hand
+/// the derived key to the script. There is no "any" usage.
+///
+/// Codes 4 (`master`), 5 (`session`) and 10 (`any`) belonged to retired usages and are
+/// refused when parsing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyUsage {
     /// Load (credit) key, DLK.
     Load,
     /// Purchase (debit) key, DPK.
     Purchase,
-    /// TAC key, DTK.
+    /// TAC key, DTK (and the TAC key derived from it).
     Tac,
-    /// Master key from which card keys are diversified.
-    Master,
-    /// Process (session) key derived during a transaction.
-    Session,
-    /// Data encryption key.
+    /// Data encryption key: the only usage `enc`/`dec` accept; never derived, never a
+    /// derivation source.
     Encrypt,
     /// Generic MAC key.
     Mac,
@@ -97,39 +115,77 @@ pub enum KeyUsage {
     M1A,
     /// Mifare Classic key B.
     M1B,
-    /// No restriction.
-    Any,
+    /// Master key from which load keys (DLK) are diversified.
+    LoadMaster,
+    /// Master key from which purchase keys (DPK) are diversified.
+    PurchaseMaster,
+    /// Master key from which TAC keys (DTK) are diversified.
+    TacMaster,
+    /// Process (session) key of a load, derived from a load key during the transaction.
+    LoadSession,
+    /// Process (session) key of a purchase, derived from a purchase key during the
+    /// transaction.
+    PurchaseSession,
+}
+
+/// How one key slot is filled from another: the derivations of [`KeyUsage::derive`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Derivation {
+    /// Card-key diversification from a master key (`divkey`, [`crate::crypto::diversify`]).
+    Diversify,
+    /// Process (session) key from a purse key (`pkey`, [`crate::crypto::process_key`]).
+    Process,
+    /// TAC key from a DTK (`tackey`, [`crate::crypto::tac_key`]).
+    Tac,
+}
+
+impl Derivation {
+    /// All derivations.
+    pub const ALL: [Derivation; 3] = [Derivation::Diversify, Derivation::Process, Derivation::Tac];
+
+    /// The crypto operation's name, for errors: `diversify`, `process_key`, `tac_key`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Derivation::Diversify => "diversify",
+            Derivation::Process => "process_key",
+            Derivation::Tac => "tac_key",
+        }
+    }
 }
 
 impl KeyUsage {
     /// All usages, in code order.
-    pub const ALL: [KeyUsage; 10] = [
+    pub const ALL: [KeyUsage; 12] = [
         KeyUsage::Load,
         KeyUsage::Purchase,
         KeyUsage::Tac,
-        KeyUsage::Master,
-        KeyUsage::Session,
         KeyUsage::Encrypt,
         KeyUsage::Mac,
         KeyUsage::M1A,
         KeyUsage::M1B,
-        KeyUsage::Any,
+        KeyUsage::LoadMaster,
+        KeyUsage::PurchaseMaster,
+        KeyUsage::TacMaster,
+        KeyUsage::LoadSession,
+        KeyUsage::PurchaseSession,
     ];
 
-    /// Lower-case name: `load`, `purchase`, `tac`, `master`, `session`, `enc`, `mac`, `m1-a`,
-    /// `m1-b`, `any`.
+    /// Lower-case name: `load`, `purchase`, `tac`, `enc`, `mac`, `m1-a`, `m1-b`,
+    /// `load-master`, `purchase-master`, `tac-master`, `load-session`, `purchase-session`.
     pub fn name(self) -> &'static str {
         match self {
             KeyUsage::Load => "load",
             KeyUsage::Purchase => "purchase",
             KeyUsage::Tac => "tac",
-            KeyUsage::Master => "master",
-            KeyUsage::Session => "session",
             KeyUsage::Encrypt => "enc",
             KeyUsage::Mac => "mac",
             KeyUsage::M1A => "m1-a",
             KeyUsage::M1B => "m1-b",
-            KeyUsage::Any => "any",
+            KeyUsage::LoadMaster => "load-master",
+            KeyUsage::PurchaseMaster => "purchase-master",
+            KeyUsage::TacMaster => "tac-master",
+            KeyUsage::LoadSession => "load-session",
+            KeyUsage::PurchaseSession => "purchase-session",
         }
     }
 
@@ -138,19 +194,23 @@ impl KeyUsage {
         Self::ALL.into_iter().find(|u| u.name() == name)
     }
 
-    /// One-byte code, 1 (`load`) to 10 (`any`) in declaration order.
+    /// One-byte code used in the binary formats: 1 `load`, 2 `purchase`, 3 `tac`, 6 `enc`,
+    /// 7 `mac`, 8 `m1-a`, 9 `m1-b`, 11 `load-master`, 12 `purchase-master`, 13
+    /// `tac-master`, 14 `load-session`, 15 `purchase-session` (4, 5 and 10 are retired).
     pub fn code(self) -> u8 {
         match self {
             KeyUsage::Load => 1,
             KeyUsage::Purchase => 2,
             KeyUsage::Tac => 3,
-            KeyUsage::Master => 4,
-            KeyUsage::Session => 5,
             KeyUsage::Encrypt => 6,
             KeyUsage::Mac => 7,
             KeyUsage::M1A => 8,
             KeyUsage::M1B => 9,
-            KeyUsage::Any => 10,
+            KeyUsage::LoadMaster => 11,
+            KeyUsage::PurchaseMaster => 12,
+            KeyUsage::TacMaster => 13,
+            KeyUsage::LoadSession => 14,
+            KeyUsage::PurchaseSession => 15,
         }
     }
 
@@ -159,17 +219,33 @@ impl KeyUsage {
         Self::ALL.into_iter().find(|u| u.code() == code)
     }
 
-    /// Whether a key labelled `self` may serve where `wanted` is required
-    /// (same usage, or `self` is [`KeyUsage::Any`]).
-    pub fn allows(self, wanted: KeyUsage) -> bool {
-        self == KeyUsage::Any || self == wanted
+    /// Whether a data script (or a command script's `key(ALG, USAGE)` input) may declare a
+    /// key of this usage. Session usages are only ever derived in a transaction.
+    pub fn is_declarable(self) -> bool {
+        !matches!(self, KeyUsage::LoadSession | KeyUsage::PurchaseSession)
+    }
+
+    /// The usage of the key `derivation` makes from a key of this usage, or `None` when a
+    /// key of this usage is not a source for it (see the table on [`KeyUsage`]). The only
+    /// place a derived key's usage comes from.
+    pub const fn derive(self, derivation: Derivation) -> Option<KeyUsage> {
+        match (derivation, self) {
+            (Derivation::Diversify, KeyUsage::LoadMaster) => Some(KeyUsage::Load),
+            (Derivation::Diversify, KeyUsage::PurchaseMaster) => Some(KeyUsage::Purchase),
+            (Derivation::Diversify, KeyUsage::TacMaster) => Some(KeyUsage::Tac),
+            (Derivation::Process, KeyUsage::Load) => Some(KeyUsage::LoadSession),
+            (Derivation::Process, KeyUsage::Purchase) => Some(KeyUsage::PurchaseSession),
+            (Derivation::Tac, KeyUsage::Tac) => Some(KeyUsage::Tac),
+            _ => None,
+        }
     }
 }
 
 /// A symmetric key: algorithm, usage and up to 16 key bytes.
 ///
 /// The bytes are wiped when the value is dropped, are never printed by `Debug`, and can only be
-/// read inside this crate. There is deliberately no `Display` and no `PartialEq`.
+/// read inside this crate. There is deliberately no `Display`, no `PartialEq`, and no way to
+/// change a key's usage: a derived key gets its usage from [`KeyUsage::derive`].
 #[derive(Clone)]
 pub struct SecretKey {
     alg: KeyAlg,
@@ -224,12 +300,6 @@ impl SecretKey {
     pub(crate) fn expose(&self) -> &[u8] {
         &self.bytes[..self.len()]
     }
-
-    /// The same key relabelled with `usage`.
-    pub fn with_usage(mut self, usage: KeyUsage) -> Self {
-        self.usage = usage;
-        self
-    }
 }
 
 impl Drop for SecretKey {
@@ -254,6 +324,7 @@ impl fmt::Debug for SecretKey {
 mod tests {
     use super::*;
     use alloc::format;
+    use alloc::vec::Vec;
 
     #[test]
     fn alg_tables() {
@@ -277,33 +348,115 @@ mod tests {
     #[test]
     fn usage_tables() {
         let names = [
-            "load", "purchase", "tac", "master", "session", "enc", "mac", "m1-a", "m1-b", "any",
+            "load",
+            "purchase",
+            "tac",
+            "enc",
+            "mac",
+            "m1-a",
+            "m1-b",
+            "load-master",
+            "purchase-master",
+            "tac-master",
+            "load-session",
+            "purchase-session",
         ];
+        let codes = [1, 2, 3, 6, 7, 8, 9, 11, 12, 13, 14, 15];
         for (i, u) in KeyUsage::ALL.into_iter().enumerate() {
             assert_eq!(u.name(), names[i]);
-            assert_eq!(u.code() as usize, i + 1);
+            assert_eq!(u.code(), codes[i]);
             assert_eq!(KeyUsage::from_name(names[i]), Some(u));
             assert_eq!(KeyUsage::from_code(u.code()), Some(u));
         }
-        assert_eq!(KeyUsage::from_code(0), None);
-        assert_eq!(KeyUsage::from_code(11), None);
-        assert_eq!(KeyUsage::from_name("encrypt"), None);
-        assert!(KeyUsage::Any.allows(KeyUsage::Load));
-        assert!(KeyUsage::Load.allows(KeyUsage::Load));
-        assert!(!KeyUsage::Load.allows(KeyUsage::Purchase));
+        // Retired codes and names stay refused: an old `any`/`master` key does not parse.
+        for retired in [0, 4, 5, 10, 16] {
+            assert_eq!(KeyUsage::from_code(retired), None, "{retired}");
+        }
+        for retired in ["any", "master", "session", "encrypt"] {
+            assert_eq!(KeyUsage::from_name(retired), None, "{retired}");
+        }
+        assert!(KeyUsage::Load.is_declarable());
+        assert!(!KeyUsage::LoadSession.is_declarable());
+        assert!(!KeyUsage::PurchaseSession.is_declarable());
+    }
+
+    /// Every key reachable by derivations from a usage, the usage itself included.
+    fn closure(from: KeyUsage) -> Vec<KeyUsage> {
+        let mut seen = alloc::vec![from];
+        let mut i = 0;
+        while i < seen.len() {
+            for d in Derivation::ALL {
+                if let Some(u) = seen[i].derive(d)
+                    && !seen.contains(&u)
+                {
+                    seen.push(u);
+                }
+            }
+            i += 1;
+        }
+        seen
+    }
+
+    #[test]
+    fn no_derivation_chain_reaches_an_encryption_key() {
+        for u in KeyUsage::ALL {
+            let reach = closure(u);
+            if u != KeyUsage::Encrypt {
+                assert!(!reach.contains(&KeyUsage::Encrypt), "{u:?} -> {reach:?}");
+            }
+        }
+        // An encryption key is no derivation source, and nothing derives one.
+        for d in Derivation::ALL {
+            assert_eq!(KeyUsage::Encrypt.derive(d), None);
+            for u in KeyUsage::ALL {
+                assert_ne!(u.derive(d), Some(KeyUsage::Encrypt), "{u:?} {d:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn derived_usages_follow_their_source() {
+        use Derivation::{Diversify, Process};
+        use KeyUsage::*;
+        let table = [
+            (LoadMaster, Diversify, Load),
+            (PurchaseMaster, Diversify, Purchase),
+            (TacMaster, Diversify, Tac),
+            (Load, Process, LoadSession),
+            (Purchase, Process, PurchaseSession),
+            (Tac, Derivation::Tac, Tac),
+        ];
+        let mut sources = 0;
+        for u in KeyUsage::ALL {
+            for d in Derivation::ALL {
+                let want = table
+                    .iter()
+                    .find(|(s, dd, _)| *s == u && *dd == d)
+                    .map(|t| t.2);
+                assert_eq!(u.derive(d), want, "{u:?} {d:?}");
+                sources += usize::from(want.is_some());
+            }
+        }
+        assert_eq!(sources, table.len());
+        // A purse key never comes back as a master, and a session key derives nothing.
+        for d in Derivation::ALL {
+            assert_eq!(LoadSession.derive(d), None);
+            assert_eq!(PurchaseSession.derive(d), None);
+            assert_eq!(Mac.derive(d), None);
+        }
     }
 
     #[test]
     fn new_checks_length() {
         for alg in KeyAlg::ALL {
             let ok = [0x42u8; 16];
-            let k = SecretKey::new(alg, KeyUsage::Any, &ok[..alg.key_len()]).unwrap();
+            let k = SecretKey::new(alg, KeyUsage::Mac, &ok[..alg.key_len()]).unwrap();
             assert_eq!(k.len(), alg.key_len());
             assert!(!k.is_empty());
             assert_eq!(k.expose(), &ok[..alg.key_len()]);
             for bad in [0usize, alg.key_len() - 1, alg.key_len() + 1] {
                 let bytes = [0u8; 17];
-                let err = SecretKey::new(alg, KeyUsage::Any, &bytes[..bad]).unwrap_err();
+                let err = SecretKey::new(alg, KeyUsage::Mac, &bytes[..bad]).unwrap_err();
                 assert_eq!(err, CryptoError::WrongKeyLength { alg, len: bad });
             }
         }
@@ -313,15 +466,6 @@ mod tests {
             msg.contains("des3") && msg.contains('8') && msg.contains("16"),
             "{msg}"
         );
-    }
-
-    #[test]
-    fn with_usage_keeps_bytes() {
-        let k = SecretKey::new(KeyAlg::Sm4, KeyUsage::Master, &[7; 16]).unwrap();
-        let k2 = k.clone().with_usage(KeyUsage::Tac);
-        assert_eq!(k2.usage(), KeyUsage::Tac);
-        assert_eq!(k2.alg(), KeyAlg::Sm4);
-        assert_eq!(k2.expose(), k.expose());
     }
 
     #[test]

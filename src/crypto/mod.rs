@@ -19,7 +19,7 @@ pub mod sm2;
 pub use block::{ecb_decrypt, ecb_encrypt, pad_iso9797_m2};
 pub use error::CryptoError;
 pub use hash::{Sm3Hasher, sm3};
-pub use key::{KeyAlg, KeyUsage, MAX_KEY_LEN, SecretKey};
+pub use key::{Derivation, KeyAlg, KeyUsage, MAX_KEY_LEN, SecretKey};
 pub use mac::{MacBlock, cbc_mac_full, pboc_mac};
 pub use purse::{diversify, process_key, tac_key};
 

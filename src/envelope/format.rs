@@ -196,7 +196,7 @@ impl Codec for SealedEnvelope {
         r.version(FORMAT_VERSION)?;
         let at = r.position();
         let kind = r.u8("kind")?;
-        let kind = ScriptKind::from_code(kind).ok_or_else(|| CodecError {
+        let kind = ScriptKind::from_code(kind).ok_or(CodecError {
             at,
             field: "kind",
             kind: CodecErrorKind::BadTag(kind),

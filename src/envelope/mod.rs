@@ -367,13 +367,13 @@ impl<S: ReplayStore> Opener<S> {
                 found: alloc::format!("key {}", hex8(env_reader_key)),
             });
         }
-        if let Some(id) = &self.reader_id {
-            if id != env_reader_id {
-                return Err(OpenError::WrongReader {
-                    expected: id.clone(),
-                    found: env_reader_id.into(),
-                });
-            }
+        if let Some(id) = &self.reader_id
+            && id != env_reader_id
+        {
+            return Err(OpenError::WrongReader {
+                expected: id.clone(),
+                found: env_reader_id.into(),
+            });
         }
         Ok(())
     }
@@ -424,24 +424,24 @@ impl<S: ReplayStore> Opener<S> {
             script_version: h.script_version,
             digest,
         };
-        if h.kind == ScriptKind::Command {
-            if let Some((hdr, payload)) = self.cache.get(&cache_key) {
-                // Same bytes as a blob fully opened before with these keys.
-                self.check_reader(&hdr.reader_id, &env.reader_key_id)?;
-                if now >= hdr.expires {
-                    return Err(OpenError::Expired {
-                        expires: hdr.expires,
-                        now,
-                    });
-                }
-                let opened = OpenedScript {
-                    header: hdr.clone(),
-                    from_cache: true,
-                    payload: Zeroizing::new(payload.to_vec()),
-                };
-                self.stats.cache_hits += 1;
-                return Ok(opened);
+        if h.kind == ScriptKind::Command
+            && let Some((hdr, payload)) = self.cache.get(&cache_key)
+        {
+            // Same bytes as a blob fully opened before with these keys.
+            self.check_reader(&hdr.reader_id, &env.reader_key_id)?;
+            if now >= hdr.expires {
+                return Err(OpenError::Expired {
+                    expires: hdr.expires,
+                    now,
+                });
             }
+            let opened = OpenedScript {
+                header: hdr.clone(),
+                from_cache: true,
+                payload: Zeroizing::new(payload.to_vec()),
+            };
+            self.stats.cache_hits += 1;
+            return Ok(opened);
         }
         self.stats.full_opens += 1;
         // issuer key and signature
@@ -460,13 +460,13 @@ impl<S: ReplayStore> Opener<S> {
         self.check_reader(&h.reader_id, &env.reader_key_id)?;
         // binding: checked before anything is recorded, so a mismatched pairing does
         // not burn the data script's sequence number
-        if let Expect::DataFor(command) = expect {
-            if h.binding != *command {
-                return Err(OpenError::WrongCommand {
-                    bound: hex8(&h.binding),
-                    running: hex8(command),
-                });
-            }
+        if let Expect::DataFor(command) = expect
+            && h.binding != *command
+        {
+            return Err(OpenError::WrongCommand {
+                bound: hex8(&h.binding),
+                running: hex8(command),
+            });
         }
         // expiry
         if now >= h.expires {

@@ -10,6 +10,8 @@
 //! batches: the first entry's prev hash must equal the hash of the last entry it already
 //! holds (a fork there means the journal was rolled back or replaced).
 
+use alloc::vec::Vec;
+
 use super::JournalError;
 use super::format::{ENTRY_HEAD_LEN, EntryHead, check_entry};
 use super::{Entry, MAX_PAYLOAD_LEN};

@@ -1,5 +1,7 @@
 //! On-disk encodings: file header, entries, the acknowledgement file.
 
+use alloc::vec::Vec;
+
 use crate::crypto::sm3;
 
 /// Magic at the start of a journal file.

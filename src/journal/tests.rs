@@ -1,6 +1,8 @@
-use super::format::{ENTRY_OVERHEAD, HEADER_LEN, encode_entry};
+use super::format::{AckRecord, ENTRY_OVERHEAD, FileHeader, HEADER_LEN, encode_entry};
 use super::*;
 use proptest::prelude::*;
+use std::fs;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 struct TempDir(PathBuf);
@@ -32,7 +34,7 @@ fn payload(seq: u64, len: usize) -> Vec<u8> {
     (0..len).map(|i| (seq as usize * 31 + i) as u8).collect()
 }
 
-fn pending_seqs(j: &Journal) -> Vec<u64> {
+fn pending_seqs(j: &FileJournal) -> Vec<u64> {
     j.pending().map(|e| e.unwrap().seq).collect()
 }
 
@@ -320,7 +322,7 @@ fn ack_file_damage_is_detected() {
     }
     j.ack(2).unwrap();
     drop(j);
-    let ap = with_suffix(&p, ".ack");
+    let ap = d.file("j.ack");
     let good = fs::read(&ap).unwrap();
     for i in 0..good.len() {
         let mut m = good.clone();
@@ -433,4 +435,155 @@ proptest! {
         prop_assert_eq!(v.pending, model.len() - acked as usize);
         prop_assert_eq!(v.next_seq, model.len() as u64 + 1);
     }
+}
+
+// --- Attacks from the security review -------------------------------------------------
+
+/// Attack: two writers append at once and break the chain. A second writer in the same
+/// process (open, open_existing, repair) gets `Locked` while the first is open; read-only
+/// opens still work; the first keeps appending and the chain verifies.
+#[test]
+fn second_writer_in_this_process_is_locked_out() {
+    let d = TempDir::new();
+    let p = d.file("j");
+    let mut first = Journal::open_locked(&p).unwrap();
+    first.append(b"one").unwrap();
+    let locked = |r: Result<(), JournalError>| matches!(&r, Err(JournalError::Locked { location }) if location.contains("j"));
+    assert!(locked(Journal::open(&p).map(|_| ())));
+    assert!(locked(Journal::open_locked(&p).map(|_| ())));
+    assert!(locked(Journal::open_existing(&p).map(|_| ())));
+    assert!(locked(repair(&p).map(|_| ())));
+    let msg = Journal::open(&p).map(|_| ()).unwrap_err().to_string();
+    assert!(msg.contains("in use by another writer"), "{msg}");
+    let ro = Journal::open_read_only(&p).unwrap();
+    assert_eq!(ro.len(), 1);
+    assert_eq!(first.append(b"two").unwrap(), 2);
+    assert_eq!(first.append(b"three").unwrap(), 3);
+    drop(first);
+    // Released on drop.
+    let mut again = Journal::open(&p).unwrap();
+    assert_eq!(again.append(b"four").unwrap(), 4);
+    drop(again);
+    let v = verify(&p).unwrap();
+    assert_eq!((v.entries, v.torn_tail_bytes, v.lost_entries), (4, 0, 0));
+}
+
+/// Attack: flip a byte in the last complete entry so that the next writer's open drops it
+/// and reuses its seq, and `verify` says ok. Now: every open fails with `CorruptLastEntry`
+/// and nothing changes; `repair` keeps the bytes aside (byte-exact), records the seq as
+/// lost, and the next append gets a greater seq; `verify` reports the lost entry.
+#[test]
+fn damaged_last_entry_is_refused_then_repaired_without_reusing_its_seq() {
+    let d = TempDir::new();
+    let p = d.file("j");
+    let mut j = Journal::open(&p).unwrap();
+    for s in 1..=3u64 {
+        j.append(&payload(s, 20)).unwrap();
+    }
+    let head_before = j.get(2).unwrap().hash;
+    drop(j);
+    let mut bytes = fs::read(&p).unwrap();
+    let last = bytes.len() - (ENTRY_OVERHEAD + 20);
+    bytes[last + ENTRY_OVERHEAD] ^= 0x04; // inside the payload
+    fs::write(&p, &bytes).unwrap();
+    let is_last = |e: &JournalError| matches!(e, JournalError::CorruptLastEntry { seq: 3, offset, .. } if *offset as usize == last);
+    assert!(is_last(&Journal::open(&p).unwrap_err()));
+    assert!(is_last(&Journal::open_read_only(&p).unwrap_err()));
+    assert!(is_last(&verify(&p).unwrap_err()));
+    assert_eq!(
+        fs::read(&p).unwrap(),
+        bytes,
+        "a failed open changed the file"
+    );
+
+    // An unrelated file already sits at the first aside name: it must not be overwritten.
+    fs::write(d.file("j.bad-3"), b"someone else's").unwrap();
+    let r = repair(&p).unwrap();
+    assert_eq!(r.lost_seq, Some(3));
+    assert_eq!(r.lost_bytes, (ENTRY_OVERHEAD + 20) as u64);
+    let kept = PathBuf::from(r.kept_at.clone().unwrap());
+    assert_eq!(kept, d.file("j.bad-3.2"));
+    assert_eq!(fs::read(&kept).unwrap(), &bytes[last..]);
+    assert_eq!(fs::read(d.file("j.bad-3")).unwrap(), b"someone else's");
+
+    let v = verify(&p).unwrap();
+    assert_eq!((v.entries, v.next_seq, v.lost_entries), (3, 4, 1));
+    let mut j = Journal::open(&p).unwrap();
+    let rec = j.get(3).unwrap();
+    assert_eq!(rec.prev_hash, head_before);
+    let lost = rec.lost().unwrap();
+    assert_eq!(lost.lost_len, r.lost_bytes);
+    assert_eq!(lost.lost_sm3, crate::crypto::sm3(&bytes[last..]));
+    assert_eq!(lost.kept_at, kept.display().to_string());
+    assert_eq!(j.append(b"after repair").unwrap(), 4);
+    // The record travels to the server like any entry.
+    let b = j.export(ExportLimits::default()).unwrap();
+    let es = parse_batch(&b.bytes).unwrap();
+    assert_eq!(
+        es.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    assert!(es[2].lost().is_some() && es[3].lost().is_none());
+    drop(j);
+    // Repairing a clean journal changes nothing.
+    let before = fs::read(&p).unwrap();
+    assert_eq!(repair(&p).unwrap(), RepairReport::default());
+    assert_eq!(fs::read(&p).unwrap(), before);
+}
+
+/// The repair path reports a torn tail (interrupted append) like a writer's open, and loses
+/// nothing.
+#[test]
+fn repair_of_a_torn_tail_only_truncates() {
+    let d = TempDir::new();
+    let p = d.file("j");
+    let mut j = Journal::open(&p).unwrap();
+    j.append(b"one").unwrap();
+    j.append(b"two").unwrap();
+    drop(j);
+    let full = fs::read(&p).unwrap();
+    fs::write(&p, &full[..full.len() - 7]).unwrap();
+    let r = repair(&p).unwrap();
+    assert_eq!(r.lost_seq, None);
+    assert_eq!(r.torn_tail_bytes, (ENTRY_OVERHEAD + 3 - 7) as u64);
+    assert_eq!(verify(&p).unwrap().next_seq, 2);
+}
+
+/// A receipt can never pass for a lost-entry record.
+#[test]
+fn payloads_with_the_lost_marker_are_refused() {
+    let d = TempDir::new();
+    let mut j = Journal::open(d.file("j")).unwrap();
+    let mut fake = LostEntry {
+        lost_len: 1,
+        lost_sm3: [0; 32],
+        kept_at: "x".into(),
+    }
+    .encode();
+    assert!(matches!(
+        j.append(&fake),
+        Err(JournalError::ReservedPayload)
+    ));
+    fake.truncate(8);
+    assert!(matches!(
+        j.append(&fake),
+        Err(JournalError::ReservedPayload)
+    ));
+    assert_eq!(j.next_seq(), 1);
+    assert_eq!(j.append(b"CVJLOST").unwrap(), 1);
+}
+
+#[test]
+fn entries_iterate_both_ways() {
+    let d = TempDir::new();
+    let mut j = Journal::open(d.file("j")).unwrap();
+    for s in 1..=4u64 {
+        j.append(&payload(s, 3)).unwrap();
+    }
+    j.ack(1).unwrap();
+    let newest_first: Vec<u64> = j.entries().rev().map(|e| e.unwrap().seq).collect();
+    assert_eq!(newest_first, vec![4, 3, 2, 1]);
+    let pending_rev: Vec<u64> = j.pending().rev().map(|e| e.unwrap().seq).collect();
+    assert_eq!(pending_rev, vec![4, 3, 2]);
+    assert_eq!(j.pending().len(), 3);
 }

@@ -91,7 +91,8 @@ pub trait ReceiptJournal {
     fn for_each(&self, f: &mut dyn FnMut(&[u8])) -> Result<(), JournalFailure>;
 }
 
-/// A journal in memory (tests; firmware models; loses everything on restart).
+/// A list of receipts in memory, with none of the journal's chain or crash guarantees
+/// (tests; `Journal<MemoryStorage>` is the journal proper without a filesystem).
 #[derive(Debug, Clone, Default)]
 pub struct MemoryJournal {
     /// The stored receipts, oldest first.
@@ -105,6 +106,25 @@ impl ReceiptJournal for MemoryJournal {
     }
     fn for_each(&self, f: &mut dyn FnMut(&[u8])) -> Result<(), JournalFailure> {
         self.entries.iter().for_each(|e| f(e));
+        Ok(())
+    }
+}
+
+/// The crate's journal on any storage (files in `std`, flash pages in firmware) is a
+/// receipt journal. Lost-entry records left by a repair are not receipts and are skipped.
+impl<S: crate::journal::Storage> ReceiptJournal for crate::journal::Journal<S> {
+    fn append(&mut self, receipt: &[u8]) -> Result<u64, JournalFailure> {
+        crate::journal::Journal::append(self, receipt)
+            .map_err(|e| JournalFailure(alloc::format!("{e}")))
+    }
+
+    fn for_each(&self, f: &mut dyn FnMut(&[u8])) -> Result<(), JournalFailure> {
+        for entry in self.entries() {
+            let entry = entry.map_err(|e| JournalFailure(alloc::format!("{e}")))?;
+            if entry.lost().is_none() {
+                f(&entry.payload);
+            }
+        }
         Ok(())
     }
 }
@@ -533,13 +553,13 @@ impl Reader {
                 p
             }
         };
-        if let Some(city) = data_city {
-            if city != program.header().city {
-                return Err(ReaderError::CityMismatch {
-                    command: program.header().city,
-                    data: city,
-                });
-            }
+        if let Some(city) = data_city
+            && city != program.header().city
+        {
+            return Err(ReaderError::CityMismatch {
+                command: program.header().city,
+                data: city,
+            });
         }
         let data =
             DataScript::parse(&data_bytes).map_err(|e| ReaderError::Data(alloc::format!("{e}")))?;

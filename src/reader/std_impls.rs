@@ -1,7 +1,8 @@
-//! What a desktop reader (`std`) provides to [`Reader`](super::Reader): the system
-//! clock and the file journal.
+//! What a desktop reader (`std`) provides to [`Reader`](super::Reader): the system clock.
+//! (The file journal is `Journal<FileStorage>`, a [`ReceiptJournal`](super::ReceiptJournal)
+//! like any `Journal<S>`.)
 
-use super::{Clock, JournalFailure, ReceiptJournal};
+use super::Clock;
 
 /// The operating system's clock (0 when it reads before 1970: unset).
 #[derive(Debug, Clone, Copy, Default)]
@@ -10,19 +11,5 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> u64 {
         crate::envelope::unix_now()
-    }
-}
-
-impl ReceiptJournal for crate::journal::Journal {
-    fn append(&mut self, receipt: &[u8]) -> Result<u64, JournalFailure> {
-        crate::journal::Journal::append(self, receipt).map_err(|e| JournalFailure(e.to_string()))
-    }
-
-    fn for_each(&self, f: &mut dyn FnMut(&[u8])) -> Result<(), JournalFailure> {
-        for entry in self.entries() {
-            let entry = entry.map_err(|e| JournalFailure(e.to_string()))?;
-            f(&entry.payload);
-        }
-        Ok(())
     }
 }

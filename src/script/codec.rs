@@ -45,6 +45,9 @@ pub enum FormatErrorKind {
     UnknownKeyCode(u8),
     /// A key's length does not suit its algorithm.
     BadKey,
+    /// A key declared with a usage only a derivation gives (`load-session`,
+    /// `purchase-session`; see [`crate::crypto::KeyUsage::is_declarable`]).
+    DerivedKeyUsage(u8),
     /// A BCD value has a nibble above 9 or is not a valid date-time.
     BadBcd,
     /// The debug section points outside the code or the file table.
@@ -76,6 +79,11 @@ impl fmt::Display for FormatErrorKind {
                 write!(f, "unknown key algorithm or usage code {c}")
             }
             FormatErrorKind::BadKey => f.write_str("key length does not suit its algorithm"),
+            FormatErrorKind::DerivedKeyUsage(c) => write!(
+                f,
+                "key usage code {c} ({}) is only derived in a transaction, never declared",
+                crate::crypto::KeyUsage::from_code(*c).map_or("?", |u| u.name())
+            ),
             FormatErrorKind::BadBcd => f.write_str("invalid BCD date-time"),
             FormatErrorKind::BadDebugInfo => {
                 f.write_str("debug info points outside the code or file table")

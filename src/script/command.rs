@@ -345,10 +345,19 @@ pub(crate) mod tests {
             Just(ValueType::Bytes),
             any::<u16>().prop_map(|len| ValueType::BytesN { len }),
             Just(ValueType::BcdDateTime),
-            (1u8..=4, 1u8..=10).prop_map(|(a, u)| ValueType::Key {
-                alg: KeyAlg::from_code(a).unwrap(),
-                usage: KeyUsage::from_code(u).unwrap()
-            }),
+            (
+                1u8..=4,
+                proptest::sample::select(
+                    KeyUsage::ALL
+                        .into_iter()
+                        .filter(|u| u.is_declarable())
+                        .collect::<Vec<_>>()
+                )
+            )
+                .prop_map(|(a, usage)| ValueType::Key {
+                    alg: KeyAlg::from_code(a).unwrap(),
+                    usage
+                }),
         ]
     }
 

@@ -183,6 +183,9 @@ fn parse_value(i: &[u8]) -> PResult<'_, FieldValue> {
             let Some(usage) = KeyUsage::from_code(u) else {
                 return fail(r, FormatErrorKind::UnknownKeyCode(u));
             };
+            if !usage.is_declarable() {
+                return fail(r, FormatErrorKind::DerivedKeyUsage(u));
+            }
             let (r3, len) = u8_(r2)?;
             let (r4, bytes) = take_n(r3, usize::from(len))?;
             match SecretKey::new(alg, usage, bytes) {
@@ -214,13 +217,20 @@ mod tests {
             Just(FieldValue::BcdDateTime([
                 0x20, 0x26, 0x11, 0x23, 0x12, 0x00, 0x00
             ])),
-            (1u8..=4, 1u8..=10, any::<[u8; 16]>()).prop_map(|(a, u, k)| {
-                let alg = KeyAlg::from_code(a).unwrap();
-                FieldValue::Key(
-                    SecretKey::new(alg, KeyUsage::from_code(u).unwrap(), &k[..alg.key_len()])
-                        .unwrap(),
-                )
-            }),
+            (
+                1u8..=4,
+                proptest::sample::select(
+                    KeyUsage::ALL
+                        .into_iter()
+                        .filter(|u| u.is_declarable())
+                        .collect::<Vec<_>>()
+                ),
+                any::<[u8; 16]>()
+            )
+                .prop_map(|(a, usage, k)| {
+                    let alg = KeyAlg::from_code(a).unwrap();
+                    FieldValue::Key(SecretKey::new(alg, usage, &k[..alg.key_len()]).unwrap())
+                }),
         ]
     }
 
@@ -281,6 +291,30 @@ mod tests {
             DataScript::parse(&bytes).unwrap_err().kind,
             FormatErrorKind::BadKey
         );
+    }
+
+    #[test]
+    fn retired_and_derived_usage_codes_are_refused() {
+        // `CVMD` v1, one field `k`: key, des3, usage code, 16 bytes.
+        let with_usage = |u: u8| {
+            let mut b = b"CVMD\x01\x00\x01\x01k\x05\x02".to_vec();
+            b.extend_from_slice(&[u, 16]);
+            b.extend_from_slice(&[0x11; 16]);
+            b
+        };
+        assert!(DataScript::parse(&with_usage(KeyUsage::LoadMaster.code())).is_ok());
+        // 4 `master`, 5 `session`, 10 `any` are retired.
+        for u in [4, 5, 10] {
+            assert_eq!(
+                DataScript::parse(&with_usage(u)).unwrap_err().kind,
+                FormatErrorKind::UnknownKeyCode(u)
+            );
+        }
+        for u in [KeyUsage::LoadSession, KeyUsage::PurchaseSession] {
+            let e = DataScript::parse(&with_usage(u.code())).unwrap_err();
+            assert_eq!(e.kind, FormatErrorKind::DerivedKeyUsage(u.code()));
+            assert!(alloc::format!("{e}").contains(u.name()), "{e}");
+        }
     }
 
     #[test]

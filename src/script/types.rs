@@ -91,6 +91,9 @@ impl ValueType {
                     Some(usage) => usage,
                     None => return fail(rest2, FormatErrorKind::UnknownKeyCode(u)),
                 };
+                if !usage.is_declarable() {
+                    return fail(rest2, FormatErrorKind::DerivedKeyUsage(u));
+                }
                 Ok((rest3, ValueType::Key { alg, usage }))
             }
             t => fail(i, FormatErrorKind::UnknownTag(t)),

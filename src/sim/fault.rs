@@ -214,10 +214,10 @@ impl Harness {
             }
         }
         for f in &fired {
-            if let Fault::Corrupt(_, i, x) = *f {
-                if let Some(b) = self.out.get_mut(i) {
-                    *b ^= x;
-                }
+            if let Fault::Corrupt(_, i, x) = *f
+                && let Some(b) = self.out.get_mut(i)
+            {
+                *b ^= x;
             }
         }
         let air = match air_kind(command) {

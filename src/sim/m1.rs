@@ -684,6 +684,10 @@ impl CardTransport for M1Card {
     fn air_time_us(&self) -> Option<u64> {
         Some(self.air_time().total_us())
     }
+    /// The simulated reader front keeps FF 82 keys in its own volatile store.
+    fn reader_key_store(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

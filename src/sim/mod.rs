@@ -105,7 +105,7 @@ pub(crate) fn hex(b: &[u8]) -> String {
 /// Parses hex (spaces allowed).
 pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
     let digits: Vec<u8> = s.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return None;
     }
     digits

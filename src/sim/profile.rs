@@ -553,6 +553,12 @@ impl CardTransport for SimCard {
     fn air_time_us(&self) -> Option<u64> {
         Some(self.air_time().total_us())
     }
+    fn reader_key_store(&self) -> bool {
+        match self {
+            SimCard::Cpu(c) => c.reader_key_store(),
+            SimCard::M1(c) => c.reader_key_store(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -49,9 +49,9 @@ use serde::Deserialize;
 use crate::asm::{AsmOptions, assemble_file, compile_data};
 use crate::script::DataScript;
 use crate::sim::{CardProfile, Fault, SimCard, m1};
-use crate::transport::{ApduLayer, CardTransport};
+use crate::transport::CardTransport;
 use crate::verify::VerifiedProgram;
-use crate::vm::{ApduEvent, Outcome, OutputRef, RunReport, Tracer, Vm};
+use crate::vm::{ApduEvent, Outcome, OutputRef, RunReport, Tracer};
 
 /// Why a scenario file could not be read (a scenario that cannot run is a failed
 /// scenario, not an error).
@@ -589,14 +589,23 @@ fn run_step(
     let script_path = base.join(script_rel);
     let asm =
         assemble_file(&script_path, &AsmOptions { debug: true }).map_err(|e| e.to_string())?;
-    let program = VerifiedProgram::from_script(asm.script)
-        .map_err(|e| format!("{}: {e}", script_path.display()))?;
     let data = load_data(base, step)?;
-    let binding = program
-        .bind(&data)
-        .map_err(|e| format!("{}: {e}", script_path.display()))?;
-    let bound = program
-        .with_data(&data, &binding)
+    // Scenarios run through the reader pipeline, as an authoring reader (plain scripts,
+    // unsigned development receipts): the same open/verify/bind/run as production.
+    let mut reader = crate::reader::Reader::new(
+        crate::reader::ReaderConfig {
+            reader_id: String::from("scenario"),
+            reader_key: None,
+            issuers: Vec::new(),
+            policy: crate::reader::Policy::AllowPlain,
+            limits: crate::vm::Limits::default(),
+        },
+        None,
+        None,
+        Box::new(crate::reader::SystemClock),
+    )
+    .map_err(|e| e.to_string())?;
+    let prepared = crate::script::with_encoded(&data, |d| reader.prepare(&asm.script.encode(), d))
         .map_err(|e| format!("{}: {e}", script_path.display()))?;
     match card {
         SimCard::Cpu(c) => faults_of(&step.faults)?
@@ -607,15 +616,15 @@ fn run_step(
             .for_each(|f| c.faults_mut().push(f)),
     }
     let mut log = ExchangeLog::default();
-    let report = {
-        let mut layer = ApduLayer::new(&mut *card);
-        Vm::default().run(bound, &mut layer, &mut log)
-    };
+    let report = reader
+        .run(&prepared, card, &mut log, &mut crate::crypto::rng::os_rng())
+        .map_err(|e| format!("{}: {e}", script_path.display()))?
+        .report;
     let before = r.mismatches.len();
     check(&step.expect, &report, &log, card, prefix, &mut r.mismatches);
     if r.mismatches.len() > before {
         r.report
-            .extend(failure_report(&program, &report, &log, prefix));
+            .extend(failure_report(prepared.program(), &report, &log, prefix));
     }
     Ok(())
 }
@@ -694,15 +703,15 @@ fn check(
         Outcome::Committed => None,
         Outcome::Failed(f) | Outcome::Unknown(f) => Some(f),
     };
-    if let Some(o) = &e.outcome {
-        if o != report.outcome.name() {
-            let detail = failure.map(|f| format!(" ({f})")).unwrap_or_default();
-            miss(
-                "outcome",
-                o.clone(),
-                format!("{}{detail}", report.outcome.name()),
-            );
-        }
+    if let Some(o) = &e.outcome
+        && o != report.outcome.name()
+    {
+        let detail = failure.map(|f| format!(" ({f})")).unwrap_or_default();
+        miss(
+            "outcome",
+            o.clone(),
+            format!("{}{detail}", report.outcome.name()),
+        );
     }
     if let Some(code) = e.code {
         let actual = failure.map(|f| f.code());
@@ -739,10 +748,10 @@ fn check(
             );
         }
     }
-    if let Some(n) = e.apdu_count {
-        if n != report.apdu_count {
-            miss("apdu_count", n.to_string(), report.apdu_count.to_string());
-        }
+    if let Some(n) = e.apdu_count
+        && n != report.apdu_count
+    {
+        miss("apdu_count", n.to_string(), report.apdu_count.to_string());
     }
     if let Some(want) = &e.apdus {
         for i in 0..want.len().max(log.lines.len()) {

@@ -175,10 +175,10 @@ impl<'a> Apdu<'a> {
         if self.data.len() > 65535 {
             return Err(ApduError::DataTooLong(self.data.len()));
         }
-        if let Some(le) = self.le {
-            if le == 0 || le > 65536 {
-                return Err(ApduError::LeTooLarge(le));
-            }
+        if let Some(le) = self.le
+            && (le == 0 || le > 65536)
+        {
+            return Err(ApduError::LeTooLarge(le));
         }
         out.extend_from_slice(&[self.cla, self.ins, self.p1, self.p2]);
         if !self.extended {

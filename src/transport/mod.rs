@@ -103,6 +103,48 @@ pub trait CardTransport {
     fn air_time_us(&self) -> Option<u64> {
         None
     }
+
+    /// Whether the reader itself answers LOAD KEY (`FF 82 00 keyNo 06 key`) into a volatile
+    /// reader key store, as a PC/SC Part 3 reader does for a storage card: only then does an
+    /// M1 key sent by `ldrkey` stay in the reader. The default is `false`: a CPU card, a
+    /// replay or an unknown backend would hand the key to whatever answers, so the VM
+    /// refuses `ldrkey` before sending anything. See [`is_part3_storage_card_atr`].
+    fn reader_key_store(&self) -> bool {
+        false
+    }
+}
+
+/// Whether `atr` is the ATR a PC/SC Part 3 reader builds for a contactless **storage card**
+/// (MIFARE Classic and the like), which is when the reader offers the LOAD KEY (`FF 82`)
+/// key store:
+///
+/// ```text
+/// 3B 8n 80 01 | 80 4F 0C A0 00 00 03 06 SS NN NN 00 00 00 00 | TCK
+/// TS T0 TD1 TD2  category, AID tag, length, RID (PC/SC), standard, card name, RFU   checksum
+/// ```
+///
+/// with `n` = 15 historical bytes and TCK the XOR of T0..TCK equal to zero (Microsoft,
+/// "PC/SC interface for smart cards", *ATR format for storage cards*, and the PC/SC Part 3
+/// Supplemental Document for SS/NN; readers such as the ACR122U and Identiv's build it the
+/// same way). An ISO 14443-4 (CPU) card's ATR carries its ATS historical bytes instead.
+///
+/// ```
+/// use cardvm::transport::is_part3_storage_card_atr;
+/// let m1k = [0x3B, 0x8F, 0x80, 0x01, 0x80, 0x4F, 0x0C, 0xA0, 0x00, 0x00, 0x03, 0x06,
+///            0x03, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x6A];
+/// assert!(is_part3_storage_card_atr(&m1k));
+/// let cpu = [0x3B, 0x8A, 0x80, 0x01, 0x00, 0x31, 0xC1, 0x73, 0xC8, 0x40, 0x00, 0x00,
+///            0x90, 0x00, 0x90];
+/// assert!(!is_part3_storage_card_atr(&cpu));
+/// ```
+pub fn is_part3_storage_card_atr(atr: &[u8]) -> bool {
+    const PREFIX: [u8; 12] = [
+        0x3B, 0x8F, 0x80, 0x01, 0x80, 0x4F, 0x0C, 0xA0, 0x00, 0x00, 0x03, 0x06,
+    ];
+    atr.len() == 20
+        && atr[..12] == PREFIX
+        && atr[15..19] == [0, 0, 0, 0]
+        && atr[1..].iter().fold(0u8, |x, b| x ^ b) == 0
 }
 
 impl<T: CardTransport + ?Sized> CardTransport for &mut T {
@@ -126,6 +168,10 @@ impl<T: CardTransport + ?Sized> CardTransport for &mut T {
     }
     fn air_time_us(&self) -> Option<u64> {
         (**self).air_time_us()
+    }
+
+    fn reader_key_store(&self) -> bool {
+        (**self).reader_key_store()
     }
 }
 

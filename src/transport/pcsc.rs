@@ -542,6 +542,12 @@ impl CardTransport for PcscCard {
     fn atr(&self) -> Option<&[u8]> {
         Some(&self.atr)
     }
+
+    /// When the card's ATR is a PC/SC Part 3 storage-card ATR (the reader built it and
+    /// answers FF 82 itself); never for a CPU card.
+    fn reader_key_store(&self) -> bool {
+        crate::transport::is_part3_storage_card_atr(&self.atr)
+    }
 }
 
 /// An exclusive transaction on a [`PcscCard`]: no other application can talk to the card
@@ -592,6 +598,11 @@ impl CardTransport for PcscTransaction<'_> {
 
     fn atr(&self) -> Option<&[u8]> {
         Some(self.atr)
+    }
+
+    /// As for [`PcscCard`]: only under a PC/SC Part 3 storage-card ATR.
+    fn reader_key_store(&self) -> bool {
+        crate::transport::is_part3_storage_card_atr(self.atr)
     }
 }
 

@@ -185,6 +185,12 @@ impl CardTransport for ReplayCard {
     fn uid(&self) -> Option<&[u8]> {
         self.uid.as_deref()
     }
+
+    /// Never: a recording answers FF 82 like anything else (a `..` line matches any key),
+    /// so an M1 key sent here would go to whoever wrote the recording.
+    fn reader_key_store(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

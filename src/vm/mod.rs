@@ -7,8 +7,17 @@
 //! - Keys live in key slots. No instruction copies a slot into a register: keys reach
 //!   the card only through MAC, process-key, encrypt results, or `ldrkey` (M1 reader key
 //!   store), whose APDU is redacted in traces and in the transcript.
+//! - Key usages: each instruction that reads a key slot accepts only the usages of
+//!   [`Opcode::allowed_key_usages`](crate::isa::Opcode::allowed_key_usages), and a derived
+//!   key (`divkey`, `pkey`, `tackey`) takes the usage its source's usage gives it
+//!   ([`KeyUsage::derive`](crate::crypto::KeyUsage::derive)): no script chooses a usage, and no sequence of instructions
+//!   turns a purse, TAC or master key into an `enc` key (the only usage whose results a
+//!   script can read back).
+//! - `ldrkey` runs only on a transport that declares a reader key store
+//!   ([`CardTransport::reader_key_store`]); elsewhere it is a fault before any byte is sent.
 //! - Limits ([`Limits`]): fuel (instructions), APDU count, byte-string length and total
-//!   register memory. Exceeding one is a typed [`VmError`] carrying the code offset.
+//!   memory (registers and output slots together). Exceeding one is a typed [`VmError`]
+//!   carrying the code offset.
 //! - Outcome: `halt` → committed; `fail` → failed with the script's code; a transport
 //!   failure or VM fault → failed before `commit_point`, **unknown** after it (the card
 //!   may or may not have committed: recovery must ask the card).
@@ -21,8 +30,8 @@ pub use outputs::{OutputRef, OutputValue, Outputs};
 pub use trace::{ApduEvent, KeyHandle, NoTrace, RegValue, RegView, Tracer};
 pub use transcript::TranscriptHasher;
 
-use crate::crypto::{self, KeyAlg, KeyUsage, SecretKey};
-use crate::isa::Instr;
+use crate::crypto::{self, KeyAlg, SecretKey};
+use crate::isa::{Instr, Opcode};
 use crate::script::{Constant, FieldValue, ValueType};
 use crate::transport::{Apdu, ApduError, ApduLayer, CardTransport, StatusWord, TransportError};
 use crate::verify::Bound;
@@ -38,7 +47,7 @@ pub struct Limits {
     pub max_apdus: u32,
     /// Longest byte string a register may hold.
     pub max_bytes: usize,
-    /// Most bytes all registers may hold together.
+    /// Most bytes all registers and output slots may hold together.
     pub max_memory: usize,
 }
 
@@ -103,8 +112,8 @@ pub enum VmErrorKind {
         /// The limit.
         limit: usize,
     },
-    /// Register memory above [`Limits::max_memory`].
-    #[error("register memory would reach {used} bytes, limit {limit}")]
+    /// Register and output memory above [`Limits::max_memory`].
+    #[error("VM memory (registers and outputs) would reach {used} bytes, limit {limit}")]
     OutOfMemory {
         /// Bytes needed.
         used: usize,
@@ -132,7 +141,8 @@ pub enum VmErrorKind {
     /// A key slot used before `ldkey` or a derivation filled it.
     #[error("key slot k{0} is empty")]
     EmptyKeySlot(u8),
-    /// A key used for an operation its usage does not allow.
+    /// A key used for an operation its usage does not allow (see
+    /// [`Opcode::allowed_key_usages`](crate::isa::Opcode::allowed_key_usages)).
     #[error("key slot k{slot} ({usage}) may not be used for {op}")]
     KeyUsage {
         /// The slot.
@@ -158,6 +168,12 @@ pub enum VmErrorKind {
     /// A value written to an output does not fit its declared type.
     #[error("value does not fit output `{0}`")]
     OutputType(String),
+    /// `ldrkey` on a transport without a reader key store (a CPU card, a replay, an unknown
+    /// backend): the key would go to whatever answers. Nothing was sent.
+    #[error(
+        "ldrkey needs a reader key store (a PC/SC Part 3 storage-card reader); this card transport has none, nothing was sent"
+    )]
+    NoReaderKeyStore,
 }
 
 /// A VM fault at a code offset.
@@ -267,7 +283,7 @@ pub struct RunReport {
     pub transcript_sm3: [u8; 32],
     /// The last exchange, if any.
     pub last_exchange: Option<LastExchange>,
-    /// Most register bytes held at once.
+    /// Most register and output bytes held at once.
     pub peak_memory: usize,
 }
 
@@ -467,21 +483,17 @@ fn bytes_of(regs: &[Reg], r: u8) -> Result<&[u8], VmErrorKind> {
     }
 }
 
-/// The key in `slot`, if its usage is one of `allowed` for `op`.
-fn slot_key<'k>(
-    keys: &'k [Option<SecretKey>],
-    slot: u8,
-    op: &'static str,
-    allowed: &[KeyUsage],
-) -> Result<&'k SecretKey, VmErrorKind> {
+/// The key in `slot`, if its usage is one `op` accepts ([`Opcode::allowed_key_usages`]).
+#[inline]
+fn slot_key(keys: &[Option<SecretKey>], slot: u8, op: Opcode) -> Result<&SecretKey, VmErrorKind> {
     let k = keys[usize::from(slot)]
         .as_ref()
         .ok_or(VmErrorKind::EmptyKeySlot(slot))?;
-    if !allowed.contains(&k.usage()) {
+    if !op.allowed_key_usages().contains(&k.usage()) {
         return Err(VmErrorKind::KeyUsage {
             slot,
             usage: k.usage().name(),
-            op,
+            op: op.mnemonic(),
         });
     }
     Ok(k)
@@ -891,6 +903,25 @@ impl Vm {
                         &*decl.name,
                     ))));
                 }
+                // Output slots count toward the memory limit like registers: a receipt of
+                // many large outputs is as much memory as many large registers.
+                let old = match self.outputs[usize::from(output)].tag {
+                    Tag::Bytes => self.outputs[usize::from(output)].bytes.len(),
+                    _ => 0,
+                };
+                let new = match reg.tag {
+                    Tag::Bytes => reg.bytes.len(),
+                    _ => 0,
+                };
+                let used = self.mem_used - old + new;
+                if used > self.limits.max_memory {
+                    return Err(Exit::Fault(VmErrorKind::OutOfMemory {
+                        used,
+                        limit: self.limits.max_memory,
+                    }));
+                }
+                self.mem_used = used;
+                self.peak_memory = self.peak_memory.max(used);
                 // Copied into the slot's own buffer: no allocation once it has grown.
                 let slot = &mut self.outputs[usize::from(output)];
                 slot.tag = reg.tag;
@@ -1150,22 +1181,13 @@ impl Vm {
             }
             Instr::ProcessKey { dst, master, data } => {
                 let input = self.input8(data, "pkey")?;
-                let k = slot_key(
-                    &self.keys,
-                    master,
-                    "pkey",
-                    &[KeyUsage::Load, KeyUsage::Purchase],
-                )?;
+                let k = slot_key(&self.keys, master, Opcode::ProcessKey)?;
+                // `load` gives `load-session`, `purchase` gives `purchase-session`.
                 let session = crypto::process_key(k, &input).map_err(VmErrorKind::Crypto)?;
-                self.keys[usize::from(dst)] = Some(session.with_usage(KeyUsage::Session));
+                self.keys[usize::from(dst)] = Some(session);
             }
             Instr::Mac { dst, key, data } => {
-                let k = slot_key(
-                    &self.keys,
-                    key,
-                    "mac",
-                    &[KeyUsage::Session, KeyUsage::Tac, KeyUsage::Mac],
-                )?;
+                let k = slot_key(&self.keys, key, Opcode::Mac)?;
                 let mac = crypto::pboc_mac(k, bytes_of(&self.regs, data)?)
                     .map_err(VmErrorKind::Crypto)?;
                 self.set_bytes(dst, &mac)?;
@@ -1176,12 +1198,7 @@ impl Vm {
                 mac,
                 code,
             } => {
-                let k = slot_key(
-                    &self.keys,
-                    key,
-                    "chkmac",
-                    &[KeyUsage::Session, KeyUsage::Tac, KeyUsage::Mac],
-                )?;
+                let k = slot_key(&self.keys, key, Opcode::CheckMac)?;
                 let expected = crypto::pboc_mac(k, bytes_of(&self.regs, data)?)
                     .map_err(VmErrorKind::Crypto)?;
                 if !crypto::ct_eq(&expected, bytes_of(&self.regs, mac)?) {
@@ -1189,25 +1206,19 @@ impl Vm {
                 }
             }
             Instr::TacKey { dst, src } => {
-                let k = slot_key(&self.keys, src, "tackey", &[KeyUsage::Tac])?;
+                let k = slot_key(&self.keys, src, Opcode::TacKey)?;
                 let t = crypto::tac_key(k).map_err(VmErrorKind::Crypto)?;
                 self.keys[usize::from(dst)] = Some(t);
             }
-            Instr::Diversify {
-                dst,
-                master,
-                data,
-                usage,
-            } => {
+            Instr::Diversify { dst, master, data } => {
                 let f = self.input8(data, "divkey")?;
-                let k = slot_key(&self.keys, master, "divkey", &[KeyUsage::Master])?;
-                // The verifier checked the usage code.
-                let usage = KeyUsage::from_code(usage).unwrap_or(KeyUsage::Mac);
-                let d = crypto::diversify(k, &f, usage).map_err(VmErrorKind::Crypto)?;
+                let k = slot_key(&self.keys, master, Opcode::Diversify)?;
+                // The card key's usage follows the master's; the script names none.
+                let d = crypto::diversify(k, &f).map_err(VmErrorKind::Crypto)?;
                 self.keys[usize::from(dst)] = Some(d);
             }
             Instr::Encrypt { dst, key, data } | Instr::Decrypt { dst, key, data } => {
-                let k = slot_key(&self.keys, key, "enc/dec", &[KeyUsage::Encrypt])?;
+                let k = slot_key(&self.keys, key, instr.opcode())?;
                 let d = bytes_of(&self.regs, data)?;
                 self.scratch.clear();
                 let r = if matches!(*instr, Instr::Encrypt { .. }) {
@@ -1223,15 +1234,18 @@ impl Vm {
                 self.set_bytes(dst, &h)?;
             }
             Instr::LoadReaderKey { key, number } => {
-                let k = self.keys[usize::from(key)]
-                    .as_ref()
-                    .ok_or(VmErrorKind::EmptyKeySlot(key))?;
+                let k = slot_key(&self.keys, key, Opcode::LoadReaderKey)?;
                 if k.alg() != KeyAlg::M1 {
                     return Err(Exit::Fault(VmErrorKind::KeyUsage {
                         slot: key,
                         usage: k.usage().name(),
                         op: "ldrkey (M1 keys only)",
                     }));
+                }
+                // FF 82 is answered by a PC/SC Part 3 reader itself; anything else (a CPU
+                // card, a replayed or forged answer) would receive the key in clear.
+                if !card.transport().reader_key_store() {
+                    return Err(Exit::Fault(VmErrorKind::NoReaderKeyStore));
                 }
                 // FF 82 00 keyNo 06 key(6): the only APDU that carries key bytes. The
                 // transcript hashes it with the key replaced by zeros; the trace sees only

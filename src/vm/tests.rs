@@ -88,6 +88,18 @@ impl<F: FnMut(&[u8]) -> Result<Vec<u8>, TransportError>> CardTransport for SpyCa
     }
 }
 
+/// `T` behind a reader that declares a reader key store (a PC/SC Part 3 reader).
+pub(crate) struct KeyStoreReader<T>(pub T);
+
+impl<T: CardTransport> CardTransport for KeyStoreReader<T> {
+    fn transmit(&mut self, command: &[u8], response: &mut [u8]) -> Result<usize, TransportError> {
+        self.0.transmit(command, response)
+    }
+    fn reader_key_store(&self) -> bool {
+        true
+    }
+}
+
 fn ok_card() -> SpyCard<impl FnMut(&[u8]) -> Result<Vec<u8>, TransportError>> {
     SpyCard {
         commands: Vec::new(),
@@ -715,7 +727,7 @@ fn ldrkey_is_redacted_in_the_trace() {
     };
     let program = VerifiedProgram::verify(&s).unwrap();
     let binding = program.bind(&data).unwrap();
-    let mut layer = ApduLayer::new(ok_card());
+    let mut layer = ApduLayer::new(KeyStoreReader(ok_card()));
     let mut rec = Rec::default();
     let r = Vm::default().run(
         program.with_data(&data, &binding).unwrap(),
@@ -725,11 +737,127 @@ fn ldrkey_is_redacted_in_the_trace() {
     assert_eq!(r.outcome, Outcome::Committed);
     // The reader got the key (that is the point of ldrkey)…
     assert_eq!(
-        layer.transport().commands[0],
+        layer.transport().0.commands[0],
         [&[0xFF, 0x82, 0x00, 0x01, 0x06][..], &key[..]].concat()
     );
     // …the trace did not.
     assert_eq!(rec.0, vec![(vec![0xFF, 0x82, 0x00, 0x01, 0x06], true)]);
+
+    // Without a reader key store (a CPU card, a replay, a fake answering 9000 to
+    // everything) the key would go to whatever answers: a fault, and nothing is sent.
+    let mut layer = ApduLayer::new(ok_card());
+    let mut rec = Rec::default();
+    let r = Vm::default().run(
+        program.with_data(&data, &binding).unwrap(),
+        &mut layer,
+        &mut rec,
+    );
+    assert!(
+        matches!(fault_kind(&r), Some(VmErrorKind::NoReaderKeyStore)),
+        "{r:?}"
+    );
+    assert!(layer.transport().commands.is_empty());
+    assert!(rec.0.is_empty());
+    assert_eq!(r.apdu_count, 0);
+    let msg = alloc::format!("{}", VmErrorKind::NoReaderKeyStore);
+    assert!(msg.contains("ldrkey") && msg.contains("key store"), "{msg}");
+}
+
+#[test]
+fn ldrkey_refuses_keys_that_are_not_m1_sector_keys() {
+    // A DES key labelled m1-a and an M1 key labelled mac: neither goes to the reader.
+    for (alg, usage, bytes) in [
+        (KeyAlg::Des, KeyUsage::M1A, &[0x11u8; 8][..]),
+        (KeyAlg::M1, KeyUsage::Mac, &[0x22u8; 6][..]),
+    ] {
+        let s = script(
+            &[
+                Instr::Ldkey { slot: 0, input: 0 },
+                Instr::LoadReaderKey { key: 0, number: 0 },
+                Instr::Halt {},
+            ],
+            vec![],
+            vec![decl("k", ValueType::Key { alg, usage })],
+            vec![],
+        );
+        let data = DataScript {
+            fields: vec![Field {
+                name: "k".into(),
+                value: FieldValue::Key(SecretKey::new(alg, usage, bytes).unwrap()),
+            }],
+        };
+        let (r, card) = run_with(&s, &data, KeyStoreReader(ok_card()), Limits::default());
+        assert!(
+            matches!(fault_kind(&r), Some(VmErrorKind::KeyUsage { slot: 0, .. })),
+            "{r:?}"
+        );
+        assert!(card.0.commands.is_empty());
+    }
+}
+
+#[test]
+fn output_slots_count_toward_the_memory_limit() {
+    // 1024 outputs of 4 KiB under a 64 KiB limit: 4 MiB of receipt if outputs were free.
+    let n = 1024u16;
+    let mut instrs = vec![Instr::Fill {
+        dst: 0,
+        byte: 0x5A,
+        count: 4096,
+    }];
+    instrs.extend((0..n).map(|o| Instr::Out { output: o, src: 0 }));
+    instrs.push(Instr::Halt {});
+    let outputs = (0..n)
+        .map(|i| decl(&alloc::format!("o{i}"), ValueType::Bytes))
+        .collect();
+    let s = script(&instrs, vec![], vec![], outputs);
+    let limits = Limits::default();
+    assert_eq!((limits.max_bytes, limits.max_memory), (4096, 64 * 1024));
+    let (r, _) = run_with(&s, &DataScript::default(), ok_card(), limits);
+    match fault_kind(&r) {
+        Some(VmErrorKind::OutOfMemory { used, limit }) => {
+            assert_eq!(*limit, 64 * 1024);
+            assert!(*used > *limit);
+        }
+        other => panic!(
+            "expected an out-of-memory fault, got {other:?}: {:?}",
+            r.outcome
+        ),
+    }
+    // The register (4 KiB) and 15 outputs fit; the 16th is refused.
+    assert_eq!(r.outputs.len(), 15);
+    let held: usize = r
+        .outputs
+        .iter()
+        .map(|(_, v)| match v {
+            OutputRef::Bytes(b) => b.len(),
+            OutputRef::Int(_) => 0,
+        })
+        .sum();
+    assert!(held + 4096 <= 64 * 1024);
+    assert!(r.peak_memory <= 64 * 1024);
+
+    // Rewriting one output replaces its bytes in the account instead of adding them.
+    let mut instrs = vec![Instr::Fill {
+        dst: 0,
+        byte: 0x5A,
+        count: 4096,
+    }];
+    instrs.extend((0..100).map(|_| Instr::Out { output: 0, src: 0 }));
+    instrs.push(Instr::Ldi { dst: 0, value: 1 });
+    instrs.push(Instr::Out { output: 1, src: 0 });
+    instrs.push(Instr::Halt {});
+    let s = script(
+        &instrs,
+        vec![],
+        vec![],
+        vec![
+            decl("a", ValueType::Bytes),
+            decl("b", ValueType::Int { bits: 8 }),
+        ],
+    );
+    let (r, _) = run_with(&s, &DataScript::default(), ok_card(), limits);
+    assert_eq!(r.outcome, Outcome::Committed, "{r:?}");
+    assert_eq!(r.peak_memory, 2 * 4096);
 }
 
 #[test]
@@ -979,7 +1107,7 @@ fn byte_op() -> impl Strategy<Value = ByteOp> {
 proptest! {
     /// Byte-string instructions give the same registers as a plain model, whichever
     /// registers alias (in-place append, in-place slice, self-moves), and the memory
-    /// account (peak register bytes) matches the model's.
+    /// account (peak register and output bytes) matches the model's.
     #[test]
     fn byte_ops_match_a_model(ops in proptest::collection::vec(byte_op(), 0..24)) {
         let constants: Vec<Vec<u8>> = vec![vec![1, 2], vec![3], vec![4, 5, 6, 7]];
@@ -1020,6 +1148,9 @@ proptest! {
         for r in 0..4u8 {
             instrs.push(Instr::Out { output: u16::from(r), src: r });
         }
+        // The four outputs copy the registers and count toward memory too.
+        let regs_total: usize = model.iter().map(Vec::len).sum();
+        peak = peak.max(2 * regs_total);
         instrs.push(Instr::Halt {});
         let s = script(
             &instrs,

@@ -57,16 +57,12 @@ impl Algorithm {
     }
 
     /// Diversifies a master key for a card: F = rightmost 8 bytes of the application
-    /// serial; 3DES: DK = 3DES(MK, F) ‖ 3DES(MK, NOT F); SM4: DK = SM4(MK, F ‖ NOT F).
-    pub fn diversify(
-        self,
-        mk: &SecretKey,
-        serial: &[u8],
-        usage: KeyUsage,
-    ) -> Result<SecretKey, SimError> {
+    /// serial; 3DES: DK = 3DES(MK, F) ‖ 3DES(MK, NOT F); SM4: DK = SM4(MK, F ‖ NOT F). The
+    /// card key's usage follows the master's (`load-master` gives `load`, …).
+    pub fn diversify(self, mk: &SecretKey, serial: &[u8]) -> Result<SecretKey, SimError> {
         let f =
             rightmost8(serial).ok_or(SimError::Field("card_number", "must be 8 or 10 bytes"))?;
-        crypto::diversify(mk, &f, usage).map_err(|_| SimError::Crypto("diversification"))
+        crypto::diversify(mk, &f).map_err(|_| SimError::Crypto("diversification"))
     }
 
     /// Process (session) key: 3DES-ECB / SM4-ECB of the 8 input bytes under DLK or DPK.

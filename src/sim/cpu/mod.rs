@@ -454,12 +454,15 @@ impl CpuCardBuilder {
             return Err(SimError::Field("pin", "must be 1 to 8 bytes"));
         }
         let a = self.algo;
-        let usages = [KeyUsage::Load, KeyUsage::Purchase, KeyUsage::Tac];
+        let usages = [
+            (KeyUsage::LoadMaster, KeyUsage::Load),
+            (KeyUsage::PurchaseMaster, KeyUsage::Purchase),
+            (KeyUsage::TacMaster, KeyUsage::Tac),
+        ];
         let mut ks = Vec::with_capacity(3);
-        for (bytes, usage) in self.keys.iter().zip(usages) {
+        for (bytes, (master, usage)) in self.keys.iter().zip(usages) {
             let k = if self.master {
-                let mk = a.key(KeyUsage::Master, bytes)?;
-                a.diversify(&mk, &self.card_number, usage)?
+                a.diversify(&a.key(master, bytes)?, &self.card_number)?
             } else {
                 a.key(usage, bytes)?
             };

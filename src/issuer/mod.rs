@@ -1,0 +1,35 @@
+//! The card company's side (feature `issuer`, `std`): its PKI.
+//!
+//! * [`cert`] issues SM2 X.509 v3 certificates: a root or intermediate CA, the
+//!   card company's script-signing certificate and one per reader.
+//! * [`csr`] builds and checks PKCS#10 requests, so a reader's private key never
+//!   leaves the reader.
+//! * [`crl`] builds and checks revocation lists.
+//! * [`trust`] is what the issuer service calls on every request and receipt:
+//!   [`TrustStore::verify_reader`] builds the chain to a trusted root, checks each
+//!   signature (SM2 with SM3, signer id `1234567812345678`), validity, CA constraints
+//!   and revocation, and returns the reader's identity and key.
+//! * [`ca`] keeps a CA's state (next serial, issued certificates, revocations) in a
+//!   JSON file in the CA directory.
+//!
+//! Certificates interoperate with OpenSSL 3 (see `docs/pki.md`). The reader core does
+//! not depend on this module; it stays `no_std`.
+//!
+//! ## Naming profile
+//!
+//! A reader certificate's subject is `O=<card company>, OU=reader, CN=<reader id>`;
+//! the script-signing certificate's is `O=…, OU=script-signing, CN=<name>`. The
+//! reader id is the `CN`; the `OU` is the role, so a script-signing certificate can
+//! never pass as a reader's (or the other way round).
+
+pub mod ca;
+pub mod cert;
+pub mod crl;
+pub mod csr;
+pub mod pki;
+pub mod trust;
+
+pub use ca::{Ca, CaState, IssuedCert};
+pub use pki::{PkiError, Role};
+pub use trust::{ReaderIdentity, TrustStore};
+pub use x509_cert::{Certificate, crl::CertificateList, request::CertReq};
