@@ -76,8 +76,8 @@
 // refused until it is rebuilt from the journal.
 #define CARDVM_E_STORE -14
 
-// The receipt journal could not be opened or read, or is already open in another
-// context of this process.
+// The receipt journal could not be opened or read, or another writer (context or
+// process) holds its lock.
 #define CARDVM_E_JOURNAL -15
 
 // `cardvm_run` only: the card was reached and `*outcome` is set, but the receipt is
@@ -217,13 +217,15 @@ int cardvm_set_keys(cardvm_ctx ctx,
                     const char *reader_id,
                     const char *replay_store_path);
 
-// Sets the receipt journal: the file at `path` (created if missing) is opened for
-// writing now, before any card is touched, and every receipt of [`cardvm_run`] is
-// appended to it. Sealed scripts run only with a journal (else `CARDVM_E_STATE`).
-// `CARDVM_E_JOURNAL` if it cannot be opened or is open in another context of this
-// process; `CARDVM_E_STORE` if the replay store of [`cardvm_set_keys`] is older than
-// its receipts. On failure the context keeps its previous journal. Naming the
-// current journal again reopens it (after `CARDVM_E_UNJOURNALED`).
+// Sets the receipt journal: the file at `path` (created if missing) is opened and
+// locked for writing now, before any card is touched, and every receipt of
+// [`cardvm_run`] is appended to it. Sealed scripts run only with a journal (else
+// `CARDVM_E_STATE`). `CARDVM_E_JOURNAL` if it cannot be opened or another writer
+// (another context, or another process) holds it; `CARDVM_E_STORE` if the replay
+// store of [`cardvm_set_keys`] is older than its receipts. On failure the context
+// keeps its previous journal, except when naming the current journal again: that
+// reopens it (after `CARDVM_E_UNJOURNALED`), and if the reopen fails the context has
+// no journal.
 //
 // # Safety
 // `path` must be null (→ `CARDVM_E_NULL`) or NUL-terminated.

@@ -10,7 +10,8 @@
 //!
 //! The replay store and the journal are shared between the successive readers of one
 //! context ([`SharedStore`], [`SharedJournal`]): rebuilding the reader keeps what the
-//! store has accepted (an in-memory store included) and the journal's open handle.
+//! store has accepted (an in-memory store included) and the journal's open handle
+//! (and with it the journal's writers' lock).
 
 use crate::registry::lock;
 use crate::{
@@ -24,7 +25,6 @@ use cardvm_core::reader::{
     SystemClock,
 };
 use cardvm_core::vm::Limits;
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -54,31 +54,18 @@ impl ReplayStore for SharedStore {
     }
 }
 
-/// Journal files held open for writing by a context of this process (canonical
-/// paths). The journal takes no lock of its own and must have one writer: a second
-/// context on the same file is refused instead of interleaving appends.
-static OPEN_JOURNALS: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
-
-/// One context's claim on a journal path in [`OPEN_JOURNALS`], released on drop.
-struct Claim(PathBuf);
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        lock(&OPEN_JOURNALS).remove(&self.0);
-    }
-}
-
 struct JournalSlot {
     journal: Mutex<Box<dyn ReceiptJournal + Send>>,
-    claim: Option<Arc<Claim>>,
+    /// The journal file, directory resolved (`None`: not a file).
+    path: Option<PathBuf>,
 }
 
 /// A receipt journal shared by the successive readers of one context.
 #[derive(Clone)]
 pub(crate) struct SharedJournal(Arc<JournalSlot>);
 
-/// `path` with its directory resolved, so two spellings of one file are one claim.
-fn canonical(path: &Path) -> Result<PathBuf> {
+/// `path` with its directory resolved, so two spellings of one file compare equal.
+pub(crate) fn canonical(path: &Path) -> Result<PathBuf> {
     if let Ok(p) = std::fs::canonicalize(path) {
         return Ok(p);
     }
@@ -102,35 +89,21 @@ fn canonical(path: &Path) -> Result<PathBuf> {
 }
 
 impl SharedJournal {
-    /// Opens the journal file at `path` for writing (creating it), now — before any
-    /// card is touched. `current` is the context's journal: naming its file again
-    /// reopens it (e.g. after a failed append poisoned the handle).
-    pub(crate) fn open_file(path: &str, current: Option<&SharedJournal>) -> Result<Self> {
-        let path = Path::new(path);
-        let canonical = canonical(path)?;
-        let claim = match current.and_then(|j| j.0.claim.as_ref()) {
-            Some(c) if c.0 == canonical => c.clone(),
-            _ => {
-                if !lock(&OPEN_JOURNALS).insert(canonical.clone()) {
-                    return Err(Error::new(
-                        CARDVM_E_JOURNAL,
-                        format!(
-                            "journal {}: already open in another context of this process (a journal has one writer)",
-                            path.display()
-                        ),
-                    ));
-                }
-                Arc::new(Claim(canonical))
-            }
-        };
-        // On failure the claim is dropped here (and released, unless the current
-        // journal still holds it).
-        let journal = cardvm_core::journal::Journal::open(path)
+    /// Opens the journal file at `path` (canonical, see [`canonical`]) for writing,
+    /// creating it, now — before any card is touched. The journal takes its writers'
+    /// lock: a file another context or process writes to is refused.
+    pub(crate) fn open_file(path: PathBuf) -> Result<Self> {
+        let journal = cardvm_core::journal::Journal::open(&path)
             .map_err(|e| Error::new(CARDVM_E_JOURNAL, format!("journal: {e}")))?;
         Ok(SharedJournal(Arc::new(JournalSlot {
             journal: Mutex::new(Box::new(journal)),
-            claim: Some(claim),
+            path: Some(path),
         })))
+    }
+
+    /// The journal's file, if it is one.
+    pub(crate) fn path(&self) -> Option<&Path> {
+        self.0.path.as_deref()
     }
 
     /// A journal that is not a file (tests).
@@ -138,7 +111,7 @@ impl SharedJournal {
     pub(crate) fn from_journal(journal: impl ReceiptJournal + Send + 'static) -> Self {
         SharedJournal(Arc::new(JournalSlot {
             journal: Mutex::new(Box::new(journal)),
-            claim: None,
+            path: None,
         }))
     }
 }

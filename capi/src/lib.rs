@@ -122,8 +122,8 @@ pub const CARDVM_E_POLICY: c_int = -13;
 /// missing or older than the receipts in the journal (rolled back): sealed scripts are
 /// refused until it is rebuilt from the journal.
 pub const CARDVM_E_STORE: c_int = -14;
-/// The receipt journal could not be opened or read, or is already open in another
-/// context of this process.
+/// The receipt journal could not be opened or read, or another writer (context or
+/// process) holds its lock.
 pub const CARDVM_E_JOURNAL: c_int = -15;
 /// `cardvm_run` only: the card was reached and `*outcome` is set, but the receipt is
 /// NOT in the journal (appending failed): fetch it (`cardvm_receipt_bytes` or
@@ -263,10 +263,10 @@ fn record(ctx: Option<cardvm_ctx>, e: &Error) {
             *l = (e.code, e.msg.clone());
         }
     });
-    if let Some(Ok(c)) = ctx.map(|h| CONTEXTS.get(h)) {
-        if let Ok(mut c) = c.try_lock() {
-            c.last_error = (e.code, e.msg.clone());
-        }
+    if let Some(Ok(c)) = ctx.map(|h| CONTEXTS.get(h))
+        && let Ok(mut c) = c.try_lock()
+    {
+        c.last_error = (e.code, e.msg.clone());
     }
 }
 
@@ -485,13 +485,15 @@ pub unsafe extern "C" fn cardvm_set_keys(
     }))
 }
 
-/// Sets the receipt journal: the file at `path` (created if missing) is opened for
-/// writing now, before any card is touched, and every receipt of [`cardvm_run`] is
-/// appended to it. Sealed scripts run only with a journal (else `CARDVM_E_STATE`).
-/// `CARDVM_E_JOURNAL` if it cannot be opened or is open in another context of this
-/// process; `CARDVM_E_STORE` if the replay store of [`cardvm_set_keys`] is older than
-/// its receipts. On failure the context keeps its previous journal. Naming the
-/// current journal again reopens it (after `CARDVM_E_UNJOURNALED`).
+/// Sets the receipt journal: the file at `path` (created if missing) is opened and
+/// locked for writing now, before any card is touched, and every receipt of
+/// [`cardvm_run`] is appended to it. Sealed scripts run only with a journal (else
+/// `CARDVM_E_STATE`). `CARDVM_E_JOURNAL` if it cannot be opened or another writer
+/// (another context, or another process) holds it; `CARDVM_E_STORE` if the replay
+/// store of [`cardvm_set_keys`] is older than its receipts. On failure the context
+/// keeps its previous journal, except when naming the current journal again: that
+/// reopens it (after `CARDVM_E_UNJOURNALED`), and if the reopen fails the context has
+/// no journal.
 ///
 /// # Safety
 /// `path` must be null (→ `CARDVM_E_NULL`) or NUL-terminated.
@@ -501,8 +503,18 @@ pub unsafe extern "C" fn cardvm_set_journal(ctx: cardvm_ctx, path: *const c_char
         // SAFETY: forwarded contract.
         let path = unsafe { ffi::str_in(path, "path") }?;
         with_ctx(ctx, |c| {
+            let path = adapter::canonical(path.as_ref())?;
+            if c.settings.journal.as_ref().and_then(SharedJournal::path) == Some(path.as_path()) {
+                // Reopening the current journal: its writers' lock must be released
+                // first, so the context is without a journal until the reopen succeeds
+                // (sealed scripts are refused meanwhile).
+                c.reconfigure(|s| {
+                    s.journal = None;
+                    Ok(())
+                })?;
+            }
             c.reconfigure(|s| {
-                s.journal = Some(SharedJournal::open_file(&path, s.journal.as_ref())?);
+                s.journal = Some(SharedJournal::open_file(path)?);
                 Ok(())
             })
         })
