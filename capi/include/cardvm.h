@@ -39,20 +39,22 @@
 // used from two threads at once).
 #define CARDVM_E_BUSY -5
 
-// The call is not possible in the context's state (no script loaded, no receipt yet,
-// no reader key to sign with, no such receipt field).
+// The call is not possible in the context's state: no script loaded, no receipt
+// yet, an unsigned receipt (no reader key), no such receipt field, a sealed script
+// without a journal (`cardvm_set_journal`), or a run while the last receipt is
+// undelivered (see [`CARDVM_E_UNJOURNALED`]).
 #define CARDVM_E_STATE -6
 
-// A command or data script is malformed, failed verification, or the data script
-// does not fit the command script's inputs.
+// A command or data script is malformed, failed verification, the data script does
+// not fit the command script's inputs, or the two name different cities.
 #define CARDVM_E_SCRIPT -7
 
-// A sealed script could not be opened (signature, reader id, expiry, replay, or
-// tampering), or sealed input came without keys set.
+// A sealed script could not be opened: signature, issuer, reader id, expiry, clock,
+// replay, tampering, a data script bound to another command script, or sealed input
+// on a context without keys (`cardvm_set_keys`).
 #define CARDVM_E_OPEN -8
 
-// A key could not be used (bad SM2 private key or public point), or the replay store
-// could not be opened.
+// A key could not be used (bad SM2 private key or public point).
 #define CARDVM_E_KEY -9
 
 // Assembling a command script or compiling a data script failed.
@@ -61,8 +63,29 @@
 // A simulated card could not be built from its profile, or does not support the call.
 #define CARDVM_E_SIM -11
 
-// Any other failure (e.g. encoding a receipt).
+// Any other failure (e.g. encoding or signing a receipt).
 #define CARDVM_E_INTERNAL -12
+
+// A plain (unsealed) script on a context that runs sealed scripts only (it has keys):
+// refused before the card is touched. `cardvm_set_allow_plain(ctx, 1)` is the explicit
+// development mode.
+#define CARDVM_E_POLICY -13
+
+// The replay store could not be opened or written, failed its integrity check, or is
+// missing or older than the receipts in the journal (rolled back): sealed scripts are
+// refused until it is rebuilt from the journal.
+#define CARDVM_E_STORE -14
+
+// The receipt journal could not be opened or read, or another writer (context or
+// process) holds its lock.
+#define CARDVM_E_JOURNAL -15
+
+// `cardvm_run` only: the card was reached and `*outcome` is set, but the receipt is
+// NOT in the journal (appending failed): fetch it (`cardvm_receipt_bytes` or
+// `cardvm_receipt_json`) and deliver it yourself. Until it is fetched, the next
+// `cardvm_run` on the context returns `CARDVM_E_STATE`. Calling `cardvm_set_journal`
+// with the same path reopens the journal.
+#define CARDVM_E_UNJOURNALED -16
 
 // A Rust panic was caught at the boundary (a bug in cardvm; please report it).
 #define CARDVM_E_PANIC -99
@@ -75,6 +98,14 @@
 
 // Unknown whether the card committed (tearing after the commit point): recover.
 #define CARDVM_OUTCOME_UNKNOWN 2
+
+// Receipt mode ([`cardvm_receipt_mode`]): both scripts were sealed by the trusted
+// issuer and opened by this reader; the card company settles it.
+#define CARDVM_MODE_PRODUCTION 0
+
+// Receipt mode: plain scripts ran (authoring, or the development mode of
+// `cardvm_set_allow_plain`); never settled.
+#define CARDVM_MODE_DEVELOPMENT 1
 
 // Transmit callback result: the response is in `resp[0..*resp_len]`.
 #define CARDVM_TX_OK 0
@@ -103,7 +134,8 @@ typedef struct cardvm_limits {
   uint64_t max_memory;
 } cardvm_limits;
 
-// A VM context: loaded scripts, keys, limits, the last receipt and the last error.
+// A reader context: the reader (keys, replay store, journal, policy, limits), the
+// loaded scripts, the last receipt and the last error.
 // A handle (0 is never valid), created by [`cardvm_ctx_new`], freed by
 // [`cardvm_ctx_free`].
 typedef uint64_t cardvm_ctx;
@@ -142,7 +174,9 @@ const char *cardvm_version(void);
 // `out` must be null (→ `CARDVM_E_NULL`) or valid for writing one `cardvm_limits`.
 int cardvm_limits_default(struct cardvm_limits *out);
 
-// Creates a context with `limits` (null: the defaults). Returns its handle, or 0 on
+// Creates a context with `limits` (null: the defaults): an *authoring* reader with
+// no keys, which runs plain scripts and produces unsigned development receipts.
+// [`cardvm_set_keys`] makes it a production reader. Returns its handle, or 0 on
 // failure (the reason is in `cardvm_last_error(0, ...)`). Free it with
 // [`cardvm_ctx_free`].
 //
@@ -150,19 +184,28 @@ int cardvm_limits_default(struct cardvm_limits *out);
 // `limits` must be null or point to a readable `cardvm_limits` (copied).
 cardvm_ctx cardvm_ctx_new(const struct cardvm_limits *limits);
 
-// Frees a context (its scripts, keys — zeroized — and receipt). 0 is a no-op
-// returning `CARDVM_OK`; a handle already freed returns `CARDVM_E_BAD_HANDLE`.
-// A context freed while another thread runs on it is dropped when that run returns.
+// Frees a context (its reader, keys — zeroized —, scripts and receipt; the journal
+// and replay store are closed). 0 is a no-op returning `CARDVM_OK`; a handle already
+// freed returns `CARDVM_E_BAD_HANDLE`. A context freed while another thread runs on
+// it is dropped when that run returns.
 int cardvm_ctx_free(cardvm_ctx ctx);
 
-// Sets the reader's keys, so that sealed scripts can be loaded and receipts signed.
+// Makes the context a production reader: it opens sealed scripts, signs receipts,
+// and runs sealed scripts only (unless [`cardvm_set_allow_plain`]).
 //
 // `reader_key`: the reader's 32-byte SM2 private key (copied; zeroized on free).
-// `issuer_pub`: the issuer's 65-byte uncompressed SM2 public key.
-// `reader_id`: this reader's id, checked against sealed scripts and written into
-// receipts (null: not checked; receipts carry the reader key's id in hex).
-// `replay_store_path`: a file remembering the sequence numbers already accepted
-// (null: in memory, for the context's lifetime only).
+// `issuer_pub`: the trusted issuer's 65-byte uncompressed SM2 public key.
+// `reader_id`: this reader's id: sealed scripts must name it, receipts carry it
+// (null: the one of [`cardvm_set_reader_id`], else the reader key's id in hex).
+// `replay_store_path`: the file remembering the sequence numbers already accepted,
+// integrity-protected with the reader key (null: in memory, for the context's
+// lifetime only — for tests; with a journal holding earlier sealed receipts it is
+// refused as missing, `CARDVM_E_STORE`).
+//
+// The reader is rebuilt and its replay store checked against the journal (if one is
+// set): a store that fails its integrity check, or is missing or older than the
+// journal's receipts, returns `CARDVM_E_STORE`. On any failure the context keeps its
+// previous configuration. Call before or after [`cardvm_set_journal`].
 //
 // # Safety
 // Pointers must be null or valid for their lengths / NUL-terminated.
@@ -174,62 +217,111 @@ int cardvm_set_keys(cardvm_ctx ctx,
                     const char *reader_id,
                     const char *replay_store_path);
 
-// Sets the reader id written into receipts (and overrides the one from
-// [`cardvm_set_keys`] for receipts; sealed scripts are still checked against that one).
+// Sets the receipt journal: the file at `path` (created if missing) is opened and
+// locked for writing now, before any card is touched, and every receipt of
+// [`cardvm_run`] is appended to it. Sealed scripts run only with a journal (else
+// `CARDVM_E_STATE`). `CARDVM_E_JOURNAL` if it cannot be opened or another writer
+// (another context, or another process) holds it; `CARDVM_E_STORE` if the replay
+// store of [`cardvm_set_keys`] is older than its receipts. On failure the context
+// keeps its previous journal, except when naming the current journal again: that
+// reopens it (after `CARDVM_E_UNJOURNALED`), and if the reopen fails the context has
+// no journal.
+//
+// # Safety
+// `path` must be null (→ `CARDVM_E_NULL`) or NUL-terminated.
+int cardvm_set_journal(cardvm_ctx ctx, const char *path);
+
+// The explicit development mode: `allow` non-zero lets a context with keys also run
+// plain (unsealed) scripts; their receipts say development (a signed field) and
+// never settle. A sealed data script still runs only with the command script it was
+// sealed for. 0 restores sealed-only (the default). A context without keys runs plain
+// scripts anyway.
+int cardvm_set_allow_plain(cardvm_ctx ctx, int allow);
+
+// Sets this reader's id: sealed scripts must name it, receipts carry it (default:
+// the reader key's id in hex, or `local` without keys).
 //
 // # Safety
 // `reader_id` must be null (→ `CARDVM_E_NULL`) or NUL-terminated.
 int cardvm_set_reader_id(cardvm_ctx ctx, const char *reader_id);
 
-// Sets the card id written into receipts (e.g. the card's application serial or
-// UID, as reported by [`cardvm_sim_card_id`] or the reader). Copied.
-//
-// # Safety
-// `card_id` must be null (→ `CARDVM_E_NULL`) or valid for `len` bytes.
-int cardvm_set_card_id(cardvm_ctx ctx, const uint8_t *card_id, size_t len);
-
-// Loads a command script: plain bytecode (`.cvm`) or sealed for this reader (then
-// [`cardvm_set_keys`] first). It is parsed and verified now; on failure the
-// previously loaded command script is kept. The bytes are copied.
+// Loads a command script: plain bytecode (`.cvm`) or sealed for this reader. A plain
+// one is parsed and verified now (`CARDVM_E_SCRIPT`), a sealed one checked for form
+// (`CARDVM_E_OPEN`); it is opened, and the policy applied, by [`cardvm_run`]. On
+// failure the previously loaded command script is kept. The bytes are copied.
 //
 // # Safety
 // `bytes` must be null (→ `CARDVM_E_NULL`) or valid for `len` bytes.
 int cardvm_load_command(cardvm_ctx ctx, const uint8_t *bytes, size_t len);
 
-// Loads a data script: plain (`.cvd`) or sealed for this reader. It is parsed now
-// and bound to the command script at [`cardvm_run`]. The bytes are copied; key
+// Loads a data script: plain (`.cvd`) or sealed for this reader. A plain one is
+// parsed now (`CARDVM_E_SCRIPT`), a sealed one checked for form (`CARDVM_E_OPEN`); it
+// is opened and bound to the command script by [`cardvm_run`]. A sealed data script
+// runs once (its sequence number is spent when it opens). The bytes are copied; key
 // material is zeroized when replaced or freed.
 //
 // # Safety
 // `bytes` must be null (→ `CARDVM_E_NULL`) or valid for `len` bytes.
 int cardvm_load_data(cardvm_ctx ctx, const uint8_t *bytes, size_t len);
 
-// Runs the loaded command script with the loaded data script against the card
-// behind `transmit` (called with `user` for each APDU, on this thread, during this
-// call only). On `CARDVM_OK` `*outcome` is a `CARDVM_OUTCOME_*` value and the
-// (unsigned) receipt is available; a failed or unknown transaction is still
-// `CARDVM_OK` — its reason is in the receipt.
+// Runs one transaction through the context's reader: opens the loaded scripts (when
+// sealed), applies the policy, binds, runs on the card behind `transmit` (called
+// with `user` for each APDU, on this thread, during this call only), signs the
+// receipt (with a reader key) and appends it to the journal (when set).
+//
+// Returns:
+// - `CARDVM_OK`: the card was reached; `*outcome` is a `CARDVM_OUTCOME_*` value and
+//   the receipt is available (journaled, if a journal is set). A failed or unknown
+//   transaction is still `CARDVM_OK`: its reason is in the receipt.
+// - [`CARDVM_E_UNJOURNALED`]: the card was reached and `*outcome` is set, but the
+//   receipt is NOT in the journal: fetch it and deliver it yourself.
+// - Any other code: the card was not touched (the transmit callback was not called)
+//   and there is no receipt: `CARDVM_E_POLICY` (plain script on a sealed-only
+//   reader), `CARDVM_E_OPEN`, `CARDVM_E_SCRIPT`, `CARDVM_E_STORE`,
+//   `CARDVM_E_STATE` (nothing loaded, sealed scripts without a journal, or an
+//   undelivered receipt), ... Two exceptions may come after the card was reached,
+//   without a receipt: `CARDVM_E_INTERNAL` (signing the receipt failed) and
+//   `CARDVM_E_PANIC`; treat the transaction as unknown and recover.
 //
 // # Safety
 // `transmit` must be null (→ `CARDVM_E_NULL`) or a function of the
 // `cardvm_transmit_fn` contract; `outcome` null or valid for writing one `int`.
 int cardvm_run(cardvm_ctx ctx, cardvm_transmit_fn transmit, void *user, int *outcome);
 
-// Signs the last receipt with the reader key of [`cardvm_set_keys`].
+// `CARDVM_OK` if the last receipt is signed. [`cardvm_run`] signs every receipt on a
+// context with a reader key, so this only checks (kept for compatibility):
+// `CARDVM_E_STATE` without a receipt, or when the context has no reader key
+// ([`cardvm_set_keys`]) and the receipt is unsigned.
 int cardvm_sign_receipt(cardvm_ctx ctx);
 
-// Copies the last receipt's canonical bytes (signed if [`cardvm_sign_receipt`] was
-// called) into `buf` (see the buffer convention).
+// Copies the last receipt's canonical bytes (signed when the context has a reader
+// key) into `buf` (see the buffer convention). A successful copy counts as delivery
+// of an unjournaled receipt ([`CARDVM_E_UNJOURNALED`]).
 //
 // # Safety
 // `buf` null with `cap` 0, or valid for `cap` bytes; `needed` null or valid.
 int cardvm_receipt_bytes(cardvm_ctx ctx, uint8_t *buf, size_t cap, size_t *needed);
 
-// Copies the last receipt as JSON (NUL-terminated) into `buf`.
+// Copies the last receipt as JSON (NUL-terminated) into `buf`. A successful copy
+// counts as delivery of an unjournaled receipt ([`CARDVM_E_UNJOURNALED`]).
 //
 // # Safety
 // As [`cardvm_receipt_bytes`].
 int cardvm_receipt_json(cardvm_ctx ctx, char *buf, size_t cap, size_t *needed);
+
+// The last receipt's mode: [`CARDVM_MODE_PRODUCTION`] (both scripts sealed by the
+// trusted issuer) or [`CARDVM_MODE_DEVELOPMENT`] (plain scripts; never settled).
+//
+// # Safety
+// `out` null (→ `CARDVM_E_NULL`) or valid for writing one `int`.
+int cardvm_receipt_mode(cardvm_ctx ctx, int *out);
+
+// The journal sequence number of the last receipt. `CARDVM_E_STATE` when there is no
+// receipt or no journal; [`CARDVM_E_UNJOURNALED`] when appending it failed.
+//
+// # Safety
+// `out` null (→ `CARDVM_E_NULL`) or valid for writing one `uint64_t`.
+int cardvm_receipt_journal_seq(cardvm_ctx ctx, uint64_t *out);
 
 // Reads the integer output field `name` (e.g. `"balance_after"`) of the last
 // receipt. `CARDVM_E_STATE` if there is no such integer field.

@@ -3,6 +3,26 @@
 //! This crate is the only place in cardvm with `unsafe` code; every unsafe block
 //! carries a `// SAFETY:` comment, and all raw-pointer handling is in `src/ffi.rs`.
 //!
+//! # The reader flow
+//! A context ([`cardvm_ctx`]) is a thin adapter over one
+//! [`cardvm::reader::Reader`](cardvm_core::reader::Reader): the reader opens sealed
+//! scripts, applies the policy (sealed only, command ↔ data binding, replay, expiry),
+//! binds, runs, signs the receipt and journals it. The ABI has no policy of its own.
+//! A C reader does:
+//! 1. [`cardvm_ctx_new`] — an authoring reader (plain scripts, unsigned development
+//!    receipts);
+//! 2. [`cardvm_set_keys`] — the reader key, the issuer key (the reader then runs
+//!    sealed scripts only), the reader id and the replay store;
+//! 3. [`cardvm_set_journal`] — the receipt journal, opened now, before any card is
+//!    touched (sealed scripts need one); steps 2 and 3 in either order;
+//!    [`cardvm_set_allow_plain`] is the explicit development mode;
+//! 4. [`cardvm_load_command`], [`cardvm_load_data`] — the scripts as received;
+//! 5. [`cardvm_run`] with the card's transmit callback — `CARDVM_OK`, or
+//!    [`CARDVM_E_UNJOURNALED`] when the receipt could not be journaled (deliver it
+//!    yourself), or an error before the card was touched;
+//! 6. [`cardvm_receipt_bytes`] / [`cardvm_receipt_json`] — the signed receipt;
+//!    [`cardvm_receipt_mode`] says production or development.
+//!
 //! # Conventions (see also `capi/README.md`)
 //! - **Return codes.** Functions return `int`: [`CARDVM_OK`] (0) or a negative
 //!   `CARDVM_E_*` code. The message of the most recent failure is kept per context
@@ -32,23 +52,24 @@
 #![warn(missing_docs)]
 #![allow(non_camel_case_types)]
 
+mod adapter;
 mod ffi;
 mod registry;
 
 #[cfg(test)]
 mod tests;
 
+use adapter::{Keys, Settings, SharedJournal, SharedStore, reader_error};
 use cardvm_core::asm::{AsmOptions, assemble_file, compile_data};
 use cardvm_core::crypto::sm2::{Sm2PrivateKey, Sm2PublicKey};
-use cardvm_core::envelope::{
-    FileReplayStore, MemoryReplayStore, Opener, ReplayEntry, ReplayKey, ReplayStore, StoreError,
-};
-use cardvm_core::receipt::{FieldValue, Receipt};
+use cardvm_core::envelope::{FileReplayStore, MemoryReplayStore, SealedEnvelope};
+use cardvm_core::reader::{Completed, JournalStatus};
+use cardvm_core::receipt::{FieldValue, Mode, Receipt};
 use cardvm_core::script::{CommandScript, DataScript};
 use cardvm_core::sim::{CardProfile, SimCard};
-use cardvm_core::transport::{ApduLayer, CardTransport, TransportError};
-use cardvm_core::verify::{Binding, VerifiedProgram};
-use cardvm_core::vm::{Limits, NoTrace, Outcome, Vm};
+use cardvm_core::transport::{CardTransport, TransportError};
+use cardvm_core::verify::VerifiedProgram;
+use cardvm_core::vm::{Limits, NoTrace, Outcome};
 use core::ffi::{c_char, c_int, c_void};
 use registry::{Table, lock, try_lock};
 use std::cell::RefCell;
@@ -73,24 +94,43 @@ pub const CARDVM_E_BUFFER_TOO_SMALL: c_int = -4;
 /// The context is in use by another call (re-entered from its transmit callback, or
 /// used from two threads at once).
 pub const CARDVM_E_BUSY: c_int = -5;
-/// The call is not possible in the context's state (no script loaded, no receipt yet,
-/// no reader key to sign with, no such receipt field).
+/// The call is not possible in the context's state: no script loaded, no receipt
+/// yet, an unsigned receipt (no reader key), no such receipt field, a sealed script
+/// without a journal (`cardvm_set_journal`), or a run while the last receipt is
+/// undelivered (see [`CARDVM_E_UNJOURNALED`]).
 pub const CARDVM_E_STATE: c_int = -6;
-/// A command or data script is malformed, failed verification, or the data script
-/// does not fit the command script's inputs.
+/// A command or data script is malformed, failed verification, the data script does
+/// not fit the command script's inputs, or the two name different cities.
 pub const CARDVM_E_SCRIPT: c_int = -7;
-/// A sealed script could not be opened (signature, reader id, expiry, replay, or
-/// tampering), or sealed input came without keys set.
+/// A sealed script could not be opened: signature, issuer, reader id, expiry, clock,
+/// replay, tampering, a data script bound to another command script, or sealed input
+/// on a context without keys (`cardvm_set_keys`).
 pub const CARDVM_E_OPEN: c_int = -8;
-/// A key could not be used (bad SM2 private key or public point), or the replay store
-/// could not be opened.
+/// A key could not be used (bad SM2 private key or public point).
 pub const CARDVM_E_KEY: c_int = -9;
 /// Assembling a command script or compiling a data script failed.
 pub const CARDVM_E_ASM: c_int = -10;
 /// A simulated card could not be built from its profile, or does not support the call.
 pub const CARDVM_E_SIM: c_int = -11;
-/// Any other failure (e.g. encoding a receipt).
+/// Any other failure (e.g. encoding or signing a receipt).
 pub const CARDVM_E_INTERNAL: c_int = -12;
+/// A plain (unsealed) script on a context that runs sealed scripts only (it has keys):
+/// refused before the card is touched. `cardvm_set_allow_plain(ctx, 1)` is the explicit
+/// development mode.
+pub const CARDVM_E_POLICY: c_int = -13;
+/// The replay store could not be opened or written, failed its integrity check, or is
+/// missing or older than the receipts in the journal (rolled back): sealed scripts are
+/// refused until it is rebuilt from the journal.
+pub const CARDVM_E_STORE: c_int = -14;
+/// The receipt journal could not be opened or read, or another writer (context or
+/// process) holds its lock.
+pub const CARDVM_E_JOURNAL: c_int = -15;
+/// `cardvm_run` only: the card was reached and `*outcome` is set, but the receipt is
+/// NOT in the journal (appending failed): fetch it (`cardvm_receipt_bytes` or
+/// `cardvm_receipt_json`) and deliver it yourself. Until it is fetched, the next
+/// `cardvm_run` on the context returns `CARDVM_E_STATE`. Calling `cardvm_set_journal`
+/// with the same path reopens the journal.
+pub const CARDVM_E_UNJOURNALED: c_int = -16;
 /// A Rust panic was caught at the boundary (a bug in cardvm; please report it).
 pub const CARDVM_E_PANIC: c_int = -99;
 
@@ -100,6 +140,13 @@ pub const CARDVM_OUTCOME_COMMITTED: c_int = 0;
 pub const CARDVM_OUTCOME_FAILED: c_int = 1;
 /// Unknown whether the card committed (tearing after the commit point): recover.
 pub const CARDVM_OUTCOME_UNKNOWN: c_int = 2;
+
+/// Receipt mode ([`cardvm_receipt_mode`]): both scripts were sealed by the trusted
+/// issuer and opened by this reader; the card company settles it.
+pub const CARDVM_MODE_PRODUCTION: c_int = 0;
+/// Receipt mode: plain scripts ran (authoring, or the development mode of
+/// `cardvm_set_allow_plain`); never settled.
+pub const CARDVM_MODE_DEVELOPMENT: c_int = 1;
 
 /// Transmit callback result: the response is in `resp[0..*resp_len]`.
 pub const CARDVM_TX_OK: c_int = 0;
@@ -113,7 +160,8 @@ pub const CARDVM_TX_TIMEOUT: c_int = 3;
 /// Longest input buffer or string the ABI accepts (16 MiB).
 pub const CARDVM_MAX_INPUT: usize = 16 * 1024 * 1024;
 
-/// A VM context: loaded scripts, keys, limits, the last receipt and the last error.
+/// A reader context: the reader (keys, replay store, journal, policy, limits), the
+/// loaded scripts, the last receipt and the last error.
 /// A handle (0 is never valid), created by [`cardvm_ctx_new`], freed by
 /// [`cardvm_ctx_free`].
 pub type cardvm_ctx = u64;
@@ -215,10 +263,10 @@ fn record(ctx: Option<cardvm_ctx>, e: &Error) {
             *l = (e.code, e.msg.clone());
         }
     });
-    if let Some(Ok(c)) = ctx.map(|h| CONTEXTS.get(h)) {
-        if let Ok(mut c) = c.try_lock() {
-            c.last_error = (e.code, e.msg.clone());
-        }
+    if let Some(Ok(c)) = ctx.map(|h| CONTEXTS.get(h))
+        && let Ok(mut c) = c.try_lock()
+    {
+        c.last_error = (e.code, e.msg.clone());
     }
 }
 
@@ -230,47 +278,39 @@ fn code(r: Result<c_int>) -> c_int {
 // The context
 // ---------------------------------------------------------------------------------
 
-/// The replay store of a context's opener.
-enum Store {
-    Memory(MemoryReplayStore),
-    File(FileReplayStore),
-}
-
-impl ReplayStore for Store {
-    fn last(&self, key: &ReplayKey) -> core::result::Result<Option<ReplayEntry>, StoreError> {
-        match self {
-            Store::Memory(s) => s.last(key),
-            Store::File(s) => s.last(key),
-        }
-    }
-    fn record(
-        &mut self,
-        key: &ReplayKey,
-        entry: ReplayEntry,
-    ) -> core::result::Result<(), StoreError> {
-        match self {
-            Store::Memory(s) => s.record(key, entry),
-            Store::File(s) => s.record(key, entry),
-        }
-    }
-}
-
-struct Keys {
-    reader: Sm2PrivateKey,
-    opener: Opener<Store>,
-}
-
 struct Ctx {
-    /// Kept across runs with the binding storage: a warm run allocates only its report.
-    vm: Vm,
-    binding: Binding,
-    keys: Option<Keys>,
-    reader_id: String,
-    card_id: Vec<u8>,
-    program: Option<VerifiedProgram>,
-    data: Option<DataScript>,
-    receipt: Option<Receipt>,
+    /// What the reader is built from (see `adapter`).
+    settings: Settings,
+    /// The reader: the whole pipeline and its policy.
+    pipeline: adapter::Pipeline,
+    /// The loaded scripts, as given (plain or sealed); opened by the reader at each run.
+    command: Option<Vec<u8>>,
+    data: Option<Zeroizing<Vec<u8>>>,
+    /// The last run that reached the card.
+    last: Option<Completed>,
+    /// The last receipt did not reach the journal and has not been fetched yet.
+    undelivered: bool,
     last_error: (c_int, String),
+}
+
+impl Ctx {
+    /// Applies `change` to a copy of the settings and rebuilds the reader from it; on
+    /// failure the context keeps its previous reader and settings.
+    fn reconfigure(&mut self, change: impl FnOnce(&mut Settings) -> Result<()>) -> Result<c_int> {
+        let mut settings = self.settings.clone();
+        change(&mut settings)?;
+        let pipeline = settings.build()?;
+        self.settings = settings;
+        self.pipeline = pipeline;
+        Ok(CARDVM_OK)
+    }
+
+    fn receipt(&self) -> Result<&Receipt> {
+        self.last
+            .as_ref()
+            .map(|c| &c.receipt)
+            .ok_or_else(|| Error::new(CARDVM_E_STATE, "no receipt: call cardvm_run first"))
+    }
 }
 
 fn with_ctx<T>(h: cardvm_ctx, f: impl FnOnce(&mut Ctx) -> Result<T>) -> Result<T> {
@@ -329,7 +369,9 @@ pub unsafe extern "C" fn cardvm_limits_default(out: *mut cardvm_limits) -> c_int
     }))
 }
 
-/// Creates a context with `limits` (null: the defaults). Returns its handle, or 0 on
+/// Creates a context with `limits` (null: the defaults): an *authoring* reader with
+/// no keys, which runs plain scripts and produces unsigned development receipts.
+/// [`cardvm_set_keys`] makes it a production reader. Returns its handle, or 0 on
 /// failure (the reason is in `cardvm_last_error(0, ...)`). Free it with
 /// [`cardvm_ctx_free`].
 ///
@@ -346,24 +388,25 @@ pub unsafe extern "C" fn cardvm_ctx_new(limits: *const cardvm_limits) -> cardvm_
             let l = unsafe { limits.read_unaligned() };
             limits_from(&l)?
         };
+        let settings = Settings::new(limits);
+        let pipeline = settings.build()?;
         Ok(CONTEXTS.insert(Ctx {
-            vm: Vm::new(limits),
-            binding: Binding::default(),
-            keys: None,
-            reader_id: String::from("local"),
-            card_id: Vec::new(),
-            program: None,
+            settings,
+            pipeline,
+            command: None,
             data: None,
-            receipt: None,
+            last: None,
+            undelivered: false,
             last_error: (CARDVM_OK, String::new()),
         }))
     })
     .unwrap_or(0)
 }
 
-/// Frees a context (its scripts, keys — zeroized — and receipt). 0 is a no-op
-/// returning `CARDVM_OK`; a handle already freed returns `CARDVM_E_BAD_HANDLE`.
-/// A context freed while another thread runs on it is dropped when that run returns.
+/// Frees a context (its reader, keys — zeroized —, scripts and receipt; the journal
+/// and replay store are closed). 0 is a no-op returning `CARDVM_OK`; a handle already
+/// freed returns `CARDVM_E_BAD_HANDLE`. A context freed while another thread runs on
+/// it is dropped when that run returns.
 #[unsafe(no_mangle)]
 pub extern "C" fn cardvm_ctx_free(ctx: cardvm_ctx) -> c_int {
     code(call(None, || {
@@ -375,14 +418,22 @@ pub extern "C" fn cardvm_ctx_free(ctx: cardvm_ctx) -> c_int {
     }))
 }
 
-/// Sets the reader's keys, so that sealed scripts can be loaded and receipts signed.
+/// Makes the context a production reader: it opens sealed scripts, signs receipts,
+/// and runs sealed scripts only (unless [`cardvm_set_allow_plain`]).
 ///
 /// `reader_key`: the reader's 32-byte SM2 private key (copied; zeroized on free).
-/// `issuer_pub`: the issuer's 65-byte uncompressed SM2 public key.
-/// `reader_id`: this reader's id, checked against sealed scripts and written into
-/// receipts (null: not checked; receipts carry the reader key's id in hex).
-/// `replay_store_path`: a file remembering the sequence numbers already accepted
-/// (null: in memory, for the context's lifetime only).
+/// `issuer_pub`: the trusted issuer's 65-byte uncompressed SM2 public key.
+/// `reader_id`: this reader's id: sealed scripts must name it, receipts carry it
+/// (null: the one of [`cardvm_set_reader_id`], else the reader key's id in hex).
+/// `replay_store_path`: the file remembering the sequence numbers already accepted,
+/// integrity-protected with the reader key (null: in memory, for the context's
+/// lifetime only — for tests; with a journal holding earlier sealed receipts it is
+/// refused as missing, `CARDVM_E_STORE`).
+///
+/// The reader is rebuilt and its replay store checked against the journal (if one is
+/// set): a store that fails its integrity check, or is missing or older than the
+/// journal's receipts, returns `CARDVM_E_STORE`. On any failure the context keeps its
+/// previous configuration. Call before or after [`cardvm_set_journal`].
 ///
 /// # Safety
 /// Pointers must be null or valid for their lengths / NUL-terminated.
@@ -400,42 +451,95 @@ pub unsafe extern "C" fn cardvm_set_keys(
         // SAFETY: forwarded contracts of the pointer arguments.
         let (rk, ip, id, path) = unsafe {
             (
-                ffi::bytes_in(reader_key, reader_key_len, "reader_key")?,
+                Zeroizing::new(ffi::bytes_in(reader_key, reader_key_len, "reader_key")?.to_vec()),
                 ffi::bytes_in(issuer_pub, issuer_pub_len, "issuer_pub")?,
                 ffi::opt_str_in(reader_id, "reader_id")?,
                 ffi::opt_str_in(replay_store_path, "replay_store_path")?,
             )
         };
-        let reader = Sm2PrivateKey::from_bytes(rk)
-            .map_err(|e| Error::new(CARDVM_E_KEY, format!("reader_key: {e}")))?;
-        let issuer = Sm2PublicKey::from_sec1_bytes(ip)
-            .map_err(|e| Error::new(CARDVM_E_KEY, format!("issuer_pub: {e}")))?;
-        let store = match &path {
-            None => Store::Memory(MemoryReplayStore::new()),
-            Some(p) => Store::File(
-                FileReplayStore::open(p)
-                    .map_err(|e| Error::new(CARDVM_E_KEY, format!("replay store {p}: {e}")))?,
-            ),
-        };
         with_ctx(ctx, |c| {
-            c.reader_id = match &id {
-                Some(id) => id.clone(),
-                None => reader
-                    .public_key()
-                    .key_id()
-                    .iter()
-                    .map(|b| format!("{b:02X}"))
-                    .collect(),
+            let reader = Sm2PrivateKey::from_bytes(&rk)
+                .map_err(|e| Error::new(CARDVM_E_KEY, format!("reader_key: {e}")))?;
+            let issuer = Sm2PublicKey::from_sec1_bytes(ip)
+                .map_err(|e| Error::new(CARDVM_E_KEY, format!("issuer_pub: {e}")))?;
+            let store = match &path {
+                None => SharedStore::new(MemoryReplayStore::new()),
+                // The store's errors name its file.
+                Some(p) => SharedStore::new(
+                    FileReplayStore::open_file(p, &reader)
+                        .map_err(|e| Error::new(CARDVM_E_STORE, e.to_string()))?,
+                ),
             };
-            let opener = Opener::new(id.as_deref(), reader.clone(), issuer, store);
-            c.keys = Some(Keys { reader, opener });
-            Ok(CARDVM_OK)
+            c.reconfigure(|s| {
+                if id.is_some() {
+                    s.reader_id = id;
+                }
+                s.keys = Some(Keys {
+                    reader,
+                    issuer,
+                    store,
+                });
+                Ok(())
+            })
         })
     }))
 }
 
-/// Sets the reader id written into receipts (and overrides the one from
-/// [`cardvm_set_keys`] for receipts; sealed scripts are still checked against that one).
+/// Sets the receipt journal: the file at `path` (created if missing) is opened and
+/// locked for writing now, before any card is touched, and every receipt of
+/// [`cardvm_run`] is appended to it. Sealed scripts run only with a journal (else
+/// `CARDVM_E_STATE`). `CARDVM_E_JOURNAL` if it cannot be opened or another writer
+/// (another context, or another process) holds it; `CARDVM_E_STORE` if the replay
+/// store of [`cardvm_set_keys`] is older than its receipts. On failure the context
+/// keeps its previous journal, except when naming the current journal again: that
+/// reopens it (after `CARDVM_E_UNJOURNALED`), and if the reopen fails the context has
+/// no journal.
+///
+/// # Safety
+/// `path` must be null (→ `CARDVM_E_NULL`) or NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cardvm_set_journal(ctx: cardvm_ctx, path: *const c_char) -> c_int {
+    code(call(Some(ctx), || {
+        // SAFETY: forwarded contract.
+        let path = unsafe { ffi::str_in(path, "path") }?;
+        with_ctx(ctx, |c| {
+            let path = adapter::canonical(path.as_ref())?;
+            if c.settings.journal.as_ref().and_then(SharedJournal::path) == Some(path.as_path()) {
+                // Reopening the current journal: its writers' lock must be released
+                // first, so the context is without a journal until the reopen succeeds
+                // (sealed scripts are refused meanwhile).
+                c.reconfigure(|s| {
+                    s.journal = None;
+                    Ok(())
+                })?;
+            }
+            c.reconfigure(|s| {
+                s.journal = Some(SharedJournal::open_file(path)?);
+                Ok(())
+            })
+        })
+    }))
+}
+
+/// The explicit development mode: `allow` non-zero lets a context with keys also run
+/// plain (unsealed) scripts; their receipts say development (a signed field) and
+/// never settle. A sealed data script still runs only with the command script it was
+/// sealed for. 0 restores sealed-only (the default). A context without keys runs plain
+/// scripts anyway.
+#[unsafe(no_mangle)]
+pub extern "C" fn cardvm_set_allow_plain(ctx: cardvm_ctx, allow: c_int) -> c_int {
+    code(call(Some(ctx), || {
+        with_ctx(ctx, |c| {
+            c.reconfigure(|s| {
+                s.allow_plain = allow != 0;
+                Ok(())
+            })
+        })
+    }))
+}
+
+/// Sets this reader's id: sealed scripts must name it, receipts carry it (default:
+/// the reader key's id in hex, or `local` without keys).
 ///
 /// # Safety
 /// `reader_id` must be null (→ `CARDVM_E_NULL`) or NUL-terminated.
@@ -445,29 +549,10 @@ pub unsafe extern "C" fn cardvm_set_reader_id(ctx: cardvm_ctx, reader_id: *const
         // SAFETY: forwarded contract.
         let id = unsafe { ffi::str_in(reader_id, "reader_id") }?;
         with_ctx(ctx, |c| {
-            c.reader_id = id;
-            Ok(CARDVM_OK)
-        })
-    }))
-}
-
-/// Sets the card id written into receipts (e.g. the card's application serial or
-/// UID, as reported by [`cardvm_sim_card_id`] or the reader). Copied.
-///
-/// # Safety
-/// `card_id` must be null (→ `CARDVM_E_NULL`) or valid for `len` bytes.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cardvm_set_card_id(
-    ctx: cardvm_ctx,
-    card_id: *const u8,
-    len: usize,
-) -> c_int {
-    code(call(Some(ctx), || {
-        // SAFETY: forwarded contract.
-        let id = unsafe { ffi::bytes_in(card_id, len, "card_id") }?.to_vec();
-        with_ctx(ctx, |c| {
-            c.card_id = id;
-            Ok(CARDVM_OK)
+            c.reconfigure(|s| {
+                s.reader_id = Some(id);
+                Ok(())
+            })
         })
     }))
 }
@@ -476,27 +561,18 @@ fn is_sealed(b: &[u8]) -> bool {
     b.starts_with(&cardvm_core::envelope::format::MAGIC)
 }
 
-/// Opens `bytes` if sealed; plain bytes are returned as they are.
-fn open_if_sealed(c: &mut Ctx, bytes: &[u8], what: &str) -> Result<Zeroizing<Vec<u8>>> {
-    if !is_sealed(bytes) {
-        return Ok(Zeroizing::new(bytes.to_vec()));
-    }
-    let keys = c.keys.as_mut().ok_or_else(|| {
-        Error::new(
-            CARDVM_E_OPEN,
-            format!("{what} is sealed: set the reader's keys first (cardvm_set_keys)"),
-        )
-    })?;
-    let opened = keys
-        .opener
-        .open(bytes, cardvm_core::envelope::unix_now())
-        .map_err(|e| Error::new(CARDVM_E_OPEN, format!("{what}: {e}")))?;
-    Ok(opened.into_payload())
+/// Early format check at load; the reader opens, verifies and applies the policy at
+/// each run.
+fn check_envelope(bytes: &[u8], what: &str) -> Result<()> {
+    SealedEnvelope::parse(bytes)
+        .map(drop)
+        .map_err(|e| Error::new(CARDVM_E_OPEN, format!("sealed {what} script: {e}")))
 }
 
-/// Loads a command script: plain bytecode (`.cvm`) or sealed for this reader (then
-/// [`cardvm_set_keys`] first). It is parsed and verified now; on failure the
-/// previously loaded command script is kept. The bytes are copied.
+/// Loads a command script: plain bytecode (`.cvm`) or sealed for this reader. A plain
+/// one is parsed and verified now (`CARDVM_E_SCRIPT`), a sealed one checked for form
+/// (`CARDVM_E_OPEN`); it is opened, and the policy applied, by [`cardvm_run`]. On
+/// failure the previously loaded command script is kept. The bytes are copied.
 ///
 /// # Safety
 /// `bytes` must be null (→ `CARDVM_E_NULL`) or valid for `len` bytes.
@@ -510,19 +586,25 @@ pub unsafe extern "C" fn cardvm_load_command(
         // SAFETY: forwarded contract.
         let bytes = unsafe { ffi::bytes_in(bytes, len, "command script") }?;
         with_ctx(ctx, |c| {
-            let plain = open_if_sealed(c, bytes, "command script")?;
-            let script = CommandScript::parse(&plain)
-                .map_err(|e| Error::new(CARDVM_E_SCRIPT, format!("command script: {e}")))?;
-            let program = VerifiedProgram::from_script(script)
-                .map_err(|e| Error::new(CARDVM_E_SCRIPT, format!("command script: verify: {e}")))?;
-            c.program = Some(program);
+            if is_sealed(bytes) {
+                check_envelope(bytes, "command")?;
+            } else {
+                let script = CommandScript::parse(bytes)
+                    .map_err(|e| Error::new(CARDVM_E_SCRIPT, format!("command script: {e}")))?;
+                VerifiedProgram::from_script(script).map_err(|e| {
+                    Error::new(CARDVM_E_SCRIPT, format!("command script: verify: {e}"))
+                })?;
+            }
+            c.command = Some(bytes.to_vec());
             Ok(CARDVM_OK)
         })
     }))
 }
 
-/// Loads a data script: plain (`.cvd`) or sealed for this reader. It is parsed now
-/// and bound to the command script at [`cardvm_run`]. The bytes are copied; key
+/// Loads a data script: plain (`.cvd`) or sealed for this reader. A plain one is
+/// parsed now (`CARDVM_E_SCRIPT`), a sealed one checked for form (`CARDVM_E_OPEN`); it
+/// is opened and bound to the command script by [`cardvm_run`]. A sealed data script
+/// runs once (its sequence number is spent when it opens). The bytes are copied; key
 /// material is zeroized when replaced or freed.
 ///
 /// # Safety
@@ -533,10 +615,13 @@ pub unsafe extern "C" fn cardvm_load_data(ctx: cardvm_ctx, bytes: *const u8, len
         // SAFETY: forwarded contract.
         let bytes = unsafe { ffi::bytes_in(bytes, len, "data script") }?;
         with_ctx(ctx, |c| {
-            let plain = open_if_sealed(c, bytes, "data script")?;
-            let data = DataScript::parse(&plain)
-                .map_err(|e| Error::new(CARDVM_E_SCRIPT, format!("data script: {e}")))?;
-            c.data = Some(data);
+            if is_sealed(bytes) {
+                check_envelope(bytes, "data")?;
+            } else {
+                DataScript::parse(bytes)
+                    .map_err(|e| Error::new(CARDVM_E_SCRIPT, format!("data script: {e}")))?;
+            }
+            c.data = Some(Zeroizing::new(bytes.to_vec()));
             Ok(CARDVM_OK)
         })
     }))
@@ -584,11 +669,24 @@ impl CardTransport for CallbackCard {
     }
 }
 
-/// Runs the loaded command script with the loaded data script against the card
-/// behind `transmit` (called with `user` for each APDU, on this thread, during this
-/// call only). On `CARDVM_OK` `*outcome` is a `CARDVM_OUTCOME_*` value and the
-/// (unsigned) receipt is available; a failed or unknown transaction is still
-/// `CARDVM_OK` — its reason is in the receipt.
+/// Runs one transaction through the context's reader: opens the loaded scripts (when
+/// sealed), applies the policy, binds, runs on the card behind `transmit` (called
+/// with `user` for each APDU, on this thread, during this call only), signs the
+/// receipt (with a reader key) and appends it to the journal (when set).
+///
+/// Returns:
+/// - `CARDVM_OK`: the card was reached; `*outcome` is a `CARDVM_OUTCOME_*` value and
+///   the receipt is available (journaled, if a journal is set). A failed or unknown
+///   transaction is still `CARDVM_OK`: its reason is in the receipt.
+/// - [`CARDVM_E_UNJOURNALED`]: the card was reached and `*outcome` is set, but the
+///   receipt is NOT in the journal: fetch it and deliver it yourself.
+/// - Any other code: the card was not touched (the transmit callback was not called)
+///   and there is no receipt: `CARDVM_E_POLICY` (plain script on a sealed-only
+///   reader), `CARDVM_E_OPEN`, `CARDVM_E_SCRIPT`, `CARDVM_E_STORE`,
+///   `CARDVM_E_STATE` (nothing loaded, sealed scripts without a journal, or an
+///   undelivered receipt), ... Two exceptions may come after the card was reached,
+///   without a receipt: `CARDVM_E_INTERNAL` (signing the receipt failed) and
+///   `CARDVM_E_PANIC`; treat the transaction as unknown and recover.
 ///
 /// # Safety
 /// `transmit` must be null (→ `CARDVM_E_NULL`) or a function of the
@@ -603,66 +701,77 @@ pub unsafe extern "C" fn cardvm_run(
     code(call(Some(ctx), || {
         ffi::non_null(outcome, "outcome")?;
         let f = transmit.ok_or_else(|| Error::new(CARDVM_E_NULL, "transmit: null function"))?;
-        let o = with_ctx(ctx, |c| {
-            let (Some(program), Some(data)) = (&c.program, &c.data) else {
+        let (o, unjournaled) = with_ctx(ctx, |c| {
+            if c.undelivered {
+                return Err(Error::new(
+                    CARDVM_E_STATE,
+                    "the last receipt is not in the journal and was not fetched: fetch it (cardvm_receipt_bytes or cardvm_receipt_json) and deliver it before the next run",
+                ));
+            }
+            c.last = None;
+            let (Some(command), Some(data)) = (&c.command, &c.data) else {
                 return Err(Error::new(
                     CARDVM_E_STATE,
                     "load a command script and a data script before cardvm_run",
                 ));
             };
-            let bound = program
-                .bind_into(data, &mut c.binding)
-                .map_err(|e| Error::new(CARDVM_E_SCRIPT, format!("data script: {e}")))?;
-            let mut layer = ApduLayer::new(CallbackCard { f, user });
-            let report = c.vm.run(bound, &mut layer, &mut NoTrace);
-            let receipt =
-                Receipt::from_run(program.header(), &c.reader_id, &c.card_id, &report, None);
-            let o = match report.outcome {
+            let reader = &mut c.pipeline.reader;
+            let prepared = reader
+                .prepare(command, data)
+                .map_err(|e| reader_error(&e))?;
+            let completed = reader
+                .run(
+                    &prepared,
+                    &mut CallbackCard { f, user },
+                    &mut NoTrace,
+                    &mut cardvm_core::crypto::rng::os_rng(),
+                )
+                .map_err(|e| reader_error(&e))?;
+            let o = match completed.report.outcome {
                 Outcome::Committed => CARDVM_OUTCOME_COMMITTED,
                 Outcome::Failed(_) => CARDVM_OUTCOME_FAILED,
                 Outcome::Unknown(_) => CARDVM_OUTCOME_UNKNOWN,
             };
-            c.receipt = Some(receipt);
-            Ok(o)
+            let unjournaled = match &completed.journal {
+                JournalStatus::Failed(e) => Some(format!(
+                    "the card was reached (outcome {}), but the receipt is NOT in the journal ({e}): fetch it with cardvm_receipt_bytes and deliver it yourself",
+                    completed.report.outcome.name()
+                )),
+                JournalStatus::Appended(_) | JournalStatus::NotConfigured => None,
+            };
+            c.undelivered = unjournaled.is_some();
+            c.last = Some(completed);
+            Ok((o, unjournaled))
         })?;
         // SAFETY: forwarded contract of `outcome` (checked non-null above).
         unsafe { ffi::value_out(outcome, o, "outcome") }?;
-        Ok(CARDVM_OK)
+        match unjournaled {
+            Some(msg) => Err(Error::new(CARDVM_E_UNJOURNALED, msg)),
+            None => Ok(CARDVM_OK),
+        }
     }))
 }
 
-fn with_receipt<T>(ctx: cardvm_ctx, f: impl FnOnce(&mut Receipt) -> Result<T>) -> Result<T> {
-    with_ctx(ctx, |c| {
-        let r = c
-            .receipt
-            .as_mut()
-            .ok_or_else(|| Error::new(CARDVM_E_STATE, "no receipt: call cardvm_run first"))?;
-        f(r)
-    })
-}
-
-/// Signs the last receipt with the reader key of [`cardvm_set_keys`].
+/// `CARDVM_OK` if the last receipt is signed. [`cardvm_run`] signs every receipt on a
+/// context with a reader key, so this only checks (kept for compatibility):
+/// `CARDVM_E_STATE` without a receipt, or when the context has no reader key
+/// ([`cardvm_set_keys`]) and the receipt is unsigned.
 #[unsafe(no_mangle)]
 pub extern "C" fn cardvm_sign_receipt(ctx: cardvm_ctx) -> c_int {
     code(call(Some(ctx), || {
-        with_ctx(ctx, |c| {
-            let key =
-                c.keys.as_ref().map(|k| k.reader.clone()).ok_or_else(|| {
-                    Error::new(CARDVM_E_STATE, "no reader key: call cardvm_set_keys")
-                })?;
-            let r = c
-                .receipt
-                .as_mut()
-                .ok_or_else(|| Error::new(CARDVM_E_STATE, "no receipt: call cardvm_run first"))?;
-            r.sign(&key, &mut cardvm_core::crypto::rng::os_rng())
-                .map_err(|e| Error::new(CARDVM_E_INTERNAL, format!("signing the receipt: {e}")))?;
-            Ok(CARDVM_OK)
+        with_ctx(ctx, |c| match c.receipt()?.signature {
+            Some(_) => Ok(CARDVM_OK),
+            None => Err(Error::new(
+                CARDVM_E_STATE,
+                "the receipt is unsigned: this context has no reader key (cardvm_set_keys)",
+            )),
         })
     }))
 }
 
-/// Copies the last receipt's canonical bytes (signed if [`cardvm_sign_receipt`] was
-/// called) into `buf` (see the buffer convention).
+/// Copies the last receipt's canonical bytes (signed when the context has a reader
+/// key) into `buf` (see the buffer convention). A successful copy counts as delivery
+/// of an unjournaled receipt ([`CARDVM_E_UNJOURNALED`]).
 ///
 /// # Safety
 /// `buf` null with `cap` 0, or valid for `cap` bytes; `needed` null or valid.
@@ -674,16 +783,21 @@ pub unsafe extern "C" fn cardvm_receipt_bytes(
     needed: *mut usize,
 ) -> c_int {
     code(call(Some(ctx), || {
-        let bytes = with_receipt(ctx, |r| {
-            r.to_bytes()
-                .map_err(|e| Error::new(CARDVM_E_INTERNAL, format!("receipt: {e}")))
-        })?;
-        // SAFETY: forwarded contract.
-        unsafe { ffi::bytes_out(&bytes, buf, cap, needed) }
+        with_ctx(ctx, |c| {
+            let bytes = c
+                .receipt()?
+                .to_bytes()
+                .map_err(|e| Error::new(CARDVM_E_INTERNAL, format!("receipt: {e}")))?;
+            // SAFETY: forwarded contract.
+            let rc = unsafe { ffi::bytes_out(&bytes, buf, cap, needed) }?;
+            c.undelivered = false;
+            Ok(rc)
+        })
     }))
 }
 
-/// Copies the last receipt as JSON (NUL-terminated) into `buf`.
+/// Copies the last receipt as JSON (NUL-terminated) into `buf`. A successful copy
+/// counts as delivery of an unjournaled receipt ([`CARDVM_E_UNJOURNALED`]).
 ///
 /// # Safety
 /// As [`cardvm_receipt_bytes`].
@@ -695,9 +809,63 @@ pub unsafe extern "C" fn cardvm_receipt_json(
     needed: *mut usize,
 ) -> c_int {
     code(call(Some(ctx), || {
-        let json = with_receipt(ctx, |r| Ok(r.to_json()))?;
-        // SAFETY: forwarded contract.
-        unsafe { ffi::str_out(&json, buf, cap, needed) }
+        with_ctx(ctx, |c| {
+            let json = c.receipt()?.to_json();
+            // SAFETY: forwarded contract.
+            let rc = unsafe { ffi::str_out(&json, buf, cap, needed) }?;
+            c.undelivered = false;
+            Ok(rc)
+        })
+    }))
+}
+
+/// The last receipt's mode: [`CARDVM_MODE_PRODUCTION`] (both scripts sealed by the
+/// trusted issuer) or [`CARDVM_MODE_DEVELOPMENT`] (plain scripts; never settled).
+///
+/// # Safety
+/// `out` null (→ `CARDVM_E_NULL`) or valid for writing one `int`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cardvm_receipt_mode(ctx: cardvm_ctx, out: *mut c_int) -> c_int {
+    code(call(Some(ctx), || {
+        ffi::non_null(out, "out")?;
+        let mode = with_ctx(ctx, |c| {
+            Ok(match c.receipt()?.mode {
+                Mode::Production => CARDVM_MODE_PRODUCTION,
+                Mode::Development => CARDVM_MODE_DEVELOPMENT,
+            })
+        })?;
+        // SAFETY: forwarded contract (checked non-null above).
+        unsafe { ffi::value_out(out, mode, "out") }?;
+        Ok(CARDVM_OK)
+    }))
+}
+
+/// The journal sequence number of the last receipt. `CARDVM_E_STATE` when there is no
+/// receipt or no journal; [`CARDVM_E_UNJOURNALED`] when appending it failed.
+///
+/// # Safety
+/// `out` null (→ `CARDVM_E_NULL`) or valid for writing one `uint64_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cardvm_receipt_journal_seq(ctx: cardvm_ctx, out: *mut u64) -> c_int {
+    code(call(Some(ctx), || {
+        ffi::non_null(out, "out")?;
+        let seq = with_ctx(ctx, |c| {
+            c.receipt()?;
+            match c.last.as_ref().map(|l| &l.journal) {
+                Some(JournalStatus::Appended(seq)) => Ok(*seq),
+                Some(JournalStatus::Failed(e)) => Err(Error::new(
+                    CARDVM_E_UNJOURNALED,
+                    format!("the receipt is not in the journal: {e}"),
+                )),
+                _ => Err(Error::new(
+                    CARDVM_E_STATE,
+                    "no journal: the receipt was not journaled (cardvm_set_journal)",
+                )),
+            }
+        })?;
+        // SAFETY: forwarded contract (checked non-null above).
+        unsafe { ffi::value_out(out, seq, "out") }?;
+        Ok(CARDVM_OK)
     }))
 }
 
@@ -716,7 +884,7 @@ pub unsafe extern "C" fn cardvm_receipt_field_int(
         // SAFETY: forwarded contract.
         let name = unsafe { ffi::str_in(name, "name") }?;
         ffi::non_null(out, "out")?;
-        let v = with_receipt(ctx, |r| match r.field(&name) {
+        let v = with_ctx(ctx, |c| match c.receipt()?.field(&name) {
             Some(FieldValue::Int(v)) => Ok(*v),
             Some(FieldValue::Bytes(_)) => Err(Error::new(
                 CARDVM_E_STATE,

@@ -1,5 +1,6 @@
 //! Builds examples/c/city_load.c with the machine's gcc against the static and the
-//! shared library and runs it on the 3DES city's load against a simulated card.
+//! shared library and runs it on the 3DES city's load against a simulated card,
+//! journaling the receipt (each run into a fresh journal, which is then read back).
 //! With `CARDVM_VALGRIND=1` the static build also runs under
 //! `valgrind --leak-check=full --error-exitcode=1` (see .ci/valgrind.sh).
 
@@ -49,10 +50,22 @@ fn gcc(out: &Path, link: &[&str]) {
     assert!(status.success(), "gcc failed for {}", out.display());
 }
 
-fn run(cmd: &mut Command) -> String {
+/// A fresh journal path for one run of the example.
+fn journal(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.journal"));
+    for suffix in ["", ".ack", ".new"] {
+        let mut p = path.clone().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+    path
+}
+
+fn run(cmd: &mut Command, journal: &Path) -> String {
     let out = cmd
         .current_dir(repo())
         .arg("scripts/city0731-des3")
+        .arg(journal)
         .output()
         .expect("the example runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -65,12 +78,26 @@ fn run(cmd: &mut Command) -> String {
     stdout
 }
 
-fn check_output(stdout: &str) {
+fn check_output(stdout: &str, journal: &Path) {
     assert!(stdout.contains("\"outcome\": \"committed\""), "{stdout}");
     assert!(stdout.contains("\"balance_after\": 10500"), "{stdout}");
     assert!(
         stdout.contains("load committed: balance 500 -> 10500 fen"),
         "{stdout}"
+    );
+    assert!(stdout.contains("\"mode\": \"development\""), "{stdout}");
+    assert!(stdout.contains("receipt journaled as entry 1"), "{stdout}");
+    // The journal holds exactly the receipt the example printed.
+    let j = cardvm_core::journal::Journal::open_read_only(journal).expect("the journal opens");
+    let entries: Vec<_> = j
+        .entries()
+        .map(|e| e.expect("a valid entry").payload)
+        .collect();
+    assert_eq!(entries.len(), 1, "one receipt in {}", journal.display());
+    let receipt = cardvm_core::receipt::Receipt::from_bytes(&entries[0]).expect("a receipt");
+    assert!(
+        stdout.contains(&receipt.to_json()),
+        "journaled receipt differs from the printed one:\n{stdout}"
     );
 }
 
@@ -80,18 +107,23 @@ fn c_example_static() {
     assert!(lib.exists(), "{} missing", lib.display());
     let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("city_load_static");
     gcc(&exe, &[lib.to_str().expect("utf-8 path")]);
-    check_output(&run(&mut Command::new(&exe)));
+    let j = journal("static");
+    check_output(&run(&mut Command::new(&exe), &j), &j);
 
     if std::env::var_os("CARDVM_VALGRIND").is_some_and(|v| v == "1") {
-        let stdout = run(Command::new("valgrind")
-            .args([
-                "--leak-check=full",
-                "--errors-for-leak-kinds=definite,indirect,possible",
-                "--error-exitcode=1",
-                "-q",
-            ])
-            .arg(&exe));
-        check_output(&stdout);
+        let j = journal("valgrind");
+        let stdout = run(
+            Command::new("valgrind")
+                .args([
+                    "--leak-check=full",
+                    "--errors-for-leak-kinds=definite,indirect,possible",
+                    "--error-exitcode=1",
+                    "-q",
+                ])
+                .arg(&exe),
+            &j,
+        );
+        check_output(&stdout, &j);
     }
 }
 
@@ -109,5 +141,6 @@ fn c_example_shared() {
             "-lcardvm",
         ],
     );
-    check_output(&run(&mut Command::new(&exe)));
+    let j = journal("shared");
+    check_output(&run(&mut Command::new(&exe), &j), &j);
 }

@@ -1,17 +1,21 @@
 /*
  * city_load.c — one electronic-purse load (圈存) of a city, from C, through libcardvm.
  *
- *   city_load CITY_DIR        e.g.  city_load scripts/city0731-des3
+ *   city_load CITY_DIR [JOURNAL]    e.g.  city_load scripts/city0731-des3 /tmp/r.journal
  *
  * Assembles CITY_DIR/load.casm, compiles CITY_DIR/load.toml, builds the simulated card
  * of CITY_DIR/card.toml, runs the load against it through a C transmit callback (which
  * counts the APDUs and forwards them to cardvm_sim_transmit), and checks the receipt:
  * outcome committed, balance_after = balance_before + amount = the card's new balance.
- * It also checks that misuse of the API returns error codes. Exit status 0 = all good.
+ * With JOURNAL, the receipt is appended to that journal file. The reader here is an
+ * authoring one (plain scripts, no keys): its receipts say "development" and are not
+ * signed. It also checks that a reader with keys refuses plain scripts without
+ * touching the card, and that misuse of the API returns error codes.
+ * Exit status 0 = all good.
  *
- * Build (from the repository root, after `cargo build -p cardvm-capi`):
+ * Build (from the repository root, after `cargo build -p cardvm-capi --release`):
  *   gcc -std=c11 -Wall -Wextra -Icapi/include examples/c/city_load.c \
- *       target/debug/libcardvm.a -lpthread -ldl -lm -o city_load
+ *       target/release/libcardvm.a -lpthread -ldl -lm -o city_load
  */
 #include "cardvm.h"
 
@@ -116,9 +120,6 @@ static int assemble(void *buf, size_t cap, size_t *needed) {
 static int compile(void *buf, size_t cap, size_t *needed) {
     return cardvm_compile_data(g_data_toml, buf, cap, needed);
 }
-static int card_id(void *buf, size_t cap, size_t *needed) {
-    return cardvm_sim_card_id(g_sim, buf, cap, needed);
-}
 static int receipt_json(void *buf, size_t cap, size_t *needed) {
     return cardvm_receipt_json(g_ctx, buf, cap, needed);
 }
@@ -139,6 +140,10 @@ static void check_misuse(void) {
     CHECK(cardvm_run(ctx, counting_transmit, NULL, &outcome) == CARDVM_E_STATE,
           "run without scripts");
     CHECK(cardvm_run(ctx, NULL, NULL, &outcome) == CARDVM_E_NULL, "null callback");
+    CHECK(cardvm_set_journal(ctx, NULL) == CARDVM_E_NULL, "null journal path");
+    CHECK(cardvm_set_keys(ctx, junk, sizeof junk, junk, sizeof junk, NULL, NULL) ==
+              CARDVM_E_KEY,
+          "4-byte keys");
     CHECK(cardvm_receipt_json(ctx, NULL, 0, NULL) == CARDVM_E_STATE, "no receipt yet");
     CHECK(cardvm_ctx_free(ctx) == CARDVM_OK, "free");
     CHECK(cardvm_ctx_free(ctx) == CARDVM_E_BAD_HANDLE, "double free");
@@ -150,11 +155,45 @@ static void check_misuse(void) {
     CHECK(cardvm_last_error_code(0) == CARDVM_E_SIM, "bad card profile code");
 }
 
+/* A reader with keys runs sealed scripts only: the plain load is refused before the
+ * card is touched, and runs in the explicit development mode. (Fixed test keys: the
+ * issuer key is the SM2 generator, i.e. private key 1. Never use these.) */
+static void check_policy(const uint8_t *command, size_t command_len, const uint8_t *data,
+                         size_t data_len) {
+    static const uint8_t reader_key[32] = {[31] = 2};
+    static const uint8_t issuer_pub[65] = {
+        0x04, 0x32, 0xC4, 0xAE, 0x2C, 0x1F, 0x19, 0x81, 0x19, 0x5F, 0x99, 0x04, 0x46,
+        0x6A, 0x39, 0xC9, 0x94, 0x8F, 0xE3, 0x0B, 0xBF, 0xF2, 0x66, 0x0B, 0xE1, 0x71,
+        0x5A, 0x45, 0x89, 0x33, 0x4C, 0x74, 0xC7, 0xBC, 0x37, 0x36, 0xA2, 0xF4, 0xF6,
+        0x77, 0x9C, 0x59, 0xBD, 0xCE, 0xE3, 0x6B, 0x69, 0x21, 0x53, 0xD0, 0xA9, 0x87,
+        0x7C, 0xC6, 0x2A, 0x47, 0x40, 0x02, 0xDF, 0x32, 0xE5, 0x21, 0x39, 0xF0, 0xA0};
+    cardvm_ctx ctx = cardvm_ctx_new(NULL);
+    CHECK(ctx != 0, "cardvm_ctx_new(NULL)");
+    int rc = cardvm_set_keys(ctx, reader_key, sizeof reader_key, issuer_pub,
+                             sizeof issuer_pub, "c-example-0731", NULL);
+    CHECK(rc == CARDVM_OK, "cardvm_set_keys: %d", rc);
+    CHECK(cardvm_load_command(ctx, command, command_len) == CARDVM_OK, "load command");
+    CHECK(cardvm_load_data(ctx, data, data_len) == CARDVM_OK, "load data");
+    struct transport t = {g_sim, 0};
+    int outcome = -1;
+    CHECK(cardvm_run(ctx, counting_transmit, &t, &outcome) == CARDVM_E_POLICY,
+          "plain scripts on a reader with keys");
+    CHECK(t.apdus == 0, "the card was touched: %d APDUs", t.apdus);
+    CHECK(cardvm_set_allow_plain(ctx, 1) == CARDVM_OK, "cardvm_set_allow_plain");
+    CHECK(cardvm_run(ctx, counting_transmit, &t, &outcome) == CARDVM_OK, "development run");
+    int mode = -1;
+    CHECK(cardvm_receipt_mode(ctx, &mode) == CARDVM_OK && mode == CARDVM_MODE_DEVELOPMENT,
+          "development receipt");
+    CHECK(cardvm_sign_receipt(ctx) == CARDVM_OK, "signed by the reader key");
+    CHECK(cardvm_ctx_free(ctx) == CARDVM_OK, "free");
+}
+
 int main(int argc, char **argv) {
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s CITY_DIR\n", argv[0]);
+    if (argc != 2 && argc != 3) {
+        fprintf(stderr, "usage: %s CITY_DIR [JOURNAL]\n", argv[0]);
         return 2;
     }
+    const char *journal = argc == 3 ? argv[2] : NULL;
     g_dir = argv[1];
     printf("%s\n", cardvm_version());
 
@@ -179,23 +218,30 @@ int main(int argc, char **argv) {
     g_ctx = cardvm_ctx_new(&limits);
     if (g_ctx == 0) die(0, "cardvm_ctx_new", cardvm_last_error_code(0));
     int rc;
+    if ((rc = cardvm_set_reader_id(g_ctx, "c-example-0731")) != CARDVM_OK)
+        die(g_ctx, "cardvm_set_reader_id", rc);
+    /* The journal is opened (and held) now, before any card is touched. */
+    if (journal && (rc = cardvm_set_journal(g_ctx, journal)) != CARDVM_OK)
+        die(g_ctx, "cardvm_set_journal", rc);
     if ((rc = cardvm_load_command(g_ctx, command, command_len)) != CARDVM_OK)
         die(g_ctx, "cardvm_load_command", rc);
     if ((rc = cardvm_load_data(g_ctx, data, data_len)) != CARDVM_OK)
         die(g_ctx, "cardvm_load_data", rc);
-    memset(data, 0, data_len); /* the data script holds keys */
-    uint8_t *id;
-    size_t id_len;
-    FETCH(card_id, id, id_len);
-    if ((rc = cardvm_set_card_id(g_ctx, id, id_len)) != CARDVM_OK)
-        die(g_ctx, "cardvm_set_card_id", rc);
-    if ((rc = cardvm_set_reader_id(g_ctx, "c-example-0731")) != CARDVM_OK)
-        die(g_ctx, "cardvm_set_reader_id", rc);
 
     struct transport t = {g_sim, 0};
     int outcome = -1;
-    if ((rc = cardvm_run(g_ctx, counting_transmit, &t, &outcome)) != CARDVM_OK)
+    rc = cardvm_run(g_ctx, counting_transmit, &t, &outcome);
+    if (rc == CARDVM_E_UNJOURNALED) {
+        /* The card was reached but the journal refused the receipt: never drop it. */
+        char *lost;
+        size_t lost_len;
+        FETCH(receipt_json, lost, lost_len);
+        fprintf(stderr, "receipt NOT journaled, deliver it yourself (%zu bytes):\n%s\n",
+                lost_len, lost);
+        free(lost);
         die(g_ctx, "cardvm_run", rc);
+    }
+    if (rc != CARDVM_OK) die(g_ctx, "cardvm_run", rc);
 
     /* The receipt. */
     char *json;
@@ -231,16 +277,28 @@ int main(int argc, char **argv) {
     CHECK(cardvm_receipt_json(g_ctx, small, sizeof small, &needed) ==
               CARDVM_E_BUFFER_TOO_SMALL && needed == json_len,
           "buffer too small");
-    /* Unsigned: no reader key set. */
-    CHECK(cardvm_sign_receipt(g_ctx) == CARDVM_E_STATE, "sign without a key");
+    /* An authoring reader: development mode, unsigned. */
+    int mode = -1;
+    CHECK(cardvm_receipt_mode(g_ctx, &mode) == CARDVM_OK && mode == CARDVM_MODE_DEVELOPMENT,
+          "mode %d, not development", mode);
+    CHECK(cardvm_sign_receipt(g_ctx) == CARDVM_E_STATE, "unsigned without a key");
+    uint64_t seq = 0;
+    rc = cardvm_receipt_journal_seq(g_ctx, &seq);
+    if (journal) {
+        CHECK(rc == CARDVM_OK, "cardvm_receipt_journal_seq: %d", rc);
+        printf("receipt journaled as entry %llu in %s\n", (unsigned long long)seq, journal);
+    } else {
+        CHECK(rc == CARDVM_E_STATE, "journal seq without a journal: %d", rc);
+    }
 
+    check_policy(command, command_len, data, data_len);
+    memset(data, 0, data_len); /* the data script holds keys */
     check_misuse();
 
     CHECK(cardvm_ctx_free(g_ctx) == CARDVM_OK, "ctx free");
     CHECK(cardvm_sim_free(g_sim) == CARDVM_OK, "sim free");
     free(command);
     free(data);
-    free(id);
     free(json);
     free(bytes);
     free(card_toml);
