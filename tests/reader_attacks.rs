@@ -20,8 +20,7 @@ use cardvm::sim::SimCard;
 use cardvm::storage::MemoryRecord;
 use cardvm::transport::{CardTransport, TransportError};
 use cardvm::vm::{Limits, NoTrace, Outcome};
-use std::cell::RefCell;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 const NOW: u64 = 1_800_000_000;
 const READER: &str = "kiosk-0731-0001";
@@ -136,7 +135,7 @@ impl World {
         &self,
         policy: Policy,
         store: BoxedStore,
-        journal: Box<dyn ReceiptJournal>,
+        journal: Box<dyn ReceiptJournal + Send>,
         clock: u64,
     ) -> Result<Reader, ReaderError> {
         Reader::new(
@@ -365,14 +364,14 @@ fn production_receipt_names_program_transaction_and_card() {
 /// A journal that keeps its receipts where the test can still see them after the reader
 /// that wrote them is gone (a reader restart).
 #[derive(Clone, Default)]
-struct SharedJournal(Rc<RefCell<MemoryJournal>>);
+struct SharedJournal(Arc<Mutex<MemoryJournal>>);
 
 impl ReceiptJournal for SharedJournal {
     fn append(&mut self, receipt: &[u8]) -> Result<u64, JournalFailure> {
-        self.0.borrow_mut().append(receipt)
+        self.0.lock().unwrap().append(receipt)
     }
     fn for_each(&self, f: &mut dyn FnMut(&[u8])) -> Result<(), JournalFailure> {
-        self.0.borrow().for_each(f)
+        self.0.lock().unwrap().for_each(f)
     }
 }
 
@@ -384,21 +383,21 @@ impl ReceiptJournal for SharedJournal {
 fn replay_store_deleted_rolled_back_or_edited_fails_closed() {
     let w = World::new();
     let journal = SharedJournal::default();
-    let record = Rc::new(RefCell::new(MemoryRecord::default()));
+    let record = Arc::new(Mutex::new(MemoryRecord::default()));
     // A store on shared storage, so a "restart" can reopen what was written.
-    struct Shared(Rc<RefCell<MemoryRecord>>);
+    struct Shared(Arc<Mutex<MemoryRecord>>);
     impl cardvm::storage::RecordStorage for Shared {
         fn load(&mut self) -> Result<Option<Vec<u8>>, cardvm::storage::StorageError> {
-            self.0.borrow_mut().load()
+            self.0.lock().unwrap().load()
         }
         fn store(&mut self, b: &[u8]) -> Result<(), cardvm::storage::StorageError> {
-            self.0.borrow_mut().store(b)
+            self.0.lock().unwrap().store(b)
         }
         fn location(&self) -> String {
             String::from("(test flash)")
         }
     }
-    let open_store = |r: &Rc<RefCell<MemoryRecord>>| -> Result<BoxedStore, StoreError> {
+    let open_store = |r: &Arc<Mutex<MemoryRecord>>| -> Result<BoxedStore, StoreError> {
         Ok(Box::new(ProtectedReplayStore::open(
             Shared(r.clone()),
             &w.reader,
@@ -406,7 +405,7 @@ fn replay_store_deleted_rolled_back_or_edited_fails_closed() {
     };
 
     // Transaction 1 (data seq 2) commits; keep a copy of the store from before it.
-    let before = record.borrow().clone();
+    let before = record.lock().unwrap().clone();
     let mut reader = w
         .reader_with(
             Policy::SealedOnly,
@@ -429,7 +428,7 @@ fn replay_store_deleted_rolled_back_or_edited_fails_closed() {
     drop(reader);
 
     // Deleted: a fresh, empty store.
-    let deleted = Rc::new(RefCell::new(MemoryRecord::default()));
+    let deleted = Arc::new(Mutex::new(MemoryRecord::default()));
     let e = w
         .reader_with(
             Policy::SealedOnly,
@@ -449,7 +448,7 @@ fn replay_store_deleted_rolled_back_or_edited_fails_closed() {
     // Rolled back: the store as it was after the command script was accepted (seq 1 of
     // the command stream) but before the data script — simulate with the copy taken
     // before the transaction plus the command stream only.
-    let rolled = Rc::new(RefCell::new(before));
+    let rolled = Arc::new(Mutex::new(before));
     {
         let mut s = ProtectedReplayStore::open(Shared(rolled.clone()), &w.reader).unwrap();
         s.record(
@@ -483,8 +482,8 @@ fn replay_store_deleted_rolled_back_or_edited_fails_closed() {
     );
 
     // Edited: one byte of the real store changed.
-    let edited = Rc::new(RefCell::new(record.borrow().clone()));
-    if let Some(b) = edited.borrow_mut().bytes.as_mut() {
+    let edited = Arc::new(Mutex::new(record.lock().unwrap().clone()));
+    if let Some(b) = edited.lock().unwrap().bytes.as_mut() {
         let i = b.len() / 2;
         b[i] ^= 0x01;
     }
@@ -569,18 +568,18 @@ fn bad_clock_refuses_sealed_scripts() {
 }
 
 /// A clock that can be set back between transactions.
-struct SettableClock(Rc<RefCell<u64>>);
+struct SettableClock(Arc<Mutex<u64>>);
 
 impl Clock for SettableClock {
     fn now(&self) -> u64 {
-        *self.0.borrow()
+        *self.0.lock().unwrap()
     }
 }
 
 #[test]
 fn clock_set_back_after_a_transaction_refuses_the_next() {
     let w = World::new();
-    let time = Rc::new(RefCell::new(NOW));
+    let time = Arc::new(Mutex::new(NOW));
     let mut reader = Reader::new(
         w.config(Policy::SealedOnly),
         Some(Box::new(MemoryReplayStore::new())),
@@ -599,7 +598,7 @@ fn clock_set_back_after_a_transaction_refuses_the_next() {
         )
         .unwrap();
     // The attacker sets the clock a day back so that an expired script opens.
-    *time.borrow_mut() = NOW - 86_400;
+    *time.lock().unwrap() = NOW - 86_400;
     let next = w.seal(ScriptKind::Data, 3, &w.data, &w.command);
     let e = reader
         .transact(

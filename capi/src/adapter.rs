@@ -205,25 +205,8 @@ pub(crate) struct Pipeline {
     pub(crate) reader: Reader,
 }
 
-// The reader's own fields, checked here because `Pipeline` asserts `Send` below.
-const _: () = {
-    const fn send<T: Send>() {}
-    send::<String>();
-    send::<Sm2PrivateKey>();
-    send::<cardvm_core::envelope::Opener<cardvm_core::envelope::MemoryReplayStore>>();
-    send::<cardvm_core::vm::Vm>();
-    send::<cardvm_core::verify::Binding>();
-    send::<Arc<cardvm_core::verify::VerifiedProgram>>();
-};
-
-// SAFETY: `Reader` is not `Send` only because its boxed trait objects (replay store,
-// journal, clock) carry no `Send` bound. `Pipeline::new` is the only way to build a
-// `Pipeline`, and it boxes only `Send` values: a `SharedStore`, a `SharedJournal` and a
-// `Box<dyn Clock + Send>`. The reader's other fields (id, key, opener, VM, binding,
-// verified program) are of the types asserted `Send` above, and hold no references,
-// `Rc`s or thread-bound handles. The reader keeps no borrow across calls: the card and
-// the tracer are passed to each `run`.
-unsafe impl Send for Pipeline {}
+// `Reader` is `Send` (its boxed store, journal and clock are), so a `Pipeline` may move
+// between the threads that call into a context.
 
 impl Pipeline {
     fn new(
@@ -233,7 +216,7 @@ impl Pipeline {
         clock: Box<dyn Clock + Send>,
     ) -> Result<Self> {
         let store = store.map(|s| Box::new(s) as BoxedStore);
-        let journal = journal.map(|j| Box::new(j) as Box<dyn ReceiptJournal>);
+        let journal = journal.map(|j| Box::new(j) as Box<dyn ReceiptJournal + Send>);
         let reader = Reader::new(config, store, journal, clock).map_err(|e| reader_error(&e))?;
         Ok(Pipeline { reader })
     }

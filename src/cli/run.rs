@@ -173,7 +173,7 @@ fn build_reader(args: &RunArgs) -> Result<(Reader, Option<PathBuf>), String> {
             .flatten()
     });
     // The journal is opened (and locked) here, before any card is touched.
-    let journal: Option<Box<dyn ReceiptJournal>> = match &journal_path {
+    let journal: Option<Box<dyn ReceiptJournal + Send>> = match &journal_path {
         Some(p) => Some(Box::new(
             cardvm::journal::Journal::open(p).map_err(|e| format!("{}: {e}", p.display()))?,
         )),

@@ -295,16 +295,17 @@ impl fmt::Debug for ReaderConfig {
     }
 }
 
-/// A replay store behind a box, so a [`Reader`] is one type whatever the device.
-pub type BoxedStore = Box<dyn ReplayStore>;
+/// A replay store behind a box, so a [`Reader`] is one type whatever the device (and
+/// `Send`, so a service can keep readers' pipelines across threads).
+pub type BoxedStore = Box<dyn ReplayStore + Send>;
 
 /// The transaction pipeline (see the module docs).
 pub struct Reader {
     reader_id: String,
     reader_key: Option<Sm2PrivateKey>,
     opener: Option<Opener<BoxedStore>>,
-    journal: Option<Box<dyn ReceiptJournal>>,
-    clock: Box<dyn Clock>,
+    journal: Option<Box<dyn ReceiptJournal + Send>>,
+    clock: Box<dyn Clock + Send>,
     policy: Policy,
     vm: Vm,
     binding: Binding,
@@ -340,8 +341,8 @@ impl Reader {
     pub fn new(
         config: ReaderConfig,
         store: Option<BoxedStore>,
-        journal: Option<Box<dyn ReceiptJournal>>,
-        clock: Box<dyn Clock>,
+        journal: Option<Box<dyn ReceiptJournal + Send>>,
+        clock: Box<dyn Clock + Send>,
     ) -> Result<Self, ReaderError> {
         let ReaderConfig {
             reader_id,
