@@ -211,6 +211,9 @@ pub fn run(args: RunArgs) -> CliResult {
         .prepare(&command, &data)
         .map_err(|e| format!("{}: {e}", args.command.display()))?;
     let completed = on_card(&args, &mut reader, &prepared, &sources)?;
+    if let Some(e) = &completed.sign_error {
+        eprintln!("cardvm: warning: the receipt is NOT signed ({e}); it is journaled and printed");
+    }
     let mut json = completed.receipt.to_json();
     json.push('\n');
     match &completed.journal {

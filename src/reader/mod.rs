@@ -198,9 +198,6 @@ pub enum ReaderError {
     /// The journal could not be read (reconciliation).
     #[error("journal: {0}")]
     Journal(JournalFailure),
-    /// Signing the receipt failed.
-    #[error("signing the receipt: {0}")]
-    Sign(crate::receipt::ReceiptError),
 }
 
 /// What became of the receipt after the run.
@@ -224,6 +221,9 @@ pub struct Completed {
     pub report: RunReport,
     /// Whether the receipt reached the journal.
     pub journal: JournalStatus,
+    /// Why the receipt is unsigned although the reader has a key (the random generator
+    /// failed): the card was reached, so the receipt is still journaled and returned.
+    pub sign_error: Option<crate::receipt::ReceiptError>,
 }
 
 /// Both scripts opened, verified and paired; ready to run on a card.
@@ -609,9 +609,11 @@ impl Reader {
         receipt.mode = prepared.mode;
         receipt.command_sm3 = prepared.command_sm3;
         receipt.data = prepared.data_identity;
-        if let Some(key) = &self.reader_key {
-            receipt.sign(key, rng).map_err(ReaderError::Sign)?;
-        }
+        // A failed signature must not lose the receipt of a card that was reached.
+        let sign_error = match &self.reader_key {
+            Some(key) => receipt.sign(key, rng).err(),
+            None => None,
+        };
         let journal = match &mut self.journal {
             None => JournalStatus::NotConfigured,
             Some(j) => match receipt.to_bytes() {
@@ -626,6 +628,7 @@ impl Reader {
             receipt,
             report,
             journal,
+            sign_error,
         })
     }
 
