@@ -279,9 +279,10 @@ int cardvm_load_data(cardvm_ctx ctx, const uint8_t *bytes, size_t len);
 //   and there is no receipt: `CARDVM_E_POLICY` (plain script on a sealed-only
 //   reader), `CARDVM_E_OPEN`, `CARDVM_E_SCRIPT`, `CARDVM_E_STORE`,
 //   `CARDVM_E_STATE` (nothing loaded, sealed scripts without a journal, or an
-//   undelivered receipt), ... Two exceptions may come after the card was reached,
-//   without a receipt: `CARDVM_E_INTERNAL` (signing the receipt failed) and
-//   `CARDVM_E_PANIC`; treat the transaction as unknown and recover.
+//   undelivered receipt), ... One exception may come after the card was reached,
+//   without a receipt: `CARDVM_E_PANIC`; treat the transaction as unknown and
+//   recover. (A receipt whose signature failed is still journaled and returned,
+//   unsigned.)
 //
 // # Safety
 // `transmit` must be null (→ `CARDVM_E_NULL`) or a function of the
