@@ -155,7 +155,8 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     // -- card company: check the receipt ----------------------------------------------
     done.receipt.verify_production(reader_key.public_key())?;
-    println!("card company: receipt signature verifies; production receipt for data seq 1");
+    let seq = done.receipt.data.map_or(0, |d| d.seq);
+    println!("card company: receipt signature verifies; production receipt for data seq {seq}");
     Ok(())
 }
 
