@@ -392,7 +392,8 @@ impl LuaPeer {
 /// Checks the Lua peer really loads: balance and TAC as cardvm's.
 pub fn check_lua(case: &LoadCase, peer: &LuaPeer) {
     let (card, n) = peer.run(case, case.card());
-    assert_eq!(n, 10, "{}: Lua load failed", case.name);
+    // The ten load outputs and the card id, as the cardvm load reports them.
+    assert_eq!(n, 11, "{}: Lua load failed", case.name);
     let before = case.card();
     let after = match (&card, &before) {
         (SimCard::Cpu(a), SimCard::Cpu(b)) => (a.balance(), b.balance()),

@@ -189,6 +189,8 @@ pub struct OpenedScript {
     pub header: EnvelopeHeader,
     /// Whether it came from the [`OpenCache`] (no asymmetric crypto spent).
     pub from_cache: bool,
+    /// Key id of the issuer key that signed it.
+    pub issuer_key_id: [u8; 8],
     payload: Zeroizing<Vec<u8>>,
 }
 
@@ -438,6 +440,7 @@ impl<S: ReplayStore> Opener<S> {
             let opened = OpenedScript {
                 header: hdr.clone(),
                 from_cache: true,
+                issuer_key_id: env.issuer_key_id,
                 payload: Zeroizing::new(payload.to_vec()),
             };
             self.stats.cache_hits += 1;
@@ -512,6 +515,7 @@ impl<S: ReplayStore> Opener<S> {
         Ok(OpenedScript {
             header: env.header,
             from_cache: false,
+            issuer_key_id: env.issuer_key_id,
             payload,
         })
     }

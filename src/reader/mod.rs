@@ -506,11 +506,6 @@ impl Reader {
                 .ok_or(ReaderError::CannotOpen { which: "data" })?;
             // The binding is checked whatever the policy: a sealed data script (with
             // the issuer's keys) never runs under another program.
-            let env =
-                crate::envelope::SealedEnvelope::parse(data).map_err(|e| ReaderError::Open {
-                    which: "data",
-                    error: e.into(),
-                })?;
             let opened = opener
                 .open(data, now, Expect::DataFor(&command_sm3))
                 .map_err(|error| ReaderError::Open {
@@ -518,7 +513,7 @@ impl Reader {
                     error,
                 })?;
             let identity = DataIdentity {
-                issuer_key_id: env.issuer_key_id,
+                issuer_key_id: opened.issuer_key_id,
                 seq: opened.header.seq,
             };
             let city = opened.header.city;
