@@ -173,17 +173,11 @@ impl Settings {
 
     /// Builds the reader (which reconciles the replay store with the journal).
     pub(crate) fn build(&self) -> Result<Pipeline> {
-        let reader_id = match (&self.reader_id, &self.keys) {
-            (Some(id), _) => id.clone(),
-            (None, Some(k)) => k
-                .reader
-                .public_key()
-                .key_id()
-                .iter()
-                .map(|b| format!("{b:02X}"))
-                .collect(),
-            (None, None) => String::from("local"),
-        };
+        let reader_id = self.reader_id.clone().unwrap_or_else(|| {
+            cardvm_core::reader::default_reader_id(
+                self.keys.as_ref().map(|k| k.reader.public_key()),
+            )
+        });
         let config = ReaderConfig {
             reader_id,
             reader_key: self.keys.as_ref().map(|k| k.reader.clone()),

@@ -557,10 +557,6 @@ pub unsafe extern "C" fn cardvm_set_reader_id(ctx: cardvm_ctx, reader_id: *const
     }))
 }
 
-fn is_sealed(b: &[u8]) -> bool {
-    b.starts_with(&cardvm_core::envelope::format::MAGIC)
-}
-
 /// Early format check at load; the reader opens, verifies and applies the policy at
 /// each run.
 fn check_envelope(bytes: &[u8], what: &str) -> Result<()> {
@@ -586,7 +582,7 @@ pub unsafe extern "C" fn cardvm_load_command(
         // SAFETY: forwarded contract.
         let bytes = unsafe { ffi::bytes_in(bytes, len, "command script") }?;
         with_ctx(ctx, |c| {
-            if is_sealed(bytes) {
+            if cardvm_core::reader::is_sealed(bytes) {
                 check_envelope(bytes, "command")?;
             } else {
                 let script = CommandScript::parse(bytes)
@@ -615,7 +611,7 @@ pub unsafe extern "C" fn cardvm_load_data(ctx: cardvm_ctx, bytes: *const u8, len
         // SAFETY: forwarded contract.
         let bytes = unsafe { ffi::bytes_in(bytes, len, "data script") }?;
         with_ctx(ctx, |c| {
-            if is_sealed(bytes) {
+            if cardvm_core::reader::is_sealed(bytes) {
                 check_envelope(bytes, "data")?;
             } else {
                 DataScript::parse(bytes)

@@ -118,13 +118,8 @@ fn replay_rebuild(
     use cardvm::envelope::FileReplayStore;
     use cardvm::reader::Reader;
     let key = super::keys::load_private_key(key_path)?;
-    let reader_id = reader_id.unwrap_or_else(|| {
-        key.public_key()
-            .key_id()
-            .iter()
-            .map(|b| format!("{b:02X}"))
-            .collect()
-    });
+    let reader_id =
+        reader_id.unwrap_or_else(|| cardvm::reader::default_reader_id(Some(key.public_key())));
     let journal = journal.unwrap_or_else(|| key_path.with_extension("journal"));
     let store = store.unwrap_or_else(|| key_path.with_extension("replay"));
     let j = cardvm::journal::Journal::open_read_only(&journal)

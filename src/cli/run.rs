@@ -138,16 +138,10 @@ fn build_reader(args: &RunArgs) -> Result<(Reader, Option<PathBuf>), String> {
         .iter()
         .map(|p| super::keys::load_public_key(p))
         .collect::<Result<Vec<_>, _>>()?;
-    let reader_id = match (&args.reader_id, &key) {
-        (Some(id), _) => id.clone(),
-        (None, Some(k)) => k
-            .public_key()
-            .key_id()
-            .iter()
-            .map(|b| format!("{b:02X}"))
-            .collect(),
-        (None, None) => String::from("local"),
-    };
+    let reader_id = args
+        .reader_id
+        .clone()
+        .unwrap_or_else(|| cardvm::reader::default_reader_id(key.as_ref().map(|k| k.public_key())));
     let sealed_reader = key.is_some() && !issuers.is_empty();
     let store: Option<cardvm::reader::BoxedStore> = match (&key, sealed_reader) {
         (Some(k), true) => {

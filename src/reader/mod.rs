@@ -330,8 +330,15 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| alloc::format!("{x:02X}")).collect()
 }
 
-fn is_sealed(b: &[u8]) -> bool {
-    b.starts_with(&crate::envelope::format::MAGIC)
+/// Whether `bytes` are a sealed envelope (rather than a plain script).
+pub fn is_sealed(bytes: &[u8]) -> bool {
+    bytes.starts_with(&crate::envelope::format::MAGIC)
+}
+
+/// The reader id when none is configured: the reader key's id in hex, else `local`
+/// (an authoring reader without keys).
+pub fn default_reader_id(key: Option<&Sm2PublicKey>) -> String {
+    key.map_or_else(|| String::from("local"), |k| hex(&k.key_id()))
 }
 
 impl Reader {
@@ -472,8 +479,9 @@ impl Reader {
             .collect())
     }
 
-    /// Opens (when sealed), parses, verifies and pairs the two scripts, applying the
-    /// policy. Nothing here touches a card.
+    /// Opens (when sealed), parses and verifies the two scripts and pairs them, applying
+    /// the policy. Nothing here touches a card. Whether the data fits the program's
+    /// inputs is checked once, by [`run`](Self::run), before its first APDU.
     pub fn prepare(&mut self, command: &[u8], data: &[u8]) -> Result<Prepared, ReaderError> {
         if (is_sealed(command) || is_sealed(data)) && self.journal.is_none() {
             return Err(ReaderError::NoJournal);
@@ -547,9 +555,6 @@ impl Reader {
         }
         let data =
             DataScript::parse(&data_bytes).map_err(|e| ReaderError::Data(alloc::format!("{e}")))?;
-        program
-            .bind_into(&data, &mut self.binding)
-            .map_err(|e| ReaderError::Data(alloc::format!("{e}")))?;
         let mode = if command_sealed && data_identity.is_some() {
             Mode::Production
         } else {
