@@ -108,6 +108,8 @@ pub mod vm;
 
 #[cfg(feature = "issuer")]
 pub mod issuer;
+#[cfg(any(feature = "service", feature = "client"))]
+pub mod online;
 #[cfg(feature = "sim")]
 pub mod sim;
 

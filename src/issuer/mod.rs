@@ -26,10 +26,17 @@ pub mod ca;
 pub mod cert;
 pub mod crl;
 pub mod csr;
+pub mod engine;
+pub mod keys;
+pub mod ledger;
 pub mod pki;
+pub mod query;
 pub mod trust;
 
 pub use ca::{Ca, CaState, IssuedCert};
+pub use engine::{Bundle, Issuer, IssuerError, IssuerPolicy, SealedScript, Settled, VerifiedQuery};
+pub use ledger::{Ledger, LedgerError, TxnKind, TxnState};
 pub use pki::{PkiError, Role};
+pub use query::CardQuery;
 pub use trust::{ReaderIdentity, TrustStore};
 pub use x509_cert::{Certificate, crl::CertificateList, request::CertReq};

@@ -1,0 +1,715 @@
+//! `cardvm issuer …`: the card company's side on one machine — ledger, readers, cities,
+//! bundles and settlement (see `docs/issuer.md`).
+//!
+//! Every command takes `--db` (default `issuer.db`: an SQLite file created on first use;
+//! `postgres://…` for a shared PostgreSQL). `issuer init` records in the ledger which CA
+//! certificates to trust, where the sealing key and the master-key store are; the other
+//! commands read them from there.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cardvm::issuer::keys::MasterKeyStore;
+use cardvm::issuer::ledger::{CityRow, Filter, TxnRow, hex, unhex};
+use cardvm::issuer::trust::certs_from_pem;
+use cardvm::issuer::{Issuer, Ledger, TrustStore, TxnState};
+use cardvm::reader::SystemClock;
+use cardvm::receipt::Receipt;
+use clap::{Args, Subcommand};
+
+use super::CliResult;
+use super::ca::now;
+use super::keys::load_private_key;
+
+/// Arguments of `cardvm issuer`.
+#[derive(Args, Debug)]
+pub struct IssuerArgs {
+    /// The ledger: an SQLite file (created when missing), sqlite://PATH or postgres://….
+    #[arg(long, global = true, default_value = "issuer.db", value_name = "DB")]
+    db: String,
+    #[command(subcommand)]
+    cmd: IssuerCmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum IssuerCmd {
+    /// Create (or update) the ledger: the CA to trust, the sealing key, the key store.
+    Init {
+        /// CA certificate(s) whose readers this issuer serves (PEM; each is a trust anchor).
+        #[arg(long = "ca", value_name = "CA.crt")]
+        ca: PathBuf,
+        /// The issuer's SM2 sealing key (`cardvm keygen` format).
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        /// The master-key store [default: issuer.keys next to the key].
+        #[arg(long, value_name = "PATH")]
+        keys: Option<PathBuf>,
+    },
+    /// City master keys: init, import, list (the store `issuer init` names).
+    Keys(super::issuer_keys::KeysArgs),
+    /// Serve a city: its algorithm, limits, and the query/load/recover command scripts.
+    City {
+        #[command(subcommand)]
+        cmd: CityCmd,
+    },
+    /// Register a reader by its certificate (verified against the trusted CA now).
+    Reader {
+        #[command(subcommand)]
+        cmd: ReaderCmd,
+    },
+    /// Install a CA's revocation list (replaces that CA's previous one).
+    Crl {
+        /// The CRL (PEM).
+        #[arg(value_name = "CRL")]
+        crl: PathBuf,
+    },
+    /// Refuse every request for a card (lost, stolen, disputed).
+    Block {
+        /// Card id (application serial or UID, hex).
+        #[arg(value_name = "CARD")]
+        card: String,
+        /// Why (shown in every refusal).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Take a card off the blocklist.
+    Unblock {
+        /// Card id (hex).
+        #[arg(value_name = "CARD")]
+        card: String,
+    },
+    /// Seal a city's query script for a reader (it runs it on each tapped card).
+    QueryScript {
+        /// The reader.
+        #[arg(long, value_name = "ID")]
+        reader: String,
+        /// The city.
+        #[arg(long)]
+        city: u32,
+        /// Output file.
+        #[arg(short = 'o', long = "out", value_name = "OUT")]
+        out: PathBuf,
+    },
+    /// From a reader's signed query receipt and an amount: seal a load (or the card's
+    /// pending recovery) for that reader.
+    Bundle {
+        /// The query receipt (JSON, from `cardvm run --query`).
+        #[arg(long, value_name = "RECEIPT.json")]
+        query: PathBuf,
+        /// Amount: fen (`10000`) or yuan with a point (`100.00`).
+        #[arg(long)]
+        amount: String,
+        /// Output directory: command.sealed, data.sealed, bundle.json.
+        #[arg(short = 'o', long = "out", value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Settle signed receipts (JSON): verify and move each transaction once.
+    Settle {
+        /// Receipts.
+        #[arg(value_name = "RECEIPT.json", required = true)]
+        receipts: Vec<PathBuf>,
+    },
+    /// The transactions: a table, or JSON lines with --json.
+    Ledger {
+        /// Only this card (hex).
+        #[arg(long, value_name = "CARD")]
+        card: Option<String>,
+        /// Only this state (issued, committed, failed, unknown, recovered-committed,
+        /// recovered-failed).
+        #[arg(long)]
+        state: Option<TxnState>,
+        /// Only this reader.
+        #[arg(long, value_name = "ID")]
+        reader: Option<String>,
+        /// At most this many, newest first.
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CityCmd {
+    /// Add or replace a city.
+    Add {
+        /// City id (the scripts' `.city`).
+        #[arg(value_name = "CITY")]
+        city: u32,
+        /// Purse algorithm: des3, sm4 or m1.
+        #[arg(long)]
+        alg: String,
+        /// The query script (.cvm, or .casm to assemble).
+        #[arg(long, value_name = "FILE")]
+        query: PathBuf,
+        /// The load script.
+        #[arg(long, value_name = "FILE")]
+        load: PathBuf,
+        /// The recovery script (GET TRANSACTION PROVE); CPU cities.
+        #[arg(long, value_name = "FILE")]
+        recover: Option<PathBuf>,
+        /// Highest purse balance (fen).
+        #[arg(long, default_value_t = 100_000)]
+        purse_limit: u64,
+        /// Highest single load (fen).
+        #[arg(long, default_value_t = 100_000)]
+        txn_limit: u64,
+        /// Highest total of loads per card per day (fen).
+        #[arg(long, default_value_t = 200_000)]
+        day_limit: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ReaderCmd {
+    /// Register (or renew) a reader from its certificate (PEM; intermediates may follow).
+    Add {
+        /// The certificate.
+        #[arg(value_name = "CERT")]
+        cert: PathBuf,
+        /// Terminal id for its data scripts (6 bytes hex) [default: its registration
+        /// number].
+        #[arg(long, value_name = "HEX")]
+        terminal: Option<String>,
+    },
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+/// Runs `cardvm issuer …`.
+pub fn run(args: IssuerArgs) -> CliResult {
+    if let IssuerCmd::Keys(k) = args.cmd {
+        return super::issuer_keys::keys_cmd(k);
+    }
+    runtime()?.block_on(run_async(args))
+}
+
+async fn run_async(args: IssuerArgs) -> CliResult {
+    let ledger = Ledger::open(&args.db).await.map_err(|e| e.to_string())?;
+    let r = match args.cmd {
+        IssuerCmd::Init { ca, key, keys } => init(&ledger, &ca, &key, keys).await,
+        IssuerCmd::Keys(_) => Ok(()),
+        IssuerCmd::City { cmd } => match cmd {
+            CityCmd::Add {
+                city,
+                alg,
+                query,
+                load,
+                recover,
+                purse_limit,
+                txn_limit,
+                day_limit,
+            } => {
+                city_add(
+                    &ledger,
+                    CityRow {
+                        city,
+                        alg,
+                        purse_limit,
+                        txn_limit,
+                        day_limit,
+                    },
+                    &query,
+                    &load,
+                    recover.as_deref(),
+                )
+                .await
+            }
+        },
+        IssuerCmd::Reader { cmd } => match cmd {
+            ReaderCmd::Add { cert, terminal } => reader_add(&ledger, &cert, terminal).await,
+        },
+        IssuerCmd::Crl { crl } => crl_add(&ledger, &crl).await,
+        IssuerCmd::Block { card, reason } => {
+            check_card(&card)?;
+            ledger
+                .block_card(&card, &reason, now())
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("card {} blocked: {reason}", card.to_ascii_uppercase());
+            Ok(())
+        }
+        IssuerCmd::Unblock { card } => {
+            check_card(&card)?;
+            let was = ledger.unblock_card(&card).await.map_err(|e| e.to_string())?;
+            if was {
+                println!("card {} unblocked", card.to_ascii_uppercase());
+                Ok(())
+            } else {
+                Err(format!("card {} was not blocked", card.to_ascii_uppercase()))
+            }
+        }
+        IssuerCmd::QueryScript { reader, city, out } => {
+            let issuer = open_issuer(&ledger).await?;
+            let s = issuer
+                .query_script(&reader, city)
+                .await
+                .map_err(|e| e.to_string())?;
+            write(&out, &s.bytes)?;
+            println!(
+                "query script of city {city} sealed for {reader} (seq {}): {}",
+                s.seq,
+                out.display()
+            );
+            Ok(())
+        }
+        IssuerCmd::Bundle { query, amount, out } => {
+            bundle(&ledger, &query, &amount, &out).await
+        }
+        IssuerCmd::Settle { receipts } => settle(&ledger, &receipts).await,
+        IssuerCmd::Ledger {
+            card,
+            state,
+            reader,
+            limit,
+            json,
+        } => {
+            let rows = ledger
+                .list(&Filter {
+                    card_id: card,
+                    state,
+                    reader_id: reader,
+                    limit,
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            print_ledger(&rows, json);
+            Ok(())
+        }
+    };
+    ledger.close().await;
+    r
+}
+
+fn check_card(card: &str) -> CliResult {
+    match unhex(card) {
+        Some(b) if !b.is_empty() && b.len() <= 32 => Ok(()),
+        _ => Err(format!("card id `{card}`: expected 1-32 bytes of hex")),
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn write(path: &Path, bytes: &[u8]) -> CliResult {
+    fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn absolute(path: &Path) -> Result<String, String> {
+    let p = std::path::absolute(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    p.to_str()
+        .map(String::from)
+        .ok_or_else(|| format!("{}: not UTF-8", path.display()))
+}
+
+async fn init(ledger: &Ledger, ca: &Path, key: &Path, keys: Option<PathBuf>) -> CliResult {
+    let pem = fs::read_to_string(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+    let certs = certs_from_pem(&pem).map_err(|e| format!("{}: {e}", ca.display()))?;
+    let mut trust = TrustStore::new();
+    for c in &certs {
+        trust
+            .add_root(c.clone())
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    let sealing = load_private_key(key)?;
+    let keys = match keys {
+        Some(k) => k,
+        None => key.with_file_name("issuer.keys"),
+    };
+    let set = |n: &'static str, v: String| async move {
+        ledger.set_config(n, &v).await.map_err(|e| e.to_string())
+    };
+    set("ca_pem", pem).await?;
+    set("issuer_key", absolute(key)?).await?;
+    set("keystore", absolute(&keys)?).await?;
+    println!(
+        "issuer ledger {}: trusts {} CA certificate(s) from {}; seals with key {} ({}); master keys in {}",
+        ledger.url(),
+        certs.len(),
+        ca.display(),
+        hex(&sealing.public_key().key_id()),
+        key.display(),
+        keys.display()
+    );
+    Ok(())
+}
+
+async fn config(ledger: &Ledger, name: &str) -> Result<String, String> {
+    ledger
+        .config(name)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("ledger {}: no `{name}` (run cardvm issuer init first)", ledger.url()))
+}
+
+/// The trust store from the ledger: the CA anchors and the installed CRLs.
+async fn trust_store(ledger: &Ledger) -> Result<TrustStore, String> {
+    let mut trust = TrustStore::new();
+    trust
+        .add_roots_pem(&config(ledger, "ca_pem").await?)
+        .map_err(|e| format!("trusted CA: {e}"))?;
+    if let Some(crls) = ledger.config("crls").await.map_err(|e| e.to_string())? {
+        for block in split_pem(&crls, "X509 CRL") {
+            trust
+                .add_crl_pem(&block)
+                .map_err(|e| format!("installed CRL: {e}"))?;
+        }
+    }
+    Ok(trust)
+}
+
+fn split_pem(text: &str, label: &str) -> Vec<String> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(b) = rest.find(&begin) {
+        let Some(e) = rest[b..].find(&end) else { break };
+        let stop = b + e + end.len();
+        out.push(format!("{}\n", &rest[b..stop]));
+        rest = &rest[stop..];
+    }
+    out
+}
+
+async fn key_store(ledger: &Ledger) -> Result<Arc<dyn MasterKeyStore>, String> {
+    let path = config(ledger, "keystore").await?;
+    super::issuer_keys::open_store(Path::new(&path))
+}
+
+async fn open_issuer(ledger: &Ledger) -> Result<Issuer, String> {
+    let trust = trust_store(ledger).await?;
+    let key = load_private_key(Path::new(&config(ledger, "issuer_key").await?))?;
+    let keys = key_store(ledger).await?;
+    Ok(Issuer::new(
+        ledger.clone(),
+        trust,
+        key,
+        keys,
+        Arc::new(SystemClock),
+    ))
+}
+
+/// A command script from a `.cvm`, or assembled from a `.casm`.
+fn script_bytes(path: &Path) -> Result<Vec<u8>, String> {
+    if path.extension().is_some_and(|e| e == "casm") {
+        let out = cardvm::asm::assemble_file(path, &cardvm::asm::AsmOptions::default())
+            .map_err(|e| e.to_string())?;
+        Ok(out.script.encode())
+    } else {
+        let bytes = read(path)?;
+        let script = cardvm::script::CommandScript::parse(&bytes)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        cardvm::verify::VerifiedProgram::verify(&script)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(bytes)
+    }
+}
+
+async fn city_add(
+    ledger: &Ledger,
+    row: CityRow,
+    query: &Path,
+    load: &Path,
+    recover: Option<&Path>,
+) -> CliResult {
+    if !["des3", "sm4", "m1"].contains(&row.alg.as_str()) {
+        return Err(format!("--alg {}: one of des3, sm4, m1", row.alg));
+    }
+    let mut scripts = vec![("query", script_bytes(query)?), ("load", script_bytes(load)?)];
+    if let Some(r) = recover {
+        scripts.push(("recover", script_bytes(r)?));
+    }
+    for (role, bytes) in &scripts {
+        let script = cardvm::script::CommandScript::parse(bytes).map_err(|e| e.to_string())?;
+        if script.header.city != row.city {
+            return Err(format!(
+                "the {role} script is for city {}, not {}",
+                script.header.city, row.city
+            ));
+        }
+    }
+    ledger.set_city(&row).await.map_err(|e| e.to_string())?;
+    for (role, bytes) in &scripts {
+        ledger
+            .set_script(row.city, role, bytes)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    println!(
+        "city {} ({}): {} script(s); limits: purse {}, load {}, day {} fen",
+        row.city,
+        row.alg,
+        scripts.len(),
+        row.purse_limit,
+        row.txn_limit,
+        row.day_limit
+    );
+    Ok(())
+}
+
+async fn reader_add(ledger: &Ledger, cert: &Path, terminal: Option<String>) -> CliResult {
+    let pem = fs::read_to_string(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
+    let chain = certs_from_pem(&pem).map_err(|e| format!("{}: {e}", cert.display()))?;
+    let trust = trust_store(ledger).await?;
+    let id = trust
+        .verify_reader(&chain, now())
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    let terminal: [u8; 6] = match terminal {
+        Some(t) => unhex(&t)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| format!("--terminal {t}: expected 6 bytes of hex"))?,
+        None => {
+            let n = match ledger.reader(&id.reader_id).await.map_err(|e| e.to_string())? {
+                Some(existing) => {
+                    let mut b = [0u8; 8];
+                    b[2..].copy_from_slice(&existing.terminal_id);
+                    u64::from_be_bytes(b)
+                }
+                None => ledger.reader_count().await.map_err(|e| e.to_string())? + 1,
+            };
+            let b = n.to_be_bytes();
+            [b[2], b[3], b[4], b[5], b[6], b[7]]
+        }
+    };
+    ledger
+        .add_reader(&id.reader_id, &pem, &id.serial, &terminal, now())
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "reader {} registered: certificate {} (until {}), terminal {}",
+        id.reader_id,
+        id.serial,
+        cardvm::issuer::pki::rfc3339(id.not_after),
+        hex(&terminal)
+    );
+    Ok(())
+}
+
+async fn crl_add(ledger: &Ledger, path: &Path) -> CliResult {
+    let pem = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let blocks = split_pem(&pem, "X509 CRL");
+    if blocks.is_empty() {
+        return Err(format!("{}: no `BEGIN X509 CRL` block", path.display()));
+    }
+    // Check each parses, and that it is signed by a trusted CA.
+    let mut trust = trust_store(ledger).await?;
+    for b in &blocks {
+        trust
+            .add_crl_pem(b)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let mut all = ledger
+        .config("crls")
+        .await
+        .map_err(|e| e.to_string())?
+        .map(|s| split_pem(&s, "X509 CRL"))
+        .unwrap_or_default();
+    // A newer CRL of the same CA replaces the older one.
+    let issuer_of = |b: &str| -> Option<String> {
+        use der::DecodePem;
+        x509_cert::crl::CertificateList::from_pem(b.as_bytes())
+            .ok()
+            .map(|c| c.tbs_cert_list.issuer.to_string())
+    };
+    for b in &blocks {
+        let who = issuer_of(b);
+        all.retain(|old| issuer_of(old) != who);
+        all.push(b.clone());
+    }
+    ledger
+        .set_config("crls", &all.concat())
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "{}: installed; {} CRL(s) in the ledger",
+        path.display(),
+        all.len()
+    );
+    Ok(())
+}
+
+/// `10000` fen, or `100.00` / `100.5` yuan.
+fn parse_amount(text: &str) -> Result<u64, String> {
+    let bad = || format!("--amount {text}: fen (10000) or yuan with a point (100.00)");
+    match text.split_once('.') {
+        None => text.parse().map_err(|_| bad()),
+        Some((y, f)) => {
+            if f.is_empty() || f.len() > 2 || !f.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            let yuan: u64 = y.parse().map_err(|_| bad())?;
+            let fen: u64 = format!("{f:0<2}").parse().map_err(|_| bad())?;
+            yuan.checked_mul(100)
+                .and_then(|v| v.checked_add(fen))
+                .ok_or_else(bad)
+        }
+    }
+}
+
+fn load_receipt(path: &Path) -> Result<Receipt, String> {
+    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Receipt::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+async fn bundle(ledger: &Ledger, query: &Path, amount: &str, out: &Path) -> CliResult {
+    let amount = parse_amount(amount)?;
+    let receipt = load_receipt(query)?;
+    let issuer = open_issuer(ledger).await?;
+    let b = issuer
+        .bundle(&receipt, amount)
+        .await
+        .map_err(|e| format!("{}: {e}", query.display()))?;
+    fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    write(&out.join("command.sealed"), &b.command)?;
+    write(&out.join("data.sealed"), &b.data)?;
+    let info = serde_json::json!({
+        "kind": b.kind.name(),
+        "reader_id": b.reader_id,
+        "seq": b.seq,
+        "city": b.city,
+        "card_id": hex(&b.card_id),
+        "amount": b.amount,
+        "recovers_seq": b.recovers_seq,
+        "expires": cardvm::issuer::pki::rfc3339(b.expires),
+    });
+    write(
+        &out.join("bundle.json"),
+        format!("{}\n", serde_json::to_string_pretty(&info).map_err(|e| e.to_string())?).as_bytes(),
+    )?;
+    match b.recovers_seq {
+        Some(orig) => println!(
+            "card {} has load {}/{orig} in state unknown: sealed its RECOVERY as {}/{} in {} (run it on the card, then settle its receipt)",
+            hex(&b.card_id),
+            b.reader_id,
+            b.reader_id,
+            b.seq,
+            out.display()
+        ),
+        None => println!(
+            "bundle {}/{}: load {} fen onto card {}, expires {}: {}",
+            b.reader_id,
+            b.seq,
+            b.amount,
+            hex(&b.card_id),
+            cardvm::issuer::pki::rfc3339(b.expires),
+            out.display()
+        ),
+    }
+    Ok(())
+}
+
+async fn settle(ledger: &Ledger, receipts: &[PathBuf]) -> CliResult {
+    let issuer = open_issuer(ledger).await?;
+    let mut failed = 0usize;
+    for path in receipts {
+        let r = match load_receipt(path) {
+            Ok(r) => issuer
+                .settle(&r)
+                .await
+                .map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(s) => {
+                let mut line = format!(
+                    "{}: {} {}/{} {}{}",
+                    path.display(),
+                    s.kind.name(),
+                    s.reader_id,
+                    s.seq,
+                    s.state,
+                    if s.already { " (already settled by this receipt)" } else { "" }
+                );
+                if let Some((seq, st)) = s.decided {
+                    line.push_str(&format!("; load {}/{seq} is now {st}", s.reader_id));
+                }
+                println!("{line}");
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                failed += 1;
+            }
+        }
+    }
+    match failed {
+        0 => Ok(()),
+        n => Err(format!("{n} of {} receipt(s) not settled", receipts.len())),
+    }
+}
+
+fn row_json(r: &TxnRow) -> serde_json::Value {
+    serde_json::json!({
+        "reader_id": r.reader_id,
+        "seq": r.seq,
+        "kind": r.kind.name(),
+        "city": r.city,
+        "card_id": r.card_id,
+        "amount": r.amount,
+        "state": r.state.name(),
+        "terminal_id": hex(&r.terminal_id),
+        "datetime": r.datetime,
+        "balance_before": r.balance_before,
+        "balance_after": r.balance_after,
+        "atc": r.atc,
+        "tac": r.tac,
+        "recovers_seq": r.recovers_seq,
+        "issued_at": r.issued_at,
+        "settled_at": r.settled_at,
+        "note": r.note,
+    })
+}
+
+fn print_ledger(rows: &[TxnRow], json: bool) {
+    if json {
+        for r in rows {
+            println!("{}", row_json(r));
+        }
+        return;
+    }
+    println!(
+        "{:<12} {:>6} {:<8} {:>5} {:<20} {:>9} {:<19} {:>9} {:>9}  note",
+        "reader", "seq", "kind", "city", "card", "amount", "state", "before", "after"
+    );
+    let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+    for r in rows {
+        println!(
+            "{:<12} {:>6} {:<8} {:>5} {:<20} {:>9} {:<19} {:>9} {:>9}  {}",
+            r.reader_id,
+            r.seq,
+            r.kind.name(),
+            r.city,
+            r.card_id,
+            r.amount,
+            r.state.name(),
+            opt(r.balance_before),
+            opt(r.balance_after),
+            r.note.as_deref().unwrap_or("")
+        );
+    }
+    println!("{} transaction(s)", rows.len());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_in_fen_and_yuan() {
+        assert_eq!(parse_amount("10000"), Ok(10_000));
+        assert_eq!(parse_amount("100.00"), Ok(10_000));
+        assert_eq!(parse_amount("100.5"), Ok(10_050));
+        assert_eq!(parse_amount("0.01"), Ok(1));
+        for bad in ["", "1.", "1.234", "-1", "1e4", "1.x", "99999999999999999999"] {
+            assert!(parse_amount(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,1243 @@
+//! [`Issuer`]: the card company's side of one transaction — query in, bundle out,
+//! receipt in, ledger settled.
+//!
+//! ```text
+//! reader                                   Issuer
+//! signed query receipt  ──────────────▶   verify_query: certificate (chain, validity,
+//!                                          revocation), signature, the city's query
+//!                                          script, freshness
+//!                                          bundle: blocklist, limits, unknown loads first
+//!                        ◀──────────────   sealed command + data (per-card keys, fresh seq)
+//! signed receipt        ──────────────▶   settle: certificate, signature, binding to the
+//!                                          issued bundle, the card's TAC, arithmetic;
+//!                                          ledger state moves once
+//! ```
+//!
+//! Every method re-verifies the reader's certificate against the trust store at the
+//! issuer's clock, so a revocation or an expiry takes effect on the next request.
+
+use std::sync::Arc;
+
+use crate::crypto::sm2::{Sm2PrivateKey, Sm2PublicKey};
+use crate::crypto::{KeyAlg, KeyUsage, SecretKey};
+use crate::envelope::{EnvelopeHeader, ScriptKind, SealError};
+use crate::issuer::keys::{KeyRole, KeyStoreError, MasterKeyStore};
+use crate::issuer::ledger::{
+    Applied, CityRow, Ledger, LedgerError, NewTxn, ReaderRow, Settlement, TxnKind, TxnRow,
+    TxnState, hex, unhex,
+};
+use crate::issuer::query::{CardQuery, QueryError, unix_to_bcd_datetime};
+use crate::issuer::{PkiError, ReaderIdentity, TrustStore};
+use crate::reader::Clock;
+use crate::receipt::{FieldValue as Out, Outcome, Receipt, ReceiptError};
+use crate::script::{CommandScript, DataScript, Field, FieldValue, ValueType};
+use crate::verify::VerifiedProgram;
+
+/// The issuer's tunables (seconds and fen).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IssuerPolicy {
+    /// A query older than this (by the reader's signed clock) is stale.
+    pub query_window: u64,
+    /// How far ahead of the issuer's clock a reader's clock may be.
+    pub clock_skew: u64,
+    /// How long a bundle stays openable.
+    pub bundle_ttl: u64,
+}
+
+impl Default for IssuerPolicy {
+    fn default() -> Self {
+        IssuerPolicy {
+            query_window: 300,
+            clock_skew: 300,
+            bundle_ttl: 600,
+        }
+    }
+}
+
+/// Why the issuer refused: one line each, naming the reader, card or seq.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IssuerError {
+    /// The reader is not registered with this issuer.
+    #[error("reader `{0}` is not registered with this issuer (cardvm issuer reader add)")]
+    UnknownReader(String),
+    /// Its certificate failed (expired, revoked, foreign CA, wrong id…).
+    #[error("reader `{reader}`: {error}")]
+    Certificate {
+        /// Reader id.
+        reader: String,
+        /// Why.
+        error: PkiError,
+    },
+    /// The receipt's signature or form.
+    #[error("reader `{reader}`: {error}")]
+    Receipt {
+        /// Reader id.
+        reader: String,
+        /// Why.
+        error: ReceiptError,
+    },
+    /// The receipt is not a query of this issuer's.
+    #[error("not a card query: {0}")]
+    NotAQuery(String),
+    /// A query field is missing or malformed.
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    /// The query is older than the window.
+    #[error("stale query: the card was read {age} s ago (window {window} s); read it again")]
+    StaleQuery {
+        /// Seconds since the reader's query.
+        age: u64,
+        /// The window.
+        window: u64,
+    },
+    /// The reader's clock is ahead of the issuer's.
+    #[error("query time is {ahead} s ahead of the issuer's clock: the reader's clock is wrong")]
+    QueryFromFuture {
+        /// Seconds ahead.
+        ahead: u64,
+    },
+    /// The query already bought a bundle.
+    #[error("this query was already used for bundle {reader}/{seq}; read the card again")]
+    QueryUsed {
+        /// Reader.
+        reader: String,
+        /// The bundle's seq.
+        seq: u64,
+    },
+    /// The city is not served, or lacks a script.
+    #[error("city {city}: {what}")]
+    City {
+        /// City id.
+        city: u32,
+        /// What is missing.
+        what: String,
+    },
+    /// The card is on the blocklist.
+    #[error("card {card} is blocked: {reason}")]
+    Blocked {
+        /// Card id (hex).
+        card: String,
+        /// Why.
+        reason: String,
+    },
+    /// The card is outside its validity dates.
+    #[error("card {card} is not valid today ({detail})")]
+    CardNotValid {
+        /// Card id (hex).
+        card: String,
+        /// Which date.
+        detail: String,
+    },
+    /// An amount or limit check failed.
+    #[error("card {card}: {detail}")]
+    Limit {
+        /// Card id (hex).
+        card: String,
+        /// Which limit.
+        detail: String,
+    },
+    /// The city's key store failed.
+    #[error(transparent)]
+    Keys(#[from] KeyStoreError),
+    /// The ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// Sealing failed.
+    #[error("sealing for reader `{reader}`: {error}")]
+    Seal {
+        /// Reader.
+        reader: String,
+        /// Why.
+        error: SealError,
+    },
+    /// A stored script or the data built for it does not parse or verify.
+    #[error("city {city} {role} script: {detail}")]
+    Script {
+        /// City.
+        city: u32,
+        /// Role.
+        role: &'static str,
+        /// What failed.
+        detail: String,
+    },
+    /// The receipt names no bundle this issuer sealed.
+    #[error("no bundle was issued for reader `{reader}` seq {seq}")]
+    NoBundle {
+        /// Reader.
+        reader: String,
+        /// Seq.
+        seq: u64,
+    },
+    /// The receipt is not for this issuer, or not a transaction.
+    #[error("receipt from reader `{reader}`: {detail}")]
+    NotOurs {
+        /// Reader.
+        reader: String,
+        /// What.
+        detail: String,
+    },
+    /// The receipt contradicts the bundle it names.
+    #[error("receipt {reader}/{seq} does not match its bundle: {detail}")]
+    Mismatch {
+        /// Reader.
+        reader: String,
+        /// Seq.
+        seq: u64,
+        /// Which value.
+        detail: String,
+    },
+    /// The card's TAC does not verify: the card did not sign these values.
+    #[error("receipt {reader}/{seq}: the card's TAC does not verify (not settled)")]
+    TacMismatch {
+        /// Reader.
+        reader: String,
+        /// Seq.
+        seq: u64,
+    },
+    /// The transaction was already settled by a different receipt.
+    #[error("transaction {reader}/{seq} was already settled as {state} by another receipt")]
+    SettledByOther {
+        /// Reader.
+        reader: String,
+        /// Seq.
+        seq: u64,
+        /// Its state.
+        state: TxnState,
+    },
+}
+
+/// A sealed bundle: the city's command script and a data script for one card, both
+/// sealed for one reader with the same fresh seq.
+#[derive(Clone)]
+pub struct Bundle {
+    /// Load, or recovery of an `unknown` load.
+    pub kind: TxnKind,
+    /// Reader.
+    pub reader_id: String,
+    /// Sequence number (of both envelopes).
+    pub seq: u64,
+    /// City.
+    pub city: u32,
+    /// Card id.
+    pub card_id: Vec<u8>,
+    /// Amount (fen; 0 for a recovery).
+    pub amount: u64,
+    /// For a recovery: the seq of the load it asks about.
+    pub recovers_seq: Option<u64>,
+    /// Unix seconds.
+    pub expires: u64,
+    /// The sealed command script.
+    pub command: Vec<u8>,
+    /// The sealed data script (holds the diversified keys, encrypted for the reader).
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for Bundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bundle")
+            .field("kind", &self.kind)
+            .field("reader_id", &self.reader_id)
+            .field("seq", &self.seq)
+            .field("city", &self.city)
+            .field("card_id", &hex(&self.card_id))
+            .field("amount", &self.amount)
+            .field("recovers_seq", &self.recovers_seq)
+            .field("expires", &self.expires)
+            .field(
+                "command",
+                &format_args!("{} sealed bytes", self.command.len()),
+            )
+            .field("data", &format_args!("{} sealed bytes", self.data.len()))
+            .finish()
+    }
+}
+
+/// A sealed script on its own (the city's query script for one reader).
+#[derive(Debug, Clone)]
+pub struct SealedScript {
+    /// Reader.
+    pub reader_id: String,
+    /// Its seq.
+    pub seq: u64,
+    /// Unix seconds.
+    pub expires: u64,
+    /// The envelope.
+    pub bytes: Vec<u8>,
+}
+
+/// A verified query: the reader, the card, the receipt's digest.
+#[derive(Debug, Clone)]
+pub struct VerifiedQuery {
+    /// The card.
+    pub card: CardQuery,
+    /// The reader's row.
+    pub reader: ReaderRow,
+    /// The reader's identity from its certificate.
+    pub identity: ReaderIdentity,
+    /// SM3 of the canonical receipt (hex): a query buys one bundle.
+    pub receipt_sm3: String,
+}
+
+/// What [`Issuer::settle`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// Reader.
+    pub reader_id: String,
+    /// Seq.
+    pub seq: u64,
+    /// Load or recovery.
+    pub kind: TxnKind,
+    /// The transaction's state now.
+    pub state: TxnState,
+    /// True when this receipt had already settled it (nothing changed).
+    pub already: bool,
+    /// For a recovery: the load it decided and how.
+    pub decided: Option<(u64, TxnState)>,
+}
+
+/// The card company's side (see the module docs).
+pub struct Issuer {
+    ledger: Ledger,
+    trust: TrustStore,
+    key: Sm2PrivateKey,
+    keys: Arc<dyn MasterKeyStore>,
+    clock: Arc<dyn Clock + Send + Sync>,
+    policy: IssuerPolicy,
+}
+
+impl Issuer {
+    /// An issuer over `ledger`, trusting reader certificates that chain to `trust`,
+    /// sealing with `key`, diversifying card keys from `keys`.
+    pub fn new(
+        ledger: Ledger,
+        trust: TrustStore,
+        key: Sm2PrivateKey,
+        keys: Arc<dyn MasterKeyStore>,
+        clock: Arc<dyn Clock + Send + Sync>,
+    ) -> Self {
+        Issuer {
+            ledger,
+            trust,
+            key,
+            keys,
+            clock,
+            policy: IssuerPolicy::default(),
+        }
+    }
+
+    /// Replaces the policy.
+    pub fn with_policy(mut self, policy: IssuerPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The issuer's clock, unix seconds.
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    /// The ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// The public half of the sealing key (readers are configured with it).
+    pub fn public_key(&self) -> &Sm2PublicKey {
+        self.key.public_key()
+    }
+
+    /// The reader's row and its certificate, verified now.
+    pub async fn verify_reader(
+        &self,
+        reader_id: &str,
+    ) -> Result<(ReaderRow, ReaderIdentity), IssuerError> {
+        let row = self
+            .ledger
+            .reader(reader_id)
+            .await?
+            .ok_or_else(|| IssuerError::UnknownReader(reader_id.into()))?;
+        let cert_err = |error| IssuerError::Certificate {
+            reader: reader_id.into(),
+            error,
+        };
+        let chain = crate::issuer::trust::certs_from_pem(&row.cert_pem).map_err(cert_err)?;
+        let identity = self
+            .trust
+            .verify_reader_id(&chain, reader_id, self.clock.now())
+            .map_err(cert_err)?;
+        Ok((row, identity))
+    }
+
+    async fn verify_receipt(
+        &self,
+        receipt: &Receipt,
+    ) -> Result<(ReaderRow, ReaderIdentity, String), IssuerError> {
+        let (row, identity) = self.verify_reader(&receipt.reader_id).await?;
+        let receipt_err = |error| IssuerError::Receipt {
+            reader: receipt.reader_id.clone(),
+            error,
+        };
+        receipt
+            .verify_production(&identity.public_key)
+            .map_err(receipt_err)?;
+        let bytes = receipt.to_bytes().map_err(receipt_err)?;
+        Ok((row, identity, hex(&crate::crypto::sm3(&bytes))))
+    }
+
+    /// Verifies a query receipt: the reader's certificate and signature, that it ran
+    /// this issuer's query script for its city to the end, and that it is fresh.
+    pub async fn verify_query(&self, receipt: &Receipt) -> Result<VerifiedQuery, IssuerError> {
+        let (reader, identity, receipt_sm3) = self.verify_receipt(receipt).await?;
+        if receipt.data.is_some() {
+            return Err(IssuerError::NotAQuery(
+                "the receipt names a data script: it is a transaction, not a query".into(),
+            ));
+        }
+        if receipt.outcome != Outcome::Committed {
+            return Err(IssuerError::NotAQuery(format!(
+                "the query did not complete ({})",
+                outcome_text(&receipt.outcome)
+            )));
+        }
+        let (query_sm3, _) = self
+            .ledger
+            .script(receipt.city, "query")
+            .await?
+            .ok_or_else(|| IssuerError::City {
+                city: receipt.city,
+                what: "no query script (cardvm issuer city add … --query)".into(),
+            })?;
+        if !query_sm3.eq_ignore_ascii_case(&hex(&receipt.command_sm3)) {
+            return Err(IssuerError::NotAQuery(format!(
+                "command SM3 {} is not city {}'s query script",
+                hex(&receipt.command_sm3),
+                receipt.city
+            )));
+        }
+        let card = CardQuery::from_receipt(receipt)?;
+        let now = self.clock.now();
+        if card.queried_at > now.saturating_add(self.policy.clock_skew) {
+            return Err(IssuerError::QueryFromFuture {
+                ahead: card.queried_at - now,
+            });
+        }
+        let age = now.saturating_sub(card.queried_at);
+        if age > self.policy.query_window {
+            return Err(IssuerError::StaleQuery {
+                age,
+                window: self.policy.query_window,
+            });
+        }
+        Ok(VerifiedQuery {
+            card,
+            reader,
+            identity,
+            receipt_sm3,
+        })
+    }
+
+    async fn city(&self, city: u32) -> Result<CityRow, IssuerError> {
+        self.ledger
+            .city(city)
+            .await?
+            .ok_or_else(|| IssuerError::City {
+                city,
+                what: "not served by this issuer (cardvm issuer city add)".into(),
+            })
+    }
+
+    async fn program(
+        &self,
+        city: u32,
+        role: &'static str,
+    ) -> Result<(Vec<u8>, VerifiedProgram), IssuerError> {
+        let (_, bytes) =
+            self.ledger
+                .script(city, role)
+                .await?
+                .ok_or_else(|| IssuerError::City {
+                    city,
+                    what: format!("no {role} script (cardvm issuer city add … --{role})"),
+                })?;
+        let script_err = |detail: String| IssuerError::Script { city, role, detail };
+        let script = CommandScript::parse(&bytes).map_err(|e| script_err(e.to_string()))?;
+        let program =
+            VerifiedProgram::from_script(script).map_err(|e| script_err(e.to_string()))?;
+        Ok((bytes, program))
+    }
+
+    /// Seals the city's query script for a reader (fresh seq). Readers run it on each
+    /// tapped card; its signed receipt is what [`Issuer::bundle`] takes.
+    pub async fn query_script(
+        &self,
+        reader_id: &str,
+        city: u32,
+    ) -> Result<SealedScript, IssuerError> {
+        let (_, identity) = self.verify_reader(reader_id).await?;
+        self.city(city).await?;
+        let (bytes, program) = self.program(city, "query").await?;
+        let seq = self.allocate(reader_id).await?;
+        let expires = self.clock.now().saturating_add(self.policy.bundle_ttl);
+        let sealed = self.seal(
+            &identity,
+            ScriptKind::Command,
+            &program,
+            seq,
+            expires,
+            &bytes,
+            &bytes,
+        )?;
+        Ok(SealedScript {
+            reader_id: reader_id.into(),
+            seq,
+            expires,
+            bytes: sealed,
+        })
+    }
+
+    async fn allocate(&self, reader_id: &str) -> Result<u64, IssuerError> {
+        self.ledger
+            .allocate_seq(reader_id)
+            .await?
+            .ok_or_else(|| IssuerError::UnknownReader(reader_id.into()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn seal(
+        &self,
+        reader: &ReaderIdentity,
+        kind: ScriptKind,
+        program: &VerifiedProgram,
+        seq: u64,
+        expires: u64,
+        command: &[u8],
+        payload: &[u8],
+    ) -> Result<Vec<u8>, IssuerError> {
+        let h = program.header();
+        let header = EnvelopeHeader {
+            kind,
+            city: h.city,
+            script_id: h.script_id,
+            script_version: h.version,
+            seq,
+            issued: self.clock.now(),
+            expires,
+            binding: crate::crypto::sm3(command),
+            reader_id: reader.reader_id.clone(),
+        };
+        crate::envelope::seal(
+            &self.key,
+            &reader.public_key,
+            &header,
+            payload,
+            &mut crate::crypto::rng::os_rng(),
+        )
+        .map_err(|error| IssuerError::Seal {
+            reader: reader.reader_id.clone(),
+            error,
+        })
+    }
+
+    /// Builds the bundle a verified query asks for: a load of `amount` fen, or — when the
+    /// card has a load left `unknown` — the city's recovery bundle for it first.
+    pub async fn bundle(&self, receipt: &Receipt, amount: u64) -> Result<Bundle, IssuerError> {
+        let q = self.verify_query(receipt).await?;
+        let card_hex = hex(&q.card.card_id);
+        if let Some(used) = self.ledger.txn_by_query(&q.receipt_sm3).await? {
+            return Err(IssuerError::QueryUsed {
+                reader: used.reader_id,
+                seq: used.seq,
+            });
+        }
+        if let Some(reason) = self.ledger.blocked(&card_hex).await? {
+            return Err(IssuerError::Blocked {
+                card: card_hex,
+                reason,
+            });
+        }
+        let city = self.city(q.card.city).await?;
+        if let Some(unknown) = self.ledger.oldest_unknown(&card_hex).await? {
+            return self.recovery_bundle(&q, &unknown).await;
+        }
+        self.check_load(&q, &city, amount).await?;
+        self.load_bundle(&q, &city, amount).await
+    }
+
+    async fn check_load(
+        &self,
+        q: &VerifiedQuery,
+        city: &CityRow,
+        amount: u64,
+    ) -> Result<(), IssuerError> {
+        let card = hex(&q.card.card_id);
+        let limit = |detail: String| IssuerError::Limit {
+            card: card.clone(),
+            detail,
+        };
+        let now = self.clock.now();
+        let today = &unix_to_bcd_datetime(now)[..4];
+        if let Some(until) = q.card.valid_until
+            && until.as_slice() < today
+        {
+            return Err(IssuerError::CardNotValid {
+                card,
+                detail: format!("expired on {}", hex(&until)),
+            });
+        }
+        if let Some(from) = q.card.valid_from
+            && from.as_slice() > today
+        {
+            return Err(IssuerError::CardNotValid {
+                card,
+                detail: format!("valid from {}", hex(&from)),
+            });
+        }
+        if amount == 0 {
+            return Err(limit("amount 0: nothing to load".into()));
+        }
+        if amount > city.txn_limit {
+            return Err(limit(format!(
+                "amount {amount} over the per-load limit {}",
+                city.txn_limit
+            )));
+        }
+        let balance = q
+            .card
+            .balance
+            .ok_or_else(|| limit("the query did not read the balance".into()))?;
+        if balance.saturating_add(amount) > city.purse_limit {
+            return Err(limit(format!(
+                "balance {balance} + amount {amount} over the purse limit {}",
+                city.purse_limit
+            )));
+        }
+        let day_start = now - now % 86_400;
+        let total = self
+            .ledger
+            .load_total(&card, day_start, day_start + 86_400)
+            .await?;
+        if total.saturating_add(amount) > city.day_limit {
+            return Err(limit(format!(
+                "today's loads {total} + amount {amount} over the daily limit {}",
+                city.day_limit
+            )));
+        }
+        Ok(())
+    }
+
+    async fn load_bundle(
+        &self,
+        q: &VerifiedQuery,
+        city: &CityRow,
+        amount: u64,
+    ) -> Result<Bundle, IssuerError> {
+        let (command, program) = self.program(city.city, "load").await?;
+        let now = self.clock.now();
+        let when = unix_to_bcd_datetime(now);
+        let terminal = q.reader.terminal_id;
+        let data = self.data_for(&program, city, "load", &q.card.card_id, |name, ty| {
+            Ok(match (name, ty) {
+                ("amount", ValueType::Int { .. }) => Some(FieldValue::Int(amount)),
+                ("terminal", ValueType::BytesN { len: 6 } | ValueType::Bytes) => {
+                    Some(FieldValue::Bytes(terminal.to_vec()))
+                }
+                ("now", ValueType::BcdDateTime) => Some(FieldValue::BcdDateTime(when)),
+                _ => None,
+            })
+        })?;
+        self.finish(
+            q,
+            TxnKind::Load,
+            &command,
+            &program,
+            &data,
+            amount,
+            hex(&when),
+            None,
+        )
+        .await
+    }
+
+    async fn recovery_bundle(
+        &self,
+        q: &VerifiedQuery,
+        unknown: &TxnRow,
+    ) -> Result<Bundle, IssuerError> {
+        let city = self.city(q.card.city).await?;
+        let (command, program) = self.program(city.city, "recover").await?;
+        let atc = unknown.atc.ok_or_else(|| IssuerError::Mismatch {
+            reader: unknown.reader_id.clone(),
+            seq: unknown.seq,
+            detail: "the unknown receipt carries no ATC to ask the card about".into(),
+        })?;
+        let data = self.data_for(&program, &city, "recover", &q.card.card_id, |name, ty| {
+            Ok(match (name, ty) {
+                ("txn_type", ValueType::Int { .. }) => Some(FieldValue::Int(2)),
+                ("atc", ValueType::Int { .. }) => Some(FieldValue::Int(atc)),
+                _ => None,
+            })
+        })?;
+        let when = hex(&unix_to_bcd_datetime(self.clock.now()));
+        self.finish(
+            q,
+            TxnKind::Recover,
+            &command,
+            &program,
+            &data,
+            0,
+            when,
+            Some(unknown.seq),
+        )
+        .await
+    }
+
+    /// The data script for `program`'s declared inputs: values from `value`, keys
+    /// diversified for this card by their declared usage.
+    fn data_for(
+        &self,
+        program: &VerifiedProgram,
+        city: &CityRow,
+        role: &'static str,
+        card_id: &[u8],
+        value: impl Fn(&str, &ValueType) -> Result<Option<FieldValue>, IssuerError>,
+    ) -> Result<DataScript, IssuerError> {
+        let mut fields = Vec::new();
+        for decl in program.inputs() {
+            let name: &str = &decl.name;
+            let v = match decl.ty {
+                ValueType::Key { alg, usage } => {
+                    FieldValue::Key(self.card_key(city, role, card_id, alg, usage)?)
+                }
+                ref ty => value(name, ty)?.ok_or_else(|| IssuerError::Script {
+                    city: city.city,
+                    role,
+                    detail: format!("input `{name}` has no source in the issuer"),
+                })?,
+            };
+            fields.push(Field {
+                name: name.into(),
+                value: v,
+            });
+        }
+        Ok(DataScript { fields })
+    }
+
+    fn card_key(
+        &self,
+        city: &CityRow,
+        role: &'static str,
+        card_id: &[u8],
+        alg: KeyAlg,
+        usage: KeyUsage,
+    ) -> Result<SecretKey, IssuerError> {
+        let key_role = match usage {
+            KeyUsage::Load => KeyRole::Load,
+            KeyUsage::Purchase => KeyRole::Purchase,
+            KeyUsage::Tac => KeyRole::Tac,
+            other => {
+                return Err(IssuerError::Script {
+                    city: city.city,
+                    role,
+                    detail: format!(
+                        "asks for a {} key: the issuer sends only diversified card keys",
+                        other.name()
+                    ),
+                });
+            }
+        };
+        let key = self.keys.card_key(city.city, key_role, card_id)?;
+        if key.alg() != alg || key.usage() != usage {
+            return Err(IssuerError::Script {
+                city: city.city,
+                role,
+                detail: format!(
+                    "wants a key({}, {}); the key store holds {} keys for this city",
+                    alg.name(),
+                    usage.name(),
+                    key.alg().name()
+                ),
+            });
+        }
+        Ok(key)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        q: &VerifiedQuery,
+        kind: TxnKind,
+        command: &[u8],
+        program: &VerifiedProgram,
+        data: &DataScript,
+        amount: u64,
+        datetime: String,
+        recovers_seq: Option<u64>,
+    ) -> Result<Bundle, IssuerError> {
+        let reader_id = q.reader.reader_id.clone();
+        let city = program.header().city;
+        let data_bytes = zeroize::Zeroizing::new(data.encode());
+        // The data must bind to the program now, not first on the reader.
+        program.bind(data).map_err(|e| IssuerError::Script {
+            city,
+            role: kind.name(),
+            detail: e.to_string(),
+        })?;
+        let seq = self.allocate(&reader_id).await?;
+        let expires = self.clock.now().saturating_add(self.policy.bundle_ttl);
+        let sealed_command = self.seal(
+            &q.identity,
+            ScriptKind::Command,
+            program,
+            seq,
+            expires,
+            command,
+            command,
+        )?;
+        let sealed_data = self.seal(
+            &q.identity,
+            ScriptKind::Data,
+            program,
+            seq,
+            expires,
+            command,
+            &data_bytes,
+        )?;
+        let card_hex = hex(&q.card.card_id);
+        self.ledger
+            .insert(&NewTxn {
+                reader_id: reader_id.clone(),
+                seq,
+                kind,
+                city,
+                card_id: card_hex,
+                amount,
+                terminal_id: q.reader.terminal_id,
+                datetime,
+                command_sm3: hex(&crate::crypto::sm3(command)),
+                query_sm3: Some(q.receipt_sm3.clone()),
+                balance_before: q.card.balance,
+                recovers_seq,
+                issued_at: self.clock.now(),
+                expires_at: expires,
+            })
+            .await
+            .map_err(|e| match e {
+                // Lost a race for the same query against another instance.
+                LedgerError::Db { .. } => IssuerError::QueryUsed {
+                    reader: reader_id.clone(),
+                    seq,
+                },
+                other => other.into(),
+            })?;
+        Ok(Bundle {
+            kind,
+            reader_id,
+            seq,
+            city,
+            card_id: q.card.card_id.clone(),
+            amount,
+            recovers_seq,
+            expires,
+            command: sealed_command,
+            data: sealed_data,
+        })
+    }
+
+    /// Settles a receipt: verifies it (see the module docs) and moves its transaction
+    /// out of `issued` once. The same receipt again is idempotent (`already: true`); a
+    /// different receipt for a settled transaction is refused.
+    pub async fn settle(&self, receipt: &Receipt) -> Result<Settled, IssuerError> {
+        let (_, _, receipt_sm3) = self.verify_receipt(receipt).await?;
+        let reader = receipt.reader_id.clone();
+        let data = receipt.data.ok_or_else(|| IssuerError::NotOurs {
+            reader: reader.clone(),
+            detail: "a query receipt names no bundle; nothing to settle".into(),
+        })?;
+        if data.issuer_key_id != self.key.public_key().key_id() {
+            return Err(IssuerError::NotOurs {
+                reader,
+                detail: format!(
+                    "its data script was sealed by issuer key {}, not this issuer's",
+                    hex(&data.issuer_key_id)
+                ),
+            });
+        }
+        let seq = data.seq;
+        let row = self
+            .ledger
+            .txn(&reader, seq)
+            .await?
+            .ok_or_else(|| IssuerError::NoBundle {
+                reader: reader.clone(),
+                seq,
+            })?;
+        let mismatch = |detail: String| IssuerError::Mismatch {
+            reader: reader.clone(),
+            seq,
+            detail,
+        };
+        if !row
+            .command_sm3
+            .eq_ignore_ascii_case(&hex(&receipt.command_sm3))
+        {
+            return Err(mismatch(format!(
+                "command SM3 {} is not the bundle's {}",
+                hex(&receipt.command_sm3),
+                row.command_sm3
+            )));
+        }
+        if row.state != TxnState::Issued {
+            return self.already(&row, &receipt_sm3);
+        }
+        if !receipt.card_id.is_empty() && hex(&receipt.card_id) != row.card_id {
+            return Err(mismatch(format!(
+                "card {} is not the bundle's card {}",
+                hex(&receipt.card_id),
+                row.card_id
+            )));
+        }
+        let now = self.clock.now();
+        let city = self.city(row.city).await?;
+        match row.kind {
+            TxnKind::Load => {
+                let s = self.load_settlement(receipt, &row, &city, receipt_sm3.clone(), now)?;
+                let state = s.state;
+                match self.ledger.settle(&reader, seq, &s).await? {
+                    Applied::Now => Ok(Settled {
+                        reader_id: reader,
+                        seq,
+                        kind: row.kind,
+                        state,
+                        already: false,
+                        decided: None,
+                    }),
+                    Applied::Already(current) => self.already(&current, &receipt_sm3),
+                }
+            }
+            TxnKind::Recover => self.settle_recovery(receipt, &row, receipt_sm3, now).await,
+        }
+    }
+
+    fn already(&self, row: &TxnRow, receipt_sm3: &str) -> Result<Settled, IssuerError> {
+        if row
+            .receipt_sm3
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case(receipt_sm3))
+        {
+            Ok(Settled {
+                reader_id: row.reader_id.clone(),
+                seq: row.seq,
+                kind: row.kind,
+                state: row.state,
+                already: true,
+                decided: None,
+            })
+        } else {
+            Err(IssuerError::SettledByOther {
+                reader: row.reader_id.clone(),
+                seq: row.seq,
+                state: row.state,
+            })
+        }
+    }
+
+    fn load_settlement(
+        &self,
+        receipt: &Receipt,
+        row: &TxnRow,
+        city: &CityRow,
+        receipt_sm3: String,
+        now: u64,
+    ) -> Result<Settlement, IssuerError> {
+        let mismatch = |detail: String| IssuerError::Mismatch {
+            reader: row.reader_id.clone(),
+            seq: row.seq,
+            detail,
+        };
+        let atc = out_int(receipt, "atc");
+        let mac2 = out_bytes(receipt, "mac2").map(hex);
+        let balance_before = out_int(receipt, "balance_before");
+        let mut s = Settlement {
+            state: TxnState::Failed,
+            receipt_sm3,
+            at: now,
+            atc,
+            mac2,
+            tac: None,
+            balance_before,
+            balance_after: None,
+            note: None,
+        };
+        match &receipt.outcome {
+            Outcome::Failed { code, reason } => {
+                s.note = Some(format!("failed 0x{code:02X}: {reason}"));
+                Ok(s)
+            }
+            Outcome::Unknown { reason } => {
+                s.state = TxnState::Unknown;
+                s.note = Some(reason.clone());
+                Ok(s)
+            }
+            Outcome::Committed => {
+                let amount = out_int(receipt, "amount")
+                    .ok_or_else(|| mismatch("no `amount` output".into()))?;
+                if amount != row.amount {
+                    return Err(mismatch(format!(
+                        "amount {amount} is not the bundle's {}",
+                        row.amount
+                    )));
+                }
+                let before =
+                    balance_before.ok_or_else(|| mismatch("no `balance_before` output".into()))?;
+                let after = out_int(receipt, "balance_after")
+                    .ok_or_else(|| mismatch("no `balance_after` output".into()))?;
+                if before.checked_add(amount) != Some(after) {
+                    return Err(mismatch(format!(
+                        "balance {before} + {amount} is not {after}"
+                    )));
+                }
+                s.balance_after = Some(after);
+                if receipt.card_id.is_empty() {
+                    return Err(mismatch("a committed receipt without the card's id".into()));
+                }
+                if city.alg == "m1" {
+                    // An M1 card signs nothing: the reader's signature and the
+                    // read-back of the value block are all there is (docs/issuer.md).
+                    if out_int(receipt, "readback_ok") != Some(1) {
+                        return Err(mismatch("the value block did not read back".into()));
+                    }
+                } else {
+                    let tac = self.check_load_tac(receipt, row, after, atc, amount)?;
+                    s.tac = Some(hex(&tac));
+                }
+                s.state = TxnState::Committed;
+                Ok(s)
+            }
+        }
+    }
+
+    /// Recomputes the load TAC with the card's TAC key; returns the card's TAC.
+    fn check_load_tac(
+        &self,
+        receipt: &Receipt,
+        row: &TxnRow,
+        after: u64,
+        atc: Option<u64>,
+        amount: u64,
+    ) -> Result<[u8; 4], IssuerError> {
+        let mismatch = |detail: String| IssuerError::Mismatch {
+            reader: row.reader_id.clone(),
+            seq: row.seq,
+            detail,
+        };
+        let tac: [u8; 4] = out_bytes(receipt, "tac")
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| mismatch("no 4-byte `tac` output".into()))?;
+        let atc = atc.ok_or_else(|| mismatch("no `atc` output".into()))?;
+        let terminal = out_bytes(receipt, "terminal_id").unwrap_or(&[]);
+        if terminal != row.terminal_id {
+            return Err(mismatch(format!(
+                "terminal {} is not the bundle's {}",
+                hex(terminal),
+                hex(&row.terminal_id)
+            )));
+        }
+        let when = out_bytes(receipt, "datetime").unwrap_or(&[]);
+        if !hex(when).eq_ignore_ascii_case(&row.datetime) {
+            return Err(mismatch(format!(
+                "date/time {} is not the bundle's {}",
+                hex(when),
+                row.datetime
+            )));
+        }
+        let card = unhex(&row.card_id).unwrap_or_default();
+        let expected = self.load_tac(row, &card, after, atc, amount, terminal, when)?;
+        if !crate::crypto::ct_eq(&expected, &tac) {
+            return Err(IssuerError::TacMismatch {
+                reader: row.reader_id.clone(),
+                seq: row.seq,
+            });
+        }
+        Ok(tac)
+    }
+
+    /// TAC = MAC(TAC key, balance after ‖ ATC ‖ amount ‖ 02 ‖ terminal ‖ date ‖ time)
+    /// (reference: epurse.md, "Load TAC").
+    #[allow(clippy::too_many_arguments)]
+    fn load_tac(
+        &self,
+        row: &TxnRow,
+        card: &[u8],
+        after: u64,
+        atc: u64,
+        amount: u64,
+        terminal: &[u8],
+        when: &[u8],
+    ) -> Result<[u8; 4], IssuerError> {
+        let mismatch = |detail: String| IssuerError::Mismatch {
+            reader: row.reader_id.clone(),
+            seq: row.seq,
+            detail,
+        };
+        let after = u32::try_from(after).map_err(|_| mismatch(format!("balance {after}")))?;
+        let atc = u16::try_from(atc).map_err(|_| mismatch(format!("ATC {atc}")))?;
+        let amount = u32::try_from(amount).map_err(|_| mismatch(format!("amount {amount}")))?;
+        let dtk = self.keys.card_key(row.city, KeyRole::Tac, card)?;
+        let key = crate::crypto::tac_key(&dtk).map_err(|e| mismatch(format!("TAC key: {e}")))?;
+        let mut input = Vec::with_capacity(24);
+        input.extend_from_slice(&after.to_be_bytes());
+        input.extend_from_slice(&atc.to_be_bytes());
+        input.extend_from_slice(&amount.to_be_bytes());
+        input.push(0x02);
+        input.extend_from_slice(terminal);
+        input.extend_from_slice(when);
+        crate::crypto::pboc_mac(&key, &input).map_err(|e| mismatch(format!("TAC: {e}")))
+    }
+
+    async fn settle_recovery(
+        &self,
+        receipt: &Receipt,
+        row: &TxnRow,
+        receipt_sm3: String,
+        now: u64,
+    ) -> Result<Settled, IssuerError> {
+        let original_seq = row.recovers_seq.ok_or_else(|| IssuerError::Mismatch {
+            reader: row.reader_id.clone(),
+            seq: row.seq,
+            detail: "a recovery that names no transaction".into(),
+        })?;
+        let original = self
+            .ledger
+            .txn(&row.reader_id, original_seq)
+            .await?
+            .ok_or_else(|| IssuerError::NoBundle {
+                reader: row.reader_id.clone(),
+                seq: original_seq,
+            })?;
+        let mut s = Settlement {
+            state: TxnState::Committed,
+            receipt_sm3: receipt_sm3.clone(),
+            at: now,
+            atc: None,
+            mac2: None,
+            tac: None,
+            balance_before: None,
+            balance_after: None,
+            note: None,
+        };
+        let (decided, note) = match &receipt.outcome {
+            Outcome::Committed => self.decide(receipt, &original, &mut s)?,
+            Outcome::Failed { code, reason } => {
+                s.state = TxnState::Failed;
+                s.note = Some(format!("failed 0x{code:02X}: {reason}"));
+                (TxnState::Unknown, String::new())
+            }
+            _ => {
+                s.state = TxnState::Unknown;
+                s.note = Some(outcome_text(&receipt.outcome));
+                (TxnState::Unknown, String::new())
+            }
+        };
+        match self
+            .ledger
+            .settle_recovery(&row.reader_id, row.seq, &s, original_seq, decided, &note)
+            .await?
+        {
+            Applied::Now => Ok(Settled {
+                reader_id: row.reader_id.clone(),
+                seq: row.seq,
+                kind: TxnKind::Recover,
+                state: s.state,
+                already: false,
+                decided: (decided != TxnState::Unknown).then_some((original_seq, decided)),
+            }),
+            Applied::Already(current) => self.already(&current, &receipt_sm3),
+        }
+    }
+
+    /// What the card's GET TRANSACTION PROVE answer says about the unknown load.
+    fn decide(
+        &self,
+        receipt: &Receipt,
+        original: &TxnRow,
+        s: &mut Settlement,
+    ) -> Result<(TxnState, String), IssuerError> {
+        let mismatch = |detail: String| IssuerError::Mismatch {
+            reader: original.reader_id.clone(),
+            seq: original.seq,
+            detail,
+        };
+        match out_int(receipt, "committed") {
+            Some(0) => Ok((
+                TxnState::RecoveredFailed,
+                "recovery: the card has no such transaction".into(),
+            )),
+            Some(1) => {
+                let mac = out_bytes(receipt, "mac").unwrap_or(&[]);
+                let expected_mac = original.mac2.as_deref().and_then(unhex).unwrap_or_default();
+                if expected_mac.is_empty() || !crate::crypto::ct_eq(mac, &expected_mac) {
+                    return Err(mismatch(
+                        "the card proves a transaction whose MAC2 is not this load's".into(),
+                    ));
+                }
+                let tac: [u8; 4] = out_bytes(receipt, "tac")
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| mismatch("no 4-byte `tac` output".into()))?;
+                let before = original
+                    .balance_before
+                    .ok_or_else(|| mismatch("the unknown load has no balance".into()))?;
+                let atc = original
+                    .atc
+                    .ok_or_else(|| mismatch("the unknown load has no ATC".into()))?;
+                let when = unhex(&original.datetime).unwrap_or_default();
+                let card = unhex(&original.card_id).unwrap_or_default();
+                let expected = self.load_tac(
+                    original,
+                    &card,
+                    before + original.amount,
+                    atc,
+                    original.amount,
+                    &original.terminal_id,
+                    &when,
+                )?;
+                if !crate::crypto::ct_eq(&expected, &tac) {
+                    return Err(IssuerError::TacMismatch {
+                        reader: original.reader_id.clone(),
+                        seq: original.seq,
+                    });
+                }
+                s.tac = Some(hex(&tac));
+                Ok((
+                    TxnState::RecoveredCommitted,
+                    "recovery: the card proved it (TAC verified)".into(),
+                ))
+            }
+            _ => Err(mismatch(
+                "the recovery receipt has no `committed` output".into(),
+            )),
+        }
+    }
+}
+
+fn out_int(r: &Receipt, name: &str) -> Option<u64> {
+    match r.field(name) {
+        Some(Out::Int(v)) => Some(*v),
+        _ => None,
+    }
+}
+
+fn out_bytes<'a>(r: &'a Receipt, name: &str) -> Option<&'a [u8]> {
+    match r.field(name) {
+        Some(Out::Bytes(b)) => Some(b),
+        _ => None,
+    }
+}
+
+fn outcome_text(o: &Outcome) -> String {
+    match o {
+        Outcome::Committed => "committed".into(),
+        Outcome::Failed { code, reason } => format!("failed 0x{code:02X}: {reason}"),
+        Outcome::Unknown { reason } => format!("unknown: {reason}"),
+    }
+}

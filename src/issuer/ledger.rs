@@ -1,0 +1,1042 @@
+//! The issuer's ledger: readers, cities, sealed bundles and their settlement, in SQL.
+//!
+//! One code path for both backends through `sqlx`'s `Any` driver: an embedded SQLite file
+//! by default (`issuer.db`, `sqlite://issuer.db`), PostgreSQL (`postgres://…`) when
+//! several service instances share one database. The schema is in `migrations/` and is
+//! applied on [`Ledger::open`].
+//!
+//! # Exactly once, by the database
+//!
+//! Nothing here relies on process memory for correctness, so two issuer processes on
+//! one PostgreSQL keep the guarantees:
+//!
+//! * a reader's sequence numbers come from one `UPDATE … SET next_seq = next_seq + 1
+//!   … RETURNING`, so two bundles never share a seq;
+//! * a query receipt buys at most one bundle (`query_sm3` is `UNIQUE`);
+//! * a transaction leaves `issued` (or `unknown`) only through an `UPDATE … WHERE
+//!   state = 'issued'` (`'unknown'`) whose row count is checked: the second settlement
+//!   of a transaction changes nothing and is reported as already settled.
+
+use std::fmt;
+use std::str::FromStr;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+/// The migrations, in order (the same SQL text on SQLite and PostgreSQL).
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "ledger",
+        include_str!("../../migrations/0001_ledger.sql"),
+    ),
+    (
+        2,
+        "requests",
+        include_str!("../../migrations/0002_requests.sql"),
+    ),
+];
+
+/// A ledger failure: one line, with the operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerError {
+    /// The database refused or failed an operation.
+    #[error("ledger {op}: {detail}")]
+    Db {
+        /// What the ledger was doing.
+        op: &'static str,
+        /// The driver's message.
+        detail: String,
+    },
+    /// A row holds a value this build cannot read (edited by hand, or a newer build).
+    #[error("ledger row {what}: {detail}")]
+    Corrupt {
+        /// Which row/column.
+        what: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The database URL is not one this build serves.
+    #[error("ledger URL `{0}`: use a file path, sqlite://PATH or postgres://…")]
+    BadUrl(String),
+}
+
+fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> LedgerError {
+    move |e| LedgerError::Db {
+        op,
+        detail: e.to_string(),
+    }
+}
+
+/// Where a transaction stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TxnState {
+    /// Sealed and handed to the reader; no receipt yet.
+    Issued,
+    /// The card committed it; its TAC verified.
+    Committed,
+    /// The script failed before the card's commit point: nothing moved.
+    Failed,
+    /// The card was torn away after the commit point: recovery must decide.
+    Unknown,
+    /// Was unknown; the card's GET TRANSACTION PROVE showed it committed.
+    RecoveredCommitted,
+    /// Was unknown; the card showed it never happened.
+    RecoveredFailed,
+}
+
+impl TxnState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [TxnState; 6] = [
+        TxnState::Issued,
+        TxnState::Committed,
+        TxnState::Failed,
+        TxnState::Unknown,
+        TxnState::RecoveredCommitted,
+        TxnState::RecoveredFailed,
+    ];
+
+    /// The name stored in the database and printed by the CLI.
+    pub fn name(self) -> &'static str {
+        match self {
+            TxnState::Issued => "issued",
+            TxnState::Committed => "committed",
+            TxnState::Failed => "failed",
+            TxnState::Unknown => "unknown",
+            TxnState::RecoveredCommitted => "recovered-committed",
+            TxnState::RecoveredFailed => "recovered-failed",
+        }
+    }
+
+    /// Whether the money moved (or may still move: issued and unknown count against
+    /// limits until they are decided).
+    pub fn counts_against_limits(self) -> bool {
+        !matches!(self, TxnState::Failed | TxnState::RecoveredFailed)
+    }
+}
+
+impl fmt::Display for TxnState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for TxnState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        TxnState::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = TxnState::ALL.iter().map(|t| t.name()).collect();
+                format!("unknown state `{s}` (one of {})", names.join(", "))
+            })
+    }
+}
+
+/// What a bundle does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnKind {
+    /// A purse load (圈存).
+    Load,
+    /// A recovery: asks the card about an earlier transaction left `unknown`.
+    Recover,
+}
+
+impl TxnKind {
+    /// `load` / `recover`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TxnKind::Load => "load",
+            TxnKind::Recover => "recover",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, LedgerError> {
+        match s {
+            "load" => Ok(TxnKind::Load),
+            "recover" => Ok(TxnKind::Recover),
+            _ => Err(LedgerError::Corrupt {
+                what: "transactions.kind".into(),
+                detail: format!("`{s}`"),
+            }),
+        }
+    }
+}
+
+/// A city the issuer serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CityRow {
+    /// City / issuer id (the scripts' `.city`).
+    pub city: u32,
+    /// Purse algorithm: `des3`, `sm4` or `m1`.
+    pub alg: String,
+    /// Highest balance a purse may reach (fen).
+    pub purse_limit: u64,
+    /// Highest single load (fen).
+    pub txn_limit: u64,
+    /// Highest total of loads per card per UTC day (fen).
+    pub day_limit: u64,
+}
+
+/// A reader the issuer serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReaderRow {
+    /// Reader id (its certificate's CN).
+    pub reader_id: String,
+    /// Its certificate chain, PEM (leaf first); re-verified on every use.
+    pub cert_pem: String,
+    /// Certificate serial (hex).
+    pub serial: String,
+    /// Terminal id (6 bytes) the issuer puts in its data scripts.
+    pub terminal_id: [u8; 6],
+    /// The next sequence number to seal for it.
+    pub next_seq: u64,
+}
+
+/// One transaction row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnRow {
+    /// The reader it was sealed for.
+    pub reader_id: String,
+    /// Its sequence number (the data script's seq).
+    pub seq: u64,
+    /// Load or recovery.
+    pub kind: TxnKind,
+    /// City.
+    pub city: u32,
+    /// Card id (application serial or UID), upper-case hex.
+    pub card_id: String,
+    /// Amount (fen); 0 for recoveries.
+    pub amount: u64,
+    /// Terminal id in the data script.
+    pub terminal_id: [u8; 6],
+    /// Date/time in the data script (BCD, upper-case hex).
+    pub datetime: String,
+    /// SM3 of the command script it is bound to (hex).
+    pub command_sm3: String,
+    /// Balance the card reported (query, then receipt).
+    pub balance_before: Option<u64>,
+    /// For a recovery: the seq of the transaction it asks about.
+    pub recovers_seq: Option<u64>,
+    /// Unix seconds.
+    pub issued_at: u64,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// Where it stands.
+    pub state: TxnState,
+    /// SM3 of the canonical receipt that settled it (hex).
+    pub receipt_sm3: Option<String>,
+    /// Unix seconds.
+    pub settled_at: Option<u64>,
+    /// The card's transaction counter for it.
+    pub atc: Option<u64>,
+    /// MAC2 the reader computed (hex; recovery compares the card's answer with it).
+    pub mac2: Option<String>,
+    /// The card's TAC (hex).
+    pub tac: Option<String>,
+    /// Balance after (fen).
+    pub balance_after: Option<u64>,
+    /// Why it failed, or how it was recovered.
+    pub note: Option<String>,
+}
+
+/// A transaction to record when its bundle is sealed.
+#[derive(Debug, Clone)]
+pub struct NewTxn {
+    /// Reader.
+    pub reader_id: String,
+    /// Allocated by [`Ledger::allocate_seq`].
+    pub seq: u64,
+    /// Load or recovery.
+    pub kind: TxnKind,
+    /// City.
+    pub city: u32,
+    /// Card id, upper-case hex.
+    pub card_id: String,
+    /// Amount (fen).
+    pub amount: u64,
+    /// Terminal id.
+    pub terminal_id: [u8; 6],
+    /// Date/time (BCD hex).
+    pub datetime: String,
+    /// Command script SM3 (hex).
+    pub command_sm3: String,
+    /// SM3 of the query receipt that bought it (hex), for loads.
+    pub query_sm3: Option<String>,
+    /// Balance from the query.
+    pub balance_before: Option<u64>,
+    /// For recoveries.
+    pub recovers_seq: Option<u64>,
+    /// Unix seconds.
+    pub issued_at: u64,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+/// What a receipt settles a transaction as.
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    /// The new state (committed, failed or unknown).
+    pub state: TxnState,
+    /// SM3 of the canonical receipt (hex).
+    pub receipt_sm3: String,
+    /// Unix seconds.
+    pub at: u64,
+    /// Card counter.
+    pub atc: Option<u64>,
+    /// MAC2 (hex).
+    pub mac2: Option<String>,
+    /// TAC (hex).
+    pub tac: Option<String>,
+    /// Balance before, as the card reported it.
+    pub balance_before: Option<u64>,
+    /// Balance after.
+    pub balance_after: Option<u64>,
+    /// Reason.
+    pub note: Option<String>,
+}
+
+/// The result of a conditional state change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// This call moved the transaction.
+    Now,
+    /// It had already left the expected state; the row as it is.
+    Already(Box<TxnRow>),
+}
+
+/// Which transactions [`Ledger::list`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only this card (hex, any case).
+    pub card_id: Option<String>,
+    /// Only this state.
+    pub state: Option<TxnState>,
+    /// Only this reader.
+    pub reader_id: Option<String>,
+    /// At most this many, newest first (0: all).
+    pub limit: u32,
+}
+
+/// The ledger (a connection pool; cheap to clone).
+#[derive(Clone)]
+pub struct Ledger {
+    pool: AnyPool,
+    url: String,
+}
+
+impl fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ledger")
+            .field("url", &redact_url(&self.url))
+            .finish()
+    }
+}
+
+/// The URL without a password (for logs and errors).
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:REDACTED{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Turns a CLI `--db` value into a driver URL: a bare path is an SQLite file (created
+/// when missing).
+pub fn database_url(db: &str) -> Result<String, LedgerError> {
+    if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+        Ok(db.to_string())
+    } else if let Some(path) = db.strip_prefix("sqlite://") {
+        Ok(sqlite_url(path))
+    } else if db.contains("://") {
+        Err(LedgerError::BadUrl(db.to_string()))
+    } else {
+        Ok(sqlite_url(db))
+    }
+}
+
+fn sqlite_url(path: &str) -> String {
+    if path.contains('?') || path == ":memory:" {
+        format!("sqlite://{path}")
+    } else {
+        format!("sqlite://{path}?mode=rwc")
+    }
+}
+
+/// Upper-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// Parses hex (any case, no separators).
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn to_i64(v: u64, what: &'static str) -> Result<i64, LedgerError> {
+    i64::try_from(v).map_err(|_| LedgerError::Corrupt {
+        what: what.into(),
+        detail: format!("{v} does not fit a BIGINT"),
+    })
+}
+
+fn get_u64(row: &AnyRow, col: &str) -> Result<u64, LedgerError> {
+    let v: i64 = row.try_get(col).map_err(|e| LedgerError::Corrupt {
+        what: col.into(),
+        detail: e.to_string(),
+    })?;
+    u64::try_from(v).map_err(|_| LedgerError::Corrupt {
+        what: col.into(),
+        detail: format!("negative {v}"),
+    })
+}
+
+fn get_opt_u64(row: &AnyRow, col: &str) -> Result<Option<u64>, LedgerError> {
+    let v: Option<i64> = row.try_get(col).map_err(|e| LedgerError::Corrupt {
+        what: col.into(),
+        detail: e.to_string(),
+    })?;
+    v.map(|v| {
+        u64::try_from(v).map_err(|_| LedgerError::Corrupt {
+            what: col.into(),
+            detail: format!("negative {v}"),
+        })
+    })
+    .transpose()
+}
+
+fn get_str(row: &AnyRow, col: &str) -> Result<String, LedgerError> {
+    row.try_get(col).map_err(|e| LedgerError::Corrupt {
+        what: col.into(),
+        detail: e.to_string(),
+    })
+}
+
+fn get_opt_str(row: &AnyRow, col: &str) -> Result<Option<String>, LedgerError> {
+    row.try_get(col).map_err(|e| LedgerError::Corrupt {
+        what: col.into(),
+        detail: e.to_string(),
+    })
+}
+
+fn terminal_from_hex(text: &str, what: &str) -> Result<[u8; 6], LedgerError> {
+    unhex(text)
+        .and_then(|b| <[u8; 6]>::try_from(b).ok())
+        .ok_or_else(|| LedgerError::Corrupt {
+            what: what.into(),
+            detail: format!("terminal id `{text}` is not 6 bytes of hex"),
+        })
+}
+
+const TXN_COLUMNS: &str = "reader_id, seq, kind, city, card_id, amount, terminal_id, txn_datetime, \
+     command_sm3, balance_before, recovers_seq, issued_at, expires_at, state, receipt_sm3, \
+     settled_at, atc, mac2, tac, balance_after, note";
+
+fn txn_from_row(row: &AnyRow) -> Result<TxnRow, LedgerError> {
+    let city = get_u64(row, "city")?;
+    Ok(TxnRow {
+        reader_id: get_str(row, "reader_id")?,
+        seq: get_u64(row, "seq")?,
+        kind: TxnKind::parse(&get_str(row, "kind")?)?,
+        city: u32::try_from(city).map_err(|_| LedgerError::Corrupt {
+            what: "transactions.city".into(),
+            detail: format!("{city}"),
+        })?,
+        card_id: get_str(row, "card_id")?,
+        amount: get_u64(row, "amount")?,
+        terminal_id: terminal_from_hex(&get_str(row, "terminal_id")?, "transactions.terminal_id")?,
+        datetime: get_str(row, "txn_datetime")?,
+        command_sm3: get_str(row, "command_sm3")?,
+        balance_before: get_opt_u64(row, "balance_before")?,
+        recovers_seq: get_opt_u64(row, "recovers_seq")?,
+        issued_at: get_u64(row, "issued_at")?,
+        expires_at: get_u64(row, "expires_at")?,
+        state: get_str(row, "state")?
+            .parse()
+            .map_err(|detail| LedgerError::Corrupt {
+                what: "transactions.state".into(),
+                detail,
+            })?,
+        receipt_sm3: get_opt_str(row, "receipt_sm3")?,
+        settled_at: get_opt_u64(row, "settled_at")?,
+        atc: get_opt_u64(row, "atc")?,
+        mac2: get_opt_str(row, "mac2")?,
+        tac: get_opt_str(row, "tac")?,
+        balance_after: get_opt_u64(row, "balance_after")?,
+        note: get_opt_str(row, "note")?,
+    })
+}
+
+impl Ledger {
+    /// Connects (creating an SQLite file when missing) and applies the migrations.
+    /// `db` is a path, `sqlite://PATH` or `postgres://…`.
+    pub async fn open(db: &str) -> Result<Self, LedgerError> {
+        sqlx::any::install_default_drivers();
+        let url = database_url(db)?;
+        let sqlite = url.starts_with("sqlite:");
+        let pool = AnyPoolOptions::new()
+            // SQLite serialises writers anyway; one connection avoids SQLITE_BUSY
+            // between the pool's own connections.
+            .max_connections(if sqlite { 1 } else { 8 })
+            .acquire_timeout(std::time::Duration::from_secs(30))
+            .connect(&url)
+            .await
+            .map_err(|e| LedgerError::Db {
+                op: "connect",
+                detail: format!("{}: {e}", redact_url(&url)),
+            })?;
+        let ledger = Ledger { pool, url };
+        ledger.migrate().await?;
+        Ok(ledger)
+    }
+
+    /// The database URL, password redacted.
+    pub fn url(&self) -> String {
+        redact_url(&self.url)
+    }
+
+    async fn migrate(&self) -> Result<(), LedgerError> {
+        use sqlx::SqlSafeStr;
+        use sqlx::migrate::{Migration, MigrationType, Migrator};
+        let migrations = MIGRATIONS
+            .iter()
+            .map(|(v, d, sql)| {
+                Migration::new(
+                    *v,
+                    std::borrow::Cow::Borrowed(*d),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect();
+        let migrator = Migrator::with_migrations(migrations);
+        migrator.run(&self.pool).await.map_err(|e| LedgerError::Db {
+            op: "migrate",
+            detail: e.to_string(),
+        })
+    }
+
+    /// A setting, if set.
+    pub async fn config(&self, name: &str) -> Result<Option<String>, LedgerError> {
+        let row = sqlx::query("SELECT value FROM issuer_config WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read config"))?;
+        row.map(|r| get_str(&r, "value")).transpose()
+    }
+
+    /// Sets (or replaces) a setting.
+    pub async fn set_config(&self, name: &str, value: &str) -> Result<(), LedgerError> {
+        sqlx::query(
+            "INSERT INTO issuer_config (name, value) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&self.pool)
+        .await
+        .map_err(db("write config"))?;
+        Ok(())
+    }
+
+    /// Adds or replaces a city.
+    pub async fn set_city(&self, c: &CityRow) -> Result<(), LedgerError> {
+        sqlx::query(
+            "INSERT INTO cities (city, alg, purse_limit, txn_limit, day_limit) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (city) DO UPDATE SET \
+             alg = excluded.alg, purse_limit = excluded.purse_limit, \
+             txn_limit = excluded.txn_limit, day_limit = excluded.day_limit",
+        )
+        .bind(i64::from(c.city))
+        .bind(c.alg.as_str())
+        .bind(to_i64(c.purse_limit, "purse_limit")?)
+        .bind(to_i64(c.txn_limit, "txn_limit")?)
+        .bind(to_i64(c.day_limit, "day_limit")?)
+        .execute(&self.pool)
+        .await
+        .map_err(db("write city"))?;
+        Ok(())
+    }
+
+    /// A city, if served.
+    pub async fn city(&self, city: u32) -> Result<Option<CityRow>, LedgerError> {
+        let row = sqlx::query(
+            "SELECT city, alg, purse_limit, txn_limit, day_limit FROM cities WHERE city = $1",
+        )
+        .bind(i64::from(city))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("read city"))?;
+        row.map(|r| {
+            Ok(CityRow {
+                city,
+                alg: get_str(&r, "alg")?,
+                purse_limit: get_u64(&r, "purse_limit")?,
+                txn_limit: get_u64(&r, "txn_limit")?,
+                day_limit: get_u64(&r, "day_limit")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Stores a city's command script for `role` (`query`, `load`, `recover`).
+    pub async fn set_script(&self, city: u32, role: &str, body: &[u8]) -> Result<(), LedgerError> {
+        sqlx::query(
+            "INSERT INTO scripts (city, role, sm3, body) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (city, role) DO UPDATE SET sm3 = excluded.sm3, body = excluded.body",
+        )
+        .bind(i64::from(city))
+        .bind(role)
+        .bind(hex(&crate::crypto::sm3(body)))
+        .bind(hex(body))
+        .execute(&self.pool)
+        .await
+        .map_err(db("write script"))?;
+        Ok(())
+    }
+
+    /// A city's command script for `role`: `(sm3 hex, bytes)`.
+    pub async fn script(
+        &self,
+        city: u32,
+        role: &str,
+    ) -> Result<Option<(String, Vec<u8>)>, LedgerError> {
+        let row = sqlx::query("SELECT sm3, body FROM scripts WHERE city = $1 AND role = $2")
+            .bind(i64::from(city))
+            .bind(role)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read script"))?;
+        row.map(|r| {
+            let body = get_str(&r, "body")?;
+            let bytes = unhex(&body).ok_or_else(|| LedgerError::Corrupt {
+                what: format!("scripts({city}, {role}).body"),
+                detail: "not hex".into(),
+            })?;
+            Ok((get_str(&r, "sm3")?, bytes))
+        })
+        .transpose()
+    }
+
+    /// Adds a reader (its seq starts at 1), or replaces its certificate and terminal
+    /// id keeping its seq (a renewed certificate must not reset the counter).
+    pub async fn add_reader(
+        &self,
+        reader_id: &str,
+        cert_pem: &str,
+        serial: &str,
+        terminal_id: &[u8; 6],
+        now: u64,
+    ) -> Result<(), LedgerError> {
+        sqlx::query(
+            "INSERT INTO readers (reader_id, cert_pem, serial, terminal_id, next_seq, added_at) \
+             VALUES ($1, $2, $3, $4, 1, $5) ON CONFLICT (reader_id) DO UPDATE SET \
+             cert_pem = excluded.cert_pem, serial = excluded.serial, \
+             terminal_id = excluded.terminal_id",
+        )
+        .bind(reader_id)
+        .bind(cert_pem)
+        .bind(serial)
+        .bind(hex(terminal_id))
+        .bind(to_i64(now, "added_at")?)
+        .execute(&self.pool)
+        .await
+        .map_err(db("write reader"))?;
+        Ok(())
+    }
+
+    /// A reader, if known.
+    pub async fn reader(&self, reader_id: &str) -> Result<Option<ReaderRow>, LedgerError> {
+        let row = sqlx::query(
+            "SELECT reader_id, cert_pem, serial, terminal_id, next_seq FROM readers \
+             WHERE reader_id = $1",
+        )
+        .bind(reader_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("read reader"))?;
+        row.map(|r| {
+            Ok(ReaderRow {
+                reader_id: get_str(&r, "reader_id")?,
+                cert_pem: get_str(&r, "cert_pem")?,
+                serial: get_str(&r, "serial")?,
+                terminal_id: terminal_from_hex(
+                    &get_str(&r, "terminal_id")?,
+                    "readers.terminal_id",
+                )?,
+                next_seq: get_u64(&r, "next_seq")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// How many readers are registered (a default terminal id for the next one).
+    pub async fn reader_count(&self) -> Result<u64, LedgerError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM readers")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("count readers"))?;
+        get_u64(&row, "n")
+    }
+
+    /// Allocates the reader's next sequence number: one atomic UPDATE, so concurrent
+    /// issuers never hand out the same one.
+    pub async fn allocate_seq(&self, reader_id: &str) -> Result<Option<u64>, LedgerError> {
+        let row = sqlx::query(
+            "UPDATE readers SET next_seq = next_seq + 1 WHERE reader_id = $1 \
+             RETURNING next_seq - 1 AS seq",
+        )
+        .bind(reader_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("allocate seq"))?;
+        row.map(|r| get_u64(&r, "seq")).transpose()
+    }
+
+    /// Puts a card on the blocklist (or updates the reason).
+    pub async fn block_card(
+        &self,
+        card_id: &str,
+        reason: &str,
+        now: u64,
+    ) -> Result<(), LedgerError> {
+        sqlx::query(
+            "INSERT INTO blocklist (card_id, reason, added_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (card_id) DO UPDATE SET reason = excluded.reason",
+        )
+        .bind(card_id.to_ascii_uppercase())
+        .bind(reason)
+        .bind(to_i64(now, "added_at")?)
+        .execute(&self.pool)
+        .await
+        .map_err(db("block card"))?;
+        Ok(())
+    }
+
+    /// Takes a card off the blocklist; whether it was on it.
+    pub async fn unblock_card(&self, card_id: &str) -> Result<bool, LedgerError> {
+        let r = sqlx::query("DELETE FROM blocklist WHERE card_id = $1")
+            .bind(card_id.to_ascii_uppercase())
+            .execute(&self.pool)
+            .await
+            .map_err(db("unblock card"))?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Why a card is blocked, if it is.
+    pub async fn blocked(&self, card_id: &str) -> Result<Option<String>, LedgerError> {
+        let row = sqlx::query("SELECT reason FROM blocklist WHERE card_id = $1")
+            .bind(card_id.to_ascii_uppercase())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read blocklist"))?;
+        row.map(|r| get_str(&r, "reason")).transpose()
+    }
+
+    /// Records a sealed bundle (state `issued`). Fails when the query already bought
+    /// one (`query_sm3` is unique): [`Ledger::txn_by_query`] finds it.
+    pub async fn insert(&self, t: &NewTxn) -> Result<(), LedgerError> {
+        sqlx::query(
+            "INSERT INTO transactions (reader_id, seq, kind, city, card_id, amount, terminal_id, \
+             txn_datetime, command_sm3, query_sm3, balance_before, recovers_seq, issued_at, \
+             expires_at, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+             $14, 'issued')",
+        )
+        .bind(t.reader_id.as_str())
+        .bind(to_i64(t.seq, "seq")?)
+        .bind(t.kind.name())
+        .bind(i64::from(t.city))
+        .bind(t.card_id.as_str())
+        .bind(to_i64(t.amount, "amount")?)
+        .bind(hex(&t.terminal_id))
+        .bind(t.datetime.as_str())
+        .bind(t.command_sm3.as_str())
+        .bind(t.query_sm3.clone())
+        .bind(
+            t.balance_before
+                .map(|b| to_i64(b, "balance_before"))
+                .transpose()?,
+        )
+        .bind(
+            t.recovers_seq
+                .map(|b| to_i64(b, "recovers_seq"))
+                .transpose()?,
+        )
+        .bind(to_i64(t.issued_at, "issued_at")?)
+        .bind(to_i64(t.expires_at, "expires_at")?)
+        .execute(&self.pool)
+        .await
+        .map_err(db("record bundle"))?;
+        Ok(())
+    }
+
+    /// One transaction.
+    pub async fn txn(&self, reader_id: &str, seq: u64) -> Result<Option<TxnRow>, LedgerError> {
+        let sql =
+            format!("SELECT {TXN_COLUMNS} FROM transactions WHERE reader_id = $1 AND seq = $2");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(reader_id)
+            .bind(to_i64(seq, "seq")?)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read transaction"))?;
+        row.map(|r| txn_from_row(&r)).transpose()
+    }
+
+    /// The transaction a query receipt bought, if any.
+    pub async fn txn_by_query(&self, query_sm3: &str) -> Result<Option<TxnRow>, LedgerError> {
+        let sql = format!("SELECT {TXN_COLUMNS} FROM transactions WHERE query_sm3 = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(query_sm3)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read transaction"))?;
+        row.map(|r| txn_from_row(&r)).transpose()
+    }
+
+    /// Transactions matching `filter`, newest first.
+    pub async fn list(&self, filter: &Filter) -> Result<Vec<TxnRow>, LedgerError> {
+        let mut sql = format!("SELECT {TXN_COLUMNS} FROM transactions WHERE 1 = 1");
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        if filter.card_id.is_some() {
+            sql.push_str(&format!(" AND card_id = ${}", next()));
+        }
+        if filter.state.is_some() {
+            sql.push_str(&format!(" AND state = ${}", next()));
+        }
+        if filter.reader_id.is_some() {
+            sql.push_str(&format!(" AND reader_id = ${}", next()));
+        }
+        sql.push_str(" ORDER BY issued_at DESC, reader_id, seq DESC");
+        if filter.limit > 0 {
+            sql.push_str(&format!(" LIMIT {}", filter.limit));
+        }
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        if let Some(c) = &filter.card_id {
+            q = q.bind(c.to_ascii_uppercase());
+        }
+        if let Some(s) = filter.state {
+            q = q.bind(s.name());
+        }
+        if let Some(r) = &filter.reader_id {
+            q = q.bind(r.clone());
+        }
+        let rows = q.fetch_all(&self.pool).await.map_err(db("list"))?;
+        rows.iter().map(txn_from_row).collect()
+    }
+
+    /// The oldest load of this card left `unknown`, if any.
+    pub async fn oldest_unknown(&self, card_id: &str) -> Result<Option<TxnRow>, LedgerError> {
+        let sql = format!(
+            "SELECT {TXN_COLUMNS} FROM transactions WHERE card_id = $1 AND state = 'unknown' \
+             AND kind = 'load' ORDER BY issued_at, seq LIMIT 1"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(card_id.to_ascii_uppercase())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read transaction"))?;
+        row.map(|r| txn_from_row(&r)).transpose()
+    }
+
+    /// Total of this card's loads issued in `[from, to)` that count against the limits
+    /// (everything but failed ones).
+    pub async fn load_total(&self, card_id: &str, from: u64, to: u64) -> Result<u64, LedgerError> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(amount), 0) AS total FROM transactions WHERE card_id = $1 \
+             AND kind = 'load' AND issued_at >= $2 AND issued_at < $3 \
+             AND state NOT IN ('failed', 'recovered-failed')",
+        )
+        .bind(card_id.to_ascii_uppercase())
+        .bind(to_i64(from, "from")?)
+        .bind(to_i64(to, "to")?)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("sum loads"))?;
+        get_u64(&row, "total")
+    }
+
+    /// Settles an `issued` transaction. [`Applied::Already`] when it had been settled
+    /// (by this receipt or another): nothing changed.
+    pub async fn settle(
+        &self,
+        reader_id: &str,
+        seq: u64,
+        s: &Settlement,
+    ) -> Result<Applied, LedgerError> {
+        let r = sqlx::query(
+            "UPDATE transactions SET state = $1, receipt_sm3 = $2, settled_at = $3, atc = $4, \
+             mac2 = $5, tac = $6, balance_before = COALESCE($7, balance_before), \
+             balance_after = $8, note = $9 WHERE reader_id = $10 AND seq = $11 AND state = 'issued'",
+        )
+        .bind(s.state.name())
+        .bind(s.receipt_sm3.as_str())
+        .bind(to_i64(s.at, "settled_at")?)
+        .bind(s.atc.map(|v| to_i64(v, "atc")).transpose()?)
+        .bind(s.mac2.clone())
+        .bind(s.tac.clone())
+        .bind(s.balance_before.map(|v| to_i64(v, "balance_before")).transpose()?)
+        .bind(s.balance_after.map(|v| to_i64(v, "balance_after")).transpose()?)
+        .bind(s.note.clone())
+        .bind(reader_id)
+        .bind(to_i64(seq, "seq")?)
+        .execute(&self.pool)
+        .await
+        .map_err(db("settle"))?;
+        self.applied(r.rows_affected(), reader_id, seq).await
+    }
+
+    /// Settles a recovery and decides the transaction it asked about, in one database
+    /// transaction: either both rows move or neither does.
+    pub async fn settle_recovery(
+        &self,
+        reader_id: &str,
+        seq: u64,
+        s: &Settlement,
+        original_seq: u64,
+        decided: TxnState,
+        note: &str,
+    ) -> Result<Applied, LedgerError> {
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let r = sqlx::query(
+            "UPDATE transactions SET state = $1, receipt_sm3 = $2, settled_at = $3, note = $4 \
+             WHERE reader_id = $5 AND seq = $6 AND state = 'issued'",
+        )
+        .bind(s.state.name())
+        .bind(s.receipt_sm3.as_str())
+        .bind(to_i64(s.at, "settled_at")?)
+        .bind(s.note.clone())
+        .bind(reader_id)
+        .bind(to_i64(seq, "seq")?)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("settle recovery"))?;
+        if r.rows_affected() == 0 {
+            drop(tx);
+            return self.applied(0, reader_id, seq).await;
+        }
+        if decided != TxnState::Unknown {
+            let o = sqlx::query(
+                "UPDATE transactions SET state = $1, note = $2, tac = COALESCE($3, tac) \
+                 WHERE reader_id = $4 AND seq = $5 AND state = 'unknown'",
+            )
+            .bind(decided.name())
+            .bind(note)
+            .bind(s.tac.clone())
+            .bind(reader_id)
+            .bind(to_i64(original_seq, "seq")?)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("decide unknown"))?;
+            if o.rows_affected() == 0 {
+                // Decided meanwhile by another recovery: keep that decision, and this
+                // recovery stays issued (it can be settled again, idempotently).
+                tx.rollback().await.map_err(db("rollback"))?;
+                return match self.txn(reader_id, original_seq).await? {
+                    Some(row) => Ok(Applied::Already(Box::new(row))),
+                    None => Err(LedgerError::Corrupt {
+                        what: format!("transaction {reader_id}/{original_seq}"),
+                        detail: "recovered transaction missing".into(),
+                    }),
+                };
+            }
+        }
+        tx.commit().await.map_err(db("commit"))?;
+        Ok(Applied::Now)
+    }
+
+    async fn applied(&self, rows: u64, reader_id: &str, seq: u64) -> Result<Applied, LedgerError> {
+        if rows > 0 {
+            return Ok(Applied::Now);
+        }
+        match self.txn(reader_id, seq).await? {
+            Some(row) => Ok(Applied::Already(Box::new(row))),
+            None => Err(LedgerError::Corrupt {
+                what: format!("transaction {reader_id}/{seq}"),
+                detail: "vanished while settling".into(),
+            }),
+        }
+    }
+
+    /// The stored answer to a reader's request: `(endpoint, response)`.
+    pub async fn stored_reply(
+        &self,
+        reader_id: &str,
+        request_id: &str,
+    ) -> Result<Option<(String, String)>, LedgerError> {
+        let row = sqlx::query(
+            "SELECT endpoint, response FROM requests WHERE reader_id = $1 AND request_id = $2",
+        )
+        .bind(reader_id)
+        .bind(request_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("read request"))?;
+        row.map(|r| Ok((get_str(&r, "endpoint")?, get_str(&r, "response")?)))
+            .transpose()
+    }
+
+    /// Stores the answer to a request unless one is stored already; returns the answer
+    /// that is stored now (the first one wins a race between instances).
+    pub async fn store_reply(
+        &self,
+        reader_id: &str,
+        request_id: &str,
+        endpoint: &str,
+        response: &str,
+        now: u64,
+    ) -> Result<(String, String), LedgerError> {
+        sqlx::query(
+            "INSERT INTO requests (reader_id, request_id, endpoint, response, created_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (reader_id, request_id) DO NOTHING",
+        )
+        .bind(reader_id)
+        .bind(request_id)
+        .bind(endpoint)
+        .bind(response)
+        .bind(to_i64(now, "created_at")?)
+        .execute(&self.pool)
+        .await
+        .map_err(db("store request"))?;
+        self.stored_reply(reader_id, request_id)
+            .await?
+            .ok_or_else(|| LedgerError::Corrupt {
+                what: format!("requests({reader_id}, {request_id})"),
+                detail: "vanished after insert".into(),
+            })
+    }
+
+    /// Whether the database answers (the service's health check).
+    pub async fn ping(&self) -> Result<(), LedgerError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db("ping"))?;
+        Ok(())
+    }
+
+    /// Closes the pool (waits for connections to return).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

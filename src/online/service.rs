@@ -1,0 +1,670 @@
+//! The issuer's HTTPS service (`cardvm issuer serve`): the `/v1` API of
+//! [`protocol`](super::protocol) over one [`Issuer`].
+//!
+//! Each `POST` goes through the same steps, in this order, before any work: body size
+//! ([`MAX_BODY`], else 413), the reader's signature headers and clock (401), the reader's
+//! certificate (403), its rate limit (429), the JSON body (400), the request id (a stored
+//! answer is returned as it was). Refusals are an [`ErrorBody`]; every request is logged
+//! as one JSON line on stderr (no key, no receipt content, no signature).
+//!
+//! Nothing the service keeps in memory matters for correctness: sequence numbers,
+//! settlement and stored answers live in the ledger, so several instances can serve one
+//! PostgreSQL database. The rate limiter is per instance.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::protocol::*;
+use crate::issuer::{Issuer, IssuerError, Settled};
+use crate::receipt::Receipt;
+
+/// Service tunables.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceConfig {
+    /// Requests per second a reader may make (sustained).
+    pub rate_per_sec: f64,
+    /// Requests a reader may make in a burst.
+    pub burst: f64,
+    /// Log one JSON line per request on stderr.
+    pub log: bool,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            rate_per_sec: 10.0,
+            burst: 40.0,
+            log: true,
+        }
+    }
+}
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// The service state shared by every connection.
+pub struct Service {
+    issuer: Issuer,
+    config: ServiceConfig,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+/// A refusal on its way out.
+#[derive(Debug)]
+pub struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    error: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, code: &'static str, error: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            code,
+            error: error.into(),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            code: self.code.into(),
+            error: self.error,
+        };
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<IssuerError> for Refusal {
+    fn from(e: IssuerError) -> Self {
+        use IssuerError as E;
+        let (status, code) = match &e {
+            E::UnknownReader(_) => (StatusCode::FORBIDDEN, "unknown_reader"),
+            E::Certificate { .. } => (StatusCode::FORBIDDEN, "certificate"),
+            E::Receipt { .. } => (StatusCode::BAD_REQUEST, "bad_receipt"),
+            E::NotAQuery(_) | E::Query(_) => (StatusCode::BAD_REQUEST, "not_a_query"),
+            E::StaleQuery { .. } => (StatusCode::CONFLICT, "stale_query"),
+            E::QueryFromFuture { .. } => (StatusCode::BAD_REQUEST, "clock_skew"),
+            E::QueryUsed { .. } => (StatusCode::CONFLICT, "query_used"),
+            E::City { .. } => (StatusCode::NOT_FOUND, "unknown_city"),
+            E::Blocked { .. } => (StatusCode::FORBIDDEN, "card_blocked"),
+            E::CardNotValid { .. } => (StatusCode::FORBIDDEN, "card_not_valid"),
+            E::Limit { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "limit"),
+            E::NoBundle { .. } => (StatusCode::NOT_FOUND, "no_bundle"),
+            E::NotOurs { .. } => (StatusCode::BAD_REQUEST, "not_ours"),
+            E::Mismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "mismatch"),
+            E::TacMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "tac_mismatch"),
+            E::SettledByOther { .. } => (StatusCode::CONFLICT, "settled_by_other"),
+            E::Ledger(_) => (StatusCode::SERVICE_UNAVAILABLE, "ledger"),
+            E::Keys(_) | E::Seal { .. } | E::Script { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "issuer")
+            }
+        };
+        Refusal::new(status, code, e.to_string())
+    }
+}
+
+/// Whether an error says nothing about the receipt (the ledger or the key store failed):
+/// a journal upload stops there and acknowledges nothing after it.
+fn transient(e: &IssuerError) -> bool {
+    matches!(
+        e,
+        IssuerError::Ledger(_) | IssuerError::Keys(_) | IssuerError::Seal { .. }
+    )
+}
+
+/// What an authenticated request carries.
+struct Caller {
+    reader_id: String,
+}
+
+impl Service {
+    /// A service over `issuer`.
+    pub fn new(issuer: Issuer, config: ServiceConfig) -> Arc<Self> {
+        Arc::new(Service {
+            issuer,
+            config,
+            buckets: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The issuer it serves.
+    pub fn issuer(&self) -> &Issuer {
+        &self.issuer
+    }
+
+    fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, Refusal> {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                Refusal::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    format!("missing or unreadable header {name}"),
+                )
+            })
+    }
+
+    /// Checks the reader's signature, clock and certificate.
+    async fn authenticate(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Caller, Refusal> {
+        let reader_id = Self::header(headers, HDR_READER)?.to_string();
+        let time: u64 = Self::header(headers, HDR_TIME)?.parse().map_err(|_| {
+            Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                format!("{HDR_TIME}: not unix seconds"),
+            )
+        })?;
+        let sig: [u8; 64] = from_hex(Self::header(headers, HDR_SIGNATURE)?)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| {
+                Refusal::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    format!("{HDR_SIGNATURE}: not 64 bytes of hex"),
+                )
+            })?;
+        let now = self.issuer.now();
+        let skew = now.abs_diff(time);
+        if skew > MAX_CLOCK_SKEW {
+            return Err(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "clock_skew",
+                format!(
+                    "reader `{reader_id}` clock is {skew} s {} the service's (at most {MAX_CLOCK_SKEW} s): set the reader's clock",
+                    if time > now { "ahead of" } else { "behind" }
+                ),
+            ));
+        }
+        let (_, identity) = self.issuer.verify_reader(&reader_id).await?;
+        let msg = signing_input("POST", path, &reader_id, time, body);
+        identity.public_key.verify(&msg, &sig).map_err(|_| {
+            Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                format!("request signature of reader `{reader_id}` does not verify"),
+            )
+        })?;
+        self.rate_limit(&reader_id)?;
+        Ok(Caller { reader_id })
+    }
+
+    fn rate_limit(&self, reader_id: &str) -> Result<(), Refusal> {
+        let mut buckets = self.buckets.lock().map_err(|_| {
+            Refusal::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "rate limiter poisoned",
+            )
+        })?;
+        let now = Instant::now();
+        let b = buckets.entry(reader_id.to_string()).or_insert(Bucket {
+            tokens: self.config.burst,
+            last: now,
+        });
+        let refill = now.duration_since(b.last).as_secs_f64() * self.config.rate_per_sec;
+        b.tokens = (b.tokens + refill).min(self.config.burst);
+        b.last = now;
+        if b.tokens < 1.0 {
+            return Err(Refusal::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "reader `{reader_id}`: more than {} requests per second; retry shortly",
+                    self.config.rate_per_sec
+                ),
+            ));
+        }
+        b.tokens -= 1.0;
+        Ok(())
+    }
+
+    fn log(
+        &self,
+        path: &str,
+        reader: Option<&str>,
+        status: StatusCode,
+        started: Instant,
+        note: &str,
+    ) {
+        if !self.config.log {
+            return;
+        }
+        let line = serde_json::json!({
+            "ts": self.issuer.now(),
+            "path": path,
+            "reader": reader,
+            "status": status.as_u16(),
+            "us": started.elapsed().as_micros() as u64,
+            "note": note,
+        });
+        eprintln!("{line}");
+    }
+
+    /// The common path of every signed `POST` (module docs).
+    async fn signed<Req, Resp, F, Fut>(
+        self: Arc<Self>,
+        path: &'static str,
+        headers: HeaderMap,
+        body: Result<Bytes, BytesRejection>,
+        work: F,
+    ) -> Response
+    where
+        Req: DeserializeOwned + HasRequestId,
+        Resp: Serialize,
+        F: FnOnce(Arc<Self>, Caller, Req) -> Fut,
+        Fut: std::future::Future<Output = Result<Resp, Refusal>>,
+    {
+        let started = Instant::now();
+        let mut reader = None;
+        let result: Result<String, Refusal> = async {
+            let body = body.map_err(|e| {
+                Refusal::new(
+                    e.status(),
+                    "bad_body",
+                    format!("request body: {} (at most {MAX_BODY} bytes)", e.body_text()),
+                )
+            })?;
+            let caller = self.authenticate(path, &headers, &body).await?;
+            reader = Some(caller.reader_id.clone());
+            let req: Req = serde_json::from_slice(&body).map_err(|e| {
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_json",
+                    format!("request body: {e}"),
+                )
+            })?;
+            let request_id = req.request_id().to_string();
+            if !valid_request_id(&request_id) {
+                return Err(Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request_id",
+                    "request_id: 1-64 printable characters without spaces",
+                ));
+            }
+            let ledger = self.issuer.ledger();
+            if let Some((endpoint, stored)) = ledger
+                .stored_reply(&caller.reader_id, &request_id)
+                .await
+                .map_err(IssuerError::from)?
+            {
+                return same_endpoint(&endpoint, path, stored);
+            }
+            let reader_id = caller.reader_id.clone();
+            let resp = work(self.clone(), caller, req).await?;
+            let text = serde_json::to_string(&resp).map_err(|e| {
+                Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?;
+            let (endpoint, stored) = ledger
+                .store_reply(&reader_id, &request_id, path, &text, self.issuer.now())
+                .await
+                .map_err(IssuerError::from)?;
+            same_endpoint(&endpoint, path, stored)
+        }
+        .await;
+        match result {
+            Ok(text) => {
+                self.log(path, reader.as_deref(), StatusCode::OK, started, "");
+                (
+                    StatusCode::OK,
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    text,
+                )
+                    .into_response()
+            }
+            Err(r) => {
+                self.log(path, reader.as_deref(), r.status, started, r.code);
+                r.into_response()
+            }
+        }
+    }
+}
+
+fn same_endpoint(stored_endpoint: &str, path: &str, stored: String) -> Result<String, Refusal> {
+    if stored_endpoint == path {
+        Ok(stored)
+    } else {
+        Err(Refusal::new(
+            StatusCode::CONFLICT,
+            "request_id_reused",
+            format!("request_id was already used for {stored_endpoint}"),
+        ))
+    }
+}
+
+/// Bodies with an idempotency key.
+trait HasRequestId {
+    fn request_id(&self) -> &str;
+}
+macro_rules! has_request_id {
+    ($($t:ty),*) => {$(impl HasRequestId for $t { fn request_id(&self) -> &str { &self.request_id } })*};
+}
+has_request_id!(
+    QueryScriptRequest,
+    StartRequest,
+    CompleteRequest,
+    JournalRequest,
+    StatusRequest
+);
+
+fn parse_receipt(text: &str, caller: &Caller, what: &str) -> Result<Receipt, Refusal> {
+    let r = Receipt::from_json(text).map_err(|e| {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "bad_receipt",
+            format!("{what}: {e}"),
+        )
+    })?;
+    if r.reader_id != caller.reader_id {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "not_your_receipt",
+            format!(
+                "{what} was signed by reader `{}`, not by `{}`",
+                r.reader_id, caller.reader_id
+            ),
+        ));
+    }
+    Ok(r)
+}
+
+fn settle_reply(s: &Settled) -> SettleReply {
+    SettleReply {
+        reader_id: s.reader_id.clone(),
+        seq: s.seq,
+        kind: s.kind.name().into(),
+        state: s.state.name().into(),
+        already: s.already,
+        decided_seq: s.decided.map(|d| d.0),
+        decided_state: s.decided.map(|d| d.1.name().into()),
+    }
+}
+
+async fn health(State(svc): State<Arc<Service>>) -> Response {
+    match svc.issuer.ledger().ping().await {
+        Ok(()) => axum::Json(Health {
+            status: "ok".into(),
+            time: svc.issuer.now(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        })
+        .into_response(),
+        Err(e) => {
+            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "ledger", e.to_string()).into_response()
+        }
+    }
+}
+
+async fn query_script(
+    State(svc): State<Arc<Service>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    svc.signed(
+        "/v1/query-script",
+        headers,
+        body,
+        |svc, caller, req: QueryScriptRequest| async move {
+            let s = svc.issuer.query_script(&caller.reader_id, req.city).await?;
+            Ok(SealedReply {
+                seq: s.seq,
+                expires: s.expires,
+                script: to_hex(&s.bytes),
+            })
+        },
+    )
+    .await
+}
+
+async fn start(
+    State(svc): State<Arc<Service>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    svc.signed(
+        "/v1/recharge/start",
+        headers,
+        body,
+        |svc, caller, req: StartRequest| async move {
+            let query = parse_receipt(&req.query, &caller, "query")?;
+            let b = svc.issuer.bundle(&query, req.amount).await?;
+            Ok(BundleReply {
+                kind: b.kind.name().into(),
+                seq: b.seq,
+                city: b.city,
+                card_id: to_hex(&b.card_id),
+                amount: b.amount,
+                recovers_seq: b.recovers_seq,
+                expires: b.expires,
+                command: to_hex(&b.command),
+                data: to_hex(&b.data),
+            })
+        },
+    )
+    .await
+}
+
+async fn complete(
+    State(svc): State<Arc<Service>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    svc.signed(
+        "/v1/recharge/complete",
+        headers,
+        body,
+        |svc, caller, req: CompleteRequest| async move {
+            let receipt = parse_receipt(&req.receipt, &caller, "receipt")?;
+            let s = svc.issuer.settle(&receipt).await?;
+            Ok(settle_reply(&s))
+        },
+    )
+    .await
+}
+
+async fn journal(
+    State(svc): State<Arc<Service>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    svc.signed(
+        "/v1/journal",
+        headers,
+        body,
+        |svc, caller, req: JournalRequest| async move {
+            let mut results = Vec::new();
+            let mut acked = 0;
+            let mut last = 0;
+            for item in &req.items {
+                if item.journal_seq <= last {
+                    return Err(Refusal::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_batch",
+                        format!("journal_seq {} out of order", item.journal_seq),
+                    ));
+                }
+                last = item.journal_seq;
+                let receipt = match parse_receipt(&item.receipt, &caller, "receipt") {
+                    Ok(r) => r,
+                    Err(r) => {
+                        results.push(JournalResult {
+                            journal_seq: item.journal_seq,
+                            status: "refused".into(),
+                            settled: None,
+                            error: Some(r.error),
+                        });
+                        acked = item.journal_seq;
+                        continue;
+                    }
+                };
+                if receipt.data.is_none() {
+                    // A query receipt: delivered, nothing to settle.
+                    results.push(JournalResult {
+                        journal_seq: item.journal_seq,
+                        status: "query".into(),
+                        settled: None,
+                        error: None,
+                    });
+                    acked = item.journal_seq;
+                    continue;
+                }
+                match svc.issuer.settle(&receipt).await {
+                    Ok(s) => results.push(JournalResult {
+                        journal_seq: item.journal_seq,
+                        status: "settled".into(),
+                        settled: Some(settle_reply(&s)),
+                        error: None,
+                    }),
+                    Err(e) if transient(&e) => {
+                        results.push(JournalResult {
+                            journal_seq: item.journal_seq,
+                            status: "retry".into(),
+                            settled: None,
+                            error: Some(e.to_string()),
+                        });
+                        break;
+                    }
+                    Err(e) => results.push(JournalResult {
+                        journal_seq: item.journal_seq,
+                        status: "refused".into(),
+                        settled: None,
+                        error: Some(e.to_string()),
+                    }),
+                }
+                acked = item.journal_seq;
+            }
+            Ok(JournalReply {
+                acknowledged_up_to: acked,
+                results,
+            })
+        },
+    )
+    .await
+}
+
+async fn status(
+    State(svc): State<Arc<Service>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    // Status is read-only: answer it fresh each time (the request id is not stored).
+    let started = Instant::now();
+    let path = "/v1/status";
+    let result: Result<StatusReply, Refusal> = async {
+        let body = body.map_err(|e| Refusal::new(e.status(), "bad_body", e.body_text()))?;
+        let caller = svc.authenticate(path, &headers, &body).await?;
+        let req: StatusRequest = serde_json::from_slice(&body).map_err(|e| {
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "bad_json",
+                format!("request body: {e}"),
+            )
+        })?;
+        let row = svc
+            .issuer
+            .ledger()
+            .txn(&caller.reader_id, req.seq)
+            .await
+            .map_err(IssuerError::from)?
+            .ok_or_else(|| {
+                Refusal::from(IssuerError::NoBundle {
+                    reader: caller.reader_id.clone(),
+                    seq: req.seq,
+                })
+            })?;
+        Ok(StatusReply {
+            seq: row.seq,
+            kind: row.kind.name().into(),
+            card_id: row.card_id,
+            amount: row.amount,
+            state: row.state.name().into(),
+        })
+    }
+    .await;
+    match result {
+        Ok(r) => {
+            svc.log(path, None, StatusCode::OK, started, "");
+            axum::Json(r).into_response()
+        }
+        Err(r) => {
+            svc.log(path, None, r.status, started, r.code);
+            r.into_response()
+        }
+    }
+}
+
+async fn not_found() -> Response {
+    Refusal::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint (see /v1/health; the API is under /v1)",
+    )
+    .into_response()
+}
+
+/// The `/v1` routes.
+pub fn router(svc: Arc<Service>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/query-script", post(query_script))
+        .route("/v1/recharge/start", post(start))
+        .route("/v1/recharge/complete", post(complete))
+        .route("/v1/journal", post(journal))
+        .route("/v1/status", post(status))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(svc)
+}
+
+/// Installs the `ring` crypto provider for rustls (once per process).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Serves the API over HTTPS on `listen` with the PEM certificate chain and key until
+/// `handle` is told to shut down. `handle.listening()` gives the bound address.
+pub async fn serve_tls(
+    svc: Arc<Service>,
+    listen: SocketAddr,
+    cert_pem: &Path,
+    key_pem: &Path,
+    handle: axum_server::Handle<SocketAddr>,
+) -> Result<(), String> {
+    install_crypto_provider();
+    let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert_pem, key_pem)
+        .await
+        .map_err(|e| {
+            format!(
+                "TLS certificate {} / key {}: {e}",
+                cert_pem.display(),
+                key_pem.display()
+            )
+        })?;
+    axum_server::bind_rustls(listen, config)
+        .handle(handle)
+        .serve(router(svc).into_make_service())
+        .await
+        .map_err(|e| format!("serving on {listen}: {e}"))
+}

@@ -1,0 +1,763 @@
+//! The card company's side, attacked and exercised: query → bundle → run on a simulated
+//! card → settle, every refusal, and every ledger state transition.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cardvm::asm::{AsmOptions, assemble_file};
+use cardvm::crypto::rng::os_rng;
+use cardvm::crypto::sm2::Sm2PrivateKey;
+use cardvm::crypto::{KeyAlg, KeyUsage, SecretKey};
+use cardvm::envelope::{Expect, MemoryReplayStore, Opener};
+use cardvm::issuer::keys::{KeyRole, KeyStoreError, MasterKeyStore};
+use cardvm::issuer::ledger::{CityRow, Filter, hex};
+use cardvm::issuer::pki::parse_name;
+use cardvm::issuer::query::unix_to_bcd_datetime;
+use cardvm::issuer::{Ca, Certificate, Issuer, IssuerError, Ledger, TrustStore, TxnKind, TxnState};
+use cardvm::reader::{Clock, MemoryJournal, Policy, Reader, ReaderConfig};
+use cardvm::receipt::{FieldValue, Mode, Outcome, Receipt};
+use cardvm::script::DataScript;
+use cardvm::sim::{Algorithm, CpuCard, Fault, RandomSource};
+use cardvm::vm::{Limits, NoTrace};
+
+const NOW: u64 = 1_795_435_200; // 2026-11-23T12:00:00Z
+const DAY: u64 = 86_400;
+const SERIAL: [u8; 8] = [0x41, 0x00, 0x00, 0x00, 0x89, 0x99, 0x99, 0x85];
+const MLK: &str = "11223344556677888877665544332211";
+const MPK: &str = "0123456789ABCDEFFEDCBA9876543210";
+const MTK: &str = "A1A2A3A4A5A6A7A8B1B2B3B4B5B6B7B8";
+
+fn unhex(s: &str) -> Vec<u8> {
+    cardvm::issuer::ledger::unhex(s).expect("hex")
+}
+
+/// The issuer's clock, moved by the tests.
+#[derive(Default)]
+struct TestClock(AtomicU64);
+impl Clock for TestClock {
+    fn now(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Master keys in memory, diversified with the library's (reference-tested) function.
+struct Masters(Vec<(u32, KeyAlg)>);
+impl MasterKeyStore for Masters {
+    fn card_key(
+        &self,
+        city: u32,
+        role: KeyRole,
+        serial: &[u8],
+    ) -> Result<SecretKey, KeyStoreError> {
+        let (_, alg) = self
+            .0
+            .iter()
+            .find(|(c, _)| *c == city)
+            .ok_or_else(|| KeyStoreError(format!("no city {city}")))?;
+        let (usage, hexkey) = match role {
+            KeyRole::Load => (KeyUsage::LoadMaster, MLK),
+            KeyRole::Purchase => (KeyUsage::PurchaseMaster, MPK),
+            KeyRole::Tac => (KeyUsage::TacMaster, MTK),
+        };
+        let master = SecretKey::new(*alg, usage, &unhex(hexkey))
+            .map_err(|e| KeyStoreError(e.to_string()))?;
+        let f: [u8; 8] = serial[serial.len() - 8..]
+            .try_into()
+            .map_err(|_| KeyStoreError("serial".into()))?;
+        cardvm::crypto::diversify(&master, &f).map_err(|e| KeyStoreError(e.to_string()))
+    }
+    fn cities(&self) -> Result<Vec<(u32, KeyAlg)>, KeyStoreError> {
+        Ok(self.0.clone())
+    }
+}
+
+struct City {
+    dir: &'static str,
+    city: u32,
+    alg: Algorithm,
+}
+
+const DES3: City = City {
+    dir: "scripts/city0731-des3",
+    city: 731,
+    alg: Algorithm::Des3,
+};
+const SM4: City = City {
+    dir: "scripts/city0755-sm4",
+    city: 755,
+    alg: Algorithm::Sm4,
+};
+
+fn assemble(path: &str) -> Vec<u8> {
+    assemble_file(path.as_ref(), &AsmOptions::default())
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .script
+        .encode()
+}
+
+struct World {
+    issuer: Issuer,
+    clock: Arc<TestClock>,
+    ca: Ca,
+    reader_key: Sm2PrivateKey,
+    reader_cert: Certificate,
+    reader: Reader,
+    query: Vec<u8>,
+    _dir: tempdir::Dir,
+}
+
+mod tempdir {
+    /// A directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new(tag: &str) -> Self {
+            let p = std::env::temp_dir().join(format!(
+                "cardvm-issuer-{tag}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).expect("temp dir");
+            Dir(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn key() -> Sm2PrivateKey {
+    Sm2PrivateKey::generate(&mut os_rng())
+}
+
+impl World {
+    async fn new(tag: &str, cities: &[&City]) -> World {
+        let dir = tempdir::Dir::new(tag);
+        let mut ca = Ca::new_root(
+            parse_name("CN=City Card CA,O=City Card").expect("name"),
+            key(),
+            NOW - 10 * DAY,
+            NOW + 3650 * DAY,
+            None,
+            os_rng(),
+        )
+        .expect("ca");
+        let reader_key = key();
+        let reader_cert = ca
+            .issue_reader(
+                "R1",
+                reader_key.public_key(),
+                NOW - DAY,
+                NOW + 30 * DAY,
+                os_rng(),
+            )
+            .expect("reader cert");
+        let mut trust = TrustStore::new();
+        trust.add_root(ca.cert.clone()).expect("root");
+        let ledger = Ledger::open(dir.0.join("issuer.db").to_str().expect("path"))
+            .await
+            .expect("ledger");
+        let clock = Arc::new(TestClock(AtomicU64::new(NOW)));
+        let issuer_key = key();
+        let masters = Masters(cities.iter().map(|c| (c.city, c.alg.key_alg())).collect());
+        let issuer = Issuer::new(
+            ledger,
+            trust,
+            issuer_key.clone(),
+            Arc::new(masters),
+            clock.clone(),
+        );
+        // Until the dedicated query scripts: the balance script stands in as the
+        // registered query program (the receipt is built by `query_receipt`).
+        let mut query = Vec::new();
+        for c in cities {
+            issuer
+                .ledger()
+                .set_city(&CityRow {
+                    city: c.city,
+                    alg: c.alg.name().into(),
+                    purse_limit: 1_000_000,
+                    txn_limit: 50_000,
+                    day_limit: 80_000,
+                })
+                .await
+                .expect("city");
+            query = assemble(&format!("{}/balance.casm", c.dir));
+            for (role, file) in [
+                ("query", "balance"),
+                ("load", "load"),
+                ("recover", "recover"),
+            ] {
+                let bytes = assemble(&format!("{}/{file}.casm", c.dir));
+                issuer
+                    .ledger()
+                    .set_script(c.city, role, &bytes)
+                    .await
+                    .expect("script");
+            }
+        }
+        let pem = cardvm::issuer::pki::to_pem(&reader_cert, "certificate").expect("pem");
+        issuer
+            .ledger()
+            .add_reader("R1", &pem, "01", &[0, 0, 0, 0, 0, 7], NOW)
+            .await
+            .expect("reader");
+        let reader = Reader::new(
+            ReaderConfig {
+                reader_id: "R1".into(),
+                reader_key: Some(reader_key.clone()),
+                issuers: vec![issuer_key.public_key().clone()],
+                policy: Policy::SealedOnly,
+                limits: Limits::default(),
+            },
+            Some(Box::new(MemoryReplayStore::new())),
+            Some(Box::new(MemoryJournal::default())),
+            Box::new(cardvm::reader::FixedClock(NOW)),
+        )
+        .expect("reader");
+        World {
+            issuer,
+            clock,
+            ca,
+            reader_key,
+            reader_cert,
+            reader,
+            query,
+            _dir: dir,
+        }
+    }
+
+    /// What a reader's signed query of `card` says (see the note in `new`).
+    fn query_receipt(&self, city: u32, card: &CpuCard, at: u64) -> Receipt {
+        let mut r = Receipt::new(city, 1, 1, "R1", Outcome::Committed);
+        r.mode = Mode::Production;
+        r.command_sm3 = cardvm::crypto::sm3(&self.query);
+        r.card_id = card.card_number().to_vec();
+        r.fields = vec![
+            (
+                "card_id".into(),
+                FieldValue::Bytes(card.card_number().to_vec()),
+            ),
+            ("balance".into(), FieldValue::Int(u64::from(card.balance()))),
+            ("online_atc".into(), FieldValue::Int(0)),
+            (
+                "now".into(),
+                FieldValue::Bytes(unix_to_bcd_datetime(at).to_vec()),
+            ),
+            ("nonce".into(), FieldValue::Bytes(vec![0xAB; 8])),
+        ];
+        r.sign(&self.reader_key, &mut os_rng()).expect("sign");
+        r
+    }
+
+    fn run(&mut self, bundle: &cardvm::issuer::Bundle, card: &mut CpuCard) -> Receipt {
+        let done = self
+            .reader
+            .transact(
+                &bundle.command,
+                &bundle.data,
+                card,
+                &mut NoTrace,
+                &mut os_rng(),
+            )
+            .expect("reader runs the bundle");
+        done.receipt
+    }
+
+    /// A receipt re-signed by the reader after `edit` (a compromised reader).
+    fn forge(&self, mut r: Receipt, edit: impl FnOnce(&mut Receipt)) -> Receipt {
+        edit(&mut r);
+        r.signature = None;
+        r.sign(&self.reader_key, &mut os_rng()).expect("sign");
+        r
+    }
+}
+
+fn card(c: &City, balance: u32) -> CpuCard {
+    CpuCard::builder()
+        .algorithm(c.alg)
+        .card_number(&SERIAL)
+        .master_keys(&unhex(MLK), &unhex(MPK), &unhex(MTK))
+        .balance(balance, 1_000_000)
+        .random(RandomSource::Fixed([0xF9, 0xCA, 0xBA, 0x91]))
+        .build()
+        .expect("card")
+}
+
+fn state_of(rows: &[cardvm::issuer::ledger::TxnRow], seq: u64) -> TxnState {
+    rows.iter().find(|r| r.seq == seq).expect("row").state
+}
+
+async fn load_flow(c: &City) {
+    let mut w = World::new(&format!("flow{}", c.city), &[c]).await;
+    let mut card = card(c, 500);
+    let q = w.query_receipt(c.city, &card, NOW - 5);
+    let bundle = w.issuer.bundle(&q, 10_000).await.expect("bundle");
+    assert_eq!((bundle.kind, bundle.amount), (TxnKind::Load, 10_000));
+    let receipt = w.run(&bundle, &mut card);
+    assert_eq!(receipt.outcome, Outcome::Committed, "{receipt:?}");
+    assert_eq!(card.balance(), 10_500);
+    let settled = w.issuer.settle(&receipt).await.expect("settle");
+    assert_eq!(
+        (settled.state, settled.already),
+        (TxnState::Committed, false)
+    );
+    // The same receipt again (a retry): idempotent, nothing moves twice.
+    let again = w.issuer.settle(&receipt).await.expect("settle again");
+    assert_eq!((again.state, again.already), (TxnState::Committed, true));
+    let rows = w
+        .issuer
+        .ledger()
+        .list(&Filter::default())
+        .await
+        .expect("list");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].balance_after, Some(10_500));
+    assert_eq!(rows[0].card_id, hex(&SERIAL));
+}
+
+#[tokio::test]
+async fn des3_city_query_bundle_run_settle() {
+    load_flow(&DES3).await;
+}
+
+#[tokio::test]
+async fn sm4_city_query_bundle_run_settle() {
+    load_flow(&SM4).await;
+}
+
+/// Invariant 11: the bundle's data script carries keys diversified for this card, never
+/// the master keys.
+#[tokio::test]
+async fn bundle_carries_diversified_keys_never_masters() {
+    let w = World::new("divkeys", &[&DES3]).await;
+    let card = card(&DES3, 500);
+    let bundle = w
+        .issuer
+        .bundle(&w.query_receipt(731, &card, NOW), 100)
+        .await
+        .expect("bundle");
+    let mut opener = Opener::new(
+        Some("R1"),
+        w.reader_key.clone(),
+        w.issuer.public_key().clone(),
+        MemoryReplayStore::new(),
+    );
+    let cmd = opener
+        .open(&bundle.command, NOW, Expect::Command)
+        .expect("command opens");
+    let digest = cardvm::crypto::sm3(cmd.payload());
+    let data = opener
+        .open(&bundle.data, NOW, Expect::DataFor(&digest))
+        .expect("data opens for its command");
+    let data = DataScript::parse(data.payload()).expect("data parses");
+    let mut keys = 0;
+    for f in &data.fields {
+        if let cardvm::script::FieldValue::Key(k) = &f.value {
+            keys += 1;
+            // Keys compare in constant time through the data-script value type; their
+            // bytes are not readable outside the crate.
+            let same = |bytes: &[u8]| {
+                let other = SecretKey::new(k.alg(), k.usage(), bytes).expect("key");
+                f.value == cardvm::script::FieldValue::Key(other)
+            };
+            for master in [MLK, MPK, MTK] {
+                assert!(!same(&unhex(master)), "{} is a master key", f.name);
+            }
+            let master = match k.usage() {
+                KeyUsage::Load => (KeyUsage::LoadMaster, MLK),
+                KeyUsage::Tac => (KeyUsage::TacMaster, MTK),
+                other => panic!("unexpected usage {other:?}"),
+            };
+            let mk = SecretKey::new(KeyAlg::Des3, master.0, &unhex(master.1)).expect("mk");
+            let dk = cardvm::crypto::diversify(&mk, &SERIAL).expect("dk");
+            assert!(
+                f.value == cardvm::script::FieldValue::Key(dk),
+                "{} is not diversified for this card",
+                f.name
+            );
+        }
+    }
+    assert_eq!(keys, 2, "load and TAC keys");
+}
+
+#[tokio::test]
+async fn refusals_before_sealing() {
+    let mut w = World::new("refuse", &[&DES3]).await;
+    let c = card(&DES3, 500);
+    let err = |r: Result<cardvm::issuer::Bundle, IssuerError>| match r {
+        Ok(b) => panic!("bundle {} issued", b.seq),
+        Err(e) => e,
+    };
+    // Stale: read 10 minutes ago.
+    let e = err(w
+        .issuer
+        .bundle(&w.query_receipt(731, &c, NOW - 600), 100)
+        .await);
+    assert!(matches!(e, IssuerError::StaleQuery { .. }), "{e}");
+    // A reader clock 10 minutes ahead.
+    let e = err(w
+        .issuer
+        .bundle(&w.query_receipt(731, &c, NOW + 600), 100)
+        .await);
+    assert!(matches!(e, IssuerError::QueryFromFuture { .. }), "{e}");
+    // Over the per-load limit, over the purse limit.
+    let e = err(w
+        .issuer
+        .bundle(&w.query_receipt(731, &c, NOW), 50_001)
+        .await);
+    assert!(e.to_string().contains("per-load limit"), "{e}");
+    let rich = card(&DES3, 990_000);
+    let e = err(w
+        .issuer
+        .bundle(&w.query_receipt(731, &rich, NOW), 20_000)
+        .await);
+    assert!(e.to_string().contains("purse limit"), "{e}");
+    // Daily limit: 50000 + 40000 > 80000.
+    w.issuer
+        .bundle(&w.query_receipt(731, &c, NOW), 50_000)
+        .await
+        .expect("first");
+    let e = err(w
+        .issuer
+        .bundle(&w.query_receipt(731, &c, NOW + 1), 40_000)
+        .await);
+    assert!(e.to_string().contains("daily limit"), "{e}");
+    // A query buys one bundle.
+    let q = w.query_receipt(731, &c, NOW);
+    w.issuer.bundle(&q, 100).await.expect("bundle");
+    let e = err(w.issuer.bundle(&q, 100).await);
+    assert!(matches!(e, IssuerError::QueryUsed { .. }), "{e}");
+    // Blocked card.
+    w.issuer
+        .ledger()
+        .block_card(&hex(&SERIAL), "reported lost", NOW)
+        .await
+        .expect("block");
+    let e = err(w.issuer.bundle(&w.query_receipt(731, &c, NOW), 100).await);
+    assert_eq!(
+        e.to_string(),
+        format!("card {} is blocked: reported lost", hex(&SERIAL))
+    );
+    w.issuer
+        .ledger()
+        .unblock_card(&hex(&SERIAL))
+        .await
+        .expect("unblock");
+    // Not the registered query script.
+    let other = w.forge(w.query_receipt(731, &c, NOW), |r| r.command_sm3 = [7; 32]);
+    let e = err(w.issuer.bundle(&other, 100).await);
+    assert!(matches!(e, IssuerError::NotAQuery(_)), "{e}");
+    // A development receipt.
+    let dev = w.forge(w.query_receipt(731, &c, NOW), |r| {
+        r.mode = Mode::Development
+    });
+    let e = err(w.issuer.bundle(&dev, 100).await);
+    assert!(e.to_string().contains("development receipt"), "{e}");
+    // A tampered field (signature no longer verifies).
+    let mut tampered = w.query_receipt(731, &c, NOW);
+    tampered.fields[1].1 = FieldValue::Int(0);
+    let e = err(w.issuer.bundle(&tampered, 100).await);
+    assert!(e.to_string().contains("signature does not verify"), "{e}");
+    // An unknown reader.
+    let stranger = w.forge(w.query_receipt(731, &c, NOW), |r| r.reader_id = "R9".into());
+    let e = err(w.issuer.bundle(&stranger, 100).await);
+    assert!(matches!(e, IssuerError::UnknownReader(_)), "{e}");
+    // A query from a card of a city this issuer has no script for.
+    let foreign = w.forge(w.query_receipt(731, &c, NOW), |r| r.city = 999);
+    let e = err(w.issuer.bundle(&foreign, 100).await);
+    assert!(e.to_string().contains("city 999"), "{e}");
+    let _ = &mut w;
+}
+
+#[tokio::test]
+async fn reader_certificates_checked_on_every_request() {
+    let mut w = World::new("certs", &[&DES3]).await;
+    let c = card(&DES3, 500);
+    // Expired: the issuer's clock passes the certificate's end.
+    w.clock.0.store(NOW + 31 * DAY, Ordering::SeqCst);
+    let e = w
+        .issuer
+        .bundle(&w.query_receipt(731, &c, NOW + 31 * DAY), 100)
+        .await
+        .expect_err("expired certificate");
+    assert!(matches!(e, IssuerError::Certificate { .. }), "{e}");
+    w.clock.0.store(NOW, Ordering::SeqCst);
+    // Foreign CA: a certificate for R1 from another CA.
+    let mut other = Ca::new_root(
+        parse_name("CN=Other CA,O=Other").expect("name"),
+        key(),
+        NOW - DAY,
+        NOW + 10 * DAY,
+        None,
+        os_rng(),
+    )
+    .expect("ca");
+    let forged = other
+        .issue_reader(
+            "R1",
+            w.reader_key.public_key(),
+            NOW - DAY,
+            NOW + 9 * DAY,
+            os_rng(),
+        )
+        .expect("cert");
+    let pem = cardvm::issuer::pki::to_pem(&forged, "certificate").expect("pem");
+    w.issuer
+        .ledger()
+        .add_reader("R1", &pem, "02", &[0; 6], NOW)
+        .await
+        .expect("replace");
+    let e = w
+        .issuer
+        .bundle(&w.query_receipt(731, &c, NOW), 100)
+        .await
+        .expect_err("foreign CA");
+    assert!(matches!(e, IssuerError::Certificate { .. }), "{e}");
+    // Wrong id: R2's certificate registered as R1.
+    let r2 =
+        w.ca.issue_reader(
+            "R2",
+            w.reader_key.public_key(),
+            NOW - DAY,
+            NOW + 9 * DAY,
+            os_rng(),
+        )
+        .expect("cert");
+    let pem = cardvm::issuer::pki::to_pem(&r2, "certificate").expect("pem");
+    w.issuer
+        .ledger()
+        .add_reader("R1", &pem, "03", &[0; 6], NOW)
+        .await
+        .expect("replace");
+    let e = w
+        .issuer
+        .bundle(&w.query_receipt(731, &c, NOW), 100)
+        .await
+        .expect_err("wrong id");
+    assert!(e.to_string().contains("R2"), "{e}");
+    let _ = &w.reader_cert;
+}
+
+#[tokio::test]
+async fn revoked_reader_is_refused_and_its_receipts_too() {
+    // Revocation needs the CRL in the trust store: build the world, then revoke.
+    let mut w = World::new("revoked", &[&DES3]).await;
+    let mut c = card(&DES3, 500);
+    let bundle = w
+        .issuer
+        .bundle(&w.query_receipt(731, &c, NOW), 100)
+        .await
+        .expect("bundle");
+    let receipt = w.run(&bundle, &mut c);
+    let serial = cardvm::issuer::cert::serial_of(&w.reader_cert);
+    let serial = u64::from_str_radix(&serial, 16).expect("serial");
+    w.ca.revoke(serial, NOW - 1).expect("revoke");
+    let crl = w.ca.crl(NOW - 1, NOW + 7 * DAY, os_rng()).expect("crl");
+    let mut trust = TrustStore::new();
+    trust.add_root(w.ca.cert.clone()).expect("root");
+    trust.add_crl(crl);
+    let issuer = Issuer::new(
+        w.issuer.ledger().clone(),
+        trust,
+        key(),
+        Arc::new(Masters(vec![(731, KeyAlg::Des3)])),
+        w.clock.clone(),
+    );
+    let e = issuer
+        .settle(&receipt)
+        .await
+        .expect_err("revoked reader's receipt");
+    assert!(e.to_string().to_lowercase().contains("revoked"), "{e}");
+    let e = issuer
+        .bundle(&w.query_receipt(731, &c, NOW), 100)
+        .await
+        .expect_err("revoked reader's query");
+    assert!(e.to_string().to_lowercase().contains("revoked"), "{e}");
+}
+
+#[tokio::test]
+async fn settlement_refusals() {
+    let mut w = World::new("settle", &[&DES3]).await;
+    let mut c = card(&DES3, 500);
+    let bundle = w
+        .issuer
+        .bundle(&w.query_receipt(731, &c, NOW), 2_000)
+        .await
+        .expect("bundle");
+    let receipt = w.run(&bundle, &mut c);
+    assert_eq!(receipt.outcome, Outcome::Committed);
+    // A compromised reader reports a TAC the card did not produce.
+    let bad_tac = w.forge(receipt.clone(), |r| {
+        for (n, v) in &mut r.fields {
+            if n == "tac" {
+                *v = FieldValue::Bytes(vec![0, 0, 0, 0]);
+            }
+        }
+    });
+    let e = w.issuer.settle(&bad_tac).await.expect_err("bad TAC");
+    assert!(matches!(e, IssuerError::TacMismatch { .. }), "{e}");
+    assert!(e.to_string().contains("TAC does not verify"), "{e}");
+    // ... and a balance that does not add up.
+    let bad_sum = w.forge(receipt.clone(), |r| {
+        for (n, v) in &mut r.fields {
+            if n == "balance_after" {
+                *v = FieldValue::Int(999_999);
+            }
+        }
+    });
+    let e = w.issuer.settle(&bad_sum).await.expect_err("bad arithmetic");
+    assert!(e.to_string().contains("is not 999999"), "{e}");
+    // A receipt for a bundle never issued.
+    let never = w.forge(receipt.clone(), |r| {
+        if let Some(d) = &mut r.data {
+            d.seq = 999;
+        }
+    });
+    let e = w.issuer.settle(&never).await.expect_err("never issued");
+    assert_eq!(
+        e.to_string(),
+        "no bundle was issued for reader `R1` seq 999"
+    );
+    // A query receipt is not a transaction.
+    let e = w
+        .issuer
+        .settle(&w.query_receipt(731, &c, NOW))
+        .await
+        .expect_err("query");
+    assert!(e.to_string().contains("names no bundle"), "{e}");
+    // Unsettled so far.
+    let rows = w
+        .issuer
+        .ledger()
+        .list(&Filter::default())
+        .await
+        .expect("list");
+    assert_eq!(state_of(&rows, bundle.seq), TxnState::Issued);
+    // The true receipt settles; then a different receipt for the same seq is refused.
+    w.issuer.settle(&receipt).await.expect("settle");
+    let other = w.forge(receipt.clone(), |r| r.apdu_count += 1);
+    let e = w.issuer.settle(&other).await.expect_err("second receipt");
+    assert!(matches!(e, IssuerError::SettledByOther { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn failed_load_settles_failed_and_frees_the_daily_limit() {
+    let mut w = World::new("failed", &[&DES3]).await;
+    // The card answers 9403 at INITIALIZE (key index not supported): nothing moves.
+    let mut c = card(&DES3, 500);
+    c.faults_mut().push(Fault::ForceSw(2, 0x9403));
+    let bundle = w
+        .issuer
+        .bundle(&w.query_receipt(731, &c, NOW), 50_000)
+        .await
+        .expect("bundle");
+    let receipt = w.run(&bundle, &mut c);
+    assert!(
+        matches!(receipt.outcome, Outcome::Failed { .. }),
+        "{receipt:?}"
+    );
+    let s = w.issuer.settle(&receipt).await.expect("settle");
+    assert_eq!(s.state, TxnState::Failed);
+    assert_eq!(c.balance(), 500);
+    // A failed load does not count against the day: 50000 more is allowed.
+    w.issuer
+        .bundle(&w.query_receipt(731, &c, NOW + 1), 50_000)
+        .await
+        .expect("failed loads do not use the daily limit");
+}
+
+/// unknown → recovered, both ways: the card committed (TearAfter the CREDIT) or not
+/// (TearBefore it); the recovery bundle asks the card and the ledger follows.
+async fn recovery(tear: Fault, committed: bool) {
+    let mut w = World::new(&format!("recover{committed}"), &[&DES3]).await;
+    let mut c = card(&DES3, 500);
+    c.faults_mut().push(tear);
+    let bundle = w
+        .issuer
+        .bundle(&w.query_receipt(731, &c, NOW), 3_000)
+        .await
+        .expect("bundle");
+    let receipt = w.run(&bundle, &mut c);
+    assert!(
+        matches!(receipt.outcome, Outcome::Unknown { .. }),
+        "{receipt:?}"
+    );
+    let s = w.issuer.settle(&receipt).await.expect("settle unknown");
+    assert_eq!(s.state, TxnState::Unknown);
+    // While unknown, the card gets no new load: its next query yields the recovery.
+    let recover = w
+        .issuer
+        .bundle(&w.query_receipt(731, &c, NOW + 10), 1_000)
+        .await
+        .expect("recovery bundle");
+    assert_eq!(recover.kind, TxnKind::Recover);
+    assert_eq!(recover.recovers_seq, Some(bundle.seq));
+    let r = w.run(&recover, &mut c);
+    assert_eq!(r.outcome, Outcome::Committed, "{r:?}");
+    let s = w.issuer.settle(&r).await.expect("settle recovery");
+    let decided = if committed {
+        TxnState::RecoveredCommitted
+    } else {
+        TxnState::RecoveredFailed
+    };
+    assert_eq!(s.decided, Some((bundle.seq, decided)));
+    assert_eq!(c.balance(), if committed { 3_500 } else { 500 });
+    let rows = w
+        .issuer
+        .ledger()
+        .list(&Filter::default())
+        .await
+        .expect("list");
+    assert_eq!(state_of(&rows, bundle.seq), decided);
+    assert_eq!(state_of(&rows, recover.seq), TxnState::Committed);
+    // The recovery receipt again: idempotent; the load is not decided twice.
+    let again = w.issuer.settle(&r).await.expect("again");
+    assert!(again.already);
+    // Decided: the next query gets a load again.
+    let next = w
+        .issuer
+        .bundle(&w.query_receipt(731, &c, NOW + 20), 1_000)
+        .await
+        .expect("load after recovery");
+    assert_eq!(next.kind, TxnKind::Load);
+}
+
+#[tokio::test]
+async fn unknown_recovered_as_committed() {
+    recovery(Fault::TearAfter(3), true).await;
+}
+
+#[tokio::test]
+async fn unknown_recovered_as_failed() {
+    recovery(Fault::TearBefore(3), false).await;
+}
+
+#[tokio::test]
+async fn sequence_numbers_are_never_reused() {
+    let w = World::new("seq", &[&DES3]).await;
+    let mut handles = Vec::new();
+    let ledger = w.issuer.ledger().clone();
+    for _ in 0..40 {
+        let l = ledger.clone();
+        handles.push(tokio::spawn(async move { l.allocate_seq("R1").await }));
+    }
+    let mut seqs = Vec::new();
+    for h in handles {
+        seqs.push(h.await.expect("task").expect("ledger").expect("reader"));
+    }
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 40);
+    assert_eq!(ledger.allocate_seq("nobody").await.expect("ledger"), None);
+}
+
+#[tokio::test]
+async fn ledger_state_names_round_trip() {
+    for s in TxnState::ALL {
+        assert_eq!(s.name().parse::<TxnState>(), Ok(s));
+    }
+    assert!("settled".parse::<TxnState>().is_err());
+}
