@@ -9,15 +9,19 @@
 
 use cardvm::asm::{AsmOptions, MapLoader, assemble, assemble_file};
 use cardvm::crypto::sm2::Sm2PrivateKey;
-use cardvm::envelope::{EnvelopeHeader, MemoryReplayStore, ScriptKind, seal};
+use cardvm::envelope::{
+    EnvelopeHeader, MemoryReplayStore, OpenError, ReplayEntry, ReplayKey, ReplayStore, ScriptKind,
+    StoreError, seal,
+};
 use cardvm::reader::{
-    FixedClock, JournalStatus, MAX_QUERY_NONCE, MemoryJournal, Policy, QueryRefusal, Reader,
-    ReaderConfig, ReaderError,
+    BoxedStore, FixedClock, JournalStatus, MAX_QUERY_NONCE, MemoryJournal, Policy, QueryRefusal,
+    Reader, ReaderConfig, ReaderError,
 };
 use cardvm::receipt::{FieldValue, Mode, Receipt, ReceiptError};
 use cardvm::sim::{CardProfile, Fault, SimCard};
 use cardvm::transport::{CardTransport, TransportError};
 use cardvm::vm::{Limits, NoTrace, Outcome};
+use std::sync::{Arc, Mutex};
 
 /// 2027-01-15T08:00:00Z.
 const NOW: u64 = 1_800_000_000;
@@ -75,11 +79,16 @@ impl World {
         }
     }
 
-    /// Seals a command script for the reader (city and id from its own header).
+    /// Seals a query script for the reader (city and id from its own header).
     fn seal(&self, command: &[u8], seq: u64) -> Vec<u8> {
+        self.seal_as(ScriptKind::Query, command, seq)
+    }
+
+    /// Seals a command or query script for the reader.
+    fn seal_as(&self, kind: ScriptKind, command: &[u8], seq: u64) -> Vec<u8> {
         let script = cardvm::script::CommandScript::parse(command).unwrap();
         let header = EnvelopeHeader {
-            kind: ScriptKind::Command,
+            kind,
             city: script.header.city,
             script_id: script.header.script_id,
             script_version: script.header.version,
@@ -100,6 +109,10 @@ impl World {
     }
 
     fn reader(&self, policy: Policy) -> Reader {
+        self.reader_on(policy, Box::new(MemoryReplayStore::new()))
+    }
+
+    fn reader_on(&self, policy: Policy, store: BoxedStore) -> Reader {
         Reader::new(
             ReaderConfig {
                 reader_id: READER.into(),
@@ -108,7 +121,7 @@ impl World {
                 policy,
                 limits: Limits::default(),
             },
-            Some(Box::new(MemoryReplayStore::new())),
+            Some(store),
             Some(Box::new(MemoryJournal::default())),
             Box::new(FixedClock(NOW)),
         )
@@ -584,4 +597,138 @@ fn tearing_during_a_query_fails_and_changes_nothing() {
             assert_eq!(card.state(), before, "{fault:?} changed the card");
         }
     }
+}
+
+/// A query must be sealed *as a query*: the issuer's command script for a transaction
+/// (here the balance enquiry, which would pass every other check) does not run as a
+/// query, and a sealed query does not run as a transaction's command script.
+#[test]
+fn query_and_command_envelopes_do_not_stand_in_for_each_other() {
+    let dir = "scripts/city0731-des3";
+    let w = World::new();
+    let balance = assemble_file(
+        format!("{dir}/balance.casm").as_ref(),
+        &AsmOptions::default(),
+    )
+    .unwrap()
+    .script
+    .encode();
+    let mut card = Card::city(dir);
+    let e = w
+        .reader(Policy::SealedOnly)
+        .query(
+            &w.seal_as(ScriptKind::Command, &balance, 1),
+            &NONCE,
+            &mut card,
+            &mut NoTrace,
+            &mut rng(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ReaderError::Open {
+                error: OpenError::WrongKind {
+                    expected: "query",
+                    found: "command"
+                },
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = w
+        .reader(Policy::AllowPlain)
+        .transact(
+            &w.seal(&city_query(dir), 1),
+            &cardvm::script::DataScript::default().encode(),
+            &mut card,
+            &mut NoTrace,
+            &mut rng(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ReaderError::Open {
+                error: OpenError::WrongKind {
+                    expected: "command",
+                    found: "query"
+                },
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(card.sent.is_empty());
+}
+
+/// A replay store shared by the readers of one test (a reader restarting on its
+/// durable store).
+#[derive(Clone, Default)]
+struct SharedStore(Arc<Mutex<MemoryReplayStore>>);
+
+impl ReplayStore for SharedStore {
+    fn last(&self, key: &ReplayKey) -> Result<Option<ReplayEntry>, StoreError> {
+        self.0.lock().unwrap().last(key)
+    }
+    fn record(&mut self, key: &ReplayKey, entry: ReplayEntry) -> Result<(), StoreError> {
+        self.0.lock().unwrap().record(key, entry)
+    }
+    fn latest_issued(&self) -> Result<u64, StoreError> {
+        self.0.lock().unwrap().latest_issued()
+    }
+}
+
+/// The online flow on one reader over restarts: the query the card company sealed once
+/// (seq 1) keeps opening after the reader accepted a transaction's command script with
+/// a later sequence number (its own stream); an older query is still a replay.
+#[test]
+fn query_keeps_opening_beside_fresh_command_scripts() {
+    let dir = "scripts/city0731-des3";
+    let w = World::new();
+    let store = SharedStore::default();
+    let query = w.seal(&city_query(dir), 2);
+    let balance = assemble_file(
+        format!("{dir}/balance.casm").as_ref(),
+        &AsmOptions::default(),
+    )
+    .unwrap()
+    .script
+    .encode();
+    let mut card = Card::city(dir);
+    for command_seq in [10, 11] {
+        // A fresh reader each time: nothing cached, only the durable store.
+        let done = w
+            .reader_on(Policy::SealedOnly, Box::new(store.clone()))
+            .query(&query, &NONCE, &mut card, &mut NoTrace, &mut rng())
+            .unwrap();
+        assert_eq!(done.report.outcome, Outcome::Committed);
+        w.reader_on(Policy::AllowPlain, Box::new(store.clone()))
+            .prepare(
+                &w.seal_as(ScriptKind::Command, &balance, command_seq),
+                &cardvm::script::DataScript::default().encode(),
+            )
+            .unwrap();
+    }
+    let e = w
+        .reader_on(Policy::SealedOnly, Box::new(store.clone()))
+        .query(
+            &w.seal(&city_query(dir), 1),
+            &NONCE,
+            &mut card,
+            &mut NoTrace,
+            &mut rng(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ReaderError::Open {
+                error: OpenError::Replayed { seq: 1, last: 2 },
+                ..
+            }
+        ),
+        "{e}"
+    );
 }

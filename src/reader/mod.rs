@@ -547,7 +547,7 @@ impl Reader {
         }
         let now = self.clock.now();
         // The command script first: the data script must be bound to its digest.
-        let (command_bytes, command_sealed) = self.open_command(command, now)?;
+        let (command_bytes, command_sealed) = self.open_command(command, now, Expect::Command)?;
         let command_sm3 = crate::crypto::sm3(&command_bytes);
         let (data_bytes, data_identity, data_city) = if is_sealed(data) {
             let opener = self
@@ -600,12 +600,13 @@ impl Reader {
         })
     }
 
-    /// Opens a command script when sealed (a plain one only under
+    /// Opens a command (or query) script when sealed (a plain one only under
     /// [`Policy::AllowPlain`]); returns its bytes and whether it was sealed.
     fn open_command(
         &mut self,
         command: &[u8],
         now: u64,
+        expect: Expect<'_>,
     ) -> Result<(Zeroizing<Vec<u8>>, bool), ReaderError> {
         if is_sealed(command) {
             let opener = self
@@ -613,7 +614,7 @@ impl Reader {
                 .as_mut()
                 .ok_or(ReaderError::CannotOpen { which: "command" })?;
             let opened = opener
-                .open(command, now, Expect::Command)
+                .open(command, now, expect)
                 .map_err(|error| ReaderError::Open {
                     which: "command",
                     error,
@@ -656,8 +657,12 @@ impl Reader {
     /// (number, balance, counters, …) and its signed receipt is the request the card
     /// company answers with a bundle. So:
     ///
-    /// * the command script must be sealed unless the reader is in development mode
-    ///   ([`ReaderError::PlainRefused`]), exactly as for [`prepare`](Self::prepare);
+    /// * the command script must be sealed **as a query** ([`ScriptKind::Query`]: the
+    ///   card company's word that this program is its query, in a replay stream of its
+    ///   own; a transaction's command script is refused with
+    ///   [`OpenError::WrongKind`], and a sealed query never runs through
+    ///   [`prepare`](Self::prepare)), unless the reader is in development mode, where
+    ///   a plain one runs ([`ReaderError::PlainRefused`] otherwise);
     /// * there is no issuer data script: the reader builds it with two fields and nothing
     ///   else — `now` (`bcd_datetime`, its clock, UTC) and `nonce` (`bytes`, the
     ///   caller's challenge, 0..=[`MAX_QUERY_NONCE`] bytes);
@@ -678,7 +683,7 @@ impl Reader {
         }
         let now = self.clock.now();
         let when = crate::envelope::time::bcd_datetime(now).ok_or(QueryRefusal::Clock { now })?;
-        let (command_bytes, sealed) = self.open_command(command, now)?;
+        let (command_bytes, sealed) = self.open_command(command, now, Expect::Query)?;
         let command_sm3 = crate::crypto::sm3(&command_bytes);
         let program = self.verified_program(&command_bytes, command_sm3)?;
         for decl in program.inputs() {
