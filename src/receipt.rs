@@ -12,11 +12,17 @@
 //!
 //! - **which program ran**: SM3 of the command script's bytes ([`Receipt::command_sm3`]);
 //! - **which transaction it was**: the sealed data script's identity — the issuer key
-//!   that sealed it and its sequence number ([`Receipt::data`]); `None` only for plain
-//!   (unsealed) data scripts;
-//! - **whether it counts**: [`Mode::Production`] only when both scripts were sealed and
-//!   verified; anything run with plain scripts says [`Mode::Development`] in a signed
-//!   field and is never settled;
+//!   that sealed it and its sequence number ([`Receipt::data`]); `None` for plain
+//!   (unsealed) data scripts and for card queries, whose data script the reader built;
+//! - **whether it counts**: [`Mode::Production`] only when the command script (and the
+//!   data script, if any came from the issuer) was sealed and verified; anything run
+//!   with plain scripts says [`Mode::Development`] in a signed field and is never
+//!   settled;
+//! - **whether it is a card query**: [`Mode::Production`] with `data: None`
+//!   ([`Receipt::is_query`]) is the receipt of the city's sealed query script run by
+//!   [`Reader::query`](crate::reader::Reader::query) — the reader's signed request for a
+//!   bundle (DESIGN §7). It names no bundle and carries no TAC: **settlement must refuse
+//!   it** (check [`Receipt::data`] is `Some` and matches an issued bundle);
 //! - **which card**: read from the card by the script (CPU: the application serial
 //!   number of EF 0015; M1: the UID), whatever the transport.
 //!
@@ -144,7 +150,8 @@ pub struct Receipt {
     pub script_version: u16,
     /// SM3 of the command script's bytes (the program that ran).
     pub command_sm3: [u8; 32],
-    /// The sealed data script's identity (`None`: a plain data script).
+    /// The sealed data script's identity (`None`: a plain data script, or a card query
+    /// whose data script the reader built — see [`Receipt::is_query`]).
     pub data: Option<DataIdentity>,
     /// The reader that ran it.
     pub reader_id: String,
@@ -308,6 +315,12 @@ impl Receipt {
         r
     }
 
+    /// Whether this is the receipt of a sealed card query ([`Mode::Production`], no data
+    /// script from the issuer): a signed request, never a transaction to settle.
+    pub fn is_query(&self) -> bool {
+        self.mode == Mode::Production && self.data.is_none()
+    }
+
     /// The value of the output field `name`.
     pub fn field(&self, name: &str) -> Option<&FieldValue> {
         self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v)
@@ -317,11 +330,6 @@ impl Receipt {
     pub fn validate(&self) -> Result<(), ReceiptError> {
         if self.format_version != FORMAT_VERSION {
             return Err(ReceiptError::UnsupportedVersion(self.format_version));
-        }
-        if self.mode == Mode::Production && self.data.is_none() {
-            return Err(ReceiptError::Json(String::from(
-                "a production receipt must name its sealed data script",
-            )));
         }
         check_len("reader id", self.reader_id.len(), 1, MAX_READER_ID)?;
         check_len("card id", self.card_id.len(), 0, MAX_CARD_ID)?;
@@ -413,7 +421,8 @@ impl Receipt {
     }
 
     /// Verifies the signature under the reader's public key **and** that the receipt is a
-    /// production one: what the card company settles on.
+    /// production one (sealed scripts). A sealed card query passes too: settlement must
+    /// also require [`Receipt::data`] (see [`Receipt::is_query`]).
     pub fn verify_production(&self, reader_pub: &Sm2PublicKey) -> Result<(), ReceiptError> {
         self.verify(reader_pub)?;
         match self.mode {
@@ -472,12 +481,6 @@ impl Codec for Receipt {
         } else {
             None
         };
-        if mode == Mode::Production && data.is_none() {
-            return Err(r.error(
-                "data",
-                CodecErrorKind::Invalid("a production receipt must name its data script"),
-            ));
-        }
         let reader_id = r.str("reader id", 1, 1, MAX_READER_ID)?;
         let card_id = r.bytes("card id", 1, 0, MAX_CARD_ID)?.to_vec();
         let outcome = match tag(r, "outcome", 2)? {
@@ -872,7 +875,7 @@ mod tests {
         )
             .prop_map(|(ids, card_id, outcome, fields, tail, sig, m)| Receipt {
                 format_version: FORMAT_VERSION,
-                mode: if m.0 && m.2.is_some() {
+                mode: if m.0 {
                     Mode::Production
                 } else {
                     Mode::Development

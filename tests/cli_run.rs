@@ -555,3 +555,106 @@ fn deleted_replay_store_is_refused_until_rebuilt() {
     let text = std::fs::read_to_string(&card).unwrap();
     assert!(text.contains("balance = 10500"), "{text}");
 }
+
+/// `run --query`: the sealed city query on a simulated card prints a production query
+/// receipt with `"data": null` and the nonce echoed; `receipt verify --production` says
+/// it is a query, not a transaction; a plain query on a reader with an issuer key, a
+/// query with a data script and a too-long nonce are refused, none touching the card.
+#[test]
+fn card_query_through_the_cli() {
+    let t = "query";
+    let (issuer, reader) = (tmp(t, "issuer"), tmp(t, "reader"));
+    ok(&["keygen", "--out", s(&issuer), "--force"]);
+    ok(&["keygen", "--out", s(&reader), "--force"]);
+    let (ikey, ipub) = (issuer.with_extension("key"), issuer.with_extension("pub"));
+    let (rkey, rpub) = (reader.with_extension("key"), reader.with_extension("pub"));
+    let (cvm, sealed, card) = (tmp(t, "q.cvm"), tmp(t, "q.sealed"), tmp(t, "card.toml"));
+    std::fs::copy("scripts/city0731-des3/card.toml", &card).unwrap();
+    ok(&["asm", "scripts/city0731-des3/query.casm", "-o", s(&cvm)]);
+    ok(&[
+        "seal",
+        "--kind",
+        "query",
+        "--issuer-key",
+        s(&ikey),
+        "--reader-pub",
+        s(&rpub),
+        "--reader-id",
+        "R-Q",
+        "--seq",
+        "1",
+        "--expires",
+        "2099-01-01T00:00:00Z",
+        s(&cvm),
+        "-o",
+        s(&sealed),
+    ]);
+    let reader_args = |script: &Path| -> Vec<String> {
+        [
+            "run",
+            s(script),
+            "--query",
+            "--sim",
+            s(&card),
+            "--reader-key",
+            s(&rkey),
+            "--issuer-pub",
+            s(&ipub),
+            "--reader-id",
+            "R-Q",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let run = |script: &Path, extra: &[&str]| {
+        let mut a = reader_args(script);
+        a.extend(extra.iter().map(|x| x.to_string()));
+        cardvm(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let receipt = tmp(t, "q.json");
+    let out = run(&sealed, &["--nonce", "C0FFEE00", "--receipt", s(&receipt)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&receipt).unwrap()).unwrap();
+    assert_eq!(json["mode"], "production", "{json}");
+    assert_eq!(json["data"], serde_json::Value::Null);
+    assert_eq!(json["fields"]["nonce"], "C0FFEE00");
+    assert_eq!(json["fields"]["card_id"], "4100000089999985");
+    assert_eq!(json["fields"]["balance"], 500);
+    let out = ok(&[
+        "receipt",
+        "verify",
+        s(&receipt),
+        "--reader-pub",
+        s(&rpub),
+        "--production",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("CARD QUERY"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for (script, extra, says) in [
+        (&cvm, &[][..], "plain command script refused"),
+        (&sealed, &["--nonce", &"00".repeat(33)][..], "at most 32"),
+        (
+            &sealed,
+            &["--data", "scripts/city0731-des3/load.toml"][..],
+            "cannot be used with",
+        ),
+    ] {
+        let out = run(script, extra);
+        assert!(!out.status.success(), "{extra:?} ran");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{extra:?}: {err}");
+        assert!(
+            !err.contains("receipt journaled"),
+            "{extra:?} reached the card: {err}"
+        );
+    }
+}

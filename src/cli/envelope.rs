@@ -20,6 +20,8 @@ pub enum KindArg {
     Command,
     /// A data script (.cvd).
     Data,
+    /// A card query script (.cvm), run only by the reader's query (`run --query`).
+    Query,
 }
 
 /// Arguments of `cardvm seal`.
@@ -40,7 +42,8 @@ pub struct SealArgs {
     /// Expiry, RFC 3339 UTC (e.g. 2030-01-01T00:00:00Z).
     #[arg(long, value_name = "T")]
     expires: String,
-    /// Script kind [default: from the file's magic bytes (CVMS command, CVMD data)].
+    /// Script kind [default: from the file's magic bytes (CVMS command, CVMD data); a card
+    /// query script is sealed with --kind query].
     #[arg(long, value_enum)]
     kind: Option<KindArg>,
     /// City / issuer id [default: a command script's own header, else 0].
@@ -117,6 +120,7 @@ pub fn seal_cmd(args: SealArgs) -> CliResult {
     let kind = match args.kind {
         Some(KindArg::Command) => ScriptKind::Command,
         Some(KindArg::Data) => ScriptKind::Data,
+        Some(KindArg::Query) => ScriptKind::Query,
         None if payload.starts_with(b"CVMD") => ScriptKind::Data,
         None if payload.starts_with(b"CVMS") => ScriptKind::Command,
         None if args.input.extension().is_some_and(|e| e == "cvd") => ScriptKind::Data,
@@ -124,13 +128,13 @@ pub fn seal_cmd(args: SealArgs) -> CliResult {
     };
     // A command script names itself: seal it under its own city, id and version.
     let own = match kind {
-        ScriptKind::Command => cardvm::script::CommandScript::parse(&payload)
+        ScriptKind::Command | ScriptKind::Query => cardvm::script::CommandScript::parse(&payload)
             .map(|s| s.header)
             .map_err(|e| format!("{}: not a command script: {e}", args.input.display()))?,
         _ => cardvm::script::Header::default(),
     };
     let (binding, command_header) = match (kind, &args.command) {
-        (ScriptKind::Command, _) => (cardvm::crypto::sm3(&payload), own),
+        (ScriptKind::Command | ScriptKind::Query, _) => (cardvm::crypto::sm3(&payload), own),
         (_, Some(cmd)) => {
             let bytes = read(cmd)?;
             let header = cardvm::script::CommandScript::parse(&bytes)

@@ -28,8 +28,8 @@ enum ReceiptCmd {
         /// The reader's public key file.
         #[arg(long, value_name = "P")]
         reader_pub: PathBuf,
-        /// Fail unless it is a production receipt (both scripts sealed): what the card
-        /// company settles on.
+        /// Fail unless it is a production receipt (sealed scripts). A sealed card query
+        /// passes too (it says so): settlement also needs the data script's identity.
         #[arg(long)]
         production: bool,
     },
@@ -65,6 +65,9 @@ pub fn receipt_cmd(args: ReceiptArgs) -> CliResult {
                     "production receipt for data seq {} of issuer key {}",
                     d.seq,
                     hex(&d.issuer_key_id)
+                ),
+                (Mode::Production, None) => String::from(
+                    "production CARD QUERY receipt (the request for a bundle): not for settlement",
                 ),
                 _ => String::from("DEVELOPMENT receipt (plain scripts): not for settlement"),
             };

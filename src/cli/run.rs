@@ -25,6 +25,17 @@ pub struct RunArgs {
     /// Data script (`.cvd`, or sealed; or `.toml` source). Default: no inputs.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Run the command script as the city's card query (DESIGN §7): the reader builds
+    /// the data script itself (`now` from its clock, UTC; `nonce` from --nonce) and
+    /// refuses a script with a key input, another input or a commit point; only
+    /// read-only commands reach the card. A sealed query's receipt is a production
+    /// receipt with `"data": null`: the request for a bundle, never settled.
+    #[arg(long, conflicts_with = "data")]
+    pub query: bool,
+    /// With --query: the card company's challenge, echoed in the receipt's `nonce`
+    /// field (hex, at most 32 bytes) [default: empty].
+    #[arg(long, value_name = "HEX", requires = "query")]
+    pub nonce: Option<String>,
     /// Run on a simulated card described by this profile (see `cardvm sim new`).
     #[arg(long, value_name = "CARD.toml")]
     pub sim: Option<PathBuf>,
@@ -200,10 +211,17 @@ pub fn run(args: RunArgs) -> CliResult {
     // matched by hash; never from files the bytecode names.
     let mut sources = casm_sources.unwrap_or_default();
     args.source.iter().for_each(|p| sources.add_file(p));
-    let data = load_data(args.data.as_deref())?;
-    let prepared = reader
-        .prepare(&command, &data)
-        .map_err(|e| format!("{}: {e}", args.command.display()))?;
+    let prepared = if args.query {
+        let nonce = match &args.nonce {
+            Some(h) => super::pcsc::parse_hex(h).map_err(|e| format!("--nonce: {e}"))?,
+            None => Vec::new(),
+        };
+        reader.prepare_query(&command, &nonce)
+    } else {
+        let data = load_data(args.data.as_deref())?;
+        reader.prepare(&command, &data)
+    }
+    .map_err(|e| format!("{}: {e}", args.command.display()))?;
     let completed = on_card(&args, &mut reader, &prepared, &sources)?;
     if let Some(e) = &completed.sign_error {
         eprintln!("cardvm: warning: the receipt is NOT signed ({e}); it is journaled and printed");
@@ -240,7 +258,7 @@ pub fn run(args: RunArgs) -> CliResult {
         }
     }
     super::write_output(args.receipt.as_deref(), json.as_bytes())?;
-    outcome_result(&completed)
+    outcome_result(&completed, args.query)
 }
 
 /// Appends `bytes` to the fallback file and syncs it.
@@ -254,10 +272,12 @@ fn append_fallback(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
-fn outcome_result(c: &Completed) -> CliResult {
+fn outcome_result(c: &Completed, query: bool) -> CliResult {
     use cardvm::vm::Outcome;
     match &c.report.outcome {
         Outcome::Committed => Ok(()),
+        // A query has no commit point: it never ends `unknown`, and tearing changed nothing.
+        Outcome::Failed(f) if query => Err(format!("card query failed: {f}")),
         Outcome::Failed(f) => Err(format!("transaction failed: {f}")),
         Outcome::Unknown(f) => Err(format!(
             "transaction unknown: {f} (run the city's recover script on the same card to learn whether it committed)"

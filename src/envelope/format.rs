@@ -62,6 +62,11 @@ pub enum ScriptKind {
     Command,
     /// A data script (`.cvd`): one transaction's amounts and keys; never cached.
     Data,
+    /// A card query script (`.cvm`): bytecode like a command script, sealed to run only
+    /// as the reader's card query ([`crate::reader::Reader::query`]), never as a
+    /// transaction's command script, and in a replay stream of its own, so the reader
+    /// keeps its query while it runs the card company's bundles.
+    Query,
 }
 
 impl ScriptKind {
@@ -70,6 +75,7 @@ impl ScriptKind {
         match self {
             ScriptKind::Command => 1,
             ScriptKind::Data => 2,
+            ScriptKind::Query => 3,
         }
     }
 
@@ -78,16 +84,24 @@ impl ScriptKind {
         match code {
             1 => Some(ScriptKind::Command),
             2 => Some(ScriptKind::Data),
+            3 => Some(ScriptKind::Query),
             _ => None,
         }
     }
 
-    /// Lower-case name (`command` / `data`).
+    /// Lower-case name (`command` / `data` / `query`).
     pub fn name(self) -> &'static str {
         match self {
             ScriptKind::Command => "command",
             ScriptKind::Data => "data",
+            ScriptKind::Query => "query",
         }
+    }
+
+    /// Whether the payload is bytecode (a command or query script): bound to its own
+    /// SM3, cacheable, and re-openable at the same sequence number.
+    pub fn is_program(self) -> bool {
+        matches!(self, ScriptKind::Command | ScriptKind::Query)
     }
 }
 
@@ -303,10 +317,10 @@ mod tests {
         )
             .prop_map(|(h, ik, rk, wk, nonce, ct, tag, sig)| SealedEnvelope {
                 header: EnvelopeHeader {
-                    kind: if h.0 {
-                        ScriptKind::Command
-                    } else {
-                        ScriptKind::Data
+                    kind: match (h.0, h.5 % 3) {
+                        (true, 0) => ScriptKind::Query,
+                        (true, _) => ScriptKind::Command,
+                        _ => ScriptKind::Data,
                     },
                     city: h.1,
                     script_id: h.2,

@@ -175,6 +175,8 @@ pub const CLOCK_SKEW: u64 = 15 * 60;
 pub enum Expect<'a> {
     /// A command script.
     Command,
+    /// A card query script ([`ScriptKind::Query`]).
+    Query,
     /// A data script bound to the command script with this SM3.
     DataFor(&'a [u8; 32]),
     /// Either kind, binding not checked: only for inspecting an envelope (`cardvm
@@ -229,7 +231,7 @@ pub fn seal<R: CryptoRng>(
     if payload.is_empty() {
         return Err(SealError::EmptyPayload);
     }
-    if header.kind == ScriptKind::Command && header.binding != crate::crypto::sm3(payload) {
+    if header.kind.is_program() && header.binding != crate::crypto::sm3(payload) {
         return Err(SealError::BindingMismatch);
     }
     let mut content_key = Zeroizing::new([0u8; aead::CONTENT_KEY_LEN]);
@@ -407,14 +409,15 @@ impl<S: ReplayStore> Opener<S> {
         let h = &env.header;
         match (expect, h.kind) {
             (Expect::Command, ScriptKind::Command)
+            | (Expect::Query, ScriptKind::Query)
             | (Expect::DataFor(_), ScriptKind::Data)
             | (Expect::Inspect, _) => {}
-            (Expect::Command, found) | (Expect::DataFor(_), found) => {
+            (Expect::Command | Expect::Query | Expect::DataFor(_), found) => {
                 return Err(OpenError::WrongKind {
-                    expected: if expect == Expect::Command {
-                        "command"
-                    } else {
-                        "data"
+                    expected: match expect {
+                        Expect::Command => "command",
+                        Expect::Query => "query",
+                        _ => "data",
                     },
                     found: found.name(),
                 });
@@ -426,7 +429,7 @@ impl<S: ReplayStore> Opener<S> {
             script_version: h.script_version,
             digest,
         };
-        if h.kind == ScriptKind::Command
+        if h.kind.is_program()
             && let Some((hdr, payload)) = self.cache.get(&cache_key)
         {
             // Same bytes as a blob fully opened before with these keys.
@@ -497,7 +500,7 @@ impl<S: ReplayStore> Opener<S> {
         }
         let mut payload = Zeroizing::new(env.ciphertext);
         keys.ctr_xor(&env.nonce, &mut payload);
-        if h.kind == ScriptKind::Command && crate::crypto::sm3(&payload) != h.binding {
+        if h.kind.is_program() && crate::crypto::sm3(&payload) != h.binding {
             return Err(OpenError::BadBinding);
         }
         // record
@@ -509,7 +512,7 @@ impl<S: ReplayStore> Opener<S> {
                 issued: h.issued,
             },
         )?;
-        if h.kind == ScriptKind::Command {
+        if h.kind.is_program() {
             self.cache.insert(cache_key, env.header.clone(), &payload);
         }
         Ok(OpenedScript {

@@ -2,13 +2,16 @@
 //!
 //! # The rule
 //!
-//! A *stream* is `(city, script kind, reader id)`. For each stream the store keeps
+//! A *stream* is `(city, script kind, reader id)`; a city's card query script
+//! ([`ScriptKind::Query`]) has its own stream, so the card company can seal each
+//! transaction's command script with a fresh sequence number while the reader keeps
+//! re-opening the query it was given once. For each stream the store keeps
 //! the sequence number and SM3 digest of the last envelope that opened
 //! successfully. A new envelope is accepted when
 //!
 //! * the stream has no entry yet, or
 //! * its sequence number is **strictly greater** than the stored one, or
-//! * it is a **command** script whose sequence number equals the stored one *and*
+//! * it is a **command** (or **query**) script whose sequence number equals the stored one *and*
 //!   whose whole sealed blob has the same SM3 digest — i.e. the reader re-opens the
 //!   very command script it already accepted (after a restart, or after it fell out
 //!   of the [`OpenCache`](super::OpenCache)). Data scripts carry one transaction and
@@ -179,7 +182,7 @@ pub fn accept(
     match last {
         None => Ok(()),
         Some(l) if seq > l.seq => Ok(()),
-        Some(l) if kind == ScriptKind::Command && seq == l.seq && l.digest == *digest => Ok(()),
+        Some(l) if kind.is_program() && seq == l.seq && l.digest == *digest => Ok(()),
         Some(l) => Err(l.seq),
     }
 }
@@ -443,6 +446,8 @@ mod tests {
         assert_eq!(accept(ScriptKind::Command, e, 5, &d), Ok(()));
         assert_eq!(accept(ScriptKind::Command, e, 5, &[2; 32]), Err(5));
         assert_eq!(accept(ScriptKind::Command, e, 4, &d), Err(5));
+        assert_eq!(accept(ScriptKind::Query, e, 5, &d), Ok(()));
+        assert_eq!(accept(ScriptKind::Query, e, 5, &[2; 32]), Err(5));
     }
 
     #[test]

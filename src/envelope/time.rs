@@ -134,6 +134,28 @@ pub fn format_rfc3339(t: u64) -> String {
     )
 }
 
+/// Unix seconds as the 7 bytes of packed BCD `YYYYMMDD hhmmss` (UTC) that purse
+/// commands and `bcd_datetime` fields carry; `None` past year 9999.
+pub fn bcd_datetime(t: u64) -> Option<[u8; 7]> {
+    let days = i64::try_from(t / 86_400).ok()?;
+    let secs = t % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    if y > 9999 {
+        return None;
+    }
+    let bcd = |v: u64| ((v / 10) << 4 | (v % 10)) as u8;
+    let y = y as u64;
+    Some([
+        bcd(y / 100),
+        bcd(y % 100),
+        bcd(u64::from(m)),
+        bcd(u64::from(d)),
+        bcd(secs / 3600),
+        bcd((secs / 60) % 60),
+        bcd(secs % 60),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +172,15 @@ mod tests {
         );
         assert_eq!(parse_rfc3339("2030-01-01T00:00:00.999Z"), Ok(1_893_456_000));
         assert_eq!(format_rfc3339(1_893_456_000), "2030-01-01T00:00:00Z");
+        assert_eq!(
+            bcd_datetime(1_893_456_000 + 12 * 3600 + 34 * 60 + 56),
+            Some([0x20, 0x30, 0x01, 0x01, 0x12, 0x34, 0x56])
+        );
+        assert_eq!(
+            bcd_datetime(951_827_696),
+            Some([0x20, 0x00, 0x02, 0x29, 0x12, 0x34, 0x56])
+        );
+        assert_eq!(bcd_datetime(253_402_300_800), None);
         assert_eq!(parse_rfc3339("2030-02-29T00:00:00Z"), Err(TimeError::Range));
         assert_eq!(parse_rfc3339("2030-13-01T00:00:00Z"), Err(TimeError::Range));
         assert_eq!(parse_rfc3339("2030-01-01 00:00:00"), Err(TimeError::Syntax));
@@ -168,6 +199,14 @@ mod tests {
         #[test]
         fn round_trip(t in 0u64..253_402_300_799) {
             prop_assert_eq!(parse_rfc3339(&format_rfc3339(t)), Ok(t));
+        }
+
+        #[test]
+        fn bcd_matches_rfc3339(t in 0u64..253_402_300_799) {
+            let bcd = bcd_datetime(t).unwrap();
+            let digits: String = bcd.iter().map(|b| alloc::format!("{b:02X}")).collect();
+            let text: String = format_rfc3339(t).chars().filter(char::is_ascii_digit).collect();
+            prop_assert_eq!(digits, text);
         }
 
         #[test]

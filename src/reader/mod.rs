@@ -57,8 +57,8 @@ use crate::envelope::{
     Expect, OpenError, Opener, ReplayEntry, ReplayKey, ReplayStore, ScriptKind, StoreError,
 };
 use crate::receipt::{DataIdentity, Mode, Receipt};
-use crate::script::{CommandScript, DataScript};
-use crate::transport::{ApduLayer, CardTransport};
+use crate::script::{CommandScript, DataScript, Field, FieldValue};
+use crate::transport::{ApduLayer, CardTransport, TransportError};
 use crate::verify::{Binding, VerifiedProgram};
 use crate::vm::{Limits, RunReport, Tracer, Vm};
 
@@ -198,7 +198,57 @@ pub enum ReaderError {
     /// The journal could not be read (reconciliation).
     #[error("journal: {0}")]
     Journal(JournalFailure),
+    /// The command script cannot run as a card query ([`Reader::query`]).
+    #[error("card query refused: {0}")]
+    Query(#[from] QueryRefusal),
 }
+
+/// Why [`Reader::query`] refused a command script or its arguments, before the card was
+/// touched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryRefusal {
+    /// The script declares a key input: a query holds no key.
+    #[error("the script declares the key input `{name}`: a query holds no key")]
+    KeyInput {
+        /// The input's name.
+        name: String,
+    },
+    /// The script declares an input the reader does not supply.
+    #[error(
+        "the script declares the input `{name}`: a query gets only `now` and `nonce`, from the reader"
+    )]
+    OtherInput {
+        /// The input's name.
+        name: String,
+    },
+    /// The script contains `commit_point`: it means to change the card.
+    #[error(
+        "the script has a commit point at code offset {offset}: a query must not change the card"
+    )]
+    CommitPoint {
+        /// Code offset of the `commit_point` instruction.
+        offset: u32,
+    },
+    /// The nonce is longer than [`MAX_QUERY_NONCE`].
+    #[error("nonce of {len} bytes: at most {MAX_QUERY_NONCE}")]
+    NonceTooLong {
+        /// Its length.
+        len: usize,
+    },
+    /// The reader's clock does not give a BCD date-time (past year 9999).
+    #[error("the reader's clock ({now}) is not a date a card can carry")]
+    Clock {
+        /// The clock's reading, unix seconds.
+        now: u64,
+    },
+}
+
+/// Longest nonce a card query echoes (the card company's challenge).
+pub const MAX_QUERY_NONCE: usize = 32;
+
+/// The inputs a query script may declare; the reader supplies both.
+pub const QUERY_INPUTS: [&str; 2] = ["now", "nonce"];
 
 /// What became of the receipt after the run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,6 +283,8 @@ pub struct Prepared {
     command_sm3: [u8; 32],
     data_identity: Option<DataIdentity>,
     mode: Mode,
+    /// A card query: the card sees only read-only commands ([`QueryGuard`]).
+    query: bool,
 }
 
 impl fmt::Debug for Prepared {
@@ -242,6 +294,7 @@ impl fmt::Debug for Prepared {
             .field("command_sm3", &hex(&self.command_sm3))
             .field("data", &self.data_identity)
             .field("mode", &self.mode)
+            .field("query", &self.query)
             .finish_non_exhaustive()
     }
 }
@@ -262,9 +315,15 @@ impl Prepared {
         &self.command_sm3
     }
 
-    /// The sealed data script's identity (`None` for a plain one).
+    /// The sealed data script's identity (`None` for a plain one, and for a query,
+    /// whose data script the reader built).
     pub fn data_identity(&self) -> Option<DataIdentity> {
         self.data_identity
+    }
+
+    /// Whether this is a card query ([`Reader::prepare_query`]).
+    pub fn is_query(&self) -> bool {
+        self.query
     }
 }
 
@@ -488,24 +547,7 @@ impl Reader {
         }
         let now = self.clock.now();
         // The command script first: the data script must be bound to its digest.
-        let (command_bytes, command_sealed): (Zeroizing<Vec<u8>>, bool) = if is_sealed(command) {
-            let opener = self
-                .opener
-                .as_mut()
-                .ok_or(ReaderError::CannotOpen { which: "command" })?;
-            let opened = opener
-                .open(command, now, Expect::Command)
-                .map_err(|error| ReaderError::Open {
-                    which: "command",
-                    error,
-                })?;
-            (opened.into_payload(), true)
-        } else {
-            if self.policy == Policy::SealedOnly {
-                return Err(ReaderError::PlainRefused { which: "command" });
-            }
-            (Zeroizing::new(command.to_vec()), false)
-        };
+        let (command_bytes, command_sealed) = self.open_command(command, now, Expect::Command)?;
         let command_sm3 = crate::crypto::sm3(&command_bytes);
         let (data_bytes, data_identity, data_city) = if is_sealed(data) {
             let opener = self
@@ -532,19 +574,7 @@ impl Reader {
             }
             (Zeroizing::new(data.to_vec()), None, None)
         };
-        let program = match &self.verified {
-            Some((digest, p)) if *digest == command_sm3 => p.clone(),
-            _ => {
-                let script = CommandScript::parse(&command_bytes)
-                    .map_err(|e| ReaderError::Command(alloc::format!("{e}")))?;
-                let p = alloc::sync::Arc::new(
-                    VerifiedProgram::from_script(script)
-                        .map_err(|e| ReaderError::Command(alloc::format!("verify: {e}")))?,
-                );
-                self.verified = Some((command_sm3, p.clone()));
-                p
-            }
-        };
+        let program = self.verified_program(&command_bytes, command_sm3)?;
         if let Some(city) = data_city
             && city != program.header().city
         {
@@ -566,7 +596,165 @@ impl Reader {
             command_sm3,
             data_identity,
             mode,
+            query: false,
         })
+    }
+
+    /// Opens a command (or query) script when sealed (a plain one only under
+    /// [`Policy::AllowPlain`]); returns its bytes and whether it was sealed.
+    fn open_command(
+        &mut self,
+        command: &[u8],
+        now: u64,
+        expect: Expect<'_>,
+    ) -> Result<(Zeroizing<Vec<u8>>, bool), ReaderError> {
+        if is_sealed(command) {
+            let opener = self
+                .opener
+                .as_mut()
+                .ok_or(ReaderError::CannotOpen { which: "command" })?;
+            let opened = opener
+                .open(command, now, expect)
+                .map_err(|error| ReaderError::Open {
+                    which: "command",
+                    error,
+                })?;
+            Ok((opened.into_payload(), true))
+        } else {
+            if self.policy == Policy::SealedOnly {
+                return Err(ReaderError::PlainRefused { which: "command" });
+            }
+            Ok((Zeroizing::new(command.to_vec()), false))
+        }
+    }
+
+    /// Parses and verifies a command script's bytes, or takes the last verified program
+    /// when the SM3 matches.
+    fn verified_program(
+        &mut self,
+        bytes: &[u8],
+        sm3: [u8; 32],
+    ) -> Result<alloc::sync::Arc<VerifiedProgram>, ReaderError> {
+        if let Some((digest, p)) = &self.verified
+            && *digest == sm3
+        {
+            return Ok(p.clone());
+        }
+        let script =
+            CommandScript::parse(bytes).map_err(|e| ReaderError::Command(alloc::format!("{e}")))?;
+        let p = alloc::sync::Arc::new(
+            VerifiedProgram::from_script(script)
+                .map_err(|e| ReaderError::Command(alloc::format!("verify: {e}")))?,
+        );
+        self.verified = Some((sm3, p.clone()));
+        Ok(p)
+    }
+
+    /// Opens (when sealed), parses and verifies a **card query** script and builds its
+    /// data script, applying the policy; nothing here touches a card.
+    ///
+    /// A query is the first step of an online load (DESIGN §7): it reads the card
+    /// (number, balance, counters, …) and its signed receipt is the request the card
+    /// company answers with a bundle. So:
+    ///
+    /// * the command script must be sealed **as a query** ([`ScriptKind::Query`]: the
+    ///   card company's word that this program is its query, in a replay stream of its
+    ///   own; a transaction's command script is refused with
+    ///   [`OpenError::WrongKind`], and a sealed query never runs through
+    ///   [`prepare`](Self::prepare)), unless the reader is in development mode, where
+    ///   a plain one runs ([`ReaderError::PlainRefused`] otherwise);
+    /// * there is no issuer data script: the reader builds it with two fields and nothing
+    ///   else — `now` (`bcd_datetime`, its clock, UTC) and `nonce` (`bytes`, the
+    ///   caller's challenge, 0..=[`MAX_QUERY_NONCE`] bytes);
+    /// * the script may declare no key input ([`QueryRefusal::KeyInput`]), no input but
+    ///   those two ([`QueryRefusal::OtherInput`]) and no `commit_point`
+    ///   ([`QueryRefusal::CommitPoint`]): a query must not be able to change the card;
+    ///   and when it runs, the reader lets only read-only commands through to the card
+    ///   (see [`query`](Self::query)).
+    ///
+    /// The receipt of a sealed query is [`Mode::Production`] with `data: None`: see
+    /// [`Receipt::is_query`].
+    pub fn prepare_query(&mut self, command: &[u8], nonce: &[u8]) -> Result<Prepared, ReaderError> {
+        if nonce.len() > MAX_QUERY_NONCE {
+            return Err(QueryRefusal::NonceTooLong { len: nonce.len() }.into());
+        }
+        if is_sealed(command) && self.journal.is_none() {
+            return Err(ReaderError::NoJournal);
+        }
+        let now = self.clock.now();
+        let when = crate::envelope::time::bcd_datetime(now).ok_or(QueryRefusal::Clock { now })?;
+        let (command_bytes, sealed) = self.open_command(command, now, Expect::Query)?;
+        let command_sm3 = crate::crypto::sm3(&command_bytes);
+        let program = self.verified_program(&command_bytes, command_sm3)?;
+        for decl in program.inputs() {
+            let name = String::from(&*decl.name);
+            if decl.ty.is_key() {
+                return Err(QueryRefusal::KeyInput { name }.into());
+            }
+            if !QUERY_INPUTS.contains(&name.as_str()) {
+                return Err(QueryRefusal::OtherInput { name }.into());
+            }
+        }
+        if let Some(i) = program
+            .instructions()
+            .iter()
+            .position(|i| matches!(i, crate::isa::Instr::CommitPoint {}))
+        {
+            return Err(QueryRefusal::CommitPoint {
+                offset: program.offset_of(i).unwrap_or(0),
+            }
+            .into());
+        }
+        let data = DataScript {
+            fields: alloc::vec![
+                Field {
+                    name: String::from("now"),
+                    value: FieldValue::BcdDateTime(when),
+                },
+                Field {
+                    name: String::from("nonce"),
+                    value: FieldValue::Bytes(nonce.to_vec()),
+                },
+            ],
+        };
+        Ok(Prepared {
+            program,
+            data,
+            command_sm3,
+            data_identity: None,
+            mode: if sealed {
+                Mode::Production
+            } else {
+                Mode::Development
+            },
+            query: true,
+        })
+    }
+
+    /// A **card query**: [`prepare_query`](Self::prepare_query) then
+    /// [`run`](Self::run) — the city's query script on the tapped card, with the data
+    /// script the reader builds (`now`, `nonce`), to a signed, journaled receipt.
+    ///
+    /// Refusals come before the card is touched (see `prepare_query`). While it runs,
+    /// the card sees only read-only commands: SELECT, READ BINARY, READ RECORD, GET
+    /// RESPONSE, GET DATA, GET CHALLENGE, GET BALANCE, INITIALIZE (a pending
+    /// transaction is volatile and never completed), GET TRANSACTION PROVE, and for M1
+    /// cards GET UID, READ BLOCK, READ VALUE and AUTHENTICATE; anything else fails the
+    /// run before it reaches the card ([`QueryGuard`]).
+    ///
+    /// A sealed query's receipt is [`Mode::Production`] with `data: None` — a query
+    /// receipt ([`Receipt::is_query`]): it names no bundle, so settlement must refuse
+    /// it; the card company reads the card from its fields and acts on it.
+    pub fn query<T: CardTransport, Tr: Tracer + ?Sized, R: CryptoRng>(
+        &mut self,
+        command: &[u8],
+        nonce: &[u8],
+        card: &mut T,
+        tracer: &mut Tr,
+        rng: &mut R,
+    ) -> Result<Completed, ReaderError> {
+        let prepared = self.prepare_query(command, nonce)?;
+        self.run(&prepared, card, tracer, rng)
     }
 
     /// Runs a prepared transaction on `card`, signs the receipt and journals it.
@@ -586,7 +774,10 @@ impl Reader {
             .bind_into(&prepared.data, &mut self.binding)
             .map_err(|e| ReaderError::Data(alloc::format!("{e}")))?;
         let air_before = card.air_time_us();
-        let report = {
+        let report = if prepared.query {
+            let mut layer = ApduLayer::new(QueryGuard::new(&mut *card));
+            self.vm.run(bound, &mut layer, tracer)
+        } else {
             let mut layer = ApduLayer::new(&mut *card);
             self.vm.run(bound, &mut layer, tracer)
         };
@@ -644,5 +835,73 @@ impl Reader {
     ) -> Result<Completed, ReaderError> {
         let prepared = self.prepare(command, data)?;
         self.run(&prepared, card, tracer, rng)
+    }
+}
+
+/// The transport of a card query: passes read-only commands to the card and refuses
+/// everything else before it is sent ([`Reader::query`] lists them), so even a query
+/// script that sends a CREDIT, DEBIT, UPDATE, VERIFY or M1 write cannot change the card.
+/// It offers no reader key store: a query sends no key.
+#[derive(Debug)]
+pub struct QueryGuard<T> {
+    inner: T,
+}
+
+impl<T: CardTransport> QueryGuard<T> {
+    /// Guards `inner`.
+    pub fn new(inner: T) -> Self {
+        QueryGuard { inner }
+    }
+
+    /// Whether a command APDU only reads: by class and instruction byte.
+    pub fn read_only(command: &[u8]) -> bool {
+        let [cla, ins, ..] = command else {
+            return false;
+        };
+        match (*cla, *ins) {
+            // ISO 7816-4 (interindustry class, any logical channel): SELECT, READ
+            // BINARY, READ RECORD, GET RESPONSE, GET DATA, GET CHALLENGE.
+            (c, 0xA4 | 0xB0 | 0xB2 | 0xC0 | 0xCA | 0x84) if c & 0x80 == 0 => true,
+            // PBOC / CJ/T 166 purse: GET BALANCE, INITIALIZE, GET TRANSACTION PROVE,
+            // GET DATA (reference/epurse.md).
+            (0x80, 0x5C | 0x50 | 0x5A | 0xCA) => true,
+            // PC/SC Part 3 (M1): GET UID, READ BLOCK, READ VALUE, AUTHENTICATE.
+            (0xFF, 0xCA | 0xB0 | 0xB1 | 0x86) => true,
+            _ => false,
+        }
+    }
+}
+
+impl<T: CardTransport> CardTransport for QueryGuard<T> {
+    fn transmit(&mut self, command: &[u8], response: &mut [u8]) -> Result<usize, TransportError> {
+        if !Self::read_only(command) {
+            let head: String = command
+                .iter()
+                .take(2)
+                .map(|b| alloc::format!("{b:02X}"))
+                .collect();
+            return Err(TransportError::Other(alloc::format!(
+                "card query: the reader does not send {head}.. (a query only reads the card)"
+            )));
+        }
+        self.inner.transmit(command, response)
+    }
+    fn power_on(&mut self) -> Result<(), TransportError> {
+        self.inner.power_on()
+    }
+    fn power_off(&mut self) -> Result<(), TransportError> {
+        self.inner.power_off()
+    }
+    fn reset(&mut self) -> Result<(), TransportError> {
+        self.inner.reset()
+    }
+    fn atr(&self) -> Option<&[u8]> {
+        self.inner.atr()
+    }
+    fn uid(&self) -> Option<&[u8]> {
+        self.inner.uid()
+    }
+    fn air_time_us(&self) -> Option<u64> {
+        self.inner.air_time_us()
     }
 }
