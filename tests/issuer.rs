@@ -1,6 +1,8 @@
 //! The card company's side, attacked and exercised: query → bundle → run on a simulated
 //! card → settle, every refusal, and every ledger state transition.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -12,7 +14,6 @@ use cardvm::envelope::{Expect, MemoryReplayStore, Opener};
 use cardvm::issuer::keys::{KeyRole, KeyStoreError, MasterKeyStore};
 use cardvm::issuer::ledger::{CityRow, Filter, hex};
 use cardvm::issuer::pki::parse_name;
-use cardvm::issuer::query::unix_to_bcd_datetime;
 use cardvm::issuer::{Ca, Certificate, Issuer, IssuerError, Ledger, TrustStore, TxnKind, TxnState};
 use cardvm::reader::{Clock, MemoryJournal, Policy, Reader, ReaderConfig};
 use cardvm::receipt::{FieldValue, Mode, Outcome, Receipt};
@@ -37,6 +38,14 @@ struct TestClock(AtomicU64);
 impl Clock for TestClock {
     fn now(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// The reader's clock, shared with the test.
+struct Shared(Arc<TestClock>);
+impl Clock for Shared {
+    fn now(&self) -> u64 {
+        self.0.now()
     }
 }
 
@@ -101,8 +110,9 @@ struct World {
     ca: Ca,
     reader_key: Sm2PrivateKey,
     reader_cert: Certificate,
-    reader: Reader,
-    query: Vec<u8>,
+    reader: RefCell<Reader>,
+    reader_clock: Arc<TestClock>,
+    queries: RefCell<HashMap<u32, Vec<u8>>>,
     _dir: tempdir::Dir,
 }
 
@@ -156,6 +166,7 @@ impl World {
             .expect("reader cert");
         let mut trust = TrustStore::new();
         trust.add_root(ca.cert.clone()).expect("root");
+        trust.add_crl(ca.crl(NOW - DAY, NOW + 30 * DAY, os_rng()).expect("crl"));
         let ledger = Ledger::open(dir.0.join("issuer.db").to_str().expect("path"))
             .await
             .expect("ledger");
@@ -169,9 +180,6 @@ impl World {
             Arc::new(masters),
             clock.clone(),
         );
-        // Until the dedicated query scripts: the balance script stands in as the
-        // registered query program (the receipt is built by `query_receipt`).
-        let mut query = Vec::new();
         for c in cities {
             issuer
                 .ledger()
@@ -184,12 +192,7 @@ impl World {
                 })
                 .await
                 .expect("city");
-            query = assemble(&format!("{}/balance.casm", c.dir));
-            for (role, file) in [
-                ("query", "balance"),
-                ("load", "load"),
-                ("recover", "recover"),
-            ] {
+            for (role, file) in [("query", "query"), ("load", "load"), ("recover", "recover")] {
                 let bytes = assemble(&format!("{}/{file}.casm", c.dir));
                 issuer
                     .ledger()
@@ -204,6 +207,7 @@ impl World {
             .add_reader("R1", &pem, "01", &[0, 0, 0, 0, 0, 7], NOW)
             .await
             .expect("reader");
+        let reader_clock = Arc::new(TestClock(AtomicU64::new(NOW)));
         let reader = Reader::new(
             ReaderConfig {
                 reader_id: "R1".into(),
@@ -214,7 +218,7 @@ impl World {
             },
             Some(Box::new(MemoryReplayStore::new())),
             Some(Box::new(MemoryJournal::default())),
-            Box::new(cardvm::reader::FixedClock(NOW)),
+            Box::new(Shared(reader_clock.clone())),
         )
         .expect("reader");
         World {
@@ -223,38 +227,44 @@ impl World {
             ca,
             reader_key,
             reader_cert,
-            reader,
-            query,
+            reader: RefCell::new(reader),
+            reader_clock,
+            queries: RefCell::new(HashMap::new()),
             _dir: dir,
         }
     }
 
-    /// What a reader's signed query of `card` says (see the note in `new`).
-    fn query_receipt(&self, city: u32, card: &CpuCard, at: u64) -> Receipt {
-        let mut r = Receipt::new(city, 1, 1, "R1", Outcome::Committed);
-        r.mode = Mode::Production;
-        r.command_sm3 = cardvm::crypto::sm3(&self.query);
-        r.card_id = card.card_number().to_vec();
-        r.fields = vec![
-            (
-                "card_id".into(),
-                FieldValue::Bytes(card.card_number().to_vec()),
-            ),
-            ("balance".into(), FieldValue::Int(u64::from(card.balance()))),
-            ("online_atc".into(), FieldValue::Int(0)),
-            (
-                "now".into(),
-                FieldValue::Bytes(unix_to_bcd_datetime(at).to_vec()),
-            ),
-            ("nonce".into(), FieldValue::Bytes(vec![0xAB; 8])),
-        ];
-        r.sign(&self.reader_key, &mut os_rng()).expect("sign");
-        r
-    }
-
-    fn run(&mut self, bundle: &cardvm::issuer::Bundle, card: &mut CpuCard) -> Receipt {
+    /// The reader runs the city's sealed query script on `card` with its clock at `at`.
+    async fn query_receipt(&self, city: u32, card: &mut CpuCard, at: u64) -> Receipt {
+        let cached = self.queries.borrow().get(&city).cloned();
+        let sealed = match cached {
+            Some(s) => s,
+            None => {
+                let s = self
+                    .issuer
+                    .query_script("R1", city)
+                    .await
+                    .expect("query script")
+                    .bytes;
+                self.queries.borrow_mut().insert(city, s.clone());
+                s
+            }
+        };
+        self.reader_clock.0.store(at, Ordering::SeqCst);
         let done = self
             .reader
+            .borrow_mut()
+            .query(&sealed, &[0xAB; 8], card, &mut NoTrace, &mut os_rng())
+            .expect("query runs");
+        self.reader_clock.0.store(NOW, Ordering::SeqCst);
+        assert!(done.receipt.is_query(), "{:?}", done.receipt);
+        done.receipt
+    }
+
+    fn run(&self, bundle: &cardvm::issuer::Bundle, card: &mut CpuCard) -> Receipt {
+        let done = self
+            .reader
+            .borrow_mut()
             .transact(
                 &bundle.command,
                 &bundle.data,
@@ -291,9 +301,9 @@ fn state_of(rows: &[cardvm::issuer::ledger::TxnRow], seq: u64) -> TxnState {
 }
 
 async fn load_flow(c: &City) {
-    let mut w = World::new(&format!("flow{}", c.city), &[c]).await;
+    let w = World::new(&format!("flow{}", c.city), &[c]).await;
     let mut card = card(c, 500);
-    let q = w.query_receipt(c.city, &card, NOW - 5);
+    let q = w.query_receipt(c.city, &mut card, NOW - 5).await;
     let bundle = w.issuer.bundle(&q, 10_000).await.expect("bundle");
     assert_eq!((bundle.kind, bundle.amount), (TxnKind::Load, 10_000));
     let receipt = w.run(&bundle, &mut card);
@@ -333,10 +343,10 @@ async fn sm4_city_query_bundle_run_settle() {
 #[tokio::test]
 async fn bundle_carries_diversified_keys_never_masters() {
     let w = World::new("divkeys", &[&DES3]).await;
-    let card = card(&DES3, 500);
+    let mut card = card(&DES3, 500);
     let bundle = w
         .issuer
-        .bundle(&w.query_receipt(731, &card, NOW), 100)
+        .bundle(&w.query_receipt(731, &mut card, NOW).await, 100)
         .await
         .expect("bundle");
     let mut opener = Opener::new(
@@ -385,8 +395,8 @@ async fn bundle_carries_diversified_keys_never_masters() {
 
 #[tokio::test]
 async fn refusals_before_sealing() {
-    let mut w = World::new("refuse", &[&DES3]).await;
-    let c = card(&DES3, 500);
+    let w = World::new("refuse", &[&DES3]).await;
+    let mut c = card(&DES3, 500);
     let err = |r: Result<cardvm::issuer::Bundle, IssuerError>| match r {
         Ok(b) => panic!("bundle {} issued", b.seq),
         Err(e) => e,
@@ -394,39 +404,39 @@ async fn refusals_before_sealing() {
     // Stale: read 10 minutes ago.
     let e = err(w
         .issuer
-        .bundle(&w.query_receipt(731, &c, NOW - 600), 100)
+        .bundle(&w.query_receipt(731, &mut c, NOW - 600).await, 100)
         .await);
     assert!(matches!(e, IssuerError::StaleQuery { .. }), "{e}");
     // A reader clock 10 minutes ahead.
     let e = err(w
         .issuer
-        .bundle(&w.query_receipt(731, &c, NOW + 600), 100)
+        .bundle(&w.query_receipt(731, &mut c, NOW + 600).await, 100)
         .await);
     assert!(matches!(e, IssuerError::QueryFromFuture { .. }), "{e}");
     // Over the per-load limit, over the purse limit.
     let e = err(w
         .issuer
-        .bundle(&w.query_receipt(731, &c, NOW), 50_001)
+        .bundle(&w.query_receipt(731, &mut c, NOW).await, 50_001)
         .await);
     assert!(e.to_string().contains("per-load limit"), "{e}");
-    let rich = card(&DES3, 990_000);
+    let mut rich = card(&DES3, 990_000);
     let e = err(w
         .issuer
-        .bundle(&w.query_receipt(731, &rich, NOW), 20_000)
+        .bundle(&w.query_receipt(731, &mut rich, NOW).await, 20_000)
         .await);
     assert!(e.to_string().contains("purse limit"), "{e}");
     // Daily limit: 50000 + 40000 > 80000.
     w.issuer
-        .bundle(&w.query_receipt(731, &c, NOW), 50_000)
+        .bundle(&w.query_receipt(731, &mut c, NOW).await, 50_000)
         .await
         .expect("first");
     let e = err(w
         .issuer
-        .bundle(&w.query_receipt(731, &c, NOW + 1), 40_000)
+        .bundle(&w.query_receipt(731, &mut c, NOW + 1).await, 40_000)
         .await);
     assert!(e.to_string().contains("daily limit"), "{e}");
     // A query buys one bundle.
-    let q = w.query_receipt(731, &c, NOW);
+    let q = w.query_receipt(731, &mut c, NOW).await;
     w.issuer.bundle(&q, 100).await.expect("bundle");
     let e = err(w.issuer.bundle(&q, 100).await);
     assert!(matches!(e, IssuerError::QueryUsed { .. }), "{e}");
@@ -436,7 +446,10 @@ async fn refusals_before_sealing() {
         .block_card(&hex(&SERIAL), "reported lost", NOW)
         .await
         .expect("block");
-    let e = err(w.issuer.bundle(&w.query_receipt(731, &c, NOW), 100).await);
+    let e = err(w
+        .issuer
+        .bundle(&w.query_receipt(731, &mut c, NOW).await, 100)
+        .await);
     assert_eq!(
         e.to_string(),
         format!("card {} is blocked: reported lost", hex(&SERIAL))
@@ -447,43 +460,48 @@ async fn refusals_before_sealing() {
         .await
         .expect("unblock");
     // Not the registered query script.
-    let other = w.forge(w.query_receipt(731, &c, NOW), |r| r.command_sm3 = [7; 32]);
+    let other = w.forge(w.query_receipt(731, &mut c, NOW).await, |r| {
+        r.command_sm3 = [7; 32]
+    });
     let e = err(w.issuer.bundle(&other, 100).await);
     assert!(matches!(e, IssuerError::NotAQuery(_)), "{e}");
     // A development receipt.
-    let dev = w.forge(w.query_receipt(731, &c, NOW), |r| {
+    let dev = w.forge(w.query_receipt(731, &mut c, NOW).await, |r| {
         r.mode = Mode::Development
     });
     let e = err(w.issuer.bundle(&dev, 100).await);
     assert!(e.to_string().contains("development receipt"), "{e}");
     // A tampered field (signature no longer verifies).
-    let mut tampered = w.query_receipt(731, &c, NOW);
+    let mut tampered = w.query_receipt(731, &mut c, NOW).await;
     tampered.fields[1].1 = FieldValue::Int(0);
     let e = err(w.issuer.bundle(&tampered, 100).await);
     assert!(e.to_string().contains("signature does not verify"), "{e}");
     // An unknown reader.
-    let stranger = w.forge(w.query_receipt(731, &c, NOW), |r| r.reader_id = "R9".into());
+    let stranger = w.forge(w.query_receipt(731, &mut c, NOW).await, |r| {
+        r.reader_id = "R9".into()
+    });
     let e = err(w.issuer.bundle(&stranger, 100).await);
     assert!(matches!(e, IssuerError::UnknownReader(_)), "{e}");
     // A query from a card of a city this issuer has no script for.
-    let foreign = w.forge(w.query_receipt(731, &c, NOW), |r| r.city = 999);
+    let foreign = w.forge(w.query_receipt(731, &mut c, NOW).await, |r| r.city = 999);
     let e = err(w.issuer.bundle(&foreign, 100).await);
     assert!(e.to_string().contains("city 999"), "{e}");
-    let _ = &mut w;
 }
 
 #[tokio::test]
 async fn reader_certificates_checked_on_every_request() {
     let mut w = World::new("certs", &[&DES3]).await;
-    let c = card(&DES3, 500);
+    let mut c = card(&DES3, 500);
     // Expired: the issuer's clock passes the certificate's end.
+    let q = w.query_receipt(731, &mut c, NOW).await;
     w.clock.0.store(NOW + 31 * DAY, Ordering::SeqCst);
     let e = w
         .issuer
-        .bundle(&w.query_receipt(731, &c, NOW + 31 * DAY), 100)
+        .bundle(&q, 100)
         .await
         .expect_err("expired certificate");
     assert!(matches!(e, IssuerError::Certificate { .. }), "{e}");
+    assert!(e.to_string().contains("expired"), "{e}");
     w.clock.0.store(NOW, Ordering::SeqCst);
     // Foreign CA: a certificate for R1 from another CA.
     let mut other = Ca::new_root(
@@ -512,7 +530,7 @@ async fn reader_certificates_checked_on_every_request() {
         .expect("replace");
     let e = w
         .issuer
-        .bundle(&w.query_receipt(731, &c, NOW), 100)
+        .bundle(&w.query_receipt(731, &mut c, NOW).await, 100)
         .await
         .expect_err("foreign CA");
     assert!(matches!(e, IssuerError::Certificate { .. }), "{e}");
@@ -534,7 +552,7 @@ async fn reader_certificates_checked_on_every_request() {
         .expect("replace");
     let e = w
         .issuer
-        .bundle(&w.query_receipt(731, &c, NOW), 100)
+        .bundle(&w.query_receipt(731, &mut c, NOW).await, 100)
         .await
         .expect_err("wrong id");
     assert!(e.to_string().contains("R2"), "{e}");
@@ -548,7 +566,7 @@ async fn revoked_reader_is_refused_and_its_receipts_too() {
     let mut c = card(&DES3, 500);
     let bundle = w
         .issuer
-        .bundle(&w.query_receipt(731, &c, NOW), 100)
+        .bundle(&w.query_receipt(731, &mut c, NOW).await, 100)
         .await
         .expect("bundle");
     let receipt = w.run(&bundle, &mut c);
@@ -572,7 +590,7 @@ async fn revoked_reader_is_refused_and_its_receipts_too() {
         .expect_err("revoked reader's receipt");
     assert!(e.to_string().to_lowercase().contains("revoked"), "{e}");
     let e = issuer
-        .bundle(&w.query_receipt(731, &c, NOW), 100)
+        .bundle(&w.query_receipt(731, &mut c, NOW).await, 100)
         .await
         .expect_err("revoked reader's query");
     assert!(e.to_string().to_lowercase().contains("revoked"), "{e}");
@@ -580,11 +598,11 @@ async fn revoked_reader_is_refused_and_its_receipts_too() {
 
 #[tokio::test]
 async fn settlement_refusals() {
-    let mut w = World::new("settle", &[&DES3]).await;
+    let w = World::new("settle", &[&DES3]).await;
     let mut c = card(&DES3, 500);
     let bundle = w
         .issuer
-        .bundle(&w.query_receipt(731, &c, NOW), 2_000)
+        .bundle(&w.query_receipt(731, &mut c, NOW).await, 2_000)
         .await
         .expect("bundle");
     let receipt = w.run(&bundle, &mut c);
@@ -624,7 +642,7 @@ async fn settlement_refusals() {
     // A query receipt is not a transaction.
     let e = w
         .issuer
-        .settle(&w.query_receipt(731, &c, NOW))
+        .settle(&w.query_receipt(731, &mut c, NOW).await)
         .await
         .expect_err("query");
     assert!(e.to_string().contains("names no bundle"), "{e}");
@@ -645,15 +663,15 @@ async fn settlement_refusals() {
 
 #[tokio::test]
 async fn failed_load_settles_failed_and_frees_the_daily_limit() {
-    let mut w = World::new("failed", &[&DES3]).await;
+    let w = World::new("failed", &[&DES3]).await;
     // The card answers 9403 at INITIALIZE (key index not supported): nothing moves.
     let mut c = card(&DES3, 500);
-    c.faults_mut().push(Fault::ForceSw(2, 0x9403));
-    let bundle = w
-        .issuer
-        .bundle(&w.query_receipt(731, &c, NOW), 50_000)
-        .await
-        .expect("bundle");
+    let q = w.query_receipt(731, &mut c, NOW).await;
+    // The third APDU of the load (SELECT, READ EF 0015, INITIALIZE); fault indices
+    // count the card's APDUs since power-on from 1.
+    let at = c.apdu_index() + 3;
+    c.faults_mut().push(Fault::ForceSw(at, 0x9403));
+    let bundle = w.issuer.bundle(&q, 50_000).await.expect("bundle");
     let receipt = w.run(&bundle, &mut c);
     assert!(
         matches!(receipt.outcome, Outcome::Failed { .. }),
@@ -664,22 +682,21 @@ async fn failed_load_settles_failed_and_frees_the_daily_limit() {
     assert_eq!(c.balance(), 500);
     // A failed load does not count against the day: 50000 more is allowed.
     w.issuer
-        .bundle(&w.query_receipt(731, &c, NOW + 1), 50_000)
+        .bundle(&w.query_receipt(731, &mut c, NOW + 1).await, 50_000)
         .await
         .expect("failed loads do not use the daily limit");
 }
 
 /// unknown → recovered, both ways: the card committed (TearAfter the CREDIT) or not
 /// (TearBefore it); the recovery bundle asks the card and the ledger follows.
-async fn recovery(tear: Fault, committed: bool) {
-    let mut w = World::new(&format!("recover{committed}"), &[&DES3]).await;
+async fn recovery(tear: fn(u32) -> Fault, committed: bool) {
+    let w = World::new(&format!("recover{committed}"), &[&DES3]).await;
     let mut c = card(&DES3, 500);
-    c.faults_mut().push(tear);
-    let bundle = w
-        .issuer
-        .bundle(&w.query_receipt(731, &c, NOW), 3_000)
-        .await
-        .expect("bundle");
+    let q = w.query_receipt(731, &mut c, NOW).await;
+    // The fourth APDU of the load: CREDIT FOR LOAD.
+    let at = c.apdu_index() + 4;
+    c.faults_mut().push(tear(at));
+    let bundle = w.issuer.bundle(&q, 3_000).await.expect("bundle");
     let receipt = w.run(&bundle, &mut c);
     assert!(
         matches!(receipt.outcome, Outcome::Unknown { .. }),
@@ -687,10 +704,12 @@ async fn recovery(tear: Fault, committed: bool) {
     );
     let s = w.issuer.settle(&receipt).await.expect("settle unknown");
     assert_eq!(s.state, TxnState::Unknown);
+    // The customer taps the card again.
+    cardvm::transport::CardTransport::power_on(&mut c).expect("power on");
     // While unknown, the card gets no new load: its next query yields the recovery.
     let recover = w
         .issuer
-        .bundle(&w.query_receipt(731, &c, NOW + 10), 1_000)
+        .bundle(&w.query_receipt(731, &mut c, NOW + 10).await, 1_000)
         .await
         .expect("recovery bundle");
     assert_eq!(recover.kind, TxnKind::Recover);
@@ -719,7 +738,7 @@ async fn recovery(tear: Fault, committed: bool) {
     // Decided: the next query gets a load again.
     let next = w
         .issuer
-        .bundle(&w.query_receipt(731, &c, NOW + 20), 1_000)
+        .bundle(&w.query_receipt(731, &mut c, NOW + 20).await, 1_000)
         .await
         .expect("load after recovery");
     assert_eq!(next.kind, TxnKind::Load);
@@ -727,12 +746,12 @@ async fn recovery(tear: Fault, committed: bool) {
 
 #[tokio::test]
 async fn unknown_recovered_as_committed() {
-    recovery(Fault::TearAfter(3), true).await;
+    recovery(Fault::TearAfter, true).await;
 }
 
 #[tokio::test]
 async fn unknown_recovered_as_failed() {
-    recovery(Fault::TearBefore(3), false).await;
+    recovery(Fault::TearBefore, false).await;
 }
 
 #[tokio::test]
