@@ -127,6 +127,54 @@ fn softhsm2_store() {
     assert!(out.status.success(), "child run failed:\n{log}");
     // The child really ran the checks (not a filtered-out empty run).
     assert!(log.contains("1 passed"), "{log}");
+    cli(&make_token("cli"));
+}
+
+/// `cardvm issuer-keys` with `--pkcs11-module`: the PIN from a file or the environment only.
+fn cli(conf: &Path) {
+    let dir = conf.parent().unwrap();
+    let run = |args: &[&str], pin: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cardvm"));
+        c.arg("issuer-keys")
+            .args(args)
+            .args(["--pkcs11-module", MODULE, "--token", TOKEN])
+            .env("SOFTHSM2_CONF", conf)
+            .env_remove("CARDVM_PKCS11_PIN");
+        if let Some(p) = pin {
+            c.env("CARDVM_PKCS11_PIN", p);
+        }
+        let o = c.output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(!text.to_uppercase().contains(&MK[4..20]), "key bytes in output: {text}");
+        (o.status.success(), text)
+    };
+    let toml = |name: &str, alg: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, format!(
+            "alg = \"{alg}\"\nload = \"{MK}\"\npurchase = \"A1A2A3A4A5A6A7A8B1B2B3B4B5B6B7B8\"\ntac = \"C1C2C3C4C5C6C7C8D1D2D3D4D5D6D7D8\"\n"
+        )).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let pin_file = dir.join("pin");
+    std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
+    let pf = pin_file.to_str().unwrap();
+
+    let (ok, t) = run(&["init"], None);
+    assert!(!ok && t.contains("CARDVM_PKCS11_PIN") && t.contains("--pin-file"), "{t}");
+    let (ok, t) = run(&["init"], Some("000000"));
+    assert!(!ok && t.contains("PinIncorrect") && t.trim().lines().count() == 1, "{t}");
+    let (ok, t) = run(&["init", "--pin-file", pf], None);
+    assert!(ok && t.contains("CKM_DES3_ECB available, 0 cities"), "{t}");
+    let (ok, t) = run(&["import", "731", &toml("731.toml", "des3")], Some(PIN));
+    assert!(ok, "{t}");
+    let (ok, t) = run(&["import", "731", &toml("731.toml", "des3")], Some(PIN));
+    assert!(!ok && t.contains("already has master keys"), "{t}");
+    let (ok, t) = run(&["import", "1", &toml("1.toml", "sm4")], Some(PIN));
+    assert!(!ok && t.contains("no CKM_SM4_ECB mechanism"), "{t}");
+    let (ok, t) = run(&["generate", "20"], Some(PIN));
+    assert!(ok, "{t}");
+    let (ok, t) = run(&["list"], Some(PIN));
+    assert!(ok && t == "20 des3\n731 des3\n", "{t}");
 }
 
 /// The checks, in a process whose SOFTHSM2_CONF names the fresh token.

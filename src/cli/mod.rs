@@ -3,6 +3,7 @@
 mod asm;
 mod ca;
 mod envelope;
+mod issuer_keys;
 mod journal;
 mod keys;
 mod pcsc;
@@ -61,6 +62,10 @@ enum Command {
     Reader(reader::ReaderArgs),
     /// Run scenario tests: a scenario file, or every `scenarios/*.toml` under a directory.
     Test(test::TestArgs),
+    /// The issuer's master keys: init, import, generate, list. Temporary, hidden name: it
+    /// becomes `issuer keys` when the `issuer` command lands.
+    #[command(name = "issuer-keys", hide = true)]
+    IssuerKeys(issuer_keys::KeysArgs),
 }
 
 /// Runs one parsed command line.
@@ -80,6 +85,7 @@ pub fn dispatch(cli: Cli) -> CliResult {
         Command::Test(a) => test::test(a),
         Command::Ca(a) => ca::run(a),
         Command::Reader(a) => reader::run(a),
+        Command::IssuerKeys(a) => issuer_keys::keys_cmd(a),
     }
 }
 
