@@ -62,7 +62,7 @@ impl MasterKeyStore for Masters {
             .0
             .iter()
             .find(|(c, _)| *c == city)
-            .ok_or_else(|| KeyStoreError(format!("no city {city}")))?;
+            .ok_or(KeyStoreError::UnknownCity { city })?;
         let (usage, hexkey) = match role {
             KeyRole::Load => (KeyUsage::LoadMaster, MLK),
             KeyRole::Purchase => (KeyUsage::PurchaseMaster, MPK),

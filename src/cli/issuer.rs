@@ -42,9 +42,13 @@ enum IssuerCmd {
         /// The issuer's SM2 sealing key (`cardvm keygen` format).
         #[arg(long, value_name = "KEY")]
         key: PathBuf,
-        /// The master-key store [default: issuer.keys next to the key].
-        #[arg(long, value_name = "PATH")]
-        keys: Option<PathBuf>,
+        /// The master-key store: a file (`cardvm issuer keys init --store PATH`), or
+        /// `pkcs11:MODULE#TOKEN` [default: issuer.keys next to the key].
+        #[arg(long, value_name = "STORE")]
+        keys: Option<String>,
+        /// The CA's revocation list (PEM); required before readers are served.
+        #[arg(long, value_name = "CRL")]
+        crl: Option<PathBuf>,
     },
     /// City master keys: init, import, list (the store `issuer init` names).
     Keys(super::issuer_keys::KeysArgs),
@@ -194,7 +198,13 @@ pub fn run(args: IssuerArgs) -> CliResult {
 async fn run_async(args: IssuerArgs) -> CliResult {
     let ledger = Ledger::open(&args.db).await.map_err(|e| e.to_string())?;
     let r = match args.cmd {
-        IssuerCmd::Init { ca, key, keys } => init(&ledger, &ca, &key, keys).await,
+        IssuerCmd::Init { ca, key, keys, crl } => {
+            init(&ledger, &ca, &key, keys).await?;
+            match crl {
+                Some(c) => crl_add(&ledger, &c).await,
+                None => Ok(()),
+            }
+        }
         IssuerCmd::Keys(_) => Ok(()),
         IssuerCmd::City { cmd } => match cmd {
             CityCmd::Add {
@@ -310,7 +320,7 @@ fn absolute(path: &Path) -> Result<String, String> {
         .ok_or_else(|| format!("{}: not UTF-8", path.display()))
 }
 
-async fn init(ledger: &Ledger, ca: &Path, key: &Path, keys: Option<PathBuf>) -> CliResult {
+async fn init(ledger: &Ledger, ca: &Path, key: &Path, keys: Option<String>) -> CliResult {
     let pem = fs::read_to_string(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
     let certs = certs_from_pem(&pem).map_err(|e| format!("{}: {e}", ca.display()))?;
     let mut trust = TrustStore::new();
@@ -321,15 +331,16 @@ async fn init(ledger: &Ledger, ca: &Path, key: &Path, keys: Option<PathBuf>) -> 
     }
     let sealing = load_private_key(key)?;
     let keys = match keys {
-        Some(k) => k,
-        None => key.with_file_name("issuer.keys"),
+        Some(k) if k.starts_with("pkcs11:") => k,
+        Some(k) => absolute(Path::new(&k))?,
+        None => absolute(&key.with_file_name("issuer.keys"))?,
     };
     let set = |n: &'static str, v: String| async move {
         ledger.set_config(n, &v).await.map_err(|e| e.to_string())
     };
     set("ca_pem", pem).await?;
     set("issuer_key", absolute(key)?).await?;
-    set("keystore", absolute(&keys)?).await?;
+    set("keystore", keys.clone()).await?;
     println!(
         "issuer ledger {}: trusts {} CA certificate(s) from {}; seals with key {} ({}); master keys in {}",
         ledger.url(),
@@ -337,7 +348,7 @@ async fn init(ledger: &Ledger, ca: &Path, key: &Path, keys: Option<PathBuf>) -> 
         ca.display(),
         hex(&sealing.public_key().key_id()),
         key.display(),
-        keys.display()
+        keys
     );
     Ok(())
 }
@@ -381,8 +392,8 @@ fn split_pem(text: &str, label: &str) -> Vec<String> {
 }
 
 async fn key_store(ledger: &Ledger) -> Result<Arc<dyn MasterKeyStore>, String> {
-    let path = config(ledger, "keystore").await?;
-    super::issuer_keys::open_store(Path::new(&path))
+    let spec = config(ledger, "keystore").await?;
+    super::issuer_keys::open_store(&spec)
 }
 
 async fn open_issuer(ledger: &Ledger) -> Result<Issuer, String> {
@@ -515,8 +526,7 @@ async fn crl_add(ledger: &Ledger, path: &Path) -> CliResult {
         .unwrap_or_default();
     // A newer CRL of the same CA replaces the older one.
     let issuer_of = |b: &str| -> Option<String> {
-        use der::DecodePem;
-        x509_cert::crl::CertificateList::from_pem(b.as_bytes())
+        cardvm::issuer::pki::from_pem::<cardvm::issuer::CertificateList>(b, "CRL")
             .ok()
             .map(|c| c.tbs_cert_list.issuer.to_string())
     };

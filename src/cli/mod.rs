@@ -3,6 +3,8 @@
 mod asm;
 mod ca;
 mod envelope;
+mod issuer;
+mod issuer_keys;
 mod journal;
 mod keys;
 mod pcsc;
@@ -61,6 +63,8 @@ enum Command {
     Reader(reader::ReaderArgs),
     /// Run scenario tests: a scenario file, or every `scenarios/*.toml` under a directory.
     Test(test::TestArgs),
+    /// The card company's side: ledger, master keys, cities, readers, bundles, settlement.
+    Issuer(issuer::IssuerArgs),
 }
 
 /// Runs one parsed command line.
@@ -80,6 +84,7 @@ pub fn dispatch(cli: Cli) -> CliResult {
         Command::Test(a) => test::test(a),
         Command::Ca(a) => ca::run(a),
         Command::Reader(a) => reader::run(a),
+        Command::Issuer(a) => issuer::run(a),
     }
 }
 

@@ -744,6 +744,7 @@ impl Issuer {
             KeyUsage::Load => KeyRole::Load,
             KeyUsage::Purchase => KeyRole::Purchase,
             KeyUsage::Tac => KeyRole::Tac,
+            KeyUsage::M1A | KeyUsage::M1B => return self.m1_key(city, role, card_id, usage),
             other => {
                 return Err(IssuerError::Script {
                     city: city.city,
@@ -769,6 +770,39 @@ impl Issuer {
             });
         }
         Ok(key)
+    }
+
+    /// An M1 sector key for one card (cardvm's M1 profile, `docs/issuer.md`): the leftmost
+    /// 6 bytes of the card key diversified from the city's 3DES/SM4 master with F = the UID
+    /// padded right with 00 to 8 bytes — key B (write, increment) from the load master,
+    /// key A (read, decrement) from the purchase master.
+    fn m1_key(
+        &self,
+        city: &CityRow,
+        role: &'static str,
+        uid: &[u8],
+        usage: KeyUsage,
+    ) -> Result<SecretKey, IssuerError> {
+        if uid.is_empty() || uid.len() > 8 {
+            return Err(IssuerError::Script {
+                city: city.city,
+                role,
+                detail: format!("M1 UID of {} bytes (expected 4 or 7)", uid.len()),
+            });
+        }
+        let mut f = [0u8; 8];
+        f[..uid.len()].copy_from_slice(uid);
+        let master_role = if usage == KeyUsage::M1B {
+            KeyRole::Load
+        } else {
+            KeyRole::Purchase
+        };
+        let k = self.keys.card_key(city.city, master_role, &f)?;
+        SecretKey::new(KeyAlg::M1, usage, &k.expose()[..6]).map_err(|e| IssuerError::Script {
+            city: city.city,
+            role,
+            detail: format!("M1 key: {e}"),
+        })
     }
 
     #[allow(clippy::too_many_arguments)]

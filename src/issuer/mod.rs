@@ -1,4 +1,4 @@
-//! The card company's side (feature `issuer`, `std`): its PKI.
+//! The card company's side (feature `issuer`, `std`): its PKI and master keys.
 //!
 //! * [`cert`] issues SM2 X.509 v3 certificates: a root or intermediate CA, the
 //!   card company's script-signing certificate and one per reader.
@@ -9,6 +9,8 @@
 //!   [`TrustStore::verify_reader`] builds the chain to a trusted root, checks each
 //!   signature (SM2 with SM3, signer id `1234567812345678`), validity, CA constraints
 //!   and revocation, and returns the reader's identity and key.
+//! * [`keys`] holds the per-city master keys (an encrypted file, or a PKCS#11 token with
+//!   feature `pkcs11`) and diversifies each card's keys from them; masters never leave it.
 //! * [`ca`] keeps a CA's state (next serial, issued certificates, revocations) in a
 //!   JSON file in the CA directory.
 //!
