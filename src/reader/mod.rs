@@ -686,14 +686,18 @@ impl Reader {
         let (command_bytes, sealed) = self.open_command(command, now, Expect::Query)?;
         let command_sm3 = crate::crypto::sm3(&command_bytes);
         let program = self.verified_program(&command_bytes, command_sm3)?;
-        for decl in program.inputs() {
-            let name = String::from(&*decl.name);
-            if decl.ty.is_key() {
-                return Err(QueryRefusal::KeyInput { name }.into());
-            }
-            if !QUERY_INPUTS.contains(&name.as_str()) {
-                return Err(QueryRefusal::OtherInput { name }.into());
-            }
+        // Keys first: of everything a query may not declare, a key is the gravest.
+        if let Some(d) = program.inputs().iter().find(|d| d.ty.is_key()) {
+            let name = String::from(&*d.name);
+            return Err(QueryRefusal::KeyInput { name }.into());
+        }
+        if let Some(d) = program
+            .inputs()
+            .iter()
+            .find(|d| !QUERY_INPUTS.contains(&&*d.name))
+        {
+            let name = String::from(&*d.name);
+            return Err(QueryRefusal::OtherInput { name }.into());
         }
         if let Some(i) = program
             .instructions()
