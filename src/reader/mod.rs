@@ -28,6 +28,15 @@
 //! 6. **Receipts say what ran**: the command script's SM3, the data script's identity
 //!    (issuer key id, seq), the mode, and the card as the card reports it (the script's
 //!    `card_id` output).
+//! 7. **A card query reads, and only reads** ([`Reader::query`], the first step of the
+//!    online protocol): the script must be sealed as a query
+//!    ([`ScriptKind::Query`]) unless in development mode; the reader builds its data
+//!    script (`now`, `nonce`) and nothing else, so it holds no key; a query script
+//!    declaring a key or another input, or containing `commit_point`, is refused
+//!    before the card is touched ([`QueryRefusal`]); only read-only commands reach the
+//!    card ([`QueryGuard`]). Its receipt is [`Mode::Production`] with `data: None` —
+//!    a query receipt ([`Receipt::is_query`]): the request the card company answers
+//!    with a bundle, which names no bundle itself, so **settlement must refuse it**.
 //!
 //! What the reader needs from the device is small and abstract, so the pipeline is part
 //! of the `no_std` core: a [`Clock`], a [`ReplayStore`] (on any
