@@ -81,7 +81,8 @@ pub const MAX_FIELD_BYTES: usize = 1024;
 /// Whether a receipt can be settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// Both scripts were sealed by a trusted issuer and opened by this reader.
+    /// Both scripts were sealed by a trusted issuer and opened by this reader — or, with
+    /// no data identity, a card query sealed as one ([`Receipt::is_query`]).
     Production,
     /// Plain (unsealed) scripts ran: authoring and tests; never settled.
     Development,

@@ -289,6 +289,26 @@ int cardvm_load_data(cardvm_ctx ctx, const uint8_t *bytes, size_t len);
 // `cardvm_transmit_fn` contract; `outcome` null or valid for writing one `int`.
 int cardvm_run(cardvm_ctx ctx, cardvm_transmit_fn transmit, void *user, int *outcome);
 
+// Runs the loaded command script as the city's **card query** (DESIGN §7): the reader
+// builds the data script itself — `now` from its clock (UTC) and `nonce`, the card
+// company's challenge (`nonce_len` 0..=32 bytes; `nonce` may be null when it is 0) —
+// and refuses, before the card is touched, a script with a key input, another input
+// or a commit point (`CARDVM_E_SCRIPT`), a nonce over 32 bytes
+// (`CARDVM_E_INVALID_ARG`), and on a sealed-only reader a query not sealed as one
+// (`seal --kind query`; `CARDVM_E_POLICY` / `CARDVM_E_OPEN`). Only read-only commands
+// reach the card. The loaded data script, if any, is not used. Returns as
+// [`cardvm_run`]; a sealed query's receipt is a production receipt with no data
+// identity: the request for a bundle, never settled.
+//
+// # Safety
+// As [`cardvm_run`]; `nonce` null or valid for `nonce_len` bytes.
+int cardvm_query(cardvm_ctx ctx,
+                 const uint8_t *nonce,
+                 size_t nonce_len,
+                 cardvm_transmit_fn transmit,
+                 void *user,
+                 int *outcome);
+
 // `CARDVM_OK` if the last receipt is signed. [`cardvm_run`] signs every receipt on a
 // context with a reader key, so this only checks (kept for compatibility):
 // `CARDVM_E_STATE` without a receipt, or when the context has no reader key

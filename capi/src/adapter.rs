@@ -15,14 +15,14 @@
 
 use crate::registry::lock;
 use crate::{
-    CARDVM_E_INTERNAL, CARDVM_E_JOURNAL, CARDVM_E_OPEN, CARDVM_E_POLICY, CARDVM_E_SCRIPT,
-    CARDVM_E_STATE, CARDVM_E_STORE, Error, Result,
+    CARDVM_E_INTERNAL, CARDVM_E_INVALID_ARG, CARDVM_E_JOURNAL, CARDVM_E_OPEN, CARDVM_E_POLICY,
+    CARDVM_E_SCRIPT, CARDVM_E_STATE, CARDVM_E_STORE, Error, Result,
 };
 use cardvm_core::crypto::sm2::{Sm2PrivateKey, Sm2PublicKey};
 use cardvm_core::envelope::{OpenError, ReplayEntry, ReplayKey, ReplayStore, StoreError};
 use cardvm_core::reader::{
-    BoxedStore, Clock, JournalFailure, Policy, Reader, ReaderConfig, ReaderError, ReceiptJournal,
-    SystemClock,
+    BoxedStore, Clock, JournalFailure, Policy, QueryRefusal, Reader, ReaderConfig, ReaderError,
+    ReceiptJournal, SystemClock,
 };
 use cardvm_core::vm::Limits;
 use std::path::{Path, PathBuf};
@@ -233,6 +233,8 @@ pub(crate) fn reader_error(e: &ReaderError) -> Error {
         ReaderError::CityMismatch { .. } | ReaderError::Command(_) | ReaderError::Data(_) => {
             (CARDVM_E_SCRIPT, "")
         }
+        ReaderError::Query(QueryRefusal::NonceTooLong { .. }) => (CARDVM_E_INVALID_ARG, ""),
+        ReaderError::Query(_) => (CARDVM_E_SCRIPT, ""),
         ReaderError::Store(_) => (CARDVM_E_STORE, ""),
         ReaderError::Journal(_) => (CARDVM_E_JOURNAL, ""),
         _ => (CARDVM_E_INTERNAL, ""),

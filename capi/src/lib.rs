@@ -695,8 +695,56 @@ pub unsafe extern "C" fn cardvm_run(
     user: *mut c_void,
     outcome: *mut c_int,
 ) -> c_int {
+    // SAFETY: forwarded contract.
+    unsafe { run_on_card(ctx, None, transmit, user, outcome) }
+}
+
+/// Runs the loaded command script as the city's **card query** (DESIGN §7): the reader
+/// builds the data script itself — `now` from its clock (UTC) and `nonce`, the card
+/// company's challenge (`nonce_len` 0..=32 bytes; `nonce` may be null when it is 0) —
+/// and refuses, before the card is touched, a script with a key input, another input
+/// or a commit point (`CARDVM_E_SCRIPT`), a nonce over 32 bytes
+/// (`CARDVM_E_INVALID_ARG`), and on a sealed-only reader a query not sealed as one
+/// (`seal --kind query`; `CARDVM_E_POLICY` / `CARDVM_E_OPEN`). Only read-only commands
+/// reach the card. The loaded data script, if any, is not used. Returns as
+/// [`cardvm_run`]; a sealed query's receipt is a production receipt with no data
+/// identity: the request for a bundle, never settled.
+///
+/// # Safety
+/// As [`cardvm_run`]; `nonce` null or valid for `nonce_len` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cardvm_query(
+    ctx: cardvm_ctx,
+    nonce: *const u8,
+    nonce_len: usize,
+    transmit: cardvm_transmit_fn,
+    user: *mut c_void,
+    outcome: *mut c_int,
+) -> c_int {
+    // SAFETY: forwarded contract.
+    unsafe { run_on_card(ctx, Some((nonce, nonce_len)), transmit, user, outcome) }
+}
+
+/// [`cardvm_run`] (`query` None) and [`cardvm_query`] (`query` the nonce's pointer
+/// and length).
+///
+/// # Safety
+/// As [`cardvm_run`]; a query's nonce pointer null or valid for its length.
+unsafe fn run_on_card(
+    ctx: cardvm_ctx,
+    query: Option<(*const u8, usize)>,
+    transmit: cardvm_transmit_fn,
+    user: *mut c_void,
+    outcome: *mut c_int,
+) -> c_int {
     code(call(Some(ctx), || {
         ffi::non_null(outcome, "outcome")?;
+        let query: Option<&[u8]> = match query {
+            None => None,
+            Some((_, 0)) => Some(&[]),
+            // SAFETY: forwarded contract of the nonce.
+            Some((ptr, len)) => Some(unsafe { ffi::bytes_in(ptr, len, "nonce") }?),
+        };
         let f = transmit.ok_or_else(|| Error::new(CARDVM_E_NULL, "transmit: null function"))?;
         let (o, unjournaled) = with_ctx(ctx, |c| {
             if c.undelivered {
@@ -706,16 +754,24 @@ pub unsafe extern "C" fn cardvm_run(
                 ));
             }
             c.last = None;
-            let (Some(command), Some(data)) = (&c.command, &c.data) else {
-                return Err(Error::new(
-                    CARDVM_E_STATE,
-                    "load a command script and a data script before cardvm_run",
-                ));
-            };
             let reader = &mut c.pipeline.reader;
-            let prepared = reader
-                .prepare(command, data)
-                .map_err(|e| reader_error(&e))?;
+            let prepared = match (query, &c.command, &c.data) {
+                (Some(nonce), Some(command), _) => reader.prepare_query(command, nonce),
+                (None, Some(command), Some(data)) => reader.prepare(command, data),
+                (Some(_), None, _) => {
+                    return Err(Error::new(
+                        CARDVM_E_STATE,
+                        "load the query script (cardvm_load_command) before cardvm_query",
+                    ));
+                }
+                (None, _, _) => {
+                    return Err(Error::new(
+                        CARDVM_E_STATE,
+                        "load a command script and a data script before cardvm_run",
+                    ));
+                }
+            }
+            .map_err(|e| reader_error(&e))?;
             let completed = reader
                 .run(
                     &prepared,

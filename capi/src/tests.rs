@@ -1132,3 +1132,106 @@ fn sim_card_id_and_profile_round_trip() {
     assert_eq!(cardvm_sim_free(again), CARDVM_OK);
     assert_eq!(cardvm_sim_free(sim), CARDVM_OK);
 }
+
+fn query_bytes() -> Vec<u8> {
+    assemble_file(&city().join("query.casm"), &AsmOptions::default())
+        .unwrap()
+        .script
+        .encode()
+}
+
+fn query(ctx: cardvm_ctx, nonce: &[u8], tx: &mut Tx) -> (c_int, c_int) {
+    let mut outcome = -1;
+    let rc = unsafe {
+        cardvm_query(
+            ctx,
+            if nonce.is_empty() {
+                core::ptr::null()
+            } else {
+                nonce.as_ptr()
+            },
+            nonce.len(),
+            Some(test_transmit),
+            (tx as *mut Tx).cast(),
+            &mut outcome,
+        )
+    };
+    (rc, outcome)
+}
+
+/// `cardvm_query`: a plain query is refused on a sealed-only reader, the loaded load
+/// script (keys, commit point) is refused as a query, both before the card; the query
+/// sealed as one runs, its receipt a production one with no data identity, the nonce
+/// echoed; the card keeps its balance.
+#[test]
+fn card_query_through_the_abi() {
+    let dir = Scratch::new("query");
+    let keys = Issuer::new();
+    let ctx = new_ctx();
+    assert_eq!(keys.set_keys(ctx, None), CARDVM_OK, "{}", last_message(ctx));
+    assert_eq!(set_journal(ctx, &dir.cpath("j")), CARDVM_OK);
+    let sim = new_sim();
+    let q = query_bytes();
+    let load_cmd = |bytes: &[u8]| unsafe {
+        assert_eq!(
+            cardvm_load_command(ctx, bytes.as_ptr(), bytes.len()),
+            CARDVM_OK,
+            "{}",
+            last_message(ctx)
+        );
+    };
+
+    load_cmd(&q);
+    let mut tx = Tx::new(sim);
+    assert_eq!(query(ctx, b"n", &mut tx).0, CARDVM_E_POLICY);
+    assert_eq!(tx.apdus, 0);
+
+    assert_eq!(cardvm_set_allow_plain(ctx, 1), CARDVM_OK);
+    load_cmd(&command_bytes());
+    let mut tx = Tx::new(sim);
+    assert_eq!(query(ctx, b"n", &mut tx).0, CARDVM_E_SCRIPT);
+    assert!(
+        last_message(ctx).contains("key input"),
+        "{}",
+        last_message(ctx)
+    );
+    assert_eq!(tx.apdus, 0);
+    load_cmd(&q);
+    let mut tx = Tx::new(sim);
+    assert_eq!(query(ctx, &[0; 33], &mut tx).0, CARDVM_E_INVALID_ARG);
+    assert_eq!(tx.apdus, 0);
+    assert_eq!(cardvm_set_allow_plain(ctx, 0), CARDVM_OK);
+
+    let sealed = keys.seal(ScriptKind::Query, 1, &q, cardvm_core::crypto::sm3(&q));
+    load_cmd(&sealed);
+    let mut tx = Tx::new(sim);
+    assert_eq!(
+        query(ctx, b"\x01\x02", &mut tx),
+        (CARDVM_OK, CARDVM_OUTCOME_COMMITTED),
+        "{}",
+        last_message(ctx)
+    );
+    assert_eq!(mode_of(ctx), CARDVM_MODE_PRODUCTION);
+    let r = receipt_of(ctx);
+    assert!(r.is_query());
+    r.verify_production(keys.reader.public_key()).unwrap();
+    assert_eq!(
+        r.field("nonce"),
+        Some(&cardvm_core::receipt::FieldValue::Bytes(vec![1, 2]))
+    );
+    assert_eq!(field(ctx, c"balance").unwrap(), 500);
+    assert_eq!(journal_entries(&dir.path("j")).len(), 1);
+    // An empty nonce (null pointer, length 0) is fine too.
+    let mut tx = Tx::new(sim);
+    assert_eq!(
+        query(ctx, &[], &mut tx).0,
+        CARDVM_OK,
+        "{}",
+        last_message(ctx)
+    );
+    let mut bal = 0;
+    assert_eq!(unsafe { cardvm_sim_balance(sim, &mut bal) }, CARDVM_OK);
+    assert_eq!(bal, 500);
+    assert_eq!(cardvm_ctx_free(ctx), CARDVM_OK);
+    assert_eq!(cardvm_sim_free(sim), CARDVM_OK);
+}

@@ -28,6 +28,15 @@
 //! 6. **Receipts say what ran**: the command script's SM3, the data script's identity
 //!    (issuer key id, seq), the mode, and the card as the card reports it (the script's
 //!    `card_id` output).
+//! 7. **A card query reads, and only reads** ([`Reader::query`], the first step of the
+//!    online protocol): the script must be sealed as a query
+//!    ([`ScriptKind::Query`]) unless in development mode; the reader builds its data
+//!    script (`now`, `nonce`) and nothing else, so it holds no key; a query script
+//!    declaring a key or another input, or containing `commit_point`, is refused
+//!    before the card is touched ([`QueryRefusal`]); only read-only commands reach the
+//!    card ([`QueryGuard`]). Its receipt is [`Mode::Production`] with `data: None` —
+//!    a query receipt ([`Receipt::is_query`]): the request the card company answers
+//!    with a bundle, which names no bundle itself, so **settlement must refuse it**.
 //!
 //! What the reader needs from the device is small and abstract, so the pipeline is part
 //! of the `no_std` core: a [`Clock`], a [`ReplayStore`] (on any
@@ -686,14 +695,18 @@ impl Reader {
         let (command_bytes, sealed) = self.open_command(command, now, Expect::Query)?;
         let command_sm3 = crate::crypto::sm3(&command_bytes);
         let program = self.verified_program(&command_bytes, command_sm3)?;
-        for decl in program.inputs() {
-            let name = String::from(&*decl.name);
-            if decl.ty.is_key() {
-                return Err(QueryRefusal::KeyInput { name }.into());
-            }
-            if !QUERY_INPUTS.contains(&name.as_str()) {
-                return Err(QueryRefusal::OtherInput { name }.into());
-            }
+        // Keys first: of everything a query may not declare, a key is the gravest.
+        if let Some(d) = program.inputs().iter().find(|d| d.ty.is_key()) {
+            let name = String::from(&*d.name);
+            return Err(QueryRefusal::KeyInput { name }.into());
+        }
+        if let Some(d) = program
+            .inputs()
+            .iter()
+            .find(|d| !QUERY_INPUTS.contains(&&*d.name))
+        {
+            let name = String::from(&*d.name);
+            return Err(QueryRefusal::OtherInput { name }.into());
         }
         if let Some(i) = program
             .instructions()
