@@ -248,12 +248,18 @@ async fn run_async(args: IssuerArgs) -> CliResult {
         }
         IssuerCmd::Unblock { card } => {
             check_card(&card)?;
-            let was = ledger.unblock_card(&card).await.map_err(|e| e.to_string())?;
+            let was = ledger
+                .unblock_card(&card)
+                .await
+                .map_err(|e| e.to_string())?;
             if was {
                 println!("card {} unblocked", card.to_ascii_uppercase());
                 Ok(())
             } else {
-                Err(format!("card {} was not blocked", card.to_ascii_uppercase()))
+                Err(format!(
+                    "card {} was not blocked",
+                    card.to_ascii_uppercase()
+                ))
             }
         }
         IssuerCmd::QueryScript { reader, city, out } => {
@@ -270,9 +276,7 @@ async fn run_async(args: IssuerArgs) -> CliResult {
             );
             Ok(())
         }
-        IssuerCmd::Bundle { query, amount, out } => {
-            bundle(&ledger, &query, &amount, &out).await
-        }
+        IssuerCmd::Bundle { query, amount, out } => bundle(&ledger, &query, &amount, &out).await,
         IssuerCmd::Settle { receipts } => settle(&ledger, &receipts).await,
         IssuerCmd::Ledger {
             card,
@@ -358,7 +362,12 @@ async fn config(ledger: &Ledger, name: &str) -> Result<String, String> {
         .config(name)
         .await
         .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("ledger {}: no `{name}` (run cardvm issuer init first)", ledger.url()))
+        .ok_or_else(|| {
+            format!(
+                "ledger {}: no `{name}` (run cardvm issuer init first)",
+                ledger.url()
+            )
+        })
 }
 
 /// The trust store from the ledger: the CA anchors and the installed CRLs.
@@ -435,7 +444,10 @@ async fn city_add(
     if !["des3", "sm4", "m1"].contains(&row.alg.as_str()) {
         return Err(format!("--alg {}: one of des3, sm4, m1", row.alg));
     }
-    let mut scripts = vec![("query", script_bytes(query)?), ("load", script_bytes(load)?)];
+    let mut scripts = vec![
+        ("query", script_bytes(query)?),
+        ("load", script_bytes(load)?),
+    ];
     if let Some(r) = recover {
         scripts.push(("recover", script_bytes(r)?));
     }
@@ -479,7 +491,11 @@ async fn reader_add(ledger: &Ledger, cert: &Path, terminal: Option<String>) -> C
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| format!("--terminal {t}: expected 6 bytes of hex"))?,
         None => {
-            let n = match ledger.reader(&id.reader_id).await.map_err(|e| e.to_string())? {
+            let n = match ledger
+                .reader(&id.reader_id)
+                .await
+                .map_err(|e| e.to_string())?
+            {
                 Some(existing) => {
                     let mut b = [0u8; 8];
                     b[2..].copy_from_slice(&existing.terminal_id);
@@ -593,7 +609,11 @@ async fn bundle(ledger: &Ledger, query: &Path, amount: &str, out: &Path) -> CliR
     });
     write(
         &out.join("bundle.json"),
-        format!("{}\n", serde_json::to_string_pretty(&info).map_err(|e| e.to_string())?).as_bytes(),
+        format!(
+            "{}\n",
+            serde_json::to_string_pretty(&info).map_err(|e| e.to_string())?
+        )
+        .as_bytes(),
     )?;
     match b.recovers_seq {
         Some(orig) => println!(
@@ -637,7 +657,11 @@ async fn settle(ledger: &Ledger, receipts: &[PathBuf]) -> CliResult {
                     s.reader_id,
                     s.seq,
                     s.state,
-                    if s.already { " (already settled by this receipt)" } else { "" }
+                    if s.already {
+                        " (already settled by this receipt)"
+                    } else {
+                        ""
+                    }
                 );
                 if let Some((seq, st)) = s.decided {
                     line.push_str(&format!("; load {}/{seq} is now {st}", s.reader_id));
@@ -718,7 +742,15 @@ mod tests {
         assert_eq!(parse_amount("100.00"), Ok(10_000));
         assert_eq!(parse_amount("100.5"), Ok(10_050));
         assert_eq!(parse_amount("0.01"), Ok(1));
-        for bad in ["", "1.", "1.234", "-1", "1e4", "1.x", "99999999999999999999"] {
+        for bad in [
+            "",
+            "1.",
+            "1.234",
+            "-1",
+            "1e4",
+            "1.x",
+            "99999999999999999999",
+        ] {
             assert!(parse_amount(bad).is_err(), "{bad}");
         }
     }
