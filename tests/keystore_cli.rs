@@ -12,7 +12,10 @@ use cardvm::issuer::keys::{FileKeyStore, KeyRole, MasterKeyStore};
 const PASS_ENV: &str = "CARDVM_KEYSTORE_PASSPHRASE";
 const PASS: &str = "a long operator passphrase";
 const MK: &str = "11223344556677888877665544332211";
-const OTHER: [&str; 2] = ["A1A2A3A4A5A6A7A8B1B2B3B4B5B6B7B8", "C1C2C3C4C5C6C7C8D1D2D3D4D5D6D7D8"];
+const OTHER: [&str; 2] = [
+    "A1A2A3A4A5A6A7A8B1B2B3B4B5B6B7B8",
+    "C1C2C3C4C5C6C7C8D1D2D3D4D5D6D7D8",
+];
 
 fn tmp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("cardvm-keycli-{}-{name}", std::process::id()));
@@ -42,7 +45,10 @@ fn text(o: &Output) -> String {
 fn no_keys(out: &str) {
     for k in [MK, OTHER[0], OTHER[1]] {
         for piece in [&k[..12], &k[12..24], &k[20..]] {
-            assert!(!out.to_uppercase().contains(piece), "key bytes in output: {out}");
+            assert!(
+                !out.to_uppercase().contains(piece),
+                "key bytes in output: {out}"
+            );
         }
     }
 }
@@ -50,14 +56,20 @@ fn no_keys(out: &str) {
 fn ok(args: &[&str], pass: Option<&str>) -> String {
     let o = cardvm(args, pass);
     let t = text(&o);
-    assert!(o.status.success(), "cardvm issuer-keys {args:?} failed: {t}");
+    assert!(
+        o.status.success(),
+        "cardvm issuer-keys {args:?} failed: {t}"
+    );
     no_keys(&t);
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 fn fails(args: &[&str], pass: Option<&str>) -> String {
     let o = cardvm(args, pass);
-    assert!(!o.status.success(), "cardvm issuer-keys {args:?} should fail");
+    assert!(
+        !o.status.success(),
+        "cardvm issuer-keys {args:?} should fail"
+    );
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
     no_keys(&text(&o));
@@ -104,27 +116,42 @@ fn file_store_through_the_cli() {
 
     // No passphrase: refused, pointing at the environment variable and the file option.
     let e = fails(&["init", "--store", s], None);
-    assert!(e.contains(PASS_ENV) && e.contains("--passphrase-file"), "{e}");
+    assert!(
+        e.contains(PASS_ENV) && e.contains("--passphrase-file"),
+        "{e}"
+    );
     assert!(!store.exists());
     // There is no way to give the passphrase on the command line.
-    let e = String::from_utf8_lossy(&cardvm(&["init", "--store", s, "--passphrase", PASS], None).stderr).into_owned();
+    let e = String::from_utf8_lossy(
+        &cardvm(&["init", "--store", s, "--passphrase", PASS], None).stderr,
+    )
+    .into_owned();
     assert!(e.contains("unexpected argument"), "{e}");
     assert!(!store.exists());
 
     let out = ok(&["init", "--store", s], Some(PASS));
-    assert!(out.contains("created key store") && out.contains("Argon2id"), "{out}");
+    assert!(
+        out.contains("created key store") && out.contains("Argon2id"),
+        "{out}"
+    );
     let e = fails(&["init", "--store", s], Some(PASS));
     assert!(e.contains("already exists"), "{e}");
 
     // Import from the environment and from a passphrase file (newline stripped).
     ok(&["import", "731", &des3, "--store", s], Some(PASS));
-    ok(&["import", "1", &sm4, "--store", s, "--passphrase-file", pf], None);
+    ok(
+        &["import", "1", &sm4, "--store", s, "--passphrase-file", pf],
+        None,
+    );
     assert_eq!(ok(&["list", "--store", s], Some(PASS)), "1 sm4\n731 des3\n");
 
     // An existing city needs --replace.
     let e = fails(&["import", "731", &des3, "--store", s], Some(PASS));
     assert!(e.contains("city 731 already has master keys"), "{e}");
-    ok(&["import", "731", &des3, "--store", s, "--replace"], Some(PASS));
+    ok(
+        &["import", "731", &des3, "--store", s, "--replace"],
+        Some(PASS),
+    );
 
     // Wrong passphrase, tampered file: the same one-line refusal.
     let wrong = format!("cardvm: key store {s}: wrong passphrase or tampered file\n");
@@ -143,17 +170,29 @@ fn file_store_through_the_cli() {
     let bad_file = d.join("bad.toml");
     std::fs::write(
         &bad_file,
-        format!("alg = \"des3\"\nload = \"{MK}\"\npurchase = \"{MK}\"\ntac = \"{}\"\n", OTHER[1]),
+        format!(
+            "alg = \"des3\"\nload = \"{MK}\"\npurchase = \"{MK}\"\ntac = \"{}\"\n",
+            OTHER[1]
+        ),
     )
     .unwrap();
-    let e = fails(&["import", "2", bad_file.to_str().unwrap(), "--store", s], Some(PASS));
-    assert!(e.contains("bad.toml") && e.contains("`load` and `purchase` are the same key"), "{e}");
+    let e = fails(
+        &["import", "2", bad_file.to_str().unwrap(), "--store", s],
+        Some(PASS),
+    );
+    assert!(
+        e.contains("bad.toml") && e.contains("`load` and `purchase` are the same key"),
+        "{e}"
+    );
     let e = fails(&["generate", "3", "--store", s], Some(PASS));
     assert!(e.contains("PKCS#11 token"), "{e}");
 
     // What the CLI wrote, the library reads, and diversifies to the reference vector.
     let lib = FileKeyStore::open(&store, PASS.as_bytes()).unwrap();
-    assert_eq!(lib.cities().unwrap(), vec![(1, KeyAlg::Sm4), (731, KeyAlg::Des3)]);
+    assert_eq!(
+        lib.cities().unwrap(),
+        vec![(1, KeyAlg::Sm4), (731, KeyAlg::Des3)]
+    );
     let serial = [0x41, 0x00, 0x00, 0x00, 0x89, 0x99, 0x99, 0x85];
     let want = [
         (731, KeyAlg::Des3, "A0068F366D0535ADF42057760F84B2F5"),

@@ -37,7 +37,9 @@ fn softhsm_available() -> bool {
             std::env::var_os("CARDVM_REQUIRE_SOFTHSM").is_none(),
             "CARDVM_REQUIRE_SOFTHSM is set but softhsm2 is not installed ({MODULE}, softhsm2-util)"
         );
-        eprintln!("SKIPPED: softhsm2 is not installed (apt-get install softhsm2, or set CARDVM_REQUIRE_SOFTHSM=1 to fail instead)");
+        eprintln!(
+            "SKIPPED: softhsm2 is not installed (apt-get install softhsm2, or set CARDVM_REQUIRE_SOFTHSM=1 to fail instead)"
+        );
     }
     found
 }
@@ -58,7 +60,16 @@ fn make_token(name: &str) -> PathBuf {
     .unwrap();
     let out = Command::new("softhsm2-util")
         .env("SOFTHSM2_CONF", &conf)
-        .args(["--init-token", "--free", "--label", TOKEN, "--so-pin", SO_PIN, "--pin", PIN])
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            TOKEN,
+            "--so-pin",
+            SO_PIN,
+            "--pin",
+            PIN,
+        ])
         .output()
         .unwrap();
     assert!(
@@ -114,7 +125,12 @@ fn softhsm2_store() {
     }
     let conf = make_token("lib");
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["softhsm2_store", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "softhsm2_store",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("SOFTHSM2_CONF", &conf)
         .env(CHILD, "1")
         .output()
@@ -144,8 +160,15 @@ fn cli(conf: &Path) {
             c.env("CARDVM_PKCS11_PIN", p);
         }
         let o = c.output().unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-        assert!(!text.to_uppercase().contains(&MK[4..20]), "key bytes in output: {text}");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            !text.to_uppercase().contains(&MK[4..20]),
+            "key bytes in output: {text}"
+        );
         (o.status.success(), text)
     };
     let toml = |name: &str, alg: &str| {
@@ -160,9 +183,15 @@ fn cli(conf: &Path) {
     let pf = pin_file.to_str().unwrap();
 
     let (ok, t) = run(&["init"], None);
-    assert!(!ok && t.contains("CARDVM_PKCS11_PIN") && t.contains("--pin-file"), "{t}");
+    assert!(
+        !ok && t.contains("CARDVM_PKCS11_PIN") && t.contains("--pin-file"),
+        "{t}"
+    );
     let (ok, t) = run(&["init"], Some("000000"));
-    assert!(!ok && t.contains("PinIncorrect") && t.trim().lines().count() == 1, "{t}");
+    assert!(
+        !ok && t.contains("PinIncorrect") && t.trim().lines().count() == 1,
+        "{t}"
+    );
     let (ok, t) = run(&["init", "--pin-file", pf], None);
     assert!(ok && t.contains("CKM_DES3_ECB available, 0 cities"), "{t}");
     let (ok, t) = run(&["import", "731", &toml("731.toml", "des3")], Some(PIN));
@@ -183,11 +212,17 @@ fn in_token() {
 
     // A wrong PIN and an unknown token are one-line errors, not panics.
     let e = Pkcs11KeyStore::open(module, TOKEN, "000000").unwrap_err();
-    assert!(e.to_string().contains("log in to `cardvm-test`") && e.to_string().contains("PinIncorrect"), "{e}");
+    assert!(
+        e.to_string().contains("log in to `cardvm-test`") && e.to_string().contains("PinIncorrect"),
+        "{e}"
+    );
     let e = Pkcs11KeyStore::open(module, "no-such-token", PIN).unwrap_err();
     assert!(e.to_string().contains("no such token"), "{e}");
     let e = Pkcs11KeyStore::open(Path::new("/nonexistent/libp11.so"), TOKEN, PIN).unwrap_err();
-    assert!(e.to_string().contains("load module /nonexistent/libp11.so"), "{e}");
+    assert!(
+        e.to_string().contains("load module /nonexistent/libp11.so"),
+        "{e}"
+    );
 
     let mut store = Pkcs11KeyStore::open(module, TOKEN, PIN).unwrap();
     assert!(store.supports_des3());
@@ -201,13 +236,28 @@ fn in_token() {
     assert_eq!(store.cities().unwrap(), vec![(731, KeyAlg::Des3)]);
     let load = store.card_key(731, KeyRole::Load, &SERIAL).unwrap();
     assert_eq!((load.alg(), load.usage()), (KeyAlg::Des3, KeyUsage::Load));
-    let reference = SecretKey::new(KeyAlg::Des3, KeyUsage::Load, &h16("A0068F366D0535ADF42057760F84B2F5")).unwrap();
-    assert!(same_key(&load, &reference), "token diversification differs from the reference vector");
-    let hexes = [MK, "A1A2A3A4A5A6A7A8B1B2B3B4B5B6B7B8", "C1C2C3C4C5C6C7C8D1D2D3D4D5D6D7D8"];
+    let reference = SecretKey::new(
+        KeyAlg::Des3,
+        KeyUsage::Load,
+        &h16("A0068F366D0535ADF42057760F84B2F5"),
+    )
+    .unwrap();
+    assert!(
+        same_key(&load, &reference),
+        "token diversification differs from the reference vector"
+    );
+    let hexes = [
+        MK,
+        "A1A2A3A4A5A6A7A8B1B2B3B4B5B6B7B8",
+        "C1C2C3C4C5C6C7C8D1D2D3D4D5D6D7D8",
+    ];
     for (role, hex) in KeyRole::ALL.into_iter().zip(hexes) {
         let k = store.card_key(731, role, &SERIAL).unwrap();
         assert_eq!(k.usage(), role.card_usage());
-        assert!(same_key(&k, &software(KeyAlg::Des3, role, &h16(hex))), "{role}");
+        assert!(
+            same_key(&k, &software(KeyAlg::Des3, role, &h16(hex))),
+            "{role}"
+        );
         // A 10-byte serial diversifies by its rightmost 8 bytes.
         let mut ten = vec![0xEE, 0xFF];
         ten.extend_from_slice(&SERIAL);
@@ -217,7 +267,9 @@ fn in_token() {
     let purchase = store.card_key(731, KeyRole::Purchase, &SERIAL).unwrap();
     assert!(!same_key(&load, &purchase));
     assert_eq!(
-        store.card_key(731, KeyRole::Load, &SERIAL[..7]).unwrap_err(),
+        store
+            .card_key(731, KeyRole::Load, &SERIAL[..7])
+            .unwrap_err(),
         KeyStoreError::BadSerial { len: 7 }
     );
     assert_eq!(
@@ -227,34 +279,66 @@ fn in_token() {
 
     // Import over an existing city needs replace; replace swaps all three masters.
     let other = masters("des3", "0123456789ABCDEFFEDCBA9876543210");
-    assert_eq!(store.import(731, &other, false).unwrap_err(), KeyStoreError::CityExists { city: 731 });
-    assert!(same_key(&store.card_key(731, KeyRole::Load, &SERIAL).unwrap(), &reference));
+    assert_eq!(
+        store.import(731, &other, false).unwrap_err(),
+        KeyStoreError::CityExists { city: 731 }
+    );
+    assert!(same_key(
+        &store.card_key(731, KeyRole::Load, &SERIAL).unwrap(),
+        &reference
+    ));
     store.import(731, &other, true).unwrap();
     let swapped = store.card_key(731, KeyRole::Load, &SERIAL).unwrap();
-    assert!(same_key(&swapped, &software(KeyAlg::Des3, KeyRole::Load, &h16("0123456789ABCDEFFEDCBA9876543210"))));
+    assert!(same_key(
+        &swapped,
+        &software(
+            KeyAlg::Des3,
+            KeyRole::Load,
+            &h16("0123456789ABCDEFFEDCBA9876543210")
+        )
+    ));
     assert_eq!(store.cities().unwrap(), vec![(731, KeyAlg::Des3)]);
 
     // SM4: SoftHSM2 has no SM4 mechanism, so an SM4 city is refused, naming it.
     let e = store.import(1, &masters("sm4", MK), false).unwrap_err();
     assert_eq!(
         e,
-        KeyStoreError::MechanismUnsupported { city: 1, alg: "sm4", mechanism: "CKM_SM4_ECB" }
+        KeyStoreError::MechanismUnsupported {
+            city: 1,
+            alg: "sm4",
+            mechanism: "CKM_SM4_ECB"
+        }
     );
-    assert!(e.to_string().contains("CKM_SM4_ECB") && e.to_string().contains("city 1"), "{e}");
+    assert!(
+        e.to_string().contains("CKM_SM4_ECB") && e.to_string().contains("city 1"),
+        "{e}"
+    );
     assert_eq!(store.cities().unwrap(), vec![(731, KeyAlg::Des3)]);
 
     // Masters generated in the token: usable, distinct per role, never seen by anyone.
     store.generate(20, false).unwrap();
     let g = store.card_key(20, KeyRole::Tac, &SERIAL).unwrap();
     assert_eq!(g.usage(), KeyUsage::Tac);
-    assert!(!same_key(&g, &store.card_key(20, KeyRole::Load, &SERIAL).unwrap()));
-    assert_eq!(store.generate(20, false).unwrap_err(), KeyStoreError::CityExists { city: 20 });
-    assert_eq!(store.cities().unwrap(), vec![(20, KeyAlg::Des3), (731, KeyAlg::Des3)]);
+    assert!(!same_key(
+        &g,
+        &store.card_key(20, KeyRole::Load, &SERIAL).unwrap()
+    ));
+    assert_eq!(
+        store.generate(20, false).unwrap_err(),
+        KeyStoreError::CityExists { city: 20 }
+    );
+    assert_eq!(
+        store.cities().unwrap(),
+        vec![(20, KeyAlg::Des3), (731, KeyAlg::Des3)]
+    );
     drop(store);
 
     // Masters persist in the token, and the token refuses to reveal them.
     let store = Pkcs11KeyStore::open(module, TOKEN, PIN).unwrap();
-    assert!(same_key(&store.card_key(731, KeyRole::Load, &SERIAL).unwrap(), &swapped));
+    assert!(same_key(
+        &store.card_key(731, KeyRole::Load, &SERIAL).unwrap(),
+        &swapped
+    ));
     drop(store);
     masters_cannot_be_read(module);
 }
@@ -276,19 +360,39 @@ fn masters_cannot_be_read(module: &Path) {
         .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == TOKEN)
         .unwrap();
     let session = ctx.open_ro_session(slot).unwrap();
-    session.login(UserType::User, Some(&AuthPin::new(PIN.into()))).unwrap();
-    let objs = session.find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)]).unwrap();
+    session
+        .login(UserType::User, Some(&AuthPin::new(PIN.into())))
+        .unwrap();
+    let objs = session
+        .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
+        .unwrap();
     assert_eq!(objs.len(), 6, "two cities × three roles");
     for h in objs {
         let attrs = session
-            .get_attributes(h, &[AttributeType::Sensitive, AttributeType::Extractable, AttributeType::Label])
+            .get_attributes(
+                h,
+                &[
+                    AttributeType::Sensitive,
+                    AttributeType::Extractable,
+                    AttributeType::Label,
+                ],
+            )
             .unwrap();
         let mut seen = 0;
         for a in &attrs {
             match a {
-                Attribute::Sensitive(b) => { assert!(*b); seen += 1; }
-                Attribute::Extractable(b) => { assert!(!*b); seen += 1; }
-                Attribute::Label(l) => { assert!(l.starts_with(b"cardvm:")); seen += 1; }
+                Attribute::Sensitive(b) => {
+                    assert!(*b);
+                    seen += 1;
+                }
+                Attribute::Extractable(b) => {
+                    assert!(!*b);
+                    seen += 1;
+                }
+                Attribute::Label(l) => {
+                    assert!(l.starts_with(b"cardvm:"));
+                    seen += 1;
+                }
                 _ => {}
             }
         }

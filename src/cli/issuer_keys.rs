@@ -67,7 +67,12 @@ enum KeysCmd {
 #[derive(Args, Debug)]
 struct StoreArgs {
     /// The encrypted key-store file.
-    #[arg(long, value_name = "PATH", required_unless_present = "pkcs11_module", conflicts_with = "pkcs11_module")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "pkcs11_module",
+        conflicts_with = "pkcs11_module"
+    )]
     store: Option<PathBuf>,
     /// File whose content (one trailing newline removed) is the passphrase
     /// [default: the CARDVM_KEYSTORE_PASSPHRASE environment variable].
@@ -86,7 +91,12 @@ struct StoreArgs {
 }
 
 /// A secret from a file (one trailing newline removed) or from an environment variable.
-fn secret(file: Option<&Path>, env: &str, what: &str, flag: &str) -> Result<Zeroizing<String>, String> {
+fn secret(
+    file: Option<&Path>,
+    env: &str,
+    what: &str,
+    flag: &str,
+) -> Result<Zeroizing<String>, String> {
     let text = match file {
         Some(p) => read_small(p)?,
         None => match std::env::var(env) {
@@ -155,7 +165,12 @@ impl StoreArgs {
         let (Some(module), Some(token)) = (&self.pkcs11_module, &self.token) else {
             return Err("give --store PATH or --pkcs11-module M --token LABEL".into());
         };
-        let pin = secret(self.pin_file.as_deref(), PIN_ENV, "PKCS#11 PIN", "--pin-file")?;
+        let pin = secret(
+            self.pin_file.as_deref(),
+            PIN_ENV,
+            "PKCS#11 PIN",
+            "--pin-file",
+        )?;
         cardvm::issuer::keys::Pkcs11KeyStore::open(module, token, &pin)
             .map(Store::Token)
             .map_err(|e| e.to_string())
@@ -163,7 +178,10 @@ impl StoreArgs {
 
     #[cfg(not(feature = "pkcs11"))]
     fn open_token(&self) -> Result<Store, String> {
-        Err("this cardvm was built without the `pkcs11` feature (cargo build --features pkcs11)".into())
+        Err(
+            "this cardvm was built without the `pkcs11` feature (cargo build --features pkcs11)"
+                .into(),
+        )
     }
 }
 
@@ -196,7 +214,8 @@ pub fn keys_cmd(args: KeysArgs) -> CliResult {
             store,
         } => {
             let text = read_small(&file)?;
-            let keys = MasterKeys::from_toml(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+            let keys =
+                MasterKeys::from_toml(&text).map_err(|e| format!("{}: {e}", file.display()))?;
             let mut opened = store.open()?;
             match &mut opened {
                 Store::File(s) => s.import(city, &keys, replace),

@@ -373,7 +373,11 @@ fn encode_cities(cities: &BTreeMap<u32, MasterKeys>) -> Zeroizing<Vec<u8>> {
     let mut out = Zeroizing::new(Vec::with_capacity(2 + cities.len() * ENTRY_LEN));
     // MAX_STORE_FILE keeps a readable store far below u16::MAX cities; saturate rather than
     // wrap so an oversized store fails to reopen instead of silently dropping cities.
-    out.extend_from_slice(&u16::try_from(cities.len()).unwrap_or(u16::MAX).to_be_bytes());
+    out.extend_from_slice(
+        &u16::try_from(cities.len())
+            .unwrap_or(u16::MAX)
+            .to_be_bytes(),
+    );
     for (city, keys) in cities {
         out.extend_from_slice(&city.to_be_bytes());
         out.push(keys.alg().code());
@@ -396,17 +400,24 @@ fn decode_cities(plain: &[u8]) -> Result<BTreeMap<u32, MasterKeys>, String> {
     let mut cities = BTreeMap::new();
     for entry in rest.chunks_exact(ENTRY_LEN) {
         let city = u32::from_be_bytes([entry[0], entry[1], entry[2], entry[3]]);
-        if cities.last_key_value().is_some_and(|(last, _)| *last >= city) {
+        if cities
+            .last_key_value()
+            .is_some_and(|(last, _)| *last >= city)
+        {
             return Err(format!("city {city} out of order"));
         }
         let alg = KeyAlg::from_code(entry[4]).ok_or(format!("city {city}: bad algorithm"))?;
-        let mut m = [Zeroizing::new([0u8; MASTER_LEN]), Zeroizing::new([0u8; MASTER_LEN]), Zeroizing::new([0u8; MASTER_LEN])];
+        let mut m = [
+            Zeroizing::new([0u8; MASTER_LEN]),
+            Zeroizing::new([0u8; MASTER_LEN]),
+            Zeroizing::new([0u8; MASTER_LEN]),
+        ];
         for (i, k) in m.iter_mut().enumerate() {
             let at = 5 + i * MASTER_LEN;
             k.copy_from_slice(&entry[at..at + MASTER_LEN]);
         }
-        let keys = MasterKeys::new(alg, &m[0], &m[1], &m[2])
-            .map_err(|e| format!("city {city}: {e}"))?;
+        let keys =
+            MasterKeys::new(alg, &m[0], &m[1], &m[2]).map_err(|e| format!("city {city}: {e}"))?;
         cities.insert(city, keys);
     }
     Ok(cities)

@@ -10,7 +10,7 @@
 //!   a card's key for a role, labelled [`KeyUsage::Load`] / [`KeyUsage::Purchase`] /
 //!   [`KeyUsage::Tac`]. No store has an API that returns a master.
 //! * [`FileKeyStore`] is the default store: one file, encrypted and authenticated under a
-//!   key derived from a passphrase (Argon2id; see [`file`] and `docs/keys.md`).
+//!   key derived from a passphrase (Argon2id; see [`mod@file`] and `docs/keys.md`).
 //! * `Pkcs11KeyStore` (cargo feature `pkcs11`) keeps the masters as non-extractable
 //!   secret-key objects in a PKCS#11 token (an HSM) and diversifies 3DES keys inside it.
 //! * [`MasterKeys`] is the import format: a `CITY.toml` with `alg` and one hex master per
@@ -177,7 +177,9 @@ pub enum KeyStoreError {
         city: u32,
     },
     /// Import of a city that already has masters, without `replace`.
-    #[error("city {city} already has master keys in the store (import with replace to change them)")]
+    #[error(
+        "city {city} already has master keys in the store (import with replace to change them)"
+    )]
     CityExists {
         /// The city.
         city: u32,
@@ -215,7 +217,9 @@ pub enum KeyStoreError {
     },
     /// The token cannot hold or use a city's masters: it lacks the mechanism the city's
     /// algorithm needs.
-    #[error("city {city}: the token has no {mechanism} mechanism ({alg} masters cannot be kept in it)")]
+    #[error(
+        "city {city}: the token has no {mechanism} mechanism ({alg} masters cannot be kept in it)"
+    )]
     MechanismUnsupported {
         /// The city.
         city: u32,
@@ -291,7 +295,11 @@ impl MasterKeys {
                 reason: format!("alg `{}`: expected \"des3\" or \"sm4\"", alg.name()),
             });
         }
-        let bytes = [(KeyRole::Load, load), (KeyRole::Purchase, purchase), (KeyRole::Tac, tac)];
+        let bytes = [
+            (KeyRole::Load, load),
+            (KeyRole::Purchase, purchase),
+            (KeyRole::Tac, tac),
+        ];
         for (role, b) in bytes {
             if alg == KeyAlg::Des3 && crate::crypto::ct_eq(&b[..8], &b[8..]) {
                 return Err(KeyStoreError::MasterFile {
@@ -386,8 +394,11 @@ impl MasterKeys {
         serial: &[u8],
     ) -> Result<SecretKey, KeyStoreError> {
         let mut f = diversification_input(serial)?;
-        let key = diversify(self.master(role), &f)
-            .map_err(|source| KeyStoreError::Crypto { city, role, source });
+        let key = diversify(self.master(role), &f).map_err(|source| KeyStoreError::Crypto {
+            city,
+            role,
+            source,
+        });
         f.zeroize();
         key
     }
@@ -436,8 +447,11 @@ pub(crate) fn card_key_from_bytes(
     alg: KeyAlg,
     bytes: &[u8],
 ) -> Result<SecretKey, KeyStoreError> {
-    SecretKey::new(alg, role.derived_usage(), bytes)
-        .map_err(|source| KeyStoreError::Crypto { city, role, source })
+    SecretKey::new(alg, role.derived_usage(), bytes).map_err(|source| KeyStoreError::Crypto {
+        city,
+        role,
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -258,7 +258,12 @@ impl Pkcs11KeyStore {
 
     /// The one master object of `city`/`role`, checked to be a non-extractable, sensitive
     /// two-key 3DES key.
-    fn master(&self, session: &Session, city: u32, role: KeyRole) -> Result<ObjectHandle, KeyStoreError> {
+    fn master(
+        &self,
+        session: &Session,
+        city: u32,
+        role: KeyRole,
+    ) -> Result<ObjectHandle, KeyStoreError> {
         let lbl = label(LABEL_PREFIX, city, role);
         let found = find(session, &lbl)?;
         let h = match found.as_slice() {
@@ -274,7 +279,11 @@ impl Pkcs11KeyStore {
         let attrs = session
             .get_attributes(
                 h,
-                &[AttributeType::KeyType, AttributeType::Sensitive, AttributeType::Extractable],
+                &[
+                    AttributeType::KeyType,
+                    AttributeType::Sensitive,
+                    AttributeType::Extractable,
+                ],
             )
             .map_err(p11(format!("read attributes of city {city} {role} master")))?;
         let mut ok_type = None;
@@ -309,10 +318,7 @@ fn find(session: &Session, label: &[u8]) -> Result<Vec<ObjectHandle>, KeyStoreEr
             Attribute::Class(ObjectClass::SECRET_KEY),
             Attribute::Label(label.to_vec()),
         ])
-        .map_err(p11(format!(
-            "find {}",
-            String::from_utf8_lossy(label)
-        )))
+        .map_err(p11(format!("find {}", String::from_utf8_lossy(label))))
 }
 
 impl MasterKeyStore for Pkcs11KeyStore {

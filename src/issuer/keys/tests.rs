@@ -29,7 +29,12 @@ fn err(text: &str) -> String {
 fn roles_name_and_usage() {
     for (r, n, mu, cu) in [
         (KeyRole::Load, "load", KeyUsage::LoadMaster, KeyUsage::Load),
-        (KeyRole::Purchase, "purchase", KeyUsage::PurchaseMaster, KeyUsage::Purchase),
+        (
+            KeyRole::Purchase,
+            "purchase",
+            KeyUsage::PurchaseMaster,
+            KeyUsage::Purchase,
+        ),
         (KeyRole::Tac, "tac", KeyUsage::TacMaster, KeyUsage::Tac),
     ] {
         assert_eq!(r.name(), n);
@@ -85,15 +90,33 @@ fn bad_master_files_are_refused_by_field_without_the_key() {
         (toml_for("des", MK), "alg `des`"),
         (toml_for("aes", MK), "alg `aes`"),
         (toml_for("des3", "1122"), "`load`: 4 hex digits"),
-        (toml_for("des3", "ZZ223344556677888877665544332211"), "`load`: not hex"),
-        (toml_for("des3", "0102030405060708" /* K1 == K2 */).replace(
-            "0102030405060708", "01020304050607080102030405060708"), "single DES"),
-        (toml_for("des3", "A1A2A3A4A5A6A7A8B1B2B3B4B5B6B7B8"), "`load` and `purchase` are the same key"),
+        (
+            toml_for("des3", "ZZ223344556677888877665544332211"),
+            "`load`: not hex",
+        ),
+        (
+            toml_for("des3", "0102030405060708" /* K1 == K2 */)
+                .replace("0102030405060708", "01020304050607080102030405060708"),
+            "single DES",
+        ),
+        (
+            toml_for("des3", "A1A2A3A4A5A6A7A8B1B2B3B4B5B6B7B8"),
+            "`load` and `purchase` are the same key",
+        ),
         (toml_for("des3", MK).replace("tac", "mac"), "missing `tac`"),
-        (format!("{}extra = 1\n", toml_for("des3", MK)), "unknown field `extra`"),
-        (toml_for("des3", MK).replace("alg = \"des3\"\n", ""), "missing `alg`"),
+        (
+            format!("{}extra = 1\n", toml_for("des3", MK)),
+            "unknown field `extra`",
+        ),
+        (
+            toml_for("des3", MK).replace("alg = \"des3\"\n", ""),
+            "missing `alg`",
+        ),
         ("alg = 3\n".to_string(), "`alg` must be a string"),
-        (format!("alg = \"des3\"\nload = \"{MK}\"\npurchase = 7\n"), "`purchase` must be a hex string"),
+        (
+            format!("alg = \"des3\"\nload = \"{MK}\"\npurchase = 7\n"),
+            "`purchase` must be a hex string",
+        ),
     ];
     for (text, want) in cases {
         let e = err(&text);
@@ -114,13 +137,20 @@ fn debug_prints_no_key_bytes() {
     let keys = MasterKeys::from_toml(&toml_for("des3", MK)).unwrap();
     for dbg in [format!("{keys:?}"), format!("{keys:#?}")] {
         assert!(dbg.contains("REDACTED"), "{dbg}");
-        for needle in ["11223344", "1122", "A1A2", "a1a2", "C1C2", "17, 34", "0x11", "161"] {
+        for needle in [
+            "11223344", "1122", "A1A2", "a1a2", "C1C2", "17, 34", "0x11", "161",
+        ] {
             assert!(!dbg.contains(needle), "{dbg}");
         }
     }
-    let k = keys.card_key(1, KeyRole::Load, &[0x41, 0, 0, 0, 0x89, 0x99, 0x99, 0x85]).unwrap();
+    let k = keys
+        .card_key(1, KeyRole::Load, &[0x41, 0, 0, 0, 0x89, 0x99, 0x99, 0x85])
+        .unwrap();
     let dbg = format!("{k:?}");
-    assert!(!dbg.contains("A006") && !dbg.contains("a006") && !dbg.contains("160"), "{dbg}");
+    assert!(
+        !dbg.contains("A006") && !dbg.contains("a006") && !dbg.contains("160"),
+        "{dbg}"
+    );
 }
 
 // ---- the file store ----
@@ -144,10 +174,18 @@ fn tmp(name: &str) -> PathBuf {
 
 fn two_cities(path: &std::path::Path) -> FileKeyStore {
     let mut s = FileKeyStore::create_with_params(path, PASS, FAST).unwrap();
-    s.import(731, &MasterKeys::from_toml(&toml_for("des3", MK)).unwrap(), false)
-        .unwrap();
-    s.import(1, &MasterKeys::from_toml(&toml_for("sm4", MK)).unwrap(), false)
-        .unwrap();
+    s.import(
+        731,
+        &MasterKeys::from_toml(&toml_for("des3", MK)).unwrap(),
+        false,
+    )
+    .unwrap();
+    s.import(
+        1,
+        &MasterKeys::from_toml(&toml_for("sm4", MK)).unwrap(),
+        false,
+    )
+    .unwrap();
     s
 }
 
@@ -172,7 +210,10 @@ fn file_store_round_trips_and_diversifies_to_the_reference() {
     for role in KeyRole::ALL {
         let k = s.card_key(731, role, &SERIAL).unwrap();
         assert_eq!(k.usage(), role.card_usage());
-        assert_eq!(k.expose(), diversify(masters.master(role), &SERIAL).unwrap().expose());
+        assert_eq!(
+            k.expose(),
+            diversify(masters.master(role), &SERIAL).unwrap().expose()
+        );
     }
     assert_eq!(
         s.card_key(999, KeyRole::Tac, &SERIAL).unwrap_err(),
@@ -195,17 +236,29 @@ fn file_store_round_trips_and_diversifies_to_the_reference() {
 fn import_refuses_an_existing_city_unless_replace() {
     let path = tmp("replace");
     let mut s = two_cities(&path);
-    let other = MasterKeys::from_toml(&toml_for("des3", "0123456789ABCDEFFEDCBA9876543210")).unwrap();
+    let other =
+        MasterKeys::from_toml(&toml_for("des3", "0123456789ABCDEFFEDCBA9876543210")).unwrap();
     let e = s.import(731, &other, false).unwrap_err();
     assert_eq!(e, KeyStoreError::CityExists { city: 731 });
     assert!(e.to_string().contains("731"), "{e}");
     // Nothing changed, on disk either.
-    let k = FileKeyStore::open(&path, PASS).unwrap().card_key(731, KeyRole::Load, &SERIAL).unwrap();
+    let k = FileKeyStore::open(&path, PASS)
+        .unwrap()
+        .card_key(731, KeyRole::Load, &SERIAL)
+        .unwrap();
     assert_eq!(k.expose(), h16("A0068F366D0535ADF42057760F84B2F5"));
     s.import(731, &other, true).unwrap();
-    let k = FileKeyStore::open(&path, PASS).unwrap().card_key(731, KeyRole::Load, &SERIAL).unwrap();
+    let k = FileKeyStore::open(&path, PASS)
+        .unwrap()
+        .card_key(731, KeyRole::Load, &SERIAL)
+        .unwrap();
     assert_ne!(k.expose(), h16("A0068F366D0535ADF42057760F84B2F5"));
-    assert_eq!(k.expose(), diversify(other.master(KeyRole::Load), &SERIAL).unwrap().expose());
+    assert_eq!(
+        k.expose(),
+        diversify(other.master(KeyRole::Load), &SERIAL)
+            .unwrap()
+            .expose()
+    );
 }
 
 #[test]
@@ -223,14 +276,21 @@ fn create_refuses_an_existing_file_and_an_empty_passphrase() {
 }
 
 fn wrong(path: &std::path::Path) -> String {
-    format!("key store {}: wrong passphrase or tampered file", path.display())
+    format!(
+        "key store {}: wrong passphrase or tampered file",
+        path.display()
+    )
 }
 
 #[test]
 fn wrong_passphrase_is_refused() {
     let path = tmp("wrongpass");
     drop(two_cities(&path));
-    for p in [&b"correct horse battery stapl"[..], b"Correct horse battery staple", b"x"] {
+    for p in [
+        &b"correct horse battery stapl"[..],
+        b"Correct horse battery staple",
+        b"x",
+    ] {
         let e = FileKeyStore::open(&path, p).unwrap_err();
         assert_eq!(e.to_string(), wrong(&path));
     }
@@ -254,13 +314,20 @@ fn every_flipped_bit_is_refused() {
             let e = FileKeyStore::open(&bad, PASS).unwrap_err();
             let msg = e.to_string();
             match i {
-                0..8 => assert!(matches!(e, KeyStoreError::NotAKeyStore { .. }), "{i}: {msg}"),
-                8 => assert!(matches!(e, KeyStoreError::UnsupportedVersion { .. }), "{i}: {msg}"),
+                0..8 => assert!(
+                    matches!(e, KeyStoreError::NotAKeyStore { .. }),
+                    "{i}: {msg}"
+                ),
+                8 => assert!(
+                    matches!(e, KeyStoreError::UnsupportedVersion { .. }),
+                    "{i}: {msg}"
+                ),
                 // A cost made huge is refused before any memory is asked for.
                 10..22 => assert!(
                     matches!(
                         e,
-                        KeyStoreError::WrongPassphraseOrTampered { .. } | KeyStoreError::KdfParams { .. }
+                        KeyStoreError::WrongPassphraseOrTampered { .. }
+                            | KeyStoreError::KdfParams { .. }
                     ),
                     "{i}: {msg}"
                 ),
@@ -281,7 +348,10 @@ fn truncated_or_extended_files_are_refused() {
         std::fs::write(&bad, &good[..len]).unwrap();
         let e = FileKeyStore::open(&bad, PASS).unwrap_err();
         if len < 8 {
-            assert!(matches!(e, KeyStoreError::NotAKeyStore { .. }), "{len}: {e}");
+            assert!(
+                matches!(e, KeyStoreError::NotAKeyStore { .. }),
+                "{len}: {e}"
+            );
         } else {
             assert_eq!(e.to_string(), wrong(&bad), "length {len}");
         }
@@ -289,9 +359,11 @@ fn truncated_or_extended_files_are_refused() {
     let mut longer = good.clone();
     longer.push(0);
     std::fs::write(&bad, &longer).unwrap();
-    assert_eq!(FileKeyStore::open(&bad, PASS).unwrap_err().to_string(), wrong(&bad));
-    // An older store with fewer cities, swapped in whole, still opens (it is authentic):
-    // the store's rollback protection is the file system's, as documented.
+    assert_eq!(
+        FileKeyStore::open(&bad, PASS).unwrap_err().to_string(),
+        wrong(&bad)
+    );
+    // A missing file is an I/O error naming what failed, not a panic.
     let e = FileKeyStore::open(path.with_extension("missing"), PASS).unwrap_err();
     assert!(matches!(e, KeyStoreError::Io { op: "open", .. }), "{e}");
 }
@@ -302,7 +374,13 @@ fn hostile_kdf_costs_are_refused_before_allocating() {
     drop(two_cities(&path));
     let good = std::fs::read(&path).unwrap();
     let bad = path.with_extension("bad");
-    for (at, v) in [(10usize, u32::MAX), (10, KdfParams::MAX_M_COST + 1), (14, 1000), (18, 0), (14, 0)] {
+    for (at, v) in [
+        (10usize, u32::MAX),
+        (10, KdfParams::MAX_M_COST + 1),
+        (14, 1000),
+        (18, 0),
+        (14, 0),
+    ] {
         let mut b = good.clone();
         b[at..at + 4].copy_from_slice(&v.to_be_bytes());
         std::fs::write(&bad, &b).unwrap();
@@ -338,5 +416,11 @@ fn a_failed_write_leaves_the_store_as_it_was() {
     let e = s.import(731, &keys, false).unwrap_err();
     assert!(matches!(e, KeyStoreError::Io { .. }), "{e}");
     assert!(s.cities().unwrap().is_empty());
-    assert!(FileKeyStore::open(&path, PASS).unwrap().cities().unwrap().is_empty());
+    assert!(
+        FileKeyStore::open(&path, PASS)
+            .unwrap()
+            .cities()
+            .unwrap()
+            .is_empty()
+    );
 }
