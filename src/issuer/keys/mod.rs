@@ -10,7 +10,7 @@
 //!   a card's key for a role, labelled [`KeyUsage::Load`] / [`KeyUsage::Purchase`] /
 //!   [`KeyUsage::Tac`]. No store has an API that returns a master.
 //! * [`FileKeyStore`] is the default store: one file, encrypted and authenticated under a
-//!   key derived from a passphrase (Argon2id; see [`file`] and `docs/keys.md`).
+//!   key derived from a passphrase (Argon2id; see [`mod@file`] and `docs/keys.md`).
 //! * `Pkcs11KeyStore` (cargo feature `pkcs11`) keeps the masters as non-extractable
 //!   secret-key objects in a PKCS#11 token (an HSM) and diversifies 3DES keys inside it.
 //! * [`MasterKeys`] is the import format: a `CITY.toml` with `alg` and one hex master per

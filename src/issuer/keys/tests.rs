@@ -363,8 +363,7 @@ fn truncated_or_extended_files_are_refused() {
         FileKeyStore::open(&bad, PASS).unwrap_err().to_string(),
         wrong(&bad)
     );
-    // An older store with fewer cities, swapped in whole, still opens (it is authentic):
-    // the store's rollback protection is the file system's, as documented.
+    // A missing file is an I/O error naming what failed, not a panic.
     let e = FileKeyStore::open(path.with_extension("missing"), PASS).unwrap_err();
     assert!(matches!(e, KeyStoreError::Io { op: "open", .. }), "{e}");
 }
