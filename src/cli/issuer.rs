@@ -114,6 +114,27 @@ enum IssuerCmd {
         #[arg(value_name = "RECEIPT.json", required = true)]
         receipts: Vec<PathBuf>,
     },
+    /// Serve the online protocol over HTTPS (see docs/online.md).
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: std::net::SocketAddr,
+        /// The server's TLS certificate chain (PEM).
+        #[arg(long, value_name = "PEM")]
+        tls_cert: PathBuf,
+        /// The server's TLS private key (PEM).
+        #[arg(long, value_name = "PEM")]
+        tls_key: PathBuf,
+        /// Requests per second per reader (sustained).
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// Requests per reader in a burst.
+        #[arg(long, default_value_t = 40.0)]
+        burst: f64,
+        /// No per-request log lines.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// The transactions: a table, or JSON lines with --json.
     Ledger {
         /// Only this card (hex).
@@ -180,11 +201,15 @@ enum ReaderCmd {
     },
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))
+fn runtime(threads: bool) -> Result<tokio::runtime::Runtime, String> {
+    if threads {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    }
+    .enable_all()
+    .build()
+    .map_err(|e| format!("cannot start the async runtime: {e}"))
 }
 
 /// Runs `cardvm issuer …`.
@@ -192,7 +217,8 @@ pub fn run(args: IssuerArgs) -> CliResult {
     if let IssuerCmd::Keys(k) = args.cmd {
         return super::issuer_keys::keys_cmd(k);
     }
-    runtime()?.block_on(run_async(args))
+    let serve = matches!(args.cmd, IssuerCmd::Serve { .. });
+    runtime(serve)?.block_on(run_async(args))
 }
 
 async fn run_async(args: IssuerArgs) -> CliResult {
@@ -278,6 +304,38 @@ async fn run_async(args: IssuerArgs) -> CliResult {
         }
         IssuerCmd::Bundle { query, amount, out } => bundle(&ledger, &query, &amount, &out).await,
         IssuerCmd::Settle { receipts } => settle(&ledger, &receipts).await,
+        IssuerCmd::Serve {
+            listen,
+            tls_cert,
+            tls_key,
+            rate,
+            burst,
+            quiet,
+        } => {
+            let issuer = open_issuer(&ledger).await?;
+            let svc = cardvm::online::service::Service::new(
+                issuer,
+                cardvm::online::service::ServiceConfig {
+                    rate_per_sec: rate,
+                    burst,
+                    log: !quiet,
+                },
+            );
+            let handle = axum_server::Handle::new();
+            let h = handle.clone();
+            let url = ledger.url();
+            tokio::spawn(async move {
+                if let Some(addr) = h.listening().await {
+                    eprintln!("cardvm issuer: serving https://{addr}/v1 (ledger {url})");
+                }
+            });
+            let shutdown = handle.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                shutdown.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+            });
+            cardvm::online::service::serve_tls(svc, listen, &tls_cert, &tls_key, handle).await
+        }
         IssuerCmd::Ledger {
             card,
             state,
@@ -564,7 +622,7 @@ async fn crl_add(ledger: &Ledger, path: &Path) -> CliResult {
 }
 
 /// `10000` fen, or `100.00` / `100.5` yuan.
-fn parse_amount(text: &str) -> Result<u64, String> {
+pub fn parse_amount(text: &str) -> Result<u64, String> {
     let bad = || format!("--amount {text}: fen (10000) or yuan with a point (100.00)");
     match text.split_once('.') {
         None => text.parse().map_err(|_| bad()),

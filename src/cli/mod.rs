@@ -2,6 +2,7 @@
 
 mod asm;
 mod ca;
+mod client;
 mod envelope;
 mod issuer;
 mod issuer_keys;
@@ -63,6 +64,8 @@ enum Command {
     Reader(reader::ReaderArgs),
     /// Run scenario tests: a scenario file, or every `scenarios/*.toml` under a directory.
     Test(test::TestArgs),
+    /// The reader's side of the online protocol: recharge a card, sync the journal.
+    Client(client::ClientArgs),
     /// The card company's side: ledger, master keys, cities, readers, bundles, settlement.
     Issuer(issuer::IssuerArgs),
 }
@@ -85,6 +88,7 @@ pub fn dispatch(cli: Cli) -> CliResult {
         Command::Ca(a) => ca::run(a),
         Command::Reader(a) => reader::run(a),
         Command::Issuer(a) => issuer::run(a),
+        Command::Client(a) => client::run(a),
     }
 }
 

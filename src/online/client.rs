@@ -312,3 +312,273 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+/// One step of a recharge, for a progress line at a kiosk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Fetching the city's query script.
+    QueryScript,
+    /// The card was read: its id and balance.
+    CardRead {
+        /// Card id, hex.
+        card_id: String,
+        /// Balance, fen, when read.
+        balance: Option<u64>,
+    },
+    /// The service answered with a bundle.
+    Bundle {
+        /// `load` or `recover`.
+        kind: String,
+        /// Its seq.
+        seq: u64,
+    },
+    /// The card ran it.
+    CardDone {
+        /// The receipt's outcome (`committed`, `failed …`, `unknown …`).
+        outcome: String,
+    },
+    /// The service settled it.
+    Settled(SettleReply),
+}
+
+/// How a recharge ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RechargeOutcome {
+    /// The load's signed receipt (canonical JSON).
+    pub receipt: String,
+    /// The load's outcome.
+    pub outcome: String,
+    /// The settlement, or `None` when the receipt could not be delivered: it is in the
+    /// journal; `cardvm client sync` delivers it.
+    pub settled: Option<SettleReply>,
+    /// Why delivery failed, when it did.
+    pub delivery_error: Option<String>,
+    /// Loads recovered on the way (a previous `unknown` of this card).
+    pub recovered: Vec<SettleReply>,
+}
+
+/// Why a recharge stopped before the card committed anything.
+#[derive(Debug, thiserror::Error)]
+pub enum RechargeError {
+    /// The service refused or could not be reached.
+    #[error(transparent)]
+    Service(#[from] ClientError),
+    /// The reader refused (sealed scripts, journal, policy) or the card failed.
+    #[error("reader: {0}")]
+    Reader(String),
+}
+
+fn outcome_text(o: &crate::receipt::Outcome) -> String {
+    use crate::receipt::Outcome;
+    match o {
+        Outcome::Committed => "committed".into(),
+        Outcome::Failed { code, reason } => format!("failed 0x{code:02X}: {reason}"),
+        Outcome::Unknown { reason } => format!("unknown: {reason}"),
+    }
+}
+
+/// Delivers a receipt, retrying the same request a few times on a broken connection.
+async fn deliver(client: &Client, receipt_json: &str) -> Result<SettleReply, ClientError> {
+    let id = new_request_id();
+    let mut last = None;
+    for attempt in 0..3u64 {
+        match client.complete(&id, receipt_json).await {
+            Ok(r) => return Ok(r),
+            Err(e) if e.is_retryable() => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| ClientError::Setup("no attempt made".into())))
+}
+
+/// One recharge of `amount` fen on `card` (DESIGN §7): query the card with the city's
+/// sealed query script, ask the service, run what it sealed (a pending recovery first,
+/// then the load), send the receipt. The reader journals every receipt before it is sent,
+/// so a receipt the service did not get is delivered later by [`sync`].
+pub async fn recharge<T: crate::transport::CardTransport>(
+    client: &Client,
+    reader: &mut crate::reader::Reader,
+    card: &mut T,
+    city: u32,
+    amount: u64,
+    mut progress: impl FnMut(&Step),
+) -> Result<RechargeOutcome, RechargeError> {
+    let mut rng = os_rng();
+    progress(&Step::QueryScript);
+    let query_script = from_hex(&client.query_script(city).await?.script)
+        .ok_or_else(|| RechargeError::Reader("query script: not hex".into()))?;
+    let mut recovered = Vec::new();
+    // At most one recovery before the load: the service answers a card with an unknown
+    // load by its recovery bundle; after that the card gets its load.
+    for _round in 0..3 {
+        let mut nonce = [0u8; 16];
+        rand_core::Rng::fill_bytes(&mut rng, &mut nonce);
+        let q = reader
+            .query(
+                &query_script,
+                &nonce,
+                card,
+                &mut crate::vm::NoTrace,
+                &mut rng,
+            )
+            .map_err(|e| RechargeError::Reader(e.to_string()))?;
+        if !matches!(q.receipt.outcome, crate::receipt::Outcome::Committed) {
+            return Err(RechargeError::Reader(format!(
+                "card query {}",
+                outcome_text(&q.receipt.outcome)
+            )));
+        }
+        progress(&Step::CardRead {
+            card_id: to_hex(&q.receipt.card_id),
+            balance: match q.receipt.field("balance") {
+                Some(crate::receipt::FieldValue::Int(b)) => Some(*b),
+                _ => None,
+            },
+        });
+        let bundle = client
+            .start(&new_request_id(), &q.receipt.to_json(), amount)
+            .await?;
+        progress(&Step::Bundle {
+            kind: bundle.kind.clone(),
+            seq: bundle.seq,
+        });
+        let (command, data) = match (from_hex(&bundle.command), from_hex(&bundle.data)) {
+            (Some(c), Some(d)) => (c, d),
+            _ => return Err(RechargeError::Reader("bundle: not hex".into())),
+        };
+        let done = reader
+            .transact(&command, &data, card, &mut crate::vm::NoTrace, &mut rng)
+            .map_err(|e| RechargeError::Reader(e.to_string()))?;
+        let outcome = outcome_text(&done.receipt.outcome);
+        progress(&Step::CardDone {
+            outcome: outcome.clone(),
+        });
+        let json = done.receipt.to_json();
+        let delivered = deliver(client, &json).await;
+        if let Ok(s) = &delivered {
+            progress(&Step::Settled(s.clone()));
+        }
+        if bundle.kind == "recover" {
+            match delivered {
+                Ok(s) => {
+                    recovered.push(s);
+                    continue;
+                }
+                Err(e) => {
+                    return Ok(RechargeOutcome {
+                        receipt: json,
+                        outcome,
+                        settled: None,
+                        delivery_error: Some(e.to_string()),
+                        recovered,
+                    });
+                }
+            }
+        }
+        let (settled, delivery_error) = match delivered {
+            Ok(s) => (Some(s), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        return Ok(RechargeOutcome {
+            receipt: json,
+            outcome,
+            settled,
+            delivery_error,
+            recovered,
+        });
+    }
+    Err(RechargeError::Reader(
+        "the service kept answering with recoveries; the card's earlier load is still undecided"
+            .into(),
+    ))
+}
+
+/// What [`sync`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Receipts sent.
+    pub sent: usize,
+    /// Of which settled (now or before).
+    pub settled: usize,
+    /// Of which query receipts (nothing to settle).
+    pub queries: usize,
+    /// Of which refused by the service (the reason stays in its log and answer).
+    pub refused: Vec<String>,
+    /// The journal is acknowledged up to here.
+    pub acknowledged_up_to: u64,
+}
+
+/// Uploads the journal's pending receipts in batches, applies each acknowledgement and
+/// compacts. Stops at the first batch the service does not acknowledge in full.
+pub async fn sync<S: crate::journal::Storage>(
+    client: &Client,
+    journal: &mut crate::journal::Journal<S>,
+) -> Result<SyncReport, ClientError> {
+    let mut report = SyncReport {
+        acknowledged_up_to: journal.acked_upto(),
+        ..SyncReport::default()
+    };
+    loop {
+        let mut items = Vec::new();
+        let mut bytes = 0usize;
+        for entry in journal.pending() {
+            let entry = entry.map_err(|e| ClientError::Setup(format!("journal: {e}")))?;
+            // A lost-entry record (a repaired journal) has nothing to send; acknowledge it.
+            let json = match crate::receipt::Receipt::from_bytes(&entry.payload) {
+                Ok(r) => r.to_json(),
+                Err(_) => continue,
+            };
+            bytes += json.len() + 64;
+            if !items.is_empty() && bytes > MAX_BODY / 2 {
+                break;
+            }
+            items.push(JournalItem {
+                journal_seq: entry.seq,
+                receipt: json,
+            });
+        }
+        let last_pending = journal.pending().last().and_then(|e| e.ok()).map(|e| e.seq);
+        if items.is_empty() {
+            // Only lost-entry records (or nothing) are pending.
+            if let Some(seq) = last_pending {
+                journal
+                    .ack(seq)
+                    .map_err(|e| ClientError::Setup(format!("journal ack: {e}")))?;
+                report.acknowledged_up_to = seq;
+            }
+            break;
+        }
+        let n = items.len();
+        let last_sent = items.last().map(|i| i.journal_seq).unwrap_or(0);
+        let reply = client.journal(&new_request_id(), items).await?;
+        report.sent += n;
+        for r in &reply.results {
+            match r.status.as_str() {
+                "settled" => report.settled += 1,
+                "query" => report.queries += 1,
+                "refused" => report.refused.push(format!(
+                    "journal seq {}: {}",
+                    r.journal_seq,
+                    r.error.clone().unwrap_or_default()
+                )),
+                _ => {}
+            }
+        }
+        if reply.acknowledged_up_to > 0 {
+            journal
+                .ack(reply.acknowledged_up_to)
+                .map_err(|e| ClientError::Setup(format!("journal ack: {e}")))?;
+            report.acknowledged_up_to = reply.acknowledged_up_to;
+        }
+        if reply.acknowledged_up_to < last_sent {
+            break;
+        }
+    }
+    journal
+        .compact()
+        .map_err(|e| ClientError::Setup(format!("journal compact: {e}")))?;
+    Ok(report)
+}

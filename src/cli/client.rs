@@ -1,0 +1,300 @@
+//! `cardvm client recharge|sync`: the reader's side of the online protocol (docs/online.md).
+//!
+//! The reader is a directory made by `cardvm reader init` + `install`: `reader.key`,
+//! `reader.id`, `reader.crt`. Its journal (`reader.journal`) and replay store
+//! (`reader.replay`) live beside the key, as for `cardvm run`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cardvm::online::client::{Client, Step, recharge, sync};
+use cardvm::reader::{Policy, Reader, ReaderConfig, ReceiptJournal, SystemClock};
+use cardvm::vm::Limits;
+use clap::{Args, Subcommand};
+
+use super::CliResult;
+
+/// Arguments of `cardvm client`.
+#[derive(Args, Debug)]
+pub struct ClientArgs {
+    #[command(subcommand)]
+    cmd: ClientCmd,
+}
+
+#[derive(Args, Debug)]
+struct Conn {
+    /// The service, e.g. https://cards.example:8443
+    #[arg(long, value_name = "URL")]
+    server: String,
+    /// Trust only this CA for the server's TLS certificate (PEM) [default: system roots].
+    #[arg(long, value_name = "PEM")]
+    server_ca: Option<PathBuf>,
+    /// The reader directory (cardvm reader init/install).
+    #[arg(long, default_value = "reader", value_name = "DIR")]
+    reader_dir: PathBuf,
+    /// Seconds to wait for each answer.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum ClientCmd {
+    /// Recharge the card on the reader: query it, ask the service, run, report.
+    Recharge {
+        #[command(flatten)]
+        conn: Conn,
+        /// The card company's script-sealing public key.
+        #[arg(long, value_name = "P")]
+        issuer_pub: PathBuf,
+        /// The city whose cards this reader serves.
+        #[arg(long)]
+        city: u32,
+        /// Amount: yuan with a point (100.00) or fen (10000).
+        #[arg(long)]
+        amount: String,
+        /// A simulated card (profile; written back afterwards).
+        #[arg(long, value_name = "CARD.toml", conflicts_with = "pcsc")]
+        sim: Option<PathBuf>,
+        /// A card in a PC/SC reader (first reader, or by name).
+        #[arg(long, value_name = "READER", num_args = 0..=1, default_missing_value = "")]
+        pcsc: Option<String>,
+        /// Seconds to wait for a card (PC/SC).
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
+        /// Print one JSON object at the end instead of progress lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deliver the journal's pending receipts; apply the acknowledgement and compact.
+    Sync {
+        #[command(flatten)]
+        conn: Conn,
+        /// The journal [default: DIR/reader.journal].
+        #[arg(long, value_name = "PATH")]
+        journal: Option<PathBuf>,
+    },
+}
+
+fn read_id(dir: &Path) -> Result<String, String> {
+    let p = dir.join("reader.id");
+    let id = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+    Ok(id.trim().to_string())
+}
+
+fn client(conn: &Conn) -> Result<Client, String> {
+    let key = super::keys::load_private_key(&conn.reader_dir.join("reader.key"))?;
+    let ca = conn
+        .server_ca
+        .as_deref()
+        .map(|p| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display())))
+        .transpose()?;
+    Client::new(
+        &conn.server,
+        ca.as_deref(),
+        &read_id(&conn.reader_dir)?,
+        key,
+        Duration::from_secs(conn.timeout),
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+/// Runs `cardvm client …`.
+pub fn run(args: ClientArgs) -> CliResult {
+    match args.cmd {
+        ClientCmd::Recharge {
+            conn,
+            issuer_pub,
+            city,
+            amount,
+            sim,
+            pcsc,
+            wait,
+            json,
+        } => {
+            let amount = super::issuer::parse_amount(&amount)?;
+            let key_path = conn.reader_dir.join("reader.key");
+            let key = super::keys::load_private_key(&key_path)?;
+            let store = cardvm::envelope::FileReplayStore::open_file(
+                key_path.with_extension("replay"),
+                &key,
+            )
+            .map_err(|e| format!("{}: {e}", key_path.with_extension("replay").display()))?;
+            let journal_path = key_path.with_extension("journal");
+            let journal: Box<dyn ReceiptJournal + Send> = Box::new(
+                cardvm::journal::Journal::open(&journal_path)
+                    .map_err(|e| format!("{}: {e}", journal_path.display()))?,
+            );
+            let mut reader = Reader::new(
+                ReaderConfig {
+                    reader_id: read_id(&conn.reader_dir)?,
+                    reader_key: Some(key),
+                    issuers: vec![super::keys::load_public_key(&issuer_pub)?],
+                    policy: Policy::SealedOnly,
+                    limits: Limits::default(),
+                },
+                Some(Box::new(store)),
+                Some(journal),
+                Box::new(SystemClock),
+            )
+            .map_err(|e| e.to_string())?;
+            let client = client(&conn)?;
+            let rt = runtime()?;
+            let total = 5;
+            let mut n = 0;
+            let progress = |s: &Step| {
+                if json {
+                    return;
+                }
+                n += 1;
+                let line = match s {
+                    Step::QueryScript => "asking the card company for the card query".to_string(),
+                    Step::CardRead { card_id, balance } => match balance {
+                        Some(b) => format!("card {card_id}: balance {}.{:02}", b / 100, b % 100),
+                        None => format!("card {card_id}"),
+                    },
+                    Step::Bundle { kind, seq } if kind == "recover" => format!(
+                        "an earlier load on this card is unfinished: recovering it first (seq {seq})"
+                    ),
+                    Step::Bundle { seq, .. } => {
+                        format!("load approved (seq {seq}); keep the card on the reader")
+                    }
+                    Step::CardDone { outcome } => format!("card: {outcome}"),
+                    Step::Settled(s) => format!("card company: {} {}", s.kind, s.state),
+                };
+                eprintln!("[{}/{total}] {line}", n.min(total));
+            };
+            let result = match (&sim, &pcsc) {
+                (Some(profile), None) => {
+                    let mut card = cardvm::sim::SimCard::load(profile)
+                        .map_err(|e| format!("{}: {e}", profile.display()))?;
+                    let r = rt.block_on(recharge(
+                        &client,
+                        &mut reader,
+                        &mut card,
+                        city,
+                        amount,
+                        progress,
+                    ));
+                    card.save(profile)
+                        .map_err(|e| format!("{}: {e}", profile.display()))?;
+                    r
+                }
+                (None, Some(name)) => pcsc_recharge(
+                    &rt,
+                    &client,
+                    &mut reader,
+                    name,
+                    wait,
+                    city,
+                    amount,
+                    progress,
+                )?,
+                _ => return Err("give the card: --sim CARD.toml or --pcsc [READER]".into()),
+            }
+            .map_err(|e| e.to_string())?;
+            drop(reader);
+            // Deliver what is pending (this receipt if it was not delivered, queries) and
+            // compact; a failure here leaves them for `cardvm client sync`.
+            let synced = cardvm::journal::Journal::open(&journal_path)
+                .map_err(|e| e.to_string())
+                .and_then(|mut j| {
+                    rt.block_on(sync(&client, &mut j))
+                        .map_err(|e| e.to_string())
+                });
+            if json {
+                let v = serde_json::json!({
+                    "outcome": result.outcome,
+                    "settled": result.settled.as_ref().map(|s| serde_json::json!({
+                        "seq": s.seq, "state": s.state, "already": s.already })),
+                    "delivery_error": result.delivery_error,
+                    "recovered": result.recovered.iter().map(|s| serde_json::json!({
+                        "seq": s.seq, "decided_seq": s.decided_seq, "decided_state": s.decided_state
+                    })).collect::<Vec<_>>(),
+                    "receipt": serde_json::from_str::<serde_json::Value>(&result.receipt).ok(),
+                });
+                println!("{v}");
+            }
+            if let Err(e) = &synced {
+                eprintln!("journal not synced now ({e}); run cardvm client sync later");
+            }
+            match (&result.settled, result.outcome.as_str()) {
+                (Some(s), "committed") if s.state == "committed" => Ok(()),
+                (Some(_), o) if o.starts_with("unknown") => Err(
+                    "the card was removed while it was being written: tap it again to finish (the next recharge recovers it first)".into(),
+                ),
+                (Some(s), o) => Err(format!("not loaded: card {o}; card company: {}", s.state)),
+                (None, o) => Err(format!(
+                    "card {o}; the card company has not confirmed it ({}): the receipt is kept in the journal, run cardvm client sync",
+                    result.delivery_error.unwrap_or_default()
+                )),
+            }
+        }
+        ClientCmd::Sync { conn, journal } => {
+            let path = journal.unwrap_or_else(|| conn.reader_dir.join("reader.journal"));
+            let mut j = cardvm::journal::Journal::open(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let client = client(&conn)?;
+            let r = runtime()?
+                .block_on(sync(&client, &mut j))
+                .map_err(|e| e.to_string())?;
+            println!(
+                "sent {} receipt(s): {} settled, {} queries, {} refused; acknowledged up to {}",
+                r.sent,
+                r.settled,
+                r.queries,
+                r.refused.len(),
+                r.acknowledged_up_to
+            );
+            for line in &r.refused {
+                eprintln!("refused: {line}");
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(feature = "pcsc")]
+#[allow(clippy::too_many_arguments)]
+fn pcsc_recharge(
+    rt: &tokio::runtime::Runtime,
+    client: &Client,
+    reader: &mut Reader,
+    name: &str,
+    wait: u64,
+    city: u32,
+    amount: u64,
+    progress: impl FnMut(&Step),
+) -> Result<
+    Result<cardvm::online::client::RechargeOutcome, cardvm::online::client::RechargeError>,
+    String,
+> {
+    let name = (!name.is_empty()).then_some(name);
+    let mut card = cardvm::transport::pcsc::open_reader(name, Duration::from_secs(wait))
+        .map_err(|e| format!("--pcsc: {e}"))?;
+    Ok(rt.block_on(recharge(client, reader, &mut card, city, amount, progress)))
+}
+
+#[cfg(not(feature = "pcsc"))]
+#[allow(clippy::too_many_arguments)]
+fn pcsc_recharge(
+    _: &tokio::runtime::Runtime,
+    _: &Client,
+    _: &mut Reader,
+    _: &str,
+    _: u64,
+    _: u32,
+    _: u64,
+    _: impl FnMut(&Step),
+) -> Result<
+    Result<cardvm::online::client::RechargeOutcome, cardvm::online::client::RechargeError>,
+    String,
+> {
+    Err("--pcsc: this cardvm was built without the `pcsc` feature".into())
+}
