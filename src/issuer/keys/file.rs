@@ -347,6 +347,14 @@ impl FileKeyStore {
         k_enc.zeroize();
         let tag = self.keys.tag(&out);
         out.extend_from_slice(&tag);
+        // Never write a store that `open` would refuse to read back.
+        if out.len() as u64 > MAX_STORE_FILE {
+            return Err(KeyStoreError::Io {
+                path: self.path.display().to_string(),
+                op: "write",
+                detail: "the store would exceed 1 MiB".into(),
+            });
+        }
         write_atomic(&self.path, &out)
     }
 }
