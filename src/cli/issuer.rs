@@ -313,6 +313,7 @@ async fn run_async(args: IssuerArgs) -> CliResult {
             quiet,
         } => {
             let issuer = open_issuer(&ledger).await?;
+            let (ca0, crl0) = (ledger.config("ca_pem").await, ledger.config("crls").await);
             let svc = cardvm::online::service::Service::new(
                 issuer,
                 cardvm::online::service::ServiceConfig {
@@ -327,6 +328,30 @@ async fn run_async(args: IssuerArgs) -> CliResult {
             tokio::spawn(async move {
                 if let Some(addr) = h.listening().await {
                     eprintln!("cardvm issuer: serving https://{addr}/v1 (ledger {url})");
+                }
+            });
+            // Trust anchors and CRLs are re-read from the ledger every few seconds: `cardvm
+            // issuer crl` takes effect on a running service (and on every instance).
+            let reload = svc.clone();
+            let reload_ledger = ledger.clone();
+            tokio::spawn(async move {
+                let mut seen = (ca0.ok().flatten(), crl0.ok().flatten());
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    let now = (
+                        reload_ledger.config("ca_pem").await.ok().flatten(),
+                        reload_ledger.config("crls").await.ok().flatten(),
+                    );
+                    if now != seen {
+                        match trust_store(&reload_ledger).await {
+                            Ok(t) => {
+                                reload.issuer().set_trust(t);
+                                eprintln!("cardvm issuer: trust anchors / CRLs reloaded");
+                                seen = now;
+                            }
+                            Err(e) => eprintln!("cardvm issuer: CRL reload failed: {e}"),
+                        }
+                    }
                 }
             });
             let shutdown = handle.clone();

@@ -302,7 +302,7 @@ pub struct Settled {
 /// The card company's side (see the module docs).
 pub struct Issuer {
     ledger: Ledger,
-    trust: TrustStore,
+    trust: std::sync::RwLock<Arc<TrustStore>>,
     key: Sm2PrivateKey,
     keys: Arc<dyn MasterKeyStore>,
     clock: Arc<dyn Clock + Send + Sync>,
@@ -321,11 +321,26 @@ impl Issuer {
     ) -> Self {
         Issuer {
             ledger,
-            trust,
+            trust: std::sync::RwLock::new(Arc::new(trust)),
             key,
             keys,
             clock,
             policy: IssuerPolicy::default(),
+        }
+    }
+
+    /// Replaces the trust anchors and CRLs (a service reloads them from the ledger, so a
+    /// new CRL takes effect without a restart).
+    pub fn set_trust(&self, trust: TrustStore) {
+        if let Ok(mut t) = self.trust.write() {
+            *t = Arc::new(trust);
+        }
+    }
+
+    fn trust(&self) -> Arc<TrustStore> {
+        match self.trust.read() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
@@ -366,7 +381,7 @@ impl Issuer {
         };
         let chain = crate::issuer::trust::certs_from_pem(&row.cert_pem).map_err(cert_err)?;
         let identity = self
-            .trust
+            .trust()
             .verify_reader_id(&chain, reader_id, self.clock.now())
             .map_err(cert_err)?;
         Ok((row, identity))

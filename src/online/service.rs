@@ -288,6 +288,7 @@ impl Service {
                     format!("request body: {} (at most {MAX_BODY} bytes)", e.body_text()),
                 )
             })?;
+            too_large(&body)?;
             let caller = self.authenticate(path, &headers, &body).await?;
             reader = Some(caller.reader_id.clone());
             let req: Req = serde_json::from_slice(&body).map_err(|e| {
@@ -342,6 +343,25 @@ impl Service {
         }
     }
 }
+
+/// Bodies up to [`READ_LIMIT`] are read in full so that the client, still writing, gets
+/// this answer instead of a reset connection; beyond [`MAX_BODY`] they are refused.
+fn too_large(body: &[u8]) -> Result<(), Refusal> {
+    if body.len() > MAX_BODY {
+        return Err(Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "bad_body",
+            format!(
+                "request body of {} bytes is over the limit of {MAX_BODY} bytes",
+                body.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The most the service reads of one request body (larger ones are cut off unread).
+pub const READ_LIMIT: usize = 1024 * 1024;
 
 fn same_endpoint(stored_endpoint: &str, path: &str, stored: String) -> Result<String, Refusal> {
     if stored_endpoint == path {
@@ -574,6 +594,7 @@ async fn status(
     let path = "/v1/status";
     let result: Result<StatusReply, Refusal> = async {
         let body = body.map_err(|e| Refusal::new(e.status(), "bad_body", e.body_text()))?;
+        too_large(&body)?;
         let caller = svc.authenticate(path, &headers, &body).await?;
         let req: StatusRequest = serde_json::from_slice(&body).map_err(|e| {
             Refusal::new(
@@ -634,7 +655,7 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/journal", post(journal))
         .route("/v1/status", post(status))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(DefaultBodyLimit::max(READ_LIMIT))
         .with_state(svc)
 }
 

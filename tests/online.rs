@@ -1,0 +1,454 @@
+//! The online protocol end to end on loopback: `cardvm issuer serve` (a real HTTPS server
+//! process) and readers talking to it, the three cities on simulated cards, and the faults
+//! of issue "online recharge": a connection lost after the card committed, the service
+//! killed and restarted mid-transaction, duplicate and replayed requests, a revoked
+//! reader, a reader clock 10 minutes off, oversized and malformed bodies.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use cardvm::crypto::sm2::Sm2PrivateKey;
+use cardvm::online::client::{Client, ClientError, new_request_id, sync};
+use cardvm::reader::{Clock, Policy, Reader, ReaderConfig, SystemClock};
+use cardvm::vm::Limits;
+use common::*;
+
+/// A `cardvm issuer serve` process on 127.0.0.1 (an OS-chosen port); killed on drop.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A self-signed TLS certificate for 127.0.0.1: tls.crt (also the client's --server-ca)
+/// and tls.key.
+fn tls(cwd: &Path) {
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+        .expect("TLS certificate");
+    std::fs::write(cwd.join("tls.crt"), ck.cert.pem()).expect("write");
+    std::fs::write(cwd.join("tls.key"), ck.signing_key.serialize_pem()).expect("write");
+}
+
+fn serve(cwd: &Path, extra: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cardvm"))
+        .current_dir(cwd)
+        .args([
+            "issuer",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "tls.crt",
+            "--tls-key",
+            "tls.key",
+            "--rate",
+            "1000",
+            "--burst",
+            "1000",
+        ])
+        .args(extra)
+        .env("CARDVM_KEYSTORE_PASSPHRASE", PASS)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start cardvm issuer serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("cardvm issuer: serving ") {
+                let url = rest.split("/v1").next().unwrap_or("").to_string();
+                let _ = tx.send(url);
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the service did not start within 60 s");
+    Server { child, url }
+}
+
+fn reader_key(cwd: &Path) -> Sm2PrivateKey {
+    let text = std::fs::read_to_string(cwd.join("r1/reader.key")).expect("reader key");
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .expect("key line");
+    let bytes = cardvm::issuer::ledger::unhex(line).expect("hex");
+    Sm2PrivateKey::from_bytes(&bytes).expect("key")
+}
+
+fn client(cwd: &Path, url: &str) -> Client {
+    let ca = std::fs::read(cwd.join("tls.crt")).expect("ca");
+    Client::new(
+        url,
+        Some(&ca),
+        "R1",
+        reader_key(cwd),
+        Duration::from_secs(20),
+    )
+    .expect("client")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn client_recharge(
+    cwd: &Path,
+    url: &str,
+    city: &str,
+    card: &str,
+    amount: &str,
+) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cardvm"))
+        .current_dir(cwd)
+        .args([
+            "client",
+            "recharge",
+            "--server",
+            url,
+            "--server-ca",
+            "tls.crt",
+            "--reader-dir",
+            "r1",
+            "--issuer-pub",
+            "issuer.pub",
+            "--city",
+            city,
+            "--amount",
+            amount,
+            "--sim",
+            card,
+        ])
+        .output()
+        .expect("cardvm client recharge")
+}
+
+fn ledger(cwd: &Path) -> Vec<serde_json::Value> {
+    ok(cwd, &["issuer", "ledger", "--json"])
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect()
+}
+
+#[test]
+fn three_cities_recharge_over_https() {
+    let s = setup("online-three");
+    let cwd = &s.cwd;
+    tls(cwd);
+    cpu_card("scripts/city0731-des3/card.toml", &cwd.join("c731.toml"));
+    cpu_card("scripts/city0755-sm4/card.toml", &cwd.join("c755.toml"));
+    m1_card(&cwd.join("c571.toml"));
+    let server = serve(cwd, &[]);
+    for (city, card, amount) in [
+        ("731", "c731.toml", "100.00"),
+        ("755", "c755.toml", "25.00"),
+        ("571", "c571.toml", "12.34"),
+    ] {
+        let o = client_recharge(cwd, &server.url, city, card, amount);
+        let t = text(&o);
+        assert!(o.status.success(), "city {city}: {t}");
+        // Progress for a person at a kiosk: one line per step.
+        assert!(
+            t.contains("[1/5]") && t.contains("card company: load committed"),
+            "{t}"
+        );
+    }
+    // The card kept its state: a second load on 731 sees the first.
+    let o = client_recharge(cwd, &server.url, "731", "c731.toml", "1.00");
+    let t = text(&o);
+    assert!(o.status.success() && t.contains("balance 105.00"), "{t}");
+    let rows = ledger(cwd);
+    let committed: Vec<_> = rows.iter().filter(|r| r["state"] == "committed").collect();
+    assert_eq!(committed.len(), 4, "{rows:?}");
+    // Every receipt (queries included) was delivered and the journal compacted.
+    let o = Command::new(env!("CARGO_BIN_EXE_cardvm"))
+        .current_dir(cwd)
+        .args(["journal", "list", "r1/reader.journal"])
+        .output()
+        .expect("journal list");
+    assert!(!text(&o).contains("pending"), "{}", text(&o));
+}
+
+/// The reader as `cardvm client` builds it, in-process (for timing faults exactly).
+fn reader(cwd: &Path) -> Reader {
+    let key = reader_key(cwd);
+    let store = cardvm::envelope::FileReplayStore::open_file(cwd.join("r1/reader.replay"), &key)
+        .expect("replay store");
+    let journal = cardvm::journal::Journal::open(cwd.join("r1/reader.journal")).expect("journal");
+    let issuer = std::fs::read_to_string(cwd.join("issuer.pub")).expect("issuer.pub");
+    let line = issuer
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .expect("key line");
+    let issuer = cardvm::crypto::sm2::Sm2PublicKey::from_sec1_bytes(
+        &cardvm::issuer::ledger::unhex(line).expect("hex"),
+    )
+    .expect("issuer key");
+    Reader::new(
+        ReaderConfig {
+            reader_id: "R1".into(),
+            reader_key: Some(key),
+            issuers: vec![issuer],
+            policy: Policy::SealedOnly,
+            limits: Limits::default(),
+        },
+        Some(Box::new(store)),
+        Some(Box::new(journal)),
+        Box::new(SystemClock),
+    )
+    .expect("reader")
+}
+
+fn card(cwd: &Path) -> cardvm::sim::SimCard {
+    cardvm::sim::SimCard::load(&cwd.join("c731.toml")).expect("card")
+}
+
+#[test]
+fn service_killed_after_the_card_committed_then_restarted() {
+    let s = setup("online-kill");
+    let cwd = &s.cwd;
+    tls(cwd);
+    cpu_card("scripts/city0731-des3/card.toml", &cwd.join("c731.toml"));
+    let rt = runtime();
+    let mut server = serve(cwd, &[]);
+    let c = client(cwd, &server.url);
+    let mut r = reader(cwd);
+    let mut card = card(cwd);
+    let mut rng = cardvm::crypto::rng::os_rng();
+    let q = rt.block_on(c.query_script(731)).expect("query script");
+    let q = cardvm::online::protocol::from_hex(&q.script).expect("hex");
+    let query = r
+        .query(&q, b"n", &mut card, &mut cardvm::vm::NoTrace, &mut rng)
+        .expect("query");
+    let start_id = new_request_id();
+    let bundle = rt
+        .block_on(c.start(&start_id, &query.receipt.to_json(), 5_000))
+        .expect("bundle");
+    let cmd = cardvm::online::protocol::from_hex(&bundle.command).expect("hex");
+    let data = cardvm::online::protocol::from_hex(&bundle.data).expect("hex");
+    let done = r
+        .transact(&cmd, &data, &mut card, &mut cardvm::vm::NoTrace, &mut rng)
+        .expect("load");
+    assert_eq!(done.receipt.outcome, cardvm::receipt::Outcome::Committed);
+    // The service dies after the card committed, before the receipt arrives.
+    drop(server);
+    let e = rt
+        .block_on(c.complete(&new_request_id(), &done.receipt.to_json()))
+        .expect_err("no service");
+    assert!(matches!(e, ClientError::Unreachable { .. }), "{e}");
+    assert!(e.is_retryable());
+    // Restarted (same ledger): the bundle is still `issued`, nothing was lost.
+    server = serve(cwd, &[]);
+    let c = client(cwd, &server.url);
+    let st = rt.block_on(c.status(bundle.seq)).expect("status");
+    assert_eq!(st.state, "issued");
+    // The same start request again is answered as before (stored), not with a new bundle.
+    let again = rt
+        .block_on(c.start(&start_id, &query.receipt.to_json(), 5_000))
+        .expect("idempotent start");
+    assert_eq!(again, bundle);
+    // The reader's journal delivers the receipt.
+    drop(r);
+    let mut j = cardvm::journal::Journal::open(cwd.join("r1/reader.journal")).expect("journal");
+    let rep = rt.block_on(sync(&c, &mut j)).expect("sync");
+    assert_eq!(rep.settled, 1, "{rep:?}");
+    assert!(rep.refused.is_empty(), "{rep:?}");
+    assert_eq!(
+        rt.block_on(c.status(bundle.seq)).expect("status").state,
+        "committed"
+    );
+    // Replaying the receipt: settled once, the answer says so.
+    let re = rt
+        .block_on(c.complete(&new_request_id(), &done.receipt.to_json()))
+        .expect("replayed receipt");
+    assert!(re.already, "{re:?}");
+    let rows = ledger(cwd);
+    assert_eq!(
+        rows.iter().filter(|r| r["state"] == "committed").count(),
+        1,
+        "{rows:?}"
+    );
+}
+
+struct Skewed(i64);
+impl Clock for Skewed {
+    fn now(&self) -> u64 {
+        SystemClock.now().saturating_add_signed(self.0)
+    }
+}
+
+fn refused(e: ClientError) -> (u16, String, String) {
+    match e {
+        ClientError::Refused {
+            status,
+            code,
+            error,
+            ..
+        } => (status, code, error),
+        other => panic!("expected a refusal, got {other}"),
+    }
+}
+
+#[test]
+fn hostile_requests_get_clear_refusals_and_the_service_stays_up() {
+    let s = setup("online-hostile");
+    let cwd = &s.cwd;
+    tls(cwd);
+    let rt = runtime();
+    let server = serve(cwd, &[]);
+    let c = client(cwd, &server.url);
+    assert_eq!(rt.block_on(c.health()).expect("health").status, "ok");
+    // A reader clock 10 minutes off, either way.
+    for skew in [600, -600] {
+        let ca = std::fs::read(cwd.join("tls.crt")).expect("ca");
+        let off = Client::new(
+            &server.url,
+            Some(&ca),
+            "R1",
+            reader_key(cwd),
+            Duration::from_secs(20),
+        )
+        .expect("client")
+        .with_clock(Arc::new(Skewed(skew)));
+        let (status, code, error) = refused(rt.block_on(off.query_script(731)).expect_err("skew"));
+        assert_eq!((status, code.as_str()), (401, "clock_skew"), "{error}");
+        assert!(error.contains("600 s"), "{error}");
+    }
+    // Another key signing as R1.
+    let ca = std::fs::read(cwd.join("tls.crt")).expect("ca");
+    let impostor = Client::new(
+        &server.url,
+        Some(&ca),
+        "R1",
+        Sm2PrivateKey::generate(&mut cardvm::crypto::rng::os_rng()),
+        Duration::from_secs(20),
+    )
+    .expect("client");
+    let (status, code, _) = refused(
+        rt.block_on(impostor.query_script(731))
+            .expect_err("impostor"),
+    );
+    assert_eq!((status, code.as_str()), (401, "unauthenticated"));
+    // A reader the issuer does not know.
+    let stranger = Client::new(
+        &server.url,
+        Some(&ca),
+        "R9",
+        reader_key(cwd),
+        Duration::from_secs(20),
+    )
+    .expect("client");
+    let (status, code, _) = refused(
+        rt.block_on(stranger.query_script(731))
+            .expect_err("stranger"),
+    );
+    assert_eq!((status, code.as_str()), (403, "unknown_reader"));
+    // Malformed and oversized bodies.
+    let (status, code, error) = refused(
+        rt.block_on(c.post::<_, serde_json::Value>(
+            "/v1/recharge/start",
+            &serde_json::json!({"request_id": "x"}),
+        ))
+        .expect_err("missing fields"),
+    );
+    assert_eq!((status, code.as_str()), (400, "bad_json"), "{error}");
+    assert!(error.contains("missing field"), "{error}");
+    let (status, code, _) = refused(
+        rt.block_on(c.post::<_, serde_json::Value>(
+            "/v1/recharge/start",
+            &serde_json::json!({"request_id": "y", "query": "q".repeat(200_000), "amount": 1}),
+        ))
+        .expect_err("oversized"),
+    );
+    assert_eq!((status, code.as_str()), (413, "bad_body"));
+    let (status, code, _) = refused(
+        rt.block_on(c.post::<_, serde_json::Value>(
+            "/v1/recharge/start",
+            &serde_json::json!({"request_id": "bad id", "query": "q", "amount": 1}),
+        ))
+        .expect_err("request id"),
+    );
+    assert_eq!((status, code.as_str()), (400, "bad_request_id"));
+    let (status, code, _) = refused(
+        rt.block_on(c.post::<_, serde_json::Value>(
+            "/v1/recharge/start",
+            &serde_json::json!({"request_id": "z", "query": "{not a receipt", "amount": 1}),
+        ))
+        .expect_err("bad receipt"),
+    );
+    assert_eq!((status, code.as_str()), (400, "bad_receipt"));
+    let (status, code, _) = refused(
+        rt.block_on(c.post::<_, serde_json::Value>("/v1/nowhere", &serde_json::json!({})))
+            .expect_err("no endpoint"),
+    );
+    assert_eq!((status, code.as_str()), (404, "not_found"));
+    // Still up.
+    assert_eq!(rt.block_on(c.health()).expect("health").status, "ok");
+    // A request id reused for another endpoint is refused, not confused.
+    let id = new_request_id();
+    rt.block_on(c.post::<_, serde_json::Value>(
+        "/v1/query-script",
+        &serde_json::json!({"request_id": id, "city": 731}),
+    ))
+    .expect("query script");
+    let (status, code, _) = refused(rt.block_on(c.journal(&id, vec![])).expect_err("reused id"));
+    assert_eq!((status, code.as_str()), (409, "request_id_reused"));
+}
+
+#[test]
+fn revoked_reader_is_refused_by_the_running_service() {
+    let s = setup("online-revoked");
+    let cwd = &s.cwd;
+    tls(cwd);
+    let rt = runtime();
+    let server = serve(cwd, &[]);
+    let c = client(cwd, &server.url);
+    rt.block_on(c.query_script(731))
+        .expect("served before revocation");
+    let serial = cardvm::issuer::cert::serial_of(
+        &cardvm::issuer::trust::certs_from_pem(
+            &std::fs::read_to_string(cwd.join("R1.crt")).expect("cert"),
+        )
+        .expect("pem")[0],
+    );
+    ok(cwd, &["ca", "revoke", "--dir", "ca", &serial]);
+    ok(
+        cwd,
+        &["ca", "crl", "--dir", "ca", "--days", "7", "-o", "ca2.crl"],
+    );
+    ok(cwd, &["issuer", "crl", "ca2.crl"]);
+    // The service re-reads its CRLs from the ledger within seconds.
+    let mut last = None;
+    for _ in 0..50 {
+        match rt.block_on(c.query_script(731)) {
+            Ok(_) => std::thread::sleep(Duration::from_millis(200)),
+            Err(e) => {
+                last = Some(e);
+                break;
+            }
+        }
+    }
+    let (status, code, error) = refused(last.expect("still served after revocation"));
+    assert_eq!((status, code.as_str()), (403, "certificate"), "{error}");
+    assert!(error.to_lowercase().contains("revoked"), "{error}");
+}
