@@ -68,12 +68,9 @@ impl MasterKeyStore for Masters {
             KeyRole::Purchase => (KeyUsage::PurchaseMaster, MPK),
             KeyRole::Tac => (KeyUsage::TacMaster, MTK),
         };
-        let master = SecretKey::new(*alg, usage, &unhex(hexkey))
-            .map_err(|e| KeyStoreError(e.to_string()))?;
-        let f: [u8; 8] = serial[serial.len() - 8..]
-            .try_into()
-            .map_err(|_| KeyStoreError("serial".into()))?;
-        cardvm::crypto::diversify(&master, &f).map_err(|e| KeyStoreError(e.to_string()))
+        let master = SecretKey::new(*alg, usage, &unhex(hexkey)).expect("master");
+        let f = cardvm::issuer::keys::diversification_input(serial)?;
+        Ok(cardvm::crypto::diversify(&master, &f).expect("diversify"))
     }
     fn cities(&self) -> Result<Vec<(u32, KeyAlg)>, KeyStoreError> {
         Ok(self.0.clone())
@@ -144,6 +141,11 @@ fn key() -> Sm2PrivateKey {
 
 impl World {
     async fn new(tag: &str, cities: &[&City]) -> World {
+        World::on(tag, cities, None).await
+    }
+
+    /// On the database `db` (default: an SQLite file in a temporary directory).
+    async fn on(tag: &str, cities: &[&City], db: Option<String>) -> World {
         let dir = tempdir::Dir::new(tag);
         let mut ca = Ca::new_root(
             parse_name("CN=City Card CA,O=City Card").expect("name"),
@@ -167,9 +169,8 @@ impl World {
         let mut trust = TrustStore::new();
         trust.add_root(ca.cert.clone()).expect("root");
         trust.add_crl(ca.crl(NOW - DAY, NOW + 30 * DAY, os_rng()).expect("crl"));
-        let ledger = Ledger::open(dir.0.join("issuer.db").to_str().expect("path"))
-            .await
-            .expect("ledger");
+        let db = db.unwrap_or_else(|| dir.0.join("issuer.db").to_string_lossy().into_owned());
+        let ledger = Ledger::open(&db).await.expect("ledger");
         let clock = Arc::new(TestClock(AtomicU64::new(NOW)));
         let issuer_key = key();
         let masters = Masters(cities.iter().map(|c| (c.city, c.alg.key_alg())).collect());
@@ -690,7 +691,11 @@ async fn failed_load_settles_failed_and_frees_the_daily_limit() {
 /// unknown → recovered, both ways: the card committed (TearAfter the CREDIT) or not
 /// (TearBefore it); the recovery bundle asks the card and the ledger follows.
 async fn recovery(tear: fn(u32) -> Fault, committed: bool) {
-    let w = World::new(&format!("recover{committed}"), &[&DES3]).await;
+    recovery_on(tear, committed, None).await
+}
+
+async fn recovery_on(tear: fn(u32) -> Fault, committed: bool, db: Option<String>) {
+    let w = World::on(&format!("recover{committed}"), &[&DES3], db).await;
     let mut c = card(&DES3, 500);
     let q = w.query_receipt(731, &mut c, NOW).await;
     // The fourth APDU of the load: CREDIT FOR LOAD.
@@ -779,4 +784,28 @@ async fn ledger_state_names_round_trip() {
         assert_eq!(s.name().parse::<TxnState>(), Ok(s));
     }
     assert!("settled".parse::<TxnState>().is_err());
+}
+
+#[path = "support/cluster.rs"]
+#[allow(dead_code)]
+mod cluster;
+
+/// The ledger's transitions on PostgreSQL: issued → unknown → recovered, both ways.
+#[tokio::test]
+async fn recovery_on_postgresql() {
+    let Some(base) = cluster::pg_base() else {
+        return;
+    };
+    recovery_on(
+        Fault::TearAfter,
+        true,
+        Some(cluster::pg_database(&base, "rec1")),
+    )
+    .await;
+    recovery_on(
+        Fault::TearBefore,
+        false,
+        Some(cluster::pg_database(&base, "rec0")),
+    )
+    .await;
 }

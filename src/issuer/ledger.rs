@@ -863,7 +863,8 @@ impl Ledger {
     /// (everything but failed ones).
     pub async fn load_total(&self, card_id: &str, from: u64, to: u64) -> Result<u64, LedgerError> {
         let row = sqlx::query(
-            "SELECT COALESCE(SUM(amount), 0) AS total FROM transactions WHERE card_id = $1 \
+            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS total FROM transactions \
+             WHERE card_id = $1 \
              AND kind = 'load' AND issued_at >= $2 AND issued_at < $3 \
              AND state NOT IN ('failed', 'recovered-failed')",
         )

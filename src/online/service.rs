@@ -689,3 +689,46 @@ pub async fn serve_tls(
         .await
         .map_err(|e| format!("serving on {listen}: {e}"))
 }
+
+/// A service running in this process (tests, benchmarks, embedding).
+pub struct Running {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    handle: axum_server::Handle<SocketAddr>,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl Running {
+    /// `https://ADDR`.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// Stops accepting, lets requests in flight finish (up to 10 s), and waits.
+    pub async fn shutdown(self) -> Result<(), String> {
+        self.handle
+            .graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+        self.task.await.map_err(|e| format!("service task: {e}"))?
+    }
+}
+
+/// Starts [`serve_tls`] on a tokio task and returns once it listens.
+pub async fn spawn_tls(
+    svc: Arc<Service>,
+    listen: SocketAddr,
+    cert_pem: &Path,
+    key_pem: &Path,
+) -> Result<Running, String> {
+    let handle = axum_server::Handle::new();
+    let (cert, key) = (cert_pem.to_path_buf(), key_pem.to_path_buf());
+    let h = handle.clone();
+    let task = tokio::spawn(async move { serve_tls(svc, listen, &cert, &key, h).await });
+    match handle.listening().await {
+        Some(addr) => Ok(Running { addr, handle, task }),
+        None => match task.await {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => Err(format!("service on {listen} stopped before listening")),
+            Err(e) => Err(format!("service task: {e}")),
+        },
+    }
+}
