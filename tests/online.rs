@@ -6,11 +6,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use cardvm::crypto::sm2::Sm2PrivateKey;
@@ -18,67 +16,6 @@ use cardvm::online::client::{Client, ClientError, new_request_id, sync};
 use cardvm::reader::{Clock, Policy, Reader, ReaderConfig, SystemClock};
 use cardvm::vm::Limits;
 use common::*;
-
-/// A `cardvm issuer serve` process on 127.0.0.1 (an OS-chosen port); killed on drop.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A self-signed TLS certificate for 127.0.0.1: tls.crt (also the client's --server-ca)
-/// and tls.key.
-fn tls(cwd: &Path) {
-    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
-        .expect("TLS certificate");
-    std::fs::write(cwd.join("tls.crt"), ck.cert.pem()).expect("write");
-    std::fs::write(cwd.join("tls.key"), ck.signing_key.serialize_pem()).expect("write");
-}
-
-fn serve(cwd: &Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cardvm"))
-        .current_dir(cwd)
-        .args([
-            "issuer",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            "tls.crt",
-            "--tls-key",
-            "tls.key",
-            "--rate",
-            "1000",
-            "--burst",
-            "1000",
-        ])
-        .args(extra)
-        .env("CARDVM_KEYSTORE_PASSPHRASE", PASS)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start cardvm issuer serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("cardvm issuer: serving ") {
-                let url = rest.split("/v1").next().unwrap_or("").to_string();
-                let _ = tx.send(url);
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the service did not start within 60 s");
-    Server { child, url }
-}
 
 fn reader_key(cwd: &Path) -> Sm2PrivateKey {
     let text = std::fs::read_to_string(cwd.join("r1/reader.key")).expect("reader key");
@@ -451,4 +388,90 @@ fn revoked_reader_is_refused_by_the_running_service() {
     let (status, code, error) = refused(last.expect("still served after revocation"));
     assert_eq!((status, code.as_str()), (403, "certificate"), "{error}");
     assert!(error.to_lowercase().contains("revoked"), "{error}");
+}
+
+/// A card pulled while the load was being written (`unknown`): at the card's next
+/// recharge the service answers with its recovery first; the card proves the load, the
+/// ledger records it once, and the new load follows.
+#[test]
+fn card_pulled_mid_write_is_recovered_at_the_next_recharge() {
+    let s = setup("online-recover");
+    let cwd = &s.cwd;
+    tls(cwd);
+    cpu_card("scripts/city0731-des3/card.toml", &cwd.join("c731.toml"));
+    let rt = runtime();
+    let server = serve(cwd, &[]);
+    let c = client(cwd, &server.url);
+    let mut r = reader(cwd);
+    let cardvm::sim::SimCard::Cpu(mut card) = card(cwd) else {
+        panic!("a CPU card");
+    };
+    let mut rng = cardvm::crypto::rng::os_rng();
+    let q = rt.block_on(c.query_script(731)).expect("query script");
+    let q = cardvm::online::protocol::from_hex(&q.script).expect("hex");
+    let query = r
+        .query(&q, b"n", &mut card, &mut cardvm::vm::NoTrace, &mut rng)
+        .expect("query");
+    let bundle = rt
+        .block_on(c.start(&new_request_id(), &query.receipt.to_json(), 5_000))
+        .expect("bundle");
+    // Torn after the card wrote CREDIT FOR LOAD (the load's fourth APDU).
+    let at = card.apdu_index() + 4;
+    card.faults_mut().push(cardvm::sim::Fault::TearAfter(at));
+    let done = r
+        .transact(
+            &cardvm::online::protocol::from_hex(&bundle.command).expect("hex"),
+            &cardvm::online::protocol::from_hex(&bundle.data).expect("hex"),
+            &mut card,
+            &mut cardvm::vm::NoTrace,
+            &mut rng,
+        )
+        .expect("load");
+    assert!(
+        matches!(
+            done.receipt.outcome,
+            cardvm::receipt::Outcome::Unknown { .. }
+        ),
+        "{:?}",
+        done.receipt.outcome
+    );
+    let s1 = rt
+        .block_on(c.complete(&new_request_id(), &done.receipt.to_json()))
+        .expect("complete");
+    assert_eq!(s1.state, "unknown");
+    assert_eq!(card.balance(), 5_500, "the card has the load");
+    // The customer taps again and asks for 10.00 more.
+    cardvm::transport::CardTransport::power_on(&mut card).expect("power on");
+    let mut steps = Vec::new();
+    let out = rt
+        .block_on(cardvm::online::client::recharge(
+            &c,
+            &mut r,
+            &mut card,
+            731,
+            1_000,
+            |s| steps.push(s.clone()),
+        ))
+        .expect("recharge");
+    assert_eq!(out.recovered.len(), 1, "{steps:?}");
+    assert_eq!(out.recovered[0].decided_seq, Some(bundle.seq));
+    assert_eq!(
+        out.recovered[0].decided_state.as_deref(),
+        Some("recovered-committed")
+    );
+    assert_eq!(out.settled.expect("settled").state, "committed");
+    assert_eq!(card.balance(), 6_500);
+    let rows = ledger(cwd);
+    let credited: u64 = rows
+        .iter()
+        .filter(|r| {
+            r["kind"] == "load"
+                && (r["state"] == "committed" || r["state"] == "recovered-committed")
+        })
+        .map(|r| r["amount"].as_u64().expect("amount"))
+        .sum();
+    assert_eq!(
+        credited, 6_000,
+        "the ledger credits each load once: {rows:?}"
+    );
 }

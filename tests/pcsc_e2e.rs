@@ -10,6 +10,10 @@
 #[path = "support/purse_card.rs"]
 mod purse_card;
 
+#[cfg(feature = "cli")]
+#[allow(dead_code)]
+mod common;
+
 use cardvm::transport::pcsc::{ConnectOptions, PcscContext, PcscError, ShareMode};
 use cardvm::transport::vpcd::{VpcdConfig, VpcdHandle, VpcdServer};
 use cardvm::transport::{ApduLayer, TransportError};
@@ -271,6 +275,8 @@ fn pcsc_end_to_end() {
     // exchange to reader "Virtual PCD 00 01".
     #[cfg(feature = "cli")]
     cli_sim_serve(&ctx);
+    #[cfg(feature = "cli")]
+    online_recharge_over_pcsc(&ctx);
 
     // 12. The CLI on the city scripts: load and purchase on the 3DES city's card and a
     // recharge of the M1 city's card, each served by `cardvm sim serve --card`.
@@ -515,4 +521,69 @@ fn cli_sim_serve(ctx: &PcscContext) {
     drop(_child);
     ctx.wait_for_removal(READER2, WAIT).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One city online through the real PC/SC stack: the card served by `cardvm sim serve` in
+/// a vpcd reader, the issuer's HTTPS service, and `cardvm client recharge --pcsc`.
+#[cfg(feature = "cli")]
+fn online_recharge_over_pcsc(ctx: &PcscContext) {
+    const READER2: &str = "Virtual PCD 00 01";
+    let s = common::setup("pcsc-online");
+    let cwd = &s.cwd;
+    common::tls(cwd);
+    common::cpu_card("scripts/city0731-des3/card.toml", &cwd.join("c731.toml"));
+    let _card = Child(
+        Command::new(env!("CARGO_BIN_EXE_cardvm"))
+            .current_dir(cwd)
+            .args([
+                "sim",
+                "serve",
+                "--quiet",
+                "--vpcd",
+                "127.0.0.1:35964",
+                "--card",
+                "c731.toml",
+            ])
+            .spawn()
+            .unwrap(),
+    );
+    ctx.wait_for_card(READER2, WAIT).unwrap();
+    let server = common::serve(cwd, &[]);
+    let recharge = |amount: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_cardvm"))
+            .current_dir(cwd)
+            .args([
+                "client",
+                "recharge",
+                "--server",
+                &server.url,
+                "--server-ca",
+                "tls.crt",
+                "--reader-dir",
+                "r1",
+                "--issuer-pub",
+                "issuer.pub",
+                "--city",
+                "731",
+                "--amount",
+                amount,
+                "--pcsc",
+                "PCD 00 01",
+            ])
+            .output()
+            .unwrap();
+        let t = common::text(&o);
+        assert!(o.status.success(), "{t}");
+        t
+    };
+    let first = recharge("10.00");
+    assert!(
+        first.contains("balance 5.00") && first.contains("load committed"),
+        "{first}"
+    );
+    // The same card in the same reader: the second query sees the first load.
+    let second = recharge("1.00");
+    assert!(second.contains("balance 15.00"), "{second}");
+    drop(_card);
+    ctx.wait_for_removal(READER2, WAIT).unwrap();
 }

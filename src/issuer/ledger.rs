@@ -492,6 +492,19 @@ impl Ledger {
             // SQLite serialises writers anyway; one connection avoids SQLITE_BUSY
             // between the pool's own connections.
             .max_connections(if sqlite { 1 } else { 8 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        use sqlx::Executor;
+                        // WAL: readers (`issuer ledger` beside a running service) do not
+                        // block the writer; synchronous stays FULL, a bundle recorded is
+                        // on disk before the reader gets it.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    }
+                    Ok(())
+                })
+            })
             .acquire_timeout(std::time::Duration::from_secs(30))
             .connect(&url)
             .await

@@ -2,8 +2,11 @@
 //! provisioned reader `R1`, the issuer's keys and ledger, and the three cities.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use cardvm::crypto::{KeyAlg, KeyUsage, SecretKey, ecb_encrypt};
 
@@ -224,3 +227,64 @@ pub const READER: [&str; 6] = [
     "--reader-id",
     "R1",
 ];
+
+/// A `cardvm issuer serve` process on 127.0.0.1 (an OS-chosen port); killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A self-signed TLS certificate for 127.0.0.1: tls.crt (also the client's --server-ca)
+/// and tls.key.
+pub fn tls(cwd: &Path) {
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+        .expect("TLS certificate");
+    std::fs::write(cwd.join("tls.crt"), ck.cert.pem()).expect("write");
+    std::fs::write(cwd.join("tls.key"), ck.signing_key.serialize_pem()).expect("write");
+}
+
+pub fn serve(cwd: &Path, extra: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cardvm"))
+        .current_dir(cwd)
+        .args([
+            "issuer",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "tls.crt",
+            "--tls-key",
+            "tls.key",
+            "--rate",
+            "1000",
+            "--burst",
+            "1000",
+        ])
+        .args(extra)
+        .env("CARDVM_KEYSTORE_PASSPHRASE", PASS)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start cardvm issuer serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("cardvm issuer: serving ") {
+                let url = rest.split("/v1").next().unwrap_or("").to_string();
+                let _ = tx.send(url);
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the service did not start within 60 s");
+    Server { child, url }
+}
