@@ -5,9 +5,9 @@
 //! - every byte of the code decodes, and every jump/branch/call target is the start of
 //!   an instruction;
 //! - register, key-slot, constant, input and output indices are in range; immediates
-//!   are in their documented ranges;
-//! - `ldin` names a non-key input and `ldkey` a key input (key bytes can never reach a
-//!   register);
+//!   are in the ranges the instruction table gives them ([`crate::isa::Role::Imm`]);
+//! - a value-input operand (`ldin`) names a non-key input and a key-input operand
+//!   (`ldkey`) a key input (key bytes can never reach a register);
 //! - control cannot fall off the end of the code;
 //! - routines are not recursive, `ret` is only reachable inside a routine, and the
 //!   static call depth is at most [`MAX_CALL_DEPTH`].
@@ -447,14 +447,15 @@ impl<'s> Verifier<'s> {
     }
 
     /// Checks `instr`'s operands against the script's tables and its immediates; says
-    /// whether it has a branch target (to be rewritten in pass 2).
+    /// whether it has a branch target (to be rewritten in pass 2). Every check follows
+    /// from the operand's role in the instruction table ([`crate::isa::Role`]).
     #[inline]
     fn check_operands(&self, instr: &Instr) -> Result<bool, VerifyErrorKind> {
-        use crate::isa::Operand;
+        use crate::isa::{Operand, Role};
         let s = self.script;
         let h = &s.header;
         let mut has_target = false;
-        instr.try_for_each_operand(|op| {
+        instr.try_for_each_operand_spec(|op, spec| {
             match op {
                 Operand::Reg(r) if r >= h.registers => {
                     return Err(VerifyErrorKind::RegisterOutOfRange {
@@ -474,11 +475,23 @@ impl<'s> Verifier<'s> {
                         count: s.constants.len(),
                     });
                 }
-                Operand::Input(i) if usize::from(i) >= s.inputs.len() => {
-                    return Err(VerifyErrorKind::InputOutOfRange {
-                        index: i,
-                        count: s.inputs.len(),
-                    });
+                Operand::Input(i) => {
+                    let Some(d) = s.inputs.get(usize::from(i)) else {
+                        return Err(VerifyErrorKind::InputOutOfRange {
+                            index: i,
+                            count: s.inputs.len(),
+                        });
+                    };
+                    // Key bytes never reach a register; a key slot holds only keys.
+                    match spec.role {
+                        Role::ValueInput if d.ty.is_key() => {
+                            return Err(VerifyErrorKind::KeyIntoRegister(String::from(&*d.name)));
+                        }
+                        Role::KeyInput if !d.ty.is_key() => {
+                            return Err(VerifyErrorKind::NotAKey(String::from(&*d.name)));
+                        }
+                        _ => {}
+                    }
                 }
                 Operand::Output(o) if usize::from(o) >= s.outputs.len() => {
                     return Err(VerifyErrorKind::OutputOutOfRange {
@@ -487,37 +500,23 @@ impl<'s> Verifier<'s> {
                     });
                 }
                 Operand::Target(_) => has_target = true,
+                Operand::U8(_) | Operand::U16(_) | Operand::U32(_) => {
+                    let value = match op {
+                        Operand::U8(v) => u32::from(v),
+                        Operand::U16(v) => u32::from(v),
+                        Operand::U32(v) => v,
+                        _ => 0,
+                    };
+                    if let Role::Imm { min, max, what } = spec.role
+                        && !(min..=max).contains(&value)
+                    {
+                        return Err(VerifyErrorKind::BadImmediate { what, value });
+                    }
+                }
                 _ => {}
             }
             Ok(())
         })?;
-        let bad = |what, value: u32| Err(VerifyErrorKind::BadImmediate { what, value });
-        match *instr {
-            Instr::Ldin { input, .. } => {
-                let d = &s.inputs[usize::from(input)];
-                if d.ty.is_key() {
-                    return Err(VerifyErrorKind::KeyIntoRegister(String::from(&*d.name)));
-                }
-            }
-            Instr::Ldkey { input, .. } => {
-                let d = &s.inputs[usize::from(input)];
-                if !d.ty.is_key() {
-                    return Err(VerifyErrorKind::NotAKey(String::from(&*d.name)));
-                }
-            }
-            Instr::ToBe { width, .. } if !(1..=8).contains(&width) => {
-                return bad("tobe width (1..=8)", width.into());
-            }
-            Instr::ToBcd { width, .. } if !(1..=10).contains(&width) => {
-                return bad("tobcd width (1..=10)", width.into());
-            }
-            Instr::Pad { block: 0, .. } => return bad("pad block (1..=255)", 0),
-            Instr::Shri { bits, .. } | Instr::Shli { bits, .. } if bits >= 64 => {
-                return bad("shift (0..=63)", bits.into());
-            }
-            Instr::MkApdu { le, .. } if le > 65536 => return bad("Le (0..=65536)", le),
-            _ => {}
-        }
         Ok(has_target)
     }
 }

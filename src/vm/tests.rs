@@ -2,8 +2,10 @@
 
 use super::*;
 use crate::crypto::{KeyAlg, KeyUsage, SecretKey};
-use crate::isa::{Operand, SwPattern};
-use crate::script::{CommandScript, DataScript, Decl, Field, Header};
+use crate::isa::{Instr, Operand, SwPattern};
+use crate::script::{
+    CommandScript, Constant, DataScript, Decl, Field, FieldValue, Header, ValueType,
+};
 use crate::verify::{VerifiedProgram, VerifyErrorKind};
 use alloc::vec;
 use alloc::vec::Vec;
