@@ -1234,3 +1234,148 @@ fn a_reused_binding_follows_each_data_scripts_field_order() {
     p.bind_into(&reversed, &mut binding).unwrap();
     assert_eq!(binding, p.bind(&reversed).unwrap());
 }
+
+/// Records the opcode of every executed step.
+#[derive(Default)]
+struct StepLog(Vec<(u32, crate::isa::Opcode)>);
+
+impl Tracer for StepLog {
+    fn step(&mut self, offset: u32, instr: &Instr) {
+        self.0.push((offset, instr.opcode()));
+    }
+}
+
+/// Every opcode of the table goes through the VM's dispatch, and behaves as its table
+/// line says: it reads the status word iff flagged `reads_sw` (before any APDU that is a
+/// `NoStatusWord` fault), reaches the card only if flagged `sends_apdu`, and never falls
+/// through if flagged `terminator`. A table line whose flags lie fails here.
+#[test]
+fn every_opcode_is_dispatched_and_behaves_as_its_table_line_says() {
+    use crate::isa::{ALL_OPCODES, Opcode, OperandKind, Role};
+    for &op in ALL_OPCODES {
+        // [0] ldc r0, [00 A4 04 00]; [1] X; [2] halt; [3] fail 0x77 (every target);
+        // `ret` needs a routine: [1] call 4 … [4] ret.
+        const TARGET: u32 = 3;
+        let mut inputs = Vec::new();
+        let mut fields = Vec::new();
+        let ops: Vec<Operand> = op
+            .operand_specs()
+            .iter()
+            .map(|spec| match (spec.kind, spec.role) {
+                (OperandKind::Reg, _) => Operand::Reg(0),
+                (OperandKind::Key, _) => Operand::Key(0),
+                (OperandKind::Const, _) => Operand::Const(0),
+                (OperandKind::Input, role) => {
+                    let (ty, value) = if role == Role::KeyInput {
+                        let (alg, usage) = (KeyAlg::Des3, KeyUsage::Mac);
+                        let key = SecretKey::new(alg, usage, &[0x11; 16]).unwrap();
+                        (ValueType::Key { alg, usage }, FieldValue::Key(key))
+                    } else {
+                        (ValueType::Int { bits: 32 }, FieldValue::Int(7))
+                    };
+                    inputs.push(decl("x", ty));
+                    fields.push(Field {
+                        name: "x".into(),
+                        value,
+                    });
+                    Operand::Input(0)
+                }
+                (OperandKind::Output, _) => Operand::Output(0),
+                (OperandKind::Target, _) => Operand::Target(TARGET),
+                (OperandKind::Sw, _) => Operand::Sw(SwPattern::exact(0x9000)),
+                // Immediates: the smallest the verifier accepts (codes: 1).
+                (kind, _) => {
+                    let v = spec.range().map_or(1, |(min, _)| min.max(1));
+                    match kind {
+                        OperandKind::U8 => Operand::U8(v as u8),
+                        OperandKind::U16 => Operand::U16(v as u16),
+                        _ => Operand::U32(v),
+                    }
+                }
+            })
+            .collect();
+        let x = Instr::from_operands(op, &ops).unwrap();
+        let mut code = vec![
+            Instr::Ldc { dst: 0, index: 0 },
+            x,
+            Instr::Halt {},
+            Instr::Fail { code: 0x77 },
+        ];
+        if op == Opcode::Ret {
+            code[1] = Instr::Call { target: 4 };
+            code.push(x);
+        }
+        let s = script(
+            &code,
+            vec![Constant::Bytes(vec![0x00, 0xA4, 0x04, 0x00])],
+            inputs,
+            vec![decl("o", ValueType::Bytes)],
+        );
+        let program = VerifiedProgram::verify(&s).unwrap_or_else(|e| panic!("{op:?}: {e}"));
+        let data = DataScript { fields };
+        let binding = program.bind(&data).unwrap();
+        let mut layer = ApduLayer::new(ok_card());
+        let mut log = StepLog::default();
+        let report = Vm::default().run(
+            program.with_data(&data, &binding).unwrap(),
+            &mut layer,
+            &mut log,
+        );
+        let at = log.0.iter().position(|&(_, o)| o == op);
+        let at = at.unwrap_or_else(|| panic!("{op:?} never reached the dispatch"));
+        let flags = op.flags();
+        assert_eq!(
+            fault_kind(&report) == Some(&VmErrorKind::NoStatusWord),
+            flags.reads_sw,
+            "{op:?}: reads_sw flag vs behaviour: {:?}",
+            report.outcome
+        );
+        if report.apdu_count > 0 {
+            assert!(flags.sends_apdu, "{op:?} sent an APDU but is not flagged");
+        }
+        // What ran right after X, if anything.
+        let next = log.0.get(at + 1).map(|&(off, _)| off);
+        let x_offset = log.0[at].0;
+        let fall_through = x_offset + op.size() as u32;
+        if flags.terminator {
+            assert_ne!(next, Some(fall_through), "{op:?} fell through");
+        }
+        // No opcode is flagged as sending an APDU without a register or key to send.
+        if flags.sends_apdu {
+            assert!(
+                op.operand_specs()
+                    .iter()
+                    .any(|s| matches!(s.role, Role::RegSrc | Role::KeySrc { .. })),
+                "{op:?}"
+            );
+        }
+    }
+}
+
+/// `apdu` and `ldrkey` reach the card (so their `sends_apdu` flag is exercised above
+/// only when they run): here they do, and both are flagged.
+#[test]
+fn the_instructions_that_reach_the_card_are_flagged() {
+    use crate::isa::{ALL_OPCODES, Opcode};
+    let flagged: Vec<Opcode> = ALL_OPCODES
+        .iter()
+        .copied()
+        .filter(|o| o.flags().sends_apdu)
+        .collect();
+    assert_eq!(flagged, [Opcode::Apdu, Opcode::LoadReaderKey]);
+    let s = script(
+        &[
+            Instr::Ldc { dst: 0, index: 0 },
+            Instr::Apdu { resp: 1, cmd: 0 },
+            Instr::Expect {
+                pattern: SwPattern::exact(0x9000),
+                code: 1,
+            },
+            Instr::Halt {},
+        ],
+        vec![Constant::Bytes(vec![0x00, 0xA4, 0x04, 0x00])],
+        vec![],
+        vec![],
+    );
+    assert_eq!(run(&s).apdu_count, 1);
+}
