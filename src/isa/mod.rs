@@ -507,11 +507,83 @@ mod tests {
         }
     }
 
+    /// The roles agree with the encodings, and the table says each thing once: one key
+    /// slot read per instruction, a derivation reads one key and fills one, a key input
+    /// fills a key slot and never a register, one handler per opcode, ranges inside
+    /// their encodings, and the four terminators.
+    #[test]
+    fn operand_roles_are_coherent() {
+        let mut handlers = Vec::new();
+        for &op in ALL_OPCODES {
+            let specs = op.operand_specs();
+            let kinds: Vec<_> = specs.iter().map(|s| s.kind).collect();
+            assert_eq!(kinds, op.operand_kinds(), "{op:?}");
+            let names: Vec<_> = specs.iter().map(|s| s.name).collect();
+            assert_eq!(names, op.operand_names(), "{op:?}");
+            let count = |f: fn(&Role) -> bool| specs.iter().filter(|s| f(&s.role)).count();
+            let key_srcs = count(|r| matches!(r, Role::KeySrc { .. }));
+            let derived = count(|r| {
+                matches!(
+                    r,
+                    Role::KeyDst {
+                        derivation: Some(_)
+                    }
+                )
+            });
+            assert!(key_srcs <= 1, "{op:?} reads two key slots");
+            assert_eq!(derived, usize::from(op.derivation().is_some()), "{op:?}");
+            if derived == 1 {
+                assert_eq!(key_srcs, 1, "{op:?} derives from no key");
+            }
+            if count(|r| *r == Role::KeyInput) > 0 {
+                assert_eq!(count(|r| *r == Role::KeyDst { derivation: None }), 1);
+                assert_eq!(
+                    count(|r| *r == Role::RegDst),
+                    0,
+                    "{op:?}: key into a register"
+                );
+            }
+            for s in specs {
+                let expected_kind = match s.role {
+                    Role::RegDst | Role::RegSrc => OperandKind::Reg,
+                    Role::KeyDst { .. } | Role::KeySrc { .. } => OperandKind::Key,
+                    Role::Const => OperandKind::Const,
+                    Role::ValueInput | Role::KeyInput => OperandKind::Input,
+                    Role::Output => OperandKind::Output,
+                    Role::Target => OperandKind::Target,
+                    Role::FailCode => OperandKind::U16,
+                    Role::StatusWord => OperandKind::Sw,
+                    Role::Imm { min, max, what } => {
+                        assert!(min <= max, "{op:?}");
+                        assert!(u64::from(max) < 1u64 << (8 * s.kind.size()), "{op:?}");
+                        assert!(what.starts_with(op.mnemonic()), "{what}");
+                        s.kind
+                    }
+                };
+                assert_eq!(s.kind, expected_kind, "{op:?} {}", s.name);
+                if let Role::KeySrc { usages } = s.role {
+                    assert!(!usages.is_empty(), "{op:?}");
+                }
+            }
+            assert!(!handlers.contains(&op.handler_name()), "{op:?}");
+            handlers.push(op.handler_name());
+        }
+        let terminators: Vec<_> = ALL_OPCODES
+            .iter()
+            .filter(|o| o.flags().terminator)
+            .map(|o| o.mnemonic())
+            .collect();
+        assert_eq!(terminators, ["halt", "fail", "jmp", "ret"]);
+    }
+
     #[test]
     fn key_usage_table_agrees_with_the_derivation_rules() {
         for &op in ALL_OPCODES {
             let allowed = op.allowed_key_usages();
-            let reads_key = op.operand_kinds().contains(&OperandKind::Key) && op != Opcode::Ldkey;
+            let reads_key = op
+                .operand_specs()
+                .iter()
+                .any(|s| matches!(s.role, Role::KeySrc { .. }));
             assert_eq!(!allowed.is_empty(), reads_key, "{op:?}");
             if let Some(d) = op.derivation() {
                 for u in KeyUsage::ALL {

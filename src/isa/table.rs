@@ -1,7 +1,7 @@
 //! The instruction table: every opcode's byte, mnemonic, typed operands, flags, doc line
 //! and VM handler, in one place.
 //!
-//! [`for_each_op!`] hands the whole table to a macro (wasmi's `for_each_op` is the
+//! `for_each_op!` hands the whole table to a macro (wasmi's `for_each_op` is the
 //! model). [`super`] expands it into [`Opcode`](super::Opcode) and [`Instr`](super::Instr)
 //! with their encoders, decoders and operand specs; `vm::exec` expands it into the
 //! interpreter's dispatch, one arm per line calling the line's handler. So adding an
@@ -12,7 +12,7 @@
 //!
 //! ```text
 //! /// One-line doc (the reference's "effect" column).
-//! 0x47 ToBe "tobe" (dst: Rd, src: Rs, width: U8(1..=8)) [] => to_be;
+//! 0x47 ToBe "tobe" (dst: Rd, src: Rs, width: U8(1..=8)) [] => tobe;
 //! ```
 //!
 //! opcode byte, variant, mnemonic, operands, flags, handler. Operand roles (see
@@ -108,13 +108,13 @@ macro_rules! for_each_op {
             /// `dst = length of src` (integer).
             0x46 Len "len" (dst: Rd, src: Rs) [] => len;
             /// `dst = src` (integer) as `width` big-endian bytes.
-            0x47 ToBe "tobe" (dst: Rd, src: Rs, width: U8(1..=8)) [] => to_be;
+            0x47 ToBe "tobe" (dst: Rd, src: Rs, width: U8(1..=8)) [] => tobe;
             /// `dst = src` (at most 8 bytes, big-endian) as an integer.
-            0x48 FromBe "frombe" (dst: Rd, src: Rs) [] => from_be;
+            0x48 FromBe "frombe" (dst: Rd, src: Rs) [] => frombe;
             /// `dst = src` (integer) as `width` bytes of packed BCD.
-            0x49 ToBcd "tobcd" (dst: Rd, src: Rs, width: U8(1..=10)) [] => to_bcd;
+            0x49 ToBcd "tobcd" (dst: Rd, src: Rs, width: U8(1..=10)) [] => tobcd;
             /// `dst = src` (packed BCD) as an integer.
-            0x4A FromBcd "frombcd" (dst: Rd, src: Rs) [] => from_bcd;
+            0x4A FromBcd "frombcd" (dst: Rd, src: Rs) [] => frombcd;
             /// `dst = count` copies of `byte`.
             0x4B Fill "fill" (dst: Rd, byte: U8, count: U16) [] => fill;
             // ---- APDUs ----

@@ -97,7 +97,7 @@ impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, T, R> {
     }
 
     #[inline(always)]
-    pub(super) fn to_be(&mut self, dst: u8, src: u8, width: u8) -> Result<(), Exit> {
+    pub(super) fn tobe(&mut self, dst: u8, src: u8, width: u8) -> Result<(), Exit> {
         let vm = &mut *self.vm;
         let v = int_of(&vm.regs, src)?;
         // The verifier keeps `width` in 1..=8.
@@ -112,7 +112,7 @@ impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, T, R> {
     }
 
     #[inline(always)]
-    pub(super) fn from_be(&mut self, dst: u8, src: u8) -> Result<(), Exit> {
+    pub(super) fn frombe(&mut self, dst: u8, src: u8) -> Result<(), Exit> {
         let s = bytes_of(&self.vm.regs, src)?;
         if s.len() > 8 {
             return Err(Exit::Fault(VmErrorKind::IntTooWide(s.len())));
@@ -123,7 +123,7 @@ impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, T, R> {
     }
 
     #[inline(always)]
-    pub(super) fn to_bcd(&mut self, dst: u8, src: u8, width: u8) -> Result<(), Exit> {
+    pub(super) fn tobcd(&mut self, dst: u8, src: u8, width: u8) -> Result<(), Exit> {
         let mut v = int_of(&self.vm.regs, src)?;
         // The verifier keeps `width` in 1..=10.
         let w = usize::from(width);
@@ -143,7 +143,7 @@ impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, T, R> {
     }
 
     #[inline(always)]
-    pub(super) fn from_bcd(&mut self, dst: u8, src: u8) -> Result<(), Exit> {
+    pub(super) fn frombcd(&mut self, dst: u8, src: u8) -> Result<(), Exit> {
         let s = bytes_of(&self.vm.regs, src)?;
         if s.len() > 9 {
             return Err(Exit::Fault(VmErrorKind::BadBcd));
