@@ -298,6 +298,13 @@ macro_rules! define_isa {
                 match self { $( Instr::$variant { .. } => Opcode::$variant, )* }
             }
 
+            /// Whether control never falls through to the next instruction (the table's
+            /// `terminator` flag; one constant per arm, no second lookup).
+            #[inline]
+            pub fn is_terminator(&self) -> bool {
+                match self { $( Instr::$variant { .. } => Opcode::$variant.flags().terminator, )* }
+            }
+
             /// The operands in table order.
             #[allow(unused_variables)]
             pub fn operands(&self) -> Operands {
@@ -315,13 +322,18 @@ macro_rules! define_isa {
                 &self,
                 mut f: impl FnMut(Operand) -> Result<(), E>,
             ) -> Result<(), E> {
-                self.try_for_each_operand_spec(|o, _| f(o))
+                // Its own expansion (not a call of the spec visitor with a wrapping
+                // closure): that keeps the verifier's closure inlined per opcode.
+                match *self {
+                    $( Instr::$variant { $($field),* } => { $( f($field.wrap(role_kind!($role)))?; )* } )*
+                }
+                Ok(())
             }
 
             /// Like [`Instr::try_for_each_operand`], with each operand's spec from the
-            /// table (its role: what the verifier checks). Once inlined, the specs are
-            /// constants, so each opcode runs only the checks its roles need.
-            #[inline]
+            /// table (its role: what the verifier checks). Always inlined: the specs are
+            /// then constants, so each opcode runs only the checks its roles need.
+            #[inline(always)]
             #[allow(unused_variables, unused_mut)]
             pub fn try_for_each_operand_spec<E>(
                 &self,
@@ -378,6 +390,30 @@ macro_rules! define_isa {
 
 for_each_op!(define_isa);
 
+/// [`Opcode::has_role_checks`] by opcode byte.
+const ROLE_CHECKS: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < ALL_OPCODES.len() {
+        let op = ALL_OPCODES[i];
+        let specs = op.operand_specs();
+        let mut j = 0;
+        while j < specs.len() {
+            let full = (1u64 << (8 * specs[j].kind.size())) - 1;
+            match specs[j].role {
+                Role::ValueInput | Role::KeyInput => table[op as usize] = true,
+                Role::Imm { min, max, .. } if min > 0 || (max as u64) < full => {
+                    table[op as usize] = true
+                }
+                _ => {}
+            }
+            j += 1;
+        }
+        i += 1;
+    }
+    table
+};
+
 impl Opcode {
     /// The key usages the instruction accepts in the key slot it reads (the usages of its
     /// [`Role::KeySrc`] operand: `master` of `pkey` and `divkey`, `src` of `tackey`, `key`
@@ -396,6 +432,15 @@ impl Opcode {
             i += 1;
         }
         &[]
+    }
+
+    /// Whether an operand has a role the verifier checks beyond its index range: an
+    /// input that must (not) be a key, or an immediate whose range is narrower than its
+    /// encoding. Computed from the table at compile time, so the verifier's hot loop
+    /// skips the role pass for every other instruction.
+    #[inline]
+    pub const fn has_role_checks(self) -> bool {
+        ROLE_CHECKS[self as usize]
     }
 
     /// The key derivation the instruction performs, if any (`divkey`, `pkey`, `tackey`):
@@ -471,11 +516,6 @@ impl Instr {
             _ => Ok(()),
         })
         .err()
-    }
-
-    /// Whether control never falls through to the next instruction.
-    pub fn is_terminator(&self) -> bool {
-        self.opcode().flags().terminator
     }
 }
 
