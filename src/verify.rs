@@ -5,9 +5,9 @@
 //! - every byte of the code decodes, and every jump/branch/call target is the start of
 //!   an instruction;
 //! - register, key-slot, constant, input and output indices are in range; immediates
-//!   are in their documented ranges;
-//! - `ldin` names a non-key input and `ldkey` a key input (key bytes can never reach a
-//!   register);
+//!   are in the ranges the instruction table gives them ([`crate::isa::Role::Imm`]);
+//! - a value-input operand (`ldin`) names a non-key input and a key-input operand
+//!   (`ldkey`) a key input (key bytes can never reach a register);
 //! - control cannot fall off the end of the code;
 //! - routines are not recursive, `ret` is only reachable inside a routine, and the
 //!   static call depth is at most [`MAX_CALL_DEPTH`].
@@ -447,78 +447,105 @@ impl<'s> Verifier<'s> {
     }
 
     /// Checks `instr`'s operands against the script's tables and its immediates; says
-    /// whether it has a branch target (to be rewritten in pass 2).
-    #[inline]
+    /// whether it has a branch target (to be rewritten in pass 2). Every check follows
+    /// from the operand's kind and role in the instruction table ([`crate::isa::Role`]):
+    /// indices first, then, for the instructions that have them
+    /// ([`crate::isa::Opcode::has_role_checks`]), input kinds and immediate ranges.
+    #[inline(always)]
     fn check_operands(&self, instr: &Instr) -> Result<bool, VerifyErrorKind> {
-        use crate::isa::Operand;
         let s = self.script;
-        let h = &s.header;
         let mut has_target = false;
-        instr.try_for_each_operand(|op| {
-            match op {
-                Operand::Reg(r) if r >= h.registers => {
-                    return Err(VerifyErrorKind::RegisterOutOfRange {
-                        reg: r,
-                        count: h.registers,
-                    });
-                }
-                Operand::Key(k) if k >= h.key_slots => {
-                    return Err(VerifyErrorKind::KeySlotOutOfRange {
-                        slot: k,
-                        count: h.key_slots,
-                    });
-                }
-                Operand::Const(c) if usize::from(c) >= s.constants.len() => {
-                    return Err(VerifyErrorKind::ConstantOutOfRange {
-                        index: c,
-                        count: s.constants.len(),
-                    });
-                }
-                Operand::Input(i) if usize::from(i) >= s.inputs.len() => {
-                    return Err(VerifyErrorKind::InputOutOfRange {
-                        index: i,
-                        count: s.inputs.len(),
-                    });
-                }
-                Operand::Output(o) if usize::from(o) >= s.outputs.len() => {
-                    return Err(VerifyErrorKind::OutputOutOfRange {
-                        index: o,
-                        count: s.outputs.len(),
-                    });
-                }
-                Operand::Target(_) => has_target = true,
-                _ => {}
-            }
-            Ok(())
-        })?;
-        let bad = |what, value: u32| Err(VerifyErrorKind::BadImmediate { what, value });
-        match *instr {
-            Instr::Ldin { input, .. } => {
-                let d = &s.inputs[usize::from(input)];
-                if d.ty.is_key() {
-                    return Err(VerifyErrorKind::KeyIntoRegister(String::from(&*d.name)));
-                }
-            }
-            Instr::Ldkey { input, .. } => {
-                let d = &s.inputs[usize::from(input)];
-                if !d.ty.is_key() {
-                    return Err(VerifyErrorKind::NotAKey(String::from(&*d.name)));
-                }
-            }
-            Instr::ToBe { width, .. } if !(1..=8).contains(&width) => {
-                return bad("tobe width (1..=8)", width.into());
-            }
-            Instr::ToBcd { width, .. } if !(1..=10).contains(&width) => {
-                return bad("tobcd width (1..=10)", width.into());
-            }
-            Instr::Pad { block: 0, .. } => return bad("pad block (1..=255)", 0),
-            Instr::Shri { bits, .. } | Instr::Shli { bits, .. } if bits >= 64 => {
-                return bad("shift (0..=63)", bits.into());
-            }
-            Instr::MkApdu { le, .. } if le > 65536 => return bad("Le (0..=65536)", le),
-            _ => {}
+        // The checks are forced inline into each opcode's arm of the visitor, where the
+        // operand kind (and role) are constants: each arm keeps only the checks it needs.
+        instr.try_for_each_operand(|op| check_index(s, op, &mut has_target))?;
+        if instr.opcode().has_role_checks() {
+            instr.try_for_each_operand_spec(|op, spec| check_role(s, op, spec))?;
         }
         Ok(has_target)
+    }
+}
+
+/// An operand's index is inside the script's tables (registers, key slots, constants,
+/// inputs, outputs); notes a branch target.
+#[inline(always)]
+fn check_index(
+    s: &CommandScript,
+    op: crate::isa::Operand,
+    has_target: &mut bool,
+) -> Result<(), VerifyErrorKind> {
+    use crate::isa::Operand;
+    let h = &s.header;
+    match op {
+        Operand::Reg(r) if r >= h.registers => Err(VerifyErrorKind::RegisterOutOfRange {
+            reg: r,
+            count: h.registers,
+        }),
+        Operand::Key(k) if k >= h.key_slots => Err(VerifyErrorKind::KeySlotOutOfRange {
+            slot: k,
+            count: h.key_slots,
+        }),
+        Operand::Const(c) if usize::from(c) >= s.constants.len() => {
+            Err(VerifyErrorKind::ConstantOutOfRange {
+                index: c,
+                count: s.constants.len(),
+            })
+        }
+        Operand::Input(i) if usize::from(i) >= s.inputs.len() => {
+            Err(VerifyErrorKind::InputOutOfRange {
+                index: i,
+                count: s.inputs.len(),
+            })
+        }
+        Operand::Output(o) if usize::from(o) >= s.outputs.len() => {
+            Err(VerifyErrorKind::OutputOutOfRange {
+                index: o,
+                count: s.outputs.len(),
+            })
+        }
+        Operand::Target(_) => {
+            *has_target = true;
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// What an operand's role asks beyond its index: a value input is not a key (key bytes
+/// never reach a register), a key input is one, an immediate is in its range.
+#[inline(always)]
+fn check_role(
+    s: &CommandScript,
+    op: crate::isa::Operand,
+    spec: &crate::isa::OperandSpec,
+) -> Result<(), VerifyErrorKind> {
+    use crate::isa::{Operand, Role};
+    match (op, spec.role) {
+        (Operand::Input(i), Role::ValueInput | Role::KeyInput) => {
+            let Some(d) = s.inputs.get(usize::from(i)) else {
+                return Ok(());
+            };
+            if spec.role == Role::ValueInput && d.ty.is_key() {
+                return Err(VerifyErrorKind::KeyIntoRegister(String::from(&*d.name)));
+            }
+            if spec.role == Role::KeyInput && !d.ty.is_key() {
+                return Err(VerifyErrorKind::NotAKey(String::from(&*d.name)));
+            }
+            Ok(())
+        }
+        (Operand::U8(_) | Operand::U16(_) | Operand::U32(_), Role::Imm { min, max, what }) => {
+            let value = match op {
+                Operand::U8(v) => u32::from(v),
+                Operand::U16(v) => u32::from(v),
+                Operand::U32(v) => v,
+                _ => 0,
+            };
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(VerifyErrorKind::BadImmediate { what, value })
+            }
+        }
+        _ => Ok(()),
     }
 }
 

@@ -153,3 +153,62 @@ fn verify_reports_failures_in_one_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("field `amount`"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `cardvm lint` and `asm --lint`: a finding is printed as `file:line:col: lint-name:
+/// message` and the exit code is 1; a clean file passes.
+#[test]
+fn lint_findings_give_exit_code_1_and_annotations() {
+    let dir = tmp_dir("lint");
+    let bad = dir.join("bad.casm");
+    std::fs::write(
+        &bad,
+        "  ldc r0, [00 A4 04 00]\n  apdu r1, r0\n  jmp end\n  nop\nend: halt\n",
+    )
+    .unwrap();
+    let clean = dir.join("clean.casm");
+    std::fs::write(
+        &clean,
+        "  ldc r0, [00 A4 04 00]\n  apdu r1, r0\n  expect 9000, 1\n  halt\n",
+    )
+    .unwrap();
+    let out = cardvm(&["lint", s(&clean), s(&bad)]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        stdout,
+        format!(
+            "{b}:2:1: unchecked-sw: the status word of this `apdu` is never checked (the script halts)\n\
+             {b}:4:1: unreachable-code: unreachable code\n",
+            b = s(&bad)
+        )
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr, "cardvm: 2 lint finding(s)\n");
+    assert_eq!(ok(&["lint", s(&clean)]), "");
+
+    // asm --lint: the same annotations on stderr, exit 1, nothing written.
+    let cvm = dir.join("bad.cvm");
+    let out = cardvm(&["asm", "--lint", s(&bad), "-o", s(&cvm)]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with(&format!("{}:2:1: unchecked-sw: ", s(&bad))),
+        "{stderr}"
+    );
+    assert!(!cvm.exists());
+    // Without --lint the findings stay warnings.
+    let out = cardvm(&["asm", s(&bad), "-o", s(&cvm)]);
+    assert!(out.status.success());
+    assert!(cvm.exists());
+    // A file that does not assemble fails too, with its position.
+    let broken = dir.join("broken.casm");
+    std::fs::write(&broken, "  apud r1\n").unwrap();
+    let out = cardvm(&["lint", s(&broken)]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with(&format!("{}:1:3: error: ", s(&broken))),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -127,6 +127,67 @@ fn cardvm_test_prints_a_runner_report_and_fails_on_a_failing_scenario() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `cardvm test --junit OUT.xml`: one testcase per scenario; a failing scenario is a
+/// `<failure>` whose message says what differed; the exit code still says it failed.
+#[cfg(feature = "cli")]
+#[test]
+fn cardvm_test_writes_junit_xml_with_a_failure_per_failing_scenario() {
+    let bin = env!("CARGO_BIN_EXE_cardvm");
+    let dir = std::env::temp_dir().join(format!("cardvm-junit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let card = std::fs::canonicalize("scripts/city0731-des3/card.toml").unwrap();
+    let script = std::fs::canonicalize("scripts/city0731-des3/balance.casm").unwrap();
+    let file = dir.join("mixed.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[defaults]\ncard = '{}'\nscript = '{}'\n\n[[scenario]]\nname = 'balance <ok> & fine'\nexpect = {{ balance = 500 }}\n\n[[scenario]]\nname = 'wrong balance'\nexpect = {{ balance = 7 }}\n",
+            card.display(),
+            script.display()
+        ),
+    )
+    .unwrap();
+    let xml_path = dir.join("out.xml");
+    let out = std::process::Command::new(bin)
+        .args(["test", "--junit"])
+        .arg(&xml_path)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let xml = std::fs::read_to_string(&xml_path).unwrap();
+    assert!(xml.starts_with("<?xml"), "{xml}");
+    assert!(
+        xml.contains("<testsuites name=\"cardvm scenarios\" tests=\"2\" failures=\"1\">"),
+        "{xml}"
+    );
+    assert_eq!(xml.matches("<testcase ").count(), 2, "{xml}");
+    assert!(
+        xml.contains("name=\"balance &lt;ok&gt; &amp; fine\"/>"),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("name=\"wrong balance\">\n      <failure type=\"mismatch\" message=\"balance: expected 7, got 500\">"),
+        "{xml}"
+    );
+    // A passing run writes a suite without failures and exits 0.
+    let ok = std::process::Command::new(bin)
+        .args(["test", "--filter", "credits the card", "--junit"])
+        .arg(&xml_path)
+        .arg("scripts/city0731-des3")
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    let xml = std::fs::read_to_string(&xml_path).unwrap();
+    assert!(!xml.contains("<failure"), "{xml}");
+    assert!(xml.contains("credits the card"), "{xml}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn city_scripts_are_lint_clean() {
     for entry in std::fs::read_dir("scripts").unwrap() {

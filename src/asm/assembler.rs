@@ -3,7 +3,8 @@
 //! Two phases: the preprocessor reads files, follows `.include`s and expands macros
 //! into logical lines; the assembler then makes two passes over them — the first
 //! places labels, declarations and instructions (instruction sizes come from the
-//! table), the second parses operands (driven by [`Opcode::operand_kinds`]) and encodes.
+//! table), the second parses operands (driven by [`Opcode::operand_specs`]: each
+//! operand's name and kind) and encodes.
 
 use super::error::{AsmError, Warning};
 use super::lexer::{Kind, Pos, Token, lex_line};
@@ -1146,26 +1147,26 @@ impl<'s> Asm<'s> {
 
     fn instruction(&mut self, op: Opcode, toks: &[Token]) -> R<Instr> {
         let m = &toks[0];
-        let kinds = op.operand_kinds();
-        let names = op.operand_names();
+        let specs = op.operand_specs();
         let groups = split_commas(self.srcs, &toks[1..], m.pos)?;
-        if groups.len() != kinds.len() {
-            let want = if kinds.is_empty() {
+        if groups.len() != specs.len() {
+            let want = if specs.is_empty() {
                 String::from("no operands")
             } else {
-                format!("{} operand(s): {}", kinds.len(), names.join(", "))
+                let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
+                format!("{} operand(s): {}", specs.len(), names.join(", "))
             };
-            let at = groups.get(kinds.len()).map(|g| g[0].pos).unwrap_or(m.pos);
+            let at = groups.get(specs.len()).map(|g| g[0].pos).unwrap_or(m.pos);
             return Err(self.err(
                 at,
                 format!("`{}` takes {want}; found {}", m.text, groups.len()),
             ));
         }
         let mut ops = [Operand::U8(0); MAX_OPERANDS];
-        for (i, ((&kind, name), g)) in kinds.iter().zip(names).zip(&groups).enumerate() {
-            ops[i] = self.operand(kind, name, g, m)?;
+        for (i, (spec, g)) in specs.iter().zip(&groups).enumerate() {
+            ops[i] = self.operand(spec.kind, spec.name, g, m)?;
         }
-        Instr::from_operands(op, &ops[..kinds.len()])
+        Instr::from_operands(op, &ops[..specs.len()])
             .ok_or_else(|| self.err(m.pos, "operands do not fit the instruction"))
     }
 

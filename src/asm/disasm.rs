@@ -1,12 +1,12 @@
 //! [`CommandScript`] → `.casm` text that re-assembles to identical bytes.
 //!
-//! Mnemonics and operand kinds come from the instruction table. Every jump target that
-//! starts an instruction gets a label `L0012:` (the code offset in hex); other targets
-//! are written `@N`. Bytes that do not decode (or instructions with a debug line entry
+//! Mnemonics, operand kinds and roles come from the instruction table (a failure code,
+//! role `Code`, is written in hex). Every jump target that starts an instruction gets a
+//! label `L0012:` (the code offset in hex); other targets are written `@N`. Bytes that do not decode (or instructions with a debug line entry
 //! inside them) are written as `.code [..]` so that nothing is lost.
 
 use super::lexer::quote;
-use crate::isa::{Instr, Operand, SwPattern};
+use crate::isa::{Instr, Operand, OperandSpec, Role, SwPattern};
 use crate::script::{CommandScript, Constant, display_safe};
 use alloc::collections::BTreeSet;
 use alloc::format;
@@ -184,9 +184,9 @@ pub fn disassemble(script: &CommandScript) -> String {
                 let mut text = format!("    {:<7}", op.mnemonic());
                 let mut comment = String::new();
                 let ops = instr.operands();
-                for (i, (o, name)) in ops.as_slice().iter().zip(op.operand_names()).enumerate() {
+                for (i, (o, spec)) in ops.as_slice().iter().zip(op.operand_specs()).enumerate() {
                     text.push_str(if i == 0 { " " } else { ", " });
-                    text.push_str(&operand_text(script, *o, name, &targets));
+                    text.push_str(&operand_text(script, *o, spec, &targets));
                     if let Operand::Const(c) = o
                         && let Some(c) = script.constants.get(usize::from(*c))
                     {
@@ -205,7 +205,14 @@ pub fn disassemble(script: &CommandScript) -> String {
     out
 }
 
-fn operand_text(script: &CommandScript, o: Operand, name: &str, labels: &BTreeSet<u32>) -> String {
+/// How operand `o` is written; its role in the table decides where the value alone
+/// does not (a failure code is written in hex).
+fn operand_text(
+    script: &CommandScript,
+    o: Operand,
+    spec: &OperandSpec,
+    labels: &BTreeSet<u32>,
+) -> String {
     match o {
         Operand::Reg(r) => format!("r{r}"),
         Operand::Key(k) => format!("k{k}"),
@@ -221,7 +228,7 @@ fn operand_text(script: &CommandScript, o: Operand, name: &str, labels: &BTreeSe
         },
         Operand::Target(t) if labels.contains(&t) => format!("L{t:04X}"),
         Operand::Target(t) => format!("@{t}"),
-        Operand::U16(v) if name == "code" => format!("0x{v:02X}"),
+        Operand::U16(v) if spec.role == Role::FailCode => format!("0x{v:02X}"),
         Operand::U8(v) => format!("{v}"),
         Operand::U16(v) => format!("{v}"),
         Operand::U32(v) => format!("{v}"),

@@ -59,10 +59,46 @@ impl fmt::Display for AsmError {
 
 impl core::error::Error for AsmError {}
 
+/// Which lint found something (its name is what `cardvm lint` prints).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[non_exhaustive]
+pub enum Lint {
+    /// A label no instruction jumps to.
+    UnusedLabel,
+    /// A declared input no instruction reads.
+    UnusedInput,
+    /// Code no path reaches.
+    Unreachable,
+    /// An APDU whose status word some path never looks at.
+    UncheckedSw,
+    /// A MAC compared with a branch that is not constant-time.
+    MacCompare,
+    /// A diagnostic without a lint of its own.
+    #[default]
+    Other,
+}
+
+impl Lint {
+    /// The lint's name: `unused-label`, `unused-input`, `unreachable-code`,
+    /// `unchecked-sw`, `mac-compare`, `warning`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Lint::UnusedLabel => "unused-label",
+            Lint::UnusedInput => "unused-input",
+            Lint::Unreachable => "unreachable-code",
+            Lint::UncheckedSw => "unchecked-sw",
+            Lint::MacCompare => "mac-compare",
+            Lint::Other => "warning",
+        }
+    }
+}
+
 /// A non-fatal diagnostic from the assembler's lints (unused labels or inputs,
 /// unreachable code, an unchecked status word, a MAC compared in variable time).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Warning {
+    /// Which lint.
+    pub lint: Lint,
     /// Source file name.
     pub file: String,
     /// 1-based line.
@@ -71,6 +107,21 @@ pub struct Warning {
     pub col: u32,
     /// What is suspicious.
     pub message: String,
+}
+
+impl Warning {
+    /// The one-line form editors and CI annotate: `file:line:col: lint-name: message`
+    /// (what `cardvm lint` prints).
+    pub fn annotation(&self) -> String {
+        alloc::format!(
+            "{}:{}:{}: {}: {}",
+            self.file,
+            self.line,
+            self.col,
+            self.lint.name(),
+            self.message
+        )
+    }
 }
 
 impl fmt::Display for Warning {
@@ -101,11 +152,13 @@ mod tests {
             "a.casm:3:7: error: unknown mnemonic `apud`\n\t  x  apud r1\n\t     ^"
         );
         let w = Warning {
+            lint: Lint::UnusedLabel,
             file: "a.casm".into(),
             line: 1,
             col: 2,
             message: "m".into(),
         };
         assert_eq!(alloc::format!("{w}"), "a.casm:1:2: warning: m");
+        assert_eq!(w.annotation(), "a.casm:1:2: unused-label: m");
     }
 }

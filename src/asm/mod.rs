@@ -96,7 +96,7 @@ pub use assembler::{
 #[cfg(feature = "std")]
 pub use data_toml::{DataError, compile_data};
 pub use disasm::disassemble;
-pub use error::{AsmError, Warning};
+pub use error::{AsmError, Lint, Warning};
 #[cfg(feature = "std")]
 pub use loader::{FsLoader, MAX_SOURCE_FILE, SourceFileError, read_source_file};
 pub use loader::{MapLoader, SourceLoader, resolve_relative};

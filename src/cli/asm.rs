@@ -19,6 +19,18 @@ pub struct AsmArgs {
     /// Include debug info (source file and line of every instruction).
     #[arg(short = 'g', long)]
     debug: bool,
+    /// Treat lint findings as errors: print each as `file:line:col: lint-name: message`
+    /// and exit non-zero without writing the output.
+    #[arg(long)]
+    lint: bool,
+}
+
+/// Arguments of `cardvm lint`.
+#[derive(Args, Debug)]
+pub struct LintArgs {
+    /// The `.casm` sources to check.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
 }
 
 /// Arguments of `cardvm disasm`.
@@ -63,7 +75,7 @@ fn parse_script(path: &Path) -> Result<CommandScript, String> {
     CommandScript::parse(&read(path)?).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// `cardvm asm IN.casm [-o OUT.cvm] [-g]`.
+/// `cardvm asm IN.casm [-o OUT.cvm] [-g] [--lint]`.
 pub fn asm(a: AsmArgs) -> CliResult {
     let opts = AsmOptions { debug: a.debug };
     let out = match assemble_file(&a.input, &opts) {
@@ -73,11 +85,48 @@ pub fn asm(a: AsmArgs) -> CliResult {
             return Err(format!("{}: assembly failed", e.headline()));
         }
     };
+    if a.lint && !out.warnings.is_empty() {
+        for w in &out.warnings {
+            eprintln!("{}", w.annotation());
+        }
+        return Err(format!(
+            "{}: {} lint finding(s); nothing written",
+            a.input.display(),
+            out.warnings.len()
+        ));
+    }
     for w in &out.warnings {
         eprintln!("{w}");
     }
     let path = a.output.unwrap_or_else(|| a.input.with_extension("cvm"));
     write(&path, &out.script.encode())
+}
+
+/// `cardvm lint FILE.casm...`: assembles each file and prints every lint finding on
+/// stdout as `file:line:col: lint-name: message` (the form editors and CI annotate);
+/// fails when any file has a finding or does not assemble.
+pub fn lint(a: LintArgs) -> CliResult {
+    let (mut findings, mut broken) = (0usize, 0usize);
+    for input in &a.inputs {
+        match assemble_file(input, &AsmOptions::default()) {
+            Ok(out) => {
+                for w in &out.warnings {
+                    println!("{}", w.annotation());
+                }
+                findings += out.warnings.len();
+            }
+            Err(e) => {
+                // The error's first line already has the file:line:col form.
+                eprintln!("{e}");
+                broken += 1;
+            }
+        }
+    }
+    match (findings, broken) {
+        (0, 0) => Ok(()),
+        (f, 0) => Err(format!("{f} lint finding(s)")),
+        (f, b) => Err(format!("{f} lint finding(s), {b} file(s) do not assemble")),
+    }
 }
 
 /// `cardvm disasm IN.cvm [-o OUT.casm]`.

@@ -34,6 +34,8 @@ pub struct Cli {
 enum Command {
     /// Assemble a `.casm` command script into bytecode (`.cvm`).
     Asm(asm::AsmArgs),
+    /// Check `.casm` sources with the assembler's lints; non-zero exit on any finding.
+    Lint(asm::LintArgs),
     /// Disassemble a `.cvm` command script into `.casm` text.
     Disasm(asm::DisasmArgs),
     /// Verify a `.cvm` command script, and bind a data script to it.
@@ -74,6 +76,7 @@ enum Command {
 pub fn dispatch(cli: Cli) -> CliResult {
     match cli.command {
         Command::Asm(a) => asm::asm(a),
+        Command::Lint(a) => asm::lint(a),
         Command::Disasm(a) => asm::disasm(a),
         Command::Verify(a) => asm::verify(a),
         Command::Data(a) => asm::data(a),

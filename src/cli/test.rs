@@ -1,4 +1,5 @@
-//! `cardvm test PATH`: run scenario files (see `cardvm::sim::scenario` and docs/casm.md).
+//! `cardvm test PATH [--junit OUT.xml]`: run scenario files (see `cardvm::sim::scenario`
+//! and docs/casm.md); the results can also go to a JUnit XML file for CI.
 
 use super::CliResult;
 use clap::Args;
@@ -13,6 +14,9 @@ pub struct TestArgs {
     /// Only scenarios whose name contains this text.
     #[arg(long)]
     pub filter: Option<String>,
+    /// Also write the results as JUnit XML (one testcase per scenario) for CI.
+    #[arg(long, value_name = "OUT.xml")]
+    pub junit: Option<PathBuf>,
 }
 
 /// Runs the scenarios, prints test-runner output; fails when any scenario fails.
@@ -22,6 +26,10 @@ pub fn test(args: TestArgs) -> CliResult {
         summary.results.retain(|r| r.name.contains(f.as_str()));
     }
     print!("{}", summary.render());
+    if let Some(path) = &args.junit {
+        std::fs::write(path, summary.junit_xml())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     if summary.ok() {
         Ok(())
     } else if summary.results.is_empty() && summary.file_errors.is_empty() {

@@ -52,6 +52,7 @@
 pub mod airtime;
 pub mod cpu;
 pub mod fault;
+mod junit;
 pub mod m1;
 pub mod profile;
 pub mod scenario;

@@ -22,6 +22,7 @@
 //!   failure or VM fault → failed before `commit_point`, **unknown** after it (the card
 //!   may or may not have committed: recovery must ask the card).
 
+mod exec;
 mod outputs;
 mod trace;
 mod transcript;
@@ -30,9 +31,8 @@ pub use outputs::{OutputRef, OutputValue, Outputs};
 pub use trace::{ApduEvent, KeyHandle, NoTrace, RegValue, RegView, Tracer};
 pub use transcript::TranscriptHasher;
 
-use crate::crypto::{self, KeyAlg, SecretKey};
-use crate::isa::{Instr, Opcode};
-use crate::script::{Constant, FieldValue, ValueType};
+use crate::crypto::{self, SecretKey};
+use crate::isa::Opcode;
 use crate::transport::{Apdu, ApduError, ApduLayer, CardTransport, StatusWord, TransportError};
 use crate::verify::Bound;
 use alloc::string::String;
@@ -737,27 +737,35 @@ impl Vm {
         // The code offset of instruction `at`, looked up only when reported: the
         // verifier made every index valid, and the fallback keeps this panic-free.
         let offset_of = |at: usize| program.offsets.get(at).copied().unwrap_or(0);
-        let mut pc = 0usize;
+        let fuel = self.limits.fuel;
+        let mut ex = exec::Exec {
+            vm: self,
+            bound: *bound,
+            card,
+            tracer,
+            transcript,
+            pc: 0,
+        };
         loop {
-            let at = pc;
-            if *fuel_used >= self.limits.fuel {
+            let at = ex.pc;
+            if *fuel_used >= fuel {
                 return Err(VmError {
                     offset: offset_of(at),
                     kind: VmErrorKind::OutOfFuel(*fuel_used),
                 });
             }
             *fuel_used += 1;
-            let instr = &code[pc];
-            tracer.step(offset_of(at), instr);
-            pc += 1;
-            match self.step(bound, instr, &mut pc, card, tracer, transcript) {
+            let instr = &code[at];
+            ex.tracer.step(offset_of(at), instr);
+            ex.pc += 1;
+            match ex.step(instr) {
                 Ok(()) => {
-                    if tracer.wants_registers() {
-                        tracer.after_step(
+                    if ex.tracer.wants_registers() {
+                        ex.tracer.after_step(
                             offset_of(at),
                             &RegView {
-                                regs: &self.regs,
-                                keys: &self.keys,
+                                regs: &ex.vm.regs,
+                                keys: &ex.vm.keys,
                             },
                         );
                     }
@@ -771,512 +779,6 @@ impl Vm {
                 }
             }
         }
-    }
-
-    /// Executes one instruction. `pc` already points at the next one.
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    fn step<T: CardTransport, R: Tracer + ?Sized>(
-        &mut self,
-        bound: &Bound<'_>,
-        instr: &Instr,
-        pc: &mut usize,
-        card: &mut ApduLayer<T>,
-        tracer: &mut R,
-        transcript: &mut TranscriptHasher,
-    ) -> Result<(), Exit> {
-        let program = bound.program;
-        macro_rules! int_op {
-            ($dst:expr, $a:expr, $b:expr, $f:expr) => {{
-                let (x, y) = (int_of(&self.regs, $a)?, int_of(&self.regs, $b)?);
-                let v: Result<u64, VmErrorKind> = $f(x, y);
-                self.set_int($dst, v?);
-            }};
-        }
-        macro_rules! branch_int {
-            ($a:expr, $b:expr, $target:expr, $cmp:expr) => {{
-                let (x, y) = (int_of(&self.regs, $a)?, int_of(&self.regs, $b)?);
-                if $cmp(&x, &y) {
-                    *pc = $target as usize;
-                }
-            }};
-        }
-        match *instr {
-            Instr::Nop {} => {}
-            Instr::Halt {} => return Err(Exit::Stop(Stop::Halt)),
-            Instr::Fail { code } => return Err(Exit::Stop(Stop::Fail(code))),
-            Instr::Jmp { target } => *pc = target as usize,
-            Instr::Call { target } => {
-                if self.stack.len() >= crate::verify::MAX_CALL_DEPTH as usize {
-                    return Err(Exit::Fault(VmErrorKind::CallStack));
-                }
-                self.stack.push(*pc as u32);
-                *pc = target as usize;
-            }
-            Instr::Ret {} => *pc = self.stack.pop().ok_or(VmErrorKind::CallStack)? as usize,
-            Instr::CommitPoint {} => self.in_commit = true,
-            Instr::Beq { a, b, target } | Instr::Bne { a, b, target } => {
-                let (ra, rb) = (&self.regs[usize::from(a)], &self.regs[usize::from(b)]);
-                let equal = match (ra.tag, rb.tag) {
-                    (Tag::Int, Tag::Int) => ra.int == rb.int,
-                    (Tag::Bytes, Tag::Bytes) => ra.bytes == rb.bytes,
-                    (Tag::Unset, _) => return Err(Exit::Fault(VmErrorKind::Uninitialized(a))),
-                    (_, Tag::Unset) => return Err(Exit::Fault(VmErrorKind::Uninitialized(b))),
-                    _ => {
-                        return Err(Exit::Fault(VmErrorKind::TypeMismatch {
-                            reg: b,
-                            expected: ra.kind_name(),
-                            found: rb.kind_name(),
-                        }));
-                    }
-                };
-                if equal == matches!(*instr, Instr::Beq { .. }) {
-                    *pc = target as usize;
-                }
-            }
-            Instr::Blt { a, b, target } => branch_int!(a, b, target, u64::lt),
-            Instr::Ble { a, b, target } => branch_int!(a, b, target, u64::le),
-            Instr::Bgt { a, b, target } => branch_int!(a, b, target, u64::gt),
-            Instr::Bge { a, b, target } => branch_int!(a, b, target, u64::ge),
-            Instr::Bz { a, target } => {
-                if int_of(&self.regs, a)? == 0 {
-                    *pc = target as usize;
-                }
-            }
-            Instr::Bnz { a, target } => {
-                if int_of(&self.regs, a)? != 0 {
-                    *pc = target as usize;
-                }
-            }
-            Instr::Mov { dst, src } => {
-                let reg = &self.regs[usize::from(src)];
-                match reg.tag {
-                    Tag::Int => {
-                        let v = reg.int;
-                        self.set_int(dst, v);
-                    }
-                    Tag::Bytes if dst == src => {}
-                    Tag::Bytes => {
-                        let n = reg.bytes.len();
-                        self.set_from_regs(dst, (src, 0..n), (src, 0..0))?;
-                    }
-                    Tag::Unset => return Err(Exit::Fault(VmErrorKind::Uninitialized(src))),
-                }
-            }
-            Instr::Ldc { dst, index } => match &program.constants[usize::from(index)] {
-                Constant::Int(v) => self.set_int(dst, *v),
-                Constant::Bytes(b) => self.set_bytes(dst, b)?,
-            },
-            Instr::Ldi { dst, value } => self.set_int(dst, u64::from(value)),
-            Instr::Ldin { dst, input } => match bound.input(input) {
-                FieldValue::Int(v) => self.set_int(dst, *v),
-                FieldValue::Bytes(b) => self.set_bytes(dst, b)?,
-                FieldValue::BcdDateTime(d) => self.set_bytes(dst, d)?,
-                // The verifier refuses ldin of key inputs and binding checks types.
-                FieldValue::Key(_) => {
-                    return Err(Exit::Fault(VmErrorKind::TypeMismatch {
-                        reg: dst,
-                        expected: "a value",
-                        found: "a key",
-                    }));
-                }
-            },
-            Instr::Ldkey { slot, input } => match bound.input(input) {
-                FieldValue::Key(k) => self.keys[usize::from(slot)] = Some(k.clone()),
-                _ => return Err(Exit::Fault(VmErrorKind::EmptyKeySlot(slot))),
-            },
-            Instr::Out { output, src } => {
-                let decl = &program.outputs[usize::from(output)];
-                let reg = &self.regs[usize::from(src)];
-                let fits = match (reg.tag, decl.ty) {
-                    (Tag::Unset, _) => {
-                        return Err(Exit::Fault(VmErrorKind::Uninitialized(src)));
-                    }
-                    (Tag::Int, ValueType::Int { bits }) => bits >= 64 || reg.int >> bits == 0,
-                    (Tag::Bytes, ValueType::Bytes) => true,
-                    (Tag::Bytes, ValueType::BytesN { len }) => reg.bytes.len() == usize::from(len),
-                    (Tag::Bytes, ValueType::BcdDateTime) => reg.bytes.len() == 7,
-                    _ => false,
-                };
-                if !fits {
-                    return Err(Exit::Fault(VmErrorKind::OutputType(String::from(
-                        &*decl.name,
-                    ))));
-                }
-                // Output slots count toward the memory limit like registers: a receipt of
-                // many large outputs is as much memory as many large registers.
-                let old = match self.outputs[usize::from(output)].tag {
-                    Tag::Bytes => self.outputs[usize::from(output)].bytes.len(),
-                    _ => 0,
-                };
-                let new = match reg.tag {
-                    Tag::Bytes => reg.bytes.len(),
-                    _ => 0,
-                };
-                let used = self.mem_used - old + new;
-                if used > self.limits.max_memory {
-                    return Err(Exit::Fault(VmErrorKind::OutOfMemory {
-                        used,
-                        limit: self.limits.max_memory,
-                    }));
-                }
-                self.mem_used = used;
-                self.peak_memory = self.peak_memory.max(used);
-                // Copied into the slot's own buffer: no allocation once it has grown.
-                let slot = &mut self.outputs[usize::from(output)];
-                slot.tag = reg.tag;
-                slot.int = reg.int;
-                slot.bytes.clear();
-                if reg.tag == Tag::Bytes {
-                    slot.bytes.extend_from_slice(&reg.bytes);
-                }
-            }
-            Instr::Add { dst, a, b } => int_op!(dst, a, b, |x: u64, y| x
-                .checked_add(y)
-                .ok_or(VmErrorKind::Overflow)),
-            Instr::Sub { dst, a, b } => int_op!(dst, a, b, |x: u64, y| x
-                .checked_sub(y)
-                .ok_or(VmErrorKind::Overflow)),
-            Instr::Mul { dst, a, b } => int_op!(dst, a, b, |x: u64, y| x
-                .checked_mul(y)
-                .ok_or(VmErrorKind::Overflow)),
-            Instr::Div { dst, a, b } => {
-                int_op!(dst, a, b, |x: u64, y| x
-                    .checked_div(y)
-                    .ok_or(VmErrorKind::DivideByZero))
-            }
-            Instr::Rem { dst, a, b } => {
-                int_op!(dst, a, b, |x: u64, y| x
-                    .checked_rem(y)
-                    .ok_or(VmErrorKind::DivideByZero))
-            }
-            Instr::Addi { dst, a, value } => {
-                let v = int_of(&self.regs, a)?
-                    .checked_add(u64::from(value))
-                    .ok_or(VmErrorKind::Overflow)?;
-                self.set_int(dst, v);
-            }
-            Instr::Subi { dst, a, value } => {
-                let v = int_of(&self.regs, a)?
-                    .checked_sub(u64::from(value))
-                    .ok_or(VmErrorKind::Overflow)?;
-                self.set_int(dst, v);
-            }
-            Instr::Andi { dst, a, value } => {
-                let v = int_of(&self.regs, a)? & u64::from(value);
-                self.set_int(dst, v);
-            }
-            Instr::Shri { dst, a, bits } => {
-                let v = int_of(&self.regs, a)? >> bits;
-                self.set_int(dst, v);
-            }
-            Instr::Shli { dst, a, bits } => {
-                let x = int_of(&self.regs, a)?;
-                let v = x << bits;
-                if v >> bits != x {
-                    return Err(Exit::Fault(VmErrorKind::Overflow));
-                }
-                self.set_int(dst, v);
-            }
-            Instr::Cat { dst, a, b } => {
-                // Every path checks the string and memory limits in `reserve`.
-                let (x, y) = (bytes_of(&self.regs, a)?, bytes_of(&self.regs, b)?);
-                let (nx, ny) = (x.len(), y.len());
-                if dst == a && dst != b {
-                    // `cat t, t, x`, the usual way a MAC input is built: append in place.
-                    self.reserve(dst, nx + ny)?;
-                    let tail = core::mem::take(&mut self.regs[usize::from(b)].bytes);
-                    self.regs[usize::from(dst)].bytes.extend_from_slice(&tail);
-                    self.regs[usize::from(b)].bytes = tail;
-                } else if dst != a && dst != b {
-                    self.set_from_regs(dst, (a, 0..nx), (b, 0..ny))?;
-                } else {
-                    self.scratch.clear();
-                    self.scratch.extend_from_slice(x);
-                    self.scratch.extend_from_slice(y);
-                    self.set_from_scratch(dst)?;
-                }
-            }
-            Instr::Slice {
-                dst,
-                src,
-                offset,
-                len,
-            } => {
-                let s = bytes_of(&self.regs, src)?;
-                let range = slice_range(s.len(), offset.into(), len.into())?;
-                self.set_slice(dst, src, range)?;
-            }
-            Instr::Slicer {
-                dst,
-                src,
-                offset,
-                len,
-            } => {
-                let (o, n) = (int_of(&self.regs, offset)?, int_of(&self.regs, len)?);
-                let s = bytes_of(&self.regs, src)?;
-                let range = slice_range(s.len(), o, n)?;
-                self.set_slice(dst, src, range)?;
-            }
-            Instr::Xor { dst, a, b } => {
-                let (x, y) = (bytes_of(&self.regs, a)?, bytes_of(&self.regs, b)?);
-                if x.len() != y.len() {
-                    return Err(Exit::Fault(VmErrorKind::LengthMismatch(x.len(), y.len())));
-                }
-                self.scratch.clear();
-                self.scratch.extend(x.iter().zip(y).map(|(p, q)| p ^ q));
-                self.set_from_scratch(dst)?;
-            }
-            Instr::Not { dst, src } => {
-                let s = bytes_of(&self.regs, src)?;
-                self.scratch.clear();
-                self.scratch.extend(s.iter().map(|b| !b));
-                self.set_from_scratch(dst)?;
-            }
-            Instr::Pad { dst, src, block } => {
-                let s = bytes_of(&self.regs, src)?;
-                let block = usize::from(block);
-                let len = (s.len() / block + 1) * block;
-                if len > self.limits.max_bytes {
-                    return Err(Exit::Fault(VmErrorKind::StringTooLong {
-                        len,
-                        limit: self.limits.max_bytes,
-                    }));
-                }
-                self.scratch.clear();
-                crypto::pad_iso9797_m2(s, block, &mut self.scratch);
-                self.set_from_scratch(dst)?;
-            }
-            Instr::Len { dst, src } => {
-                let n = bytes_of(&self.regs, src)?.len() as u64;
-                self.set_int(dst, n);
-            }
-            Instr::ToBe { dst, src, width } => {
-                let v = int_of(&self.regs, src)?;
-                let w = usize::from(width);
-                if w < 8 && v >> (8 * w) != 0 {
-                    return Err(Exit::Fault(VmErrorKind::DoesNotFit(width)));
-                }
-                self.scratch.clear();
-                self.scratch.extend_from_slice(&v.to_be_bytes()[8 - w..]);
-                self.set_from_scratch(dst)?;
-            }
-            Instr::FromBe { dst, src } => {
-                let s = bytes_of(&self.regs, src)?;
-                if s.len() > 8 {
-                    return Err(Exit::Fault(VmErrorKind::IntTooWide(s.len())));
-                }
-                let v = s.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
-                self.set_int(dst, v);
-            }
-            Instr::ToBcd { dst, src, width } => {
-                let mut v = int_of(&self.regs, src)?;
-                let w = usize::from(width);
-                let mut buf = [0u8; 10];
-                for byte in buf[..w].iter_mut().rev() {
-                    let lo = (v % 10) as u8;
-                    v /= 10;
-                    let hi = (v % 10) as u8;
-                    v /= 10;
-                    *byte = (hi << 4) | lo;
-                }
-                if v != 0 {
-                    return Err(Exit::Fault(VmErrorKind::DoesNotFit(width)));
-                }
-                self.set_bytes(dst, &buf[..w])?;
-            }
-            Instr::FromBcd { dst, src } => {
-                let s = bytes_of(&self.regs, src)?;
-                if s.len() > 9 {
-                    return Err(Exit::Fault(VmErrorKind::BadBcd));
-                }
-                let mut v = 0u64;
-                for b in s {
-                    let (hi, lo) = (b >> 4, b & 0xF);
-                    if hi > 9 || lo > 9 {
-                        return Err(Exit::Fault(VmErrorKind::BadBcd));
-                    }
-                    v = v * 100 + u64::from(hi) * 10 + u64::from(lo);
-                }
-                self.set_int(dst, v);
-            }
-            Instr::Fill { dst, byte, count } => {
-                let n = usize::from(count);
-                if n > self.limits.max_bytes {
-                    return Err(Exit::Fault(VmErrorKind::StringTooLong {
-                        len: n,
-                        limit: self.limits.max_bytes,
-                    }));
-                }
-                self.scratch.clear();
-                self.scratch.resize(n, byte);
-                self.set_from_scratch(dst)?;
-            }
-            Instr::Apdu { resp, cmd } => {
-                let command = bytes_of(&self.regs, cmd)?;
-                let shown = Shown {
-                    hashed: command,
-                    traced: command,
-                    redacted: false,
-                };
-                match self.ex.send(
-                    card,
-                    tracer,
-                    transcript,
-                    &mut self.scratch,
-                    command,
-                    shown,
-                    self.limits,
-                )? {
-                    Ok(()) => self.set_from_scratch(resp)?,
-                    Err(e) => return Err(Exit::Stop(Stop::Transport(e))),
-                }
-            }
-            Instr::MkApdu {
-                dst,
-                header,
-                data,
-                le,
-            } => {
-                let (h, d) = (bytes_of(&self.regs, header)?, bytes_of(&self.regs, data)?);
-                if h.len() != 4 {
-                    return Err(Exit::Fault(VmErrorKind::InputLength {
-                        op: "mkapdu header",
-                        expected: 4,
-                        found: h.len(),
-                    }));
-                }
-                let le = (le != 0).then_some(le);
-                let apdu = Apdu::new(h[0], h[1], h[2], h[3], d, le);
-                self.scratch.clear();
-                apdu.encode_into(&mut self.scratch)
-                    .map_err(VmErrorKind::BadApdu)?;
-                self.set_from_scratch(dst)?;
-            }
-            Instr::Sw { dst } => {
-                let sw = self.ex.sw.ok_or(VmErrorKind::NoStatusWord)?;
-                self.set_int(dst, u64::from(sw.0));
-            }
-            Instr::Bsw { pattern, target } => {
-                if pattern.matches(self.ex.sw.ok_or(VmErrorKind::NoStatusWord)?.0) {
-                    *pc = target as usize;
-                }
-            }
-            Instr::Bnsw { pattern, target } => {
-                if !pattern.matches(self.ex.sw.ok_or(VmErrorKind::NoStatusWord)?.0) {
-                    *pc = target as usize;
-                }
-            }
-            Instr::Expect { pattern, code } => {
-                if !pattern.matches(self.ex.sw.ok_or(VmErrorKind::NoStatusWord)?.0) {
-                    return Err(Exit::Stop(Stop::Fail(code)));
-                }
-            }
-            Instr::Uid { dst } => {
-                self.scratch.clear();
-                if let Some(uid) = card.transport().uid() {
-                    self.scratch.extend_from_slice(uid);
-                }
-                self.set_from_scratch(dst)?;
-            }
-            Instr::ProcessKey { dst, master, data } => {
-                let input = self.input8(data, "pkey")?;
-                let k = slot_key(&self.keys, master, Opcode::ProcessKey)?;
-                // `load` gives `load-session`, `purchase` gives `purchase-session`.
-                let session = crypto::process_key(k, &input).map_err(VmErrorKind::Crypto)?;
-                self.keys[usize::from(dst)] = Some(session);
-            }
-            Instr::Mac { dst, key, data } => {
-                let k = slot_key(&self.keys, key, Opcode::Mac)?;
-                let mac = crypto::pboc_mac(k, bytes_of(&self.regs, data)?)
-                    .map_err(VmErrorKind::Crypto)?;
-                self.set_bytes(dst, &mac)?;
-            }
-            Instr::CheckMac {
-                key,
-                data,
-                mac,
-                code,
-            } => {
-                let k = slot_key(&self.keys, key, Opcode::CheckMac)?;
-                let expected = crypto::pboc_mac(k, bytes_of(&self.regs, data)?)
-                    .map_err(VmErrorKind::Crypto)?;
-                if !crypto::ct_eq(&expected, bytes_of(&self.regs, mac)?) {
-                    return Err(Exit::Stop(Stop::Fail(code)));
-                }
-            }
-            Instr::TacKey { dst, src } => {
-                let k = slot_key(&self.keys, src, Opcode::TacKey)?;
-                let t = crypto::tac_key(k).map_err(VmErrorKind::Crypto)?;
-                self.keys[usize::from(dst)] = Some(t);
-            }
-            Instr::Diversify { dst, master, data } => {
-                let f = self.input8(data, "divkey")?;
-                let k = slot_key(&self.keys, master, Opcode::Diversify)?;
-                // The card key's usage follows the master's; the script names none.
-                let d = crypto::diversify(k, &f).map_err(VmErrorKind::Crypto)?;
-                self.keys[usize::from(dst)] = Some(d);
-            }
-            Instr::Encrypt { dst, key, data } | Instr::Decrypt { dst, key, data } => {
-                let k = slot_key(&self.keys, key, instr.opcode())?;
-                let d = bytes_of(&self.regs, data)?;
-                self.scratch.clear();
-                let r = if matches!(*instr, Instr::Encrypt { .. }) {
-                    crypto::ecb_encrypt(k, d, &mut self.scratch)
-                } else {
-                    crypto::ecb_decrypt(k, d, &mut self.scratch)
-                };
-                r.map_err(VmErrorKind::Crypto)?;
-                self.set_from_scratch(dst)?;
-            }
-            Instr::Sm3 { dst, src } => {
-                let h = crypto::sm3(bytes_of(&self.regs, src)?);
-                self.set_bytes(dst, &h)?;
-            }
-            Instr::LoadReaderKey { key, number } => {
-                let k = slot_key(&self.keys, key, Opcode::LoadReaderKey)?;
-                if k.alg() != KeyAlg::M1 {
-                    return Err(Exit::Fault(VmErrorKind::KeyUsage {
-                        slot: key,
-                        usage: k.usage().name(),
-                        op: "ldrkey (M1 keys only)",
-                    }));
-                }
-                // FF 82 is answered by a PC/SC Part 3 reader itself; anything else (a CPU
-                // card, a replayed or forged answer) would receive the key in clear.
-                if !card.transport().reader_key_store() {
-                    return Err(Exit::Fault(VmErrorKind::NoReaderKeyStore));
-                }
-                // FF 82 00 keyNo 06 key(6): the only APDU that carries key bytes. The
-                // transcript hashes it with the key replaced by zeros; the trace sees only
-                // the header and Lc.
-                let mut command = zeroize::Zeroizing::new([0u8; 11]);
-                command[..5].copy_from_slice(&[0xFF, 0x82, 0x00, number, 0x06]);
-                command[5..].copy_from_slice(k.expose());
-                let redacted = [0xFF, 0x82, 0x00, number, 0x06, 0, 0, 0, 0, 0, 0];
-                let shown = Shown {
-                    hashed: &redacted,
-                    traced: &redacted[..5],
-                    redacted: true,
-                };
-                if let Err(e) = self.ex.send(
-                    card,
-                    tracer,
-                    transcript,
-                    &mut self.scratch,
-                    &command[..],
-                    shown,
-                    self.limits,
-                )? {
-                    return Err(Exit::Stop(Stop::Transport(e)));
-                }
-            }
-            Instr::CtEq { dst, a, b } => {
-                let eq = crypto::ct_eq(bytes_of(&self.regs, a)?, bytes_of(&self.regs, b)?);
-                self.set_int(dst, u64::from(eq));
-            }
-        }
-        Ok(())
     }
 }
 

@@ -2,8 +2,10 @@
 
 use super::*;
 use crate::crypto::{KeyAlg, KeyUsage, SecretKey};
-use crate::isa::{Operand, SwPattern};
-use crate::script::{CommandScript, DataScript, Decl, Field, Header};
+use crate::isa::{Instr, Operand, SwPattern};
+use crate::script::{
+    CommandScript, Constant, DataScript, Decl, Field, FieldValue, Header, ValueType,
+};
 use crate::verify::{VerifiedProgram, VerifyErrorKind};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -1231,4 +1233,210 @@ fn a_reused_binding_follows_each_data_scripts_field_order() {
     // A failed bind leaves nothing stale behind: the next one is still right.
     p.bind_into(&reversed, &mut binding).unwrap();
     assert_eq!(binding, p.bind(&reversed).unwrap());
+}
+
+/// Records the opcode of every executed step.
+#[derive(Default)]
+struct StepLog(Vec<(u32, crate::isa::Opcode)>);
+
+impl Tracer for StepLog {
+    fn step(&mut self, offset: u32, instr: &Instr) {
+        self.0.push((offset, instr.opcode()));
+    }
+}
+
+/// Every opcode of the table goes through the VM's dispatch, and behaves as its table
+/// line says: it reads the status word iff flagged `reads_sw` (before any APDU that is a
+/// `NoStatusWord` fault), reaches the card only if flagged `sends_apdu`, and never falls
+/// through if flagged `terminator`. A table line whose flags lie fails here.
+#[test]
+fn every_opcode_is_dispatched_and_behaves_as_its_table_line_says() {
+    use crate::isa::{ALL_OPCODES, Opcode, OperandKind, Role};
+    for &op in ALL_OPCODES {
+        // [0] ldc r0, [00 A4 04 00]; [1] X; [2] halt; [3] fail 0x77 (every target);
+        // `ret` needs a routine: [1] call 4 … [4] ret.
+        const TARGET: u32 = 3;
+        let mut inputs = Vec::new();
+        let mut fields = Vec::new();
+        let ops: Vec<Operand> = op
+            .operand_specs()
+            .iter()
+            .map(|spec| match (spec.kind, spec.role) {
+                (OperandKind::Reg, _) => Operand::Reg(0),
+                (OperandKind::Key, _) => Operand::Key(0),
+                (OperandKind::Const, _) => Operand::Const(0),
+                (OperandKind::Input, role) => {
+                    let (ty, value) = if role == Role::KeyInput {
+                        let (alg, usage) = (KeyAlg::Des3, KeyUsage::Mac);
+                        let key = SecretKey::new(alg, usage, &[0x11; 16]).unwrap();
+                        (ValueType::Key { alg, usage }, FieldValue::Key(key))
+                    } else {
+                        (ValueType::Int { bits: 32 }, FieldValue::Int(7))
+                    };
+                    inputs.push(decl("x", ty));
+                    fields.push(Field {
+                        name: "x".into(),
+                        value,
+                    });
+                    Operand::Input(0)
+                }
+                (OperandKind::Output, _) => Operand::Output(0),
+                (OperandKind::Target, _) => Operand::Target(TARGET),
+                (OperandKind::Sw, _) => Operand::Sw(SwPattern::exact(0x9000)),
+                // Immediates: the smallest the verifier accepts (codes: 1).
+                (kind, _) => {
+                    let v = spec.range().map_or(1, |(min, _)| min.max(1));
+                    match kind {
+                        OperandKind::U8 => Operand::U8(v as u8),
+                        OperandKind::U16 => Operand::U16(v as u16),
+                        _ => Operand::U32(v),
+                    }
+                }
+            })
+            .collect();
+        let x = Instr::from_operands(op, &ops).unwrap();
+        let mut code = vec![
+            Instr::Ldc { dst: 0, index: 0 },
+            x,
+            Instr::Halt {},
+            Instr::Fail { code: 0x77 },
+        ];
+        if op == Opcode::Ret {
+            code[1] = Instr::Call { target: 4 };
+            code.push(x);
+        }
+        let s = script(
+            &code,
+            vec![Constant::Bytes(vec![0x00, 0xA4, 0x04, 0x00])],
+            inputs,
+            vec![decl("o", ValueType::Bytes)],
+        );
+        let program = VerifiedProgram::verify(&s).unwrap_or_else(|e| panic!("{op:?}: {e}"));
+        let data = DataScript { fields };
+        let binding = program.bind(&data).unwrap();
+        let mut layer = ApduLayer::new(ok_card());
+        let mut log = StepLog::default();
+        let report = Vm::default().run(
+            program.with_data(&data, &binding).unwrap(),
+            &mut layer,
+            &mut log,
+        );
+        let at = log.0.iter().position(|&(_, o)| o == op);
+        let at = at.unwrap_or_else(|| panic!("{op:?} never reached the dispatch"));
+        let flags = op.flags();
+        assert_eq!(
+            fault_kind(&report) == Some(&VmErrorKind::NoStatusWord),
+            flags.reads_sw,
+            "{op:?}: reads_sw flag vs behaviour: {:?}",
+            report.outcome
+        );
+        if report.apdu_count > 0 {
+            assert!(flags.sends_apdu, "{op:?} sent an APDU but is not flagged");
+        }
+        // What ran right after X, if anything.
+        let next = log.0.get(at + 1).map(|&(off, _)| off);
+        let x_offset = log.0[at].0;
+        let fall_through = x_offset + op.size() as u32;
+        if flags.terminator {
+            assert_ne!(next, Some(fall_through), "{op:?} fell through");
+        }
+        // No opcode is flagged as sending an APDU without a register or key to send.
+        if flags.sends_apdu {
+            assert!(
+                op.operand_specs()
+                    .iter()
+                    .any(|s| matches!(s.role, Role::RegSrc | Role::KeySrc { .. })),
+                "{op:?}"
+            );
+        }
+    }
+}
+
+/// `apdu` and `ldrkey` reach the card (so their `sends_apdu` flag is exercised above
+/// only when they run): here they do, and both are flagged.
+#[test]
+fn the_instructions_that_reach_the_card_are_flagged() {
+    use crate::isa::{ALL_OPCODES, Opcode};
+    let flagged: Vec<Opcode> = ALL_OPCODES
+        .iter()
+        .copied()
+        .filter(|o| o.flags().sends_apdu)
+        .collect();
+    assert_eq!(flagged, [Opcode::Apdu, Opcode::LoadReaderKey]);
+    let s = script(
+        &[
+            Instr::Ldc { dst: 0, index: 0 },
+            Instr::Apdu { resp: 1, cmd: 0 },
+            Instr::Expect {
+                pattern: SwPattern::exact(0x9000),
+                code: 1,
+            },
+            Instr::Halt {},
+        ],
+        vec![Constant::Bytes(vec![0x00, 0xA4, 0x04, 0x00])],
+        vec![],
+        vec![],
+    );
+    assert_eq!(run(&s).apdu_count, 1);
+}
+
+/// Every immediate the table gives a range is checked by the verifier at both ends:
+/// the bounds pass, one past them is a `BadImmediate` naming the operand. (A table
+/// range the verifier ignored would let e.g. `tobe` with width 0 or 9 reach the VM.)
+#[test]
+fn the_verifier_enforces_every_immediate_range_of_the_table() {
+    use crate::isa::{ALL_OPCODES, OperandKind, Role};
+    let mut checked = 0;
+    for &op in ALL_OPCODES {
+        for (i, spec) in op.operand_specs().iter().enumerate() {
+            let Role::Imm { min, max, what } = spec.role else {
+                continue;
+            };
+            let full = (1u64 << (8 * spec.kind.size())) - 1;
+            let with = |v: u32| -> Instr {
+                let ops: Vec<Operand> = op
+                    .operand_specs()
+                    .iter()
+                    .enumerate()
+                    .map(|(j, s)| {
+                        let v = if j == i {
+                            v
+                        } else {
+                            s.range().map_or(0, |r| r.0)
+                        };
+                        match s.kind {
+                            OperandKind::Reg => Operand::Reg(0),
+                            OperandKind::Key => Operand::Key(0),
+                            OperandKind::U8 => Operand::U8(v as u8),
+                            OperandKind::U16 => Operand::U16(v as u16),
+                            OperandKind::U32 => Operand::U32(v),
+                            other => panic!("{op:?}: no test value for {other:?}"),
+                        }
+                    })
+                    .collect();
+                Instr::from_operands(op, &ops).unwrap()
+            };
+            for v in [min, max] {
+                let s = script(&[with(v), Instr::Halt {}], vec![], vec![], vec![]);
+                assert!(VerifiedProgram::verify(&s).is_ok(), "{op:?} {v}");
+            }
+            let mut outside = Vec::new();
+            if min > 0 {
+                outside.push(min - 1);
+            }
+            if u64::from(max) < full {
+                outside.push(max + 1);
+            }
+            for v in outside {
+                assert_eq!(
+                    verify_err(&[with(v), Instr::Halt {}], vec![]),
+                    VerifyErrorKind::BadImmediate { what, value: v },
+                    "{op:?}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    // tobe 0/9, tobcd 0/11, pad 0, shri 64, shli 64, mkapdu 65537.
+    assert_eq!(checked, 8);
 }
