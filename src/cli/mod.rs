@@ -29,7 +29,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Assemble a `.casm` command script into bytecode (`.cvm`).
+    /// Assemble a `.casm` or `.cvs` command script into bytecode (`.cvm`).
     Asm(asm::AsmArgs),
     /// Disassemble a `.cvm` command script into `.casm` text.
     Disasm(asm::DisasmArgs),
