@@ -144,7 +144,7 @@ pub(crate) enum Stmt {
     },
     ReaderKey {
         key: Expr,
-        slot: u64,
+        slot: Expr,
         handlers: Vec<Handler>,
         span: Span,
     },

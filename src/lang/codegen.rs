@@ -7,7 +7,7 @@
 //! position it came from.
 
 use super::ast::*;
-use super::parser::{BUILTINS, KEYWORDS};
+use super::parser::KEYWORDS;
 use super::regalloc::{self, A, Ins, Line};
 use super::{Diag, Span};
 use alloc::collections::{BTreeMap, BTreeSet};
@@ -768,7 +768,7 @@ impl Gen {
     // ---- statements ----
 
     fn check_new_name(&self, env: &Env, name: &str, span: Span) -> R<()> {
-        if KEYWORDS.contains(&name) || BUILTINS.contains(&name) {
+        if KEYWORDS.contains(&name) {
             return err(span, format!("`{name}` is reserved"));
         }
         if env.vars.contains_key(name) {
@@ -980,7 +980,11 @@ impl Gen {
                 span,
             } => {
                 let k = self.key_operand(env, key, "the key of `load_reader_key`")?;
-                self.emit("ldrkey", alloc::vec![A::K(k), A::Imm(*slot)], *span)?;
+                let n = match self.eval(env, slot, None)? {
+                    V::Int(n) if n <= 255 => n,
+                    _ => return err(slot.span, "the reader key number is a constant 0..=255"),
+                };
+                self.emit("ldrkey", alloc::vec![A::K(k), A::Imm(n)], *span)?;
                 self.handlers(handlers)?;
                 Ok(false)
             }

@@ -460,10 +460,7 @@ impl<'t> Parser<'t> {
                 self.expect("(", "`(`")?;
                 let key = self.expr()?;
                 self.expect(",", "`,`")?;
-                let (slot, s) = self.num("a reader key number")?;
-                if slot > 255 {
-                    return err(s, "a reader key number is 0..=255");
-                }
+                let slot = self.expr()?;
                 self.expect(")", "`)`")?;
                 let handlers = self.handlers()?;
                 Ok(Stmt::ReaderKey {
@@ -926,9 +923,11 @@ impl<'t> Parser<'t> {
                 });
             }
             if is_name(&t.text) {
-                if BUILTINS.contains(&t.text.as_str()) {
+                // A builtin is a call when `(` follows; `sw` may go without.
+                if BUILTINS.contains(&t.text.as_str())
+                    && (t.text == "sw" || self.peek_at(1).is("("))
+                {
                     self.k += 1;
-                    // `sw` may be written without parentheses.
                     let args = if t.text == "sw" && !self.peek().is("(") {
                         Vec::new()
                     } else {
