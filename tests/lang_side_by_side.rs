@@ -177,7 +177,11 @@ fn every_fault(f: &Flow) {
     let n = compare(f, None) as u32;
     assert!(n > 0);
     for k in 1..=n + 1 {
-        for fault in [Fault::TearBefore(k), Fault::TearAfter(k), Fault::TearMidCommit(k)] {
+        for fault in [
+            Fault::TearBefore(k),
+            Fault::TearAfter(k),
+            Fault::TearMidCommit(k),
+        ] {
             compare(f, Some(fault));
         }
         for sw in SWS {

@@ -134,7 +134,10 @@ pub(crate) fn generate(items: Vec<Item>) -> R<Generated> {
         if let Some(first) = taken.get(name) {
             return err(
                 span,
-                format!("`{name}` is already declared (line {}); {what} needs its own name", first.line),
+                format!(
+                    "`{name}` is already declared (line {}); {what} needs its own name",
+                    first.line
+                ),
             );
         }
         taken.insert(String::from(name), span);
@@ -144,9 +147,16 @@ pub(crate) fn generate(items: Vec<Item>) -> R<Generated> {
         match item {
             Item::Header(k, v, span) => {
                 if let Some((_, first)) = g.header.get(k) {
-                    return err(span, format!("`{k}` given twice (first at line {})", first.line));
+                    return err(
+                        span,
+                        format!("`{k}` given twice (first at line {})", first.line),
+                    );
                 }
-                let max = if k == "version" { u64::from(u16::MAX) } else { u64::from(u32::MAX) };
+                let max = if k == "version" {
+                    u64::from(u16::MAX)
+                } else {
+                    u64::from(u32::MAX)
+                };
                 if v > max {
                     return err(span, format!("`{k}` is at most {max}"));
                 }
@@ -158,7 +168,10 @@ pub(crate) fn generate(items: Vec<Item>) -> R<Generated> {
             }
             Item::Decl(DeclKind::Output, d) => {
                 if d.ty == Ty::Key {
-                    return err(d.span, "an output cannot be a key: key bytes never reach the receipt");
+                    return err(
+                        d.span,
+                        "an output cannot be a key: key bytes never reach the receipt",
+                    );
                 }
                 if g.outputs.iter().any(|o| o.name == d.name) {
                     return err(d.span, format!("output `{}` is declared twice", d.name));
@@ -223,7 +236,9 @@ fn mentions(e: &Expr, n: &str) -> bool {
     match &e.kind {
         ExprKind::Int(_) => false,
         ExprKind::Name(x) => x == n,
-        ExprKind::Bytes(p) => p.iter().any(|p| matches!(p, Piece::Expr(e) if mentions(e, n))),
+        ExprKind::Bytes(p) => p
+            .iter()
+            .any(|p| matches!(p, Piece::Expr(e) if mentions(e, n))),
         ExprKind::Concat(a, b) | ExprKind::Bin(_, a, b) => mentions(a, n) || mentions(b, n),
         ExprKind::Slice(a, _, _) | ExprKind::Conv(a, _) => mentions(a, n),
         ExprKind::Call(_, args) => args.iter().any(|a| mentions(a, n)),
@@ -238,8 +253,7 @@ fn describe(e: &Expr) -> String {
     }
 }
 
-const KEY_USES: &str =
-    "keys go only into mac, check_mac, session_key, tac_key, div_key, encrypt, decrypt and load_reader_key";
+const KEY_USES: &str = "keys go only into mac, check_mac, session_key, tac_key, div_key, encrypt, decrypt and load_reader_key";
 
 /// Fails unless `v` has type `want`; a key where bytes or an integer is wanted gets
 /// the message that keys never become bytes.
@@ -260,7 +274,12 @@ fn need(v: &V, want: Ty, e: &Expr, role: &str) -> R<()> {
     }
     err(
         e.span,
-        format!("{role} must be {}, but {} is {}", want.noun(), describe(e), got.noun()),
+        format!(
+            "{role} must be {}, but {} is {}",
+            want.noun(),
+            describe(e),
+            got.noun()
+        ),
     )
 }
 
@@ -322,7 +341,10 @@ impl Gen {
 
     fn emit(&mut self, op: &'static str, args: Vec<A>, span: Span) -> R<()> {
         if self.code.len() + self.prologue.len() >= MAX_INSTRUCTIONS {
-            return err(span, format!("the program expands to more than {MAX_INSTRUCTIONS} instructions"));
+            return err(
+                span,
+                format!("the program expands to more than {MAX_INSTRUCTIONS} instructions"),
+            );
         }
         self.code.push(Line::I(Ins { op, args, span }));
         Ok(())
@@ -342,7 +364,10 @@ impl Gen {
             Code::Num(v) => Ok(*v as u16),
             Code::Name(n, s) => match self.codes.get(n) {
                 Some(v) => Ok(*v),
-                None => err(*s, format!("unknown failure code `{n}` (declare it in `fail_codes {{ … }}`)")),
+                None => err(
+                    *s,
+                    format!("unknown failure code `{n}` (declare it in `fail_codes {{ … }}`)"),
+                ),
             },
         }
     }
@@ -377,13 +402,23 @@ impl Gen {
                 _ => err(e.span, "`++` joins byte strings"),
             },
             ExprKind::Conv(a, c) => self.fold_conv(self.const_eval(a)?, *c, e.span),
-            _ => err(e.span, "a constant is a literal: a number, `[hex]` or a `++` of them"),
+            _ => err(
+                e.span,
+                "a constant is a literal: a number, `[hex]` or a `++` of them",
+            ),
         }
     }
 
     fn check_len(&self, b: Vec<u8>, span: Span) -> R<V> {
         if b.len() > crate::script::MAX_BYTES_LEN {
-            return err(span, format!("a byte string of {} bytes exceeds {}", b.len(), crate::script::MAX_BYTES_LEN));
+            return err(
+                span,
+                format!(
+                    "a byte string of {} bytes exceeds {}",
+                    b.len(),
+                    crate::script::MAX_BYTES_LEN
+                ),
+            );
         }
         Ok(V::Bytes(b))
     }
@@ -407,7 +442,10 @@ impl Gen {
                 Ok(V::Int(x))
             }
             (Conv::Be(_) | Conv::Bcd(_), _) => err(span, "this conversion takes an integer"),
-            _ => err(span, "this conversion takes a byte string (at most 8 bytes)"),
+            _ => err(
+                span,
+                "this conversion takes a byte string (at most 8 bytes)",
+            ),
         }
     }
 
@@ -416,7 +454,10 @@ impl Gen {
     fn lookup(&mut self, env: &Env, name: &str, span: Span) -> R<V> {
         if let Some(v) = env.vars.get(name) {
             if !v.assigned {
-                return err(span, format!("`{name}` may be used before it is assigned here"));
+                return err(
+                    span,
+                    format!("`{name}` may be used before it is assigned here"),
+                );
             }
             return Ok(v.val.clone());
         }
@@ -431,11 +472,25 @@ impl Gen {
             // else at the start of the program.
             let (v, line) = if d.ty == Ty::Key {
                 let k = self.key();
-                (V::Key(k), Ins { op: "ldkey", args: alloc::vec![A::K(k), A::In(d.name.clone())], span })
+                (
+                    V::Key(k),
+                    Ins {
+                        op: "ldkey",
+                        args: alloc::vec![A::K(k), A::In(d.name.clone())],
+                        span,
+                    },
+                )
             } else {
                 let r = self.reg();
                 self.named.insert(r);
-                (V::Reg(r, d.ty), Ins { op: "ldin", args: alloc::vec![A::R(r), A::In(d.name.clone())], span })
+                (
+                    V::Reg(r, d.ty),
+                    Ins {
+                        op: "ldin",
+                        args: alloc::vec![A::R(r), A::In(d.name.clone())],
+                        span,
+                    },
+                )
             };
             if self.depth == 0 {
                 self.emit(line.op, line.args, span)?;
@@ -446,13 +501,24 @@ impl Gen {
             return Ok(v);
         }
         if self.outputs.iter().any(|d| d.name == name) {
-            return err(span, format!("`{name}` is an output: write it with `out {name} = …`; outputs are not read"));
+            return err(
+                span,
+                format!(
+                    "`{name}` is an output: write it with `out {name} = …`; outputs are not read"
+                ),
+            );
         }
         if self.routines.contains_key(name) {
-            return err(span, format!("`{name}` is a routine: call it as a statement, `{name}(…)`"));
+            return err(
+                span,
+                format!("`{name}` is a routine: call it as a statement, `{name}(…)`"),
+            );
         }
         if self.codes.contains_key(name) {
-            return err(span, format!("`{name}` is a failure code: use it in `fail {name}`"));
+            return err(
+                span,
+                format!("`{name}` is a failure code: use it in `fail {name}`"),
+            );
         }
         err(span, format!("unknown name `{name}`"))
     }
@@ -490,7 +556,11 @@ impl Gen {
             V::Key(k) => Ok(*k),
             other => err(
                 e.span,
-                format!("{role} must be a key (an input declared `key(ALG, USAGE)` or a derived key), but {} is {}", describe(e), other.ty().noun()),
+                format!(
+                    "{role} must be a key (an input declared `key(ALG, USAGE)` or a derived key), but {} is {}",
+                    describe(e),
+                    other.ty().noun()
+                ),
             ),
         }
     }
@@ -577,7 +647,10 @@ impl Gen {
                     };
                     return match r {
                         Some(v) => Ok(V::Int(v)),
-                        None => err(span, "this constant arithmetic overflows or divides by zero"),
+                        None => err(
+                            span,
+                            "this constant arithmetic overflows or divides by zero",
+                        ),
                     };
                 }
                 let ra = self.place(&va, None, a.span)?;
@@ -600,7 +673,10 @@ impl Gen {
                 }
                 let rr = match op {
                     BinOp::And | BinOp::Shl | BinOp::Shr => {
-                        return err(b.span, "`&`, `<<` and `>>` take a constant on the right (`&` up to 2^32-1, shifts up to 63)");
+                        return err(
+                            b.span,
+                            "`&`, `<<` and `>>` take a constant on the right (`&` up to 2^32-1, shifts up to 63)",
+                        );
                     }
                     BinOp::Add => "add",
                     BinOp::Sub => "sub",
@@ -618,12 +694,19 @@ impl Gen {
                 if let V::Bytes(b) = &v {
                     return match b.get(*from as usize..*to as usize) {
                         Some(s) => Ok(V::Bytes(s.to_vec())),
-                        None => err(span, format!("slice [{from}..{to}] of a {}-byte constant", b.len())),
+                        None => err(
+                            span,
+                            format!("slice [{from}..{to}] of a {}-byte constant", b.len()),
+                        ),
                     };
                 }
                 let r = self.place(&v, None, a.span)?;
                 let d = want.unwrap_or_else(|| self.reg());
-                self.emit("slice", alloc::vec![A::R(d), A::R(r), A::Imm(*from), A::Imm(to - from)], span)?;
+                self.emit(
+                    "slice",
+                    alloc::vec![A::R(d), A::R(r), A::Imm(*from), A::Imm(to - from)],
+                    span,
+                )?;
                 Ok(V::Reg(d, Ty::Bytes))
             }
             ExprKind::Conv(a, c) => {
@@ -677,7 +760,10 @@ impl Gen {
 
     fn arity(f: &str, args: &[Expr], n: usize, span: Span) -> R<()> {
         if args.len() != n {
-            return err(span, format!("`{f}` takes {n} argument(s), found {}", args.len()));
+            return err(
+                span,
+                format!("`{f}` takes {n} argument(s), found {}", args.len()),
+            );
         }
         Ok(())
     }
@@ -691,7 +777,8 @@ impl Gen {
 
     fn call(&mut self, env: &Env, f: &str, args: &[Expr], want: Option<u32>, span: Span) -> R<V> {
         let n = match f {
-            "mac" | "session_key" | "div_key" | "encrypt" | "decrypt" | "ct_eq" | "pad" | "xor" | "fill" => 2,
+            "mac" | "session_key" | "div_key" | "encrypt" | "decrypt" | "ct_eq" | "pad" | "xor"
+            | "fill" => 2,
             "tac_key" | "sm3" | "invert" | "len" => 1,
             "uid" | "sw" => 0,
             _ => return err(span, format!("unknown function `{f}`")),
@@ -726,7 +813,8 @@ impl Gen {
                 Ok(V::Key(dst))
             }
             "sm3" | "invert" | "len" => {
-                let x = self.operand(env, &args[0], Ty::Bytes, &format!("the argument of `{f}`"))?;
+                let x =
+                    self.operand(env, &args[0], Ty::Bytes, &format!("the argument of `{f}`"))?;
                 let dst = d().unwrap_or_else(|| self.reg());
                 let (op, ty) = match f {
                     "sm3" => ("sm3", Ty::Bytes),
@@ -740,7 +828,11 @@ impl Gen {
                 let a = self.operand(env, &args[0], Ty::Bytes, &format!("an argument of `{f}`"))?;
                 let b = self.operand(env, &args[1], Ty::Bytes, &format!("an argument of `{f}`"))?;
                 let dst = d().unwrap_or_else(|| self.reg());
-                let (op, ty) = if f == "ct_eq" { ("cteq", Ty::Int) } else { ("xor", Ty::Bytes) };
+                let (op, ty) = if f == "ct_eq" {
+                    ("cteq", Ty::Int)
+                } else {
+                    ("xor", Ty::Bytes)
+                };
                 self.emit(op, alloc::vec![A::R(dst), A::R(a), A::R(b)], span)?;
                 Ok(V::Reg(dst, ty))
             }
@@ -753,12 +845,20 @@ impl Gen {
             }
             "fill" => {
                 let b = self.const_arg(&args[0], 255, "the byte of `fill`")?;
-                let n = self.const_arg(&args[1], crate::script::MAX_BYTES_LEN as u64, "the count of `fill`")?;
+                let n = self.const_arg(
+                    &args[1],
+                    crate::script::MAX_BYTES_LEN as u64,
+                    "the count of `fill`",
+                )?;
                 Ok(V::Bytes(alloc::vec![b as u8; n as usize]))
             }
             _ => {
                 let dst = d().unwrap_or_else(|| self.reg());
-                let (op, ty) = if f == "sw" { ("sw", Ty::Int) } else { ("uid", Ty::Bytes) };
+                let (op, ty) = if f == "sw" {
+                    ("sw", Ty::Int)
+                } else {
+                    ("uid", Ty::Bytes)
+                };
                 self.emit(op, alloc::vec![A::R(dst)], span)?;
                 Ok(V::Reg(dst, ty))
             }
@@ -785,7 +885,10 @@ impl Gen {
         } else {
             return Ok(());
         };
-        err(span, format!("`{name}` is {what}; a variable needs another name"))
+        err(
+            span,
+            format!("`{name}` is {what}; a variable needs another name"),
+        )
     }
 
     /// Assigns an evaluated-later value to `name`: returns the register to compute
@@ -794,11 +897,17 @@ impl Gen {
         self.check_new_name(env, name, span)?;
         if let Some(var) = env.vars.get(name).cloned() {
             if var.readonly {
-                return err(span, format!("`{name}` cannot be assigned (a parameter or a loop variable)"));
+                return err(
+                    span,
+                    format!("`{name}` cannot be assigned (a parameter or a loop variable)"),
+                );
             }
             let v = match var.val {
                 V::Key(_) => {
-                    return err(span, format!("`{name}` is a key variable: a key is assigned once"));
+                    return err(
+                        span,
+                        format!("`{name}` is a key variable: a key is assigned once"),
+                    );
                 }
                 V::Reg(r, ty) => {
                     let v = if mentions(e, name) {
@@ -853,7 +962,10 @@ impl Gen {
                     v.assigned = true;
                     Ok(r)
                 }
-                ref other => err(span, format!("`{name}` is {}, not a byte string", other.ty().noun())),
+                ref other => err(
+                    span,
+                    format!("`{name}` is {}, not a byte string", other.ty().noun()),
+                ),
             },
             None => {
                 let r = self.reg();
@@ -876,7 +988,11 @@ impl Gen {
         for f in fields {
             if let Some(n) = &f.name {
                 let d = self.bytes_var(env, n, f.span)?;
-                self.emit("slice", alloc::vec![A::R(d), A::R(src), A::Imm(off), A::Imm(f.len)], f.span)?;
+                self.emit(
+                    "slice",
+                    alloc::vec![A::R(d), A::R(src), A::Imm(off), A::Imm(f.len)],
+                    f.span,
+                )?;
             }
             off += f.len;
             if off > crate::script::MAX_BYTES_LEN as u64 {
@@ -895,7 +1011,11 @@ impl Gen {
         }
         for h in hs.iter().filter(|h| h.pattern.is_none()) {
             let code = self.code_of(&h.code)?;
-            self.emit("expect", alloc::vec![A::Sw(String::from("9000")), A::Imm(code.into())], h.span)?;
+            self.emit(
+                "expect",
+                alloc::vec![A::Sw(String::from("9000")), A::Imm(code.into())],
+                h.span,
+            )?;
         }
         Ok(())
     }
@@ -945,7 +1065,13 @@ impl Gen {
                         if let V::Bytes(h) = &hv
                             && h.len() != 4
                         {
-                            return err(*span, format!("an APDU header is 4 bytes (CLA INS P1 P2), found {}", h.len()));
+                            return err(
+                                *span,
+                                format!(
+                                    "an APDU header is 4 bytes (CLA INS P1 P2), found {}",
+                                    h.len()
+                                ),
+                            );
                         }
                         match (&hv, &dv) {
                             (V::Bytes(h), V::Bytes(d)) if short_apdu(h, d, le_v).is_some() => {
@@ -956,7 +1082,11 @@ impl Gen {
                                 let hr = self.place(&hv, None, *span)?;
                                 let dr = self.place(&dv, None, *span)?;
                                 let c = self.reg();
-                                self.emit("mkapdu", alloc::vec![A::R(c), A::R(hr), A::R(dr), A::Imm(le_v)], *span)?;
+                                self.emit(
+                                    "mkapdu",
+                                    alloc::vec![A::R(c), A::R(hr), A::R(dr), A::Imm(le_v)],
+                                    *span,
+                                )?;
                                 c
                             }
                         }
@@ -999,18 +1129,31 @@ impl Gen {
                 let d = self.operand(env, data, Ty::Bytes, "the data of `check_mac`")?;
                 let m = self.operand(env, mac, Ty::Bytes, "the MAC of `check_mac`")?;
                 let c = self.code_of(code)?;
-                self.emit("chkmac", alloc::vec![A::K(k), A::R(d), A::R(m), A::Imm(c.into())], *span)?;
+                self.emit(
+                    "chkmac",
+                    alloc::vec![A::K(k), A::R(d), A::R(m), A::Imm(c.into())],
+                    *span,
+                )?;
                 Ok(false)
             }
             Stmt::Expect(p, code, span) => {
                 let c = self.code_of(code)?;
-                self.emit("expect", alloc::vec![A::Sw(p.clone()), A::Imm(c.into())], *span)?;
+                self.emit(
+                    "expect",
+                    alloc::vec![A::Sw(p.clone()), A::Imm(c.into())],
+                    *span,
+                )?;
                 Ok(false)
             }
             Stmt::Out(list) => {
                 for (name, span, e) in list {
                     let Some(d) = self.outputs.iter().find(|d| d.name == *name).cloned() else {
-                        return err(*span, format!("`{name}` is not a declared output (declare it with `output {name}: TYPE`)"));
+                        return err(
+                            *span,
+                            format!(
+                                "`{name}` is not a declared output (declare it with `output {name}: TYPE`)"
+                            ),
+                        );
                     };
                     let r = self.operand(env, e, d.ty, &format!("output `{name}`"))?;
                     self.emit("out", alloc::vec![A::Out(name.clone()), A::R(r)], *span)?;
@@ -1059,10 +1202,22 @@ impl Gen {
                 self.code.push(Line::Label(top));
                 self.block(env, body)?;
                 if var.is_some() {
-                    self.emit("addi", alloc::vec![A::R(counter), A::R(counter), A::Imm(1)], *span)?;
-                    self.emit("blt", alloc::vec![A::R(counter), A::R(end), A::L(top)], *span)?;
+                    self.emit(
+                        "addi",
+                        alloc::vec![A::R(counter), A::R(counter), A::Imm(1)],
+                        *span,
+                    )?;
+                    self.emit(
+                        "blt",
+                        alloc::vec![A::R(counter), A::R(end), A::L(top)],
+                        *span,
+                    )?;
                 } else {
-                    self.emit("subi", alloc::vec![A::R(counter), A::R(counter), A::Imm(1)], *span)?;
+                    self.emit(
+                        "subi",
+                        alloc::vec![A::R(counter), A::R(counter), A::Imm(1)],
+                        *span,
+                    )?;
                     self.emit("bnz", alloc::vec![A::R(counter), A::L(top)], *span)?;
                 }
                 if let Some((n, _)) = var {
@@ -1089,7 +1244,14 @@ impl Gen {
         }
     }
 
-    fn if_stmt(&mut self, env: &mut Env, cond: &Cond, then: &[Stmt], els: Option<&[Stmt]>, _span: Span) -> R<bool> {
+    fn if_stmt(
+        &mut self,
+        env: &mut Env,
+        cond: &Cond,
+        then: &[Stmt],
+        els: Option<&[Stmt]>,
+        _span: Span,
+    ) -> R<bool> {
         // `if c fail X`: one branch to the shared `fail X`.
         if let ([Stmt::Fail(code, fspan)], None) = (then, els) {
             let c = self.code_of(code)?;
@@ -1185,13 +1347,26 @@ impl Gen {
             return err(span, format!("unknown routine `{name}`"));
         };
         if self.expanding.iter().any(|n| n == name) {
-            return err(span, format!("routine `{name}` calls itself (routines are expanded inline)"));
+            return err(
+                span,
+                format!("routine `{name}` calls itself (routines are expanded inline)"),
+            );
         }
         if self.expanding.len() >= MAX_ROUTINE_DEPTH {
-            return err(span, format!("routine calls nested deeper than {MAX_ROUTINE_DEPTH}"));
+            return err(
+                span,
+                format!("routine calls nested deeper than {MAX_ROUTINE_DEPTH}"),
+            );
         }
         if args.len() != r.params.len() {
-            return err(span, format!("`{name}` takes {} argument(s), found {}", r.params.len(), args.len()));
+            return err(
+                span,
+                format!(
+                    "`{name}` takes {} argument(s), found {}",
+                    r.params.len(),
+                    args.len()
+                ),
+            );
         }
         let mut inner = Env::default();
         for ((p, pspan), a) in r.params.iter().zip(args) {
@@ -1280,7 +1455,10 @@ impl Gen {
                 }
             }
         }
-        Ok(Generated { casm, line_map: map })
+        Ok(Generated {
+            casm,
+            line_map: map,
+        })
     }
 }
 

@@ -123,7 +123,10 @@ pub(crate) fn lex(text: &str, file: u16) -> Result<Vec<Token>, (Span, String)> {
             } else if ONE.contains(c) {
                 String::from(c)
             } else {
-                return Err((at(k), alloc::format!("unexpected character `{}`", c.escape_debug())));
+                return Err((
+                    at(k),
+                    alloc::format!("unexpected character `{}`", c.escape_debug()),
+                ));
             };
             k += text.chars().count();
             out.push(Token {

@@ -56,7 +56,8 @@ pub const EXTENSION: &str = "cvs";
 
 /// Whether `name` is a high-level source (ends in `.cvs`).
 pub fn is_high_level(name: &str) -> bool {
-    name.rsplit_once('.').is_some_and(|(_, ext)| ext == EXTENSION)
+    name.rsplit_once('.')
+        .is_some_and(|(_, ext)| ext == EXTENSION)
 }
 
 /// A position in a high-level source: file index (into [`Compiled::sources`]),
@@ -129,7 +130,11 @@ fn error_at(sources: &[SourceText], span: Span, message: String) -> AsmError {
 
 /// Compiles the `.cvs` program `source` (called `name`; `include`s are read through
 /// `loader`, relative to the including file) to `.casm` and its line map.
-pub fn compile(source: &str, name: &str, loader: &mut dyn SourceLoader) -> Result<Compiled, AsmError> {
+pub fn compile(
+    source: &str,
+    name: &str,
+    loader: &mut dyn SourceLoader,
+) -> Result<Compiled, AsmError> {
     let mut sources = alloc::vec![SourceText {
         name: String::from(name),
         text: String::from(source),
@@ -153,7 +158,8 @@ fn read_file(
     loader: &mut dyn SourceLoader,
     items: &mut Vec<ast::Item>,
 ) -> Result<(), Diag> {
-    let toks = lexer::lex(&sources[usize::from(file)].text, file).map_err(|(s, m)| Diag::new(s, m))?;
+    let toks =
+        lexer::lex(&sources[usize::from(file)].text, file).map_err(|(s, m)| Diag::new(s, m))?;
     let mut p = parser::Parser::new(&toks);
     while let Some(item) = p.item()? {
         match item {
@@ -176,11 +182,17 @@ fn read_file(
                 if stack.len() > crate::asm::MAX_INCLUDE_DEPTH {
                     return Err(Diag::new(
                         span,
-                        format!("includes nested deeper than {}", crate::asm::MAX_INCLUDE_DEPTH),
+                        format!(
+                            "includes nested deeper than {}",
+                            crate::asm::MAX_INCLUDE_DEPTH
+                        ),
                     ));
                 }
                 if sources.len() >= crate::asm::MAX_FILES {
-                    return Err(Diag::new(span, format!("more than {} source files", crate::asm::MAX_FILES)));
+                    return Err(Diag::new(
+                        span,
+                        format!("more than {} source files", crate::asm::MAX_FILES),
+                    ));
                 }
                 sources.push(SourceText {
                     name: resolved.clone(),
@@ -207,12 +219,16 @@ pub fn assemble(
 ) -> Result<Assembled, AsmError> {
     let compiled = compile(source, name, loader)?;
     let casm_name = format!("{name}.casm");
-    let mut asm = crate::asm::assemble_casm(&compiled.casm, &casm_name, opts, &mut MapLoader::new())
-        .map_err(|e| match compiled.origin(e.line) {
-            Some(span) => compiled.error(span, e.message),
-            // The compiler emits only what assembles; say so if it did not.
-            None => compiled.error(Span::default(), format!("internal: generated code: {}", e.message)),
-        })?;
+    let mut asm =
+        crate::asm::assemble_casm(&compiled.casm, &casm_name, opts, &mut MapLoader::new())
+            .map_err(|e| match compiled.origin(e.line) {
+                Some(span) => compiled.error(span, e.message),
+                // The compiler emits only what assembles; say so if it did not.
+                None => compiled.error(
+                    Span::default(),
+                    format!("internal: generated code: {}", e.message),
+                ),
+            })?;
     asm.warnings = asm
         .warnings
         .into_iter()

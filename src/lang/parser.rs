@@ -16,15 +16,52 @@ pub const MAX_BLOCK_DEPTH: usize = 32;
 
 /// Words that cannot name a variable, a constant, a routine or a failure code.
 pub(crate) const KEYWORDS: &[&str] = &[
-    "city", "script", "version", "input", "output", "const", "fail_codes", "include",
-    "routine", "apdu", "le", "on", "else", "fail", "out", "if", "for", "in", "repeat",
-    "done", "commit_point", "check_mac", "load_reader_key", "expect", "sw", "is", "not",
+    "city",
+    "script",
+    "version",
+    "input",
+    "output",
+    "const",
+    "fail_codes",
+    "include",
+    "routine",
+    "apdu",
+    "le",
+    "on",
+    "else",
+    "fail",
+    "out",
+    "if",
+    "for",
+    "in",
+    "repeat",
+    "done",
+    "commit_point",
+    "check_mac",
+    "load_reader_key",
+    "expect",
+    "sw",
+    "is",
+    "not",
 ];
 
 /// Builtin functions usable in expressions.
 pub(crate) const BUILTINS: &[&str] = &[
-    "mac", "session_key", "tac_key", "div_key", "encrypt", "decrypt", "sm3", "ct_eq", "pad",
-    "xor", "invert", "len", "fill", "uid", "sw",
+    "mac",
+    "session_key",
+    "tac_key",
+    "div_key",
+    "encrypt",
+    "decrypt",
+    "sm3",
+    "ct_eq",
+    "pad",
+    "xor",
+    "invert",
+    "len",
+    "fill",
+    "uid",
+    "sw",
 ];
 
 type R<T> = Result<T, Diag>;
@@ -61,7 +98,9 @@ pub(crate) fn number(w: &str) -> Option<u64> {
             return None;
         }
         u64::from_str_radix(&h.replace('_', ""), 16).ok()
-    } else if w.bytes().all(|b| b.is_ascii_digit() || b == b'_') && w.starts_with(|c: char| c.is_ascii_digit()) {
+    } else if w.bytes().all(|b| b.is_ascii_digit() || b == b'_')
+        && w.starts_with(|c: char| c.is_ascii_digit())
+    {
         w.replace('_', "").parse().ok()
     } else {
         None
@@ -74,7 +113,9 @@ fn is_name(w: &str) -> bool {
 
 /// A status-word pattern: 4 hex digits, `x` for any nibble.
 fn is_sw(w: &str) -> bool {
-    w.len() == 4 && w.bytes().all(|b| b.is_ascii_hexdigit() || b == b'x' || b == b'X')
+    w.len() == 4
+        && w.bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b'x' || b == b'X')
 }
 
 impl<'t> Parser<'t> {
@@ -149,7 +190,10 @@ impl<'t> Parser<'t> {
                 Ok(())
             }
             _ if t.is("}") => Ok(()),
-            _ => err(t.span, format!("unexpected {} (one statement per line)", t.describe())),
+            _ => err(
+                t.span,
+                format!("unexpected {} (one statement per line)", t.describe()),
+            ),
         }
     }
 
@@ -173,7 +217,13 @@ impl<'t> Parser<'t> {
                 self.k += 1;
                 Ok((v, t.span))
             }
-            None => err(t.span, format!("expected {what} (decimal or 0x hex), found {}", t.describe())),
+            None => err(
+                t.span,
+                format!(
+                    "expected {what} (decimal or 0x hex), found {}",
+                    t.describe()
+                ),
+            ),
         }
     }
 
@@ -185,7 +235,11 @@ impl<'t> Parser<'t> {
             return Ok(None);
         }
         let t = self.peek().clone();
-        let w = if t.kind == Tok::Word { t.text.as_str() } else { "" };
+        let w = if t.kind == Tok::Word {
+            t.text.as_str()
+        } else {
+            ""
+        };
         let items = match w {
             "city" | "script" | "version" => {
                 self.k += 1;
@@ -199,7 +253,11 @@ impl<'t> Parser<'t> {
             }
             "input" | "output" => {
                 self.k += 1;
-                let kind = if w == "input" { DeclKind::Input } else { DeclKind::Output };
+                let kind = if w == "input" {
+                    DeclKind::Input
+                } else {
+                    DeclKind::Output
+                };
                 let mut out = Vec::new();
                 loop {
                     out.push(Item::Decl(kind, self.decl()?));
@@ -366,7 +424,10 @@ impl<'t> Parser<'t> {
         } else {
             err(
                 t.span,
-                format!("expected a status word (4 hex digits, `x` = any nibble), found {}", t.describe()),
+                format!(
+                    "expected a status word (4 hex digits, `x` = any nibble), found {}",
+                    t.describe()
+                ),
             )
         }
     }
@@ -375,7 +436,10 @@ impl<'t> Parser<'t> {
     fn else_fail(&mut self, at: Span) -> R<Handler> {
         if !self.eat_word("fail") {
             let t = self.peek();
-            return err(t.span, format!("expected `fail` after `else`, found {}", t.describe()));
+            return err(
+                t.span,
+                format!("expected `fail` after `else`, found {}", t.describe()),
+            );
         }
         Ok(Handler {
             pattern: None,
@@ -418,7 +482,13 @@ impl<'t> Parser<'t> {
                 let (pattern, _) = self.sw_pattern()?;
                 if !self.eat_word("fail") {
                     let f = self.peek();
-                    return err(f.span, format!("expected `fail` after the status word, found {}", f.describe()));
+                    return err(
+                        f.span,
+                        format!(
+                            "expected `fail` after the status word, found {}",
+                            f.describe()
+                        ),
+                    );
                 }
                 out.push(Handler {
                     pattern: Some(pattern),
@@ -437,7 +507,11 @@ impl<'t> Parser<'t> {
 
     fn stmt(&mut self) -> R<Stmt> {
         let t = self.peek().clone();
-        let w = if t.kind == Tok::Word { t.text.as_str() } else { "" };
+        let w = if t.kind == Tok::Word {
+            t.text.as_str()
+        } else {
+            ""
+        };
         match w {
             "apdu" => {
                 self.k += 1;
@@ -540,7 +614,10 @@ impl<'t> Parser<'t> {
                     (0, self.num("a count")?.0)
                 };
                 if to < from || to - from > u64::from(u16::MAX) || to > u64::from(u32::MAX) {
-                    return err(t.span, "a loop runs 0..=65535 times with bounds at most 2^32-1");
+                    return err(
+                        t.span,
+                        "a loop runs 0..=65535 times with bounds at most 2^32-1",
+                    );
                 }
                 let body = self.block()?;
                 Ok(Stmt::Loop {
@@ -584,12 +661,17 @@ impl<'t> Parser<'t> {
                 if !self.eat("->") {
                     return err(
                         arrow.span,
-                        format!("expected a statement; after an expression, `-> field:LEN …` (found {})", arrow.describe()),
+                        format!(
+                            "expected a statement; after an expression, `-> field:LEN …` (found {})",
+                            arrow.describe()
+                        ),
                     );
                 }
                 match self.target()? {
                     Target::Fields(f) => Ok(Stmt::Destructure(e, f, t.span)),
-                    Target::Var(_, s) => err(s, "destructuring takes fields with lengths: `-> a:4 b:2`"),
+                    Target::Var(_, s) => {
+                        err(s, "destructuring takes fields with lengths: `-> a:4 b:2`")
+                    }
                 }
             }
         }
@@ -715,9 +797,16 @@ impl<'t> Parser<'t> {
             let t = self.peek().clone();
             if t.is("{") {
                 header.push(self.embedded()?);
-            } else if t.kind == Tok::Word && !t.is_word("le") && !t.is_word("else") && !t.is_word("on") {
+            } else if t.kind == Tok::Word
+                && !t.is_word("le")
+                && !t.is_word("else")
+                && !t.is_word("on")
+            {
                 if !is_hex_word(&t.text) {
-                    return err(t.span, format!("expected header bytes in hex, found {}", t.describe()));
+                    return err(
+                        t.span,
+                        format!("expected header bytes in hex, found {}", t.describe()),
+                    );
                 }
                 self.k += 1;
                 header.push(Piece::Hex(hex_bytes(&t.text)));
@@ -767,7 +856,10 @@ impl<'t> Parser<'t> {
     pub fn expr(&mut self) -> R<Expr> {
         let at = self.peek().span;
         if self.expr_depth >= MAX_EXPR_DEPTH {
-            return err(at, format!("expression nested deeper than {MAX_EXPR_DEPTH}"));
+            return err(
+                at,
+                format!("expression nested deeper than {MAX_EXPR_DEPTH}"),
+            );
         }
         self.expr_depth += 1;
         let r = self.concat();
@@ -788,11 +880,7 @@ impl<'t> Parser<'t> {
         Ok(a)
     }
 
-    fn binary(
-        &mut self,
-        ops: &[(&str, BinOp)],
-        next: fn(&mut Self) -> R<Expr>,
-    ) -> R<Expr> {
+    fn binary(&mut self, ops: &[(&str, BinOp)], next: fn(&mut Self) -> R<Expr>) -> R<Expr> {
         let mut a = next(self)?;
         'outer: loop {
             for (p, op) in ops {
@@ -819,7 +907,10 @@ impl<'t> Parser<'t> {
     }
 
     fn additive(&mut self) -> R<Expr> {
-        self.binary(&[("+", BinOp::Add), ("-", BinOp::Sub)], Self::multiplicative)
+        self.binary(
+            &[("+", BinOp::Add), ("-", BinOp::Sub)],
+            Self::multiplicative,
+        )
     }
 
     fn multiplicative(&mut self) -> R<Expr> {
@@ -905,7 +996,10 @@ impl<'t> Parser<'t> {
                 } else {
                     return err(
                         p.span,
-                        format!("expected hex bytes, `{{expr}}` or `]`, found {}", p.describe()),
+                        format!(
+                            "expected hex bytes, `{{expr}}` or `]`, found {}",
+                            p.describe()
+                        ),
                     );
                 }
             }
@@ -940,7 +1034,10 @@ impl<'t> Parser<'t> {
                 }
                 let (n, s) = self.name("a name")?;
                 if self.peek().is("(") {
-                    return err(s, format!("`{n}` is not a builtin function (routines are statements)"));
+                    return err(
+                        s,
+                        format!("`{n}` is not a builtin function (routines are statements)"),
+                    );
                 }
                 return Ok(Expr {
                     kind: ExprKind::Name(n),
@@ -948,6 +1045,9 @@ impl<'t> Parser<'t> {
                 });
             }
         }
-        err(t.span, format!("expected an expression, found {}", t.describe()))
+        err(
+            t.span,
+            format!("expected an expression, found {}", t.describe()),
+        )
     }
 }

@@ -157,8 +157,13 @@ fn class(
         });
         // In-place append: give `cat d, a, b` the register of `a` when `a` dies here.
         let hint = match &lines[s] {
-            Line::I(i) if i.op == "cat" => match (i.args.first().and_then(&pick), i.args.get(1).and_then(&pick)) {
-                (Some(d), Some(a)) if d as usize == v && iv[a as usize].is_some_and(|x| x.1 == s) => {
+            Line::I(i) if i.op == "cat" => match (
+                i.args.first().and_then(&pick),
+                i.args.get(1).and_then(&pick),
+            ) {
+                (Some(d), Some(a))
+                    if d as usize == v && iv[a as usize].is_some_and(|x| x.1 == s) =>
+                {
                     Some(phys[a as usize])
                 }
                 _ => None,
@@ -167,9 +172,17 @@ fn class(
         };
         let f = flags[v];
         let ok = |r: u32| fits(&pflags[r as usize], f);
-        let r = match hint.filter(|&h| ok(h)).and_then(|h| free.iter().position(|&x| x == h)) {
+        let r = match hint
+            .filter(|&h| ok(h))
+            .and_then(|h| free.iter().position(|&x| x == h))
+        {
             Some(k) => free.swap_remove(k),
-            None => match free.iter().enumerate().filter(|(_, r)| ok(**r)).min_by_key(|(_, r)| **r) {
+            None => match free
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| ok(**r))
+                .min_by_key(|(_, r)| **r)
+            {
                 Some((k, _)) => free.swap_remove(k),
                 None => {
                     if next >= LIMIT {
