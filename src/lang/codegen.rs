@@ -298,7 +298,7 @@ fn bcd_bytes(v: u64, n: u8, span: Span) -> R<Vec<u8>> {
     let mut out = alloc::vec![0u8; usize::from(n)];
     let mut x = v;
     for b in out.iter_mut().rev() {
-        *b = ((x / 10 % 10) << 4 | x % 10) as u8;
+        *b = (((x / 10 % 10) << 4) | (x % 10)) as u8;
         x /= 100;
     }
     if x != 0 {

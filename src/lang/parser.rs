@@ -66,6 +66,9 @@ pub(crate) const BUILTINS: &[&str] = &[
 
 type R<T> = Result<T, Diag>;
 
+/// Items of one line, or an `include` (its path and where it was written).
+pub(crate) type Parsed = Result<Vec<Item>, (String, Span)>;
+
 pub(crate) struct Parser<'t> {
     toks: &'t [Token],
     k: usize,
@@ -78,7 +81,7 @@ fn err<T>(span: Span, msg: impl Into<String>) -> R<T> {
 }
 
 fn is_hex_word(w: &str) -> bool {
-    !w.is_empty() && w.len() % 2 == 0 && w.bytes().all(|b| b.is_ascii_hexdigit())
+    !w.is_empty() && w.len().is_multiple_of(2) && w.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn hex_bytes(w: &str) -> Vec<u8> {
@@ -229,7 +232,7 @@ impl<'t> Parser<'t> {
 
     /// One item at the top level of a file. `include` is returned as a path for the
     /// caller (which reads the file) to splice in.
-    pub fn item(&mut self) -> R<Option<Result<Vec<Item>, (String, Span)>>> {
+    pub fn item(&mut self) -> R<Option<Parsed>> {
         self.skip_newlines();
         if self.at_end() {
             return Ok(None);
