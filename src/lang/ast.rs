@@ -223,7 +223,8 @@ pub(crate) enum ExprKind {
     Name(String),
     Concat(Box<Expr>, Box<Expr>),
     Bin(BinOp, Box<Expr>, Box<Expr>),
-    Slice(Box<Expr>, u64, u64),
+    /// `x[from..to]`.
+    Slice(Box<Expr>, Box<Expr>, Box<Expr>),
     Conv(Box<Expr>, Conv),
     Call(String, Vec<Expr>),
 }

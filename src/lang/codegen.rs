@@ -240,7 +240,8 @@ fn mentions(e: &Expr, n: &str) -> bool {
             .iter()
             .any(|p| matches!(p, Piece::Expr(e) if mentions(e, n))),
         ExprKind::Concat(a, b) | ExprKind::Bin(_, a, b) => mentions(a, n) || mentions(b, n),
-        ExprKind::Slice(a, _, _) | ExprKind::Conv(a, _) => mentions(a, n),
+        ExprKind::Slice(a, b, c) => mentions(a, n) || mentions(b, n) || mentions(c, n),
+        ExprKind::Conv(a, _) => mentions(a, n),
         ExprKind::Call(_, args) => args.iter().any(|a| mentions(a, n)),
     }
 }
@@ -691,20 +692,51 @@ impl Gen {
             ExprKind::Slice(a, from, to) => {
                 let v = self.eval(env, a, None)?;
                 need(&v, Ty::Bytes, a, "a sliced value")?;
-                if let V::Bytes(b) = &v {
-                    return match b.get(*from as usize..*to as usize) {
-                        Some(s) => Ok(V::Bytes(s.to_vec())),
-                        None => err(
-                            span,
-                            format!("slice [{from}..{to}] of a {}-byte constant", b.len()),
-                        ),
-                    };
+                let vf = self.eval(env, from, None)?;
+                need(&vf, Ty::Int, from, "a slice bound")?;
+                let vt = self.eval(env, to, None)?;
+                need(&vt, Ty::Int, to, "a slice bound")?;
+                if let (V::Int(f), V::Int(t)) = (&vf, &vt) {
+                    let (f, t) = (*f, *t);
+                    if t < f || t > crate::script::MAX_BYTES_LEN as u64 {
+                        return err(span, "a slice `[a..b]` needs a <= b <= 4096");
+                    }
+                    if let V::Bytes(b) = &v {
+                        return match b.get(f as usize..t as usize) {
+                            Some(s) => Ok(V::Bytes(s.to_vec())),
+                            None => err(
+                                span,
+                                format!("slice [{f}..{t}] of a {}-byte constant", b.len()),
+                            ),
+                        };
+                    }
+                    let r = self.place(&v, None, a.span)?;
+                    let d = want.unwrap_or_else(|| self.reg());
+                    self.emit(
+                        "slice",
+                        alloc::vec![A::R(d), A::R(r), A::Imm(f), A::Imm(t - f)],
+                        span,
+                    )?;
+                    return Ok(V::Reg(d, Ty::Bytes));
                 }
+                // Bounds known only at run time: `slicer` (out of range is a VM fault).
                 let r = self.place(&v, None, a.span)?;
+                let off = self.place(&vf, None, from.span)?;
+                let len = self.reg();
+                match &vf {
+                    V::Int(f) if *f <= u64::from(u32::MAX) => {
+                        let rt = self.place(&vt, None, to.span)?;
+                        self.emit("subi", alloc::vec![A::R(len), A::R(rt), A::Imm(*f)], span)?;
+                    }
+                    _ => {
+                        let rt = self.place(&vt, None, to.span)?;
+                        self.emit("sub", alloc::vec![A::R(len), A::R(rt), A::R(off)], span)?;
+                    }
+                }
                 let d = want.unwrap_or_else(|| self.reg());
                 self.emit(
-                    "slice",
-                    alloc::vec![A::R(d), A::R(r), A::Imm(*from), A::Imm(to - from)],
+                    "slicer",
+                    alloc::vec![A::R(d), A::R(r), A::R(off), A::R(len)],
                     span,
                 )?;
                 Ok(V::Reg(d, Ty::Bytes))

@@ -929,15 +929,12 @@ impl<'t> Parser<'t> {
             let t = self.peek().clone();
             if t.is("[") {
                 self.k += 1;
-                let (a, _) = self.num("a start offset")?;
+                let a = self.expr()?;
                 self.expect("..", "`..`")?;
-                let (b, bs) = self.num("an end offset")?;
+                let b = self.expr()?;
                 self.expect("]", "`]`")?;
-                if b < a || b > crate::script::MAX_BYTES_LEN as u64 {
-                    return err(bs, "a slice `[a..b]` needs a <= b <= 4096");
-                }
                 e = Expr {
-                    kind: ExprKind::Slice(Box::new(e), a, b),
+                    kind: ExprKind::Slice(Box::new(e), Box::new(a), Box::new(b)),
                     span: t.span,
                 };
             } else if t.is(":") {

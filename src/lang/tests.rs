@@ -316,13 +316,15 @@ mod run {
     #[test]
     fn fail_codes_conversions_and_conditions() {
         let src = "input n: u32\noutput a: bytes, b: u32\nfail_codes { small = 7 }\n\
-            if n < 5 fail small\nout a = n:bcd3 ++ n:u16be, b = [12 34]:bcd_int + [01 00]:int\n\
+            if n < 5 fail small\nw = [00 11 22 33 44 55]\nk = n % 4\nout a = n:bcd3 ++ n:u16be ++ w[k..k + 2], b = [12 34]:bcd_int + [01 00]:int\n\
             if not ct_eq(n:u32be, [00 00 00 63]) {\n    fail 9\n}\ndone\n";
         let r = run(src, alloc::vec![("n", FieldValue::Int(99))]);
         assert_eq!(r.outcome, Outcome::Committed, "{r:?}");
         assert_eq!(
             r.output("a").map(|o| o.to_value()),
-            Some(OutputValue::Bytes(alloc::vec![0, 0, 0x99, 0, 99]))
+            Some(OutputValue::Bytes(alloc::vec![
+                0, 0, 0x99, 0, 99, 0x33, 0x44
+            ]))
         );
         assert_eq!(int(&r, "b"), 1234 + 256);
         let r = run(src, alloc::vec![("n", FieldValue::Int(3))]);
