@@ -19,6 +19,8 @@ use alloc::vec::Vec;
 pub const MAX_ROUTINE_DEPTH: usize = 16;
 /// Most instructions a program expands to.
 pub const MAX_INSTRUCTIONS: usize = 20_000;
+/// Most loops a program expands to (keeps register allocation's loop pass small).
+pub const MAX_LOOPS: usize = 256;
 
 type R<T> = Result<T, Diag>;
 
@@ -104,6 +106,7 @@ struct Gen {
     depth: usize,
     stubs: Vec<(u16, u32, Span)>,
     expanding: Vec<String>,
+    loops: usize,
 }
 
 /// Generates `.casm` from the items of a program (includes already spliced).
@@ -125,6 +128,7 @@ pub(crate) fn generate(items: Vec<Item>) -> R<Generated> {
         depth: 0,
         stubs: Vec::new(),
         expanding: Vec::new(),
+        loops: 0,
     };
     // Declarations first, so the flow may use what a later line (or an including
     // file) declares; constants in order, each from the ones before it.
@@ -1207,6 +1211,13 @@ impl Gen {
             } => {
                 if from == to {
                     return Ok(false);
+                }
+                self.loops += 1;
+                if self.loops > MAX_LOOPS {
+                    return err(
+                        *span,
+                        format!("the program expands to more than {MAX_LOOPS} loops"),
+                    );
                 }
                 let before = env.snapshot();
                 let top = self.label();

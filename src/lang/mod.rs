@@ -48,7 +48,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-pub use codegen::{MAX_INSTRUCTIONS, MAX_ROUTINE_DEPTH};
+pub use codegen::{MAX_INSTRUCTIONS, MAX_LOOPS, MAX_ROUTINE_DEPTH};
 pub use parser::{MAX_BLOCK_DEPTH, MAX_EXPR_DEPTH};
 
 /// The file extension of the high-level language.

@@ -174,6 +174,11 @@ fn nesting_and_size_are_bounded() {
     }
     src.push_str("r15()\ndone\n");
     assert!(error(&src).contains("more than"), "{}", error(&src));
+    let loops = alloc::format!(
+        "x = 0\n{}done\n",
+        "repeat 2 {\n    x = x + 1\n}\n".repeat(300)
+    );
+    assert!(error(&loops).contains("more than 256 loops"));
     // An include cycle is an error; including a file twice reads it once.
     let mut m = MapLoader::new();
     m.insert("a.cvs", "include \"b.cvs\"\n");
