@@ -57,7 +57,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut rng = os_rng();
 
     // -- card company: scripts and keys --------------------------------------------
-    let command = assemble_file(format!("{CITY}/load.casm").as_ref(), &AsmOptions::default())
+    let command = assemble_file(format!("{CITY}/load.cvs").as_ref(), &AsmOptions::default())
         .map_err(|e| e.to_string())?
         .script;
     let data = compile_data(&std::fs::read_to_string(format!("{CITY}/load.toml"))?)?;

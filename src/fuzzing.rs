@@ -259,6 +259,80 @@ pub fn assemble(data: &[u8]) {
     }
 }
 
+/// The shared high-level flows, for `compile`'s `include`s.
+const COMMON_CVS: [(&str, &str); 7] = [
+    (
+        "common/purse.cvs",
+        include_str!("../scripts/common/purse.cvs"),
+    ),
+    (
+        "common/ep_balance.cvs",
+        include_str!("../scripts/common/ep_balance.cvs"),
+    ),
+    (
+        "common/ep_load.cvs",
+        include_str!("../scripts/common/ep_load.cvs"),
+    ),
+    (
+        "common/ep_purchase.cvs",
+        include_str!("../scripts/common/ep_purchase.cvs"),
+    ),
+    (
+        "common/ep_recover.cvs",
+        include_str!("../scripts/common/ep_recover.cvs"),
+    ),
+    ("common/m1.cvs", include_str!("../scripts/common/m1.cvs")),
+    (
+        "common/m1_value.cvs",
+        include_str!("../scripts/common/m1_value.cvs"),
+    ),
+];
+
+/// High-level compiler: arbitrary text (lossy UTF-8) compiled as a `.cvs` program with an
+/// in-memory loader holding the shared flows. No input panics; whatever compiles must
+/// verify (the compiler emits only verifiable code), encode and parse back, and its
+/// disassembly must re-assemble to the same script.
+#[cfg(feature = "std")]
+pub fn compile(data: &[u8]) {
+    use crate::asm::{AsmOptions, MapLoader, disassemble};
+    let text = alloc::string::String::from_utf8_lossy(data);
+    let mut loader = MapLoader::new();
+    for (name, src) in COMMON_CVS {
+        loader.insert(name, src);
+    }
+    let opts = AsmOptions { debug: true };
+    let Ok(asm) = crate::lang::assemble(&text, "city/input.cvs", &opts, &mut loader) else {
+        return;
+    };
+    let bytes = asm.script.encode();
+    let parsed = CommandScript::parse(&bytes);
+    assert!(
+        parsed.as_ref().is_ok_and(|p| *p == asm.script),
+        "compiled script does not parse back: {parsed:?}"
+    );
+    if let Err(e) = crate::verify::VerifiedProgram::verify(&asm.script) {
+        panic!(
+            "compiled script does not verify: {e}\n{}",
+            disassemble(&asm.script)
+        );
+    }
+    let mut plain = asm.script;
+    plain.debug = None;
+    let listing = disassemble(&plain);
+    match crate::asm::assemble_casm(
+        &listing,
+        "listing.casm",
+        &AsmOptions::default(),
+        &mut MapLoader::new(),
+    ) {
+        Ok(again) => assert_eq!(
+            again.script, plain,
+            "asm(disasm(x)) != x; listing:\n{listing}"
+        ),
+        Err(e) => panic!("disassembly does not assemble: {e}\n{listing}"),
+    }
+}
+
 /// Data-script compiler: arbitrary text (lossy UTF-8) → `compile_data`; whatever compiles
 /// must encode and parse back to itself.
 #[cfg(feature = "std")]

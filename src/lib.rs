@@ -98,6 +98,7 @@ pub mod frame;
 pub mod fuzzing;
 pub mod isa;
 pub mod journal;
+pub mod lang;
 pub mod reader;
 pub mod receipt;
 pub mod script;

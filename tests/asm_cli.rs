@@ -210,5 +210,38 @@ fn lint_findings_give_exit_code_1_and_annotations() {
         stderr.starts_with(&format!("{}:1:3: error: ", s(&broken))),
         "{stderr}"
     );
+
+/// `asm` takes the high-level language by its extension: the bytecode verifies, `disasm`
+/// writes `.casm` that re-assembles to the same bytes (debug section included), and a
+/// compile error is one positioned line with the source and a caret, exit non-zero.
+#[test]
+fn asm_compiles_high_level_scripts() {
+    let dir = tmp_dir("cvs");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for debug in [false, true] {
+        let cvm = dir.join(format!("load-{debug}.cvm"));
+        let src = root.join("scripts/city0755-sm4/load.cvs");
+        let mut args = vec!["asm", s(&src), "-o", s(&cvm)];
+        if debug {
+            args.push("-g");
+        }
+        ok(&args);
+        let summary = ok(&["verify", s(&cvm)]);
+        assert!(summary.contains("ok: "), "{summary}");
+        let casm = dir.join(format!("load-{debug}.casm"));
+        ok(&["disasm", s(&cvm), "-o", s(&casm)]);
+        let text = std::fs::read_to_string(&casm).unwrap();
+        assert_eq!(text.contains(".file \""), debug, "{text}");
+        let again = dir.join(format!("again-{debug}.cvm"));
+        ok(&["asm", s(&casm), "-o", s(&again)]);
+        assert_eq!(std::fs::read(&cvm).unwrap(), std::fs::read(&again).unwrap());
+    }
+    let bad = dir.join("bad.cvs");
+    std::fs::write(&bad, "input k: key(sm4, load)\nx = k ++ [00]\ndone\n").unwrap();
+    let out = cardvm(&["asm", s(&bad)]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.cvs:2:5: error: `k` is a key"), "{err}");
+    assert!(err.contains("x = k ++ [00]\n    ^"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,4 +1,4 @@
-//! The city scripts in scripts/ run against the simulated CPU card: every flow, each
+//! The city scripts in scripts/ (the high-level `.cvs` versions) run against the simulated CPU card: every flow, each
 //! purse error path the scripts handle, and recovery after tearing at every APDU of a
 //! load and a purchase.
 
@@ -61,7 +61,9 @@ fn run_flow(city: &City, flow: &str, data: &DataScript, card: &mut CpuCard) -> R
 }
 
 fn run_in<C: CardTransport>(dir: &str, flow: &str, data: &DataScript, card: &mut C) -> RunReport {
-    let path = format!("{dir}/{flow}.casm");
+    // The high-level scripts are primary; tests/lang_side_by_side.rs holds them to
+    // the casm byte for byte.
+    let path = format!("{dir}/{flow}.cvs");
     let script = assemble_file(path.as_ref(), &AsmOptions::default())
         .unwrap()
         .script;
@@ -312,7 +314,7 @@ fn published_load_vector_through_the_city_script() {
         }
     }
     let script = assemble_file(
-        format!("{}/load.casm", DES3.dir).as_ref(),
+        format!("{}/load.cvs", DES3.dir).as_ref(),
         &AsmOptions::default(),
     )
     .unwrap()

@@ -62,10 +62,10 @@ fn walkthrough_script_runs_on_a_simulated_card_and_its_scenarios_pass() {
     let doc = std::fs::read_to_string(DOC).unwrap();
     let dir = std::env::temp_dir().join(format!("cardvm-docs-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("scenarios")).unwrap();
-    for name in ["balance.casm", "card.toml", "scenarios/balance.toml"] {
+    for name in ["balance.cvs", "card.toml", "scenarios/balance.toml"] {
         std::fs::write(dir.join(name), walkthrough_file(&doc, name)).unwrap();
     }
-    let asm = assemble_file(&dir.join("balance.casm"), &AsmOptions::default()).unwrap();
+    let asm = assemble_file(&dir.join("balance.cvs"), &AsmOptions::default()).unwrap();
     assert!(
         asm.warnings.is_empty(),
         "the walkthrough script is lint-clean: {:?}",

@@ -55,6 +55,14 @@ fn assemble_corpus() {
 }
 
 #[test]
+fn compile_corpus() {
+    assert!(
+        replay("compile", cardvm::fuzzing::compile) > 0,
+        "no corpus committed"
+    );
+}
+
+#[test]
 fn data_toml_corpus() {
     assert!(
         replay("data_toml", cardvm::fuzzing::data_toml) > 0,
@@ -141,6 +149,7 @@ fn write_seed_corpora() {
             let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
             let text = std::fs::read_to_string(&path).unwrap();
             match ext {
+                "cvs" => put("compile", &format!("{city}-{stem}.cvs"), text.as_bytes()),
                 "casm" => {
                     put("assemble", &format!("{city}-{stem}.casm"), text.as_bytes());
                     let script = assemble_file(&path, &AsmOptions::default()).unwrap().script;

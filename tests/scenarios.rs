@@ -75,6 +75,27 @@ expect = { outcome = "committed", balance = 1, fields = { tac_ok = 1 }, apdus = 
     assert!(report.contains("<< 9403"), "{report}");
 }
 
+/// A failing scenario on a high-level script names the `.cvs` line that failed.
+#[test]
+fn a_failing_high_level_scenario_names_the_cvs_line() {
+    let text = r#"
+[[scenario]]
+name   = "refused"
+card   = "../card.toml"
+script = "../load.cvs"
+data   = "../load.toml"
+faults = { force_sw = { apdu = 3, sw = "9403" } }
+expect = { outcome = "committed" }
+"#;
+    let file = ScenarioFile::parse(text, "x.toml").unwrap();
+    let results = run_file(&file, Path::new("scripts/city0731-des3/scenarios/x.toml"));
+    let report = results[0].report.join("\n");
+    assert!(
+        report.contains("common/ep_load.cvs:16"), // `on 9403 fail no_key_index`
+        "{report}"
+    );
+}
+
 #[test]
 fn a_broken_script_path_is_an_error_not_a_panic() {
     let file = ScenarioFile::parse(
@@ -202,7 +223,7 @@ fn city_scripts_are_lint_clean() {
         }
         for f in std::fs::read_dir(&dir).unwrap() {
             let f = f.unwrap().path();
-            if f.extension().is_some_and(|e| e == "casm") {
+            if f.extension().is_some_and(|e| e == "casm" || e == "cvs") {
                 let a = cardvm::asm::assemble_file(&f, &Default::default()).unwrap();
                 assert!(a.warnings.is_empty(), "{}: {:?}", f.display(), a.warnings);
             }

@@ -1,4 +1,4 @@
-//! `cardvm run --trace-vm` on `.casm`/`.toml` sources: every instruction with its source
+//! `cardvm run --trace-vm` on `.casm`/`.cvs`/`.toml` sources: every instruction with its source
 //! line, register changes, key slots as redacted handles, the APDUs, and a failure report
 //! naming the source line and the last APDU exchange.
 #![cfg(feature = "cli")]
@@ -67,6 +67,36 @@ fn trace_vm_failure_report_names_the_source_line_and_last_apdu() {
         err.contains("last APDU exchange: 80 50 00 02 -> 9303"),
         "{err}"
     );
+}
+
+/// A high-level script traces with its own lines: the `.cvs` file, line and text of each
+/// instruction, never the generated assembly; a failure names the `.cvs` line.
+#[test]
+fn trace_vm_on_a_high_level_script_shows_its_lines() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cardvm"))
+        .args([
+            "run",
+            "scripts/city0731-des3/load.cvs",
+            "--data",
+            "scripts/city0731-des3/load.toml",
+            "--sim",
+            "scripts/city0731-des3/card.toml",
+            "--trace-vm",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("ep_load.cvs:20: sk = session_key(dlk, rnd ++ atc2 ++ [80 00])"),
+        "{err}"
+    );
+    assert!(err.contains("purse.cvs:19: apdu READ_EF15"), "{err}");
+    assert!(!err.contains(".cvs.casm"), "{err}");
+    assert!(!err.contains("source not available"), "{err}");
+    for key in ["3F 01 3F 01", "3F013F01", "00 11 22 33 44 55 66 77"] {
+        assert!(!err.contains(key), "key bytes in the trace: {key}");
+    }
 }
 
 // ---------------------------------------------------------------------------------

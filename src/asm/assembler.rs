@@ -59,9 +59,10 @@ pub struct Assembled {
     pub sources: Vec<SourceText>,
 }
 
-/// Assembles `source` (called `name` in diagnostics and as the base of relative
-/// `.include` paths); `loader` supplies included files.
-pub fn assemble(
+/// Assembles the `.casm` text `source` (called `name` in diagnostics and as the base
+/// of relative `.include` paths); `loader` supplies included files.
+/// [`assemble`](super::assemble) also takes the high-level language.
+pub fn assemble_casm(
     source: &str,
     name: &str,
     opts: &AsmOptions,
@@ -115,8 +116,8 @@ pub fn assemble(
     })
 }
 
-/// Assembles the file at `path`, reading `.include`s from the file system (regular
-/// files of at most [`MAX_SOURCE_FILE`](super::loader::MAX_SOURCE_FILE) bytes).
+/// Assembles the file at `path` (`.casm`, or `.cvs` through [`crate::lang`]), reading
+/// `.include`s from the file system (regular files of at most [`MAX_SOURCE_FILE`](super::loader::MAX_SOURCE_FILE) bytes).
 #[cfg(feature = "std")]
 pub fn assemble_file(path: &std::path::Path, opts: &AsmOptions) -> Result<Assembled, AsmError> {
     let name = path.to_string_lossy().into_owned();
@@ -132,7 +133,7 @@ pub fn assemble_file(path: &std::path::Path, opts: &AsmOptions) -> Result<Assemb
             });
         }
     };
-    assemble(&text, &name, opts, &mut super::FsLoader)
+    super::assemble(&text, &name, opts, &mut super::FsLoader)
 }
 
 // ---------------------------------------------------------------------------------

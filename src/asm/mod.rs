@@ -91,7 +91,7 @@ mod tests;
 pub use assembler::assemble_file;
 pub use assembler::{
     AsmOptions, Assembled, MAX_FILES, MAX_INCLUDE_DEPTH, MAX_LINES, MAX_MACRO_DEPTH, SourceText,
-    assemble,
+    assemble_casm,
 };
 #[cfg(feature = "std")]
 pub use data_toml::{DataError, compile_data};
@@ -100,3 +100,19 @@ pub use error::{AsmError, Lint, Warning};
 #[cfg(feature = "std")]
 pub use loader::{FsLoader, MAX_SOURCE_FILE, SourceFileError, read_source_file};
 pub use loader::{MapLoader, SourceLoader, resolve_relative};
+
+/// Assembles `source`, called `name`: a high-level program when `name` ends in `.cvs`
+/// ([`crate::lang::assemble`]: its warnings and debug info name the `.cvs` lines),
+/// else `.casm` ([`assemble_casm`]). `loader` supplies included files.
+pub fn assemble(
+    source: &str,
+    name: &str,
+    opts: &AsmOptions,
+    loader: &mut dyn SourceLoader,
+) -> Result<Assembled, AsmError> {
+    if crate::lang::is_high_level(name) {
+        crate::lang::assemble(source, name, opts, loader)
+    } else {
+        assemble_casm(source, name, opts, loader)
+    }
+}

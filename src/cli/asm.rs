@@ -11,7 +11,7 @@ use zeroize::Zeroize;
 /// Arguments of `cardvm asm`.
 #[derive(Args, Debug)]
 pub struct AsmArgs {
-    /// The `.casm` source.
+    /// The source: `.casm`, or `.cvs` (the high-level language).
     input: PathBuf,
     /// Where to write the bytecode (default: the input with extension `.cvm`).
     #[arg(short, long)]
@@ -75,7 +75,7 @@ fn parse_script(path: &Path) -> Result<CommandScript, String> {
     CommandScript::parse(&read(path)?).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// `cardvm asm IN.casm [-o OUT.cvm] [-g] [--lint]`.
+/// `cardvm asm IN.casm|IN.cvs [-o OUT.cvm] [-g] [--lint]`.
 pub fn asm(a: AsmArgs) -> CliResult {
     let opts = AsmOptions { debug: a.debug };
     let out = match assemble_file(&a.input, &opts) {

@@ -32,7 +32,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Assemble a `.casm` command script into bytecode (`.cvm`).
+    /// Assemble a `.casm` or `.cvs` command script into bytecode (`.cvm`).
     Asm(asm::AsmArgs),
     /// Check `.casm` sources with the assembler's lints; non-zero exit on any finding.
     Lint(asm::LintArgs),

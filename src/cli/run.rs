@@ -20,7 +20,7 @@ pub const EXIT_UNJOURNALED: i32 = 3;
 /// Run a command script with a data script against a card.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Command script (`.cvm`, or sealed; or `.casm` source, assembled with debug info).
+    /// Command script (`.cvm`, or sealed; or a `.casm` or `.cvs` source, assembled with debug info).
     pub command: PathBuf,
     /// Data script (`.cvd`, or sealed; or `.toml` source). Default: no inputs.
     #[arg(long)]
@@ -108,10 +108,13 @@ pub struct RunArgs {
     pub max_apdus: u32,
 }
 
-/// Reads the command script: `.casm` (assembled, with debug info), `.cvm`, or sealed.
-/// For a `.casm`, also the source texts the assembler read (what `--trace-vm` shows).
+/// Reads the command script: `.casm` or `.cvs` (assembled, with debug info), `.cvm`, or
+/// sealed. For a source, also the texts the assembler read (what `--trace-vm` shows).
 fn load_command(path: &Path) -> Result<(Vec<u8>, Option<TraceSources>), String> {
-    if path.extension().is_some_and(|x| x == "casm") {
+    if path
+        .extension()
+        .is_some_and(|x| x == "casm" || x == cardvm::lang::EXTENSION)
+    {
         let assembled = cardvm::asm::assemble_file(path, &cardvm::asm::AsmOptions { debug: true })
             .map_err(|e| e.to_string())?;
         let sources = TraceSources::from_assembled(&assembled);

@@ -140,7 +140,7 @@ pub struct Expect {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
-    /// Command script (`.casm`), relative to the scenario file.
+    /// Command script (`.cvs` or `.casm`), relative to the scenario file.
     pub script: Option<String>,
     /// Data script (`.toml`), relative; none = no inputs.
     pub data: Option<String>,

@@ -1,0 +1,352 @@
+use crate::asm::{AsmOptions, Assembled, MapLoader, assemble, disassemble};
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+const PURSE: &str = "\
+fail_codes {
+    bad = 3
+    refused = 4
+}
+const GET_BALANCE = [80 5C 00 02 04]
+";
+
+fn loader() -> MapLoader {
+    let mut m = MapLoader::new();
+    m.insert("lib/purse.cvs", PURSE);
+    m
+}
+
+fn build(src: &str) -> Result<Assembled, String> {
+    assemble(
+        src,
+        "lib/main.cvs",
+        &AsmOptions { debug: true },
+        &mut loader(),
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn error(src: &str) -> String {
+    match build(src) {
+        Ok(a) => panic!(
+            "compiled, but should not:\n{src}\n{}",
+            disassemble(&a.script)
+        ),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn errors_have_position_line_and_caret() {
+    let e = error("input n: u32\nx = n ++ [00]\ndone\n");
+    assert_eq!(
+        e,
+        "lib/main.cvs:2:5: error: a part of a byte string must be a byte string, but `n` is an integer\n\
+         x = n ++ [00]\n    ^"
+    );
+    let e = error("include \"purse.cvs\"\napdu GET_BALANCE else fail nope\ndone\n");
+    assert!(
+        e.starts_with("lib/main.cvs:2:28: error: unknown failure code `nope`"),
+        "{e}"
+    );
+    // An error inside an included file names that file and its line.
+    let mut m = loader();
+    m.insert("lib/bad.cvs", "\n\nconst X = [0]\n");
+    let e = assemble(
+        "include \"bad.cvs\"\ndone\n",
+        "lib/main.cvs",
+        &AsmOptions::default(),
+        &mut m,
+    )
+    .unwrap_err();
+    assert_eq!(
+        (e.file.as_str(), e.line, e.col),
+        ("lib/bad.cvs", 3, 12),
+        "{e}"
+    );
+    let e = error("include \"nope.cvs\"\ndone\n");
+    assert!(e.contains("cannot include \"nope.cvs\": not found"), "{e}");
+}
+
+/// Every way to turn key bytes into a byte string or an integer is a compile error
+/// that says so (the VM has no such instruction either; this is the first wall).
+#[test]
+fn keys_never_become_bytes() {
+    let head = "input k: key(des3, load), d: bytes[8]\noutput o: bytes, n: u32\n";
+    for (line, col) in [
+        ("x = k ++ d", 5),
+        ("x = d ++ k", 10),
+        ("x = [00 {k}]", 10),
+        ("out o = k", 9),
+        ("x = k[0..4]", 5),
+        ("x = k:int", 5),
+        ("x = len(k)", 9),
+        ("x = sm3(k)", 9),
+        ("x = mac(session_key(k, d), k)", 28),
+        ("x = ct_eq(k, d)", 11),
+        ("apdu 80 50 00 02 [{k}] le 4", 20),
+        ("apdu 80 50 {k} [00]", 13),
+        ("apdu k", 6),
+        ("x = xor(tac_key(k), d)", 9),
+        ("k -> a:4 b:4", 1),
+    ] {
+        let e = error(&alloc::format!("{head}{line}\ndone\n"));
+        assert!(
+            e.contains("is a key") && e.contains("key bytes never leave"),
+            "{line}: {e}"
+        );
+        assert!(
+            e.starts_with(&alloc::format!("lib/main.cvs:3:{col}: ")),
+            "{line}: {e}"
+        );
+    }
+    // A key output is refused at its declaration.
+    let e = error("output o: key(des3, load)\ndone\n");
+    assert!(e.contains("an output cannot be a key"), "{e}");
+    // Keys used as keys compile.
+    build(&alloc::format!(
+        "{head}out o = mac(session_key(k, d), d)\ndone\n"
+    ))
+    .unwrap();
+}
+
+#[test]
+fn type_and_flow_errors() {
+    for (src, want) in [
+        ("x = 1\nx = [00]\ndone\n", "must be an integer"),
+        (
+            "if sw is 9000 {\n    x = 1\n}\ny = x + 1\ndone\n",
+            "may be used before it is assigned",
+        ),
+        ("routine r() {\n    r()\n}\nr()\ndone\n", "calls itself"),
+        (
+            "routine r(a) {\n    a = 1\n}\nr(2)\ndone\n",
+            "cannot be assigned",
+        ),
+        ("x = 1\n", "can run past its last statement"),
+        ("out nope = 1\ndone\n", "not a declared output"),
+        ("output o: u8\nx = o\ndone\n", "is an output"),
+        (
+            "fail_codes { a = 1 }\nconst a = 2\ndone\n",
+            "already declared",
+        ),
+        (
+            "x = [00 01] [5..6]\ndone\n",
+            "slice [5..6] of a 2-byte constant",
+        ),
+        ("x = 300:u8be\ndone\n", "does not fit in 1 byte"),
+        ("apdu 80 50 00 [00]\ndone\n", "header is 4 bytes"),
+        (
+            "input k: key(m1, m1-a)\nload_reader_key(k, 300)\ndone\n",
+            "constant 0..=255",
+        ),
+        ("x = 1 +\ndone\n", "expected an expression"),
+        ("apdu [00] -> a:0\ndone\n", "1..=4096 bytes"),
+        (
+            "for i in 0..3 {\n    i = 2\n}\ndone\n",
+            "cannot be assigned",
+        ),
+        ("x = y\ndone\n", "unknown name `y`"),
+    ] {
+        let e = error(src);
+        assert!(e.contains(want), "{src}: {e}");
+    }
+}
+
+#[test]
+fn nesting_and_size_are_bounded() {
+    let deep = alloc::format!("x = {}1{}\ndone\n", "(".repeat(200), ")".repeat(200));
+    assert!(error(&deep).contains("nested deeper than"));
+    let blocks = alloc::format!(
+        "{}done\n{}",
+        "if sw is 9000 {\n".repeat(40),
+        "}\n".repeat(40)
+    );
+    assert!(error(&blocks).contains("blocks nested deeper than"));
+    // Routines calling each other twice, 16 deep: 2^16 expansions are refused, not run.
+    let mut src = String::from("routine r0() {\n    x = 1\n}\n");
+    for i in 1..16 {
+        src.push_str(&alloc::format!(
+            "routine r{i}() {{\n    r{}()\n    r{}()\n}}\n",
+            i - 1,
+            i - 1
+        ));
+    }
+    src.push_str("r15()\ndone\n");
+    assert!(error(&src).contains("more than"), "{}", error(&src));
+    let loops = alloc::format!(
+        "x = 0\n{}done\n",
+        "repeat 2 {\n    x = x + 1\n}\n".repeat(300)
+    );
+    assert!(error(&loops).contains("more than 256 loops"));
+    // An include cycle is an error; including a file twice reads it once.
+    let mut m = MapLoader::new();
+    m.insert("a.cvs", "include \"b.cvs\"\n");
+    m.insert("b.cvs", "include \"a.cvs\"\n");
+    let e = assemble(
+        "include \"a.cvs\"\ndone\n",
+        "a.cvs",
+        &AsmOptions::default(),
+        &mut m,
+    )
+    .unwrap_err();
+    assert!(e.message.contains("include cycle"), "{e}");
+    build("include \"purse.cvs\"\ninclude \"purse.cvs\"\nfail bad\n").unwrap();
+}
+
+#[test]
+fn arbitrary_bytes_never_panic() {
+    // A cheap deterministic sweep (the fuzz target `compile` goes further).
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let alphabet: Vec<char> = "apdu on else fail if for in { } [ ] ( ) : , -> ++ ‖ .. = == < x k 00 9000 0x10 \n\"; done out"
+        .chars()
+        .collect();
+    for _ in 0..3000 {
+        let mut s = String::new();
+        for _ in 0..(seed % 64) {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            s.push(alphabet[(seed % alphabet.len() as u64) as usize]);
+        }
+        let _ = build(&s);
+    }
+}
+
+#[test]
+fn warnings_and_debug_info_name_the_high_level_lines() {
+    let src = "include \"purse.cvs\"\ninput unused: u8\nr = 1\napdu GET_BALANCE -> b\ndone\n";
+    let a = build(src).unwrap();
+    let w: Vec<String> = a.warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        w.iter()
+            .any(|w| w.starts_with("lib/main.cvs:2:7: warning: input `unused` is never read")),
+        "{w:?}"
+    );
+    assert!(
+        w.iter().any(|w| w.starts_with(
+            "lib/main.cvs:4:1: warning: the status word of this `apdu` is never checked"
+        )),
+        "{w:?}"
+    );
+    let dbg = a.script.debug.as_ref().unwrap();
+    let names: Vec<&str> = dbg.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["lib/main.cvs", "lib/purse.cvs"]);
+    assert_eq!(dbg.files[0].sm3, crate::crypto::sm3(src.as_bytes()));
+    assert_eq!(a.sources[1].text, PURSE);
+    // ldi (line 3), ldc + apdu (line 4), halt (line 5).
+    let lines: Vec<(u16, u32)> = dbg.lines.iter().map(|e| (e.file, e.line)).collect();
+    assert_eq!(lines, [(0, 3), (0, 4), (0, 4), (0, 5)]);
+}
+
+#[test]
+fn dead_registers_are_reused_and_disasm_reassembles() {
+    let src = "input a: bytes[4], b: bytes[4]\noutput o: bytes\n\
+        x = a ++ b\ny = x ++ x\nz = y ++ b\nout o = z\n\
+        p = b ++ a\nq = p ++ p\nout o = q ++ a\ndone\n";
+    let a = build(src).unwrap();
+    assert!(a.script.header.registers <= 3, "{}", disassemble(&a.script));
+    let listing = disassemble(&a.script);
+    let again = crate::asm::assemble_casm(
+        &listing,
+        "d.casm",
+        &AsmOptions::default(),
+        &mut MapLoader::new(),
+    )
+    .unwrap();
+    assert_eq!(again.script.encode(), a.script.encode());
+}
+
+#[cfg(feature = "sim")]
+mod run {
+    use super::*;
+    use crate::script::{DataScript, Field as DataField, FieldValue};
+    use crate::sim::CpuCard;
+    use crate::transport::ApduLayer;
+    use crate::verify::VerifiedProgram;
+    use crate::vm::{NoTrace, Outcome, OutputValue, RunReport, Vm};
+
+    fn run(src: &str, fields: Vec<(&str, FieldValue)>) -> RunReport {
+        let a = build(src).unwrap();
+        let program = VerifiedProgram::from_script(a.script).unwrap();
+        let data = DataScript {
+            fields: fields
+                .into_iter()
+                .map(|(n, value)| DataField {
+                    name: n.into(),
+                    value,
+                })
+                .collect(),
+        };
+        let binding = program.bind(&data).unwrap();
+        let mut card = CpuCard::builder().build().unwrap();
+        let mut layer = ApduLayer::new(&mut card);
+        Vm::default().run(
+            program.with_data(&data, &binding).unwrap(),
+            &mut layer,
+            &mut NoTrace,
+        )
+    }
+
+    fn int(r: &RunReport, n: &str) -> u64 {
+        match r.output(n).map(|o| o.to_value()) {
+            Some(OutputValue::Int(v)) => v,
+            other => panic!("{n}: {other:?} in {r:?}"),
+        }
+    }
+
+    /// Values live across a loop's back edge keep their registers; a temporary inside
+    /// the body never clobbers them.
+    #[test]
+    fn loops_routines_and_branches_compute() {
+        let src = "input n: u32\noutput sum: u64, prod: u64, tri: u64, bytes: bytes\n\
+            routine twice(v) {\n    out prod = v * 2\n}\n\
+            s = 0\nacc = [AA]\n\
+            for i in 1..11 {\n    t = i * 3\n    s = s + t\n    if i > 8 {\n        acc = acc ++ [BB]\n    } else {\n        acc = acc ++ i:u8be\n    }\n}\n\
+            c = 0\nrepeat 4 {\n    c = c + n\n}\n\
+            twice(c)\nout sum = s, tri = (n + 1) * n / 2, bytes = acc\ndone\n";
+        let r = run(src, alloc::vec![("n", FieldValue::Int(7))]);
+        assert_eq!(r.outcome, Outcome::Committed, "{r:?}");
+        assert_eq!(int(&r, "sum"), 165);
+        assert_eq!(int(&r, "prod"), 56);
+        assert_eq!(int(&r, "tri"), 28);
+        assert_eq!(
+            r.output("bytes").map(|o| o.to_value()),
+            Some(OutputValue::Bytes(alloc::vec![
+                0xAA, 1, 2, 3, 4, 5, 6, 7, 8, 0xBB, 0xBB
+            ]))
+        );
+    }
+
+    #[test]
+    fn fail_codes_conversions_and_conditions() {
+        let src = "input n: u32\noutput a: bytes, b: u32\nfail_codes { small = 7 }\n\
+            if n < 5 fail small\nw = [00 11 22 33 44 55]\nk = n % 4\nout a = n:bcd3 ++ n:u16be ++ w[k..k + 2], b = [12 34]:bcd_int + [01 00]:int\n\
+            if not ct_eq(n:u32be, [00 00 00 63]) {\n    fail 9\n}\ndone\n";
+        let r = run(src, alloc::vec![("n", FieldValue::Int(99))]);
+        assert_eq!(r.outcome, Outcome::Committed, "{r:?}");
+        assert_eq!(
+            r.output("a").map(|o| o.to_value()),
+            Some(OutputValue::Bytes(alloc::vec![
+                0, 0, 0x99, 0, 99, 0x33, 0x44
+            ]))
+        );
+        assert_eq!(int(&r, "b"), 1234 + 256);
+        let r = run(src, alloc::vec![("n", FieldValue::Int(3))]);
+        assert!(
+            matches!(
+                r.outcome,
+                Outcome::Failed(crate::vm::Failure::Script { code: 7, .. })
+            ),
+            "{r:?}"
+        );
+        let r = run(src, alloc::vec![("n", FieldValue::Int(98))]);
+        assert!(
+            matches!(
+                r.outcome,
+                Outcome::Failed(crate::vm::Failure::Script { code: 9, .. })
+            ),
+            "{r:?}"
+        );
+    }
+}
