@@ -210,6 +210,8 @@ fn lint_findings_give_exit_code_1_and_annotations() {
         stderr.starts_with(&format!("{}:1:3: error: ", s(&broken))),
         "{stderr}"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
 
 /// `asm` takes the high-level language by its extension: the bytecode verifies, `disasm`
 /// writes `.casm` that re-assembles to the same bytes (debug section included), and a

@@ -238,6 +238,7 @@ pub fn assemble(
                 line: s.line,
                 col: s.col,
                 message: w.message,
+                lint: w.lint,
             },
             None => w,
         })
