@@ -11,7 +11,6 @@ use cardvm::crypto::rng::os_rng;
 use cardvm::crypto::sm2::Sm2PrivateKey;
 use cardvm::crypto::{KeyAlg, KeyUsage, SecretKey};
 use cardvm::envelope::{Expect, MemoryReplayStore, Opener};
-use cardvm::issuer::keys::{KeyRole, KeyStoreError, MasterKeyStore};
 use cardvm::issuer::ledger::{CityRow, Filter, hex};
 use cardvm::issuer::pki::parse_name;
 use cardvm::issuer::{Ca, Certificate, Issuer, IssuerError, Ledger, TrustStore, TxnKind, TxnState};
@@ -46,34 +45,6 @@ struct Shared(Arc<TestClock>);
 impl Clock for Shared {
     fn now(&self) -> u64 {
         self.0.now()
-    }
-}
-
-/// Master keys in memory, diversified with the library's (reference-tested) function.
-struct Masters(Vec<(u32, KeyAlg)>);
-impl MasterKeyStore for Masters {
-    fn card_key(
-        &self,
-        city: u32,
-        role: KeyRole,
-        serial: &[u8],
-    ) -> Result<SecretKey, KeyStoreError> {
-        let (_, alg) = self
-            .0
-            .iter()
-            .find(|(c, _)| *c == city)
-            .ok_or(KeyStoreError::UnknownCity { city })?;
-        let (usage, hexkey) = match role {
-            KeyRole::Load => (KeyUsage::LoadMaster, MLK),
-            KeyRole::Purchase => (KeyUsage::PurchaseMaster, MPK),
-            KeyRole::Tac => (KeyUsage::TacMaster, MTK),
-        };
-        let master = SecretKey::new(*alg, usage, &unhex(hexkey)).expect("master");
-        let f = cardvm::issuer::keys::diversification_input(serial)?;
-        Ok(cardvm::crypto::diversify(&master, &f).expect("diversify"))
-    }
-    fn cities(&self) -> Result<Vec<(u32, KeyAlg)>, KeyStoreError> {
-        Ok(self.0.clone())
     }
 }
 
@@ -173,7 +144,7 @@ impl World {
         let ledger = Ledger::open(&db).await.expect("ledger");
         let clock = Arc::new(TestClock(AtomicU64::new(NOW)));
         let issuer_key = key();
-        let masters = Masters(cities.iter().map(|c| (c.city, c.alg.key_alg())).collect());
+        let masters = cluster::Masters(cities.iter().map(|c| (c.city, c.alg.key_alg())).collect());
         let issuer = Issuer::new(
             ledger,
             trust,
@@ -582,7 +553,7 @@ async fn revoked_reader_is_refused_and_its_receipts_too() {
         w.issuer.ledger().clone(),
         trust,
         key(),
-        Arc::new(Masters(vec![(731, KeyAlg::Des3)])),
+        Arc::new(cluster::Masters(vec![(731, KeyAlg::Des3)])),
         w.clock.clone(),
     );
     let e = issuer
@@ -787,7 +758,6 @@ async fn ledger_state_names_round_trip() {
 }
 
 #[path = "support/cluster.rs"]
-#[allow(dead_code)]
 mod cluster;
 
 /// The ledger's transitions on PostgreSQL: issued → unknown → recovered, both ways.

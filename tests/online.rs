@@ -475,3 +475,26 @@ fn card_pulled_mid_write_is_recovered_at_the_next_recharge() {
         "the ledger credits each load once: {rows:?}"
     );
 }
+
+/// The README's two-party quick start (`examples/two_party.sh`) runs as written.
+#[test]
+fn readme_two_party_script_runs() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        assert!(
+            std::env::var_os("CARDVM_REQUIRE_OPENSSL").is_none(),
+            "openssl is required"
+        );
+        eprintln!("skipping: no openssl for the TLS certificate");
+        return;
+    }
+    let o = Command::new("bash")
+        .arg("examples/two_party.sh")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("CARDVM", env!("CARGO_BIN_EXE_cardvm"))
+        .output()
+        .expect("bash");
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("[5/5] card company: load committed"), "{t}");
+    assert!(t.contains("1 transaction(s)"), "{t}");
+}

@@ -11,7 +11,6 @@
 mod purse_card;
 
 #[cfg(feature = "cli")]
-#[allow(dead_code)]
 mod common;
 
 use cardvm::transport::pcsc::{ConnectOptions, PcscContext, PcscError, ShareMode};

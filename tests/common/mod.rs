@@ -66,8 +66,7 @@ pub fn fails(cwd: &Path, args: &[&str]) -> String {
         "cardvm {args:?} should fail:\n{}",
         text(&o)
     );
-    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-    stderr
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// The M1 sector key cardvm's issuer derives for `uid` from a 3DES master: the leftmost

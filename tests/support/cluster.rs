@@ -34,8 +34,9 @@ fn unhex(s: &str) -> Vec<u8> {
     cardvm::issuer::ledger::unhex(s).expect("hex")
 }
 
-/// The city's 3DES masters in memory (diversified by the library's function).
-pub struct Masters;
+/// The same masters for the listed cities and algorithms, in memory (diversified by the
+/// library's reference-tested function).
+pub struct Masters(pub Vec<(u32, KeyAlg)>);
 impl MasterKeyStore for Masters {
     fn card_key(
         &self,
@@ -43,21 +44,22 @@ impl MasterKeyStore for Masters {
         role: KeyRole,
         serial: &[u8],
     ) -> Result<SecretKey, KeyStoreError> {
-        if city != CITY {
-            return Err(KeyStoreError::UnknownCity { city });
-        }
+        let (_, alg) = self
+            .0
+            .iter()
+            .find(|(c, _)| *c == city)
+            .ok_or(KeyStoreError::UnknownCity { city })?;
         let hex = match role {
             KeyRole::Load => MASTERS[0],
             KeyRole::Purchase => MASTERS[1],
             KeyRole::Tac => MASTERS[2],
         };
-        let master =
-            SecretKey::new(KeyAlg::Des3, role.master_usage(), &unhex(hex)).expect("master");
+        let master = SecretKey::new(*alg, role.master_usage(), &unhex(hex)).expect("master");
         let f = cardvm::issuer::keys::diversification_input(serial)?;
         Ok(cardvm::crypto::diversify(&master, &f).expect("diversify"))
     }
     fn cities(&self) -> Result<Vec<(u32, KeyAlg)>, KeyStoreError> {
-        Ok(vec![(CITY, KeyAlg::Des3)])
+        Ok(self.0.clone())
     }
 }
 
@@ -197,7 +199,7 @@ impl Cluster {
                 l,
                 trust.clone(),
                 issuer_key.clone(),
-                Arc::new(Masters),
+                Arc::new(Masters(vec![(CITY, KeyAlg::Des3)])),
                 Arc::new(SystemClock),
             );
             let svc = Service::new(

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# A two-party online recharge on one machine: the card company (CA, master keys, ledger,
+# HTTPS service) and a reader (key pair, certificate, client) recharging a simulated card.
+# Run from the repository root: bash examples/two_party.sh   (needs openssl for the TLS
+# certificate). CARDVM may name the binary (default: cargo build, then target/debug/cardvm).
+set -euo pipefail
+repo="$(pwd)"
+if [ -z "${CARDVM:-}" ]; then cargo build -q; CARDVM="$repo/target/debug/cardvm"; fi
+cardvm() { "$CARDVM" "$@"; }
+work="$(mktemp -d)"; cd "$work"
+trap 'if [ -n "${server:-}" ]; then kill "$server" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
+export CARDVM_KEYSTORE_PASSPHRASE="demo passphrase"
+
+# Card company: CA, sealing key, city master keys, ledger, city 731.
+cardvm ca init --dir ca --subject "CN=City Card CA,O=City Card" --days 3650
+cardvm ca crl --dir ca --days 7 -o ca.crl
+cardvm keygen --out issuer
+printf 'alg = "des3"\nload = "11223344556677888877665544332211"\npurchase = "0123456789ABCDEFFEDCBA9876543210"\ntac = "A1A2A3A4A5A6A7A8B1B2B3B4B5B6B7B8"\n' > m731.toml
+cardvm issuer keys init --store issuer.keys
+cardvm issuer keys import 731 m731.toml --store issuer.keys
+cardvm issuer init --ca ca/ca.crt --crl ca.crl --key issuer.key --keys issuer.keys
+cardvm issuer city add 731 --alg des3 --query "$repo/scripts/city0731-des3/query.casm" \
+    --load "$repo/scripts/city0731-des3/load.casm" --recover "$repo/scripts/city0731-des3/recover.casm"
+
+# Enroll a reader: its key never leaves it; the CA issues from its request.
+cardvm reader init --reader-id R1 --dir r1
+cardvm ca issue --dir ca --csr r1/R1.csr --days 365 -o R1.crt
+cardvm reader install R1.crt --ca ca/ca.crt --dir r1
+cardvm issuer reader add R1.crt
+
+# The service, over HTTPS on loopback.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 \
+    -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE \
+    -keyout tls.key -out tls.crt 2>/dev/null
+"$CARDVM" issuer serve --listen 127.0.0.1:8443 --tls-cert tls.crt --tls-key tls.key --quiet 2> serve.log &
+server=$!
+for _ in $(seq 1 100); do grep -q serving serve.log && break; sleep 0.2; done
+
+# A simulated card of city 731 that holds the city's masters, and one recharge of 100.00.
+sed -e 's/^master = false/master = true/' \
+    -e 's/^load = .*/load = "11223344556677888877665544332211"/' \
+    -e 's/^purchase = .*/purchase = "0123456789ABCDEFFEDCBA9876543210"/' \
+    -e 's/^tac = .*/tac = "A1A2A3A4A5A6A7A8B1B2B3B4B5B6B7B8"/' \
+    "$repo/scripts/city0731-des3/card.toml" > card.toml
+cardvm client recharge --server https://127.0.0.1:8443 --server-ca tls.crt --reader-dir r1 \
+    --issuer-pub issuer.pub --city 731 --amount 100.00 --sim card.toml
+cardvm issuer ledger
