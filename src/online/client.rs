@@ -204,10 +204,7 @@ impl Client {
             .body(body)
             .send()
             .await
-            .map_err(|e| ClientError::Unreachable {
-                url: url.clone(),
-                detail: error_chain(&e),
-            })?;
+            .map_err(|e| unreachable(&url, &e))?;
         self.answer(&url, resp).await
     }
 
@@ -219,10 +216,7 @@ impl Client {
             .get(&url)
             .send()
             .await
-            .map_err(|e| ClientError::Unreachable {
-                url: url.clone(),
-                detail: error_chain(&e),
-            })?;
+            .map_err(|e| unreachable(&url, &e))?;
         self.answer(&url, resp).await
     }
 
@@ -298,6 +292,13 @@ impl Client {
             },
         )
         .await
+    }
+}
+
+fn unreachable(url: &str, e: &dyn std::error::Error) -> ClientError {
+    ClientError::Unreachable {
+        url: url.into(),
+        detail: error_chain(e),
     }
 }
 

@@ -270,6 +270,7 @@ impl Service {
         path: &'static str,
         headers: HeaderMap,
         body: Result<Bytes, BytesRejection>,
+        store: bool,
         work: F,
     ) -> Response
     where
@@ -307,6 +308,13 @@ impl Service {
                 ));
             }
             let ledger = self.issuer.ledger();
+            if !store {
+                // Read-only: answered fresh every time, nothing stored.
+                let resp = work(self.clone(), caller, req).await?;
+                return serde_json::to_string(&resp).map_err(|e| {
+                    Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                });
+            }
             if let Some((endpoint, stored)) = ledger
                 .stored_reply(&caller.reader_id, &request_id)
                 .await
@@ -446,6 +454,7 @@ async fn query_script(
         "/v1/query-script",
         headers,
         body,
+        true,
         |svc, caller, req: QueryScriptRequest| async move {
             let s = svc.issuer.query_script(&caller.reader_id, req.city).await?;
             Ok(SealedReply {
@@ -467,6 +476,7 @@ async fn start(
         "/v1/recharge/start",
         headers,
         body,
+        true,
         |svc, caller, req: StartRequest| async move {
             let query = parse_receipt(&req.query, &caller, "query")?;
             let b = svc.issuer.bundle(&query, req.amount).await?;
@@ -495,6 +505,7 @@ async fn complete(
         "/v1/recharge/complete",
         headers,
         body,
+        true,
         |svc, caller, req: CompleteRequest| async move {
             let receipt = parse_receipt(&req.receipt, &caller, "receipt")?;
             let s = svc.issuer.settle(&receipt).await?;
@@ -513,6 +524,7 @@ async fn journal(
         "/v1/journal",
         headers,
         body,
+        true,
         |svc, caller, req: JournalRequest| async move {
             let mut results = Vec::new();
             let mut acked = 0;
@@ -589,51 +601,32 @@ async fn status(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    // Status is read-only: answer it fresh each time (the request id is not stored).
-    let started = Instant::now();
-    let path = "/v1/status";
-    let result: Result<StatusReply, Refusal> = async {
-        let body = body.map_err(|e| Refusal::new(e.status(), "bad_body", e.body_text()))?;
-        too_large(&body)?;
-        let caller = svc.authenticate(path, &headers, &body).await?;
-        let req: StatusRequest = serde_json::from_slice(&body).map_err(|e| {
-            Refusal::new(
-                StatusCode::BAD_REQUEST,
-                "bad_json",
-                format!("request body: {e}"),
-            )
-        })?;
-        let row = svc
-            .issuer
-            .ledger()
-            .txn(&caller.reader_id, req.seq)
-            .await
-            .map_err(IssuerError::from)?
-            .ok_or_else(|| {
-                Refusal::from(IssuerError::NoBundle {
+    svc.signed(
+        "/v1/status",
+        headers,
+        body,
+        false,
+        |svc, caller, req: StatusRequest| async move {
+            let row = svc
+                .issuer
+                .ledger()
+                .txn(&caller.reader_id, req.seq)
+                .await
+                .map_err(IssuerError::from)?
+                .ok_or_else(|| IssuerError::NoBundle {
                     reader: caller.reader_id.clone(),
                     seq: req.seq,
-                })
-            })?;
-        Ok(StatusReply {
-            seq: row.seq,
-            kind: row.kind.name().into(),
-            card_id: row.card_id,
-            amount: row.amount,
-            state: row.state.name().into(),
-        })
-    }
-    .await;
-    match result {
-        Ok(r) => {
-            svc.log(path, None, StatusCode::OK, started, "");
-            axum::Json(r).into_response()
-        }
-        Err(r) => {
-            svc.log(path, None, r.status, started, r.code);
-            r.into_response()
-        }
-    }
+                })?;
+            Ok(StatusReply {
+                seq: row.seq,
+                kind: row.kind.name().into(),
+                card_id: row.card_id,
+                amount: row.amount,
+                state: row.state.name().into(),
+            })
+        },
+    )
+    .await
 }
 
 async fn not_found() -> Response {
