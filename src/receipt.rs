@@ -127,6 +127,17 @@ pub enum Outcome {
     },
 }
 
+/// `committed`, `failed 0xCODE: reason`, `unknown: reason` (one line for people and logs).
+impl core::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Outcome::Committed => f.write_str("committed"),
+            Outcome::Failed { code, reason } => write!(f, "failed 0x{code:02X}: {reason}"),
+            Outcome::Unknown { reason } => write!(f, "unknown: {reason}"),
+        }
+    }
+}
+
 /// An output field value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FieldValue {

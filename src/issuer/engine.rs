@@ -415,7 +415,7 @@ impl Issuer {
         if receipt.outcome != Outcome::Committed {
             return Err(IssuerError::NotAQuery(format!(
                 "the query did not complete ({})",
-                outcome_text(&receipt.outcome)
+                receipt.outcome
             )));
         }
         let (query_sm3, _) = self
@@ -1193,7 +1193,7 @@ impl Issuer {
             }
             _ => {
                 s.state = TxnState::Unknown;
-                s.note = Some(outcome_text(&receipt.outcome));
+                s.note = Some(receipt.outcome.to_string());
                 (TxnState::Unknown, String::new())
             }
         };
@@ -1289,13 +1289,5 @@ fn out_bytes<'a>(r: &'a Receipt, name: &str) -> Option<&'a [u8]> {
     match r.field(name) {
         Some(Out::Bytes(b)) => Some(b),
         _ => None,
-    }
-}
-
-fn outcome_text(o: &Outcome) -> String {
-    match o {
-        Outcome::Committed => "committed".into(),
-        Outcome::Failed { code, reason } => format!("failed 0x{code:02X}: {reason}"),
-        Outcome::Unknown { reason } => format!("unknown: {reason}"),
     }
 }

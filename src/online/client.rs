@@ -369,15 +369,6 @@ pub enum RechargeError {
     Reader(String),
 }
 
-fn outcome_text(o: &crate::receipt::Outcome) -> String {
-    use crate::receipt::Outcome;
-    match o {
-        Outcome::Committed => "committed".into(),
-        Outcome::Failed { code, reason } => format!("failed 0x{code:02X}: {reason}"),
-        Outcome::Unknown { reason } => format!("unknown: {reason}"),
-    }
-}
-
 /// Delivers a receipt, retrying the same request a few times on a broken connection.
 async fn deliver(client: &Client, receipt_json: &str) -> Result<SettleReply, ClientError> {
     let id = new_request_id();
@@ -429,7 +420,7 @@ pub async fn recharge<T: crate::transport::CardTransport>(
         if !matches!(q.receipt.outcome, crate::receipt::Outcome::Committed) {
             return Err(RechargeError::Reader(format!(
                 "card query {}",
-                outcome_text(&q.receipt.outcome)
+                q.receipt.outcome
             )));
         }
         progress(&Step::CardRead {
@@ -453,7 +444,7 @@ pub async fn recharge<T: crate::transport::CardTransport>(
         let done = reader
             .transact(&command, &data, card, &mut crate::vm::NoTrace, &mut rng)
             .map_err(|e| RechargeError::Reader(e.to_string()))?;
-        let outcome = outcome_text(&done.receipt.outcome);
+        let outcome = done.receipt.outcome.to_string();
         progress(&Step::CardDone {
             outcome: outcome.clone(),
         });
