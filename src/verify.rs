@@ -38,7 +38,7 @@ pub enum VerifyErrorKind {
     EmptyCode,
     /// Bytes that are not an instruction.
     #[error("{0}")]
-    Decode(DecodeError),
+    Decode(#[from] DecodeError),
     /// A target that is not the start of an instruction.
     #[error("target {0} is not the start of an instruction")]
     BadTarget(u32),
@@ -395,9 +395,8 @@ impl<'s> Verifier<'s> {
                 });
             }
         }
-        // Pass 1: decode and check operands; note instruction boundaries
-        // (offset -> instruction index + 1; 0: not a boundary).
-        let mut index_at = vec![0u32; s.code.len()];
+        // Pass 1: decode and check operands; `offsets` (ascending) records the
+        // instruction boundaries that pass 2 resolves targets against.
         let mut code = Vec::with_capacity(s.code.len() / 3 + 1);
         let mut offsets = Vec::with_capacity(s.code.len() / 3 + 1);
         let mut with_target = Vec::new();
@@ -407,25 +406,29 @@ impl<'s> Verifier<'s> {
                 offset: at as u32,
                 kind,
             };
-            let (instr, size) =
-                Instr::decode(&s.code[at..]).map_err(|e| err(VerifyErrorKind::Decode(e)))?;
-            if self.check_operands(&instr).map_err(err)? {
+            let mut check = OperandChecks {
+                script: s,
+                has_target: false,
+            };
+            let (instr, size) = Instr::decode_with(&s.code[at..], &mut check)
+            .map_err(err)?;
+            if check.has_target {
                 with_target.push(code.len());
             }
-            index_at[at] = code.len() as u32 + 1;
             code.push(instr);
             offsets.push(at as u32);
             at += size;
         }
-        // Pass 2: byte targets become instruction indices.
-        // (Only the instructions pass 1 saw a target in: no second operand walk.)
+        // Pass 2: byte targets become instruction indices, by binary search of the
+        // boundaries (only the instructions pass 1 saw a target in: no second operand
+        // walk, and no offset-indexed table four times the size of the code).
         for &i in &with_target {
             let (Some(instr), Some(&off)) = (code.get_mut(i), offsets.get(i)) else {
                 continue;
             };
-            *instr = retarget(*instr, |t| match index_at.get(t as usize) {
-                Some(&i) if i > 0 => Ok(i - 1),
-                _ => Err(VerifyErrorKind::BadTarget(t)),
+            *instr = retarget(*instr, |t| match offsets.binary_search(&t) {
+                Ok(i) => Ok(i as u32),
+                Err(_) => Err(VerifyErrorKind::BadTarget(t)),
             })
             .map_err(|kind| VerifyError { offset: off, kind })?;
         }
@@ -445,23 +448,28 @@ impl<'s> Verifier<'s> {
             max_call_depth,
         })
     }
+}
 
-    /// Checks `instr`'s operands against the script's tables and its immediates; says
-    /// whether it has a branch target (to be rewritten in pass 2). Every check follows
-    /// from the operand's kind and role in the instruction table ([`crate::isa::Role`]):
-    /// indices first, then, for the instructions that have them
-    /// ([`crate::isa::Opcode::has_role_checks`]), input kinds and immediate ranges.
+/// The verifier's operand checks, run by the decoder as it reads each operand: forced
+/// inline into each opcode's arm, where the operand kind and spec are constants, so each
+/// arm keeps only the checks its operands need.
+struct OperandChecks<'s> {
+    script: &'s CommandScript,
+    /// Whether the instruction has a branch target (to be rewritten in pass 2).
+    has_target: bool,
+}
+
+impl crate::isa::OperandVisitor for OperandChecks<'_> {
+    type Error = VerifyErrorKind;
+
     #[inline(always)]
-    fn check_operands(&self, instr: &Instr) -> Result<bool, VerifyErrorKind> {
-        let s = self.script;
-        let mut has_target = false;
-        // The checks are forced inline into each opcode's arm of the visitor, where the
-        // operand kind (and role) are constants: each arm keeps only the checks it needs.
-        instr.try_for_each_operand(|op| check_index(s, op, &mut has_target))?;
-        if instr.opcode().has_role_checks() {
-            instr.try_for_each_operand_spec(|op, spec| check_role(s, op, spec))?;
-        }
-        Ok(has_target)
+    fn visit(
+        &mut self,
+        op: crate::isa::Operand,
+        spec: &'static crate::isa::OperandSpec,
+    ) -> Result<(), VerifyErrorKind> {
+        check_index(self.script, op, &mut self.has_target)?;
+        check_role(self.script, op, spec)
     }
 }
 

@@ -266,13 +266,6 @@ macro_rules! define_isa {
                 match self { $( Opcode::$variant => 1 $( + role_kind!($role).size() )*, )* }
             }
 
-            /// Whether an operand is a status-word pattern (checked for canonical form
-            /// when decoding).
-            #[inline]
-            fn has_sw_operand(self) -> bool {
-                match self { $( Opcode::$variant => false $( || matches!(role_kind!($role), OperandKind::Sw) )*, )* }
-            }
-
             /// One-line description from the table.
             pub fn summary(self) -> &'static str {
                 match self { $( Opcode::$variant => concat!($($doc, )* ""), )* }
@@ -314,59 +307,69 @@ macro_rules! define_isa {
             }
 
             /// Calls `f` on each operand in table order, stopping at the first error.
-            /// Unlike [`Instr::operands`] it builds no array: once inlined, each opcode
-            /// runs only the checks its operand kinds need (the verifier's hot loop).
+            /// Unlike [`Instr::operands`] it builds no array.
             #[inline]
             #[allow(unused_variables, unused_mut)]
             pub fn try_for_each_operand<E>(
                 &self,
                 mut f: impl FnMut(Operand) -> Result<(), E>,
             ) -> Result<(), E> {
-                // Its own expansion (not a call of the spec visitor with a wrapping
-                // closure): that keeps the verifier's closure inlined per opcode.
                 match *self {
                     $( Instr::$variant { $($field),* } => { $( f($field.wrap(role_kind!($role)))?; )* } )*
                 }
                 Ok(())
             }
 
-            /// Like [`Instr::try_for_each_operand`], with each operand's spec from the
-            /// table (its role: what the verifier checks). Always inlined: the specs are
-            /// then constants, so each opcode runs only the checks its roles need.
+            /// Decodes one instruction from the front of `code` and hands each operand,
+            /// with its table spec, to `visitor`; returns the instruction and its size.
+            ///
+            /// One match arm per opcode byte reads the fields, checks status-word
+            /// patterns for canonical form and (once inlined) runs the caller's checks
+            /// with the specs as constants: the verifier dispatches once per instruction,
+            /// not once per question it asks. Every operand is decoded before the visitor
+            /// sees the first, so a decoding error wins over a check.
             #[inline(always)]
-            #[allow(unused_variables, unused_mut)]
-            pub fn try_for_each_operand_spec<E>(
-                &self,
-                mut f: impl FnMut(Operand, &'static OperandSpec) -> Result<(), E>,
-            ) -> Result<(), E> {
-                match *self {
-                    $( Instr::$variant { $($field),* } => {
-                        $( f(
+            #[allow(unused_variables, unused_mut, unused_assignments)]
+            pub fn decode_with<V: OperandVisitor>(
+                code: &[u8],
+                visitor: &mut V,
+            ) -> Result<(Instr, usize), V::Error> {
+                let Some(&first) = code.first() else {
+                    return Err(DecodeError::Truncated { needed: 1, available: 0 }.into());
+                };
+                match first {
+                    $( $code => {
+                        const SIZE: usize = Opcode::$variant.size();
+                        let truncated = DecodeError::Truncated { needed: SIZE, available: code.len() };
+                        let Some(b) = code.get(..SIZE) else {
+                            return Err(truncated.into());
+                        };
+                        let mut at = 1usize;
+                        $( let $field = {
+                            let kind = role_kind!($role);
+                            let raw = b.get(at..).unwrap_or_default();
+                            if kind == OperandKind::Sw
+                                && let [v0, v1, m0, m1, ..] = *raw
+                                && u16::from_be_bytes([v0, v1]) & !u16::from_be_bytes([m0, m1]) != 0
+                            {
+                                return Err(DecodeError::NonCanonicalPattern.into());
+                            }
+                            let Some(o) = Operand::decode(kind, raw) else {
+                                return Err(truncated.into());
+                            };
+                            at += kind.size();
+                            let Some(v) = <role_ty!($role) as OperandField>::unwrap(o, kind) else {
+                                return Err(truncated.into());
+                            };
+                            v
+                        }; )*
+                        $( visitor.visit(
                             $field.wrap(role_kind!($role)),
                             &operand_spec!($mnemonic $field $role $( ( $($arg)* ) )?),
                         )?; )*
+                        Ok((Instr::$variant { $($field),* }, SIZE))
                     } )*
-                }
-                Ok(())
-            }
-
-            /// Reads the operand fields of `op` straight into its variant (one match
-            /// arm per opcode: no operand array, no second match). `code` starts at the
-            /// opcode byte; `None` if it is too short.
-            #[inline]
-            #[allow(unused_variables, unused_mut, unused_assignments)]
-            fn decode_fields(op: Opcode, code: &[u8]) -> Option<Instr> {
-                let mut at = 1usize;
-                match op {
-                    $( Opcode::$variant => {
-                        $( let $field = {
-                            let kind = role_kind!($role);
-                            let o = Operand::decode(kind, code.get(at..)?)?;
-                            at += kind.size();
-                            OperandField::unwrap(o, kind)?
-                        }; )*
-                        Some(Instr::$variant { $($field),* })
-                    } )*
+                    _ => Err(DecodeError::UnknownOpcode(first).into()),
                 }
             }
 
@@ -390,29 +393,26 @@ macro_rules! define_isa {
 
 for_each_op!(define_isa);
 
-/// [`Opcode::has_role_checks`] by opcode byte.
-const ROLE_CHECKS: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut i = 0;
-    while i < ALL_OPCODES.len() {
-        let op = ALL_OPCODES[i];
-        let specs = op.operand_specs();
-        let mut j = 0;
-        while j < specs.len() {
-            let full = (1u64 << (8 * specs[j].kind.size())) - 1;
-            match specs[j].role {
-                Role::ValueInput | Role::KeyInput => table[op as usize] = true,
-                Role::Imm { min, max, .. } if min > 0 || (max as u64) < full => {
-                    table[op as usize] = true
-                }
-                _ => {}
-            }
-            j += 1;
-        }
-        i += 1;
+/// What a decoder does with each operand as it reads it ([`Instr::decode_with`]): the
+/// verifier's checks. Implement [`OperandVisitor::visit`] `#[inline(always)]`: it is then
+/// compiled into each opcode's arm with the operand's kind and spec as constants.
+pub trait OperandVisitor {
+    /// The error a check reports; a decoding error converts into it.
+    type Error: From<DecodeError>;
+    /// Checks one operand; `spec` is its entry in the instruction table.
+    fn visit(&mut self, op: Operand, spec: &'static OperandSpec) -> Result<(), Self::Error>;
+}
+
+/// Decoding alone.
+struct NoChecks;
+
+impl OperandVisitor for NoChecks {
+    type Error = DecodeError;
+    #[inline(always)]
+    fn visit(&mut self, _: Operand, _: &'static OperandSpec) -> Result<(), DecodeError> {
+        Ok(())
     }
-    table
-};
+}
 
 impl Opcode {
     /// The key usages the instruction accepts in the key slot it reads (the usages of its
@@ -432,15 +432,6 @@ impl Opcode {
             i += 1;
         }
         &[]
-    }
-
-    /// Whether an operand has a role the verifier checks beyond its index range: an
-    /// input that must (not) be a key, or an immediate whose range is narrower than its
-    /// encoding. Computed from the table at compile time, so the verifier's hot loop
-    /// skips the role pass for every other instruction.
-    #[inline]
-    pub const fn has_role_checks(self) -> bool {
-        ROLE_CHECKS[self as usize]
     }
 
     /// The key derivation the instruction performs, if any (`divkey`, `pkey`, `tackey`):
@@ -474,38 +465,7 @@ impl Instr {
     /// Decodes one instruction from the front of `code`; returns it and its size.
     #[inline]
     pub fn decode(code: &[u8]) -> Result<(Instr, usize), DecodeError> {
-        let first = *code.first().ok_or(DecodeError::Truncated {
-            needed: 1,
-            available: 0,
-        })?;
-        let op = Opcode::from_byte(first).ok_or(DecodeError::UnknownOpcode(first))?;
-        let size = op.size();
-        if code.len() < size {
-            return Err(DecodeError::Truncated {
-                needed: size,
-                available: code.len(),
-            });
-        }
-        if op.has_sw_operand() {
-            let kinds = op.operand_kinds();
-            let mut at = 1;
-            for &kind in kinds {
-                if kind == OperandKind::Sw {
-                    let b = &code[at..at + 4];
-                    let value = u16::from_be_bytes([b[0], b[1]]);
-                    let mask = u16::from_be_bytes([b[2], b[3]]);
-                    if value & !mask != 0 {
-                        return Err(DecodeError::NonCanonicalPattern);
-                    }
-                }
-                at += kind.size();
-            }
-        }
-        let instr = Instr::decode_fields(op, &code[..size]).ok_or(DecodeError::Truncated {
-            needed: size,
-            available: code.len(),
-        })?;
-        Ok((instr, size))
+        Instr::decode_with(code, &mut NoChecks)
     }
 
     /// The branch/jump/call target, if this instruction has one.
@@ -683,18 +643,33 @@ mod tests {
         );
     }
 
+    /// Every opcode with a status-word operand refuses a non-canonical pattern (a value
+    /// bit outside the mask) wherever the operand sits.
     #[test]
-    fn the_sw_shortcut_agrees_with_the_operand_table() {
+    fn every_sw_operand_is_checked_for_canonical_form() {
         let mut with_sw = 0;
-        for byte in 0..=255u8 {
-            if let Some(op) = Opcode::from_byte(byte) {
-                let table = op.operand_kinds().contains(&OperandKind::Sw);
-                assert_eq!(op.has_sw_operand(), table, "{op:?}");
-                with_sw += usize::from(table);
+        for &op in ALL_OPCODES {
+            let kinds = op.operand_kinds();
+            if !kinds.contains(&OperandKind::Sw) {
+                continue;
             }
+            with_sw += 1;
+            let mut code = vec![op as u8];
+            for &kind in kinds {
+                match kind {
+                    OperandKind::Sw => code.extend_from_slice(&[0x90, 0x01, 0xFF, 0x00]),
+                    _ => code.extend(core::iter::repeat_n(0, kind.size())),
+                }
+            }
+            assert_eq!(
+                Instr::decode(&code),
+                Err(DecodeError::NonCanonicalPattern),
+                "{op:?}"
+            );
         }
         assert_eq!(with_sw, 3, "bsw, bnsw, expect");
     }
+
 
     fn any_operand(kind: OperandKind) -> BoxedStrategy<Operand> {
         match kind {
