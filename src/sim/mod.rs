@@ -62,7 +62,8 @@ use alloc::vec::Vec;
 
 pub use airtime::{AirTimeModel, AirTimeReport, ApduAirTime, BitRate};
 pub use cpu::{
-    Algorithm, CpuCard, CpuCardBuilder, LogRecord, Prove, PublicInfo, Purse, RandomSource,
+    Algorithm, CpuCard, CpuCardBuilder, LogRecord, Prove, PublicInfo, Purse, PurseKind,
+    RandomSource, Variant,
 };
 pub use fault::{Fault, FaultPlan};
 pub use m1::{AccessBits, M1Card};
