@@ -88,7 +88,7 @@ fn trace_vm_on_a_high_level_script_shows_its_lines() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
-        err.contains("ep_load.cvs:20: sk = session_key(dlk, rnd ++ atc2 ++ [80 00])"),
+        err.contains("purse_load.cvs:24: sk = session_key(dlk, rnd ++ atc2 ++ [80 00])"),
         "{err}"
     );
     assert!(err.contains("purse.cvs:19: apdu READ_EF15"), "{err}");
