@@ -71,7 +71,12 @@ fn run_path(path: &str, d: &DataScript, card: &mut CpuCard) -> (RunReport, Vec<(
     (report, rec.log)
 }
 
-fn run(dir: &str, flow: &str, d: &DataScript, card: &mut CpuCard) -> (RunReport, Vec<(Vec<u8>, u16)>) {
+fn run(
+    dir: &str,
+    flow: &str,
+    d: &DataScript,
+    card: &mut CpuCard,
+) -> (RunReport, Vec<(Vec<u8>, u16)>) {
     run_path(&format!("{dir}/{flow}.cvs"), d, card)
 }
 
@@ -121,13 +126,27 @@ fn city_0731_purchase_and_capp_on_the_variant_card() {
     assert_eq!(int(&r, "tac_ok"), 1);
     assert_eq!(
         commands(&log),
-        [h("00A40400"), h("00B09500"), h("80CA0000"), h("80500102"), h("80540100")]
+        [
+            h("00A40400"),
+            h("00B09500"),
+            h("80CA0000"),
+            h("80500102"),
+            h("80540100")
+        ]
     );
     assert_eq!(log[2].0, h("80CA000009"));
     assert_eq!(c.balance(), 250);
-    let (r, log) = run(C0731, "capp_purchase", &data(C0731, "capp_purchase"), &mut c);
+    let (r, log) = run(
+        C0731,
+        "capp_purchase",
+        &data(C0731, "capp_purchase"),
+        &mut c,
+    );
     assert_eq!(r.outcome, Outcome::Committed, "{r:?}");
-    let update = log.iter().find(|(cmd, _)| cmd.starts_with(&[0x80, 0xDC])).unwrap();
+    let update = log
+        .iter()
+        .find(|(cmd, _)| cmd.starts_with(&[0x80, 0xDC]))
+        .unwrap();
     assert_eq!(&update.0[..5], &h("80DC02B830")[..]);
     assert_eq!((c.balance(), int(&r, "txn_type")), (50, 9));
     assert_eq!(c.purse().capp[1][..2], [0x01, 0x2E], "record 02 updated");
@@ -158,13 +177,24 @@ fn old_style_flow_is_refused_by_the_variant_card() {
         assert_ne!(old, text);
         std::fs::write(tmp.join(format!("city/{flow}.cvs")), old).unwrap();
     }
-    let path = |f: &str| tmp.join(format!("city/{f}.cvs")).to_string_lossy().into_owned();
+    let path = |f: &str| {
+        tmp.join(format!("city/{f}.cvs"))
+            .to_string_lossy()
+            .into_owned()
+    };
     let mut c = city_card(C0731, |_| {});
     let (r, log) = run_path(&path("purchase"), &data(C0731, "purchase"), &mut c);
     assert_eq!(failure(&r), 0x03, "MAC1 without the code: {r:?}");
-    assert_eq!(log.last().unwrap(), &(log.last().unwrap().0.clone(), 0x9302));
+    assert_eq!(
+        log.last().unwrap(),
+        &(log.last().unwrap().0.clone(), 0x9302)
+    );
     assert!(!log.iter().any(|(cmd, _)| cmd.starts_with(&h("80CA"))));
-    let (r, log) = run_path(&path("capp_purchase"), &data(C0731, "capp_purchase"), &mut c);
+    let (r, log) = run_path(
+        &path("capp_purchase"),
+        &data(C0731, "capp_purchase"),
+        &mut c,
+    );
     assert_eq!(failure(&r), 0x0C, "record 01: {r:?}");
     assert_eq!(log.last().unwrap().1, 0x6A83);
     assert_eq!(c.balance(), 500);
@@ -192,7 +222,8 @@ fn field_status_word_deviations_mean_the_same_failures() {
                 let FieldValue::Key(k) = &f.value else {
                     unreachable!()
                 };
-                let wrong = cardvm::crypto::SecretKey::new(k.alg(), k.usage(), &[0x55; 16]).unwrap();
+                let wrong =
+                    cardvm::crypto::SecretKey::new(k.alg(), k.usage(), &[0x55; 16]).unwrap();
                 f.value = FieldValue::Key(wrong);
             }
         }
@@ -219,7 +250,10 @@ fn load_mac2_refused_with_6982_is_a_mac_refusal() {
     let mut c = city_card(C0731, |p| p.variant.mac_error_sw = Some("6982".into()));
     let ex = |c: &mut CpuCard, s: &str| cardvm::sim::exchange(c, &h(s)).unwrap();
     assert_eq!(ex(&mut c, "00A4040009A00000000386980701 00").1, 0x9000);
-    assert_eq!(ex(&mut c, "805000020B 01 00000064 000000000001 10").1, 0x9000);
+    assert_eq!(
+        ex(&mut c, "805000020B 01 00000064 000000000001 10").1,
+        0x9000
+    );
     let credit = ex(&mut c, "805200000B 20261123 120000 00000000 04");
     assert_eq!(credit.1, 0x6982, "a bad MAC2 on this card");
     for dir in [C0731, C0755] {

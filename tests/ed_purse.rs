@@ -57,7 +57,7 @@ const SM4: City = City {
 fn pad(data: &[u8], bs: usize) -> Vec<u8> {
     let mut v = data.to_vec();
     v.push(0x80);
-    while v.len() % bs != 0 {
+    while !v.len().is_multiple_of(bs) {
         v.push(0);
     }
     v
@@ -280,7 +280,10 @@ fn ed_load_cross_checks_against_the_reference_formulas() {
         assert_eq!((int(&r, "txn_type"), int(&r, "atc")), (1, 3));
         // The ED moved; the EP did not (separate balances and counters).
         let p = c.purse();
-        assert_eq!((p.ed_balance, p.ed_online_atc, p.ed_offline_atc), (11_000, 4, 7));
+        assert_eq!(
+            (p.ed_balance, p.ed_online_atc, p.ed_offline_atc),
+            (11_000, 4, 7)
+        );
         assert_eq!((p.balance, p.online_atc, p.offline_atc), (500, 5, 9));
         assert_eq!(c.log()[0].ttype, 0x01);
     });
@@ -335,7 +338,10 @@ fn ed_purchase_cross_checks_against_the_reference_formulas() {
         assert_eq!(int(&r, "tac_ok"), 1);
         assert_eq!((int(&r, "txn_type"), int(&r, "atc")), (5, 7));
         let p = c.purse();
-        assert_eq!((p.ed_balance, p.ed_online_atc, p.ed_offline_atc), (750, 3, 8));
+        assert_eq!(
+            (p.ed_balance, p.ed_online_atc, p.ed_offline_atc),
+            (750, 3, 8)
+        );
         assert_eq!((p.balance, p.online_atc, p.offline_atc), (500, 5, 9));
     });
 }
@@ -348,16 +354,31 @@ fn wrong_pin_counts_down_then_blocks() {
     for_both(|city| {
         let mut c = card(city);
         for (left, sw) in [(2u8, 0x63C2u16), (1, 0x63C1)] {
-            let (r, log) = run(city, "ed_load", &with_pin(data(city, "ed_load"), &[0x99]), &mut c);
+            let (r, log) = run(
+                city,
+                "ed_load",
+                &with_pin(data(city, "ed_load"), &[0x99]),
+                &mut c,
+            );
             assert_eq!(failure(&r), 0x0E, "{}", city.dir);
             assert_eq!(log.last().unwrap().2, sw);
             assert_eq!(c.pin_tries_left(), left);
             assert!(!log.iter().any(|(cmd, _, _)| cmd.starts_with(&h("8050"))));
         }
-        let (r, log) = run(city, "ed_purchase", &with_pin(data(city, "ed_purchase"), &[0x99]), &mut c);
+        let (r, log) = run(
+            city,
+            "ed_purchase",
+            &with_pin(data(city, "ed_purchase"), &[0x99]),
+            &mut c,
+        );
         assert_eq!((failure(&r), log.last().unwrap().2), (0x0F, 0x6983));
         let (r, _) = run(city, "ed_load", &data(city, "ed_load"), &mut c);
-        assert_eq!(failure(&r), 0x0F, "{}: blocked, even with the right PIN", city.dir);
+        assert_eq!(
+            failure(&r),
+            0x0F,
+            "{}: blocked, even with the right PIN",
+            city.dir
+        );
         assert_eq!((c.ed_balance(), c.balance()), (1000, 500));
     });
 }
@@ -375,7 +396,11 @@ fn ed_commands_without_the_pin_are_refused() {
     for cmd in ["805C000104", ED_LOAD, ED_BUY] {
         assert_eq!(ex(&mut c, cmd).1, 0x6982, "{cmd} without the PIN");
     }
-    assert_eq!(ex(&mut c, "805C000204"), (h("000001F4"), 0x9000), "EP: no PIN");
+    assert_eq!(
+        ex(&mut c, "805C000204"),
+        (h("000001F4"), 0x9000),
+        "EP: no PIN"
+    );
     assert_eq!(ex(&mut c, "0020000003 654321").1, 0x63C2);
     assert_eq!(ex(&mut c, "805C000104").1, 0x6982, "after a wrong PIN");
     assert_eq!(ex(&mut c, "0020000003 123456").1, 0x9000);
@@ -383,16 +408,27 @@ fn ed_commands_without_the_pin_are_refused() {
     assert_eq!(ex(&mut c, ED_LOAD).1, 0x9000);
     // Selecting again ends the verified state.
     assert_eq!(ex(&mut c, SELECT).1, 0x9000);
-    assert_eq!(ex(&mut c, ED_BUY).1, 0x6982, "the PIN lasts for one selection");
+    assert_eq!(
+        ex(&mut c, ED_BUY).1,
+        0x6982,
+        "the PIN lasts for one selection"
+    );
     // A composite purchase is EP only.
     assert_eq!(ex(&mut c, "0020000003 123456").1, 0x9000);
-    assert_eq!(ex(&mut c, "805003010B 01 000000FA 000000000001 0F").1, 0x6A86);
+    assert_eq!(
+        ex(&mut c, "805003010B 01 000000FA 000000000001 0F").1,
+        0x6A86
+    );
     // A script that skips VERIFY PIN (the EP flow with the ED's P2) is refused the same
     // way: the card, not the script, enforces the PIN.
     let mut c = card(&SM4);
     let (r, log) = run(&SM4, "ed_load", &data(&SM4, "ed_load"), &mut c);
     assert_eq!(r.outcome, Outcome::Committed);
-    assert_eq!(log[2].0[..2], [0x00, 0x20], "VERIFY PIN comes before INITIALIZE");
+    assert_eq!(
+        log[2].0[..2],
+        [0x00, 0x20],
+        "VERIFY PIN comes before INITIALIZE"
+    );
     let mut c = card(&SM4);
     c.faults_mut().push(Fault::ForceSw(3, 0x9000)); // VERIFY "succeeds" on the wire only
     let d = with_pin(data(&SM4, "ed_load"), &[0x00]);

@@ -749,7 +749,11 @@ async fn atcs_starting_at_1_settle_and_recover() {
         let receipt = w.run(&bundle, &mut card);
         assert_eq!(receipt.outcome, Outcome::Committed, "{receipt:?}");
         assert_eq!(receipt.field("atc"), Some(&FieldValue::Int(1)));
-        let s = w.issuer.settle(&receipt).await.expect("settle: the TAC with ATC 1");
+        let s = w
+            .issuer
+            .settle(&receipt)
+            .await
+            .expect("settle: the TAC with ATC 1");
         assert_eq!(s.state, TxnState::Committed);
         // The next load (ATC 2) is torn after the card committed; recovery asks about ATC 2.
         let q = w.query_receipt(c.city, &mut card, NOW + 10).await;
@@ -757,7 +761,10 @@ async fn atcs_starting_at_1_settle_and_recover() {
         card.faults_mut().push(Fault::TearAfter(at));
         let bundle = w.issuer.bundle(&q, 2_000).await.expect("bundle");
         let receipt = w.run(&bundle, &mut card);
-        assert!(matches!(receipt.outcome, Outcome::Unknown { .. }), "{receipt:?}");
+        assert!(
+            matches!(receipt.outcome, Outcome::Unknown { .. }),
+            "{receipt:?}"
+        );
         assert_eq!(receipt.field("atc"), Some(&FieldValue::Int(2)));
         w.issuer.settle(&receipt).await.expect("settle unknown");
         cardvm::transport::CardTransport::power_on(&mut card).expect("power on");

@@ -556,7 +556,11 @@ impl CpuCardBuilder {
         if self.ed.0 > self.balance_limit {
             return Err(SimError::Field("ed_balance", "exceeds balance_limit"));
         }
-        if self.variant.capp_record.is_some_and(|r| r == 0 || usize::from(r) > CAPP_RECORDS) {
+        if self
+            .variant
+            .capp_record
+            .is_some_and(|r| r == 0 || usize::from(r) > CAPP_RECORDS)
+        {
             return Err(SimError::Field("variant.capp_record", "must be 1 to 4"));
         }
         if self.pin.is_empty() || self.pin.len() > 8 {
