@@ -260,7 +260,7 @@ pub fn assemble(data: &[u8]) {
 }
 
 /// The shared high-level flows, for `compile`'s `include`s.
-const COMMON_CVS: [(&str, &str); 7] = [
+const COMMON_CVS: [(&str, &str); 12] = [
     (
         "common/purse.cvs",
         include_str!("../scripts/common/purse.cvs"),
@@ -276,6 +276,26 @@ const COMMON_CVS: [(&str, &str); 7] = [
     (
         "common/ep_purchase.cvs",
         include_str!("../scripts/common/ep_purchase.cvs"),
+    ),
+    (
+        "common/purse_load.cvs",
+        include_str!("../scripts/common/purse_load.cvs"),
+    ),
+    (
+        "common/purse_purchase.cvs",
+        include_str!("../scripts/common/purse_purchase.cvs"),
+    ),
+    (
+        "common/ep_capp_purchase.cvs",
+        include_str!("../scripts/common/ep_capp_purchase.cvs"),
+    ),
+    (
+        "common/ed_load.cvs",
+        include_str!("../scripts/common/ed_load.cvs"),
+    ),
+    (
+        "common/ed_purchase.cvs",
+        include_str!("../scripts/common/ed_purchase.cvs"),
     ),
     (
         "common/ep_recover.cvs",

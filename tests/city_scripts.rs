@@ -4,7 +4,7 @@
 
 use cardvm::asm::{AsmOptions, assemble_file, compile_data};
 use cardvm::script::{DataScript, FieldValue};
-use cardvm::sim::{Algorithm, CpuCard, Fault, M1Card, RandomSource, SimCard};
+use cardvm::sim::{Algorithm, CpuCard, Fault, M1Card, RandomSource, SimCard, Variant};
 use cardvm::transport::{ApduLayer, CardTransport, TransportError};
 use cardvm::verify::VerifiedProgram;
 use cardvm::vm::{Failure, NoTrace, Outcome, OutputValue, RunReport, Vm};
@@ -14,6 +14,10 @@ struct City {
     alg: Algorithm,
     dlk: &'static str,
     dpk: &'static str,
+    /// The city card's deviations (card.toml `[variant]`): 0731 follows the real card.
+    variant: Variant,
+    /// APDUs of a purchase: SELECT, READ EF 0015, (GET DATA,) INITIALIZE, DEBIT.
+    purchase_apdus: u32,
 }
 
 const DES3: City = City {
@@ -21,12 +25,26 @@ const DES3: City = City {
     alg: Algorithm::Des3,
     dlk: "3F013F013F013F013F013F013F013F01",
     dpk: "112233445566778899AABBCCDDEEFF00",
+    variant: Variant {
+        auth_code: Some([0x3A, 0x5C, 0x7E, 0x91, 0x02, 0xB4, 0xD6, 0xF8]),
+        capp_record: Some(2),
+        mac_error_sw: 0x9302,
+        over_balance_sw: 0x9401,
+    },
+    purchase_apdus: 5,
 };
 const SM4: City = City {
     dir: "scripts/city0755-sm4",
     alg: Algorithm::Sm4,
     dlk: "0123456789ABCDEFFEDCBA9876543210",
     dpk: "FFEEDDCCBBAA99887766554433221100",
+    variant: Variant {
+        auth_code: None,
+        capp_record: None,
+        mac_error_sw: 0x9302,
+        over_balance_sw: 0x9401,
+    },
+    purchase_apdus: 4,
 };
 const DTK: &str = "00112233445566778899AABBCCDDEEFF";
 
@@ -44,6 +62,7 @@ fn card(city: &City, balance: u32) -> CpuCard {
         .diversified_keys(&h(city.dlk), &h(city.dpk), &h(DTK))
         .balance(balance, 1_000_000)
         .counters(5, 9)
+        .variant(city.variant)
         .random(RandomSource::Seeded {
             seed: 7,
             counter: 0,
@@ -220,7 +239,7 @@ fn tearing_at_every_apdu_is_recoverable() {
         for (flow, apdus, txn_type, atc, start, delta) in [
             // SELECT, READ EF 0015 (card id), INITIALIZE, then the commit command.
             ("load", 4u32, 2u64, 5u64, 500u32, 10_000i64),
-            ("purchase", 4, 6, 9, 1000, -250),
+            ("purchase", city.purchase_apdus, 6, 9, 1000, -250),
         ] {
             for n in 1..=apdus {
                 for fault in [

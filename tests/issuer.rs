@@ -258,11 +258,18 @@ impl World {
 }
 
 fn card(c: &City, balance: u32) -> CpuCard {
+    card_counting_from(c, balance, 0)
+}
+
+/// A card whose online and offline ATCs start at `atc` (cards in the field start at 1:
+/// reference/epurse.md "City variants").
+fn card_counting_from(c: &City, balance: u32, atc: u16) -> CpuCard {
     CpuCard::builder()
         .algorithm(c.alg)
         .card_number(&SERIAL)
         .master_keys(&unhex(MLK), &unhex(MPK), &unhex(MTK))
         .balance(balance, 1_000_000)
+        .counters(atc, atc)
         .random(RandomSource::Fixed([0xF9, 0xCA, 0xBA, 0x91]))
         .build()
         .expect("card")
@@ -728,6 +735,51 @@ async fn unknown_recovered_as_committed() {
 #[tokio::test]
 async fn unknown_recovered_as_failed() {
     recovery(Fault::TearBefore, false).await;
+}
+
+/// A card whose ATCs start at 1: the load settles on the card's TAC (computed with
+/// ATC 1), and a torn load is recovered with the ATC the receipt carries.
+#[tokio::test]
+async fn atcs_starting_at_1_settle_and_recover() {
+    for c in [&DES3, &SM4] {
+        let w = World::new(&format!("atc1-{}", c.city), &[c]).await;
+        let mut card = card_counting_from(c, 500, 1);
+        let q = w.query_receipt(c.city, &mut card, NOW).await;
+        let bundle = w.issuer.bundle(&q, 1_000).await.expect("bundle");
+        let receipt = w.run(&bundle, &mut card);
+        assert_eq!(receipt.outcome, Outcome::Committed, "{receipt:?}");
+        assert_eq!(receipt.field("atc"), Some(&FieldValue::Int(1)));
+        let s = w
+            .issuer
+            .settle(&receipt)
+            .await
+            .expect("settle: the TAC with ATC 1");
+        assert_eq!(s.state, TxnState::Committed);
+        // The next load (ATC 2) is torn after the card committed; recovery asks about ATC 2.
+        let q = w.query_receipt(c.city, &mut card, NOW + 10).await;
+        let at = card.apdu_index() + 4;
+        card.faults_mut().push(Fault::TearAfter(at));
+        let bundle = w.issuer.bundle(&q, 2_000).await.expect("bundle");
+        let receipt = w.run(&bundle, &mut card);
+        assert!(
+            matches!(receipt.outcome, Outcome::Unknown { .. }),
+            "{receipt:?}"
+        );
+        assert_eq!(receipt.field("atc"), Some(&FieldValue::Int(2)));
+        w.issuer.settle(&receipt).await.expect("settle unknown");
+        cardvm::transport::CardTransport::power_on(&mut card).expect("power on");
+        let recover = w
+            .issuer
+            .bundle(&w.query_receipt(c.city, &mut card, NOW + 20).await, 1_000)
+            .await
+            .expect("recovery bundle");
+        assert_eq!(recover.kind, TxnKind::Recover);
+        let r = w.run(&recover, &mut card);
+        assert_eq!(r.outcome, Outcome::Committed, "{r:?}");
+        let s = w.issuer.settle(&r).await.expect("settle recovery");
+        assert_eq!(s.decided, Some((bundle.seq, TxnState::RecoveredCommitted)));
+        assert_eq!(card.balance(), 3_500);
+    }
 }
 
 #[tokio::test]

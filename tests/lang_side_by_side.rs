@@ -129,8 +129,10 @@ struct Flow {
     recover: Option<(&'static str, u64)>,
 }
 
-const SWS: [u16; 9] = [
-    0x6A82, 0x6985, 0x9403, 0x9303, 0x9401, 0x9302, 0x9406, 0x6300, 0x6581,
+// 6982 and 6A80: the field deviations of reference "City variants" (MAC refusal,
+// over-balance); 6A88: GET DATA without an authentication code.
+const SWS: [u16; 12] = [
+    0x6A82, 0x6985, 0x9403, 0x9303, 0x9401, 0x9302, 0x9406, 0x6300, 0x6581, 0x6982, 0x6A80, 0x6A88,
 ];
 
 /// One flow under one fault plan, both versions; returns the number of APDUs sent.

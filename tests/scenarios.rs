@@ -91,7 +91,7 @@ expect = { outcome = "committed" }
     let results = run_file(&file, Path::new("scripts/city0731-des3/scenarios/x.toml"));
     let report = results[0].report.join("\n");
     assert!(
-        report.contains("common/ep_load.cvs:16"), // `on 9403 fail no_key_index`
+        report.contains("common/purse_load.cvs:20"), // `on 9403 fail no_key_index`
         "{report}"
     );
 }

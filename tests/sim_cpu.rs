@@ -212,11 +212,14 @@ fn purse_status_words() {
     assert_eq!(exs(&mut c, "84A40000023F00").1, 0x6E00);
     assert_eq!(exs(&mut c, "80EE000000").1, 0x6D00);
     exs(&mut c, SELECT_PURSE);
-    assert_eq!(exs(&mut c, "805C000104").1, 0x6A86);
+    // The ED (P2 01) without a verified PIN: 6982; an unknown purse: 6A86.
+    assert_eq!(exs(&mut c, "805C000104").1, 0x6982);
+    assert_eq!(exs(&mut c, "805C000304").1, 0x6A86);
     assert_eq!(exs(&mut c, "805C000204"), (h("00000064"), 0x9000));
     // INITIALIZE: wrong Lc, wrong P1/P2, unknown key index.
     assert_eq!(exs(&mut c, "805000020A01000000010000000000 10").1, 0x6700);
-    assert_eq!(exs(&mut c, "805000010B01000000010000000000 0110").1, 0x6A86);
+    assert_eq!(exs(&mut c, "805000010B01000000010000000000 0110").1, 0x6982);
+    assert_eq!(exs(&mut c, "805000030B01000000010000000000 0110").1, 0x6A86);
     assert_eq!(exs(&mut c, "805002020B01000000010000000000 0110").1, 0x6A86);
     assert_eq!(exs(&mut c, "805000020B02000000010000000000 0110").1, 0x9403);
     assert_eq!(exs(&mut c, "805001020B09000000010000000000 010F").1, 0x9403);

@@ -60,7 +60,7 @@ fn trace_vm_failure_report_names_the_source_line_and_last_apdu() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(!ok);
     assert!(
-        err.contains("-- failed at scripts/common/ep_load.casm:113: fail   0x08"),
+        err.contains("-- failed at scripts/common/ep_load.casm:114: fail   0x08"),
         "{err}"
     );
     assert!(
@@ -88,10 +88,10 @@ fn trace_vm_on_a_high_level_script_shows_its_lines() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
-        err.contains("ep_load.cvs:20: sk = session_key(dlk, rnd ++ atc2 ++ [80 00])"),
+        err.contains("purse_load.cvs:24: sk = session_key(dlk, rnd ++ atc2 ++ [80 00])"),
         "{err}"
     );
-    assert!(err.contains("purse.cvs:19: apdu READ_EF15"), "{err}");
+    assert!(err.contains("purse.cvs:21: apdu READ_EF15"), "{err}");
     assert!(!err.contains(".cvs.casm"), "{err}");
     assert!(!err.contains("source not available"), "{err}");
     for key in ["3F 01 3F 01", "3F013F01", "00 11 22 33 44 55 66 77"] {

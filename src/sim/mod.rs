@@ -27,6 +27,7 @@
 //! | `card_number` | application serial, 8 or 10 bytes hex (EF 0015 bytes 12–19 hold its rightmost 8) | `4100000089999985` |
 //! | `balance`, `balance_limit` | fen | 0, 1000000 |
 //! | `online_atc`, `offline_atc` | transaction counters | 0, 0 |
+//! | `ed_balance`, `ed_online_atc`, `ed_offline_atc` | the electronic deposit (ED, P2 01): its own balance and counters; ED commands need VERIFY PIN in the current selection (`docs/cards.md`) | 0, 0, 0 |
 //! | `random` | fixed 4-byte hex random (INITIALIZE, GET CHALLENGE) | — |
 //! | `seed`, `seed_counter` | deterministic generator instead of `random` | 1, 0 |
 //! | `locked` | application locked (purse answers 9303) | false |
@@ -38,6 +39,9 @@
 //! | `log` | EF 0018 records, 23 bytes hex each, newest first | empty |
 //! | `capp` | CAPP records, 48 bytes hex each | zeros |
 //! | `[last_prove]` | `atc`, `type`, `mac`, `tac` of the last transaction | none |
+//! | `[variant] auth_code` | card authentication code, 8 bytes hex: GET DATA `80 CA 00 00 09` answers `85` ‖ code, and every purchase MAC1 covers those 9 bytes (reference "City variants") | none |
+//! | `[variant] capp_record` | the only CAPP record a composite purchase may update (others 6A83) | any |
+//! | `[variant] mac_error_sw`, `over_balance_sw` | status words for a bad MAC and an over-balance purchase, hex | `9302`, `9401` |
 //!
 //! Kind `m1`:
 //!
@@ -62,7 +66,8 @@ use alloc::vec::Vec;
 
 pub use airtime::{AirTimeModel, AirTimeReport, ApduAirTime, BitRate};
 pub use cpu::{
-    Algorithm, CpuCard, CpuCardBuilder, LogRecord, Prove, PublicInfo, Purse, RandomSource,
+    Algorithm, CpuCard, CpuCardBuilder, LogRecord, Prove, PublicInfo, Purse, PurseKind,
+    RandomSource, Variant,
 };
 pub use fault::{Fault, FaultPlan};
 pub use m1::{AccessBits, M1Card};

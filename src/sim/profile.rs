@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::cpu::{
-    Algorithm, CAPP_RECORD_LEN, CpuCard, LOG_RECORD_LEN, Prove, PublicInfo, RandomSource,
+    Algorithm, CAPP_RECORD_LEN, CpuCard, LOG_RECORD_LEN, Prove, PublicInfo, RandomSource, Variant,
 };
 use super::m1::{BLOCKS, M1Card};
 use super::{SimError, hex, unhex};
@@ -196,6 +196,74 @@ pub struct ProveProfile {
     pub tac: String,
 }
 
+/// `[variant]` of a CPU card profile: how the card deviates from the reference
+/// (epurse.md "City variants"). Every field is optional; absent = the reference.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VariantProfile {
+    /// Card authentication code, 8 bytes hex: GET DATA `80 CA 00 00 09` answers `85` ‖
+    /// code, and a purchase's MAC1 must cover those 9 bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_code: Option<String>,
+    /// The only CAPP record a composite purchase may update (1 to 4).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capp_record: Option<u8>,
+    /// Status word for a MAC that does not verify, hex (reference `9302`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac_error_sw: Option<String>,
+    /// Status word for a purchase over the balance, hex (reference `9401`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub over_balance_sw: Option<String>,
+}
+
+impl VariantProfile {
+    fn is_reference(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn build(&self) -> Result<Variant, SimError> {
+        let sw = |s: &Option<String>, field, default| match s {
+            None => Ok(default),
+            Some(s) => fixed::<2>(s, field).map(u16::from_be_bytes),
+        };
+        let d = Variant::default();
+        Ok(Variant {
+            auth_code: match &self.auth_code {
+                None => None,
+                Some(c) => Some(fixed(c, "variant.auth_code")?),
+            },
+            capp_record: self.capp_record,
+            mac_error_sw: sw(&self.mac_error_sw, "variant.mac_error_sw", d.mac_error_sw)?,
+            over_balance_sw: sw(
+                &self.over_balance_sw,
+                "variant.over_balance_sw",
+                d.over_balance_sw,
+            )?,
+        })
+    }
+}
+
+impl From<&Variant> for VariantProfile {
+    fn from(v: &Variant) -> Self {
+        let d = Variant::default();
+        let sw = |x: u16, def: u16| (x != def).then(|| hex(&x.to_be_bytes()));
+        Self {
+            auth_code: v.auth_code.map(|c| hex(&c)),
+            capp_record: v.capp_record,
+            mac_error_sw: sw(v.mac_error_sw, d.mac_error_sw),
+            over_balance_sw: sw(v.over_balance_sw, d.over_balance_sw),
+        }
+    }
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+
+fn is_zero_u16(v: &u16) -> bool {
+    *v == 0
+}
+
 /// A CPU card profile (`kind = "cpu"`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -212,6 +280,15 @@ pub struct CpuProfile {
     pub online_atc: u16,
     /// Offline (purchase) counter.
     pub offline_atc: u16,
+    /// ED balance, fen.
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ed_balance: u32,
+    /// ED online (load) counter.
+    #[serde(skip_serializing_if = "is_zero_u16")]
+    pub ed_online_atc: u16,
+    /// ED offline (purchase) counter.
+    #[serde(skip_serializing_if = "is_zero_u16")]
+    pub ed_offline_atc: u16,
     /// Fixed 4-byte random, hex (wins over `seed`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub random: Option<String>,
@@ -236,6 +313,9 @@ pub struct CpuProfile {
     /// Proof of the last transaction.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_prove: Option<ProveProfile>,
+    /// Deviations from the reference (city variants).
+    #[serde(skip_serializing_if = "VariantProfile::is_reference")]
+    pub variant: VariantProfile,
 }
 
 impl Default for CpuProfile {
@@ -247,6 +327,9 @@ impl Default for CpuProfile {
             balance_limit: 1_000_000,
             online_atc: 0,
             offline_atc: 0,
+            ed_balance: 0,
+            ed_online_atc: 0,
+            ed_offline_atc: 0,
             random: None,
             seed: Some(1),
             seed_counter: None,
@@ -257,6 +340,7 @@ impl Default for CpuProfile {
             pin: PinProfile::default(),
             public_info: PublicInfoProfile::default(),
             last_prove: None,
+            variant: VariantProfile::default(),
         }
     }
 }
@@ -310,6 +394,8 @@ impl CpuProfile {
             .key_index(k.index, k.version)
             .balance(self.balance, self.balance_limit)
             .counters(self.online_atc, self.offline_atc)
+            .ed(self.ed_balance, self.ed_online_atc, self.ed_offline_atc)
+            .variant(self.variant.build()?)
             .pin(&self.pin.value.bytes("pin.value")?, self.pin.tries)
             .pin_tries_left(self.pin.tries_left)
             .random(random)
@@ -343,6 +429,9 @@ impl CpuCard {
             balance_limit: s.balance_limit,
             online_atc: p.online_atc,
             offline_atc: p.offline_atc,
+            ed_balance: p.ed_balance,
+            ed_online_atc: p.ed_online_atc,
+            ed_offline_atc: p.ed_offline_atc,
             random,
             seed,
             seed_counter,
@@ -369,6 +458,7 @@ impl CpuCard {
                 mac: hex(&v.mac),
                 tac: hex(&v.tac),
             }),
+            variant: (&s.variant).into(),
         }
     }
 }

@@ -54,6 +54,8 @@ impl Core {
     fn select_mf(&mut self, out: &mut Vec<u8>) -> u16 {
         self.vol.df = Df::Mf;
         self.vol.ef = None;
+        // A verified PIN lasts for the current selection only.
+        self.vol.pin_ok = false;
         // A5: 88 01 01 (SFI of the directory file).
         Self::push_fci(out, MF_NAME, &[0x88, 0x01, 0x01]);
         0x9000
@@ -62,6 +64,8 @@ impl Core {
     fn select_purse(&mut self, out: &mut Vec<u8>) -> u16 {
         self.vol.df = Df::Purse;
         self.vol.ef = None;
+        // A verified PIN lasts for the current selection only.
+        self.vol.pin_ok = false;
         // A5: 9F08 01 02 (application version).
         Self::push_fci(
             out,

@@ -4,7 +4,9 @@
 //! * `fs`: MF 3F00, purse DF `A00000000386980701` / 1001, EF 0015, EF 0018, CAPP EF
 //!   0017; SELECT, READ BINARY, READ RECORD, GET CHALLENGE, VERIFY PIN.
 //! * `purse`: GET BALANCE, INITIALIZE/CREDIT FOR LOAD, INITIALIZE/DEBIT FOR PURCHASE,
-//!   INITIALIZE FOR CAPP PURCHASE, UPDATE CAPP DATA CACHE, GET TRANSACTION PROVE.
+//!   INITIALIZE FOR CAPP PURCHASE, UPDATE CAPP DATA CACHE, GET TRANSACTION PROVE, for the
+//!   electronic purse (EP, P2 = 02) and the PIN-protected electronic deposit (ED, P2 = 01);
+//!   GET DATA of the card authentication code (a city variant, [`Variant`]).
 //! * [`algo`]: the `des3` and `sm4` algorithm profiles.
 //!
 //! State is split as on a real card: [`Purse`] is the committed (EEPROM) purse, written
@@ -41,12 +43,52 @@ pub const CAPP_RECORDS: usize = 4;
 /// Length of one CAPP record (epurse.md: "e.g. SFI 17, 48 bytes").
 pub const CAPP_RECORD_LEN: usize = 48;
 
+/// Transaction type 01: ED load (epurse.md "Transaction types").
+pub const TT_ED_LOAD: u8 = 0x01;
 /// Transaction type 02: EP load (epurse.md).
 pub const TT_EP_LOAD: u8 = 0x02;
+/// Transaction type 05: ED purchase.
+pub const TT_ED_PURCHASE: u8 = 0x05;
 /// Transaction type 06: EP purchase.
 pub const TT_EP_PURCHASE: u8 = 0x06;
 /// Transaction type 09: composite (CAPP) purchase.
 pub const TT_CAPP_PURCHASE: u8 = 0x09;
+
+/// Which purse of the application a command addresses: P2 of GET BALANCE and
+/// INITIALIZE (epurse.md: 01 ED, 02 EP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurseKind {
+    /// Electronic deposit (电子存折, P2 = 01): PIN-protected.
+    Ed,
+    /// Electronic purse (电子钱包, P2 = 02).
+    Ep,
+}
+
+/// How a card in the field deviates from the reference (epurse.md "City variants seen on
+/// real cards"). The default is the reference behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Variant {
+    /// Card authentication code: GET DATA `80 CA 00 00 09` answers `85` ‖ these 8 bytes,
+    /// and a purchase's MAC1 must cover those 9 bytes (the real city-0731 card).
+    pub auth_code: Option<[u8; 8]>,
+    /// The only CAPP record (SFI 17) UPDATE CAPP DATA CACHE accepts (others: 6A83).
+    pub capp_record: Option<u8>,
+    /// Status word for a MAC1/MAC2 that does not verify (reference 9302; some cards 6982).
+    pub mac_error_sw: u16,
+    /// Status word for a purchase over the balance (reference 9401; some cards 6A80).
+    pub over_balance_sw: u16,
+}
+
+impl Default for Variant {
+    fn default() -> Self {
+        Self {
+            auth_code: None,
+            capp_record: None,
+            mac_error_sw: 0x9302,
+            over_balance_sw: 0x9401,
+        }
+    }
+}
 
 /// The public-information fields of EF 0015 (30 bytes).
 ///
@@ -143,7 +185,7 @@ impl RandomSource {
 pub struct Prove {
     /// The transaction's counter as returned by its INITIALIZE.
     pub atc: u16,
-    /// Transaction type (02 load, 06 purchase, 09 CAPP purchase).
+    /// Transaction type (01/02 ED/EP load, 05/06 ED/EP purchase, 09 CAPP purchase).
     pub ttype: u8,
     /// MAC2 (load: the host's MAC2 the card verified; purchase: the card's MAC2).
     pub mac: [u8; 4],
@@ -152,20 +194,65 @@ pub struct Prove {
 }
 
 /// The committed (non-volatile) purse: everything a purse commit changes.
+///
+/// The ED and the EP each have their own balance and their own online and offline
+/// counters: a public PBOC reader SDK's MAC helper documents the load session-key input
+/// as "伪随机数(ICC) ‖ 电子存折联机交易序号或电子钱包联机交易序号 ‖ 8000" (the ED's online
+/// ATC *or* the EP's); see `docs/cards.md` "ED" for the source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Purse {
-    /// Balance in fen.
+    /// EP balance in fen.
     pub balance: u32,
-    /// Online (load) transaction counter.
+    /// EP online (load) transaction counter.
     pub online_atc: u16,
-    /// Offline (purchase) transaction counter.
+    /// EP offline (purchase) transaction counter.
     pub offline_atc: u16,
+    /// ED balance in fen.
+    pub ed_balance: u32,
+    /// ED online (load) transaction counter.
+    pub ed_online_atc: u16,
+    /// ED offline (purchase) transaction counter.
+    pub ed_offline_atc: u16,
     /// EF 0018 records, newest first, at most [`LOG_RECORDS`].
     pub log: Vec<[u8; LOG_RECORD_LEN]>,
     /// CAPP file (SFI 0x17) records.
     pub capp: Vec<[u8; CAPP_RECORD_LEN]>,
     /// Proof of the last committed transaction.
     pub last_prove: Option<Prove>,
+}
+
+impl Purse {
+    /// The balance of one purse.
+    pub fn balance_of(&self, kind: PurseKind) -> u32 {
+        match kind {
+            PurseKind::Ed => self.ed_balance,
+            PurseKind::Ep => self.balance,
+        }
+    }
+
+    /// Balance, online and offline counter of one purse.
+    pub fn counters(&self, kind: PurseKind) -> (u32, u16, u16) {
+        match kind {
+            PurseKind::Ed => (self.ed_balance, self.ed_online_atc, self.ed_offline_atc),
+            PurseKind::Ep => (self.balance, self.online_atc, self.offline_atc),
+        }
+    }
+
+    /// Balance, online and offline counter of one purse, for update.
+    pub(crate) fn slots(&mut self, kind: PurseKind) -> (&mut u32, &mut u16, &mut u16) {
+        match kind {
+            PurseKind::Ed => (
+                &mut self.ed_balance,
+                &mut self.ed_online_atc,
+                &mut self.ed_offline_atc,
+            ),
+            PurseKind::Ep => (
+                &mut self.balance,
+                &mut self.online_atc,
+                &mut self.offline_atc,
+            ),
+        }
+    }
 }
 
 /// One decoded transaction-log record (epurse.md: ATC(2) ‖ overdraft(3) ‖ amount(4) ‖
@@ -232,6 +319,7 @@ pub(crate) struct CpuState {
     pub pin_tries_left: u8,
     pub random: RandomSource,
     pub locked: bool,
+    pub variant: Variant,
     pub purse: Purse,
     /// The commit backup: present only while a commit is being written.
     pub backup: Option<Box<Purse>>,
@@ -247,6 +335,7 @@ pub(crate) enum Df {
 /// A transaction begun by INITIALIZE and waiting for its completion.
 pub(crate) enum Pending {
     Load {
+        kind: PurseKind,
         ttype: u8,
         amount: u32,
         terminal: [u8; 6],
@@ -254,6 +343,7 @@ pub(crate) enum Pending {
         session: SecretKey,
     },
     Purchase {
+        kind: PurseKind,
         ttype: u8,
         amount: u32,
         terminal: [u8; 6],
@@ -308,6 +398,7 @@ impl fmt::Debug for CpuCard {
             .field("keys", &"REDACTED")
             .field("pin", &"REDACTED")
             .field("balance", &p.balance)
+            .field("ed_balance", &p.ed_balance)
             .field("online_atc", &p.online_atc)
             .field("offline_atc", &p.offline_atc)
             .field("powered", &self.harness.powered)
@@ -337,6 +428,8 @@ pub struct CpuCardBuilder {
     last_prove: Option<Prove>,
     locked: bool,
     pin_tries_left: Option<u8>,
+    ed: (u32, u16, u16),
+    variant: Variant,
 }
 
 impl fmt::Debug for CpuCardBuilder {
@@ -436,6 +529,16 @@ impl CpuCardBuilder {
         self.last_prove = prove;
         self
     }
+    /// ED balance (fen) and its online and offline counters.
+    pub fn ed(mut self, balance: u32, online: u16, offline: u16) -> Self {
+        self.ed = (balance, online, offline);
+        self
+    }
+    /// The card's deviations from the reference (city variants).
+    pub fn variant(mut self, variant: Variant) -> Self {
+        self.variant = variant;
+        self
+    }
     /// Locks the application (purse commands answer 9303).
     pub fn locked(mut self, locked: bool) -> Self {
         self.locked = locked;
@@ -449,6 +552,16 @@ impl CpuCardBuilder {
         }
         if self.balance > self.balance_limit {
             return Err(SimError::Field("balance", "exceeds balance_limit"));
+        }
+        if self.ed.0 > self.balance_limit {
+            return Err(SimError::Field("ed_balance", "exceeds balance_limit"));
+        }
+        if self
+            .variant
+            .capp_record
+            .is_some_and(|r| r == 0 || usize::from(r) > CAPP_RECORDS)
+        {
+            return Err(SimError::Field("variant.capp_record", "must be 1 to 4"));
         }
         if self.pin.is_empty() || self.pin.len() > 8 {
             return Err(SimError::Field("pin", "must be 1 to 8 bytes"));
@@ -503,10 +616,14 @@ impl CpuCardBuilder {
                         .min(self.pin_tries),
                     random: self.random,
                     locked: self.locked,
+                    variant: self.variant,
                     purse: Purse {
                         balance: self.balance,
                         online_atc: self.online_atc,
                         offline_atc: self.offline_atc,
+                        ed_balance: self.ed.0,
+                        ed_online_atc: self.ed.1,
+                        ed_offline_atc: self.ed.2,
                         log,
                         capp,
                         last_prove: self.last_prove,
@@ -548,6 +665,8 @@ impl CpuCard {
             last_prove: None,
             locked: false,
             pin_tries_left: None,
+            ed: (0, 0, 0),
+            variant: Variant::default(),
         }
     }
 
@@ -560,9 +679,19 @@ impl CpuCard {
             .unwrap_or(&self.core.state.purse)
     }
 
-    /// Balance in fen (committed).
+    /// EP balance in fen (committed).
     pub fn balance(&self) -> u32 {
         self.purse().balance
+    }
+
+    /// ED balance in fen (committed).
+    pub fn ed_balance(&self) -> u32 {
+        self.purse().ed_balance
+    }
+
+    /// The card's deviations from the reference.
+    pub fn variant(&self) -> &Variant {
+        &self.core.state.variant
     }
 
     /// The decoded transaction log, newest first (committed).
@@ -662,7 +791,7 @@ impl Core {
         ctx: ExecCtx,
     ) -> Result<u16, TornMidCommit> {
         const ISO: &[u8] = &[0xA4, 0xB0, 0xB2, 0x84, 0x20];
-        const PROP: &[u8] = &[0x5C, 0x50, 0x52, 0x54, 0x5A, 0xDC];
+        const PROP: &[u8] = &[0x5C, 0x50, 0x52, 0x54, 0x5A, 0xDC, 0xCA];
         let sw = match (apdu.cla, apdu.ins) {
             (0x00, 0xA4) => self.select(apdu, out),
             (0x00, 0xB0) => self.read_binary(apdu, out),
@@ -675,6 +804,7 @@ impl Core {
             (0x80, 0x54) => return self.debit_for_purchase(apdu, pending, out, ctx),
             (0x80, 0xDC) => self.update_capp_data_cache(apdu, pending),
             (0x80, 0x5A) => self.get_transaction_prove(apdu, out),
+            (0x80, 0xCA) => self.get_data(apdu, out),
             (0x00 | 0x80, ins) if ISO.contains(&ins) || PROP.contains(&ins) => 0x6E00,
             (0x00 | 0x80, _) => 0x6D00,
             _ => 0x6E00,
@@ -687,6 +817,7 @@ impl Core {
     fn commit(&mut self, ctx: ExecCtx, new: Purse) -> Result<(), TornMidCommit> {
         self.state.backup = Some(Box::new(self.state.purse.clone()));
         self.state.purse.balance = new.balance;
+        self.state.purse.ed_balance = new.ed_balance;
         if ctx.tear_mid_commit {
             return Err(TornMidCommit);
         }

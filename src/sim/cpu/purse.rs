@@ -9,15 +9,21 @@
 //! Choices where the reference is silent (used consistently):
 //! * a load that would take the balance over the balance limit: **6985** at INITIALIZE;
 //! * purse commands while the purse DF is not selected: **6985**;
-//! * only the electronic purse (P2 = 02) exists: P2 = 01 (ED) answers 6A86;
-//! * GET TRANSACTION PROVE proves only the last committed transaction (as real cards do).
+//! * the electronic deposit (ED, P2 = 01) has its own balance and counters
+//!   ([`super::Purse`]) and the same DLK/DPK/DTK as the EP; GET BALANCE and INITIALIZE of
+//!   the ED answer **6982** unless VERIFY PIN succeeded since the purse DF was selected
+//!   (a composite purchase is EP only); GET TRANSACTION PROVE needs no PIN (it reveals
+//!   only the MAC and TAC the terminal already had);
+//! * GET TRANSACTION PROVE proves only the last committed transaction (as real cards do);
+//! * the city variants of [`super::Variant`]: with an authentication code, every purchase
+//!   MAC1 covers `85 ‖ code` after the time; GET DATA of a card without one answers 6A88.
 
 use alloc::vec::Vec;
 
 use super::algo::{ct_eq, mac};
 use super::{
     CAPP_RECORD_LEN, CAPP_RECORDS, Core, Df, LOG_RECORDS, LogRecord, Pending, Prove, Purse,
-    TT_CAPP_PURCHASE, TT_EP_LOAD, TT_EP_PURCHASE,
+    PurseKind, TT_CAPP_PURCHASE, TT_ED_LOAD, TT_ED_PURCHASE, TT_EP_LOAD, TT_EP_PURCHASE,
 };
 use crate::sim::fault::{ExecCtx, TornMidCommit};
 use crate::transport::Apdu;
@@ -37,32 +43,78 @@ impl Core {
         }
     }
 
-    /// GET BALANCE: `80 5C 00 02 04` → balance(4).
+    /// The purse P2 addresses (01 ED, 02 EP); `Err(6982)` for the ED without a verified
+    /// PIN in the current selection.
+    fn purse_kind(&self, p2: u8) -> Result<PurseKind, u16> {
+        match p2 {
+            0x02 => Ok(PurseKind::Ep),
+            0x01 if self.vol.pin_ok => Ok(PurseKind::Ed),
+            0x01 => Err(0x6982),
+            _ => Err(0x6A86),
+        }
+    }
+
+    /// GET BALANCE: `80 5C 00 P2 04` (P2 01 ED, 02 EP) → balance(4).
     pub(crate) fn get_balance(&mut self, apdu: &Apdu<'_>, out: &mut Vec<u8>) -> u16 {
         if let Some(sw) = self.purse_ready() {
             return sw;
         }
-        if apdu.p1 != 0 || apdu.p2 != 0x02 {
+        if apdu.p1 != 0 {
             return 0x6A86;
+        }
+        let kind = match self.purse_kind(apdu.p2) {
+            Ok(k) => k,
+            Err(sw) => return sw,
+        };
+        if !apdu.data.is_empty() {
+            return 0x6700;
+        }
+        out.extend_from_slice(&self.state.purse.balance_of(kind).to_be_bytes());
+        0x9000
+    }
+
+    /// GET DATA of the card authentication code: `80 CA 00 00 09` → `85` ‖ code(8)
+    /// (epurse.md "City variants"); 6A88 when the card has none.
+    pub(crate) fn get_data(&mut self, apdu: &Apdu<'_>, out: &mut Vec<u8>) -> u16 {
+        if let Some(sw) = self.purse_ready() {
+            return sw;
+        }
+        if apdu.p1 != 0 || apdu.p2 != 0 {
+            return 0x6A88;
         }
         if !apdu.data.is_empty() {
             return 0x6700;
         }
-        out.extend_from_slice(&self.state.purse.balance.to_be_bytes());
+        let Some(code) = self.state.variant.auth_code else {
+            return 0x6A88;
+        };
+        match apdu.le {
+            None | Some(9) | Some(256) => {}
+            Some(_) => return 0x6C09,
+        }
+        out.push(0x85);
+        out.extend_from_slice(&code);
         0x9000
     }
 
-    /// INITIALIZE FOR LOAD (`80 50 00 02 0B`), FOR PURCHASE (`80 50 01 02 0B`) and FOR
-    /// CAPP PURCHASE (`80 50 03 02 0B`); data keyIdx(1) ‖ amount(4) ‖ terminalId(6).
+    /// INITIALIZE FOR LOAD (`80 50 00 P2 0B`), FOR PURCHASE (`80 50 01 P2 0B`), P2 01 ED
+    /// or 02 EP, and FOR CAPP PURCHASE (`80 50 03 02 0B`); data keyIdx(1) ‖ amount(4) ‖
+    /// terminalId(6).
     pub(crate) fn initialize(&mut self, apdu: &Apdu<'_>, out: &mut Vec<u8>) -> u16 {
         if let Some(sw) = self.purse_ready() {
             return sw;
         }
         let ttype = match (apdu.p1, apdu.p2) {
+            (0x00, 0x01) => TT_ED_LOAD,
             (0x00, 0x02) => TT_EP_LOAD,
+            (0x01, 0x01) => TT_ED_PURCHASE,
             (0x01, 0x02) => TT_EP_PURCHASE,
             (0x03, 0x02) => TT_CAPP_PURCHASE,
             _ => return 0x6A86,
+        };
+        let kind = match self.purse_kind(apdu.p2) {
+            Ok(k) => k,
+            Err(sw) => return sw,
         };
         let [key_idx, a0, a1, a2, a3, t @ ..] = apdu.data else {
             return 0x6700;
@@ -74,12 +126,11 @@ impl Core {
         if *key_idx != self.state.keys.index {
             return 0x9403;
         }
-        let purse = &self.state.purse;
-        let balance = purse.balance;
+        let (balance, online_atc, offline_atc) = self.state.purse.counters(kind);
         let version = self.state.keys.version;
         let alg_id = self.state.algo.alg_id();
-        if ttype == TT_EP_LOAD {
-            let atc = purse.online_atc;
+        if matches!(ttype, TT_EP_LOAD | TT_ED_LOAD) {
+            let atc = online_atc;
             if atc == u16::MAX {
                 return 0x9402;
             }
@@ -113,6 +164,7 @@ impl Core {
             out.extend_from_slice(&random);
             out.extend_from_slice(&mac1);
             self.vol.pending = Some(Pending::Load {
+                kind,
                 ttype,
                 amount,
                 terminal,
@@ -120,12 +172,12 @@ impl Core {
                 session,
             });
         } else {
-            let atc = purse.offline_atc;
+            let atc = offline_atc;
             if atc == u16::MAX {
                 return 0x9402;
             }
             if balance < amount {
-                return 0x9401;
+                return self.state.variant.over_balance_sw;
             }
             let random = self.random4();
             // balance(4) ‖ offlineATC(2) ‖ overdraftLimit(3) ‖ keyVer(1) ‖ algId(1) ‖ random(4)
@@ -135,6 +187,7 @@ impl Core {
             out.extend_from_slice(&[version, alg_id]);
             out.extend_from_slice(&random);
             self.vol.pending = Some(Pending::Purchase {
+                kind,
                 ttype,
                 amount,
                 terminal,
@@ -158,6 +211,7 @@ impl Core {
             return Ok(sw);
         }
         let Some(Pending::Load {
+            kind,
             ttype,
             amount,
             terminal,
@@ -191,10 +245,10 @@ impl Core {
         };
         let mac2 = [*m0, *m1, *m2, *m3];
         if !ct_eq(&expected, &mac2) {
-            return Ok(0x9302);
+            return Ok(self.state.variant.mac_error_sw);
         }
         let purse = &self.state.purse;
-        let Some(after) = purse.balance.checked_add(amount) else {
+        let Some(after) = purse.balance_of(kind).checked_add(amount) else {
             return Ok(0x6985);
         };
         // TAC = MAC(TAC key, balanceAfter ‖ onlineATC ‖ amount ‖ type ‖ terminalId ‖ date ‖ time)
@@ -211,8 +265,9 @@ impl Core {
             return Ok(SW_INTERNAL);
         };
         let mut new = purse.clone();
-        new.balance = after;
-        new.online_atc = atc.saturating_add(1);
+        let (balance, online_atc, _) = new.slots(kind);
+        *balance = after;
+        *online_atc = atc.saturating_add(1);
         record_commit(
             &mut new,
             LogRecord {
@@ -245,6 +300,7 @@ impl Core {
             return Ok(sw);
         }
         let Some(Pending::Purchase {
+            kind,
             ttype,
             amount,
             terminal,
@@ -274,22 +330,28 @@ impl Core {
         let Some(session) = self.state.algo.process_key(&self.state.keys.dpk, &input) else {
             return Ok(SW_INTERNAL);
         };
-        // MAC1 (terminal) = MAC(SESPK, amount ‖ type ‖ terminalId ‖ date ‖ time)
-        let mut m = Vec::with_capacity(18);
+        // MAC1 (terminal) = MAC(SESPK, amount ‖ type ‖ terminalId ‖ date ‖ time), on a
+        // card with an authentication code ‖ 85 ‖ code (epurse.md "City variants").
+        let mut m = Vec::with_capacity(27);
         m.extend_from_slice(&amount.to_be_bytes());
         m.push(ttype);
         m.extend_from_slice(&terminal);
         m.extend_from_slice(&date);
         m.extend_from_slice(&time);
-        let Some(expected) = mac(&session, &m) else {
+        let mut m1_input = m.clone();
+        if let Some(code) = self.state.variant.auth_code {
+            m1_input.push(0x85);
+            m1_input.extend_from_slice(&code);
+        }
+        let Some(expected) = mac(&session, &m1_input) else {
             return Ok(SW_INTERNAL);
         };
         if !ct_eq(&expected, &mac1) {
-            return Ok(0x9302);
+            return Ok(self.state.variant.mac_error_sw);
         }
         let purse = &self.state.purse;
-        let Some(after) = purse.balance.checked_sub(amount) else {
-            return Ok(0x9401);
+        let Some(after) = purse.balance_of(kind).checked_sub(amount) else {
+            return Ok(self.state.variant.over_balance_sw);
         };
         // MAC2 (card) = MAC(SESPK, amount)
         let Some(mac2) = mac(&session, &amount.to_be_bytes()) else {
@@ -310,8 +372,9 @@ impl Core {
             return Ok(SW_INTERNAL);
         };
         let mut new = purse.clone();
-        new.balance = after;
-        new.offline_atc = atc.saturating_add(1);
+        let (balance, _, offline_atc) = new.slots(kind);
+        *balance = after;
+        *offline_atc = atc.saturating_add(1);
         for (i, rec) in capp_cache {
             if let Some(slot) = new.capp.get_mut(i) {
                 *slot = rec;
@@ -348,6 +411,7 @@ impl Core {
             return sw;
         }
         let Some(Pending::Purchase {
+            kind,
             ttype: TT_CAPP_PURCHASE,
             amount,
             terminal,
@@ -365,12 +429,22 @@ impl Core {
         if rec == 0 || rec > CAPP_RECORDS {
             return 0x6A83;
         }
+        // A variant card lets a composite purchase update one record only.
+        if self
+            .state
+            .variant
+            .capp_record
+            .is_some_and(|r| usize::from(r) != rec)
+        {
+            return 0x6A83;
+        }
         let Ok(record) = <[u8; CAPP_RECORD_LEN]>::try_from(apdu.data) else {
             return 0x6700;
         };
         capp_cache.retain(|(i, _)| *i != rec - 1);
         capp_cache.push((rec - 1, record));
         self.vol.pending = Some(Pending::Purchase {
+            kind,
             ttype: TT_CAPP_PURCHASE,
             amount,
             terminal,
