@@ -568,3 +568,53 @@ fn psam_commands() {
         "{shown}"
     );
 }
+
+/// `cardvm run --sim CARD --sam-sim PSAM --trace`: the trace shows the SAM's exchanges as
+/// `sam0>` / `sam0<`, replays as-is with `--replay`, `--save` keeps the PSAM's sequence;
+/// without `--sam-sim` the run is refused before anything is sent.
+#[test]
+fn cli_runs_a_psam_purchase_and_replays_its_trace() {
+    let exe = env!("CARGO_BIN_EXE_cardvm");
+    let dir = std::env::temp_dir().join(format!("cardvm-psam-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let card = dir.join("card.toml");
+    let sam = dir.join("psam.toml");
+    std::fs::copy("scripts/city0755-sm4/psam_card.toml", &card).unwrap();
+    std::fs::copy("scripts/cards/psam_sm4.toml", &sam).unwrap();
+    let cmd = "scripts/city0755-sm4/psam_purchase.cvs";
+    let data = "scripts/city0755-sm4/psam_purchase.toml";
+    let out = std::process::Command::new(exe)
+        .args(["run", cmd, "--data", data, "--trace", "--save", "--sim"])
+        .arg(&card)
+        .arg("--sam-sim")
+        .arg(&sam)
+        .output()
+        .unwrap();
+    let trace = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{trace}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"mac2_ok\": 1"));
+    assert!(trace.contains("sam0> 80 70 00 00 1C") && trace.contains("sam0> 80 72 00 00 04"), "{trace}");
+    let saved = std::fs::read_to_string(&sam).unwrap();
+    assert!(saved.contains("seq = 2"), "{saved}");
+    // The trace replays (without the air-time summary line).
+    let replay = dir.join("trace.txt");
+    let lines: Vec<&str> = trace.lines().filter(|l| !l.starts_with("--")).collect();
+    std::fs::write(&replay, lines.join("\n")).unwrap();
+    let out = std::process::Command::new(exe)
+        .args(["run", cmd, "--data", data, "--replay"])
+        .arg(&replay)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // No SAM: refused, the card untouched (its profile unchanged by --save).
+    let before = std::fs::read_to_string(&card).unwrap();
+    let out = std::process::Command::new(exe)
+        .args(["run", cmd, "--data", data, "--save", "--sim"])
+        .arg(&card)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SAM slot"));
+    assert_eq!(std::fs::read_to_string(&card).unwrap(), before);
+    let _ = std::fs::remove_dir_all(&dir);
+}
