@@ -81,7 +81,7 @@ fn mac(alg: Algorithm, key: &[u8], data: &[u8]) -> Vec<u8> {
     let n = if alg == Algorithm::Sm4 { 16 } else { 8 };
     let mut d = data.to_vec();
     d.push(0x80);
-    while d.len() % n != 0 {
+    while !d.len().is_multiple_of(n) {
         d.push(0);
     }
     let mut state = vec![0u8; n];
@@ -593,7 +593,10 @@ fn cli_runs_a_psam_purchase_and_replays_its_trace() {
     let trace = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{trace}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"mac2_ok\": 1"));
-    assert!(trace.contains("sam0> 80 70 00 00 1C") && trace.contains("sam0> 80 72 00 00 04"), "{trace}");
+    assert!(
+        trace.contains("sam0> 80 70 00 00 1C") && trace.contains("sam0> 80 72 00 00 04"),
+        "{trace}"
+    );
     let saved = std::fs::read_to_string(&sam).unwrap();
     assert!(saved.contains("seq = 2"), "{saved}");
     // The trace replays (without the air-time summary line).
@@ -605,7 +608,11 @@ fn cli_runs_a_psam_purchase_and_replays_its_trace() {
         .arg(&replay)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // No SAM: refused, the card untouched (its profile unchanged by --save).
     let before = std::fs::read_to_string(&card).unwrap();
     let out = std::process::Command::new(exe)

@@ -1470,12 +1470,12 @@ fn the_verifier_enforces_every_immediate_range_of_the_table() {
     assert_eq!(checked, 9);
 }
 
-/// The terminal with one SAM for the SAM tests: the card and the SAM each record what
-/// they received.
-fn run_terminal(
-    s: &CommandScript,
-    sams: usize,
-) -> (RunReport, Vec<Vec<u8>>, Vec<Vec<u8>>, [u8; 32]) {
+/// The commands a transport received.
+type Sent = Vec<Vec<u8>>;
+
+/// The terminal with one SAM (or none) for the SAM tests: the card and the SAM each
+/// record what they received.
+fn run_terminal(s: &CommandScript, sams: usize) -> (RunReport, Sent, Sent) {
     let program = VerifiedProgram::verify(s).expect("verifies");
     let data = DataScript::default();
     let binding = program.bind(&data).unwrap();
@@ -1497,7 +1497,7 @@ fn run_terminal(
     );
     drop(sam_slots);
     let card_cmds = layer.into_inner().commands;
-    (report, card_cmds, sam.commands, [0; 32])
+    (report, card_cmds, sam.commands)
 }
 
 fn sam_script() -> CommandScript {
@@ -1526,7 +1526,7 @@ fn sam_script() -> CommandScript {
 /// `expect` reads.
 #[test]
 fn sam_apdus_go_to_the_sam_and_card_apdus_to_the_card() {
-    let (r, card, sam, _) = run_terminal(&sam_script(), 1);
+    let (r, card, sam) = run_terminal(&sam_script(), 1);
     assert_eq!(r.outcome, Outcome::Committed);
     assert_eq!(card, [vec![0x00, 0xB0, 0x96, 0x00, 0x06]]);
     assert_eq!(sam, [vec![0x00, 0xB0, 0x96, 0x00, 0x06]]);
@@ -1538,7 +1538,7 @@ fn sam_apdus_go_to_the_sam_and_card_apdus_to_the_card() {
 /// reaches the card (the card APDU comes first in the script).
 #[test]
 fn a_sam_script_on_a_terminal_without_a_sam_sends_nothing() {
-    let (r, card, sam, _) = run_terminal(&sam_script(), 0);
+    let (r, card, sam) = run_terminal(&sam_script(), 0);
     assert!(
         matches!(
             fault_kind(&r),
