@@ -433,6 +433,7 @@ pub fn verify_and_run_sim(data: &[u8]) {
         let faults = match &mut card {
             crate::sim::SimCard::Cpu(c) => c.faults_mut(),
             crate::sim::SimCard::M1(c) => c.faults_mut(),
+            crate::sim::SimCard::Psam(c) => c.faults_mut(),
         };
         let fault = match sel & 0x40 {
             0 => crate::sim::Fault::TearAfter(at),

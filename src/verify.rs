@@ -10,15 +10,24 @@
 //!   (`ldkey`) a key input (key bytes can never reach a register);
 //! - control cannot fall off the end of the code;
 //! - routines are not recursive, `ret` is only reachable inside a routine, and the
-//!   static call depth is at most [`MAX_CALL_DEPTH`].
+//!   static call depth is at most [`MAX_CALL_DEPTH`];
+//! - SAM channels (instructions flagged `to_sam`, i.e. `samapdu`): no command sent to a
+//!   SAM may be built from a value a key produced (`mac`, `enc`, `dec` results, followed
+//!   through every register-to-register instruction, whatever the order: a conservative
+//!   flow-insensitive pass), and a script that addresses a SAM has no `ldrkey` (M1 key
+//!   bytes go only to the reader's key store, never to a terminal that also holds a SAM
+//!   it could be mistaken for). The SAM slots used are recorded so a run on a terminal
+//!   without them fails before any byte is sent
+//!   ([`VerifiedProgram::sam_slots_needed`]).
 //!
 //! Binding a data script ([`VerifiedProgram::bind`]) then checks that every declared
 //! input exists in the data script with a compatible type.
 
-use crate::isa::{DecodeError, Instr};
+use crate::isa::{DecodeError, Instr, Opcode, Operand, Role};
 use crate::script::{
     CommandScript, Constant, DataScript, DebugInfo, Decl, FieldValue, Header, ValueType,
 };
+use crate::transport::MAX_SAMS;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec;
@@ -114,6 +123,18 @@ pub enum VerifyErrorKind {
     /// More routines than [`MAX_ROUTINES`].
     #[error("more than {MAX_ROUTINES} routines")]
     TooManyRoutines,
+    /// A command sent to a SAM may carry bytes derived from a key slot (a MAC, an
+    /// encryption result): key-derived material never goes to a SAM.
+    #[error("register r{reg} sent to SAM slot {sam} may hold a value derived from a key")]
+    KeyMaterialToSam {
+        /// The command register.
+        reg: u8,
+        /// The SAM slot.
+        sam: u8,
+    },
+    /// `ldrkey` in a script that also addresses a SAM.
+    #[error("ldrkey in a script that addresses a SAM: M1 keys go only to the reader's key store")]
+    ReaderKeyWithSam,
 }
 
 /// A verification failure at a code offset.
@@ -160,6 +181,8 @@ pub struct VerifiedProgram {
     /// Version of a debug section this build does not read, if the script had one.
     pub(crate) unsupported_debug: Option<u8>,
     pub(crate) max_call_depth: u32,
+    /// For each SAM slot, the code offset of the first instruction that addresses it.
+    pub(crate) sam_uses: [Option<u32>; MAX_SAMS],
 }
 
 /// A verified program together with the data script it will run on.
@@ -192,6 +215,7 @@ impl VerifiedProgram {
             debug: script.debug.clone(),
             unsupported_debug: script.unsupported_debug.as_ref().map(|u| u.version),
             max_call_depth: c.max_call_depth,
+            sam_uses: c.sam_uses,
         })
     }
 
@@ -208,6 +232,7 @@ impl VerifiedProgram {
             debug: script.debug,
             unsupported_debug: script.unsupported_debug.map(|u| u.version),
             max_call_depth: c.max_call_depth,
+            sam_uses: c.sam_uses,
         })
     }
 
@@ -255,6 +280,25 @@ impl VerifiedProgram {
     /// The deepest static call nesting.
     pub fn max_call_depth(&self) -> u32 {
         self.max_call_depth
+    }
+
+    /// How many SAM slots the terminal needs for this script: one more than the highest
+    /// slot a `samapdu` addresses, 0 for a card-only script.
+    pub fn sam_slots_needed(&self) -> usize {
+        self.sam_uses
+            .iter()
+            .rposition(Option::is_some)
+            .map_or(0, |i| i + 1)
+    }
+
+    /// The first SAM slot the script addresses that a terminal with `available` SAMs
+    /// lacks, with the code offset of an instruction that addresses it.
+    pub fn missing_sam(&self, available: usize) -> Option<(u32, u8)> {
+        self.sam_uses
+            .iter()
+            .enumerate()
+            .skip(available)
+            .find_map(|(i, at)| at.map(|off| (off, i as u8)))
     }
 
     /// Checks `data` against the declared inputs.
@@ -367,6 +411,7 @@ struct Checked {
     code: Vec<Instr>,
     offsets: Vec<u32>,
     max_call_depth: u32,
+    sam_uses: [Option<u32>; MAX_SAMS],
 }
 
 struct Verifier<'s> {
@@ -442,10 +487,12 @@ impl<'s> Verifier<'s> {
             });
         }
         let max_call_depth = call_depth(&code, &offsets)?;
+        let sam_uses = check_sam_channels(&code, &offsets)?;
         Ok(Checked {
             code,
             offsets,
             max_call_depth,
+            sam_uses,
         })
     }
 }
@@ -471,6 +518,86 @@ impl crate::isa::OperandVisitor for OperandChecks<'_> {
         check_index(self.script, op, &mut self.has_target)?;
         check_role(self.script, op, spec)
     }
+}
+
+/// The SAM rules (module docs): records the slots `to_sam` instructions address,
+/// refuses `ldrkey` next to them, and refuses a SAM command register that may hold a
+/// key-derived value. A card-only script costs one pass over the flags.
+fn check_sam_channels(
+    code: &[Instr],
+    offsets: &[u32],
+) -> Result<[Option<u32>; MAX_SAMS], VerifyError> {
+    let mut uses = [None; MAX_SAMS];
+    let mut any = false;
+    for (i, instr) in code.iter().enumerate() {
+        if let Instr::SamApdu { sam, .. } = *instr
+            && let Some(u) = uses.get_mut(usize::from(sam))
+        {
+            u.get_or_insert(offsets[i]);
+            any = true;
+        }
+    }
+    if !any {
+        return Ok(uses);
+    }
+    if let Some(i) = code
+        .iter()
+        .position(|c| c.opcode() == Opcode::LoadReaderKey)
+    {
+        return Err(VerifyError {
+            offset: offsets[i],
+            kind: VerifyErrorKind::ReaderKeyWithSam,
+        });
+    }
+    // Registers that may hold key-derived bytes, to a fixpoint: each pass taints at least
+    // one more register or stops, so at most 257 passes.
+    let mut tainted = [false; 256];
+    loop {
+        let mut changed = false;
+        for instr in code {
+            let key_result = matches!(
+                instr.opcode(),
+                Opcode::Mac | Opcode::Encrypt | Opcode::Decrypt
+            );
+            // A response is what another device answered, not a computation here.
+            if instr.opcode().flags().sends_apdu {
+                continue;
+            }
+            let mut dst = None;
+            let mut from_taint = key_result;
+            let _ = instr.try_for_each_operand_spec(|op, spec| {
+                if let Operand::Reg(r) = op {
+                    match spec.role {
+                        Role::RegDst => dst = Some(r),
+                        Role::RegSrc if tainted[usize::from(r)] => from_taint = true,
+                        _ => {}
+                    }
+                }
+                Ok::<(), ()>(())
+            });
+            if let Some(d) = dst
+                && from_taint
+                && !tainted[usize::from(d)]
+            {
+                tainted[usize::from(d)] = true;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    for (i, instr) in code.iter().enumerate() {
+        if let Instr::SamApdu { cmd, sam, .. } = *instr
+            && tainted[usize::from(cmd)]
+        {
+            return Err(VerifyError {
+                offset: offsets[i],
+                kind: VerifyErrorKind::KeyMaterialToSam { reg: cmd, sam },
+            });
+        }
+    }
+    Ok(uses)
 }
 
 /// An operand's index is inside the script's tables (registers, key slots, constants,

@@ -7,8 +7,8 @@ use cardvm::reader::{
     Completed, JournalStatus, Policy, Prepared, Reader, ReaderConfig, ReceiptJournal, SystemClock,
 };
 use cardvm::script::DataScript;
-use cardvm::transport::CardTransport;
-use cardvm::transport::replay::ReplayCard;
+use cardvm::transport::replay::parse_terminal;
+use cardvm::transport::{CardTransport, SamSlots};
 use cardvm::vm::{Limits, RunReport};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -40,9 +40,17 @@ pub struct RunArgs {
     #[arg(long, value_name = "CARD.toml")]
     pub sim: Option<PathBuf>,
     /// With --sim: write the card's state back to its profile afterwards, so the next
-    /// run continues from it.
+    /// run continues from it (and each --sam-sim PSAM's, e.g. its terminal sequence).
     #[arg(long, requires = "sim")]
     pub save: bool,
+    /// A simulated SAM in the terminal (a PSAM profile, `kind = "psam"`): SAM slot 0, then
+    /// 1, … in the order given. Scripts reach it with `sam0 apdu …` (`samapdu`).
+    #[arg(long, value_name = "PSAM.toml")]
+    pub sam_sim: Vec<PathBuf>,
+    /// With --pcsc: the PC/SC reader holding the SAM (e.g. the contact SAM slot): SAM slot
+    /// 0, then 1, … in the order given.
+    #[arg(long, value_name = "READER", requires = "pcsc")]
+    pub sam: Vec<String>,
     /// Run on the card in a PC/SC reader (first reader, or by name or substring).
     #[arg(long, value_name = "READER", num_args = 0..=1, default_missing_value = "")]
     pub pcsc: Option<String>,
@@ -288,25 +296,33 @@ fn outcome_result(c: &Completed, query: bool) -> CliResult {
     }
 }
 
-/// Runs `prepared` on `card` through the reader, with the tracer the arguments ask for.
+/// Runs `prepared` on `card` (and the terminal's `sams`) through the reader, with the
+/// tracer the arguments ask for.
 fn execute<T: CardTransport>(
     args: &RunArgs,
     reader: &mut Reader,
     prepared: &Prepared,
     sources: &TraceSources,
     card: &mut T,
+    sams: &mut SamSlots<'_>,
 ) -> Result<Completed, String> {
     let mut rng = cardvm::crypto::rng::os_rng();
     let completed = if args.trace_vm || args.step {
         let mut tracer = super::trace::VmTrace::new(prepared.program(), args.step, sources);
         let c = reader
-            .run(prepared, card, &mut tracer, &mut rng)
+            .run_with_sams(prepared, card, sams, &mut tracer, &mut rng)
             .map_err(|e| e.to_string())?;
         failure_report(&mut tracer, &c.report);
         c
     } else {
         reader
-            .run(prepared, card, &mut StderrTrace::new(args.trace), &mut rng)
+            .run_with_sams(
+                prepared,
+                card,
+                sams,
+                &mut StderrTrace::new(args.trace),
+                &mut rng,
+            )
             .map_err(|e| e.to_string())?
     };
     Ok(completed)
@@ -346,11 +362,25 @@ fn on_card(
     prepared: &Prepared,
     sources: &TraceSources,
 ) -> Result<Completed, String> {
+    if !args.sam_sim.is_empty() && args.sim.is_none() {
+        return Err(String::from("--sam-sim needs a simulated card (--sim)"));
+    }
     match (&args.sim, &args.replay, &args.pcsc) {
         (Some(profile), None, None) => {
             let mut card = cardvm::sim::SimCard::load(profile)
                 .map_err(|e| format!("{}: {e}", profile.display()))?;
-            let completed = execute(args, reader, prepared, sources, &mut card)?;
+            let mut psams = args
+                .sam_sim
+                .iter()
+                .map(|p| cardvm::sim::SimCard::load(p).map_err(|e| format!("{}: {e}", p.display())))
+                .collect::<Result<Vec<_>, _>>()?;
+            let slots = psams
+                .iter_mut()
+                .map(|c| c as &mut dyn CardTransport)
+                .collect();
+            let mut sams = SamSlots::new(slots).map_err(|e| format!("--sam-sim: {e}"))?;
+            let completed = execute(args, reader, prepared, sources, &mut card, &mut sams)?;
+            drop(sams);
             if args.trace {
                 eprintln!(
                     "-- modelled air time {} µs over {} APDUs (a model, see cardvm::sim::airtime)",
@@ -361,15 +391,25 @@ fn on_card(
             if args.save {
                 card.save(profile)
                     .map_err(|e| format!("{}: {e}", profile.display()))?;
+                for (sam, path) in psams.iter().zip(&args.sam_sim) {
+                    sam.save(path)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                }
             }
             Ok(completed)
         }
         (None, Some(replay), None) => {
             let text = std::fs::read_to_string(replay)
                 .map_err(|e| format!("{}: {e}", replay.display()))?;
-            let mut card =
-                ReplayCard::parse(&text).map_err(|e| format!("{}: {e}", replay.display()))?;
-            execute(args, reader, prepared, sources, &mut card)
+            // `samN>` / `samN<` lines replay the terminal's SAMs.
+            let (mut card, mut recorded) =
+                parse_terminal(&text).map_err(|e| format!("{}: {e}", replay.display()))?;
+            let slots = recorded
+                .iter_mut()
+                .map(|c| c as &mut dyn CardTransport)
+                .collect();
+            let mut sams = SamSlots::new(slots).map_err(|e| format!("--replay: {e}"))?;
+            execute(args, reader, prepared, sources, &mut card, &mut sams)
         }
         (None, None, Some(name)) => run_pcsc(name, args, reader, prepared, sources),
         (None, None, None) => Err(String::from(
@@ -394,7 +434,25 @@ fn run_pcsc(
     // The whole script runs inside one PC/SC transaction: no other application can
     // interleave commands with a purse transaction.
     let mut tx = card.transaction().map_err(|e| format!("--pcsc: {e}"))?;
-    execute(args, reader, prepared, sources, &mut tx)
+    // The SAM readers (--sam), each in its own transaction for the whole script too.
+    let mut sam_cards = args
+        .sam
+        .iter()
+        .map(|n| {
+            cardvm::transport::pcsc::open_reader(Some(n), std::time::Duration::from_secs(args.wait))
+                .map_err(|e| format!("--sam {n}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut sam_txs = sam_cards
+        .iter_mut()
+        .map(|c| c.transaction().map_err(|e| format!("--sam: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let slots = sam_txs
+        .iter_mut()
+        .map(|t| t as &mut dyn CardTransport)
+        .collect();
+    let mut sams = SamSlots::new(slots).map_err(|e| format!("--sam: {e}"))?;
+    execute(args, reader, prepared, sources, &mut tx, &mut sams)
 }
 
 #[cfg(not(feature = "pcsc"))]

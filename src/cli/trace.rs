@@ -19,6 +19,15 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
+/// The command and response markers of a slot: `>>`/`<<` for the card, `sam0>`/`sam0<`
+/// for SAM slot 0 (the forms [`cardvm::transport::replay`] reads back).
+fn arrows(slot: cardvm::transport::Slot) -> (String, String) {
+    match slot {
+        cardvm::transport::Slot::Sam(n) => (format!("sam{n}>"), format!("sam{n}<")),
+        _ => (String::from(">>"), String::from("<<")),
+    }
+}
+
 /// Writes the trace to stderr as it happens.
 pub struct StderrTrace {
     pub apdus: bool,
@@ -67,20 +76,21 @@ impl Tracer for StderrTrace {
         } else {
             ""
         };
-        let _ = writeln!(err, ">> {}{redacted}", hex(e.command));
+        let (to, from) = arrows(e.slot);
+        let _ = writeln!(err, "{to} {}{redacted}", hex(e.command));
         match (e.sw, e.error) {
             (Some(sw), _) => {
                 let data = hex(e.response);
                 let sep = if data.is_empty() { "" } else { " " };
                 let _ = writeln!(
                     err,
-                    "<< {data}{sep}{:02X} {:02X}   ({elapsed:.3} ms)",
+                    "{from} {data}{sep}{:02X} {:02X}   ({elapsed:.3} ms)",
                     sw.sw1(),
                     sw.sw2()
                 );
             }
             (None, Some(error)) => {
-                let _ = writeln!(err, "<< !! {error}   ({elapsed:.3} ms)");
+                let _ = writeln!(err, "{from} !! {error}   ({elapsed:.3} ms)");
             }
             (None, None) => {}
         }
@@ -336,13 +346,14 @@ impl Tracer for VmTrace<'_> {
         } else {
             ""
         };
-        let _ = writeln!(self.out, "       >> {}{redacted}", hex(e.command));
+        let (to, from) = arrows(e.slot);
+        let _ = writeln!(self.out, "       {to} {}{redacted}", hex(e.command));
         match (e.sw, e.error) {
             (Some(sw), _) => {
-                let _ = writeln!(self.out, "       << {} {:04X}", hex(e.response), sw.0);
+                let _ = writeln!(self.out, "       {from} {} {:04X}", hex(e.response), sw.0);
             }
             (None, Some(err)) => {
-                let _ = writeln!(self.out, "       << !! {err}");
+                let _ = writeln!(self.out, "       {from} !! {err}");
             }
             (None, None) => {}
         }

@@ -286,7 +286,7 @@ impl OperandSpec {
 }
 
 /// What an instruction does besides computing: read by the verifier (`terminator`), the
-/// lints (`sends_apdu`, `reads_sw`) and the generated reference.
+/// lints (`sends_apdu`, `reads_sw`), the SAM checks (`to_sam`) and the generated reference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Flags {
     /// Control never falls through to the next instruction.
@@ -297,6 +297,9 @@ pub struct Flags {
     pub reads_sw: bool,
     /// Marks the commit point: later faults are `unknown`.
     pub commit_point: bool,
+    /// Its APDU goes to a SAM slot of the terminal, not to the card. Only these
+    /// instructions reach a SAM; no key-bearing instruction (`ldrkey`) has the flag.
+    pub to_sam: bool,
 }
 
 impl Flags {
@@ -306,6 +309,7 @@ impl Flags {
         sends_apdu: false,
         reads_sw: false,
         commit_point: false,
+        to_sam: false,
     };
 
     /// The names of the flags set, for the reference.
@@ -315,6 +319,7 @@ impl Flags {
             (self.sends_apdu, "sends APDU"),
             (self.reads_sw, "reads SW"),
             (self.commit_point, "commit point"),
+            (self.to_sam, "to a SAM"),
         ]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))

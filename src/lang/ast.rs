@@ -137,6 +137,8 @@ pub(crate) enum Stmt {
     Assign(String, Span, Expr),
     Destructure(Expr, Vec<Field>, Span),
     Apdu {
+        /// `samN apdu …`: SAM slot N instead of the card.
+        sam: Option<u8>,
         command: Command,
         target: Option<Target>,
         handlers: Vec<Handler>,

@@ -1076,6 +1076,7 @@ impl Gen {
                 Ok(false)
             }
             Stmt::Apdu {
+                sam,
                 command,
                 target,
                 handlers,
@@ -1132,7 +1133,14 @@ impl Gen {
                     Some(Target::Var(n, s)) => self.bytes_var(env, n, *s)?,
                     _ => self.reg(),
                 };
-                self.emit("apdu", alloc::vec![A::R(resp), A::R(cmd)], *span)?;
+                match sam {
+                    None => self.emit("apdu", alloc::vec![A::R(resp), A::R(cmd)], *span)?,
+                    Some(n) => self.emit(
+                        "samapdu",
+                        alloc::vec![A::R(resp), A::R(cmd), A::Imm(u64::from(*n))],
+                        *span,
+                    )?,
+                }
                 self.handlers(handlers)?;
                 if let Some(Target::Fields(f)) = target {
                     self.fields(env, resp, f, *span)?;

@@ -515,6 +515,21 @@ impl<'t> Parser<'t> {
         } else {
             ""
         };
+        // `sam0 apdu …` … `sam3 apdu …`: the command goes to that SAM slot. Only before
+        // `apdu` is `samN` special; elsewhere it stays an ordinary name.
+        let sam = match w.strip_prefix("sam").map(str::parse::<u8>) {
+            Some(Ok(n))
+                if w.len() == 4 && n <= 3 && {
+                    let next = self.peek_at(1);
+                    next.kind == Tok::Word && next.text == "apdu"
+                } =>
+            {
+                self.k += 1;
+                Some(n)
+            }
+            _ => None,
+        };
+        let w = if sam.is_some() { "apdu" } else { w };
         match w {
             "apdu" => {
                 self.k += 1;
@@ -526,6 +541,7 @@ impl<'t> Parser<'t> {
                 };
                 let handlers = self.handlers()?;
                 Ok(Stmt::Apdu {
+                    sam,
                     command,
                     target,
                     handlers,

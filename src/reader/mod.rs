@@ -67,7 +67,7 @@ use crate::envelope::{
 };
 use crate::receipt::{DataIdentity, Mode, Receipt};
 use crate::script::{CommandScript, DataScript, Field, FieldValue};
-use crate::transport::{ApduLayer, CardTransport, TransportError};
+use crate::transport::{ApduLayer, CardTransport, SamSlots, TransportError};
 use crate::verify::{Binding, VerifiedProgram};
 use crate::vm::{Limits, RunReport, Tracer, Vm};
 
@@ -210,6 +210,17 @@ pub enum ReaderError {
     /// The command script cannot run as a card query ([`Reader::query`]).
     #[error("card query refused: {0}")]
     Query(#[from] QueryRefusal),
+    /// The script addresses SAM slots this terminal does not have
+    /// ([`Reader::run_with_sams`]); nothing was sent to the card or a SAM.
+    #[error(
+        "the script needs {needed} SAM slot(s) (a PSAM for purchases) and this terminal has {available}; nothing was sent"
+    )]
+    NoSam {
+        /// SAM slots the script needs.
+        needed: usize,
+        /// SAM slots the terminal has.
+        available: usize,
+    },
 }
 
 /// Why [`Reader::query`] refused a command script or its arguments, before the card was
@@ -782,6 +793,26 @@ impl Reader {
         tracer: &mut Tr,
         rng: &mut R,
     ) -> Result<Completed, ReaderError> {
+        self.run_with_sams(prepared, card, &mut SamSlots::none(), tracer, rng)
+    }
+
+    /// [`Reader::run`] on a terminal with SAM slots (a PSAM computes the purchase MAC1
+    /// and checks MAC2): `samapdu` reaches `sams`. A script that needs more SAM slots
+    /// than `sams` has is refused with [`ReaderError::NoSam`] before the card or a SAM
+    /// is touched. A card query runs without SAMs.
+    pub fn run_with_sams<T: CardTransport, Tr: Tracer + ?Sized, R: CryptoRng>(
+        &mut self,
+        prepared: &Prepared,
+        card: &mut T,
+        sams: &mut SamSlots<'_>,
+        tracer: &mut Tr,
+        rng: &mut R,
+    ) -> Result<Completed, ReaderError> {
+        let needed = prepared.program.sam_slots_needed();
+        let available = if prepared.query { 0 } else { sams.len() };
+        if needed > available {
+            return Err(ReaderError::NoSam { needed, available });
+        }
         let bound = prepared
             .program
             .bind_into(&prepared.data, &mut self.binding)
@@ -792,7 +823,7 @@ impl Reader {
             self.vm.run(bound, &mut layer, tracer)
         } else {
             let mut layer = ApduLayer::new(&mut *card);
-            self.vm.run(bound, &mut layer, tracer)
+            self.vm.run_with_sams(bound, &mut layer, sams, tracer)
         };
         let air_time = match (air_before, card.air_time_us()) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a)),

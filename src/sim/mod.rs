@@ -7,6 +7,8 @@
 //! * [`fault`] — tearing, forced status words, corrupted responses, latency.
 //! * [`airtime`] — a *model* of the air time per APDU and per transaction.
 //! * [`profile`] — the `CARD.toml` card profile: load, save (atomic), defaults.
+//! * [`PsamCard`] — a PSAM for the terminal's SAM slot: MAC1 and MAC2 of purchases with
+//!   the purchase master key inside it (`docs/psam.md`).
 //!
 //! Every card implements [`CardTransport`]: `transmit` writes the raw response
 //! data ‖ SW1 SW2. A card is powered on when created; after tearing it is powered off and
@@ -50,6 +52,16 @@
 //! | `uid` | 4 or 7 bytes hex | `A1B2C3D4` |
 //! | `blocks` | 64 blocks of 16 bytes hex (block 0 manufacturer, trailers hold keys and access bits) | manufacturer block, zeros, transport trailers |
 //!
+//! Kind `psam` (`scripts/cards/psam_des3.toml`, `psam_sm4.toml`):
+//!
+//! | field | meaning | default |
+//! |---|---|---|
+//! | `profile` | `des3` or `sm4` | `des3` |
+//! | `terminal` | terminal number (EF 16), 6 bytes hex | `000000000001` |
+//! | `seq` | next terminal transaction sequence number | 1 |
+//! | `purchase_master` | purchase master key, 16 bytes hex | — (required) |
+//! | `key_index`, `key_version` | EF 17 key index; key version INITIALIZE SAM accepts | 1, 0 |
+//!
 //! Key bytes are the card's own secrets: they are stored in the profile (it *is* the
 //! card), but `Debug` of every card type prints `REDACTED` instead.
 
@@ -59,6 +71,7 @@ pub mod fault;
 mod junit;
 pub mod m1;
 pub mod profile;
+pub mod psam;
 pub mod scenario;
 
 use alloc::string::String;
@@ -71,7 +84,8 @@ pub use cpu::{
 };
 pub use fault::{Fault, FaultPlan};
 pub use m1::{AccessBits, M1Card};
-pub use profile::{CardProfile, SimCard};
+pub use profile::{CardProfile, PsamProfile, SimCard};
+pub use psam::PsamCard;
 
 use crate::transport::{CardTransport, TransportError};
 

@@ -14,6 +14,7 @@ use super::cpu::{
     Algorithm, CAPP_RECORD_LEN, CpuCard, LOG_RECORD_LEN, Prove, PublicInfo, RandomSource, Variant,
 };
 use super::m1::{BLOCKS, M1Card};
+use super::psam::PsamCard;
 use super::{SimError, hex, unhex};
 use crate::transport::{CardTransport, TransportError};
 
@@ -66,6 +67,67 @@ pub enum CardProfile {
     Cpu(CpuProfile),
     /// An M1 card.
     M1(M1Profile),
+    /// A PSAM (the terminal's purchase SAM).
+    Psam(PsamProfile),
+}
+
+/// A PSAM profile (`kind = "psam"`): what the terminal's SAM holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PsamProfile {
+    /// `des3` or `sm4`.
+    pub profile: String,
+    /// Terminal number (EF 16), 6 bytes hex.
+    pub terminal: String,
+    /// Next terminal transaction sequence number.
+    pub seq: u32,
+    /// The purchase master key (MPK), 16 bytes hex: diversified per card inside the SAM.
+    pub purchase_master: KeyHex,
+    /// Purchase key index (EF 17).
+    pub key_index: u8,
+    /// Key version INITIALIZE SAM FOR PURCHASE accepts (the card's, from its INITIALIZE).
+    pub key_version: u8,
+}
+
+impl Default for PsamProfile {
+    fn default() -> Self {
+        Self {
+            profile: "des3".to_string(),
+            terminal: "000000000001".to_string(),
+            seq: 1,
+            purchase_master: KeyHex::from_hex(""),
+            key_index: 1,
+            key_version: 0,
+        }
+    }
+}
+
+impl PsamProfile {
+    /// Builds the PSAM.
+    pub fn build(&self) -> Result<PsamCard, SimError> {
+        let algo = Algorithm::from_name(&self.profile)
+            .ok_or(SimError::Field("profile", "must be des3 or sm4"))?;
+        let terminal: [u8; 6] = unhex(&self.terminal)
+            .and_then(|t| t.try_into().ok())
+            .ok_or(SimError::Field("terminal", "must be 6 bytes hex"))?;
+        let mpk = self.purchase_master.bytes("purchase_master")?;
+        Ok(PsamCard::new(algo, &mpk, terminal, self.seq)?
+            .with_key(self.key_index, self.key_version))
+    }
+}
+
+impl PsamCard {
+    /// The PSAM's state as a profile.
+    pub fn to_profile(&self) -> PsamProfile {
+        PsamProfile {
+            profile: self.algorithm().name().to_string(),
+            terminal: hex(&self.terminal()),
+            seq: self.seq(),
+            purchase_master: KeyHex::from_bytes(self.master_bytes()),
+            key_index: self.key_index(),
+            key_version: self.key_version(),
+        }
+    }
 }
 
 /// `[keys]` of a CPU card profile.
@@ -530,6 +592,7 @@ impl CardProfile {
         Ok(match self {
             CardProfile::Cpu(p) => SimCard::Cpu(p.build()?),
             CardProfile::M1(p) => SimCard::M1(p.build()?),
+            CardProfile::Psam(p) => SimCard::Psam(p.build()?),
         })
     }
 }
@@ -543,6 +606,8 @@ pub enum SimCard {
     Cpu(CpuCard),
     /// An M1 card.
     M1(M1Card),
+    /// A PSAM.
+    Psam(PsamCard),
 }
 
 impl SimCard {
@@ -560,6 +625,7 @@ impl SimCard {
         match self {
             SimCard::Cpu(c) => CardProfile::Cpu(c.to_profile()),
             SimCard::M1(c) => CardProfile::M1(c.to_profile()),
+            SimCard::Psam(c) => CardProfile::Psam(c.to_profile()),
         }
     }
 
@@ -574,15 +640,17 @@ impl SimCard {
         match self {
             SimCard::Cpu(c) => c.air_time(),
             SimCard::M1(c) => c.air_time(),
+            SimCard::Psam(c) => c.air_time(),
         }
     }
 
     /// The card's identity for receipts: the application serial of a CPU card, the UID
-    /// of an M1 card.
+    /// of an M1 card, the terminal number of a PSAM.
     pub fn card_id(&self) -> &[u8] {
         match self {
             SimCard::Cpu(c) => c.card_number(),
             SimCard::M1(c) => c.uid_bytes(),
+            SimCard::Psam(c) => c.terminal_ref(),
         }
     }
 }
@@ -608,45 +676,56 @@ impl CardTransport for SimCard {
         match self {
             SimCard::Cpu(c) => c.transmit(command, response),
             SimCard::M1(c) => c.transmit(command, response),
+            SimCard::Psam(c) => c.transmit(command, response),
         }
     }
     fn power_on(&mut self) -> Result<(), TransportError> {
         match self {
             SimCard::Cpu(c) => c.power_on(),
             SimCard::M1(c) => c.power_on(),
+            SimCard::Psam(c) => c.power_on(),
         }
     }
     fn power_off(&mut self) -> Result<(), TransportError> {
         match self {
             SimCard::Cpu(c) => c.power_off(),
             SimCard::M1(c) => c.power_off(),
+            SimCard::Psam(c) => c.power_off(),
         }
     }
     fn reset(&mut self) -> Result<(), TransportError> {
         match self {
             SimCard::Cpu(c) => c.reset(),
             SimCard::M1(c) => c.reset(),
+            SimCard::Psam(c) => c.reset(),
         }
     }
     fn atr(&self) -> Option<&[u8]> {
         match self {
             SimCard::Cpu(c) => c.atr(),
             SimCard::M1(c) => c.atr(),
+            SimCard::Psam(c) => c.atr(),
         }
     }
     fn uid(&self) -> Option<&[u8]> {
         match self {
             SimCard::Cpu(c) => c.uid(),
             SimCard::M1(c) => c.uid(),
+            SimCard::Psam(c) => c.uid(),
         }
     }
     fn air_time_us(&self) -> Option<u64> {
-        Some(self.air_time().total_us())
+        match self {
+            // A contact SAM is not on air.
+            SimCard::Psam(_) => None,
+            _ => Some(self.air_time().total_us()),
+        }
     }
     fn reader_key_store(&self) -> bool {
         match self {
             SimCard::Cpu(c) => c.reader_key_store(),
             SimCard::M1(c) => c.reader_key_store(),
+            SimCard::Psam(c) => c.reader_key_store(),
         }
     }
 }

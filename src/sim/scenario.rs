@@ -510,7 +510,8 @@ fn faults_of(f: &Faults) -> Result<Vec<Fault>, String> {
 /// Records the APDU exchange as `>>` / `<<` lines.
 #[derive(Debug, Default)]
 pub struct ExchangeLog {
-    /// `">> CMD"`, `"<< RESP SW"` or `"<< ! error"` lines, uppercase hex.
+    /// `">> CMD"`, `"<< RESP SW"` or `"<< ! error"` lines, uppercase hex (`sam0>` /
+    /// `sam0<` for SAM slot 0).
     pub lines: Vec<String>,
 }
 
@@ -520,13 +521,17 @@ impl Tracer for ExchangeLog {
         if e.redacted {
             cmd.push_str(" [key bytes redacted]");
         }
-        self.lines.push(format!(">> {cmd}"));
+        let (to, from) = match e.slot {
+            crate::transport::Slot::Sam(n) => (format!("sam{n}>"), format!("sam{n}<")),
+            _ => (">>".to_string(), "<<".to_string()),
+        };
+        self.lines.push(format!("{to} {cmd}"));
         match (e.sw, e.error) {
             (Some(sw), _) => self
                 .lines
-                .push(format!("<< {}{:04X}", hex(e.response), sw.0)),
-            (None, Some(err)) => self.lines.push(format!("<< ! {err}")),
-            (None, None) => self.lines.push("<< !".to_string()),
+                .push(format!("{from} {}{:04X}", hex(e.response), sw.0)),
+            (None, Some(err)) => self.lines.push(format!("{from} ! {err}")),
+            (None, None) => self.lines.push(format!("{from} !")),
         }
     }
 }
@@ -614,6 +619,9 @@ fn run_step(
         SimCard::M1(c) => faults_of(&step.faults)?
             .into_iter()
             .for_each(|f| c.faults_mut().push(f)),
+        SimCard::Psam(c) => faults_of(&step.faults)?
+            .into_iter()
+            .for_each(|f| c.faults_mut().push(f)),
     }
     let mut log = ExchangeLog::default();
     let report = reader
@@ -674,6 +682,7 @@ fn card_balance(card: &SimCard, block: usize) -> Option<i64> {
             let b = c.blocks().get(block)?;
             m1::parse_value_block(b).map(|(v, _)| i64::from(v))
         }
+        SimCard::Psam(_) => None,
     }
 }
 

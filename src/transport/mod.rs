@@ -9,6 +9,12 @@
 //! optionally follows `61xx` with GET RESPONSE and re-sends on `6Cxx`, and splits the
 //! status word off. It never retries a command blindly: a purse command may already have
 //! executed on the card, so transport failures are reported, not repeated.
+//!
+//! A terminal may hold SAMs next to the card (a PSAM in the contact slot computes the
+//! purchase MAC1 and checks MAC2, so the terminal holds no purchase key). Each is another
+//! [`CardTransport`]; [`SamSlots`] bundles them for one run, and [`Slot`] names the channel
+//! an APDU went to. Scripts address a SAM only through the instruction table's `to_sam`
+//! instruction (`samapdu`), never implicitly.
 
 mod apdu;
 #[cfg(feature = "pcsc")]
@@ -172,6 +178,86 @@ impl<T: CardTransport + ?Sized> CardTransport for &mut T {
 
     fn reader_key_store(&self) -> bool {
         (**self).reader_key_store()
+    }
+}
+
+/// The channel of a terminal an APDU goes to: the card in the field, or SAM slot `n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Slot {
+    /// The card (contactless field or the card's contact slot).
+    #[default]
+    Card,
+    /// SAM slot `n` (`0..`[`MAX_SAMS`]).
+    Sam(u8),
+}
+
+impl core::fmt::Display for Slot {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Slot::Card => f.write_str("card"),
+            Slot::Sam(n) => write!(f, "sam{n}"),
+        }
+    }
+}
+
+/// Most SAM slots a script can address (`samapdu`'s slot operand is `0..=3`).
+pub const MAX_SAMS: usize = 4;
+
+/// The SAM slots of a terminal for one run: SAM `n` is the `n`-th transport given.
+///
+/// Each slot has its own [`ApduLayer`] (61xx / 6Cxx handling: a T=0 PSAM answers `61 08`
+/// and expects GET RESPONSE). [`SamSlots::none`] allocates nothing.
+pub struct SamSlots<'a> {
+    layers: Vec<ApduLayer<&'a mut dyn CardTransport>>,
+}
+
+impl core::fmt::Debug for SamSlots<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SamSlots")
+            .field("sams", &self.layers.len())
+            .finish()
+    }
+}
+
+impl<'a> SamSlots<'a> {
+    /// A terminal without SAMs.
+    pub fn none() -> Self {
+        SamSlots { layers: Vec::new() }
+    }
+
+    /// SAM `n` is `sams[n]`. More than [`MAX_SAMS`] is refused (a script could not reach
+    /// them, and a typo in a slot list should not pass silently).
+    pub fn new(sams: Vec<&'a mut dyn CardTransport>) -> Result<Self, TransportError> {
+        if sams.len() > MAX_SAMS {
+            return Err(TransportError::Other(alloc::format!(
+                "{} SAM slots given, at most {MAX_SAMS}",
+                sams.len()
+            )));
+        }
+        Ok(SamSlots {
+            layers: sams.into_iter().map(ApduLayer::new).collect(),
+        })
+    }
+
+    /// How many SAM slots the terminal has.
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Whether the terminal has no SAM.
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+
+    /// SAM `n`'s APDU layer, if the terminal has that slot.
+    pub fn layer_mut(&mut self, n: u8) -> Option<&mut ApduLayer<&'a mut dyn CardTransport>> {
+        self.layers.get_mut(usize::from(n))
+    }
+}
+
+impl Default for SamSlots<'_> {
+    fn default() -> Self {
+        Self::none()
     }
 }
 

@@ -10,6 +10,10 @@
 //! inside the hex are optional; anything after the hex in parentheses or after `#` is a
 //! comment, as are lines starting with `#` or `;`. A command line may use `..` as its
 //! last token to match any remaining bytes (for commands carrying fresh MACs).
+//!
+//! Exchanges with SAM slot `n` are `samN>` / `samN<` lines, in the same file
+//! ([`parse_terminal`] returns the card and one [`ReplayCard`] per SAM slot;
+//! [`ReplayCard::parse`] refuses them, so a SAM recording never replays as the card).
 
 use super::{CardTransport, TransportError};
 use alloc::format;
@@ -87,64 +91,144 @@ impl ReplayCard {
         self
     }
 
-    /// Parses the trace text form.
+    /// Parses the trace text form (card lines only; see [`parse_terminal`] for SAMs).
     pub fn parse(text: &str) -> Result<Self, ReplayParseError> {
-        let mut exchanges = Vec::new();
-        let mut pending: Option<(Vec<u8>, bool)> = None;
-        for (n, raw) in text.lines().enumerate() {
-            let line = raw.trim();
-            let err = |message: String| ReplayParseError {
-                line: n + 1,
-                message,
-            };
-            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-                continue;
+        let (card, sams) = parse_terminal(text)?;
+        if !sams.is_empty() {
+            return Err(ReplayParseError {
+                line: 0,
+                message: String::from(
+                    "the recording has SAM exchanges (samN> lines): replay it with its SAMs",
+                ),
+            });
+        }
+        Ok(card)
+    }
+
+    /// Exchanges not yet replayed.
+    pub fn remaining(&self) -> usize {
+        self.exchanges.len() - self.next
+    }
+}
+
+/// A `samN>` / `samN<` marker: the slot and the rest of the line.
+fn sam_line(line: &str, arrow: char) -> Option<(usize, &str)> {
+    let rest = line.strip_prefix("sam")?;
+    let digit = rest.chars().next()?.to_digit(10)?;
+    let rest = rest.get(1..)?.strip_prefix(arrow)?;
+    Some((digit as usize, rest))
+}
+
+/// Parses a trace with card (`>>`/`<<`) and SAM (`samN>`/`samN<`) exchanges: the card's
+/// recording and one per SAM slot up to the highest slot named (a slot never named gets
+/// an empty recording).
+pub fn parse_terminal(text: &str) -> Result<(ReplayCard, Vec<ReplayCard>), ReplayParseError> {
+    let mut card = Recorder::default();
+    let mut sams: Vec<Recorder> = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        let err = |message: String| ReplayParseError {
+            line: n + 1,
+            message,
+        };
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        let (slot, is_command, rest) = if let Some(rest) = line.strip_prefix(">>") {
+            (None, true, rest)
+        } else if let Some(rest) = line.strip_prefix("<<") {
+            (None, false, rest)
+        } else if let Some((s, rest)) = sam_line(line, '>') {
+            (Some(s), true, rest)
+        } else if let Some((s, rest)) = sam_line(line, '<') {
+            (Some(s), false, rest)
+        } else {
+            return Err(err(format!(
+                "expected `>>`, `<<`, `samN>` or `samN<`, found `{}`",
+                line.chars().take(20).collect::<String>()
+            )));
+        };
+        let rec = match slot {
+            None => &mut card,
+            Some(s) if s < super::MAX_SAMS => {
+                if sams.len() <= s {
+                    sams.resize_with(s + 1, Recorder::default);
+                }
+                &mut sams[s]
             }
-            if let Some(rest) = line.strip_prefix(">>") {
+            Some(s) => {
+                return Err(err(format!(
+                    "SAM slot {s} (at most {})",
+                    super::MAX_SAMS - 1
+                )));
+            }
+        };
+        rec.line(is_command, rest).map_err(err)?;
+    }
+    let last = text.lines().count();
+    let finish = |r: Recorder| {
+        r.finish().map_err(|message| ReplayParseError {
+            line: last,
+            message,
+        })
+    };
+    let card = finish(card)?;
+    let sams = sams
+        .into_iter()
+        .map(finish)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((card, sams))
+}
+
+/// The exchanges of one slot while parsing.
+#[derive(Default)]
+struct Recorder {
+    exchanges: Vec<Exchange>,
+    pending: Option<(Vec<u8>, bool)>,
+}
+
+impl Recorder {
+    fn line(&mut self, is_command: bool, rest: &str) -> Result<(), String> {
+        let pending = &mut self.pending;
+        let exchanges = &mut self.exchanges;
+        let err = |m: &str| Err(String::from(m));
+        {
+            if is_command {
                 if pending.is_some() {
-                    return Err(err(String::from(
-                        "two commands without a response between them",
-                    )));
+                    return err("two commands without a response between them");
                 }
-                let (cmd, prefix) =
-                    parse_hex(rest).ok_or_else(|| err(String::from("bad hex in command")))?;
+                let Some((cmd, prefix)) = parse_hex(rest) else {
+                    return err("bad hex in command");
+                };
                 if cmd.is_empty() {
-                    return Err(err(String::from("empty command")));
+                    return err("empty command");
                 }
-                pending = Some((cmd, prefix));
-            } else if let Some(rest) = line.strip_prefix("<<") {
-                let (command, prefix_only) = pending
-                    .take()
-                    .ok_or_else(|| err(String::from("response without a command")))?;
-                let (response, _) =
-                    parse_hex(rest).ok_or_else(|| err(String::from("bad hex in response")))?;
+                *pending = Some((cmd, prefix));
+            } else {
+                let Some((command, prefix_only)) = pending.take() else {
+                    return err("response without a command");
+                };
+                let Some((response, _)) = parse_hex(rest) else {
+                    return err("bad hex in response");
+                };
                 if response.len() < 2 {
-                    return Err(err(String::from("response shorter than SW1 SW2")));
+                    return err("response shorter than SW1 SW2");
                 }
                 exchanges.push(Exchange {
                     command,
                     prefix_only,
                     response,
                 });
-            } else {
-                return Err(err(format!(
-                    "expected `>>` or `<<`, found `{}`",
-                    line.chars().take(20).collect::<String>()
-                )));
             }
         }
-        if pending.is_some() {
-            return Err(ReplayParseError {
-                line: text.lines().count(),
-                message: String::from("last command has no response"),
-            });
-        }
-        Ok(ReplayCard::new(exchanges))
+        Ok(())
     }
 
-    /// Exchanges not yet replayed.
-    pub fn remaining(&self) -> usize {
-        self.exchanges.len() - self.next
+    fn finish(self) -> Result<ReplayCard, String> {
+        if self.pending.is_some() {
+            return Err(String::from("last command has no response"));
+        }
+        Ok(ReplayCard::new(self.exchanges))
     }
 }
 
@@ -229,6 +313,23 @@ mod tests {
             card.transmit(&[0x00, 0xA5], &mut buf),
             Err(TransportError::Other(_))
         ));
+    }
+
+    #[test]
+    fn sam_lines_parse_into_their_own_recording() {
+        let text = ">> 00A4\n<< 9000\nsam0> 00B0960006\nsam0< 000000000001 9000   (0.1 ms)\n>> 805C000204\n<< 00001000 9000\n";
+        let (mut card, mut sams) = parse_terminal(text).unwrap();
+        assert_eq!((card.remaining(), sams.len()), (2, 1));
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            sams[0].transmit(&[0x00, 0xB0, 0x96, 0x00, 0x06], &mut buf),
+            Ok(8)
+        );
+        assert_eq!(card.transmit(&[0x00, 0xA4], &mut buf), Ok(2));
+        // A card-only replay refuses a recording with SAM exchanges.
+        assert!(ReplayCard::parse(text).is_err());
+        assert_eq!(parse_terminal("sam0> 00\n").unwrap_err().line, 1);
+        assert!(parse_terminal("sam9> 00\nsam9< 9000\n").is_err());
     }
 
     #[test]

@@ -15,6 +15,10 @@
 //!   script can read back).
 //! - `ldrkey` runs only on a transport that declares a reader key store
 //!   ([`CardTransport::reader_key_store`]); elsewhere it is a fault before any byte is sent.
+//! - SAM slots: `samapdu` sends to a SAM of the terminal ([`SamSlots`]), never to the card;
+//!   a script that addresses a slot the terminal lacks fails before any byte is sent
+//!   ([`VmErrorKind::NoSam`]). The trace ([`ApduEvent::slot`]), the transcript and
+//!   [`LastExchange`] name each APDU's [`Slot`].
 //! - Limits ([`Limits`]): fuel (instructions), APDU count, byte-string length and total
 //!   memory (registers and output slots together). Exceeding one is a typed [`VmError`]
 //!   carrying the code offset.
@@ -33,7 +37,9 @@ pub use transcript::TranscriptHasher;
 
 use crate::crypto::{self, SecretKey};
 use crate::isa::Opcode;
-use crate::transport::{Apdu, ApduError, ApduLayer, CardTransport, StatusWord, TransportError};
+use crate::transport::{
+    Apdu, ApduError, ApduLayer, CardTransport, SamSlots, Slot, StatusWord, TransportError,
+};
 use crate::verify::Bound;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -174,6 +180,17 @@ pub enum VmErrorKind {
         "ldrkey needs a reader key store (a PC/SC Part 3 storage-card reader); this card transport has none, nothing was sent"
     )]
     NoReaderKeyStore,
+    /// The script addresses SAM slot `slot` and the terminal has `available` SAMs. Checked
+    /// when the run starts: nothing was sent to the card or a SAM.
+    #[error(
+        "the script needs SAM slot {slot} and this terminal has {available} SAM(s); nothing was sent"
+    )]
+    NoSam {
+        /// The slot the script addresses.
+        slot: u8,
+        /// SAM slots the terminal has.
+        available: usize,
+    },
 }
 
 /// A VM fault at a code offset.
@@ -262,6 +279,8 @@ impl Outcome {
 /// The last APDU exchange, for failure reports and recovery.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LastExchange {
+    /// Where the command went (the card or a SAM).
+    pub slot: Slot,
     /// The command header (CLA INS P1 P2).
     pub header: [u8; 4],
     /// The status word, if a response came back.
@@ -373,6 +392,7 @@ impl Exchanges {
     #[inline]
     fn send<T: CardTransport, R: Tracer + ?Sized>(
         &mut self,
+        slot: Slot,
         card: &mut ApduLayer<T>,
         tracer: &mut R,
         transcript: &mut TranscriptHasher,
@@ -388,12 +408,17 @@ impl Exchanges {
         self.count += 1;
         let mut header = [0u8; 4];
         header.copy_from_slice(&command[..4]);
-        self.last = Some(LastExchange { header, sw: None });
-        transcript.command(shown.hashed);
+        self.last = Some(LastExchange {
+            slot,
+            header,
+            sw: None,
+        });
+        transcript.command_on(slot, shown.hashed);
         tracer.before_apdu();
         let result = card.exchange_parsed(command, &apdu, scratch);
         let event = |response, sw, error| ApduEvent {
             index: self.count,
+            slot,
             command: shown.traced,
             redacted: shown.redacted,
             response,
@@ -402,10 +427,11 @@ impl Exchanges {
         };
         match result {
             Ok(sw) => {
-                transcript.response(scratch, sw.0);
+                transcript.response_on(slot, scratch, sw.0);
                 tracer.apdu(&event(scratch, Some(sw), None));
                 self.sw = Some(sw);
                 self.last = Some(LastExchange {
+                    slot,
                     header,
                     sw: Some(sw.0),
                 });
@@ -671,17 +697,42 @@ impl Vm {
     }
 
     /// Runs `bound` against the card behind `card`, reporting each step and APDU to
-    /// `tracer`. Never panics; every failure is in the report's outcome.
+    /// `tracer`. Never panics; every failure is in the report's outcome. A terminal
+    /// without SAMs: a script that uses `samapdu` fails before sending anything.
     pub fn run<T: CardTransport, R: Tracer + ?Sized>(
         &mut self,
         bound: Bound<'_>,
         card: &mut ApduLayer<T>,
         tracer: &mut R,
     ) -> RunReport {
+        self.run_with_sams(bound, card, &mut SamSlots::none(), tracer)
+    }
+
+    /// [`Vm::run`] on a terminal with SAM slots: `samapdu` sends to `sams`. When the
+    /// script addresses a slot `sams` lacks ([`VerifiedProgram::sam_slots_needed`]), the
+    /// run fails with [`VmErrorKind::NoSam`] before any byte reaches the card or a SAM.
+    ///
+    /// [`VerifiedProgram::sam_slots_needed`]: crate::verify::VerifiedProgram::sam_slots_needed
+    pub fn run_with_sams<T: CardTransport, R: Tracer + ?Sized>(
+        &mut self,
+        bound: Bound<'_>,
+        card: &mut ApduLayer<T>,
+        sams: &mut SamSlots<'_>,
+        tracer: &mut R,
+    ) -> RunReport {
         self.reset(&bound);
         let mut transcript = TranscriptHasher::new();
         let mut fuel_used = 0u64;
-        let result = self.exec(&bound, card, tracer, &mut transcript, &mut fuel_used);
+        let result = match bound.program.missing_sam(sams.len()) {
+            Some((offset, slot)) => Err(VmError {
+                offset,
+                kind: VmErrorKind::NoSam {
+                    slot,
+                    available: sams.len(),
+                },
+            }),
+            None => self.exec(&bound, card, sams, tracer, &mut transcript, &mut fuel_used),
+        };
         let failure = match result {
             Ok((Stop::Halt, _)) => None,
             Ok((Stop::Fail(code), offset)) => Some((Failure::Script { code, offset }, false)),
@@ -728,6 +779,7 @@ impl Vm {
         &mut self,
         bound: &Bound<'_>,
         card: &mut ApduLayer<T>,
+        sams: &mut SamSlots<'_>,
         tracer: &mut R,
         transcript: &mut TranscriptHasher,
         fuel_used: &mut u64,
@@ -742,6 +794,7 @@ impl Vm {
             vm: self,
             bound: *bound,
             card,
+            sams,
             tracer,
             transcript,
             pc: 0,

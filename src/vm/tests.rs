@@ -346,6 +346,7 @@ fn apdu_status_words_and_patterns() {
     assert_eq!(
         r.last_exchange,
         Some(LastExchange {
+            slot: Slot::Card,
             header: [0x80, 0x5C, 0x00, 0x02],
             sw: Some(0x6A82)
         })
@@ -433,6 +434,7 @@ fn tearing_before_the_commit_point_fails_and_after_it_is_unknown() {
     assert_eq!(
         r.last_exchange,
         Some(LastExchange {
+            slot: Slot::Card,
             header: [0x80, 0x52, 0x00, 0x00],
             sw: None
         })
@@ -1315,10 +1317,19 @@ fn every_opcode_is_dispatched_and_behaves_as_its_table_line_says() {
         let data = DataScript { fields };
         let binding = program.bind(&data).unwrap();
         let mut layer = ApduLayer::new(ok_card());
+        // A terminal with SAMs (the immediate picked below is slot 1), so `samapdu`
+        // reaches the dispatch too.
+        let (mut sam0, mut sam1) = (ok_card(), ok_card());
+        let mut sams = SamSlots::new(vec![
+            &mut sam0 as &mut dyn CardTransport,
+            &mut sam1 as &mut dyn CardTransport,
+        ])
+        .unwrap();
         let mut log = StepLog::default();
-        let report = Vm::default().run(
+        let report = Vm::default().run_with_sams(
             program.with_data(&data, &binding).unwrap(),
             &mut layer,
+            &mut sams,
             &mut log,
         );
         let at = log.0.iter().position(|&(_, o)| o == op);
@@ -1362,7 +1373,25 @@ fn the_instructions_that_reach_the_card_are_flagged() {
         .copied()
         .filter(|o| o.flags().sends_apdu)
         .collect();
-    assert_eq!(flagged, [Opcode::Apdu, Opcode::LoadReaderKey]);
+    assert_eq!(
+        flagged,
+        [Opcode::Apdu, Opcode::SamApdu, Opcode::LoadReaderKey]
+    );
+    // Only `samapdu` goes to a SAM; nothing that reads a key slot does.
+    let to_sam: Vec<Opcode> = ALL_OPCODES
+        .iter()
+        .copied()
+        .filter(|o| o.flags().to_sam)
+        .collect();
+    assert_eq!(to_sam, [Opcode::SamApdu]);
+    for op in ALL_OPCODES.iter().filter(|o| o.flags().to_sam) {
+        assert!(
+            op.operand_specs()
+                .iter()
+                .all(|s| !matches!(s.role, crate::isa::Role::KeySrc { .. })),
+            "{op:?} reads a key slot and goes to a SAM"
+        );
+    }
     let s = script(
         &[
             Instr::Ldc { dst: 0, index: 0 },
@@ -1437,6 +1466,226 @@ fn the_verifier_enforces_every_immediate_range_of_the_table() {
             }
         }
     }
-    // tobe 0/9, tobcd 0/11, pad 0, shri 64, shli 64, mkapdu 65537.
-    assert_eq!(checked, 8);
+    // tobe 0/9, tobcd 0/11, pad 0, shri 64, shli 64, mkapdu 65537, samapdu slot 4.
+    assert_eq!(checked, 9);
+}
+
+/// The commands a transport received.
+type Sent = Vec<Vec<u8>>;
+
+/// The terminal with one SAM (or none) for the SAM tests: the card and the SAM each
+/// record what they received.
+fn run_terminal(s: &CommandScript, sams: usize) -> (RunReport, Sent, Sent) {
+    let program = VerifiedProgram::verify(s).expect("verifies");
+    let data = DataScript::default();
+    let binding = program.bind(&data).unwrap();
+    let mut layer = ApduLayer::new(ok_card());
+    let mut sam = SpyCard {
+        commands: Vec::new(),
+        answer: |_: &[u8]| Ok(vec![0x12u8, 0x34, 0x90, 0x00]),
+    };
+    let mut slots = Vec::new();
+    if sams > 0 {
+        slots.push(&mut sam as &mut dyn CardTransport);
+    }
+    let mut sam_slots = SamSlots::new(slots).unwrap();
+    let report = Vm::default().run_with_sams(
+        program.with_data(&data, &binding).unwrap(),
+        &mut layer,
+        &mut sam_slots,
+        &mut NoTrace,
+    );
+    drop(sam_slots);
+    let card_cmds = layer.into_inner().commands;
+    (report, card_cmds, sam.commands)
+}
+
+fn sam_script() -> CommandScript {
+    script(
+        &[
+            Instr::Ldc { dst: 0, index: 0 },
+            Instr::Apdu { resp: 1, cmd: 0 },
+            Instr::SamApdu {
+                resp: 2,
+                cmd: 0,
+                sam: 0,
+            },
+            Instr::Expect {
+                pattern: SwPattern::exact(0x9000),
+                code: 1,
+            },
+            Instr::Halt {},
+        ],
+        vec![Constant::Bytes(vec![0x00, 0xB0, 0x96, 0x00, 0x06])],
+        vec![],
+        vec![],
+    )
+}
+
+/// `samapdu` goes to the SAM and `apdu` to the card, and the SAM's status word is the one
+/// `expect` reads.
+#[test]
+fn sam_apdus_go_to_the_sam_and_card_apdus_to_the_card() {
+    let (r, card, sam) = run_terminal(&sam_script(), 1);
+    assert_eq!(r.outcome, Outcome::Committed);
+    assert_eq!(card, [vec![0x00, 0xB0, 0x96, 0x00, 0x06]]);
+    assert_eq!(sam, [vec![0x00, 0xB0, 0x96, 0x00, 0x06]]);
+    assert_eq!(r.apdu_count, 2);
+    assert_eq!(r.last_exchange.map(|l| l.slot), Some(Slot::Sam(0)));
+}
+
+/// A script that needs a SAM on a terminal without one: a typed fault before any byte
+/// reaches the card (the card APDU comes first in the script).
+#[test]
+fn a_sam_script_on_a_terminal_without_a_sam_sends_nothing() {
+    let (r, card, sam) = run_terminal(&sam_script(), 0);
+    assert!(
+        matches!(
+            fault_kind(&r),
+            Some(VmErrorKind::NoSam {
+                slot: 0,
+                available: 0
+            })
+        ),
+        "{:?}",
+        r.outcome
+    );
+    assert!(card.is_empty() && sam.is_empty());
+    assert_eq!(r.apdu_count, 0);
+}
+
+/// The transcript tags SAM exchanges: the same bytes sent to the card instead of the SAM
+/// hash differently, and a card-only transcript keeps its pre-SAM encoding.
+#[test]
+fn the_transcript_names_the_slot_and_card_only_hashes_are_unchanged() {
+    let mut a = TranscriptHasher::new();
+    a.command_on(Slot::Sam(0), &[0x00, 0xA4]);
+    a.response_on(Slot::Sam(0), &[], 0x9000);
+    let mut b = TranscriptHasher::new();
+    b.command_on(Slot::Card, &[0x00, 0xA4]);
+    b.response_on(Slot::Card, &[], 0x9000);
+    let mut old = TranscriptHasher::new();
+    old.command(&[0x00, 0xA4]);
+    old.response(&[], 0x9000);
+    let (a, b, old) = (a.finalize(), b.finalize(), old.finalize());
+    assert_ne!(a, b);
+    assert_eq!(b, old);
+}
+
+/// The verifier's SAM rules, at the bytecode level: a MAC (or anything computed from it)
+/// never goes to a SAM, and `ldrkey` never sits in a script that addresses a SAM.
+#[test]
+fn the_verifier_keeps_key_material_and_ldrkey_away_from_sams() {
+    let key = || {
+        decl(
+            "k",
+            ValueType::Key {
+                alg: KeyAlg::Des3,
+                usage: KeyUsage::Mac,
+            },
+        )
+    };
+    // mac r1 <- k; cat r2 = r0 ‖ r1; samapdu r3, r2: the MAC reaches the SAM through a copy.
+    assert_eq!(
+        verify_err(
+            &[
+                Instr::Ldkey { slot: 0, input: 0 },
+                Instr::Mac {
+                    dst: 1,
+                    key: 0,
+                    data: 0
+                },
+                Instr::Cat { dst: 2, a: 0, b: 1 },
+                Instr::SamApdu {
+                    resp: 3,
+                    cmd: 2,
+                    sam: 0
+                },
+                Instr::Halt {},
+            ],
+            vec![key()],
+        ),
+        VerifyErrorKind::KeyMaterialToSam { reg: 2, sam: 0 }
+    );
+    // The same flow to the card is allowed (a terminal MAC goes to the card).
+    let to_card = [
+        Instr::Ldkey { slot: 0, input: 0 },
+        Instr::Mac {
+            dst: 1,
+            key: 0,
+            data: 0,
+        },
+        Instr::Cat { dst: 2, a: 0, b: 1 },
+        Instr::Apdu { resp: 3, cmd: 2 },
+        Instr::Halt {},
+    ];
+    assert!(VerifiedProgram::verify(&script(&to_card, vec![], vec![key()], vec![])).is_ok());
+    // An `enc` result (the only key operation whose bytes a script can read) either.
+    let enc = decl(
+        "e",
+        ValueType::Key {
+            alg: KeyAlg::Des3,
+            usage: KeyUsage::Encrypt,
+        },
+    );
+    assert_eq!(
+        verify_err(
+            &[
+                Instr::Ldkey { slot: 0, input: 0 },
+                Instr::Encrypt {
+                    dst: 1,
+                    key: 0,
+                    data: 0
+                },
+                Instr::SamApdu {
+                    resp: 1,
+                    cmd: 1,
+                    sam: 2
+                },
+                Instr::Halt {},
+            ],
+            vec![enc],
+        ),
+        VerifyErrorKind::KeyMaterialToSam { reg: 1, sam: 2 }
+    );
+    // ldrkey anywhere in a script that addresses a SAM.
+    let m1 = decl(
+        "m",
+        ValueType::Key {
+            alg: KeyAlg::M1,
+            usage: KeyUsage::M1A,
+        },
+    );
+    assert_eq!(
+        verify_err(
+            &[
+                Instr::Ldkey { slot: 0, input: 0 },
+                Instr::LoadReaderKey { key: 0, number: 0 },
+                Instr::SamApdu {
+                    resp: 1,
+                    cmd: 0,
+                    sam: 0
+                },
+                Instr::Halt {},
+            ],
+            vec![m1],
+        ),
+        VerifyErrorKind::ReaderKeyWithSam
+    );
+}
+
+/// The slots a script needs are known before it runs.
+#[test]
+fn the_program_knows_its_sam_slots() {
+    let p = VerifiedProgram::verify(&sam_script()).unwrap();
+    assert_eq!(p.sam_slots_needed(), 1);
+    assert_eq!(p.missing_sam(1), None);
+    assert_eq!(p.missing_sam(0).map(|(_, s)| s), Some(0));
+    let card_only = script(&[Instr::Halt {}], vec![], vec![], vec![]);
+    assert_eq!(
+        VerifiedProgram::verify(&card_only)
+            .unwrap()
+            .sam_slots_needed(),
+        0
+    );
 }

@@ -1,13 +1,15 @@
 //! Observing a run: each executed instruction and each APDU exchange.
 
 use crate::isa::Instr;
-use crate::transport::{StatusWord, TransportError};
+use crate::transport::{Slot, StatusWord, TransportError};
 
 /// One APDU exchange as the tracer sees it.
 #[derive(Debug)]
 pub struct ApduEvent<'a> {
-    /// 1-based APDU number in this run.
+    /// 1-based APDU number in this run (card and SAM exchanges counted together).
     pub index: u32,
+    /// Where the command went: the card, or a SAM slot (`samapdu`).
+    pub slot: Slot,
     /// The command bytes; for a redacted command (`ldrkey`), only its header and Lc.
     pub command: &'a [u8],
     /// Whether `command` was cut because it carried key bytes.

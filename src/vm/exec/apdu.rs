@@ -1,11 +1,12 @@
-//! APDUs and status words: `apdu`, `mkapdu`, `sw`, `bsw`, `bnsw`, `expect`, `uid`.
+//! APDUs and status words: `apdu`, `samapdu`, `mkapdu`, `sw`, `bsw`, `bnsw`, `expect`,
+//! `uid`.
 
 use super::Exec;
 use crate::isa::SwPattern;
-use crate::transport::{Apdu, CardTransport};
+use crate::transport::{Apdu, CardTransport, Slot};
 use crate::vm::{Exit, Shown, Stop, Tracer, VmErrorKind, bytes_of};
 
-impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, T, R> {
+impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, '_, T, R> {
     #[inline(always)]
     pub(super) fn apdu(&mut self, resp: u8, cmd: u8) -> Result<(), Exit> {
         let vm = &mut *self.vm;
@@ -16,7 +17,43 @@ impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, T, R> {
             redacted: false,
         };
         match vm.ex.send(
+            Slot::Card,
             self.card,
+            self.tracer,
+            self.transcript,
+            &mut vm.scratch,
+            command,
+            shown,
+            vm.limits,
+        )? {
+            Ok(()) => vm.set_from_scratch(resp)?,
+            Err(e) => return Err(Exit::Stop(Stop::Transport(e))),
+        }
+        Ok(())
+    }
+
+    /// `samapdu`: like `apdu`, to SAM slot `sam`. The verifier refused any command built
+    /// from a key-derived value, and the run start checked the slot exists; the lookup
+    /// here is the backstop.
+    #[inline(always)]
+    pub(super) fn sam_apdu(&mut self, resp: u8, cmd: u8, sam: u8) -> Result<(), Exit> {
+        let vm = &mut *self.vm;
+        let available = self.sams.len();
+        let Some(layer) = self.sams.layer_mut(sam) else {
+            return Err(Exit::Fault(VmErrorKind::NoSam {
+                slot: sam,
+                available,
+            }));
+        };
+        let command = bytes_of(&vm.regs, cmd)?;
+        let shown = Shown {
+            hashed: command,
+            traced: command,
+            redacted: false,
+        };
+        match vm.ex.send(
+            Slot::Sam(sam),
+            layer,
             self.tracer,
             self.transcript,
             &mut vm.scratch,

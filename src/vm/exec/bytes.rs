@@ -6,7 +6,7 @@ use crate::crypto;
 use crate::transport::CardTransport;
 use crate::vm::{Exit, Tracer, VmErrorKind, bytes_of, int_of, slice_range};
 
-impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, T, R> {
+impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, '_, T, R> {
     #[inline(always)]
     pub(super) fn cat(&mut self, dst: u8, a: u8, b: u8) -> Result<(), Exit> {
         let vm = &mut *self.vm;

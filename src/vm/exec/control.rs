@@ -5,7 +5,7 @@ use super::Exec;
 use crate::transport::CardTransport;
 use crate::vm::{Exit, Stop, Tag, Tracer, VmErrorKind, int_of};
 
-impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, T, R> {
+impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, '_, T, R> {
     #[inline(always)]
     pub(super) fn nop(&mut self) -> Result<(), Exit> {
         Ok(())

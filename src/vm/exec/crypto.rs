@@ -10,10 +10,10 @@ use super::Exec;
 use crate::crypto::{self, KeyAlg};
 use crate::isa::Opcode;
 use crate::script::FieldValue;
-use crate::transport::CardTransport;
+use crate::transport::{CardTransport, Slot};
 use crate::vm::{Exit, Shown, Stop, Tracer, VmErrorKind, bytes_of, slot_key};
 
-impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, T, R> {
+impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, '_, T, R> {
     #[inline(always)]
     pub(super) fn ldkey(&mut self, slot: u8, input: u16) -> Result<(), Exit> {
         match self.bound.input(input) {
@@ -116,7 +116,9 @@ impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, T, R> {
             traced: &redacted[..5],
             redacted: true,
         };
+        // Always the card's channel: `ldrkey` has no slot operand and no `to_sam` flag.
         if let Err(e) = vm.ex.send(
+            Slot::Card,
             self.card,
             self.tracer,
             self.transcript,

@@ -5,7 +5,7 @@ use super::Exec;
 use crate::transport::CardTransport;
 use crate::vm::{Exit, Tracer, VmErrorKind, int_of};
 
-impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, T, R> {
+impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, '_, T, R> {
     #[inline(always)]
     pub(super) fn add(&mut self, dst: u8, a: u8, b: u8) -> Result<(), Exit> {
         self.int_op(dst, a, b, |x, y| {

@@ -17,17 +17,19 @@ mod moves;
 
 use super::{Tracer, TranscriptHasher, Vm};
 use crate::isa::{Instr, for_each_op};
-use crate::transport::{ApduLayer, CardTransport};
+use crate::transport::{ApduLayer, CardTransport, SamSlots};
 use crate::verify::Bound;
 
 /// One run in progress: the VM's state and everything an instruction may touch.
-pub(super) struct Exec<'a, T: CardTransport, R: Tracer + ?Sized> {
+pub(super) struct Exec<'a, 's, T: CardTransport, R: Tracer + ?Sized> {
     /// Registers, key slots, outputs, limits, the APDU side.
     pub(super) vm: &'a mut Vm,
     /// The program and the data script bound to it.
     pub(super) bound: Bound<'a>,
     /// The card.
     pub(super) card: &'a mut ApduLayer<T>,
+    /// The terminal's SAM slots (`samapdu`).
+    pub(super) sams: &'a mut SamSlots<'s>,
     /// Sees every APDU (and, in the loop, every step).
     pub(super) tracer: &'a mut R,
     /// Hashes the APDU transcript for the receipt.
@@ -44,7 +46,7 @@ macro_rules! define_dispatch {
             [ $( $flag:ident ),* ]
             => $handler:ident;
     )*) => {
-        impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, T, R> {
+        impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, '_, T, R> {
             /// Executes one instruction: the handler its table line names.
             #[inline(always)]
             pub(super) fn step(&mut self, instr: &Instr) -> Result<(), super::Exit> {

@@ -6,7 +6,7 @@ use crate::transport::CardTransport;
 use crate::vm::{Exit, Tag, Tracer, VmErrorKind};
 use alloc::string::String;
 
-impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, T, R> {
+impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, '_, T, R> {
     #[inline(always)]
     pub(super) fn mov(&mut self, dst: u8, src: u8) -> Result<(), Exit> {
         let reg = &self.vm.regs[usize::from(src)];
