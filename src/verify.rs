@@ -565,16 +565,16 @@ fn check_sam_channels(
             }
             let mut dst = None;
             let mut from_taint = key_result;
-            let _ = instr.try_for_each_operand_spec(|op, spec| {
-                if let Operand::Reg(r) = op {
+            let specs = instr.opcode().operand_specs();
+            for (op, spec) in instr.operands().as_slice().iter().zip(specs) {
+                if let Operand::Reg(r) = *op {
                     match spec.role {
                         Role::RegDst => dst = Some(r),
                         Role::RegSrc if tainted[usize::from(r)] => from_taint = true,
                         _ => {}
                     }
                 }
-                Ok::<(), ()>(())
-            });
+            }
             if let Some(d) = dst
                 && from_taint
                 && !tainted[usize::from(d)]
