@@ -66,7 +66,9 @@ pub fn apdu(args: ApduArgs) -> CliResult {
             r
         }
         (None, Some(name)) => pcsc(name, &args, &commands),
-        _ => Err(String::from("give the card: --pcsc [READER] or --sim CARD.toml")),
+        _ => Err(String::from(
+            "give the card: --pcsc [READER] or --sim CARD.toml",
+        )),
     }
 }
 
@@ -92,12 +94,7 @@ fn pcsc(_: &str, _: &ApduArgs, _: &[Vec<u8>]) -> CliResult {
 }
 
 /// Sends every command, printing as it goes; stops at the first transport failure.
-fn send_all<T: CardTransport>(
-    card: T,
-    header: &str,
-    commands: &[Vec<u8>],
-    raw: bool,
-) -> CliResult {
+fn send_all<T: CardTransport>(card: T, header: &str, commands: &[Vec<u8>], raw: bool) -> CliResult {
     let config = if raw {
         ApduLayerConfig {
             get_response: false,
@@ -119,7 +116,10 @@ fn send_all<T: CardTransport>(
             Ok(sw) => writeln!(out, "< {}", response_line(&data, sw)).map_err(io)?,
             Err(e) => {
                 writeln!(out, "< !! {e}").map_err(io)?;
-                return Err(format!("APDU {}: {e}", hex(&command[..4.min(command.len())])));
+                return Err(format!(
+                    "APDU {}: {e}",
+                    hex(&command[..4.min(command.len())])
+                ));
             }
         }
     }

@@ -85,7 +85,7 @@ pub struct ServeArgs {
     /// With --card: write the card's state back after every command (to the profile, or
     /// to PATH), so a run can be continued after the server is stopped.
     #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "", requires = "card")]
-    pub save: Option<PathBuf>,
+    pub save: Option<String>,
     /// Tearing: the card leaves the field before APDU N (counted from power-on) reaches
     /// it; it is re-inserted after --reconnect-ms. Fires once. Repeat for several.
     #[arg(long, value_name = "N")]
@@ -295,8 +295,7 @@ pub fn serve(args: ServeArgs) -> CliResult {
         let (n, d) = parse_stall(s, "--stall-after")?;
         faults.push(ServeFault::StallAfter(n, d));
     }
-    let (card, sim, what): (Box<dyn CardTransport>, _, String) = match (&args.replay, &args.card)
-    {
+    let (card, sim, what): (Box<dyn CardTransport>, _, String) = match (&args.replay, &args.card) {
         (Some(path), _) => {
             let text =
                 std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -319,10 +318,10 @@ pub fn serve(args: ServeArgs) -> CliResult {
         (None, None) => return Err(String::from("give --card CARD.toml or --replay TRACE")),
     };
     let save = args.save.as_ref().map(|p| {
-        if p.as_os_str().is_empty() {
+        if p.is_empty() {
             args.card.clone().unwrap_or_default()
         } else {
-            p.clone()
+            PathBuf::from(p)
         }
     });
     let mut card = Served {

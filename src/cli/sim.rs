@@ -94,9 +94,10 @@ fn new(a: NewArgs) -> CliResult {
                 p.card_number = n;
             }
             // The card says which city issued it: an SM4 card must not claim 0731.
-            let city = a.city.clone().unwrap_or_else(|| {
-                String::from(if a.profile == "sm4" { "0755" } else { "0731" })
-            });
+            let city = a
+                .city
+                .clone()
+                .unwrap_or_else(|| String::from(if a.profile == "sm4" { "0755" } else { "0731" }));
             p.public_info.issuer = city.clone();
             p.public_info.city = city;
             p.keys.master = a.master;

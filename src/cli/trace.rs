@@ -13,8 +13,8 @@
 //! device or a FIFO makes the trace open nothing.
 
 use cardvm::isa::Instr;
-use cardvm::transport::{StatusWord, sw_meaning};
 use cardvm::script::{DebugFile, display_safe};
+use cardvm::transport::{StatusWord, sw_meaning};
 use cardvm::vm::{ApduEvent, Tracer};
 use std::collections::HashMap;
 use std::ffi::OsString;

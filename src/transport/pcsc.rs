@@ -94,7 +94,9 @@ pub enum PcscError {
     ProtocolMismatch,
     /// The card did not answer `op` within the APDU timeout: the command may or may not
     /// have executed. The connection is abandoned (see the [module docs](self)).
-    #[error("the card did not answer ({op}) within {after:?}: the command may or may not have executed")]
+    #[error(
+        "the card did not answer ({op}) within {after:?}: the command may or may not have executed"
+    )]
     CardTimeout {
         /// The call that timed out (`transmit`, `begin transaction`, …).
         op: &'static str,
@@ -893,10 +895,9 @@ impl PcscCard {
         let mut cmd = core::mem::take(&mut self.command);
         cmd.clear();
         cmd.extend_from_slice(command);
-        let reply = self.worker.call(
-            Request::Transmit { command: cmd, buf },
-            "transmit",
-        )?;
+        let reply = self
+            .worker
+            .call(Request::Transmit { command: cmd, buf }, "transmit")?;
         let Reply::Transmit {
             result,
             command: cmd,
@@ -913,9 +914,10 @@ impl PcscCard {
                 capacity: buf.len(),
             })?;
             let capacity = response.len();
-            let dst = response
-                .get_mut(..n)
-                .ok_or(PcscError::ResponseTooLong { needed: n, capacity })?;
+            let dst = response.get_mut(..n).ok_or(PcscError::ResponseTooLong {
+                needed: n,
+                capacity,
+            })?;
             dst.copy_from_slice(src);
             Ok(n)
         });
