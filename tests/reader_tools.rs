@@ -98,8 +98,7 @@ fn an_unknown_outcome_names_the_recovery_command() {
     // a card that left during the command.
     let trace = String::from_utf8_lossy(&first.stderr).into_owned();
     let mut torn = String::new();
-    let mut lines = trace.lines().peekable();
-    while let Some(l) = lines.next() {
+    for l in trace.lines() {
         torn.push_str(l);
         torn.push('\n');
         if l.starts_with(">> 80 52") {

@@ -959,6 +959,17 @@ impl PcscCard {
     }
 }
 
+impl Drop for PcscCard {
+    /// Disconnects (resetting the card) and waits for it, up to the APDU timeout: the
+    /// next connection (this application's or another's) must not race a disconnect
+    /// still pending on the worker.
+    fn drop(&mut self) {
+        let _ = self
+            .worker
+            .done(Request::Disconnect(Disposition::ResetCard), "disconnect");
+    }
+}
+
 impl CardTransport for PcscCard {
     fn transmit(&mut self, command: &[u8], response: &mut [u8]) -> Result<usize, TransportError> {
         self.transmit_raw(command, response).map_err(Into::into)
