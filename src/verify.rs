@@ -455,8 +455,7 @@ impl<'s> Verifier<'s> {
                 script: s,
                 has_target: false,
             };
-            let (instr, size) = Instr::decode_with(&s.code[at..], &mut check)
-            .map_err(err)?;
+            let (instr, size) = Instr::decode_with(&s.code[at..], &mut check).map_err(err)?;
             if check.has_target {
                 with_target.push(code.len());
             }

@@ -252,7 +252,9 @@ fn pcsc_end_to_end() {
     }
 
     // 8. open_reader, the `run --pcsc` path, by substring.
-    let mut card = cardvm::transport::pcsc::open_reader(Some("Virtual PCD 00 00"), WAIT).unwrap();
+    let (mut card, _why) =
+        cardvm::transport::pcsc::open_reader(Some("Virtual PCD 00 00"), WAIT, Default::default())
+            .unwrap();
     assert_eq!(card.reader(), READER);
     let mut layer = ApduLayer::new(&mut card);
     let mut data = Vec::new();

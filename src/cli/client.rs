@@ -55,12 +55,16 @@ enum ClientCmd {
         /// A simulated card (profile; written back afterwards).
         #[arg(long, value_name = "CARD.toml", conflicts_with = "pcsc")]
         sim: Option<PathBuf>,
-        /// A card in a PC/SC reader (first reader, or by name).
+        /// A card in a PC/SC reader: without a name, the reader that holds a card; else
+        /// an exact name, a substring matching one reader, or an index (`opensc-tool -r N`).
         #[arg(long, value_name = "READER", num_args = 0..=1, default_missing_value = "")]
         pcsc: Option<String>,
         /// Seconds to wait for a card (PC/SC).
         #[arg(long, default_value_t = 30)]
         wait: u64,
+        /// Seconds one PC/SC exchange may take before the card counts as gone.
+        #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+        apdu_timeout: f64,
         /// Print one JSON object at the end instead of progress lines.
         #[arg(long)]
         json: bool,
@@ -116,8 +120,10 @@ pub fn run(args: ClientArgs) -> CliResult {
             sim,
             pcsc,
             wait,
+            apdu_timeout,
             json,
         } => {
+            let apdu_timeout = super::pcsc::apdu_timeout(apdu_timeout)?;
             let amount = super::issuer::parse_amount(&amount)?;
             let key_path = conn.reader_dir.join("reader.key");
             let key = super::keys::load_private_key(&key_path)?;
@@ -191,7 +197,7 @@ pub fn run(args: ClientArgs) -> CliResult {
                     &client,
                     &mut reader,
                     name,
-                    wait,
+                    (wait, apdu_timeout),
                     city,
                     amount,
                     progress,
@@ -267,7 +273,7 @@ fn pcsc_recharge(
     client: &Client,
     reader: &mut Reader,
     name: &str,
-    wait: u64,
+    (wait, timeout): (u64, Duration),
     city: u32,
     amount: u64,
     progress: impl FnMut(&Step),
@@ -275,9 +281,7 @@ fn pcsc_recharge(
     Result<cardvm::online::client::RechargeOutcome, cardvm::online::client::RechargeError>,
     String,
 > {
-    let name = (!name.is_empty()).then_some(name);
-    let mut card = cardvm::transport::pcsc::open_reader(name, Duration::from_secs(wait))
-        .map_err(|e| format!("--pcsc: {e}"))?;
+    let mut card = super::pcsc::open_card(name, wait, timeout)?;
     Ok(rt.block_on(recharge(client, reader, &mut card, city, amount, progress)))
 }
 
@@ -288,7 +292,7 @@ fn pcsc_recharge(
     _: &Client,
     _: &mut Reader,
     _: &str,
-    _: u64,
+    _: (u64, Duration),
     _: u32,
     _: u64,
     _: impl FnMut(&Step),

@@ -1,5 +1,6 @@
 //! Command-line front end: one module per command family.
 
+mod apdu;
 mod asm;
 mod ca;
 mod client;
@@ -50,6 +51,8 @@ enum Command {
     Open(envelope::OpenArgs),
     /// Run a command script with a data script against a card; print the receipt.
     Run(run::RunArgs),
+    /// Send raw APDUs to a card and print the answers (like `opensc-tool -s`).
+    Apdu(apdu::ApduArgs),
     /// Work with signed receipts.
     Receipt(receipt::ReceiptArgs),
     /// The offline receipt journal: list, export, ack, verify, repair.
@@ -84,6 +87,7 @@ pub fn dispatch(cli: Cli) -> CliResult {
         Command::Seal(a) => envelope::seal_cmd(a),
         Command::Open(a) => envelope::open_cmd(a),
         Command::Run(a) => run::run(a),
+        Command::Apdu(a) => apdu::apdu(a),
         Command::Receipt(a) => receipt::receipt_cmd(a),
         Command::Journal { cmd } => journal::run(cmd),
         Command::Sim(c) => sim::run(c),

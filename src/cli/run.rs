@@ -51,12 +51,19 @@ pub struct RunArgs {
     /// 0, then 1, … in the order given.
     #[arg(long, value_name = "READER", requires = "pcsc")]
     pub sam: Vec<String>,
-    /// Run on the card in a PC/SC reader (first reader, or by name or substring).
+    /// Run on the card in a PC/SC reader: without a name, the reader that holds a card;
+    /// else an exact name, a substring matching one reader, or an index as in
+    /// `opensc-tool -r N`.
     #[arg(long, value_name = "READER", num_args = 0..=1, default_missing_value = "")]
     pub pcsc: Option<String>,
     /// Seconds to wait for a card in the PC/SC reader.
     #[arg(long, default_value_t = 30)]
     pub wait: u64,
+    /// Seconds one PC/SC exchange may take before the run ends with a transport timeout
+    /// (outcome `unknown` after the commit point). PC/SC itself never gives up on a mute
+    /// card.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub apdu_timeout: f64,
     /// Replay a recorded APDU trace (the `--trace` format) instead of a card.
     #[arg(long, value_name = "TRACE")]
     pub replay: Option<PathBuf>,
@@ -233,7 +240,7 @@ pub fn run(args: RunArgs) -> CliResult {
         reader.prepare(&command, &data)
     }
     .map_err(|e| format!("{}: {e}", args.command.display()))?;
-    let completed = on_card(&args, &mut reader, &prepared, &sources)?;
+    let (completed, card_option) = on_card(&args, &mut reader, &prepared, &sources)?;
     if let Some(e) = &completed.sign_error {
         eprintln!("cardvm: warning: the receipt is NOT signed ({e}); it is journaled and printed");
     }
@@ -269,7 +276,11 @@ pub fn run(args: RunArgs) -> CliResult {
         }
     }
     super::write_output(args.receipt.as_deref(), json.as_bytes())?;
-    outcome_result(&completed, args.query)
+    outcome_result(
+        &completed,
+        args.query,
+        &recover_command(&args, &card_option),
+    )
 }
 
 /// Appends `bytes` to the fallback file and syncs it.
@@ -283,7 +294,7 @@ fn append_fallback(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
-fn outcome_result(c: &Completed, query: bool) -> CliResult {
+fn outcome_result(c: &Completed, query: bool, recover: &str) -> CliResult {
     use cardvm::vm::Outcome;
     match &c.report.outcome {
         Outcome::Committed => Ok(()),
@@ -291,8 +302,45 @@ fn outcome_result(c: &Completed, query: bool) -> CliResult {
         Outcome::Failed(f) if query => Err(format!("card query failed: {f}")),
         Outcome::Failed(f) => Err(format!("transaction failed: {f}")),
         Outcome::Unknown(f) => Err(format!(
-            "transaction unknown: {f} (run the city's recover script on the same card to learn whether it committed)"
+            "transaction unknown: {f}. Next: put the SAME card back and run the city's recover script (GET TRANSACTION PROVE) to learn whether it committed: {recover}"
         )),
+    }
+}
+
+/// The command line that recovers an `unknown` transaction: the `recover` script next to
+/// the command script (the city's directory), on the same card.
+fn recover_command(args: &RunArgs, card: &str) -> String {
+    let dir = args
+        .command
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let find = |exts: &[&str]| {
+        exts.iter()
+            .map(|x| dir.join(format!("recover.{x}")))
+            .find(|p| p.is_file())
+    };
+    let script = find(&["casm", cardvm::lang::EXTENSION, "cvm", "sealed"])
+        .unwrap_or_else(|| dir.join("recover.casm"));
+    let data = find(&["toml", "cvd"]).map_or(String::new(), |d| {
+        format!(" --data {}", shell_word(&d.display().to_string()))
+    });
+    format!(
+        "cardvm run {}{data} {card}",
+        shell_word(&script.display().to_string())
+    )
+}
+
+/// `word`, quoted for a POSIX shell when it needs it.
+fn shell_word(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@%+,".contains(&b))
+    {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
     }
 }
 
@@ -355,13 +403,14 @@ fn failure_report(tracer: &mut super::trace::VmTrace<'_>, report: &RunReport) {
     }
 }
 
-/// Runs on the card the arguments name.
+/// Runs on the card the arguments name. Also returns the card option that reaches the
+/// same card again (for the recovery hint).
 fn on_card(
     args: &RunArgs,
     reader: &mut Reader,
     prepared: &Prepared,
     sources: &TraceSources,
-) -> Result<Completed, String> {
+) -> Result<(Completed, String), String> {
     if !args.sam_sim.is_empty() && args.sim.is_none() {
         return Err(String::from("--sam-sim needs a simulated card (--sim)"));
     }
@@ -369,6 +418,16 @@ fn on_card(
         (Some(profile), None, None) => {
             let mut card = cardvm::sim::SimCard::load(profile)
                 .map_err(|e| format!("{}: {e}", profile.display()))?;
+            if args.trace {
+                eprint!(
+                    "{}",
+                    super::trace::header_lines(
+                        &format!("simulated card {}", profile.display()),
+                        card.atr(),
+                        "simulated",
+                    )
+                );
+            }
             let mut psams = args
                 .sam_sim
                 .iter()
@@ -383,7 +442,7 @@ fn on_card(
             drop(sams);
             if args.trace {
                 eprintln!(
-                    "-- modelled air time {} µs over {} APDUs (a model, see cardvm::sim::airtime)",
+                    "# modelled air time {} µs over {} APDUs (a model, see cardvm::sim::airtime)",
                     card.air_time().total_us(),
                     card.air_time().apdus
                 );
@@ -396,7 +455,11 @@ fn on_card(
                         .map_err(|e| format!("{}: {e}", path.display()))?;
                 }
             }
-            Ok(completed)
+            let save = if args.save { " --save" } else { "" };
+            Ok((
+                completed,
+                format!("--sim {}{save}", shell_word(&profile.display().to_string())),
+            ))
         }
         (None, Some(replay), None) => {
             let text = std::fs::read_to_string(replay)
@@ -409,7 +472,18 @@ fn on_card(
                 .map(|c| c as &mut dyn CardTransport)
                 .collect();
             let mut sams = SamSlots::new(slots).map_err(|e| format!("--replay: {e}"))?;
-            execute(args, reader, prepared, sources, &mut card, &mut sams)
+            if args.trace {
+                eprint!(
+                    "{}",
+                    super::trace::header_lines(
+                        &format!("replay of {}", replay.display()),
+                        None,
+                        "replay",
+                    )
+                );
+            }
+            let completed = execute(args, reader, prepared, sources, &mut card, &mut sams)?;
+            Ok((completed, String::from("<the same card: --sim or --pcsc>")))
         }
         (None, None, Some(name)) => run_pcsc(name, args, reader, prepared, sources),
         (None, None, None) => Err(String::from(
@@ -426,11 +500,20 @@ fn run_pcsc(
     reader: &mut Reader,
     prepared: &Prepared,
     sources: &TraceSources,
-) -> Result<Completed, String> {
-    let name = (!name.is_empty()).then_some(name);
-    let mut card =
-        cardvm::transport::pcsc::open_reader(name, std::time::Duration::from_secs(args.wait))
-            .map_err(|e| format!("--pcsc: {e}"))?;
+) -> Result<(Completed, String), String> {
+    let timeout = super::pcsc::apdu_timeout(args.apdu_timeout)?;
+    let mut card = super::pcsc::open_card(name, args.wait, timeout)?;
+    if args.trace {
+        eprint!(
+            "{}",
+            super::trace::header_lines(
+                card.reader(),
+                Some(card.atr_bytes()),
+                super::pcsc::protocol_name(card.protocol()),
+            )
+        );
+    }
+    let again = format!("--pcsc {}", shell_word(card.reader()));
     // The whole script runs inside one PC/SC transaction: no other application can
     // interleave commands with a purse transaction.
     let mut tx = card.transaction().map_err(|e| format!("--pcsc: {e}"))?;
@@ -439,7 +522,13 @@ fn run_pcsc(
         .sam
         .iter()
         .map(|n| {
-            cardvm::transport::pcsc::open_reader(Some(n), std::time::Duration::from_secs(args.wait))
+            let options = cardvm::transport::pcsc::ConnectOptions {
+                apdu_timeout: timeout,
+                ..Default::default()
+            };
+            let wait = std::time::Duration::from_secs(args.wait);
+            cardvm::transport::pcsc::open_reader(Some(n), wait, options)
+                .map(|(c, _)| c)
                 .map_err(|e| format!("--sam {n}: {e}"))
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -452,7 +541,8 @@ fn run_pcsc(
         .map(|t| t as &mut dyn CardTransport)
         .collect();
     let mut sams = SamSlots::new(slots).map_err(|e| format!("--sam: {e}"))?;
-    execute(args, reader, prepared, sources, &mut tx, &mut sams)
+    let completed = execute(args, reader, prepared, sources, &mut tx, &mut sams)?;
+    Ok((completed, again))
 }
 
 #[cfg(not(feature = "pcsc"))]
@@ -462,7 +552,7 @@ fn run_pcsc(
     _: &mut Reader,
     _: &Prepared,
     _: &TraceSources,
-) -> Result<Completed, String> {
+) -> Result<(Completed, String), String> {
     Err(String::from(
         "--pcsc: this cardvm was built without the `pcsc` feature",
     ))

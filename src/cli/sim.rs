@@ -34,6 +34,10 @@ pub struct NewArgs {
     /// Algorithm profile of a CPU card: des3 or sm4.
     #[arg(long, default_value = "des3")]
     profile: String,
+    /// City code written to EF 0015 as issuer and city (2 bytes hex) [default: the
+    /// project's city of the profile: 0731 for des3, 0755 for sm4].
+    #[arg(long, value_name = "HEX")]
+    city: Option<String>,
     /// Application serial (8 or 10 bytes hex).
     #[arg(long)]
     card_number: Option<String>,
@@ -89,6 +93,13 @@ fn new(a: NewArgs) -> CliResult {
             if let Some(n) = a.card_number {
                 p.card_number = n;
             }
+            // The card says which city issued it: an SM4 card must not claim 0731.
+            let city = a
+                .city
+                .clone()
+                .unwrap_or_else(|| String::from(if a.profile == "sm4" { "0755" } else { "0731" }));
+            p.public_info.issuer = city.clone();
+            p.public_info.city = city;
             p.keys.master = a.master;
             for (dst, src) in [
                 (&mut p.keys.load, a.load_key),

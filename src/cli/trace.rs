@@ -1,8 +1,10 @@
-//! The APDU trace printed by `run --trace`: `>> command` / `<< response SW (time)`, and
-//! the VM trace of `run --trace-vm` / `--step`.
+//! The APDU trace printed by `run --trace` (and `sim serve --trace`): a `#` header with
+//! the reader, ATR and protocol, then `>> command` / `<< response SW (time)  # meaning`;
+//! and the VM trace of `run --trace-vm` / `--step`.
 //!
-//! The APDU trace format is the one [`cardvm::transport::replay::ReplayCard`] reads back,
-//! so a trace captured from a real card can be replayed against a changed script.
+//! The APDU trace format is the one [`cardvm::transport::replay::ReplayCard`] reads back
+//! as it is (header, timings and meanings are comments), so a trace captured from a real
+//! card can be replayed against a changed script.
 //!
 //! The VM trace shows source lines only from texts it is handed ([`TraceSources`]: the
 //! `.casm` being run and its includes, or `--source` files), matched to the debug
@@ -12,6 +14,7 @@
 
 use cardvm::isa::Instr;
 use cardvm::script::{DebugFile, display_safe};
+use cardvm::transport::{StatusWord, sw_meaning};
 use cardvm::vm::{ApduEvent, Tracer};
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -54,6 +57,62 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// The trace's header: which reader, which card, which protocol. Every line starts with
+/// `#`, so a saved trace replays as is (`run --replay` skips `#` lines).
+pub fn header_lines(reader: &str, atr: Option<&[u8]>, protocol: &str) -> String {
+    let atr = atr.map_or(String::from("unknown"), hex);
+    format!("# reader: {reader}\n# atr: {atr}\n# protocol: {protocol}\n")
+}
+
+/// One exchange in the trace format: `>> command` and `<< data SW1 SW2   (t ms)  # meaning`
+/// (or `<< !! error` when the card did not answer). Everything after the hex is a comment
+/// to [`cardvm::transport::replay::ReplayCard`], so the lines replay as they are.
+pub fn exchange_lines(
+    command: &[u8],
+    redacted: bool,
+    answer: Result<(&[u8], StatusWord), &dyn std::fmt::Display>,
+    elapsed_ms: Option<f64>,
+) -> String {
+    slot_exchange_lines(
+        cardvm::transport::Slot::Card,
+        command,
+        redacted,
+        answer,
+        elapsed_ms,
+    )
+}
+
+/// [`exchange_lines`] for an exchange on `slot`: SAM lines start `samN>` / `samN<`.
+pub fn slot_exchange_lines(
+    slot: cardvm::transport::Slot,
+    command: &[u8],
+    redacted: bool,
+    answer: Result<(&[u8], StatusWord), &dyn std::fmt::Display>,
+    elapsed_ms: Option<f64>,
+) -> String {
+    let (to, from) = arrows(slot);
+    let redacted = if redacted {
+        " ** key bytes redacted **"
+    } else {
+        ""
+    };
+    let time = elapsed_ms.map_or(String::new(), |ms| format!("   ({ms:.3} ms)"));
+    match answer {
+        Ok((data, sw)) => {
+            let data = hex(data);
+            let sep = if data.is_empty() { "" } else { " " };
+            format!(
+                "{to} {}{redacted}\n{from} {data}{sep}{:02X} {:02X}{time}  # {}\n",
+                hex(command),
+                sw.sw1(),
+                sw.sw2(),
+                sw_meaning(sw)
+            )
+        }
+        Err(error) => format!("{to} {}{redacted}\n{from} !! {error}{time}\n", hex(command)),
+    }
+}
+
 impl Tracer for StderrTrace {
     fn step(&mut self, _offset: u32, _instr: &Instr) {}
 
@@ -70,30 +129,13 @@ impl Tracer for StderrTrace {
             .take()
             .map(|t| t.elapsed().as_secs_f64() * 1000.0)
             .unwrap_or(0.0);
-        let mut err = std::io::stderr().lock();
-        let redacted = if e.redacted {
-            " ** key bytes redacted **"
-        } else {
-            ""
+        let answer = match (e.sw, e.error) {
+            (Some(sw), _) => Ok((e.response, sw)),
+            (None, Some(error)) => Err(error as &dyn std::fmt::Display),
+            (None, None) => return,
         };
-        let (to, from) = arrows(e.slot);
-        let _ = writeln!(err, "{to} {}{redacted}", hex(e.command));
-        match (e.sw, e.error) {
-            (Some(sw), _) => {
-                let data = hex(e.response);
-                let sep = if data.is_empty() { "" } else { " " };
-                let _ = writeln!(
-                    err,
-                    "{from} {data}{sep}{:02X} {:02X}   ({elapsed:.3} ms)",
-                    sw.sw1(),
-                    sw.sw2()
-                );
-            }
-            (None, Some(error)) => {
-                let _ = writeln!(err, "{from} !! {error}   ({elapsed:.3} ms)");
-            }
-            (None, None) => {}
-        }
+        let text = slot_exchange_lines(e.slot, e.command, e.redacted, answer, Some(elapsed));
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
     }
 }
 
@@ -350,7 +392,13 @@ impl Tracer for VmTrace<'_> {
         let _ = writeln!(self.out, "       {to} {}{redacted}", hex(e.command));
         match (e.sw, e.error) {
             (Some(sw), _) => {
-                let _ = writeln!(self.out, "       {from} {} {:04X}", hex(e.response), sw.0);
+                let _ = writeln!(
+                    self.out,
+                    "       {from} {} {:04X} ({})",
+                    hex(e.response),
+                    sw.0,
+                    sw_meaning(sw)
+                );
             }
             (None, Some(err)) => {
                 let _ = writeln!(self.out, "       {from} !! {err}");

@@ -670,7 +670,6 @@ mod tests {
         assert_eq!(with_sw, 3, "bsw, bnsw, expect");
     }
 
-
     fn any_operand(kind: OperandKind) -> BoxedStrategy<Operand> {
         match kind {
             OperandKind::Reg => any::<u8>().prop_map(Operand::Reg).boxed(),

@@ -153,6 +153,69 @@ pub fn is_part3_storage_card_atr(atr: &[u8]) -> bool {
         && atr[1..].iter().fold(0u8, |x, b| x ^ b) == 0
 }
 
+/// What a status word means, in a few words: ISO/IEC 7816-4 and the PBOC / CJ/T 166
+/// purse words (`reference/epurse.md`, "Status words"), one table for the trace, the
+/// `apdu` command and error messages. Words the table does not know read
+/// `"unknown status"`; the purse words come first where the two differ (`9302`, `9401`…).
+///
+/// ```
+/// use cardvm::transport::{StatusWord, sw_meaning};
+/// assert_eq!(sw_meaning(StatusWord(0x9000)), "success");
+/// assert_eq!(sw_meaning(StatusWord(0x9401)), "insufficient balance");
+/// assert_eq!(sw_meaning(StatusWord(0x63C2)), "verification failed, tries left in SW2 (x)");
+/// ```
+pub fn sw_meaning(sw: StatusWord) -> &'static str {
+    match (sw.sw1(), sw.sw2()) {
+        (0x90, 0x00) => "success",
+        // PBOC / CJ/T 166 electronic purse.
+        (0x93, 0x02) => "MAC invalid",
+        (0x93, 0x03) => "application locked",
+        (0x94, 0x01) => "insufficient balance",
+        (0x94, 0x02) => "transaction counter at maximum",
+        (0x94, 0x03) => "key index not supported",
+        (0x94, 0x06) => "required MAC unavailable",
+        // ISO/IEC 7816-4.
+        (0x61, _) => "more data available (GET RESPONSE, SW2 bytes)",
+        (0x62, 0x81) => "part of the returned data may be corrupted",
+        (0x62, 0x82) => "end of file or record reached before Le bytes",
+        (0x62, 0x83) => "selected file deactivated",
+        (0x62, _) => "warning, non-volatile memory unchanged",
+        (0x63, 0x00) => "verification failed",
+        (0x63, x) if x & 0xF0 == 0xC0 => "verification failed, tries left in SW2 (x)",
+        (0x63, _) => "warning, non-volatile memory changed",
+        (0x64, _) => "execution error, non-volatile memory unchanged",
+        (0x65, 0x81) => "memory failure",
+        (0x65, _) => "execution error, non-volatile memory changed",
+        (0x67, 0x00) => "wrong length",
+        (0x68, 0x81) => "logical channel not supported",
+        (0x68, 0x82) => "secure messaging not supported",
+        (0x68, _) => "function in CLA not supported",
+        (0x69, 0x81) => "command incompatible with file structure",
+        (0x69, 0x82) => "security status not satisfied",
+        (0x69, 0x83) => "authentication method (key or PIN) blocked",
+        (0x69, 0x84) => "referenced data invalidated",
+        (0x69, 0x85) => "conditions of use not satisfied",
+        (0x69, 0x86) => "command not allowed (no current EF)",
+        (0x69, 0x87) => "expected secure messaging data objects missing",
+        (0x69, 0x88) => "incorrect secure messaging data objects",
+        (0x69, _) => "command not allowed",
+        (0x6A, 0x80) => "incorrect parameters in the data field",
+        (0x6A, 0x81) => "function not supported",
+        (0x6A, 0x82) => "file or application not found",
+        (0x6A, 0x83) => "record not found",
+        (0x6A, 0x84) => "not enough memory space in the file",
+        (0x6A, 0x86) => "incorrect parameters P1-P2",
+        (0x6A, 0x88) => "referenced data (key) not found",
+        (0x6A, _) => "wrong parameters P1-P2",
+        (0x6B, 0x00) => "wrong parameters P1-P2 (offset outside the file)",
+        (0x6C, _) => "wrong Le (re-send with Le = SW2)",
+        (0x6D, 0x00) => "instruction code not supported",
+        (0x6E, 0x00) => "class not supported",
+        (0x6F, 0x00) => "no precise diagnosis",
+        _ => "unknown status",
+    }
+}
+
 impl<T: CardTransport + ?Sized> CardTransport for &mut T {
     fn transmit(&mut self, command: &[u8], response: &mut [u8]) -> Result<usize, TransportError> {
         (**self).transmit(command, response)
@@ -504,6 +567,27 @@ mod tests {
             .exchange(&[0x80, 0x33, 0, 0, 0x04], &mut data)
             .unwrap();
         assert_eq!(data, vec![0x33, 1 ^ 0x33, 2 ^ 0x33, 3 ^ 0x33]);
+    }
+
+    #[test]
+    fn status_words_have_one_meaning_each() {
+        for (sw, text) in [
+            (0x9000, "success"),
+            (0x9302, "MAC invalid"),
+            (0x9303, "application locked"),
+            (0x9401, "insufficient balance"),
+            (0x9403, "key index not supported"),
+            (0x6985, "conditions of use not satisfied"),
+            (0x6982, "security status not satisfied"),
+            (0x6A82, "file or application not found"),
+            (0x6A86, "incorrect parameters P1-P2"),
+            (0x6D00, "instruction code not supported"),
+            (0x6110, "more data available (GET RESPONSE, SW2 bytes)"),
+            (0x6C08, "wrong Le (re-send with Le = SW2)"),
+            (0x1234, "unknown status"),
+        ] {
+            assert_eq!(sw_meaning(StatusWord(sw)), text, "{sw:04X}");
+        }
     }
 
     #[test]

@@ -8,8 +8,12 @@
 //! ```
 //! `>>` lines are expected commands, `<<` lines the card's answer (data ‖ SW). Spaces
 //! inside the hex are optional; anything after the hex in parentheses or after `#` is a
-//! comment, as are lines starting with `#` or `;`. A command line may use `..` as its
-//! last token to match any remaining bytes (for commands carrying fresh MACs).
+//! comment (the trace's timings and status-word meanings), as are lines starting with
+//! `#`, `;` or `--` (the trace's header and its air-time line). A command line may use
+//! `..` as its last token to match any remaining bytes (for commands carrying fresh
+//! MACs). `<< !! reason` records a command the card never answered (the trace of a torn
+//! or timed-out exchange): replayed, that command fails with
+//! [`TransportError::CardRemoved`].
 //!
 //! Exchanges with SAM slot `n` are `samN>` / `samN<` lines, in the same file
 //! ([`parse_terminal`] returns the card and one [`ReplayCard`] per SAM slot;
@@ -27,7 +31,8 @@ pub struct Exchange {
     pub command: Vec<u8>,
     /// Whether only the first `command.len()` bytes must match.
     pub prefix_only: bool,
-    /// The response to give (data ‖ SW).
+    /// The response to give (data ‖ SW); empty: the card never answered (replayed as
+    /// [`TransportError::CardRemoved`]).
     pub response: Vec<u8>,
 }
 
@@ -131,7 +136,11 @@ pub fn parse_terminal(text: &str) -> Result<(ReplayCard, Vec<ReplayCard>), Repla
             line: n + 1,
             message,
         };
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+        if line.is_empty()
+            || line.starts_with('#')
+            || line.starts_with(';')
+            || line.starts_with("--")
+        {
             continue;
         }
         let (slot, is_command, rest) = if let Some(rest) = line.strip_prefix(">>") {
@@ -208,6 +217,14 @@ impl Recorder {
                 let Some((command, prefix_only)) = pending.take() else {
                     return err("response without a command");
                 };
+                if rest.trim_start().starts_with("!!") {
+                    exchanges.push(Exchange {
+                        command,
+                        prefix_only,
+                        response: Vec::new(),
+                    });
+                    return Ok(());
+                }
                 let Some((response, _)) = parse_hex(rest) else {
                     return err("bad hex in response");
                 };
@@ -255,6 +272,11 @@ impl CardTransport for ReplayCard {
             )));
         }
         let n = ex.response.len();
+        if n == 0 {
+            // Recorded as never answered: the card left during this command.
+            self.next += 1;
+            return Err(TransportError::CardRemoved);
+        }
         if n > response.len() {
             return Err(TransportError::ResponseTooLong {
                 needed: n,
@@ -280,6 +302,31 @@ impl CardTransport for ReplayCard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `run --trace` prints (header, timings, meanings, a torn exchange, the
+    /// air-time line) replays as it is.
+    #[test]
+    fn the_whole_trace_output_replays() {
+        let trace = "# reader: Virtual PCD 00 01\n# atr: 3B 8C 80 01\n# protocol: T=1\n\
+                     >> 80 5C 00 02 04\n<< 00 00 10 00 90 00   (3.100 ms)  # success\n\
+                     >> 80 52 00 00 0B 01 02\n<< !! card removed during the exchange (tearing)   (1.000 ms)\n\
+                     -- modelled air time 1234 µs over 2 APDUs\n\
+                     # modelled air time 1234 µs over 2 APDUs\n";
+        let mut card = ReplayCard::parse(trace).unwrap();
+        assert_eq!(card.remaining(), 2);
+        let mut buf = [0u8; 258];
+        assert_eq!(
+            card.transmit(&[0x80, 0x5C, 0x00, 0x02, 0x04], &mut buf),
+            Ok(6)
+        );
+        assert_eq!(
+            card.transmit(&[0x80, 0x52, 0x00, 0x00, 0x0B, 1, 2], &mut buf),
+            Err(TransportError::CardRemoved)
+        );
+        assert_eq!(card.remaining(), 0);
+        // A `<< !!` line still needs its command.
+        assert_eq!(ReplayCard::parse("<< !! gone").unwrap_err().line, 1);
+    }
 
     #[test]
     fn parses_the_trace_format() {
