@@ -147,6 +147,10 @@ fn pcsc_end_to_end() {
     if !pcscd_ready() {
         return;
     }
+    // Other PC/SC test runs on this machine (tests/pcsc_tools.rs) use the same two vpcd
+    // readers: one at a time.
+    let lock = std::fs::File::create(std::env::temp_dir().join("cardvm-vpcd.lock")).unwrap();
+    lock.lock().unwrap();
     let card = PurseCard::new(BALANCE);
     let seen = card.seen.clone();
     let cfg = VpcdConfig {

@@ -89,6 +89,17 @@ fn s(p: &Path) -> &str {
 /// `log`. Returns once the reader sees the card. A torn card comes back after 1.5 s:
 /// pcscd's vpcd driver misses a card that is back sooner.
 fn serve(ctx: &PcscContext, card: &Path, log: &Path, extra: &[&str]) -> Child {
+    serve_at(ctx, (VPCD, READER), card, log, extra)
+}
+
+/// [`serve`] on another vpcd port and the reader pcscd names for it.
+fn serve_at(
+    ctx: &PcscContext,
+    (vpcd, reader): (&str, &str),
+    card: &Path,
+    log: &Path,
+    extra: &[&str],
+) -> Child {
     let child = Command::new(env!("CARGO_BIN_EXE_cardvm"))
         .current_dir(ROOT)
         .args([
@@ -96,7 +107,7 @@ fn serve(ctx: &PcscContext, card: &Path, log: &Path, extra: &[&str]) -> Child {
             "serve",
             "--quiet",
             "--vpcd",
-            VPCD,
+            vpcd,
             "--reconnect-ms",
             "200",
         ])
@@ -107,7 +118,7 @@ fn serve(ctx: &PcscContext, card: &Path, log: &Path, extra: &[&str]) -> Child {
         .spawn()
         .unwrap();
     let child = Child(child);
-    ctx.wait_for_card(READER, WAIT).unwrap();
+    ctx.wait_for_card(reader, WAIT).unwrap();
     child
 }
 
@@ -343,5 +354,69 @@ fn pcsc_tools_end_to_end() {
     assert_eq!(rec["fields"]["balance"], 10_500, "{rec}");
     stop(&ctx, server);
 
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A PSAM purchase over the real PC/SC stack: the city-0755 card in vpcd reader 00 00 and
+/// its PSAM in reader 00 01, each served by `cardvm sim serve`, the purchase run with
+/// `--pcsc` for the card and `--sam` for the PSAM. The card's balance falls by the amount,
+/// the PSAM's terminal sequence moves on, the PSAM accepted the card's MAC2, and the trace
+/// shows the SAM's exchanges as `sam0>` lines.
+#[test]
+fn psam_purchase_with_card_and_psam_in_two_readers() {
+    if !pcscd_ready() {
+        return;
+    }
+    let lock = std::fs::File::create(std::env::temp_dir().join("cardvm-vpcd.lock")).unwrap();
+    lock.lock().unwrap();
+    let dir = std::env::temp_dir().join(format!("cardvm-pcsc-psam-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let card = dir.join("card.toml");
+    let psam = dir.join("psam.toml");
+    std::fs::copy(format!("{ROOT}/scripts/city0755-sm4/psam_card.toml"), &card).unwrap();
+    std::fs::copy(format!("{ROOT}/scripts/cards/psam_sm4.toml"), &psam).unwrap();
+    let before = balance(&card);
+    let seq_before = std::fs::read_to_string(&psam).unwrap();
+    let ctx = PcscContext::establish().unwrap();
+    const CARD_READER: &str = "Virtual PCD 00 00";
+    let card_server = serve_at(
+        &ctx,
+        ("127.0.0.1:35963", CARD_READER),
+        &card,
+        &dir.join("card.log"),
+        &["--save"],
+    );
+    let psam_server = serve(&ctx, &psam, &dir.join("psam.log"), &["--save"]);
+
+    let out = ok(&[
+        "run",
+        "scripts/city0755-sm4/psam_purchase.cvs",
+        "--data",
+        "scripts/city0755-sm4/psam_purchase.toml",
+        "--pcsc",
+        CARD_READER,
+        "--sam",
+        READER,
+        "--trace",
+    ]);
+    let r = receipt(&out);
+    assert_eq!(r["outcome"], "committed", "{}", text(&out));
+    assert_eq!(r["fields"]["mac2_ok"], 1, "{}", text(&out));
+    let amount = r["fields"]["amount"].as_u64().expect("amount output");
+    let trace = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        trace.contains(&format!("# reader: {CARD_READER}")),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("sam0> 80 70 00 00") && trace.contains("sam0> 80 72 00 00 04"),
+        "{trace}"
+    );
+    stop(&ctx, psam_server);
+    drop(card_server);
+    ctx.wait_for_removal(CARD_READER, WAIT).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(balance(&card), before - amount);
+    assert_ne!(std::fs::read_to_string(&psam).unwrap(), seq_before);
     let _ = std::fs::remove_dir_all(&dir);
 }
