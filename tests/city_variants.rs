@@ -4,12 +4,14 @@
 //! bad MAC and 6A80 to an over-balance purchase; a card whose ATCs start at 1 (load,
 //! purchase, recovery; the issuer's settlement is in tests/issuer.rs).
 
-use cardvm::asm::{AsmOptions, assemble_file, compile_data};
+#[path = "support/recorded_run.rs"]
+mod recorded_run;
+use cardvm::asm::compile_data;
 use cardvm::script::{DataScript, FieldValue};
 use cardvm::sim::{CpuCard, Fault, SimCard, Variant};
-use cardvm::transport::{ApduLayer, CardTransport, TransportError};
-use cardvm::verify::VerifiedProgram;
-use cardvm::vm::{Failure, NoTrace, Outcome, OutputValue, RunReport, Vm};
+use cardvm::transport::CardTransport;
+use cardvm::vm::{Failure, Outcome, OutputValue, RunReport};
+use recorded_run::*;
 
 const C0731: &str = "scripts/city0731-des3";
 const C0755: &str = "scripts/city0755-sm4";
@@ -22,53 +24,10 @@ fn h(s: &str) -> Vec<u8> {
         .collect()
 }
 
-/// Records the commands and status words.
-struct Recorder<'c> {
-    card: &'c mut CpuCard,
-    log: Vec<(Vec<u8>, u16)>,
-}
-
-impl CardTransport for Recorder<'_> {
-    fn transmit(&mut self, command: &[u8], response: &mut [u8]) -> Result<usize, TransportError> {
-        let n = self.card.transmit(command, response)?;
-        self.log.push((
-            command.to_vec(),
-            u16::from_be_bytes([response[n - 2], response[n - 1]]),
-        ));
-        Ok(n)
-    }
-    fn power_on(&mut self) -> Result<(), TransportError> {
-        self.card.power_on()
-    }
-    fn power_off(&mut self) -> Result<(), TransportError> {
-        self.card.power_off()
-    }
-    fn reset(&mut self) -> Result<(), TransportError> {
-        self.card.reset()
-    }
-    fn atr(&self) -> Option<&[u8]> {
-        self.card.atr()
-    }
-}
-
+/// Runs `path` on `card`: the report and each exchange's command and status word.
 fn run_path(path: &str, d: &DataScript, card: &mut CpuCard) -> (RunReport, Vec<(Vec<u8>, u16)>) {
-    let a = assemble_file(path.as_ref(), &AsmOptions::default()).unwrap();
-    assert!(a.warnings.is_empty(), "{path}: {:?}", a.warnings);
-    let program = VerifiedProgram::from_script(a.script).unwrap();
-    let binding = program.bind(d).unwrap();
-    let mut rec = Recorder {
-        card,
-        log: Vec::new(),
-    };
-    let report = {
-        let mut layer = ApduLayer::new(&mut rec);
-        Vm::default().run(
-            program.with_data(d, &binding).unwrap(),
-            &mut layer,
-            &mut NoTrace,
-        )
-    };
-    (report, rec.log)
+    let (report, log) = run_recorded(path, d, card);
+    (report, log.into_iter().map(|(c, _, sw)| (c, sw)).collect())
 }
 
 fn run(

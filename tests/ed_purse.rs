@@ -4,14 +4,16 @@
 //! `des` and `sm4` crates directly (not the project's purse or crypto code). The PIN:
 //! a wrong one answers 63Cx and then blocks (6983); ED commands without it are refused.
 
-use cardvm::asm::{AsmOptions, assemble_file, compile_data};
+#[path = "support/recorded_run.rs"]
+mod recorded_run;
+use cardvm::asm::compile_data;
 use cardvm::script::{DataScript, FieldValue};
 use cardvm::sim::{Algorithm, CpuCard, Fault, RandomSource, Variant, exchange};
-use cardvm::transport::{ApduLayer, CardTransport, TransportError};
-use cardvm::verify::VerifiedProgram;
-use cardvm::vm::{Failure, NoTrace, Outcome, OutputValue, RunReport, Vm};
+use cardvm::transport::CardTransport;
+use cardvm::vm::{Failure, Outcome, OutputValue, RunReport};
 use des::cipher::{BlockCipherEncrypt, KeyInit};
 use des::{Des, TdesEde2};
+use recorded_run::*;
 use sm4::Sm4;
 
 fn h(s: &str) -> Vec<u8> {
@@ -115,39 +117,6 @@ fn ref_tac_key(alg: Algorithm, dtk: &[u8]) -> Vec<u8> {
 
 // ---- running the city scripts ----------------------------------------------------
 
-/// Records every exchange (command, response data, SW).
-struct Recorder<'c> {
-    card: &'c mut CpuCard,
-    log: Vec<(Vec<u8>, Vec<u8>, u16)>,
-}
-
-impl CardTransport for Recorder<'_> {
-    fn transmit(&mut self, command: &[u8], response: &mut [u8]) -> Result<usize, TransportError> {
-        let n = self.card.transmit(command, response)?;
-        let (data, sw) = response[..n].split_at(n - 2);
-        self.log.push((
-            command.to_vec(),
-            data.to_vec(),
-            u16::from_be_bytes([sw[0], sw[1]]),
-        ));
-        Ok(n)
-    }
-    fn power_on(&mut self) -> Result<(), TransportError> {
-        self.card.power_on()
-    }
-    fn power_off(&mut self) -> Result<(), TransportError> {
-        self.card.power_off()
-    }
-    fn reset(&mut self) -> Result<(), TransportError> {
-        self.card.reset()
-    }
-    fn atr(&self) -> Option<&[u8]> {
-        self.card.atr()
-    }
-}
-
-type Log = Vec<(Vec<u8>, Vec<u8>, u16)>;
-
 fn data(city: &City, flow: &str) -> DataScript {
     compile_data(&std::fs::read_to_string(format!("{}/{flow}.toml", city.dir)).unwrap()).unwrap()
 }
@@ -162,24 +131,7 @@ fn with_pin(mut d: DataScript, pin: &[u8]) -> DataScript {
 }
 
 fn run(city: &City, flow: &str, d: &DataScript, card: &mut CpuCard) -> (RunReport, Log) {
-    let path = format!("{}/{flow}.cvs", city.dir);
-    let a = assemble_file(path.as_ref(), &AsmOptions::default()).unwrap();
-    assert!(a.warnings.is_empty(), "{path}: {:?}", a.warnings);
-    let program = VerifiedProgram::from_script(a.script).unwrap();
-    let binding = program.bind(d).unwrap();
-    let mut rec = Recorder {
-        card,
-        log: Vec::new(),
-    };
-    let report = {
-        let mut layer = ApduLayer::new(&mut rec);
-        Vm::default().run(
-            program.with_data(d, &binding).unwrap(),
-            &mut layer,
-            &mut NoTrace,
-        )
-    };
-    (report, rec.log)
+    run_recorded(&format!("{}/{flow}.cvs", city.dir), d, card)
 }
 
 /// The city's card: EP balance 500 with ATCs 5/9, ED balance 1000 with ATCs 3/7.
