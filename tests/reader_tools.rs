@@ -210,3 +210,55 @@ fn the_sm4_citys_cards_say_their_own_city() {
     ]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("< 07 31 07 31 "));
 }
+
+/// `sim new --kind psam` writes a PSAM profile that `run --sam-sim` uses: the purchase
+/// carries the new PSAM's terminal number and sequence; without the purchase master the
+/// command refuses with one line and writes nothing.
+#[test]
+fn sim_new_writes_a_psam_that_runs_a_purchase() {
+    let psam = tmp("psam", "psam.toml");
+    let refused = cardvm(&["sim", "new", "--kind", "psam", "-o", s(&psam)]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("--purchase-key"),
+        "{}",
+        text(&refused)
+    );
+    assert!(!psam.exists());
+    ok(&[
+        "sim",
+        "new",
+        "--kind",
+        "psam",
+        "--profile",
+        "sm4",
+        "--purchase-key",
+        "11223344556677888877665544332211",
+        "--terminal",
+        "000000000007",
+        "--seq",
+        "41",
+        "-o",
+        s(&psam),
+    ]);
+    let card = tmp("psam", "card.toml");
+    std::fs::copy(format!("{ROOT}/scripts/city0755-sm4/psam_card.toml"), &card).unwrap();
+    let out = ok(&[
+        "run",
+        "scripts/city0755-sm4/psam_purchase.cvs",
+        "--data",
+        "scripts/city0755-sm4/psam_purchase.toml",
+        "--sim",
+        s(&card),
+        "--sam-sim",
+        s(&psam),
+        "--save",
+    ]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["outcome"], "committed", "{}", text(&out));
+    assert_eq!(r["fields"]["terminal_id"], "000000000007");
+    assert_eq!(r["fields"]["terminal_seq"], "00000029");
+    assert_eq!(r["fields"]["mac2_ok"], 1);
+    let saved = std::fs::read_to_string(&psam).unwrap();
+    assert!(saved.contains("seq = 42"), "{saved}");
+}

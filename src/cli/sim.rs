@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use cardvm::sim::profile::{CardProfile, CpuProfile, KeyHex, M1Profile, write_atomic};
+use cardvm::sim::profile::{CardProfile, CpuProfile, KeyHex, M1Profile, PsamProfile, write_atomic};
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::CliResult;
@@ -23,6 +23,9 @@ pub enum Kind {
     Cpu,
     /// M1 (MIFARE Classic 1K) card.
     M1,
+    /// PSAM: the terminal's purchase SAM (`run --sam-sim`; docs/psam.md). Needs
+    /// --purchase-key (the purchase master it diversifies per card).
+    Psam,
 }
 
 /// Arguments of `sim new`.
@@ -68,6 +71,12 @@ pub struct NewArgs {
     /// M1 UID (4 or 7 bytes hex).
     #[arg(long)]
     uid: Option<String>,
+    /// PSAM terminal number (6 bytes hex, EF 16).
+    #[arg(long, value_name = "HEX")]
+    terminal: Option<String>,
+    /// PSAM: the next terminal transaction sequence number.
+    #[arg(long)]
+    seq: Option<u32>,
     /// Output file.
     #[arg(short = 'o', long = "out")]
     out: PathBuf,
@@ -126,6 +135,25 @@ fn new(a: NewArgs) -> CliResult {
             // Write the full memory image so every block can be edited.
             let card = p.build().map_err(|e| e.to_string())?;
             CardProfile::M1(card.to_profile())
+        }
+        Kind::Psam => {
+            let Some(mpk) = a.purchase_key else {
+                return Err(String::from(
+                    "sim new --kind psam: give --purchase-key (the purchase master, 16 bytes hex)",
+                ));
+            };
+            let mut p = PsamProfile {
+                profile: a.profile.clone(),
+                purchase_master: KeyHex::from_hex(&mpk),
+                ..PsamProfile::default()
+            };
+            if let Some(t) = a.terminal {
+                p.terminal = t;
+            }
+            if let Some(n) = a.seq {
+                p.seq = n;
+            }
+            CardProfile::Psam(p)
         }
     };
     // Build once to validate every field before writing.
