@@ -8,7 +8,7 @@
 use cardvm::asm::{AsmOptions, assemble_file, compile_data};
 use cardvm::script::{DataScript, FieldValue};
 use cardvm::sim::{Algorithm, CardProfile, CpuCard, Fault, PsamCard, SimCard};
-use cardvm::transport::{ApduLayer, CardTransport, SamSlots, TransportError};
+use cardvm::transport::{ApduLayer, CardTransport, SamSlots, Slot, TransportError};
 use cardvm::verify::VerifiedProgram;
 use cardvm::vm::{Failure, NoTrace, Outcome, OutputValue, RunReport, Vm, VmErrorKind};
 use des::cipher::{BlockCipherEncrypt, KeyInit};
@@ -453,6 +453,22 @@ fn tearing_at_every_card_and_psam_apdu_is_recoverable() {
                         if on_sam { "sam" } else { "card" }
                     );
                     assert!(torn(&r.outcome), "{what}: {:?}", r.outcome);
+                    // The receipt code says which device left: the card (tearing, 0xFF02)
+                    // or the PSAM (0xFF04), and the message names the SAM slot.
+                    let (Outcome::Failed(failure) | Outcome::Unknown(failure)) = &r.outcome else {
+                        unreachable!()
+                    };
+                    let (code, slot) = if on_sam {
+                        (0xFF04, Slot::Sam(0))
+                    } else {
+                        (0xFF02, Slot::Card)
+                    };
+                    assert_eq!(failure.code(), code, "{what}");
+                    assert!(
+                        matches!(failure, Failure::Transport { slot: s, .. } if *s == slot),
+                        "{what}"
+                    );
+                    assert_eq!(failure.to_string().contains("SAM slot 0"), on_sam, "{what}");
                     let committed_on_card = c.balance() != start;
                     // The PSAM's sequence is used up only by a completed 80 70.
                     if on_sam && n == 4 {

@@ -216,13 +216,16 @@ pub enum Failure {
     },
     /// The VM faulted.
     Fault(VmError),
-    /// The card transport failed (at the APDU instruction at `offset`); `CardRemoved`
-    /// is tearing.
+    /// A transport failed (at the APDU instruction at `offset`); `CardRemoved` on the
+    /// card's slot is tearing.
     Transport {
         /// The error.
         error: TransportError,
         /// Where.
         offset: u32,
+        /// Which device: the card, or the SAM the instruction addressed (a SAM pulled
+        /// mid-purchase is not the card torn: the receipt code says which).
+        slot: Slot,
     },
 }
 
@@ -233,22 +236,39 @@ impl core::fmt::Display for Failure {
                 write!(f, "script failed with code {code:#06x} at offset {offset}")
             }
             Failure::Fault(e) => write!(f, "VM fault {e}"),
-            Failure::Transport { error, offset } => write!(f, "at code offset {offset}: {error}"),
+            Failure::Transport {
+                error,
+                offset,
+                slot: Slot::Sam(n),
+            } => write!(f, "at code offset {offset}: SAM slot {n}: {error}"),
+            Failure::Transport { error, offset, .. } => {
+                write!(f, "at code offset {offset}: {error}")
+            }
         }
     }
 }
 
 impl Failure {
-    /// The numeric code for receipts: the script's code, or 0xFFxx for VM/transport faults.
+    /// The numeric code for receipts: the script's code, or 0xFFxx for VM/transport
+    /// faults: 0xFF01 VM fault, 0xFF02 card removed (tearing), 0xFF03 other card transport
+    /// failure, 0xFF04 SAM removed, 0xFF05 other SAM transport failure.
     pub fn code(&self) -> u16 {
         match self {
             Failure::Script { code, .. } => *code,
             Failure::Fault(_) => 0xFF01,
             Failure::Transport {
                 error: TransportError::CardRemoved,
+                slot: Slot::Card,
                 ..
             } => 0xFF02,
-            Failure::Transport { .. } => 0xFF03,
+            Failure::Transport {
+                slot: Slot::Card, ..
+            } => 0xFF03,
+            Failure::Transport {
+                error: TransportError::CardRemoved,
+                ..
+            } => 0xFF04,
+            Failure::Transport { .. } => 0xFF05,
         }
     }
 }
@@ -466,7 +486,7 @@ impl Default for Vm {
 enum Stop {
     Halt,
     Fail(u16),
-    Transport(TransportError),
+    Transport(Slot, TransportError),
 }
 
 /// Why [`Vm::step`] did not simply go on to the next instruction. Stops and faults
@@ -736,9 +756,14 @@ impl Vm {
         let failure = match result {
             Ok((Stop::Halt, _)) => None,
             Ok((Stop::Fail(code), offset)) => Some((Failure::Script { code, offset }, false)),
-            Ok((Stop::Transport(error), offset)) => {
-                Some((Failure::Transport { error, offset }, true))
-            }
+            Ok((Stop::Transport(slot, error), offset)) => Some((
+                Failure::Transport {
+                    error,
+                    offset,
+                    slot,
+                },
+                true,
+            )),
             Err(e) => Some((Failure::Fault(e), true)),
         };
         let outcome = match failure {

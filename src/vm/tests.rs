@@ -428,7 +428,8 @@ fn tearing_before_the_commit_point_fails_and_after_it_is_unknown() {
         r.outcome,
         Outcome::Unknown(Failure::Transport {
             error: TransportError::CardRemoved,
-            offset: 5
+            offset: 5,
+            slot: crate::transport::Slot::Card,
         })
     ));
     assert_eq!(

@@ -27,7 +27,7 @@ impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, '_, T, R> {
             vm.limits,
         )? {
             Ok(()) => vm.set_from_scratch(resp)?,
-            Err(e) => return Err(Exit::Stop(Stop::Transport(e))),
+            Err(e) => return Err(Exit::Stop(Stop::Transport(Slot::Card, e))),
         }
         Ok(())
     }
@@ -62,7 +62,7 @@ impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, '_, T, R> {
             vm.limits,
         )? {
             Ok(()) => vm.set_from_scratch(resp)?,
-            Err(e) => return Err(Exit::Stop(Stop::Transport(e))),
+            Err(e) => return Err(Exit::Stop(Stop::Transport(Slot::Sam(sam), e))),
         }
         Ok(())
     }

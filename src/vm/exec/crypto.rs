@@ -127,7 +127,7 @@ impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, '_, T, R> {
             shown,
             vm.limits,
         )? {
-            return Err(Exit::Stop(Stop::Transport(e)));
+            return Err(Exit::Stop(Stop::Transport(Slot::Card, e)));
         }
         Ok(())
     }
