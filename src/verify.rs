@@ -445,6 +445,8 @@ impl<'s> Verifier<'s> {
         let mut code = Vec::with_capacity(s.code.len() / 3 + 1);
         let mut offsets = Vec::with_capacity(s.code.len() / 3 + 1);
         let mut with_target = Vec::new();
+        // For each SAM slot, the first instruction that addresses it.
+        let mut sam_uses = [None; MAX_SAMS];
         let mut at = 0usize;
         while at < s.code.len() {
             let err = |kind| VerifyError {
@@ -458,6 +460,11 @@ impl<'s> Verifier<'s> {
             let (instr, size) = Instr::decode_with(&s.code[at..], &mut check).map_err(err)?;
             if check.has_target {
                 with_target.push(code.len());
+            }
+            if let Instr::SamApdu { sam, .. } = instr
+                && let Some(u) = sam_uses.get_mut(usize::from(sam))
+            {
+                u.get_or_insert(at as u32);
             }
             code.push(instr);
             offsets.push(at as u32);
@@ -486,7 +493,7 @@ impl<'s> Verifier<'s> {
             });
         }
         let max_call_depth = call_depth(&code, &offsets)?;
-        let sam_uses = check_sam_channels(&code, &offsets)?;
+        check_sam_channels(&code, &offsets, &sam_uses)?;
         Ok(Checked {
             code,
             offsets,
@@ -519,25 +526,16 @@ impl crate::isa::OperandVisitor for OperandChecks<'_> {
     }
 }
 
-/// The SAM rules (module docs): records the slots `to_sam` instructions address,
-/// refuses `ldrkey` next to them, and refuses a SAM command register that may hold a
-/// key-derived value. A card-only script costs one pass over the flags.
+/// The SAM rules (module docs), for a script whose SAM slots pass 1 recorded in `uses`:
+/// refuses `ldrkey` next to them, and a SAM command register that may hold a key-derived
+/// value. A card-only script costs nothing here.
 fn check_sam_channels(
     code: &[Instr],
     offsets: &[u32],
-) -> Result<[Option<u32>; MAX_SAMS], VerifyError> {
-    let mut uses = [None; MAX_SAMS];
-    let mut any = false;
-    for (i, instr) in code.iter().enumerate() {
-        if let Instr::SamApdu { sam, .. } = *instr
-            && let Some(u) = uses.get_mut(usize::from(sam))
-        {
-            u.get_or_insert(offsets[i]);
-            any = true;
-        }
-    }
-    if !any {
-        return Ok(uses);
+    uses: &[Option<u32>; MAX_SAMS],
+) -> Result<(), VerifyError> {
+    if uses.iter().all(Option::is_none) {
+        return Ok(());
     }
     if let Some(i) = code
         .iter()
@@ -596,7 +594,7 @@ fn check_sam_channels(
             });
         }
     }
-    Ok(uses)
+    Ok(())
 }
 
 /// An operand's index is inside the script's tables (registers, key slots, constants,
