@@ -75,7 +75,7 @@ pub fn apdu(args: ApduArgs) -> CliResult {
 #[cfg(feature = "pcsc")]
 fn pcsc(name: &str, args: &ApduArgs, commands: &[Vec<u8>]) -> CliResult {
     let timeout = super::pcsc::apdu_timeout(args.apdu_timeout)?;
-    let mut card = super::pcsc::open_card(name, args.wait, timeout)?;
+    let mut card = super::pcsc::open_card("--pcsc", name, args.wait, timeout)?;
     let header = header_lines(
         card.reader(),
         Some(card.atr_bytes()),

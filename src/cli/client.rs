@@ -281,7 +281,7 @@ fn pcsc_recharge(
     Result<cardvm::online::client::RechargeOutcome, cardvm::online::client::RechargeError>,
     String,
 > {
-    let mut card = super::pcsc::open_card(name, wait, timeout)?;
+    let mut card = super::pcsc::open_card("--pcsc", name, wait, timeout)?;
     Ok(rt.block_on(recharge(client, reader, &mut card, city, amount, progress)))
 }
 

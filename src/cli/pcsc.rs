@@ -21,11 +21,13 @@ pub fn apdu_timeout(secs: f64) -> Result<Duration, String> {
     }
 }
 
-/// `--pcsc [READER]` everywhere: resolves the reader (name, unique substring, index as in
-/// `opensc-tool -r N`, or the one that holds a card), says which on stderr, waits up to
-/// `wait` seconds for a card and connects with the APDU timeout.
+/// `--pcsc [READER]` everywhere (and `--sam READER`): resolves the reader (name, unique
+/// substring, index as in `opensc-tool -r N`, or the one that holds a card), says which on
+/// stderr, waits up to `wait` seconds for a card and connects with the APDU timeout.
+/// Errors start with `flag`, the option that named the reader.
 #[cfg(feature = "pcsc")]
 pub fn open_card(
+    flag: &str,
     name: &str,
     wait: u64,
     timeout: Duration,
@@ -37,7 +39,7 @@ pub fn open_card(
     };
     let name = (!name.is_empty()).then_some(name);
     let (card, why) = open_reader(name, Duration::from_secs(wait), options)
-        .map_err(|e| format!("--pcsc: {e}"))?;
+        .map_err(|e| format!("{flag}: {e}"))?;
     eprintln!("cardvm: using reader {:?} ({why})", card.reader());
     Ok(card)
 }

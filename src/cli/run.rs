@@ -502,7 +502,7 @@ fn run_pcsc(
     sources: &TraceSources,
 ) -> Result<(Completed, String), String> {
     let timeout = super::pcsc::apdu_timeout(args.apdu_timeout)?;
-    let mut card = super::pcsc::open_card(name, args.wait, timeout)?;
+    let mut card = super::pcsc::open_card("--pcsc", name, args.wait, timeout)?;
     if args.trace {
         eprint!(
             "{}",
@@ -521,16 +521,7 @@ fn run_pcsc(
     let mut sam_cards = args
         .sam
         .iter()
-        .map(|n| {
-            let options = cardvm::transport::pcsc::ConnectOptions {
-                apdu_timeout: timeout,
-                ..Default::default()
-            };
-            let wait = std::time::Duration::from_secs(args.wait);
-            cardvm::transport::pcsc::open_reader(Some(n), wait, options)
-                .map(|(c, _)| c)
-                .map_err(|e| format!("--sam {n}: {e}"))
-        })
+        .map(|n| super::pcsc::open_card("--sam", n, args.wait, timeout))
         .collect::<Result<Vec<_>, _>>()?;
     let mut sam_txs = sam_cards
         .iter_mut()
