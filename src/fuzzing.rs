@@ -260,7 +260,7 @@ pub fn assemble(data: &[u8]) {
 }
 
 /// The shared high-level flows, for `compile`'s `include`s.
-const COMMON_CVS: [(&str, &str); 12] = [
+const COMMON_CVS: [(&str, &str); 13] = [
     (
         "common/purse.cvs",
         include_str!("../scripts/common/purse.cvs"),
@@ -288,6 +288,10 @@ const COMMON_CVS: [(&str, &str); 12] = [
     (
         "common/ep_capp_purchase.cvs",
         include_str!("../scripts/common/ep_capp_purchase.cvs"),
+    ),
+    (
+        "common/ep_load_pin.cvs",
+        include_str!("../scripts/common/ep_load_pin.cvs"),
     ),
     (
         "common/ed_load.cvs",

@@ -4,7 +4,7 @@
 
 use cardvm::asm::{AsmOptions, assemble_file, compile_data};
 use cardvm::script::{DataScript, FieldValue};
-use cardvm::sim::{Algorithm, CpuCard, Fault, M1Card, RandomSource, SimCard, Variant};
+use cardvm::sim::{Algorithm, CpuCard, Fault, M1Card, ProveAtc, RandomSource, SimCard, Variant};
 use cardvm::transport::{ApduLayer, CardTransport, TransportError};
 use cardvm::verify::VerifiedProgram;
 use cardvm::vm::{Failure, NoTrace, Outcome, OutputValue, RunReport, Vm};
@@ -30,6 +30,11 @@ const DES3: City = City {
         capp_record: Some(2),
         mac_error_sw: 0x9302,
         over_balance_sw: 0x9401,
+        prove_atc: ProveAtc::Initialize,
+        prove_once: false,
+        prove_zero_mac: false,
+        pin_before_load: false,
+        capp_by_tag: true,
     },
     purchase_apdus: 5,
 };
@@ -43,6 +48,11 @@ const SM4: City = City {
         capp_record: None,
         mac_error_sw: 0x9302,
         over_balance_sw: 0x9401,
+        prove_atc: ProveAtc::Initialize,
+        prove_once: false,
+        prove_zero_mac: false,
+        pin_before_load: false,
+        capp_by_tag: false,
     },
     purchase_apdus: 4,
 };

@@ -108,8 +108,59 @@ fn city_0731_purchase_and_capp_on_the_variant_card() {
         .unwrap();
     assert_eq!(&update.0[..5], &h("80DC02B830")[..]);
     assert_eq!((c.balance(), int(&r, "txn_type")), (50, 9));
-    assert_eq!(c.purse().capp[1][..2], [0x01, 0x2E], "record 02 updated");
-    assert_eq!(c.purse().capp[0], [0u8; 48], "record 01 untouched");
+    assert_eq!(
+        c.purse().capp[1][..2],
+        [0x02, 0x2E],
+        "record 02 updated, tag kept"
+    );
+    assert_eq!(c.purse().capp[0][0], 0x01, "record 01 untouched");
+    assert_eq!(c.purse().capp[0][1..], [0u8; 47], "record 01 untouched");
+    // The card finds the record by its tag: every later composite purchase finds it again.
+    let mut c = city_card(C0731, |p| p.balance = 10_000);
+    for n in 1..=3 {
+        let (r, _) = run(
+            C0731,
+            "capp_purchase",
+            &data(C0731, "capp_purchase"),
+            &mut c,
+        );
+        assert_eq!(r.outcome, Outcome::Committed, "update {n}: {r:?}");
+    }
+}
+
+/// A CAPP record whose tag is not the record the city's flow addresses: the shared
+/// flow fails `capp_record_mismatch` (0x11) before UPDATE CAPP DATA CACHE, so a card that
+/// finds records by tag never loses its record 02 (which then answers 6A83 to every
+/// later update). The card's side of it: by tag, a record rewritten with another tag is
+/// no longer found.
+#[test]
+fn capp_record_with_another_tag_is_refused_before_the_card_sees_it() {
+    let mut c = city_card(C0731, |_| {});
+    let mut d = data(C0731, "capp_purchase");
+    for f in &mut d.fields {
+        if let ("capp_record", FieldValue::Bytes(b)) = (f.name.as_str(), &mut f.value) {
+            b[0] = 0x01;
+        }
+    }
+    let (r, log) = run(C0731, "capp_purchase", &d, &mut c);
+    assert_eq!(failure(&r), 0x11, "{r:?}");
+    assert!(!log.iter().any(|(cmd, _)| cmd.starts_with(&h("80DC"))));
+    assert_eq!(c.balance(), 500);
+    assert_eq!(c.purse().capp[1][0], 0x02);
+
+    // What the check prevents, on the card itself: inside one composite purchase,
+    // record 02 rewritten with tag 01 is not found by tag 02 again.
+    let mut c = city_card(C0731, |p| p.variant.capp_record = None);
+    let mut send = |apdu: &str| {
+        let mut buf = [0u8; 258];
+        let n = c.transmit(&h(apdu), &mut buf).unwrap();
+        u16::from_be_bytes([buf[n - 2], buf[n - 1]])
+    };
+    assert_eq!(send("00A4040009A0000000038698070100"), 0x9000);
+    assert_eq!(send("805003020B0100000064000000000001"), 0x9000);
+    let record = |tag: &str| format!("80DC02B830{tag}{}", "00".repeat(47));
+    assert_eq!(send(&record("01")), 0x9000, "tag 02 found, rewritten as 01");
+    assert_eq!(send(&record("01")), 0x6A83, "no record has tag 02 any more");
 }
 
 /// The old-style flow on the variant card: MAC1 without the authentication code is
@@ -149,11 +200,14 @@ fn old_style_flow_is_refused_by_the_variant_card() {
         &(log.last().unwrap().0.clone(), 0x9302)
     );
     assert!(!log.iter().any(|(cmd, _)| cmd.starts_with(&h("80CA"))));
-    let (r, log) = run_path(
-        &path("capp_purchase"),
-        &data(C0731, "capp_purchase"),
-        &mut c,
-    );
+    // (with a record tagged 01, as that flow would write it)
+    let mut d = data(C0731, "capp_purchase");
+    for f in &mut d.fields {
+        if let ("capp_record", FieldValue::Bytes(b)) = (f.name.as_str(), &mut f.value) {
+            b[0] = 0x01;
+        }
+    }
+    let (r, log) = run_path(&path("capp_purchase"), &d, &mut c);
     assert_eq!(failure(&r), 0x0C, "record 01: {r:?}");
     assert_eq!(log.last().unwrap().1, 0x6A83);
     assert_eq!(c.balance(), 500);
@@ -279,6 +333,7 @@ fn variant_profile_round_trips_and_checks_its_fields() {
         Variant {
             auth_code: Some([0x3A, 0x5C, 0x7E, 0x91, 0x02, 0xB4, 0xD6, 0xF8]),
             capp_record: Some(2),
+            capp_by_tag: true,
             ..Variant::default()
         }
     );

@@ -1214,67 +1214,139 @@ impl Issuer {
         }
     }
 
-    /// What the card's GET TRANSACTION PROVE answer says about the unknown load.
+    /// What the card's recovery answers prove about the unknown load (invariant 17; the
+    /// decision table is docs/cards.md "Recovery"). Committed only on a proof whose TAC
+    /// verifies (and whose MAC2 is this load's, where the card returns a real one);
+    /// failed only when the card's own counter, with a MAC1 under the card's load key,
+    /// is still the load's; otherwise unknown. The reader's `committed` output is its
+    /// view and decides nothing here; the evidence goes into the recovery's note.
     fn decide(
         &self,
         receipt: &Receipt,
         original: &TxnRow,
         s: &mut Settlement,
     ) -> Result<(TxnState, String), IssuerError> {
+        let atc = original.atc.ok_or_else(|| IssuerError::Mismatch {
+            reader: original.reader_id.clone(),
+            seq: original.seq,
+            detail: "the unknown load has no ATC".into(),
+        })?;
+        let mut evidence = Vec::new();
+        match (out_bytes(receipt, "mac"), out_bytes(receipt, "tac")) {
+            (Some(mac), Some(tac)) => {
+                let asked = out_int(receipt, "prove_atc").unwrap_or(atc);
+                if self.load_proof_verifies(original, mac, tac)? {
+                    s.tac = Some(hex(tac));
+                    return Ok((
+                        TxnState::RecoveredCommitted,
+                        format!(
+                            "recovery: the card proved it (TAC verified; PROVE answered to counter {asked})"
+                        ),
+                    ));
+                }
+                evidence.push(format!(
+                    "a proof that is not this load's (PROVE counter {asked}, MAC {}, TAC {})",
+                    hex(mac),
+                    hex(tac)
+                ));
+            }
+            _ => evidence.push("no proof".to_string()),
+        }
+        match self.load_counter(receipt, original)? {
+            Some(c) if c == atc => {
+                return Ok((
+                    TxnState::RecoveredFailed,
+                    format!(
+                        "recovery: the card's online counter is still {atc} (MAC1 verified): never counted; {}",
+                        evidence.join(", ")
+                    ),
+                ));
+            }
+            Some(c) => evidence.push(format!("online counter {c} (MAC1 verified)")),
+            None => evidence.push("no verified counter".to_string()),
+        }
+        let note = format!("recovery undecided: {}", evidence.join(", "));
+        s.note = Some(note.clone());
+        Ok((TxnState::Unknown, note))
+    }
+
+    /// A GET TRANSACTION PROVE answer is this load's: its TAC verifies over the load's
+    /// balance after, counter, amount, terminal and time, and its MAC is the load's MAC2
+    /// (or zeros: some cards do not return it).
+    fn load_proof_verifies(
+        &self,
+        original: &TxnRow,
+        mac: &[u8],
+        tac: &[u8],
+    ) -> Result<bool, IssuerError> {
+        let (Ok(mac), Ok(tac)) = (<[u8; 4]>::try_from(mac), <[u8; 4]>::try_from(tac)) else {
+            return Ok(false);
+        };
+        let expected_mac = original.mac2.as_deref().and_then(unhex).unwrap_or_default();
+        if mac != [0; 4] && !crate::crypto::ct_eq(&mac, &expected_mac) {
+            return Ok(false);
+        }
+        let (Some(before), Some(atc)) = (original.balance_before, original.atc) else {
+            return Ok(false);
+        };
+        let when = unhex(&original.datetime).unwrap_or_default();
+        let card = unhex(&original.card_id).unwrap_or_default();
+        let expected = self.load_tac(
+            original,
+            &card,
+            before.saturating_add(original.amount),
+            atc,
+            original.amount,
+            &original.terminal_id,
+            &when,
+        )?;
+        Ok(crate::crypto::ct_eq(&expected, &tac))
+    }
+
+    /// The card's online counter from the recovery's INITIALIZE FOR LOAD (amount 0,
+    /// terminal 0), when its MAC1 verifies under this card's load key: the counter and
+    /// balance are then the card's own word, not the reader's.
+    fn load_counter(
+        &self,
+        receipt: &Receipt,
+        original: &TxnRow,
+    ) -> Result<Option<u64>, IssuerError> {
+        let (Some(counter), Some(balance), Some(rnd), Some(mac1)) = (
+            out_int(receipt, "counter"),
+            out_int(receipt, "balance"),
+            out_bytes(receipt, "counter_rnd"),
+            out_bytes(receipt, "counter_mac1"),
+        ) else {
+            return Ok(None);
+        };
+        let (Ok(counter16), Ok(balance), Ok(rnd)) = (
+            u16::try_from(counter),
+            u32::try_from(balance),
+            <[u8; 4]>::try_from(rnd),
+        ) else {
+            return Ok(None);
+        };
         let mismatch = |detail: String| IssuerError::Mismatch {
             reader: original.reader_id.clone(),
             seq: original.seq,
             detail,
         };
-        match out_int(receipt, "committed") {
-            Some(0) => Ok((
-                TxnState::RecoveredFailed,
-                "recovery: the card has no such transaction".into(),
-            )),
-            Some(1) => {
-                let mac = out_bytes(receipt, "mac").unwrap_or(&[]);
-                let expected_mac = original.mac2.as_deref().and_then(unhex).unwrap_or_default();
-                if expected_mac.is_empty() || !crate::crypto::ct_eq(mac, &expected_mac) {
-                    return Err(mismatch(
-                        "the card proves a transaction whose MAC2 is not this load's".into(),
-                    ));
-                }
-                let tac: [u8; 4] = out_bytes(receipt, "tac")
-                    .and_then(|b| b.try_into().ok())
-                    .ok_or_else(|| mismatch("no 4-byte `tac` output".into()))?;
-                let before = original
-                    .balance_before
-                    .ok_or_else(|| mismatch("the unknown load has no balance".into()))?;
-                let atc = original
-                    .atc
-                    .ok_or_else(|| mismatch("the unknown load has no ATC".into()))?;
-                let when = unhex(&original.datetime).unwrap_or_default();
-                let card = unhex(&original.card_id).unwrap_or_default();
-                let expected = self.load_tac(
-                    original,
-                    &card,
-                    before + original.amount,
-                    atc,
-                    original.amount,
-                    &original.terminal_id,
-                    &when,
-                )?;
-                if !crate::crypto::ct_eq(&expected, &tac) {
-                    return Err(IssuerError::TacMismatch {
-                        reader: original.reader_id.clone(),
-                        seq: original.seq,
-                    });
-                }
-                s.tac = Some(hex(&tac));
-                Ok((
-                    TxnState::RecoveredCommitted,
-                    "recovery: the card proved it (TAC verified)".into(),
-                ))
-            }
-            _ => Err(mismatch(
-                "the recovery receipt has no `committed` output".into(),
-            )),
-        }
+        let card = unhex(&original.card_id).unwrap_or_default();
+        let dlk = self.keys.card_key(original.city, KeyRole::Load, &card)?;
+        // SESLK = process key of DLK over random ‖ online ATC ‖ 8000; MAC1 over
+        // balance ‖ amount 0 ‖ type 02 ‖ terminal 0 (reference/epurse.md "Cryptography").
+        let mut input = [0u8; 8];
+        input[..4].copy_from_slice(&rnd);
+        input[4..6].copy_from_slice(&counter16.to_be_bytes());
+        input[6..].copy_from_slice(&[0x80, 0x00]);
+        let session = crate::crypto::process_key(&dlk, &input)
+            .map_err(|e| mismatch(format!("session key: {e}")))?;
+        let mut m = [0u8; 15];
+        m[..4].copy_from_slice(&balance.to_be_bytes());
+        m[8] = 0x02;
+        let expected =
+            crate::crypto::pboc_mac(&session, &m).map_err(|e| mismatch(format!("MAC1: {e}")))?;
+        Ok(crate::crypto::ct_eq(&expected, mac1).then_some(counter))
     }
 }
 

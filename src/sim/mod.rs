@@ -40,10 +40,15 @@
 //! | `[public_info]` | `issuer`, `city`, `industry` (2 bytes hex), `card_type`, `app_version`, `valid_from`, `valid_to` (BCD hex YYYYMMDD) | see [`PublicInfo`] |
 //! | `log` | EF 0018 records, 23 bytes hex each, newest first | empty |
 //! | `capp` | CAPP records, 48 bytes hex each | zeros |
-//! | `[last_prove]` | `atc`, `type`, `mac`, `tac` of the last transaction | none |
+//! | `[last_prove]` | `atc`, `type`, `mac`, `tac` of the last transaction, `answered` (a one-shot card has answered PROVE for it) | none |
 //! | `[variant] auth_code` | card authentication code, 8 bytes hex: GET DATA `80 CA 00 00 09` answers `85` ‖ code, and every purchase MAC1 covers those 9 bytes (reference "City variants") | none |
 //! | `[variant] capp_record` | the only CAPP record a composite purchase may update (others 6A83) | any |
 //! | `[variant] mac_error_sw`, `over_balance_sw` | status words for a bad MAC and an over-balance purchase, hex | `9302`, `9401` |
+//! | `[variant] prove_atc` | the counter GET TRANSACTION PROVE names a transaction by: `initialize` (the value its INITIALIZE returned) or `next` (that value + 1) | `initialize` |
+//! | `[variant] prove_once` | PROVE answers once per transaction, then 6985 | false |
+//! | `[variant] prove_zero_mac` | PROVE of a load answers `00000000` in place of its MAC2 | false |
+//! | `[variant] pin_before_load` | INITIALIZE FOR LOAD of the EP answers 6982 without VERIFY PIN | false |
+//! | `[variant] capp_by_tag` | UPDATE CAPP DATA CACHE finds the record whose tag (first byte) is P1; blank records carry their number | false |
 //!
 //! Kind `m1`:
 //!
@@ -79,7 +84,7 @@ use alloc::vec::Vec;
 
 pub use airtime::{AirTimeModel, AirTimeReport, ApduAirTime, BitRate};
 pub use cpu::{
-    Algorithm, CpuCard, CpuCardBuilder, LogRecord, Prove, PublicInfo, Purse, PurseKind,
+    Algorithm, CpuCard, CpuCardBuilder, LogRecord, Prove, ProveAtc, PublicInfo, Purse, PurseKind,
     RandomSource, Variant,
 };
 pub use fault::{Fault, FaultPlan};

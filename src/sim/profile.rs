@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::cpu::{
-    Algorithm, CAPP_RECORD_LEN, CpuCard, LOG_RECORD_LEN, Prove, PublicInfo, RandomSource, Variant,
+    Algorithm, CAPP_RECORD_LEN, CpuCard, LOG_RECORD_LEN, Prove, ProveAtc, PublicInfo, RandomSource,
+    Variant,
 };
 use super::m1::{BLOCKS, M1Card};
 use super::psam::PsamCard;
@@ -256,6 +257,9 @@ pub struct ProveProfile {
     pub mac: String,
     /// TAC, hex.
     pub tac: String,
+    /// A one-shot card has answered GET TRANSACTION PROVE for it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub answered: bool,
 }
 
 /// `[variant]` of a CPU card profile: how the card deviates from the reference
@@ -276,6 +280,26 @@ pub struct VariantProfile {
     /// Status word for a purchase over the balance, hex (reference `9401`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub over_balance_sw: Option<String>,
+    /// The counter GET TRANSACTION PROVE names a transaction by: `initialize` (reference)
+    /// or `next`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prove_atc: Option<String>,
+    /// PROVE answers once per transaction, then 6985.
+    #[serde(skip_serializing_if = "is_false")]
+    pub prove_once: bool,
+    /// PROVE of a load answers `00000000` in place of its MAC2.
+    #[serde(skip_serializing_if = "is_false")]
+    pub prove_zero_mac: bool,
+    /// INITIALIZE FOR LOAD of the EP needs VERIFY PIN first (6982 without).
+    #[serde(skip_serializing_if = "is_false")]
+    pub pin_before_load: bool,
+    /// UPDATE CAPP DATA CACHE selects the record by its tag (first byte).
+    #[serde(skip_serializing_if = "is_false")]
+    pub capp_by_tag: bool,
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 impl VariantProfile {
@@ -301,6 +325,20 @@ impl VariantProfile {
                 "variant.over_balance_sw",
                 d.over_balance_sw,
             )?,
+            prove_atc: match self.prove_atc.as_deref() {
+                None | Some("initialize") => ProveAtc::Initialize,
+                Some("next") => ProveAtc::Next,
+                Some(_) => {
+                    return Err(SimError::Field(
+                        "variant.prove_atc",
+                        "must be `initialize` or `next`",
+                    ));
+                }
+            },
+            prove_once: self.prove_once,
+            prove_zero_mac: self.prove_zero_mac,
+            pin_before_load: self.pin_before_load,
+            capp_by_tag: self.capp_by_tag,
         })
     }
 }
@@ -314,6 +352,11 @@ impl From<&Variant> for VariantProfile {
             capp_record: v.capp_record,
             mac_error_sw: sw(v.mac_error_sw, d.mac_error_sw),
             over_balance_sw: sw(v.over_balance_sw, d.over_balance_sw),
+            prove_atc: (v.prove_atc != d.prove_atc).then(|| v.prove_atc.name().to_string()),
+            prove_once: v.prove_once,
+            prove_zero_mac: v.prove_zero_mac,
+            pin_before_load: v.pin_before_load,
+            capp_by_tag: v.capp_by_tag,
         }
     }
 }
@@ -441,6 +484,7 @@ impl CpuProfile {
                 ttype: p.ttype,
                 mac: fixed(&p.mac, "last_prove.mac")?,
                 tac: fixed(&p.tac, "last_prove.tac")?,
+                answered: p.answered,
             }),
         };
         let k = &self.keys;
@@ -519,6 +563,7 @@ impl CpuCard {
                 ttype: v.ttype,
                 mac: hex(&v.mac),
                 tac: hex(&v.tac),
+                answered: v.answered,
             }),
             variant: (&s.variant).into(),
         }

@@ -77,6 +77,39 @@ pub struct Variant {
     pub mac_error_sw: u16,
     /// Status word for a purchase over the balance (reference 9401; some cards 6A80).
     pub over_balance_sw: u16,
+    /// Which counter value GET TRANSACTION PROVE names a transaction by (cards in the
+    /// field differ; `docs/cards.md` "Recovery").
+    pub prove_atc: ProveAtc,
+    /// GET TRANSACTION PROVE answers once per transaction; asked again: 6985.
+    pub prove_once: bool,
+    /// GET TRANSACTION PROVE of a load answers `00000000` in place of its MAC2.
+    pub prove_zero_mac: bool,
+    /// INITIALIZE FOR LOAD of the EP answers 6982 unless VERIFY PIN succeeded since the
+    /// purse DF was selected.
+    pub pin_before_load: bool,
+    /// UPDATE CAPP DATA CACHE selects the record by its tag (first byte) = P1, not by its
+    /// number; a record without that tag: 6A83.
+    pub capp_by_tag: bool,
+}
+
+/// The counter value GET TRANSACTION PROVE expects for a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProveAtc {
+    /// The value INITIALIZE returned for it (the reference's reading).
+    #[default]
+    Initialize,
+    /// That value + 1: the counter after the transaction (a vendor's card).
+    Next,
+}
+
+impl ProveAtc {
+    /// The profile name: `initialize` or `next`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProveAtc::Initialize => "initialize",
+            ProveAtc::Next => "next",
+        }
+    }
 }
 
 impl Default for Variant {
@@ -86,6 +119,11 @@ impl Default for Variant {
             capp_record: None,
             mac_error_sw: 0x9302,
             over_balance_sw: 0x9401,
+            prove_atc: ProveAtc::Initialize,
+            prove_once: false,
+            prove_zero_mac: false,
+            pin_before_load: false,
+            capp_by_tag: false,
         }
     }
 }
@@ -191,6 +229,8 @@ pub struct Prove {
     pub mac: [u8; 4],
     /// TAC.
     pub tac: [u8; 4],
+    /// GET TRANSACTION PROVE has answered for it (a one-shot card answers only once).
+    pub answered: bool,
 }
 
 /// The committed (non-volatile) purse: everything a purse commit changes.
@@ -589,6 +629,15 @@ impl CpuCardBuilder {
         log.truncate(LOG_RECORDS);
         let mut capp = self.capp;
         capp.resize(CAPP_RECORDS, [0u8; CAPP_RECORD_LEN]);
+        if self.variant.capp_by_tag {
+            // A card that finds records by tag is personalised with one per record: a
+            // blank record gets its number as its tag.
+            for (i, r) in capp.iter_mut().enumerate() {
+                if r[0] == 0 {
+                    r[0] = i as u8 + 1;
+                }
+            }
+        }
         Ok(CpuCard {
             core: Core {
                 state: CpuState {

@@ -15,6 +15,10 @@
 //!   (a composite purchase is EP only); GET TRANSACTION PROVE needs no PIN (it reveals
 //!   only the MAC and TAC the terminal already had);
 //! * GET TRANSACTION PROVE proves only the last committed transaction (as real cards do);
+//!   which counter value names it (the INITIALIZE value or the next one), whether it
+//!   answers more than once and whether a load's MAC2 comes back as zeros are
+//!   [`super::Variant`] options, because cards in the field differ (`docs/cards.md`
+//!   "Recovery");
 //! * the city variants of [`super::Variant`]: with an authentication code, every purchase
 //!   MAC1 covers `85 ‖ code` after the time; GET DATA of a card without one answers 6A88.
 
@@ -22,8 +26,8 @@ use alloc::vec::Vec;
 
 use super::algo::{ct_eq, mac};
 use super::{
-    CAPP_RECORD_LEN, CAPP_RECORDS, Core, Df, LOG_RECORDS, LogRecord, Pending, Prove, Purse,
-    PurseKind, TT_CAPP_PURCHASE, TT_ED_LOAD, TT_ED_PURCHASE, TT_EP_LOAD, TT_EP_PURCHASE,
+    CAPP_RECORD_LEN, CAPP_RECORDS, Core, Df, LOG_RECORDS, LogRecord, Pending, Prove, ProveAtc,
+    Purse, PurseKind, TT_CAPP_PURCHASE, TT_ED_LOAD, TT_ED_PURCHASE, TT_EP_LOAD, TT_EP_PURCHASE,
 };
 use crate::sim::fault::{ExecCtx, TornMidCommit};
 use crate::transport::Apdu;
@@ -130,6 +134,10 @@ impl Core {
         let version = self.state.keys.version;
         let alg_id = self.state.algo.alg_id();
         if matches!(ttype, TT_EP_LOAD | TT_ED_LOAD) {
+            // A variant card wants the cardholder's PIN before any load.
+            if self.state.variant.pin_before_load && !self.vol.pin_ok {
+                return 0x6982;
+            }
             let atc = online_atc;
             if atc == u16::MAX {
                 return 0x9402;
@@ -425,7 +433,23 @@ impl Core {
         if apdu.p2 & 0x07 != 0 || apdu.p2 >> 3 != 0x17 {
             return 0x6A86;
         }
-        let rec = usize::from(apdu.p1);
+        let rec = if self.state.variant.capp_by_tag {
+            // P1 names the record's tag: the record whose first byte it is (pending
+            // writes count: the cache is what the card will hold after the DEBIT).
+            let current = |i: usize| {
+                capp_cache
+                    .iter()
+                    .find(|(j, _)| *j == i)
+                    .map(|(_, r)| r[0])
+                    .or_else(|| self.state.purse.capp.get(i).map(|r| r[0]))
+            };
+            match (0..CAPP_RECORDS).find(|&i| current(i) == Some(apdu.p1)) {
+                Some(i) => i + 1,
+                None => return 0x6A83,
+            }
+        } else {
+            usize::from(apdu.p1)
+        };
         if rec == 0 || rec > CAPP_RECORDS {
             return 0x6A83;
         }
@@ -456,7 +480,7 @@ impl Core {
     }
 
     /// GET TRANSACTION PROVE: `80 5A 00 P2 02 ATC(2) 08` → MAC(4) ‖ TAC(4); 9406 when the
-    /// card has no such transaction.
+    /// card has no such transaction; 6985 when a one-shot card has answered already.
     pub(crate) fn get_transaction_prove(&mut self, apdu: &Apdu<'_>, out: &mut Vec<u8>) -> u16 {
         if let Some(sw) = self.purse_ready() {
             return sw;
@@ -467,15 +491,30 @@ impl Core {
         let [hi, lo] = apdu.data else {
             return 0x6700;
         };
-        let atc = u16::from_be_bytes([*hi, *lo]);
-        match self.state.purse.last_prove {
-            Some(p) if p.atc == atc && p.ttype == apdu.p2 => {
-                out.extend_from_slice(&p.mac);
-                out.extend_from_slice(&p.tac);
-                0x9000
-            }
-            _ => 0x9406,
+        let asked = u16::from_be_bytes([*hi, *lo]);
+        let v = self.state.variant;
+        let Some(p) = self.state.purse.last_prove.as_mut() else {
+            return 0x9406;
+        };
+        let names = match v.prove_atc {
+            ProveAtc::Initialize => Some(p.atc),
+            ProveAtc::Next => p.atc.checked_add(1),
+        };
+        if names != Some(asked) || p.ttype != apdu.p2 {
+            return 0x9406;
         }
+        if v.prove_once && p.answered {
+            return 0x6985;
+        }
+        p.answered = true;
+        let load = matches!(p.ttype, TT_EP_LOAD | TT_ED_LOAD);
+        if v.prove_zero_mac && load {
+            out.extend_from_slice(&[0; 4]);
+        } else {
+            out.extend_from_slice(&p.mac);
+        }
+        out.extend_from_slice(&p.tac);
+        0x9000
     }
 }
 
@@ -495,5 +534,6 @@ fn record_commit(purse: &mut Purse, record: LogRecord, mac: [u8; 4], tac: [u8; 4
         ttype,
         mac,
         tac,
+        answered: false,
     });
 }
