@@ -17,7 +17,7 @@ use cardvm::issuer::{Ca, Certificate, Issuer, IssuerError, Ledger, TrustStore, T
 use cardvm::reader::{Clock, MemoryJournal, Policy, Reader, ReaderConfig};
 use cardvm::receipt::{FieldValue, Mode, Outcome, Receipt};
 use cardvm::script::DataScript;
-use cardvm::sim::{Algorithm, CpuCard, Fault, RandomSource};
+use cardvm::sim::{Algorithm, CpuCard, Fault, ProveAtc, RandomSource, Variant};
 use cardvm::vm::{Limits, NoTrace};
 
 const NOW: u64 = 1_795_435_200; // 2026-11-23T12:00:00Z
@@ -264,7 +264,13 @@ fn card(c: &City, balance: u32) -> CpuCard {
 /// A card whose online and offline ATCs start at `atc` (cards in the field start at 1:
 /// reference/epurse.md "City variants").
 fn card_counting_from(c: &City, balance: u32, atc: u16) -> CpuCard {
+    card_like(c, balance, atc, Variant::default())
+}
+
+/// A card that behaves like `variant` (a card in the field).
+fn card_like(c: &City, balance: u32, atc: u16, variant: Variant) -> CpuCard {
     CpuCard::builder()
+        .variant(variant)
         .algorithm(c.alg)
         .card_number(&SERIAL)
         .master_keys(&unhex(MLK), &unhex(MPK), &unhex(MTK))
@@ -830,4 +836,254 @@ async fn recovery_on_postgresql() {
         Some(cluster::pg_database(&base, "rec0")),
     )
     .await;
+}
+
+/// A load torn at CREDIT FOR LOAD (`tear`), after an earlier load that settled (so a
+/// card holds that one's proof): the settled `unknown` bundle.
+async fn torn_load(w: &World, c: &mut CpuCard, tear: fn(u32) -> Fault) -> cardvm::issuer::Bundle {
+    let q = w.query_receipt(731, c, NOW).await;
+    let first = w.issuer.bundle(&q, 1_000).await.expect("bundle");
+    let r = w.run(&first, c);
+    assert_eq!(r.outcome, Outcome::Committed, "{r:?}");
+    w.issuer.settle(&r).await.expect("settle");
+    let q = w.query_receipt(731, c, NOW + 10).await;
+    let at = c.apdu_index() + 4;
+    c.faults_mut().push(tear(at));
+    let bundle = w.issuer.bundle(&q, 3_000).await.expect("bundle");
+    let receipt = w.run(&bundle, c);
+    assert!(
+        matches!(receipt.outcome, Outcome::Unknown { .. }),
+        "{receipt:?}"
+    );
+    let s = w.issuer.settle(&receipt).await.expect("settle unknown");
+    assert_eq!(s.state, TxnState::Unknown);
+    cardvm::transport::CardTransport::power_on(c).expect("power on");
+    bundle
+}
+
+/// The card's next query gets the recovery of `torn`; the reader runs it.
+async fn recovery_receipt(
+    w: &World,
+    c: &mut CpuCard,
+    torn: &cardvm::issuer::Bundle,
+    at: u64,
+) -> (cardvm::issuer::Bundle, Receipt) {
+    let recover = w
+        .issuer
+        .bundle(&w.query_receipt(731, c, at).await, 1_000)
+        .await
+        .expect("recovery bundle");
+    assert_eq!(recover.kind, TxnKind::Recover);
+    assert_eq!(recover.recovers_seq, Some(torn.seq));
+    let r = w.run(&recover, c);
+    assert_eq!(r.outcome, Outcome::Committed, "{r:?}");
+    (recover, r)
+}
+
+/// Invariant 17 at the card company, on cards that prove by the next counter, answer
+/// PROVE once, or answer zeros for a load's MAC2: each torn load is decided right and
+/// once, from the card's proof (TAC) or its MAC1-signed counter.
+#[tokio::test]
+async fn recovery_decides_right_on_every_prove_convention() {
+    let cards = [
+        (
+            "next",
+            Variant {
+                prove_atc: ProveAtc::Next,
+                ..Variant::default()
+            },
+        ),
+        (
+            "once-zero-mac",
+            Variant {
+                prove_once: true,
+                prove_zero_mac: true,
+                ..Variant::default()
+            },
+        ),
+        (
+            "next-once",
+            Variant {
+                prove_atc: ProveAtc::Next,
+                prove_once: true,
+                ..Variant::default()
+            },
+        ),
+    ];
+    for (name, variant) in cards {
+        for (tear, committed) in [
+            (Fault::TearAfter as fn(u32) -> Fault, true),
+            (Fault::TearBefore, false),
+        ] {
+            let what = format!("{name}, committed {committed}");
+            let w = World::new(&format!("conv-{name}-{committed}"), &[&DES3]).await;
+            let mut c = card_like(&DES3, 500, 0, variant);
+            let torn = torn_load(&w, &mut c, tear).await;
+            let (recover, r) = recovery_receipt(&w, &mut c, &torn, NOW + 20).await;
+            let s = w.issuer.settle(&r).await.expect("settle recovery");
+            let decided = if committed {
+                TxnState::RecoveredCommitted
+            } else {
+                TxnState::RecoveredFailed
+            };
+            assert_eq!(s.decided, Some((torn.seq, decided)), "{what}");
+            assert_eq!(c.balance(), if committed { 4_500 } else { 1_500 }, "{what}");
+            let again = w.issuer.settle(&r).await.expect("again");
+            assert!(again.already && again.decided.is_none(), "{what}");
+            let rows = w
+                .issuer
+                .ledger()
+                .list(&Filter::default())
+                .await
+                .expect("list");
+            assert_eq!(state_of(&rows, torn.seq), decided, "{what}");
+            assert_eq!(state_of(&rows, recover.seq), TxnState::Committed, "{what}");
+            let credited: u64 = rows
+                .iter()
+                .filter(|r| {
+                    matches!(r.state, TxnState::Committed | TxnState::RecoveredCommitted)
+                        && r.kind == TxnKind::Load
+                })
+                .map(|r| r.amount)
+                .sum();
+            assert_eq!(
+                credited + 500,
+                u64::from(c.balance()),
+                "{what}: the ledger is the card"
+            );
+        }
+    }
+}
+
+/// The reader's own verdict decides nothing: a recovery receipt re-signed by the reader
+/// to say "never counted" (no proof, its counter put back, the card's MAC1 kept), or with
+/// a proof whose TAC is not the card's, leaves the load `unknown`; the genuine answer
+/// decides it. Undecided, the card keeps getting its recovery, and an operator can decide
+/// it with the evidence in the ledger.
+#[tokio::test]
+async fn forged_recovery_evidence_decides_nothing() {
+    let w = World::new("forged-recovery", &[&DES3]).await;
+    let mut c = card(&DES3, 500);
+    let torn = torn_load(&w, &mut c, Fault::TearAfter).await;
+    let set = |r: &mut Receipt, name: &str, v: FieldValue| {
+        for f in &mut r.fields {
+            if f.0 == name {
+                f.1 = v.clone();
+            }
+        }
+    };
+    type Edit<'a> = Box<dyn Fn(&mut Receipt) + 'a>;
+    let forgeries: [(&str, Edit<'_>); 3] = [
+        (
+            "no proof, committed = 0",
+            Box::new(|r: &mut Receipt| {
+                r.fields
+                    .retain(|(n, _)| n != "mac" && n != "tac" && n != "prove_atc");
+                set(r, "committed", FieldValue::Int(0));
+            }),
+        ),
+        (
+            "counter put back to the load's",
+            Box::new(|r: &mut Receipt| {
+                r.fields
+                    .retain(|(n, _)| n != "mac" && n != "tac" && n != "prove_atc");
+                set(r, "counter", FieldValue::Int(1));
+                set(r, "committed", FieldValue::Int(0));
+            }),
+        ),
+        (
+            "a TAC that is not the card's",
+            Box::new(|r: &mut Receipt| set(r, "tac", FieldValue::Bytes(vec![0xAB; 4]))),
+        ),
+    ];
+    let mut at = NOW + 20;
+    for (what, edit) in &forgeries {
+        let (_, genuine) = recovery_receipt(&w, &mut c, &torn, at).await;
+        at += 5;
+        let forged = w.forge(genuine, |r| edit(r));
+        let s = w
+            .issuer
+            .settle(&forged)
+            .await
+            .expect("settles, decides nothing");
+        assert_eq!(s.decided, None, "{what}");
+        let row = w
+            .issuer
+            .ledger()
+            .txn("R1", torn.seq)
+            .await
+            .expect("ledger")
+            .expect("row");
+        assert_eq!(row.state, TxnState::Unknown, "{what}");
+    }
+    // The evidence is kept: the recovery's note says what it saw.
+    let rows = w
+        .issuer
+        .ledger()
+        .list(&Filter::default())
+        .await
+        .expect("list");
+    assert!(
+        rows.iter().filter(|r| r.kind == TxnKind::Recover).all(|r| r
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("recovery undecided"))),
+        "{rows:?}"
+    );
+    // The genuine answer decides it, once.
+    let (_, genuine) = recovery_receipt(&w, &mut c, &torn, at).await;
+    let s = w.issuer.settle(&genuine).await.expect("settle");
+    assert_eq!(s.decided, Some((torn.seq, TxnState::RecoveredCommitted)));
+    // Decided: an operator cannot decide it again.
+    assert!(
+        !w.issuer
+            .ledger()
+            .decide_unknown("R1", torn.seq, TxnState::RecoveredFailed, "test")
+            .await
+            .expect("ledger")
+    );
+}
+
+/// An operator decides an `unknown` load the card cannot prove (`cardvm issuer
+/// decide`): only an `unknown` one, only to a recovered state, with the reason kept.
+#[tokio::test]
+async fn operator_decides_an_undecided_load() {
+    let w = World::new("operator-decides", &[&DES3]).await;
+    let mut c = card(&DES3, 500);
+    let torn = torn_load(&w, &mut c, Fault::TearBefore).await;
+    let l = w.issuer.ledger();
+    assert!(
+        l.decide_unknown("R1", torn.seq, TxnState::Committed, "no")
+            .await
+            .is_err()
+    );
+    assert!(
+        l.decide_unknown(
+            "R1",
+            torn.seq,
+            TxnState::RecoveredFailed,
+            "decided by an operator: card statement"
+        )
+        .await
+        .expect("ledger")
+    );
+    let row = l.txn("R1", torn.seq).await.expect("ledger").expect("row");
+    assert_eq!(row.state, TxnState::RecoveredFailed);
+    assert!(
+        row.note
+            .as_deref()
+            .is_some_and(|n| n.contains("card statement"))
+    );
+    assert!(
+        !l.decide_unknown("R1", torn.seq, TxnState::RecoveredCommitted, "again")
+            .await
+            .expect("ledger")
+    );
+    // Decided: the card gets loads again.
+    let next = w
+        .issuer
+        .bundle(&w.query_receipt(731, &mut c, NOW + 30).await, 1_000)
+        .await
+        .expect("load");
+    assert_eq!(next.kind, TxnKind::Load);
 }

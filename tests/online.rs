@@ -391,8 +391,12 @@ fn revoked_reader_is_refused_by_the_running_service() {
 }
 
 /// A card pulled while the load was being written (`unknown`): at the card's next
-/// recharge the service answers with its recovery first; the card proves the load, the
-/// ledger records it once, and the new load follows.
+/// recharge the service answers with its recovery first; the card proves the load (or
+/// its counter proves it never counted), the ledger records it once, and the new load
+/// follows. On the same card, one after the other: the reference card, a vendor's card
+/// that names a transaction by the next counter in GET TRANSACTION PROVE, and a card
+/// that answers PROVE once with zeros for the load's MAC2 — torn after and before the
+/// card's commit (invariant 17 through `cardvm issuer serve`).
 #[test]
 fn card_pulled_mid_write_is_recovered_at_the_next_recharge() {
     let s = setup("online-recover");
@@ -406,74 +410,129 @@ fn card_pulled_mid_write_is_recovered_at_the_next_recharge() {
     let cardvm::sim::SimCard::Cpu(mut card) = card(cwd) else {
         panic!("a CPU card");
     };
+    let start_balance = u64::from(card.balance());
     let mut rng = cardvm::crypto::rng::os_rng();
-    let q = rt.block_on(c.query_script(731)).expect("query script");
-    let q = cardvm::online::protocol::from_hex(&q.script).expect("hex");
-    let query = r
-        .query(&q, b"n", &mut card, &mut cardvm::vm::NoTrace, &mut rng)
-        .expect("query");
-    let bundle = rt
-        .block_on(c.start(&new_request_id(), &query.receipt.to_json(), 5_000))
-        .expect("bundle");
-    // Torn after the card wrote CREDIT FOR LOAD (the load's fourth APDU).
-    let at = card.apdu_index() + 4;
-    card.faults_mut().push(cardvm::sim::Fault::TearAfter(at));
-    let done = r
-        .transact(
-            &cardvm::online::protocol::from_hex(&bundle.command).expect("hex"),
-            &cardvm::online::protocol::from_hex(&bundle.data).expect("hex"),
-            &mut card,
-            &mut cardvm::vm::NoTrace,
-            &mut rng,
-        )
-        .expect("load");
-    assert!(
-        matches!(
-            done.receipt.outcome,
-            cardvm::receipt::Outcome::Unknown { .. }
+    type Edit = fn(&mut cardvm::sim::Variant);
+    let cases: [(&str, Edit, bool); 5] = [
+        ("reference", |_| {}, true),
+        (
+            "PROVE by the next counter",
+            |v| v.prove_atc = cardvm::sim::ProveAtc::Next,
+            true,
         ),
-        "{:?}",
-        done.receipt.outcome
-    );
-    let s1 = rt
-        .block_on(c.complete(&new_request_id(), &done.receipt.to_json()))
-        .expect("complete");
-    assert_eq!(s1.state, "unknown");
-    assert_eq!(card.balance(), 5_500, "the card has the load");
-    // The customer taps again and asks for 10.00 more.
-    cardvm::transport::CardTransport::power_on(&mut card).expect("power on");
-    let mut steps = Vec::new();
-    let out = rt
-        .block_on(cardvm::online::client::recharge(
-            &c,
-            &mut r,
-            &mut card,
-            731,
-            1_000,
-            |s| steps.push(s.clone()),
-        ))
-        .expect("recharge");
-    assert_eq!(out.recovered.len(), 1, "{steps:?}");
-    assert_eq!(out.recovered[0].decided_seq, Some(bundle.seq));
-    assert_eq!(
-        out.recovered[0].decided_state.as_deref(),
-        Some("recovered-committed")
-    );
-    assert_eq!(out.settled.expect("settled").state, "committed");
-    assert_eq!(card.balance(), 6_500);
-    let rows = ledger(cwd);
-    let credited: u64 = rows
-        .iter()
-        .filter(|r| {
-            r["kind"] == "load"
-                && (r["state"] == "committed" || r["state"] == "recovered-committed")
-        })
-        .map(|r| r["amount"].as_u64().expect("amount"))
-        .sum();
-    assert_eq!(
-        credited, 6_000,
-        "the ledger credits each load once: {rows:?}"
-    );
+        (
+            "PROVE by the next counter",
+            |v| v.prove_atc = cardvm::sim::ProveAtc::Next,
+            false,
+        ),
+        (
+            "PROVE once, zero MAC2",
+            |v| {
+                v.prove_atc = cardvm::sim::ProveAtc::Initialize;
+                v.prove_once = true;
+                v.prove_zero_mac = true;
+            },
+            true,
+        ),
+        (
+            "PROVE once, zero MAC2",
+            |v| {
+                v.prove_once = true;
+                v.prove_zero_mac = true;
+            },
+            false,
+        ),
+    ];
+    for (name, edit, committed) in cases {
+        let what = format!(
+            "{name}, torn {} the commit",
+            if committed { "after" } else { "before" }
+        );
+        let mut profile = card.to_profile();
+        let mut variant = *card.variant();
+        edit(&mut variant);
+        profile.variant = (&variant).into();
+        card = profile.build().expect("card");
+        let q = rt.block_on(c.query_script(731)).expect("query script");
+        let q = cardvm::online::protocol::from_hex(&q.script).expect("hex");
+        let query = r
+            .query(&q, b"n", &mut card, &mut cardvm::vm::NoTrace, &mut rng)
+            .expect("query");
+        let bundle = rt
+            .block_on(c.start(&new_request_id(), &query.receipt.to_json(), 5_000))
+            .expect("bundle");
+        // Torn at CREDIT FOR LOAD (the load's fourth APDU), after or before the card wrote it.
+        let at = card.apdu_index() + 4;
+        card.faults_mut().push(if committed {
+            cardvm::sim::Fault::TearAfter(at)
+        } else {
+            cardvm::sim::Fault::TearBefore(at)
+        });
+        let before = card.balance();
+        let done = r
+            .transact(
+                &cardvm::online::protocol::from_hex(&bundle.command).expect("hex"),
+                &cardvm::online::protocol::from_hex(&bundle.data).expect("hex"),
+                &mut card,
+                &mut cardvm::vm::NoTrace,
+                &mut rng,
+            )
+            .expect("load");
+        assert!(
+            matches!(
+                done.receipt.outcome,
+                cardvm::receipt::Outcome::Unknown { .. }
+            ),
+            "{what}: {:?}",
+            done.receipt.outcome
+        );
+        let s1 = rt
+            .block_on(c.complete(&new_request_id(), &done.receipt.to_json()))
+            .expect("complete");
+        assert_eq!(s1.state, "unknown", "{what}");
+        let loaded = if committed { 5_000 } else { 0 };
+        assert_eq!(card.balance(), before + loaded, "{what}");
+        // The customer taps again and asks for 10.00 more.
+        cardvm::transport::CardTransport::power_on(&mut card).expect("power on");
+        let mut steps = Vec::new();
+        let out = rt
+            .block_on(cardvm::online::client::recharge(
+                &c,
+                &mut r,
+                &mut card,
+                731,
+                1_000,
+                |s| steps.push(s.clone()),
+            ))
+            .expect("recharge");
+        assert_eq!(out.recovered.len(), 1, "{what}: {steps:?}");
+        assert_eq!(out.recovered[0].decided_seq, Some(bundle.seq), "{what}");
+        assert_eq!(
+            out.recovered[0].decided_state.as_deref(),
+            Some(if committed {
+                "recovered-committed"
+            } else {
+                "recovered-failed"
+            }),
+            "{what}"
+        );
+        assert_eq!(out.settled.expect("settled").state, "committed", "{what}");
+        assert_eq!(card.balance(), before + loaded + 1_000, "{what}");
+        let rows = ledger(cwd);
+        let credited: u64 = rows
+            .iter()
+            .filter(|r| {
+                r["kind"] == "load"
+                    && (r["state"] == "committed" || r["state"] == "recovered-committed")
+            })
+            .map(|r| r["amount"].as_u64().expect("amount"))
+            .sum();
+        assert_eq!(
+            start_balance + credited,
+            u64::from(card.balance()),
+            "{what}: the ledger credits each load once: {rows:?}"
+        );
+    }
 }
 
 /// The README's two-party quick start (`examples/two_party.sh`) runs as written.

@@ -91,7 +91,7 @@ fn trace_vm_on_a_high_level_script_shows_its_lines() {
         err.contains("purse_load.cvs:24: sk = session_key(dlk, rnd ++ atc2 ++ [80 00])"),
         "{err}"
     );
-    assert!(err.contains("purse.cvs:21: apdu READ_EF15"), "{err}");
+    assert!(err.contains("purse.cvs:22: apdu READ_EF15"), "{err}");
     assert!(!err.contains(".cvs.casm"), "{err}");
     assert!(!err.contains("source not available"), "{err}");
     for key in ["3F 01 3F 01", "3F013F01", "00 11 22 33 44 55 66 77"] {

@@ -154,6 +154,25 @@ enum IssuerCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Decide an `unknown` load that recovery could not prove either way (see the
+    /// recovery's note in `issuer ledger`; docs/cards.md "Recovery").
+    Decide {
+        /// The reader that ran the load.
+        #[arg(value_name = "READER")]
+        reader: String,
+        /// The load's seq.
+        #[arg(value_name = "SEQ")]
+        seq: u64,
+        /// The card has the load (the cardholder is credited).
+        #[arg(long, conflicts_with = "failed", required_unless_present = "failed")]
+        committed: bool,
+        /// The card does not have it.
+        #[arg(long)]
+        failed: bool,
+        /// Why (kept in the ledger's note with the decision).
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -380,9 +399,52 @@ async fn run_async(args: IssuerArgs) -> CliResult {
             print_ledger(&rows, json);
             Ok(())
         }
+        IssuerCmd::Decide {
+            reader,
+            seq,
+            committed,
+            failed: _,
+            reason,
+        } => decide(&ledger, &reader, seq, committed, &reason).await,
     };
     ledger.close().await;
     r
+}
+
+/// `issuer decide`: an operator's verdict on an `unknown` load, kept with its reason.
+async fn decide(
+    ledger: &Ledger,
+    reader: &str,
+    seq: u64,
+    committed: bool,
+    reason: &str,
+) -> CliResult {
+    if reason.trim().is_empty() {
+        return Err("--reason: say why (it is kept with the decision)".into());
+    }
+    let state = if committed {
+        TxnState::RecoveredCommitted
+    } else {
+        TxnState::RecoveredFailed
+    };
+    let note = format!("decided by an operator: {}", reason.trim());
+    if ledger
+        .decide_unknown(reader, seq, state, &note)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        println!("{reader}/{seq}: {}", state.name());
+        return Ok(());
+    }
+    Err(
+        match ledger.txn(reader, seq).await.map_err(|e| e.to_string())? {
+            None => format!("no transaction {reader}/{seq}"),
+            Some(row) => format!(
+                "transaction {reader}/{seq} is {}, not unknown: nothing changed",
+                row.state.name()
+            ),
+        },
+    )
 }
 
 fn check_card(card: &str) -> CliResult {

@@ -979,6 +979,43 @@ impl Ledger {
         Ok(Applied::Now)
     }
 
+    /// An operator decides an `unknown` load the card could not prove either way (the
+    /// recovery's evidence is in its note): `recovered-committed` or `recovered-failed`,
+    /// with the reason kept in the note. `Ok(false)` when the transaction is not
+    /// `unknown` (decided meanwhile, or never unknown): nothing changes.
+    pub async fn decide_unknown(
+        &self,
+        reader_id: &str,
+        seq: u64,
+        decided: TxnState,
+        note: &str,
+    ) -> Result<bool, LedgerError> {
+        if !matches!(
+            decided,
+            TxnState::RecoveredCommitted | TxnState::RecoveredFailed
+        ) {
+            return Err(LedgerError::Corrupt {
+                what: format!("transaction {reader_id}/{seq}"),
+                detail: format!(
+                    "an unknown load is decided recovered-committed or recovered-failed, not {}",
+                    decided.name()
+                ),
+            });
+        }
+        let r = sqlx::query(
+            "UPDATE transactions SET state = $1, note = $2 \
+             WHERE reader_id = $3 AND seq = $4 AND state = 'unknown'",
+        )
+        .bind(decided.name())
+        .bind(note)
+        .bind(reader_id)
+        .bind(to_i64(seq, "seq")?)
+        .execute(&self.pool)
+        .await
+        .map_err(db("decide unknown"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
     async fn applied(&self, rows: u64, reader_id: &str, seq: u64) -> Result<Applied, LedgerError> {
         if rows > 0 {
             return Ok(Applied::Now);

@@ -367,6 +367,16 @@ pub enum RechargeError {
     /// The reader refused (sealed scripts, journal, policy) or the card failed.
     #[error("reader: {0}")]
     Reader(String),
+    /// The card's earlier load is still `unknown`: its recovery (`recovery_seq`) found
+    /// no proof either way, so the card gets no new load until the card company decides
+    /// (`cardvm issuer decide`).
+    #[error(
+        "the card's earlier load is still undecided: recovery {recovery_seq} found no proof either way; the card company decides it (cardvm issuer decide) before this card is loaded again"
+    )]
+    Undecided {
+        /// The recovery transaction's seq (its note in the ledger holds the evidence).
+        recovery_seq: u64,
+    },
 }
 
 /// Delivers a receipt, retrying the same request a few times on a broken connection.
@@ -455,6 +465,12 @@ pub async fn recharge<T: crate::transport::CardTransport>(
         }
         if bundle.kind == "recover" {
             match delivered {
+                // Undecided: asking again cannot help (a card may answer PROVE once).
+                Ok(s) if s.decided_seq.is_none() && !s.already => {
+                    return Err(RechargeError::Undecided {
+                        recovery_seq: s.seq,
+                    });
+                }
                 Ok(s) => {
                     recovered.push(s);
                     continue;
