@@ -73,7 +73,12 @@ fn assemble(path: &str) -> Vec<u8> {
 }
 
 struct World {
-    issuer: Issuer,
+    issuer: Arc<Issuer>,
+    /// What a second service instance on the same database needs.
+    db: String,
+    issuer_key: Sm2PrivateKey,
+    trust: TrustStore,
+    cities: Vec<(u32, cardvm::crypto::KeyAlg)>,
     clock: Arc<TestClock>,
     ca: Ca,
     reader_key: Sm2PrivateKey,
@@ -144,14 +149,15 @@ impl World {
         let ledger = Ledger::open(&db).await.expect("ledger");
         let clock = Arc::new(TestClock(AtomicU64::new(NOW)));
         let issuer_key = key();
-        let masters = cluster::Masters(cities.iter().map(|c| (c.city, c.alg.key_alg())).collect());
-        let issuer = Issuer::new(
+        let city_algs: Vec<_> = cities.iter().map(|c| (c.city, c.alg.key_alg())).collect();
+        let masters = cluster::Masters(city_algs.clone());
+        let issuer = Arc::new(Issuer::new(
             ledger,
-            trust,
+            trust.clone(),
             issuer_key.clone(),
             Arc::new(masters),
             clock.clone(),
-        );
+        ));
         for c in cities {
             issuer
                 .ledger()
@@ -195,6 +201,10 @@ impl World {
         .expect("reader");
         World {
             issuer,
+            db,
+            issuer_key,
+            trust,
+            cities: city_algs,
             clock,
             ca,
             reader_key,
@@ -204,6 +214,18 @@ impl World {
             queries: RefCell::new(HashMap::new()),
             _dir: dir,
         }
+    }
+
+    /// Another service instance on the same database (its own connection pool).
+    async fn second_instance(&self) -> Arc<Issuer> {
+        let ledger = Ledger::open(&self.db).await.expect("ledger");
+        Arc::new(Issuer::new(
+            ledger,
+            self.trust.clone(),
+            self.issuer_key.clone(),
+            Arc::new(cluster::Masters(self.cities.clone())),
+            self.clock.clone(),
+        ))
     }
 
     /// The reader runs the city's sealed query script on `card` with its clock at `at`.
@@ -1086,4 +1108,202 @@ async fn operator_decides_an_undecided_load() {
         .await
         .expect("load");
     assert_eq!(next.kind, TxnKind::Load);
+}
+
+/// Limits are decided by the database, per card (invariant 13): `n` loads for one card
+/// at once, spread over `instances` service instances on one database. The city allows
+/// 80 000 a day; each load is 30 000, so exactly two are issued, whatever the race. All
+/// that were issued then run and settle: the card and the ledger end at 60 000 more.
+async fn daily_limit_race(db: Option<String>, tag: &str, n: usize, instances: usize) {
+    let w = World::on(tag, &[&DES3], db).await;
+    let mut c = card(&DES3, 500);
+    let mut queries = Vec::new();
+    for _ in 0..n {
+        queries.push(w.query_receipt(731, &mut c, NOW).await);
+    }
+    let mut issuers = vec![w.issuer.clone()];
+    for _ in 1..instances {
+        issuers.push(w.second_instance().await);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, q) in queries.into_iter().enumerate() {
+        let issuer = issuers[i % instances].clone();
+        tasks.spawn(async move { issuer.bundle(&q, 30_000).await });
+    }
+    let mut issued = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        match r.expect("task") {
+            Ok(b) => issued.push(b),
+            Err(IssuerError::Limit { .. }) => {}
+            Err(e) => panic!("{tag}: {e}"),
+        }
+    }
+    assert_eq!(
+        issued.len(),
+        2,
+        "{tag}: {n} racing loads of 30 000 under a daily 80 000"
+    );
+    // The reader opens sealed bundles in seq order only (replay protection).
+    issued.sort_by_key(|b| b.seq);
+    for b in &issued {
+        let r = w.run(b, &mut c);
+        assert_eq!(r.outcome, Outcome::Committed, "{r:?}");
+        assert_eq!(
+            w.issuer.settle(&r).await.expect("settle").state,
+            TxnState::Committed
+        );
+    }
+    assert_eq!(c.balance(), 60_500);
+    let rows = w
+        .issuer
+        .ledger()
+        .list(&Filter::default())
+        .await
+        .expect("list");
+    let settled: u64 = rows
+        .iter()
+        .filter(|r| r.state == TxnState::Committed)
+        .map(|r| r.amount)
+        .sum();
+    assert_eq!(settled, 60_000, "{tag}");
+    assert_eq!(rows.len(), 2, "{tag}: no orphan bundle");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn daily_limit_holds_against_8_and_50_racing_loads_on_sqlite() {
+    daily_limit_race(None, "race8x1", 8, 1).await;
+    daily_limit_race(None, "race50x1", 50, 1).await;
+    daily_limit_race(None, "race8x2", 8, 2).await;
+    daily_limit_race(None, "race50x2", 50, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn daily_limit_holds_against_8_and_50_racing_loads_on_postgresql() {
+    let Some(base) = cluster::pg_base() else {
+        return;
+    };
+    for (n, instances) in [(8, 1), (50, 1), (8, 2), (50, 2)] {
+        let tag = format!("race{n}x{instances}");
+        daily_limit_race(Some(cluster::pg_database(&base, &tag)), &tag, n, instances).await;
+    }
+}
+
+/// Loads issued and not yet settled count toward the purse limit until they settle,
+/// fail or expire: two 45 000 loads one after the other under a 60 000 purse limit — the
+/// second is refused while the first is open, allowed once it failed, and an expired
+/// bundle no longer counts.
+#[tokio::test]
+async fn unsettled_loads_count_toward_the_purse_limit() {
+    let w = World::new("purse-open", &[&DES3]).await;
+    w.issuer
+        .ledger()
+        .set_city(&CityRow {
+            city: 731,
+            alg: "des3".into(),
+            purse_limit: 60_000,
+            txn_limit: 50_000,
+            day_limit: 1_000_000,
+        })
+        .await
+        .expect("city");
+    let mut c = card(&DES3, 500);
+    let first = w
+        .issuer
+        .bundle(&w.query_receipt(731, &mut c, NOW).await, 45_000)
+        .await
+        .expect("first");
+    let e = w
+        .issuer
+        .bundle(&w.query_receipt(731, &mut c, NOW).await, 45_000)
+        .await
+        .map(|b| b.seq)
+        .expect_err("the first is still open");
+    assert!(
+        matches!(&e, IssuerError::Limit { detail, .. } if detail.contains("unsettled loads 45000")),
+        "{e}"
+    );
+    // The first fails on the card (key index refused): it no longer counts.
+    let at = c.apdu_index() + 3;
+    c.faults_mut().push(Fault::ForceSw(at, 0x9403));
+    let r = w.run(&first, &mut c);
+    assert!(matches!(r.outcome, Outcome::Failed { .. }), "{r:?}");
+    w.issuer.settle(&r).await.expect("settle failed");
+    let second = w
+        .issuer
+        .bundle(&w.query_receipt(731, &mut c, NOW).await, 45_000)
+        .await
+        .expect("allowed once the first failed");
+    // Expired without a receipt: released (the bundle can no longer be opened).
+    let later = second.expires + 1;
+    w.clock.0.store(later, Ordering::SeqCst);
+    w.issuer
+        .bundle(&w.query_receipt(731, &mut c, later).await, 45_000)
+        .await
+        .expect("an expired bundle no longer counts");
+}
+
+/// Database errors keep their meaning (invariant 13): a unique violation is a conflict
+/// (this query already bought its bundle), and any other failure — here a closed pool —
+/// decided nothing and is retryable, never answered as a conflict.
+async fn database_errors_are_typed_on(db: Option<String>, tag: &str) {
+    let w = World::on(tag, &[&DES3], db).await;
+    let mut c = card(&DES3, 500);
+    let q = w.query_receipt(731, &mut c, NOW).await;
+    let b = w.issuer.bundle(&q, 1_000).await.expect("bundle");
+    let row = w
+        .issuer
+        .ledger()
+        .txn("R1", b.seq)
+        .await
+        .expect("ledger")
+        .expect("row");
+    // The same (reader, seq) again: the primary key refuses it.
+    let again = cardvm::issuer::ledger::NewTxn {
+        reader_id: "R1".into(),
+        seq: b.seq,
+        kind: TxnKind::Load,
+        city: 731,
+        card_id: row.card_id.clone(),
+        amount: 1_000,
+        terminal_id: [0, 0, 0, 0, 0, 7],
+        datetime: row.datetime.clone(),
+        command_sm3: "00".into(),
+        query_sm3: None,
+        balance_before: Some(500),
+        recovers_seq: None,
+        issued_at: NOW,
+        expires_at: NOW + 600,
+    };
+    let e = w
+        .issuer
+        .ledger()
+        .insert(&again, None)
+        .await
+        .expect_err("recorded already");
+    assert!(
+        matches!(e, cardvm::issuer::ledger::LedgerError::Conflict { .. }) && !e.is_retryable(),
+        "{tag}: {e}"
+    );
+    let down = w.second_instance().await;
+    down.ledger().close().await;
+    let fresh = w.query_receipt(731, &mut c, NOW).await;
+    let e = down
+        .bundle(&fresh, 1_000)
+        .await
+        .map(|b| b.seq)
+        .expect_err("no database");
+    assert!(
+        matches!(&e, IssuerError::Ledger(l) if l.is_retryable()),
+        "{tag}: {e}"
+    );
+    // The same query on a working instance still buys its bundle: nothing was decided.
+    w.issuer.bundle(&fresh, 1_000).await.expect("retried");
+}
+
+#[tokio::test]
+async fn database_errors_are_typed() {
+    database_errors_are_typed_on(None, "typed-sqlite").await;
+    if let Some(base) = cluster::pg_base() {
+        database_errors_are_typed_on(Some(cluster::pg_database(&base, "typed")), "typed-pg").await;
+    }
 }

@@ -234,6 +234,18 @@ impl Clock for Skewed {
     }
 }
 
+fn refused_ref(e: &ClientError) -> (u16, String, String) {
+    match e {
+        ClientError::Refused {
+            status,
+            code,
+            error,
+            ..
+        } => (*status, code.clone(), error.clone()),
+        other => panic!("expected a refusal, got {other}"),
+    }
+}
+
 fn refused(e: ClientError) -> (u16, String, String) {
     match e {
         ClientError::Refused {
@@ -533,6 +545,72 @@ fn card_pulled_mid_write_is_recovered_at_the_next_recharge() {
             "{what}: the ledger credits each load once: {rows:?}"
         );
     }
+}
+
+/// One request id raced (invariant 13): 8 `start` requests with the same id at once —
+/// the same body, or 8 different queries of one card — have exactly one effect: one
+/// bundle in the ledger; every identical request gets that bundle, every other body is
+/// refused as a reused id, and nothing is left `issued` that nobody got.
+#[test]
+fn one_request_id_raced_has_one_effect() {
+    let s = setup("online-idrace");
+    let cwd = &s.cwd;
+    tls(cwd);
+    cpu_card("scripts/city0731-des3/card.toml", &cwd.join("c731.toml"));
+    let rt = runtime();
+    let server = serve(cwd, &[]);
+    let c = Arc::new(client(cwd, &server.url));
+    let mut r = reader(cwd);
+    let cardvm::sim::SimCard::Cpu(mut card) = card(cwd) else {
+        panic!("a CPU card");
+    };
+    let mut rng = cardvm::crypto::rng::os_rng();
+    let q = rt.block_on(c.query_script(731)).expect("query script");
+    let q = cardvm::online::protocol::from_hex(&q.script).expect("hex");
+    let mut queries = Vec::new();
+    for i in 0..9u8 {
+        let done = r
+            .query(&q, &[i], &mut card, &mut cardvm::vm::NoTrace, &mut rng)
+            .expect("query");
+        queries.push(done.receipt.to_json());
+    }
+    // queries[..8]: 8 bodies under one id; queries[8]: one body sent 8 times.
+    for same_body in [false, true] {
+        let id = new_request_id();
+        let results = rt.block_on(async {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (i, query) in queries[..8].iter().enumerate() {
+                let body = if same_body {
+                    queries[8].clone()
+                } else {
+                    query.clone()
+                };
+                let (c, id) = (c.clone(), id.clone());
+                let amount = if same_body { 1_000 } else { 1_000 + i as u64 };
+                tasks.spawn(async move { c.start(&id, &body, amount).await });
+            }
+            let mut out = Vec::new();
+            while let Some(r) = tasks.join_next().await {
+                out.push(r.expect("task"));
+            }
+            out
+        });
+        let bundles: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let what = if same_body { "same body" } else { "8 bodies" };
+        if same_body {
+            assert_eq!(bundles.len(), 8, "{what}: every retry gets the answer");
+            assert!(bundles.iter().all(|b| b.seq == bundles[0].seq), "{what}");
+        } else {
+            assert_eq!(bundles.len(), 1, "{what}");
+            for e in results.iter().filter_map(|r| r.as_ref().err()) {
+                let (status, code, _) = refused_ref(e);
+                assert_eq!((status, code.as_str()), (409, "request_id_reused"), "{e}");
+            }
+        }
+    }
+    // Two bundles in all: one per raced id.
+    let rows = ledger(cwd);
+    assert_eq!(rows.len(), 2, "{rows:?}");
 }
 
 /// The README's two-party quick start (`examples/two_party.sh`) runs as written.

@@ -23,8 +23,8 @@ use crate::crypto::{KeyAlg, KeyUsage, SecretKey};
 use crate::envelope::{EnvelopeHeader, ScriptKind, SealError};
 use crate::issuer::keys::{KeyRole, KeyStoreError, MasterKeyStore};
 use crate::issuer::ledger::{
-    Applied, CityRow, Ledger, LedgerError, NewTxn, ReaderRow, Settlement, TxnKind, TxnRow,
-    TxnState, hex, unhex,
+    Applied, CityRow, Ledger, LedgerError, LoadLimits, NewTxn, ReaderRow, Recorded, Settlement,
+    TxnKind, TxnRow, TxnState, hex, unhex,
 };
 use crate::issuer::query::{CardQuery, QueryError, unix_to_bcd_datetime};
 use crate::issuer::{PkiError, ReaderIdentity, TrustStore};
@@ -679,6 +679,13 @@ impl Issuer {
             amount,
             hex(&when),
             None,
+            Some(LoadLimits {
+                balance: q.card.balance.unwrap_or(0),
+                purse_limit: city.purse_limit,
+                day_limit: city.day_limit,
+                day_start: now - now % 86_400,
+                now,
+            }),
         )
         .await
     }
@@ -712,6 +719,7 @@ impl Issuer {
             0,
             when,
             Some(unknown.seq),
+            None,
         )
         .await
     }
@@ -831,6 +839,7 @@ impl Issuer {
         amount: u64,
         datetime: String,
         recovers_seq: Option<u64>,
+        limits: Option<LoadLimits>,
     ) -> Result<Bundle, IssuerError> {
         let reader_id = q.reader.reader_id.clone();
         let city = program.header().city;
@@ -862,32 +871,62 @@ impl Issuer {
             &data_bytes,
         )?;
         let card_hex = hex(&q.card.card_id);
-        self.ledger
-            .insert(&NewTxn {
-                reader_id: reader_id.clone(),
-                seq,
-                kind,
-                city,
-                card_id: card_hex,
-                amount,
-                terminal_id: q.reader.terminal_id,
-                datetime,
-                command_sm3: hex(&crate::crypto::sm3(command)),
-                query_sm3: Some(q.receipt_sm3.clone()),
-                balance_before: q.card.balance,
-                recovers_seq,
-                issued_at: self.clock.now(),
-                expires_at: expires,
-            })
+        let recorded = self
+            .ledger
+            .insert(
+                &NewTxn {
+                    reader_id: reader_id.clone(),
+                    seq,
+                    kind,
+                    city,
+                    card_id: card_hex,
+                    amount,
+                    terminal_id: q.reader.terminal_id,
+                    datetime,
+                    command_sm3: hex(&crate::crypto::sm3(command)),
+                    query_sm3: Some(q.receipt_sm3.clone()),
+                    balance_before: q.card.balance,
+                    recovers_seq,
+                    issued_at: self.clock.now(),
+                    expires_at: expires,
+                },
+                limits.as_ref(),
+            )
             .await
             .map_err(|e| match e {
-                // Lost a race for the same query against another instance.
-                LedgerError::Db { .. } => IssuerError::QueryUsed {
+                // Lost a race for the same query (on this instance or another).
+                LedgerError::Conflict { .. } => IssuerError::QueryUsed {
                     reader: reader_id.clone(),
                     seq,
                 },
                 other => other.into(),
             })?;
+        let limit = |detail: String| IssuerError::Limit {
+            card: hex(&q.card.card_id),
+            detail,
+        };
+        match recorded {
+            Recorded::Yes => {}
+            Recorded::OverDailyLimit { today, limit: l } => {
+                return Err(limit(format!(
+                    "today's loads {today} + amount {amount} over the daily limit {l}"
+                )));
+            }
+            Recorded::OverPurseLimit {
+                balance,
+                unsettled,
+                limit: l,
+            } => {
+                return Err(limit(format!(
+                    "balance {balance} + unsettled loads {unsettled} + amount {amount} over the purse limit {l}"
+                )));
+            }
+            Recorded::CardUnknown { seq } => {
+                return Err(limit(format!(
+                    "the card's load {seq} is unknown: it is recovered first"
+                )));
+            }
+        }
         Ok(Bundle {
             kind,
             reader_id,

@@ -35,18 +35,33 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "requests",
         include_str!("../../migrations/0002_requests.sql"),
     ),
+    (
+        3,
+        "card limits",
+        include_str!("../../migrations/0003_card_limits.sql"),
+    ),
 ];
 
 /// A ledger failure: one line, with the operation.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LedgerError {
-    /// The database refused or failed an operation.
+    /// The database failed an operation (connection, pool timeout, I/O, a restart):
+    /// nothing was decided, and the same request may be retried.
     #[error("ledger {op}: {detail}")]
     Db {
         /// What the ledger was doing.
         op: &'static str,
         /// The driver's message.
+        detail: String,
+    },
+    /// A uniqueness constraint refused the write: the row exists (another request or
+    /// instance got there first). Not retryable as it is.
+    #[error("ledger {op}: already recorded ({detail})")]
+    Conflict {
+        /// What the ledger was doing.
+        op: &'static str,
+        /// The driver's message (the constraint, where the database names it).
         detail: String,
     },
     /// A row holds a value this build cannot read (edited by hand, or a newer build).
@@ -62,10 +77,27 @@ pub enum LedgerError {
     BadUrl(String),
 }
 
+/// Maps a driver error by what it means: a unique violation is a conflict (decided by
+/// the database: the row is there), anything else a failure that is safe to retry.
 fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> LedgerError {
-    move |e| LedgerError::Db {
-        op,
-        detail: e.to_string(),
+    move |e| match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => LedgerError::Conflict {
+            op,
+            detail: d
+                .constraint()
+                .map_or_else(|| d.message().to_string(), String::from),
+        },
+        _ => LedgerError::Db {
+            op,
+            detail: e.to_string(),
+        },
+    }
+}
+
+impl LedgerError {
+    /// True for failures that decided nothing: the same request may be retried.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, LedgerError::Db { .. })
     }
 }
 
@@ -273,6 +305,72 @@ pub struct NewTxn {
     pub issued_at: u64,
     /// Unix seconds.
     pub expires_at: u64,
+}
+
+/// The limits a load must fit, checked by [`Ledger::insert`] under the card's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadLimits {
+    /// The card's balance as its query read it (fen).
+    pub balance: u64,
+    /// Highest balance: balance + unsettled loads + this one.
+    pub purse_limit: u64,
+    /// Highest total of the day's loads, this one included.
+    pub day_limit: u64,
+    /// Start of the day the daily limit counts (Unix seconds).
+    pub day_start: u64,
+    /// Now: `issued` bundles expired by then no longer count.
+    pub now: u64,
+}
+
+/// What [`Ledger::insert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Recorded as `issued`.
+    Yes,
+    /// Not recorded: today's loads (settled, issued or unknown) would exceed the limit.
+    OverDailyLimit {
+        /// Today's counted total before this load.
+        today: u64,
+        /// The city's daily limit.
+        limit: u64,
+    },
+    /// Not recorded: balance + unsettled loads + this one would exceed the purse limit.
+    OverPurseLimit {
+        /// The card's balance (query).
+        balance: u64,
+        /// Loads issued or unknown, not yet settled.
+        unsettled: u64,
+        /// The city's purse limit.
+        limit: u64,
+    },
+    /// Not recorded: the card has an `unknown` load to recover first.
+    CardUnknown {
+        /// That load's seq.
+        seq: u64,
+    },
+}
+
+/// What a request id holds ([`Ledger::reserve_request`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reservation {
+    /// Reserved for this caller: do the work, then answer or release it.
+    Reserved,
+    /// Another caller holds it and is working on it.
+    Pending {
+        /// The endpoint it was reserved for.
+        endpoint: String,
+        /// SM3 of that request's body (hex).
+        body_sm3: Option<String>,
+    },
+    /// Answered: the stored response is the answer to the same request again.
+    Answered {
+        /// The endpoint it answered.
+        endpoint: String,
+        /// SM3 of the body it answered (hex; absent for answers stored before migration 0003).
+        body_sm3: Option<String>,
+        /// The stored response.
+        response: String,
+    },
 }
 
 /// What a receipt settles a transaction as.
@@ -762,9 +860,36 @@ impl Ledger {
         row.map(|r| get_str(&r, "reason")).transpose()
     }
 
-    /// Records a sealed bundle (state `issued`). Fails when the query already bought
-    /// one (`query_sm3` is unique): [`Ledger::txn_by_query`] finds it.
-    pub async fn insert(&self, t: &NewTxn) -> Result<(), LedgerError> {
+    /// Records a sealed bundle (state `issued`), decided by the database for its card:
+    /// one transaction that first writes the card's `card_locks` row (PostgreSQL locks
+    /// it, SQLite takes its write lock), so issuances for one card on any number of
+    /// instances are decided one after the other. For a load, `limits` are checked inside
+    /// that transaction, counting the loads issued and not yet settled (until they
+    /// expire) and those `unknown`; a card with an `unknown` load gets no new load.
+    /// [`LedgerError::Conflict`] when the query already bought a bundle (`query_sm3` is
+    /// unique): [`Ledger::txn_by_query`] finds it.
+    pub async fn insert(
+        &self,
+        t: &NewTxn,
+        limits: Option<&LoadLimits>,
+    ) -> Result<Recorded, LedgerError> {
+        let card = t.card_id.to_ascii_uppercase();
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        sqlx::query(
+            "INSERT INTO card_locks (card_id, version) VALUES ($1, 1) \
+             ON CONFLICT (card_id) DO UPDATE SET version = card_locks.version + 1",
+        )
+        .bind(card.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("lock card"))?;
+        if let Some(l) = limits {
+            let refused = Self::check_limits(&mut tx, &card, t.amount, l).await?;
+            if refused != Recorded::Yes {
+                tx.rollback().await.map_err(db("rollback"))?;
+                return Ok(refused);
+            }
+        }
         sqlx::query(
             "INSERT INTO transactions (reader_id, seq, kind, city, card_id, amount, terminal_id, \
              txn_datetime, command_sm3, query_sm3, balance_before, recovers_seq, issued_at, \
@@ -793,10 +918,75 @@ impl Ledger {
         )
         .bind(to_i64(t.issued_at, "issued_at")?)
         .bind(to_i64(t.expires_at, "expires_at")?)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db("record bundle"))?;
-        Ok(())
+        tx.commit().await.map_err(db("commit bundle"))?;
+        Ok(Recorded::Yes)
+    }
+
+    /// The limits of a load, read under the card's lock.
+    async fn check_limits(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        card: &str,
+        amount: u64,
+        l: &LoadLimits,
+    ) -> Result<Recorded, LedgerError> {
+        let now = to_i64(l.now, "now")?;
+        if let Some(r) = sqlx::query(
+            "SELECT seq FROM transactions WHERE card_id = $1 AND kind = 'load' \
+             AND state = 'unknown' LIMIT 1",
+        )
+        .bind(card)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db("find unknown"))?
+        {
+            return Ok(Recorded::CardUnknown {
+                seq: get_u64(&r, "seq")?,
+            });
+        }
+        // Counted: loads not failed; an `issued` one only until its bundle expires.
+        let live = "card_id = $1 AND kind = 'load' \
+                    AND state NOT IN ('failed', 'recovered-failed') \
+                    AND NOT (state = 'issued' AND expires_at <= $2)";
+        let day = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS total FROM transactions \
+             WHERE {live} AND issued_at >= $3 AND issued_at < $4"
+        )))
+        .bind(card)
+        .bind(now)
+        .bind(to_i64(l.day_start, "day_start")?)
+        .bind(to_i64(l.day_start.saturating_add(86_400), "day_end")?)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db("sum today's loads"))?;
+        let today = get_u64(&day, "total")?;
+        if today.saturating_add(amount) > l.day_limit {
+            return Ok(Recorded::OverDailyLimit {
+                today,
+                limit: l.day_limit,
+            });
+        }
+        // Not yet on the card as far as the query's balance knows: issued or unknown.
+        let open = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS total FROM transactions \
+             WHERE {live} AND state IN ('issued', 'unknown')"
+        )))
+        .bind(card)
+        .bind(now)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db("sum unsettled loads"))?;
+        let unsettled = get_u64(&open, "total")?;
+        if l.balance.saturating_add(unsettled).saturating_add(amount) > l.purse_limit {
+            return Ok(Recorded::OverPurseLimit {
+                balance: l.balance,
+                unsettled,
+                limit: l.purse_limit,
+            });
+        }
+        Ok(Recorded::Yes)
     }
 
     /// One transaction.
@@ -1029,52 +1219,120 @@ impl Ledger {
         }
     }
 
-    /// The stored answer to a reader's request: `(endpoint, response)`.
-    pub async fn stored_reply(
+    /// Reserves a reader's request id for `endpoint` and a body whose SM3 is `body_sm3`
+    /// before any work is done, so that a raced id has exactly one effect (the database's
+    /// primary key decides). A reservation left pending longer than `stale_after`
+    /// seconds (its instance died mid-request) is taken over.
+    pub async fn reserve_request(
         &self,
         reader_id: &str,
         request_id: &str,
-    ) -> Result<Option<(String, String)>, LedgerError> {
+        endpoint: &str,
+        body_sm3: &str,
+        now: u64,
+        stale_after: u64,
+    ) -> Result<Reservation, LedgerError> {
+        let r = sqlx::query(
+            "INSERT INTO requests (reader_id, request_id, endpoint, response, created_at, body_sm3) \
+             VALUES ($1, $2, $3, '', $4, $5) ON CONFLICT (reader_id, request_id) DO NOTHING",
+        )
+        .bind(reader_id)
+        .bind(request_id)
+        .bind(endpoint)
+        .bind(to_i64(now, "created_at")?)
+        .bind(body_sm3)
+        .execute(&self.pool)
+        .await
+        .map_err(db("reserve request"))?;
+        if r.rows_affected() == 1 {
+            return Ok(Reservation::Reserved);
+        }
         let row = sqlx::query(
-            "SELECT endpoint, response FROM requests WHERE reader_id = $1 AND request_id = $2",
+            "SELECT endpoint, response, created_at, body_sm3 FROM requests \
+             WHERE reader_id = $1 AND request_id = $2",
         )
         .bind(reader_id)
         .bind(request_id)
         .fetch_optional(&self.pool)
         .await
         .map_err(db("read request"))?;
-        row.map(|r| Ok((get_str(&r, "endpoint")?, get_str(&r, "response")?)))
-            .transpose()
+        let Some(row) = row else {
+            // Released between the two statements: try once more on the next call.
+            return Ok(Reservation::Pending {
+                endpoint: endpoint.to_string(),
+                body_sm3: Some(body_sm3.to_string()),
+            });
+        };
+        let stored_endpoint = get_str(&row, "endpoint")?;
+        let response = get_str(&row, "response")?;
+        let stored_body = get_opt_str(&row, "body_sm3")?;
+        if !response.is_empty() {
+            return Ok(Reservation::Answered {
+                endpoint: stored_endpoint,
+                body_sm3: stored_body,
+                response,
+            });
+        }
+        let created = get_u64(&row, "created_at")?;
+        let same = stored_endpoint == endpoint && stored_body.as_deref() == Some(body_sm3);
+        if same && created.saturating_add(stale_after) < now {
+            let t = sqlx::query(
+                "UPDATE requests SET created_at = $1 WHERE reader_id = $2 AND request_id = $3 \
+                 AND response = '' AND created_at = $4",
+            )
+            .bind(to_i64(now, "created_at")?)
+            .bind(reader_id)
+            .bind(request_id)
+            .bind(to_i64(created, "created_at")?)
+            .execute(&self.pool)
+            .await
+            .map_err(db("take over request"))?;
+            if t.rows_affected() == 1 {
+                return Ok(Reservation::Reserved);
+            }
+        }
+        Ok(Reservation::Pending {
+            endpoint: stored_endpoint,
+            body_sm3: stored_body,
+        })
     }
 
-    /// Stores the answer to a request unless one is stored already; returns the answer
-    /// that is stored now (the first one wins a race between instances).
-    pub async fn store_reply(
+    /// Stores the answer to a request this instance reserved.
+    pub async fn answer_request(
         &self,
         reader_id: &str,
         request_id: &str,
-        endpoint: &str,
         response: &str,
-        now: u64,
-    ) -> Result<(String, String), LedgerError> {
+    ) -> Result<(), LedgerError> {
         sqlx::query(
-            "INSERT INTO requests (reader_id, request_id, endpoint, response, created_at) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (reader_id, request_id) DO NOTHING",
+            "UPDATE requests SET response = $1 WHERE reader_id = $2 AND request_id = $3 \
+             AND response = ''",
         )
+        .bind(response)
         .bind(reader_id)
         .bind(request_id)
-        .bind(endpoint)
-        .bind(response)
-        .bind(to_i64(now, "created_at")?)
         .execute(&self.pool)
         .await
         .map_err(db("store request"))?;
-        self.stored_reply(reader_id, request_id)
-            .await?
-            .ok_or_else(|| LedgerError::Corrupt {
-                what: format!("requests({reader_id}, {request_id})"),
-                detail: "vanished after insert".into(),
-            })
+        Ok(())
+    }
+
+    /// Releases a reservation whose request was refused (nothing done): the reader may
+    /// send the same id again.
+    pub async fn release_request(
+        &self,
+        reader_id: &str,
+        request_id: &str,
+    ) -> Result<(), LedgerError> {
+        sqlx::query(
+            "DELETE FROM requests WHERE reader_id = $1 AND request_id = $2 AND response = ''",
+        )
+        .bind(reader_id)
+        .bind(request_id)
+        .execute(&self.pool)
+        .await
+        .map_err(db("release request"))?;
+        Ok(())
     }
 
     /// Whether the database answers (the service's health check).

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -28,6 +28,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::protocol::*;
+use crate::issuer::ledger::{Reservation, hex};
 use crate::issuer::{Issuer, IssuerError, Settled};
 use crate::receipt::Receipt;
 
@@ -112,6 +113,11 @@ impl From<IssuerError> for Refusal {
             E::Mismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "mismatch"),
             E::TacMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "tac_mismatch"),
             E::SettledByOther { .. } => (StatusCode::CONFLICT, "settled_by_other"),
+            // A constraint decided: the row is there (a conflict, not retryable as it is);
+            // any other database failure decided nothing and is retryable.
+            E::Ledger(crate::issuer::ledger::LedgerError::Conflict { .. }) => {
+                (StatusCode::CONFLICT, "conflict")
+            }
             E::Ledger(_) => (StatusCode::SERVICE_UNAVAILABLE, "ledger"),
             E::Keys(_) | E::Seal { .. } | E::Script { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "issuer")
@@ -315,23 +321,62 @@ impl Service {
                     Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
                 });
             }
-            if let Some((endpoint, stored)) = ledger
-                .stored_reply(&caller.reader_id, &request_id)
-                .await
-                .map_err(IssuerError::from)?
-            {
-                return same_endpoint(&endpoint, path, stored);
-            }
+            // The request id is reserved before any work (DESIGN invariant 13): a raced
+            // id has one effect; the same id with another body is refused.
             let reader_id = caller.reader_id.clone();
-            let resp = work(self.clone(), caller, req).await?;
-            let text = serde_json::to_string(&resp).map_err(|e| {
-                Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })?;
-            let (endpoint, stored) = ledger
-                .store_reply(&reader_id, &request_id, path, &text, self.issuer.now())
-                .await
-                .map_err(IssuerError::from)?;
-            same_endpoint(&endpoint, path, stored)
+            let body_sm3 = hex(&crate::crypto::sm3(&body));
+            let mut waited = 0;
+            loop {
+                let now = self.issuer.now();
+                match ledger
+                    .reserve_request(&reader_id, &request_id, path, &body_sm3, now, STALE_REQUEST)
+                    .await
+                    .map_err(IssuerError::from)?
+                {
+                    Reservation::Reserved => break,
+                    Reservation::Answered {
+                        endpoint,
+                        body_sm3: stored,
+                        response,
+                    } => {
+                        same_request(&endpoint, stored.as_deref(), path, &body_sm3)?;
+                        return Ok(response);
+                    }
+                    Reservation::Pending {
+                        endpoint,
+                        body_sm3: stored,
+                    } => {
+                        same_request(&endpoint, stored.as_deref(), path, &body_sm3)?;
+                        if waited >= PENDING_WAIT_STEPS {
+                            return Err(Refusal::new(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "request_pending",
+                                "this request_id is still being answered: retry with the same request_id",
+                            ));
+                        }
+                        waited += 1;
+                        tokio::time::sleep(PENDING_WAIT_STEP).await;
+                    }
+                }
+            }
+            match work(self.clone(), caller, req).await {
+                Ok(resp) => {
+                    let text = serde_json::to_string(&resp).map_err(|e| {
+                        Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                    })?;
+                    ledger
+                        .answer_request(&reader_id, &request_id, &text)
+                        .await
+                        .map_err(IssuerError::from)?;
+                    Ok(text)
+                }
+                Err(refusal) => {
+                    // Nothing was done: the id may be used again. (If the release fails
+                    // the reservation goes stale and is taken over.)
+                    let _ = ledger.release_request(&reader_id, &request_id).await;
+                    Err(refusal)
+                }
+            }
         }
         .await;
         match result {
@@ -371,17 +416,36 @@ fn too_large(body: &[u8]) -> Result<(), Refusal> {
 /// The most the service reads of one request body (larger ones are cut off unread).
 pub const READ_LIMIT: usize = 1024 * 1024;
 
-fn same_endpoint(stored_endpoint: &str, path: &str, stored: String) -> Result<String, Refusal> {
-    if stored_endpoint == path {
-        Ok(stored)
-    } else {
-        Err(Refusal::new(
+/// A reserved or answered request id may be used again only for the same endpoint and
+/// the same body (a retry).
+fn same_request(
+    stored_endpoint: &str,
+    stored_body: Option<&str>,
+    path: &str,
+    body_sm3: &str,
+) -> Result<(), Refusal> {
+    if stored_endpoint != path {
+        return Err(Refusal::new(
             StatusCode::CONFLICT,
             "request_id_reused",
             format!("request_id was already used for {stored_endpoint}"),
-        ))
+        ));
     }
+    if stored_body.is_some_and(|b| !b.eq_ignore_ascii_case(body_sm3)) {
+        return Err(Refusal::new(
+            StatusCode::CONFLICT,
+            "request_id_reused",
+            "request_id was already used for another request body",
+        ));
+    }
+    Ok(())
 }
+
+/// A reservation older than this (seconds) belonged to an instance that died mid-request.
+const STALE_REQUEST: u64 = 60;
+/// How long a caller waits for another caller's answer to the same request id.
+const PENDING_WAIT_STEP: Duration = Duration::from_millis(50);
+const PENDING_WAIT_STEPS: u32 = 200;
 
 /// Bodies with an idempotency key.
 trait HasRequestId {
