@@ -400,6 +400,21 @@ fn revoked_reader_is_refused_by_the_running_service() {
     let (status, code, error) = refused(last.expect("still served after revocation"));
     assert_eq!((status, code.as_str()), (403, "certificate"), "{error}");
     assert!(error.to_lowercase().contains("revoked"), "{error}");
+    // Invariant 15: the older CRL (before the revocation, still valid) is not installed
+    // again, and the running service keeps refusing the reader.
+    let e = fails(cwd, &["issuer", "crl", "ca.crl"]);
+    assert!(e.contains("no rollback"), "{e}");
+    let status = ok(cwd, &["issuer", "status"]);
+    assert!(
+        status.contains("CRL of") && status.contains("number 2"),
+        "{status}"
+    );
+    std::thread::sleep(Duration::from_millis(2_500)); // past one reload
+    let (status, code, _) = refused(
+        rt.block_on(c.query_script(731))
+            .expect_err("still revoked after the rollback attempt"),
+    );
+    assert_eq!((status, code.as_str()), (403, "certificate"));
 }
 
 /// A card pulled while the load was being written (`unknown`): at the card's next

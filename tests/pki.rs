@@ -713,3 +713,81 @@ fn every_single_byte_change_to_a_certificate_is_refused() {
         "most changes still decode ({decoded})"
     );
 }
+
+/// Invariant 15, as the attacks: a CRL is installed only if a trusted CA signed it, it
+/// is current, and its number is above the installed one. Re-installing the older CRL
+/// (issued before a revocation) would un-revoke the reader; a CRL from another key with
+/// the CA's name, or from an unknown CA, or an expired one, would make the store refuse
+/// every reader or trust a forger. Each is refused and the revocation stands.
+#[test]
+fn crl_installation_refuses_forgeries_stale_lists_and_rollback() {
+    let mut ca = root("Root");
+    let (_, cert) = reader(&mut ca, "R1");
+    let mut s = TrustStore::new();
+    s.add_root(ca.cert.clone()).unwrap();
+    let before = crl(&mut ca); // number 1: nothing revoked
+    assert_eq!(
+        s.install_crl(before.clone(), NOW).unwrap(),
+        cardvm::issuer::CrlInstall::Added
+    );
+    assert_eq!(
+        s.install_crl(before.clone(), NOW).unwrap(),
+        cardvm::issuer::CrlInstall::Unchanged
+    );
+    let serial = u64::from_str_radix(&serial_of(&cert), 16).unwrap();
+    ca.revoke(serial, NOW - 100).unwrap();
+    let after = crl(&mut ca); // number 2: R1 revoked
+    assert!(matches!(
+        s.install_crl(after, NOW).unwrap(),
+        cardvm::issuer::CrlInstall::Replaced { .. }
+    ));
+    let revoked = |s: &TrustStore| {
+        matches!(
+            s.verify_reader(std::slice::from_ref(&cert), NOW),
+            Err(PkiError::Revoked { .. })
+        )
+    };
+    assert!(revoked(&s));
+    // Rollback: the older, still valid list.
+    let e = s.install_crl(before, NOW).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            PkiError::CrlNotNewer {
+                number: 1,
+                installed: 2,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(revoked(&s), "the rollback un-revoked the reader");
+    // Another key under the CA's name.
+    let mut forger = Ca::new_root(
+        ca.cert.tbs_certificate().subject().clone(),
+        key(),
+        NOW - 10 * DAY,
+        NOW + 3650 * DAY,
+        None,
+        os_rng(),
+    )
+    .unwrap();
+    for _ in 0..5 {
+        crl(&mut forger); // a higher number than the real one
+    }
+    let e = s.install_crl(crl(&mut forger), NOW).unwrap_err();
+    assert!(matches!(e, PkiError::BadSignature { .. }), "{e}");
+    // A CA the store does not trust.
+    let e = s.install_crl(crl(&mut root("Other")), NOW).unwrap_err();
+    assert!(matches!(e, PkiError::CrlUntrusted { .. }), "{e}");
+    // Expired (its nextUpdate is past), though newer.
+    let stale = ca.crl(NOW - 9 * DAY, NOW - DAY, os_rng()).unwrap();
+    let e = s.install_crl(stale, NOW).unwrap_err();
+    assert!(matches!(e, PkiError::StaleCrl { .. }), "{e}");
+    assert!(revoked(&s), "still revoked after every refused install");
+    // What runs out within 8 days: the CRL (7 days left), not the CA (10 years).
+    let soon = s.expiring(NOW, 8 * DAY);
+    assert_eq!(soon.len(), 1, "{soon:?}");
+    assert!(soon[0].1.starts_with("CRL of"), "{soon:?}");
+    assert!(s.expiring(NOW, DAY).is_empty());
+}

@@ -154,6 +154,13 @@ enum IssuerCmd {
         #[arg(long)]
         json: bool,
     },
+    /// The trust anchors and installed CRLs, with what expires within --warn-days (exit
+    /// 0; the warnings on stderr too).
+    Status {
+        /// Warn about a CRL or CA certificate that runs out within this many days.
+        #[arg(long, default_value_t = 7)]
+        warn_days: u64,
+    },
     /// Decide an `unknown` load that recovery could not prove either way (see the
     /// recovery's note in `issuer ledger`; docs/cards.md "Recovery").
     Decide {
@@ -332,6 +339,9 @@ async fn run_async(args: IssuerArgs) -> CliResult {
             quiet,
         } => {
             let issuer = open_issuer(&ledger).await?;
+            for w in expiry_warnings(&trust_store(&ledger).await?, now(), 7) {
+                eprintln!("cardvm issuer: {w}");
+            }
             let (ca0, crl0) = (ledger.config("ca_pem").await, ledger.config("crls").await);
             let svc = cardvm::online::service::Service::new(
                 issuer,
@@ -364,6 +374,9 @@ async fn run_async(args: IssuerArgs) -> CliResult {
                     if now != seen {
                         match trust_store(&reload_ledger).await {
                             Ok(t) => {
+                                for w in expiry_warnings(&t, super::ca::now(), 7) {
+                                    eprintln!("cardvm issuer: {w}");
+                                }
                                 reload.issuer().set_trust(t);
                                 eprintln!("cardvm issuer: trust anchors / CRLs reloaded");
                                 seen = now;
@@ -406,9 +419,56 @@ async fn run_async(args: IssuerArgs) -> CliResult {
             failed: _,
             reason,
         } => decide(&ledger, &reader, seq, committed, &reason).await,
+        IssuerCmd::Status { warn_days } => status(&ledger, warn_days).await,
     };
     ledger.close().await;
     r
+}
+
+/// `issuer status`: the CRLs in force and what runs out soon.
+async fn status(ledger: &Ledger, warn_days: u64) -> CliResult {
+    let trust = trust_store(ledger).await?;
+    let now = now();
+    println!("ledger: {}", ledger.url());
+    for (issuer, number, this, next) in trust.crl_summary() {
+        println!(
+            "CRL of {issuer}: number {}, this update {}, next update {}",
+            number.map_or_else(|| "-".to_string(), |n| n.to_string()),
+            cardvm::issuer::pki::rfc3339(this),
+            next.map_or_else(|| "-".to_string(), cardvm::issuer::pki::rfc3339),
+        );
+    }
+    let soon = expiry_warnings(&trust, now, warn_days);
+    for w in &soon {
+        println!("{w}");
+        eprintln!("cardvm issuer: {w}");
+    }
+    if soon.is_empty() {
+        println!("nothing expires within {warn_days} day(s)");
+    }
+    Ok(())
+}
+
+/// One line per CRL or CA certificate that runs out within `days` (or has).
+fn expiry_warnings(trust: &TrustStore, now: u64, days: u64) -> Vec<String> {
+    trust
+        .expiring(now, days.saturating_mul(86_400))
+        .into_iter()
+        .map(|(at, what)| {
+            if at <= now {
+                format!(
+                    "warning: {what} expired at {}",
+                    cardvm::issuer::pki::rfc3339(at)
+                )
+            } else {
+                format!(
+                    "warning: {what} expires at {} (in {} h)",
+                    cardvm::issuer::pki::rfc3339(at),
+                    (at - now) / 3600
+                )
+            }
+        })
+        .collect()
 }
 
 /// `issuer decide`: an operator's verdict on an `unknown` load, kept with its reason.
@@ -672,12 +732,15 @@ async fn crl_add(ledger: &Ledger, path: &Path) -> CliResult {
     if blocks.is_empty() {
         return Err(format!("{}: no `BEGIN X509 CRL` block", path.display()));
     }
-    // Check each parses, and that it is signed by a trusted CA.
+    // Installed only if a trusted CA signed it, it is current, and its number is above
+    // the installed one's (no rollback: an older CRL could un-revoke a reader).
     let mut trust = trust_store(ledger).await?;
     for b in &blocks {
-        trust
-            .add_crl_pem(b)
+        let crl = cardvm::issuer::pki::from_pem::<cardvm::issuer::CertificateList>(b, "CRL")
             .map_err(|e| format!("{}: {e}", path.display()))?;
+        trust
+            .install_crl(crl, now())
+            .map_err(|e| format!("{}: refused: {e}", path.display()))?;
     }
     let mut all = ledger
         .config("crls")

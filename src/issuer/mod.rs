@@ -40,5 +40,5 @@ pub use engine::{Bundle, Issuer, IssuerError, IssuerPolicy, SealedScript, Settle
 pub use ledger::{Ledger, LedgerError, TxnKind, TxnState};
 pub use pki::{PkiError, Role};
 pub use query::CardQuery;
-pub use trust::{ReaderIdentity, TrustStore};
+pub use trust::{CrlInstall, ReaderIdentity, TrustStore};
 pub use x509_cert::{Certificate, crl::CertificateList, request::CertReq};

@@ -162,6 +162,26 @@ pub enum PkiError {
         /// The extension.
         oid: String,
     },
+    /// A CRL that would not move its issuer's list forward: not newer than the installed
+    /// one (its `crlNumber`, or `thisUpdate` without numbers), so installing it could
+    /// un-revoke a certificate.
+    #[error(
+        "CRL of {issuer}: number {number} is not above the installed {installed} (no rollback)"
+    )]
+    CrlNotNewer {
+        /// The CRL's issuer.
+        issuer: String,
+        /// Its `crlNumber` (or `thisUpdate`, Unix seconds, without numbers).
+        number: u64,
+        /// The installed one's.
+        installed: u64,
+    },
+    /// A CRL whose issuer is not a trusted root or known intermediate.
+    #[error("CRL of {issuer}: not issued by a trusted CA")]
+    CrlUntrusted {
+        /// The issuer name it names.
+        issuer: String,
+    },
     /// A malformed or contradictory field.
     #[error("{subject}: {reason}")]
     Malformed {

@@ -32,7 +32,7 @@ use super::cert::{
     subject_of, validity_of,
 };
 use super::crl::{crl_number, revoked_at, verify_crl};
-use super::pki::{MAX_CHAIN_DEPTH, PkiError, Role, check_reader_id, from_pem};
+use super::pki::{MAX_CHAIN_DEPTH, PkiError, Role, check_reader_id, from_pem, time_to_unix};
 use crate::crypto::sm2::Sm2PublicKey;
 
 /// Who a verified reader certificate names.
@@ -57,6 +57,20 @@ pub struct VerifiedChain {
     pub path: Vec<Certificate>,
     /// The leaf's public key.
     pub leaf_key: Sm2PublicKey,
+}
+
+/// What [`TrustStore::install_crl`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrlInstall {
+    /// The first CRL of its issuer.
+    Added,
+    /// Replaced the issuer's older CRL (whose number, or `thisUpdate`, is given).
+    Replaced {
+        /// The replaced CRL's `crlNumber` (or `thisUpdate`).
+        installed: u64,
+    },
+    /// The same CRL was installed already.
+    Unchanged,
 }
 
 /// Trusted roots, known intermediates and CRLs.
@@ -158,6 +172,88 @@ impl TrustStore {
         } else {
             self.crls.push(crl);
         }
+    }
+
+    /// Installs a CRL only if it can be trusted and moves its issuer's list forward
+    /// (DESIGN invariant 15): signed by a trusted root or known intermediate, current at
+    /// `now` (`thisUpdate` ≤ now < `nextUpdate`), and with a `crlNumber` above the
+    /// installed one's (`thisUpdate` later, where either has no number). The same CRL
+    /// again changes nothing ([`CrlInstall::Unchanged`]).
+    pub fn install_crl(&mut self, crl: CertificateList, now: u64) -> Result<CrlInstall, PkiError> {
+        let issuer = crl.tbs_cert_list.issuer.clone();
+        let ca = self
+            .roots
+            .iter()
+            .chain(&self.intermediates)
+            .find(|c| c.tbs_certificate().subject() == &issuer)
+            .ok_or_else(|| PkiError::CrlUntrusted {
+                issuer: issuer.to_string(),
+            })?;
+        verify_crl(&crl, ca, now)?;
+        if let Some(slot) = self
+            .crls
+            .iter_mut()
+            .find(|c| c.tbs_cert_list.issuer == issuer)
+        {
+            if *slot == crl {
+                return Ok(CrlInstall::Unchanged);
+            }
+            let (number, installed) = match (crl_number(&crl), crl_number(slot)) {
+                (Some(n), Some(o)) => (n, o),
+                _ => (
+                    time_to_unix(crl.tbs_cert_list.this_update),
+                    time_to_unix(slot.tbs_cert_list.this_update),
+                ),
+            };
+            if number <= installed {
+                return Err(PkiError::CrlNotNewer {
+                    issuer: issuer.to_string(),
+                    number,
+                    installed,
+                });
+            }
+            *slot = crl;
+            return Ok(CrlInstall::Replaced { installed });
+        }
+        self.crls.push(crl);
+        Ok(CrlInstall::Added)
+    }
+
+    /// What runs out within `window` seconds of `now` (or already has): each CRL's
+    /// `nextUpdate` and each CA certificate's `notAfter`, soonest first, as
+    /// `(unix time, what)` — for `issuer status` and the service's warnings.
+    pub fn expiring(&self, now: u64, window: u64) -> Vec<(u64, String)> {
+        let mut out = Vec::new();
+        for c in self.roots.iter().chain(&self.intermediates) {
+            let (_, not_after) = validity_of(c);
+            if not_after <= now.saturating_add(window) {
+                out.push((not_after, format!("CA certificate {}", subject_of(c))));
+            }
+        }
+        for crl in &self.crls {
+            let next = crl.tbs_cert_list.next_update.map(time_to_unix).unwrap_or(0);
+            if next <= now.saturating_add(window) {
+                out.push((next, format!("CRL of {}", crl.tbs_cert_list.issuer)));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The installed CRLs: issuer, `crlNumber`, `thisUpdate`, `nextUpdate` (Unix seconds).
+    pub fn crl_summary(&self) -> Vec<(String, Option<u64>, u64, Option<u64>)> {
+        self.crls
+            .iter()
+            .map(|c| {
+                let t = &c.tbs_cert_list;
+                (
+                    t.issuer.to_string(),
+                    crl_number(c),
+                    time_to_unix(t.this_update),
+                    t.next_update.map(time_to_unix),
+                )
+            })
+            .collect()
     }
 
     /// Adds every certificate of a PEM bundle as a root.
