@@ -293,7 +293,7 @@ fn hostile_requests_get_clear_refusals_and_the_service_stays_up() {
         Duration::from_secs(20),
     )
     .expect("client");
-    let (status, code, _) = refused(
+    let (status, code, impostor_error) = refused(
         rt.block_on(impostor.query_script(731))
             .expect_err("impostor"),
     );
@@ -307,11 +307,17 @@ fn hostile_requests_get_clear_refusals_and_the_service_stays_up() {
         Duration::from_secs(20),
     )
     .expect("client");
-    let (status, code, _) = refused(
+    let (status, code, stranger_error) = refused(
         rt.block_on(stranger.query_script(731))
             .expect_err("stranger"),
     );
-    assert_eq!((status, code.as_str()), (403, "unknown_reader"));
+    // The same answer as a registered reader's bad signature: nothing tells whether a
+    // reader id exists.
+    assert_eq!((status, code.as_str()), (401, "unauthenticated"));
+    assert_eq!(
+        impostor_error.replace("`R1`", "`R?`"),
+        stranger_error.replace("`R9`", "`R?`")
+    );
     // Malformed and oversized bodies.
     let (status, code, error) = refused(
         rt.block_on(c.post::<_, serde_json::Value>(
@@ -404,6 +410,19 @@ fn revoked_reader_is_refused_by_the_running_service() {
     // again, and the running service keeps refusing the reader.
     let e = fails(cwd, &["issuer", "crl", "ca.crl"]);
     assert!(e.contains("no rollback"), "{e}");
+    // A forged signature under the revoked reader's id: refused as a bad signature
+    // (checked before any certificate work), not as a revoked certificate.
+    let ca = std::fs::read(cwd.join("tls.crt")).expect("ca");
+    let impostor = Client::new(
+        &server.url,
+        Some(&ca),
+        "R1",
+        Sm2PrivateKey::generate(&mut cardvm::crypto::rng::os_rng()),
+        Duration::from_secs(20),
+    )
+    .expect("client");
+    let (status, code, _) = refused(rt.block_on(impostor.query_script(731)).expect_err("forged"));
+    assert_eq!((status, code.as_str()), (401, "unauthenticated"));
     let status = ok(cwd, &["issuer", "status"]);
     assert!(
         status.contains("CRL of") && status.contains("number 2"),

@@ -131,6 +131,21 @@ enum IssuerCmd {
         /// Requests per reader in a burst.
         #[arg(long, default_value_t = 40.0)]
         burst: f64,
+        /// Requests per second per client address, counted before authentication.
+        #[arg(long, default_value_t = 50.0)]
+        addr_rate: f64,
+        /// Requests per client address in a burst, before authentication.
+        #[arg(long, default_value_t = 200.0)]
+        addr_burst: f64,
+        /// Seconds a client has to send a request's headers.
+        #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
+        header_timeout: f64,
+        /// Seconds a client has to send a request's body.
+        #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
+        body_timeout: f64,
+        /// Connections open at once; more are closed as they arrive.
+        #[arg(long, default_value_t = 256)]
+        max_connections: usize,
         /// No per-request log lines.
         #[arg(long)]
         quiet: bool,
@@ -336,6 +351,11 @@ async fn run_async(args: IssuerArgs) -> CliResult {
             tls_key,
             rate,
             burst,
+            addr_rate,
+            addr_burst,
+            header_timeout,
+            body_timeout,
+            max_connections,
             quiet,
         } => {
             let issuer = open_issuer(&ledger).await?;
@@ -349,6 +369,11 @@ async fn run_async(args: IssuerArgs) -> CliResult {
                     rate_per_sec: rate,
                     burst,
                     log: !quiet,
+                    addr_rate_per_sec: addr_rate,
+                    addr_burst,
+                    header_timeout: std::time::Duration::from_secs_f64(header_timeout),
+                    body_timeout: std::time::Duration::from_secs_f64(body_timeout),
+                    max_connections,
                 },
             );
             let handle = axum_server::Handle::new();
@@ -423,6 +448,14 @@ async fn run_async(args: IssuerArgs) -> CliResult {
     };
     ledger.close().await;
     r
+}
+
+/// A duration in seconds: finite, above 0, at most a day.
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 => Ok(v),
+        _ => Err(format!("`{text}`: seconds, above 0 and at most 86400")),
+    }
 }
 
 /// `issuer status`: the CRLs in force and what runs out soon.

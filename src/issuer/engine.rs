@@ -303,6 +303,9 @@ pub struct Settled {
 pub struct Issuer {
     ledger: Ledger,
     trust: std::sync::RwLock<Arc<TrustStore>>,
+    /// Bumped by every [`Issuer::set_trust`]: what was verified under an older store
+    /// (a cached reader identity) is verified again.
+    trust_generation: std::sync::atomic::AtomicU64,
     key: Sm2PrivateKey,
     keys: Arc<dyn MasterKeyStore>,
     clock: Arc<dyn Clock + Send + Sync>,
@@ -322,6 +325,7 @@ impl Issuer {
         Issuer {
             ledger,
             trust: std::sync::RwLock::new(Arc::new(trust)),
+            trust_generation: std::sync::atomic::AtomicU64::new(0),
             key,
             keys,
             clock,
@@ -335,6 +339,31 @@ impl Issuer {
         if let Ok(mut t) = self.trust.write() {
             *t = Arc::new(trust);
         }
+        self.trust_generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Changes with every [`Issuer::set_trust`] (CRL or anchor reload).
+    pub fn trust_generation(&self) -> u64 {
+        self.trust_generation
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The public key of a registered reader's certificate, read from the ledger WITHOUT
+    /// verifying the chain or the CRLs: for checking a request's signature before any
+    /// certificate work (a bad signature costs one SM2 verification, whoever sends it).
+    /// `None` for a reader the ledger does not know or whose certificate does not parse.
+    pub async fn reader_key_unverified(
+        &self,
+        reader_id: &str,
+    ) -> Result<Option<Sm2PublicKey>, IssuerError> {
+        let Some(row) = self.ledger.reader(reader_id).await? else {
+            return Ok(None);
+        };
+        Ok(crate::issuer::trust::certs_from_pem(&row.cert_pem)
+            .ok()
+            .and_then(|chain| chain.first().map(crate::issuer::cert::cert_public_key))
+            .and_then(Result::ok))
     }
 
     fn trust(&self) -> Arc<TrustStore> {

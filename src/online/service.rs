@@ -41,6 +41,18 @@ pub struct ServiceConfig {
     pub burst: f64,
     /// Log one JSON line per request on stderr.
     pub log: bool,
+    /// Requests per second one client address may make, counted before authentication
+    /// (sustained).
+    pub addr_rate_per_sec: f64,
+    /// Requests one client address may make in a burst, before authentication.
+    pub addr_burst: f64,
+    /// Time a client has to send a request's headers (after connecting or after the
+    /// previous request on the connection).
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body once its headers are in.
+    pub body_timeout: Duration,
+    /// Connections open at once (TLS handshakes included); more are closed at once.
+    pub max_connections: usize,
 }
 
 impl Default for ServiceConfig {
@@ -49,6 +61,11 @@ impl Default for ServiceConfig {
             rate_per_sec: 10.0,
             burst: 40.0,
             log: true,
+            addr_rate_per_sec: 50.0,
+            addr_burst: 200.0,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            max_connections: 256,
         }
     }
 }
@@ -58,11 +75,24 @@ struct Bucket {
     last: Instant,
 }
 
+/// A reader whose certificate verified: its key, checked again after a trust reload or
+/// at `until` (its certificate's end, or a few minutes).
+struct Known {
+    key: crate::crypto::sm2::Sm2PublicKey,
+    generation: u64,
+    until: u64,
+}
+
+/// How long a verified reader certificate is trusted without verifying its chain and
+/// CRLs again (a CRL reload ends it at once).
+const KNOWN_FOR: u64 = 300;
+
 /// The service state shared by every connection.
 pub struct Service {
     issuer: Issuer,
     config: ServiceConfig,
     buckets: Mutex<HashMap<String, Bucket>>,
+    known: Mutex<HashMap<String, Known>>,
 }
 
 /// A refusal on its way out.
@@ -148,6 +178,7 @@ impl Service {
             issuer,
             config,
             buckets: Mutex::new(HashMap::new()),
+            known: Mutex::new(HashMap::new()),
         })
     }
 
@@ -205,20 +236,69 @@ impl Service {
                 ),
             ));
         }
-        let (_, identity) = self.issuer.verify_reader(&reader_id).await?;
+        // The signature first, against the certificate's key (cached, or read from the
+        // ledger without any chain or CRL work): a forged request costs one SM2
+        // verification, and says nothing about whether the reader exists.
         let msg = signing_input("POST", path, &reader_id, time, body);
-        identity.public_key.verify(&msg, &sig).map_err(|_| {
+        let bad_signature = || {
             Refusal::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
-                format!("request signature of reader `{reader_id}` does not verify"),
+                format!(
+                    "request signature of reader `{reader_id}` does not verify (or no such reader is registered)"
+                ),
             )
-        })?;
+        };
+        let generation = self.issuer.trust_generation();
+        let cached = self.known.lock().ok().and_then(|k| {
+            k.get(&reader_id)
+                .filter(|k| k.generation == generation && now < k.until)
+                .map(|k| k.key.clone())
+        });
+        match cached {
+            Some(key) => key.verify(&msg, &sig).map_err(|_| bad_signature())?,
+            None => {
+                let key = self
+                    .issuer
+                    .reader_key_unverified(&reader_id)
+                    .await?
+                    .ok_or_else(bad_signature)?;
+                key.verify(&msg, &sig).map_err(|_| bad_signature())?;
+                // Signed by the certificate's key: now its chain and revocation.
+                let (_, identity) = self.issuer.verify_reader(&reader_id).await?;
+                if identity.public_key != key {
+                    return Err(bad_signature());
+                }
+                if let Ok(mut k) = self.known.lock() {
+                    if k.len() > 100_000 {
+                        k.clear();
+                    }
+                    k.insert(
+                        reader_id.clone(),
+                        Known {
+                            key,
+                            generation,
+                            until: identity.not_after.min(now.saturating_add(KNOWN_FOR)),
+                        },
+                    );
+                }
+            }
+        }
         self.rate_limit(&reader_id)?;
         Ok(Caller { reader_id })
     }
 
     fn rate_limit(&self, reader_id: &str) -> Result<(), Refusal> {
+        self.limit(
+            reader_id,
+            self.config.rate_per_sec,
+            self.config.burst,
+            &format!("reader `{reader_id}`"),
+        )
+    }
+
+    /// One token bucket per key (a reader id, or `addr IP` before authentication).
+    fn limit(&self, key: &str, rate: f64, burst: f64, who: &str) -> Result<(), Refusal> {
         let mut buckets = self.buckets.lock().map_err(|_| {
             Refusal::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -227,21 +307,22 @@ impl Service {
             )
         })?;
         let now = Instant::now();
-        let b = buckets.entry(reader_id.to_string()).or_insert(Bucket {
-            tokens: self.config.burst,
+        if buckets.len() > 100_000 {
+            // Bounded memory under a flood of addresses: full buckets are forgotten.
+            buckets.retain(|_, b| now.duration_since(b.last).as_secs_f64() * rate < burst);
+        }
+        let b = buckets.entry(key.to_string()).or_insert(Bucket {
+            tokens: burst,
             last: now,
         });
-        let refill = now.duration_since(b.last).as_secs_f64() * self.config.rate_per_sec;
-        b.tokens = (b.tokens + refill).min(self.config.burst);
+        let refill = now.duration_since(b.last).as_secs_f64() * rate;
+        b.tokens = (b.tokens + refill).min(burst);
         b.last = now;
         if b.tokens < 1.0 {
             return Err(Refusal::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
-                format!(
-                    "reader `{reader_id}`: more than {} requests per second; retry shortly",
-                    self.config.rate_per_sec
-                ),
+                format!("{who}: more than {rate} requests per second; retry shortly"),
             ));
         }
         b.tokens -= 1.0;
@@ -713,7 +794,142 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/status", post(status))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(READ_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(svc.clone(), guard))
         .with_state(svc)
+}
+
+/// Before any handler: the per-address limit (ahead of authentication, so a flood of
+/// forged requests from one address is refused before any signature work), and the
+/// body read under [`ServiceConfig::body_timeout`] (a slow body is answered 408 and its
+/// connection freed).
+async fn guard(
+    State(svc): State<Arc<Service>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let addr = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Some(ip) = addr {
+        let c = &svc.config;
+        if let Err(r) = svc.limit(
+            &format!("addr {ip}"),
+            c.addr_rate_per_sec,
+            c.addr_burst,
+            &format!("address {ip}"),
+        ) {
+            svc.log(req.uri().path(), None, r.status, Instant::now(), r.code);
+            return r.into_response();
+        }
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match tokio::time::timeout(
+        svc.config.body_timeout,
+        axum::body::to_bytes(body, READ_LIMIT),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            return Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "bad_body",
+                format!("request body: {e} (at most {MAX_BODY} bytes)"),
+            )
+            .into_response();
+        }
+        Err(_) => {
+            return Refusal::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!(
+                    "request body not received within {} s",
+                    svc.config.body_timeout.as_secs_f64()
+                ),
+            )
+            .into_response();
+        }
+    };
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
+}
+
+/// Closes connections beyond [`ServiceConfig::max_connections`] as they arrive (before
+/// the TLS handshake); each accepted one holds a permit until it closes.
+#[derive(Clone)]
+struct CappedAcceptor {
+    open: Arc<tokio::sync::Semaphore>,
+}
+
+impl<I, S> axum_server::accept::Accept<I, S> for CappedAcceptor {
+    type Stream = Capped<I>;
+    type Service = S;
+    type Future = std::future::Ready<std::io::Result<(Capped<I>, S)>>;
+
+    fn accept(&self, stream: I, service: S) -> Self::Future {
+        std::future::ready(match self.open.clone().try_acquire_owned() {
+            Ok(permit) => Ok((
+                Capped {
+                    inner: stream,
+                    _permit: permit,
+                },
+                service,
+            )),
+            Err(_) => Err(std::io::Error::other("connection limit reached")),
+        })
+    }
+}
+
+/// A connection counted against the cap while it is open.
+struct Capped<I> {
+    inner: I,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Capped<I> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Capped<I> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 /// Installs the `ring` crypto provider for rustls (once per process).
@@ -740,9 +956,17 @@ pub async fn serve_tls(
                 key_pem.display()
             )
         })?;
-    axum_server::bind_rustls(listen, config)
-        .handle(handle)
-        .serve(router(svc).into_make_service())
+    let c = svc.config;
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(CappedAcceptor {
+        open: Arc::new(tokio::sync::Semaphore::new(c.max_connections.max(1))),
+    });
+    let mut server = axum_server::bind(listen).acceptor(acceptor).handle(handle);
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(Some(c.header_timeout));
+    server
+        .serve(router(svc).into_make_service_with_connect_info::<SocketAddr>())
         .await
         .map_err(|e| format!("serving on {listen}: {e}"))
 }

@@ -208,6 +208,10 @@ impl Cluster {
                     rate_per_sec: 100_000.0,
                     burst: 100_000.0,
                     log,
+                    addr_rate_per_sec: 1_000_000.0,
+                    addr_burst: 1_000_000.0,
+                    max_connections: 4_096,
+                    ..ServiceConfig::default()
                 },
             );
             let running = spawn_tls(
