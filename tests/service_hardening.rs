@@ -194,3 +194,37 @@ fn forged_requests_are_limited_per_address_before_authentication() {
     let limited = statuses.iter().filter(|(s, _)| *s == 429).count();
     assert_eq!((unauth, limited), (6, 4), "{statuses:?}");
 }
+
+/// `GET /metrics`: requests by path and status (a forged request counted as 401, with its
+/// SM2 verification), latency histograms, the ledger's transactions by state, the CRLs'
+/// age and time left — and nothing of a reader's identity.
+#[test]
+fn metrics_count_requests_ledger_crls_and_sm2() {
+    let (s, server) = started("harden-metrics", &[]);
+    let rt = runtime();
+    let c = forger(&s.cwd, &server.url, "R1");
+    assert!(rt.block_on(c.query_script(731)).is_err(), "forged");
+    assert_eq!(rt.block_on(c.health()).expect("health").status, "ok");
+    let mut t = tls_connect(&s.cwd, &server.url).expect("connect");
+    t.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let m = read_to_close(&mut t).expect("metrics");
+    assert!(m.starts_with("HTTP/1.1 200"), "{m}");
+    for want in [
+        "cardvm_requests_total{path=\"/v1/query-script\",status=\"401\"} 1",
+        "cardvm_requests_total{path=\"/v1/health\",status=\"200\"} 1",
+        "cardvm_request_duration_seconds_count{path=\"/v1/query-script\"} 1",
+        "# TYPE cardvm_ledger_transactions gauge",
+        "cardvm_crl_expires_in_seconds{issuer=",
+        "cardvm_crl_age_seconds{issuer=",
+    ] {
+        assert!(m.contains(want), "missing {want}:\n{m}");
+    }
+    let verifies: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("cardvm_sm2_operations_total{op=\"verify\"} "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("SM2 verify count");
+    assert!(verifies >= 1, "{m}");
+    assert!(!m.contains("R1"), "a reader id in the metrics:\n{m}");
+}

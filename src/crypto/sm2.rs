@@ -129,6 +129,7 @@ impl Sm2PublicKey {
 
     /// Verifies a 64-byte `r ‖ s` signature over `msg` with [`DEFAULT_DIST_ID`].
     pub fn verify(&self, msg: &[u8], signature: &[u8; SIGNATURE_LEN]) -> Result<(), Sm2Error> {
+        count!(VERIFY);
         let sig = Signature::from_slice(signature).map_err(|_| Sm2Error::BadSignature)?;
         self.verifier
             .verify(msg, &sig)
@@ -142,6 +143,7 @@ impl Sm2PublicKey {
         msg: &[u8],
         signature: &[u8; SIGNATURE_LEN],
     ) -> Result<(), Sm2Error> {
+        count!(VERIFY);
         let vk = VerifyingKey::new(dist_id, self.point).map_err(|_| Sm2Error::InvalidDistId)?;
         let sig = Signature::from_slice(signature).map_err(|_| Sm2Error::BadSignature)?;
         vk.verify(msg, &sig).map_err(|_| Sm2Error::BadSignature)
@@ -149,6 +151,7 @@ impl Sm2PublicKey {
 
     /// Encrypts `msg` to this key (C1‖C3‖C2). `msg` must not be empty.
     pub fn encrypt<R: CryptoRng>(&self, rng: &mut R, msg: &[u8]) -> Result<Vec<u8>, Sm2Error> {
+        count!(ENCRYPT);
         EncryptingKey::new_with_mode(self.point, Mode::C1C3C2)
             .encrypt(rng, msg)
             .map_err(|_| Sm2Error::EncryptFailed)
@@ -239,6 +242,7 @@ impl Sm2PrivateKey {
         rng: &mut R,
         msg: &[u8],
     ) -> Result<[u8; SIGNATURE_LEN], Sm2Error> {
+        count!(SIGN);
         let sk = SigningKey::from_nonzero_scalar(dist_id, *self.scalar)
             .map_err(|_| Sm2Error::InvalidDistId)?;
         let sig: Signature = sk
@@ -252,6 +256,7 @@ impl Sm2PrivateKey {
     /// Decrypts a C1‖C3‖C2 ciphertext made for this key. The plaintext is returned in
     /// a buffer that zeroizes on drop.
     pub fn decrypt(&self, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, Sm2Error> {
+        count!(DECRYPT);
         if ciphertext.len() <= CIPHERTEXT_OVERHEAD || ciphertext.first() != Some(&0x04) {
             return Err(Sm2Error::DecryptFailed);
         }
@@ -399,3 +404,58 @@ mod tests {
         assert!(Sm2PublicKey::from_sec1_bytes(&[]).is_err());
     }
 }
+
+/// How many SM2 operations this process has done, for a service's metrics (a firmware
+/// build without 64-bit atomics counts nothing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sm2Counts {
+    /// Signatures made.
+    pub sign: u64,
+    /// Signatures verified (whatever the result).
+    pub verify: u64,
+    /// Encryptions.
+    pub encrypt: u64,
+    /// Decryptions (whatever the result).
+    pub decrypt: u64,
+}
+
+#[cfg(target_has_atomic = "64")]
+mod counters {
+    use core::sync::atomic::{AtomicU64, Ordering};
+    pub(super) static SIGN: AtomicU64 = AtomicU64::new(0);
+    pub(super) static VERIFY: AtomicU64 = AtomicU64::new(0);
+    pub(super) static ENCRYPT: AtomicU64 = AtomicU64::new(0);
+    pub(super) static DECRYPT: AtomicU64 = AtomicU64::new(0);
+    pub(super) fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(super) fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// The SM2 operations done so far by this process.
+pub fn counts() -> Sm2Counts {
+    #[cfg(target_has_atomic = "64")]
+    {
+        use counters::*;
+        Sm2Counts {
+            sign: get(&SIGN),
+            verify: get(&VERIFY),
+            encrypt: get(&ENCRYPT),
+            decrypt: get(&DECRYPT),
+        }
+    }
+    #[cfg(not(target_has_atomic = "64"))]
+    {
+        Sm2Counts::default()
+    }
+}
+
+macro_rules! count {
+    ($c:ident) => {
+        #[cfg(target_has_atomic = "64")]
+        counters::bump(&counters::$c);
+    };
+}
+use count;

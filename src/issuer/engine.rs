@@ -343,6 +343,11 @@ impl Issuer {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// The CRLs in force: issuer, `crlNumber`, `thisUpdate`, `nextUpdate`.
+    pub fn crl_summary(&self) -> Vec<(String, Option<u64>, u64, Option<u64>)> {
+        self.trust().crl_summary()
+    }
+
     /// Changes with every [`Issuer::set_trust`] (CRL or anchor reload).
     pub fn trust_generation(&self) -> u64 {
         self.trust_generation

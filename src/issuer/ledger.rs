@@ -1335,6 +1335,19 @@ impl Ledger {
         Ok(())
     }
 
+    /// How many transactions are in each state (the service's metrics).
+    pub async fn state_counts(&self) -> Result<Vec<(String, u64)>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT state, CAST(COUNT(*) AS BIGINT) AS n FROM transactions GROUP BY state ORDER BY state",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("count states"))?;
+        rows.iter()
+            .map(|r| Ok((get_str(r, "state")?, get_u64(r, "n")?)))
+            .collect()
+    }
+
     /// Whether the database answers (the service's health check).
     pub async fn ping(&self) -> Result<(), LedgerError> {
         sqlx::query("SELECT 1")

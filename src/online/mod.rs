@@ -4,6 +4,7 @@
 //! * [`service`] (feature `service`) — the issuer's HTTPS service: axum on tokio, rustls,
 //!   one [`crate::issuer::Issuer`] over a shared ledger (SQLite or PostgreSQL).
 //! * [`client`] (feature `client`) — the reader's side: reqwest over rustls.
+//! * `metrics` (with `service`) — the service's Prometheus counters (`GET /metrics`).
 //!
 //! TLS gives confidentiality and the server's identity. It is ordinary TLS 1.2/1.3 with
 //! ECDSA/RSA certificates: SM2 TLS (TLCP, GB/T 38636) is not available in Rust's TLS stacks.
@@ -15,6 +16,9 @@ pub mod protocol;
 
 #[cfg(feature = "service")]
 pub mod service;
+
+#[cfg(feature = "service")]
+mod metrics;
 
 #[cfg(feature = "client")]
 pub mod client;

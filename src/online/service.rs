@@ -93,6 +93,7 @@ pub struct Service {
     config: ServiceConfig,
     buckets: Mutex<HashMap<String, Bucket>>,
     known: Mutex<HashMap<String, Known>>,
+    metrics: super::metrics::Metrics,
 }
 
 /// A refusal on its way out.
@@ -179,6 +180,7 @@ impl Service {
             config,
             buckets: Mutex::new(HashMap::new()),
             known: Mutex::new(HashMap::new()),
+            metrics: super::metrics::Metrics::default(),
         })
     }
 
@@ -329,10 +331,12 @@ impl Service {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn log(
         &self,
         path: &str,
         reader: Option<&str>,
+        request_id: Option<&str>,
         status: StatusCode,
         started: Instant,
         note: &str,
@@ -344,6 +348,7 @@ impl Service {
             "ts": self.issuer.now(),
             "path": path,
             "reader": reader,
+            "request_id": request_id,
             "status": status.as_u16(),
             "us": started.elapsed().as_micros() as u64,
             "note": note,
@@ -368,6 +373,7 @@ impl Service {
     {
         let started = Instant::now();
         let mut reader = None;
+        let mut logged_id = None;
         let result: Result<String, Refusal> = async {
             let body = body.map_err(|e| {
                 Refusal::new(
@@ -387,7 +393,9 @@ impl Service {
                 )
             })?;
             let request_id = req.request_id().to_string();
-            if !valid_request_id(&request_id) {
+            if valid_request_id(&request_id) {
+                logged_id = Some(request_id.clone());
+            } else {
                 return Err(Refusal::new(
                     StatusCode::BAD_REQUEST,
                     "bad_request_id",
@@ -462,7 +470,14 @@ impl Service {
         .await;
         match result {
             Ok(text) => {
-                self.log(path, reader.as_deref(), StatusCode::OK, started, "");
+                self.log(
+                    path,
+                    reader.as_deref(),
+                    logged_id.as_deref(),
+                    StatusCode::OK,
+                    started,
+                    "",
+                );
                 (
                     StatusCode::OK,
                     [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -471,7 +486,14 @@ impl Service {
                     .into_response()
             }
             Err(r) => {
-                self.log(path, reader.as_deref(), r.status, started, r.code);
+                self.log(
+                    path,
+                    reader.as_deref(),
+                    logged_id.as_deref(),
+                    r.status,
+                    started,
+                    r.code,
+                );
                 r.into_response()
             }
         }
@@ -774,6 +796,36 @@ async fn status(
     .await
 }
 
+/// `GET /metrics`: Prometheus text (counts only; see `online::metrics`).
+async fn metrics(State(svc): State<Arc<Service>>) -> Response {
+    let now = svc.issuer.now();
+    let gauges = super::metrics::Gauges {
+        ledger: svc.issuer.ledger().state_counts().await.unwrap_or_default(),
+        crls: svc
+            .issuer
+            .crl_summary()
+            .into_iter()
+            .map(|(issuer, _, this, next)| {
+                let age = i64::try_from(now.saturating_sub(this)).unwrap_or(i64::MAX);
+                let left = next.map_or(0, |n| {
+                    i64::try_from(n).unwrap_or(i64::MAX) - i64::try_from(now).unwrap_or(i64::MAX)
+                });
+                (issuer, age, left)
+            })
+            .collect(),
+    };
+    let text = svc.metrics.render(&gauges);
+    (
+        StatusCode::OK,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
 async fn not_found() -> Response {
     Refusal::new(
         StatusCode::NOT_FOUND,
@@ -792,6 +844,7 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/recharge/complete", post(complete))
         .route("/v1/journal", post(journal))
         .route("/v1/status", post(status))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(READ_LIMIT))
         .layer(axum::middleware::from_fn_with_state(svc.clone(), guard))
@@ -807,6 +860,19 @@ async fn guard(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let started = Instant::now();
+    let path = req.uri().path().to_string();
+    let resp = guarded(&svc, req, next).await;
+    svc.metrics
+        .record(&path, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+async fn guarded(
+    svc: &Arc<Service>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     let addr = req
         .extensions()
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
@@ -819,7 +885,14 @@ async fn guard(
             c.addr_burst,
             &format!("address {ip}"),
         ) {
-            svc.log(req.uri().path(), None, r.status, Instant::now(), r.code);
+            svc.log(
+                req.uri().path(),
+                None,
+                None,
+                r.status,
+                Instant::now(),
+                r.code,
+            );
             return r.into_response();
         }
     }
