@@ -604,3 +604,133 @@ mod tests {
         data_script(&d.encode());
     }
 }
+
+/// The service's signed-request path up to the signature check, and the `/v1` bodies:
+/// the input is three lines — reader id, [`crate::online::protocol::HDR_TIME`],
+/// [`crate::online::protocol::HDR_SIGNATURE`] — then the body. The headers are parsed as
+/// the service parses them, the signature checked against a fixed key, and the body
+/// handed to [`v1_bodies`].
+pub fn signed_request(data: &[u8]) {
+    use crate::online::protocol::{parse_auth_headers, signing_input, valid_request_id};
+    let mut parts = data.splitn(4, |b| *b == b'\n');
+    let mut line = || String::from_utf8_lossy(parts.next().unwrap_or(&[])).into_owned();
+    let (reader, time, sig) = (line(), line(), line());
+    let body = data
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(2)
+        .map_or(&[][..], |(i, _)| &data[i + 1..]);
+    let _ = valid_request_id(&reader);
+    if let (Ok((t, sig)), Some((key, _))) = (parse_auth_headers(&time, &sig), envelope_test_keys())
+    {
+        let msg = signing_input("POST", "/v1/recharge/start", &reader, t, body);
+        let _ = key.public_key().verify(&msg, &sig);
+    }
+    v1_bodies(body);
+}
+
+/// Every `/v1` request body type, and the receipts they carry, parsed from the same bytes
+/// (canonical receipts must re-encode to the text they came from).
+pub fn v1_bodies(data: &[u8]) {
+    use crate::online::protocol::{
+        CompleteRequest, JournalRequest, QueryScriptRequest, StartRequest, StatusRequest,
+    };
+    use crate::receipt::Receipt;
+    let receipt = |text: &str| {
+        if let Ok(r) = Receipt::from_json(text) {
+            let again = r.to_json();
+            assert!(
+                Receipt::from_json(&again).is_ok_and(|r2| r2 == r),
+                "a parsed receipt must round-trip"
+            );
+        }
+    };
+    let _ = serde_json::from_slice::<QueryScriptRequest>(data);
+    let _ = serde_json::from_slice::<StatusRequest>(data);
+    if let Ok(r) = serde_json::from_slice::<StartRequest>(data) {
+        receipt(&r.query);
+    }
+    if let Ok(r) = serde_json::from_slice::<CompleteRequest>(data) {
+        receipt(&r.receipt);
+    }
+    if let Ok(r) = serde_json::from_slice::<JournalRequest>(data) {
+        for item in &r.items {
+            receipt(&item.receipt);
+        }
+    }
+    receipt(&String::from_utf8_lossy(data));
+}
+
+/// Certificates, CRLs and certificate requests from hostile bytes (PEM or DER): parsed,
+/// and whatever parses is verified against a fixed CA — a chain as a reader's, a CRL as
+/// installable, a request's proof of possession. Nothing may panic.
+#[cfg(feature = "pki")]
+pub fn pki_parse(data: &[u8]) {
+    use crate::issuer::pki::from_pem;
+    use crate::issuer::{CertReq, Certificate, CertificateList, TrustStore};
+    use der::Decode;
+    let Some(ca) = fuzz_ca() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(data);
+    let mut trust = TrustStore::new();
+    if trust.add_root(ca.clone()).is_err() {
+        return;
+    }
+    let mut chains = Vec::new();
+    if let Ok(c) = crate::issuer::trust::certs_from_pem(&text) {
+        chains.push(c);
+    }
+    if let Ok(c) = Certificate::from_der(data) {
+        chains.push(alloc::vec![c]);
+    }
+    for chain in &chains {
+        let _ = trust.verify_reader(chain, ENVELOPE_NOW);
+        let _ = crate::issuer::cert::cert_public_key(&chain[0]);
+    }
+    let mut crls = Vec::new();
+    if let Ok(c) = from_pem::<CertificateList>(&text, "CRL") {
+        crls.push(c);
+    }
+    if let Ok(c) = CertificateList::from_der(data) {
+        crls.push(c);
+    }
+    for crl in crls {
+        let _ = crate::issuer::crl::verify_crl(&crl, &ca, ENVELOPE_NOW);
+        let _ = trust.install_crl(crl, ENVELOPE_NOW);
+        let _ = trust.expiring(ENVELOPE_NOW, 86_400);
+    }
+    let mut reqs = Vec::new();
+    if let Ok(r) = from_pem::<CertReq>(&text, "CERTIFICATE REQUEST") {
+        reqs.push(r);
+    }
+    if let Ok(r) = CertReq::from_der(data) {
+        reqs.push(r);
+    }
+    for r in &reqs {
+        let _ = crate::issuer::csr::verify_request(r);
+    }
+}
+
+/// The fixed root CA of [`pki_parse`], made once (SM2 key from fixed bytes).
+#[cfg(feature = "pki")]
+pub fn fuzz_ca() -> Option<crate::issuer::Certificate> {
+    use std::sync::OnceLock;
+    static CA: OnceLock<Option<crate::issuer::Certificate>> = OnceLock::new();
+    CA.get_or_init(|| {
+        let key = crate::crypto::sm2::Sm2PrivateKey::from_bytes(&[0x33; 32]).ok()?;
+        let name = crate::issuer::pki::parse_name("CN=Fuzz CA,O=Transit").ok()?;
+        crate::issuer::Ca::new_root(
+            name,
+            key,
+            ENVELOPE_NOW - 86_400,
+            ENVELOPE_NOW + 86_400,
+            None,
+            crate::crypto::rng::os_rng(),
+        )
+        .ok()
+        .map(|ca| ca.cert)
+    })
+    .clone()
+}

@@ -107,9 +107,9 @@ pub mod transport;
 pub mod verify;
 pub mod vm;
 
-#[cfg(feature = "issuer")]
+#[cfg(feature = "pki")]
 pub mod issuer;
-#[cfg(any(feature = "service", feature = "client"))]
+#[cfg(any(feature = "service", feature = "client", feature = "fuzzing"))]
 pub mod online;
 #[cfg(feature = "sim")]
 pub mod sim;

@@ -94,6 +94,30 @@ fn vpcd_frame_corpus() {
     );
 }
 
+#[test]
+fn signed_request_corpus() {
+    assert!(
+        replay("signed_request", cardvm::fuzzing::signed_request) > 0,
+        "no corpus committed"
+    );
+}
+
+#[test]
+fn v1_bodies_corpus() {
+    assert!(
+        replay("v1_bodies", cardvm::fuzzing::v1_bodies) > 0,
+        "no corpus committed"
+    );
+}
+
+#[test]
+fn pki_parse_corpus() {
+    assert!(
+        replay("pki_parse", cardvm::fuzzing::pki_parse) > 0,
+        "no corpus committed"
+    );
+}
+
 /// Writes the seed corpora of the fuzz targets from the city scripts:
 /// `cargo test --test fuzz_corpus -- --ignored write_seed_corpora`.
 #[test]

@@ -1,4 +1,6 @@
-//! The card company's side (feature `issuer`, `std`): its PKI and master keys.
+//! The card company's side (feature `issuer`, `std`): its PKI and master keys. With
+//! feature `pki` alone, only the PKI ([`cert`], [`csr`], [`crl`], [`pki`], [`trust`],
+//! [`ca`]) is built: no database, no key store.
 //!
 //! * [`cert`] issues SM2 X.509 v3 certificates: a root or intermediate CA, the
 //!   card company's script-signing certificate and one per reader.
@@ -28,17 +30,24 @@ pub mod ca;
 pub mod cert;
 pub mod crl;
 pub mod csr;
+#[cfg(feature = "issuer")]
 pub mod engine;
+#[cfg(feature = "issuer")]
 pub mod keys;
+#[cfg(feature = "issuer")]
 pub mod ledger;
 pub mod pki;
+#[cfg(feature = "issuer")]
 pub mod query;
 pub mod trust;
 
 pub use ca::{Ca, CaState, IssuedCert};
+#[cfg(feature = "issuer")]
 pub use engine::{Bundle, Issuer, IssuerError, IssuerPolicy, SealedScript, Settled, VerifiedQuery};
+#[cfg(feature = "issuer")]
 pub use ledger::{Ledger, LedgerError, TxnKind, TxnState};
 pub use pki::{PkiError, Role};
+#[cfg(feature = "issuer")]
 pub use query::CardQuery;
 pub use trust::{CrlInstall, ReaderIdentity, TrustStore};
 pub use x509_cert::{Certificate, crl::CertificateList, request::CertReq};

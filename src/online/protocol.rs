@@ -49,6 +49,25 @@ pub fn signing_input(method: &str, path: &str, reader_id: &str, time: u64, body:
     s.into_bytes()
 }
 
+/// Why a request's authentication headers were refused (before any signature work).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthHeaderError {
+    /// [`HDR_TIME`] is not Unix seconds.
+    Time,
+    /// [`HDR_SIGNATURE`] is not 64 bytes of hex.
+    Signature,
+}
+
+/// The values of [`HDR_TIME`] and [`HDR_SIGNATURE`]: Unix seconds and the 64-byte
+/// `r ‖ s` signature.
+pub fn parse_auth_headers(time: &str, signature: &str) -> Result<(u64, [u8; 64]), AuthHeaderError> {
+    let time = time.parse().map_err(|_| AuthHeaderError::Time)?;
+    let sig = from_hex(signature)
+        .and_then(|b| <[u8; 64]>::try_from(b).ok())
+        .ok_or(AuthHeaderError::Signature)?;
+    Ok((time, sig))
+}
+
 /// Whether a request id is acceptable (1..=64 printable ASCII, no spaces).
 pub fn valid_request_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.bytes().all(|b| b.is_ascii_graphic())

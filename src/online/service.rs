@@ -210,22 +210,20 @@ impl Service {
         body: &[u8],
     ) -> Result<Caller, Refusal> {
         let reader_id = Self::header(headers, HDR_READER)?.to_string();
-        let time: u64 = Self::header(headers, HDR_TIME)?.parse().map_err(|_| {
+        let (time, sig) = parse_auth_headers(
+            Self::header(headers, HDR_TIME)?,
+            Self::header(headers, HDR_SIGNATURE)?,
+        )
+        .map_err(|e| {
             Refusal::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
-                format!("{HDR_TIME}: not unix seconds"),
+                match e {
+                    AuthHeaderError::Time => format!("{HDR_TIME}: not unix seconds"),
+                    AuthHeaderError::Signature => format!("{HDR_SIGNATURE}: not 64 bytes of hex"),
+                },
             )
         })?;
-        let sig: [u8; 64] = from_hex(Self::header(headers, HDR_SIGNATURE)?)
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| {
-                Refusal::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthenticated",
-                    format!("{HDR_SIGNATURE}: not 64 bytes of hex"),
-                )
-            })?;
         let now = self.issuer.now();
         let skew = now.abs_diff(time);
         if skew > MAX_CLOCK_SKEW {
@@ -1056,6 +1054,13 @@ impl Running {
     /// `https://ADDR`.
     pub fn url(&self) -> String {
         format!("https://{}", self.addr)
+    }
+
+    /// Stops at once, as a killed process would: connections and requests in flight are
+    /// dropped mid-way (tests of faults).
+    pub fn kill(self) {
+        self.handle.shutdown();
+        self.task.abort();
     }
 
     /// Stops accepting, lets requests in flight finish (up to 10 s), and waits.

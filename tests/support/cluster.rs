@@ -77,6 +77,9 @@ pub struct Cluster {
     pub tls_ca: Vec<u8>,
     pub issuer_key: Sm2PrivateKey,
     pub readers: Vec<(String, Sm2PrivateKey)>,
+    db: String,
+    trust: TrustStore,
+    log: bool,
     _dir: Temp,
 }
 
@@ -191,47 +194,68 @@ impl Cluster {
         let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("tls");
         std::fs::write(dir.0.join("tls.crt"), ck.cert.pem()).expect("write");
         std::fs::write(dir.0.join("tls.key"), ck.signing_key.serialize_pem()).expect("write");
-        let mut services = Vec::new();
-        for _ in 0..instances {
-            // Each instance has its own pool, as separate processes would.
-            let l = Ledger::open(db).await.expect("ledger");
-            let issuer = Issuer::new(
-                l,
-                trust.clone(),
-                issuer_key.clone(),
-                Arc::new(Masters(vec![(CITY, KeyAlg::Des3)])),
-                Arc::new(SystemClock),
-            );
-            let svc = Service::new(
-                issuer,
-                ServiceConfig {
-                    rate_per_sec: 100_000.0,
-                    burst: 100_000.0,
-                    log,
-                    addr_rate_per_sec: 1_000_000.0,
-                    addr_burst: 1_000_000.0,
-                    max_connections: 4_096,
-                    ..ServiceConfig::default()
-                },
-            );
-            let running = spawn_tls(
-                svc,
-                "127.0.0.1:0".parse().expect("addr"),
-                &dir.0.join("tls.crt"),
-                &dir.0.join("tls.key"),
-            )
-            .await
-            .expect("service");
-            services.push(running);
-        }
-        Cluster {
+        let mut cluster = Cluster {
             ledger,
-            services,
+            services: Vec::new(),
             tls_ca: ck.cert.pem().into_bytes(),
             issuer_key,
             readers: keys,
+            db: db.to_string(),
+            trust,
+            log,
             _dir: dir,
+        };
+        for _ in 0..instances {
+            let running = cluster.instance().await;
+            cluster.services.push(running);
         }
+        cluster
+    }
+
+    /// A new service instance on the cluster's database, with its own pool (as a
+    /// separate process would have), on an ephemeral port.
+    pub async fn instance(&self) -> Running {
+        let l = Ledger::open(&self.db).await.expect("ledger");
+        let issuer = Issuer::new(
+            l,
+            self.trust.clone(),
+            self.issuer_key.clone(),
+            Arc::new(Masters(vec![(CITY, KeyAlg::Des3)])),
+            Arc::new(SystemClock),
+        );
+        let svc = Service::new(
+            issuer,
+            ServiceConfig {
+                rate_per_sec: 100_000.0,
+                burst: 100_000.0,
+                log: self.log,
+                addr_rate_per_sec: 1_000_000.0,
+                addr_burst: 1_000_000.0,
+                max_connections: 4_096,
+                ..ServiceConfig::default()
+            },
+        );
+        spawn_tls(
+            svc,
+            "127.0.0.1:0".parse().expect("addr"),
+            &self._dir.0.join("tls.crt"),
+            &self._dir.0.join("tls.key"),
+        )
+        .await
+        .expect("service")
+    }
+
+    /// A client of reader `i` for any URL (an instance, or a proxy in front of one).
+    pub fn client_for(&self, i: usize, url: &str) -> Client {
+        let (id, key) = &self.readers[i];
+        Client::new(
+            url,
+            Some(&self.tls_ca),
+            id,
+            key.clone(),
+            Duration::from_secs(20),
+        )
+        .expect("client")
     }
 
     /// Reader `i`: its in-memory reader and a client of instance `i % instances`.
