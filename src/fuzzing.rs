@@ -584,27 +584,6 @@ pub fn vpcd_frame(data: &[u8]) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn template_runs_simple_code() {
-        // ldc r0, #0 ; apdu r1, r0 ; halt
-        let code = [0x21, 0x00, 0x00, 0x00, 0x50, 0x01, 0x00, 0x01];
-        assert!(run_script(&template(&code), EchoCard::default()));
-        assert!(!run_script(&template(&[0x21]), EchoCard::default()));
-    }
-
-    #[test]
-    fn round_trip_assertions_hold_on_valid_input() {
-        let s = template(&[0x01]);
-        command_script(&s.encode());
-        let d = synthesise_data(&s.inputs).unwrap();
-        data_script(&d.encode());
-    }
-}
-
 /// The service's signed-request path up to the signature check, and the `/v1` bodies:
 /// the input is three lines — reader id, [`crate::online::protocol::HDR_TIME`],
 /// [`crate::online::protocol::HDR_SIGNATURE`] — then the body. The headers are parsed as
@@ -733,4 +712,25 @@ pub fn fuzz_ca() -> Option<crate::issuer::Certificate> {
         .map(|ca| ca.cert)
     })
     .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_runs_simple_code() {
+        // ldc r0, #0 ; apdu r1, r0 ; halt
+        let code = [0x21, 0x00, 0x00, 0x00, 0x50, 0x01, 0x00, 0x01];
+        assert!(run_script(&template(&code), EchoCard::default()));
+        assert!(!run_script(&template(&[0x21]), EchoCard::default()));
+    }
+
+    #[test]
+    fn round_trip_assertions_hold_on_valid_input() {
+        let s = template(&[0x01]);
+        command_script(&s.encode());
+        let d = synthesise_data(&s.inputs).unwrap();
+        data_script(&d.encode());
+    }
 }

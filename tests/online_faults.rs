@@ -39,7 +39,7 @@ async fn cutting_proxy(target: SocketAddr, cut_every: usize) -> (SocketAddr, Arc
         let mut n = 0usize;
         while let Ok((mut client, _)) = listener.accept().await {
             n += 1;
-            let cut = n % cut_every == 0;
+            let cut = n.is_multiple_of(cut_every);
             let cuts = counted.clone();
             tokio::spawn(async move {
                 let Ok(mut server) = TcpStream::connect(target).await else {
