@@ -426,7 +426,10 @@ async fn refusals_before_sealing() {
         .bundle(&w.query_receipt(731, &mut c, NOW).await, 50_001)
         .await);
     assert!(e.to_string().contains("per-load limit"), "{e}");
-    let mut rich = card(&DES3, 990_000);
+    // (another card: the same number with another balance would be suspect)
+    let mut p = card(&DES3, 990_000).to_profile();
+    p.card_number = "4100000089999986".into();
+    let mut rich = p.build().expect("card");
     let e = err(w
         .issuer
         .bundle(&w.query_receipt(731, &mut rich, NOW).await, 20_000)
@@ -1306,4 +1309,105 @@ async fn database_errors_are_typed() {
     if let Some(base) = cluster::pg_base() {
         database_errors_are_typed_on(Some(cluster::pg_database(&base, "typed")), "typed-pg").await;
     }
+}
+
+/// Invariant 14, as the attacks: a card whose balance and online counter moved without
+/// the ledger (9000.00 loaded with keys a reader held, a bundle run twice) is suspect at
+/// its next query — no bundle, the evidence kept — until an operator clears it; a second
+/// card under the same number (its counter behind what the ledger settled) too. Honest
+/// flows (a receipt not delivered yet, a torn load, a failed one) never are: every other
+/// test in this file runs them on the same check.
+#[tokio::test]
+async fn a_card_that_moved_without_the_ledger_is_suspect() {
+    let w = World::new("suspect", &[&DES3]).await;
+    let mut c = card(&DES3, 500);
+    let b = w
+        .issuer
+        .bundle(&w.query_receipt(731, &mut c, NOW).await, 1_000)
+        .await
+        .expect("bundle");
+    let r = w.run(&b, &mut c);
+    w.issuer.settle(&r).await.expect("settle");
+    // A second bundle that runs but whose receipt has not arrived: explained (open).
+    let b2 = w
+        .issuer
+        .bundle(&w.query_receipt(731, &mut c, NOW + 1).await, 1_000)
+        .await
+        .expect("bundle");
+    let r2 = w.run(&b2, &mut c);
+    assert_eq!(r2.outcome, Outcome::Committed);
+    let b3 = w
+        .issuer
+        .bundle(&w.query_receipt(731, &mut c, NOW + 2).await, 1_000)
+        .await
+        .expect("an undelivered receipt is no suspicion");
+    assert_eq!(b3.kind, TxnKind::Load);
+    w.issuer.settle(&r2).await.expect("late receipt");
+    // Off the ledger: 9000.00 and a counter step the ledger never saw.
+    let mut p = c.to_profile();
+    p.balance += 900_000;
+    p.online_atc += 2; // one step is explained by the open bundle above, not two
+    let mut c = p.build().expect("card");
+    let refused = |e: IssuerError| match e {
+        IssuerError::Suspect { evidence, .. } => evidence,
+        other => panic!("expected suspect, got {other}"),
+    };
+    let evidence = refused(
+        w.issuer
+            .bundle(&w.query_receipt(731, &mut c, NOW + 3).await, 1_000)
+            .await
+            .map(|b| b.seq)
+            .expect_err("suspect"),
+    );
+    assert!(
+        evidence.contains("online counter") && evidence.contains("balance 902500"),
+        "{evidence}"
+    );
+    let l = w.issuer.ledger();
+    let card_hex = hex(&SERIAL);
+    let state = l
+        .card_state(731, &card_hex)
+        .await
+        .expect("ledger")
+        .expect("row");
+    assert!(state.suspect.is_some() && state.history.contains("suspect"));
+    // Still refused at the next query, though nothing moved since.
+    refused(
+        w.issuer
+            .bundle(&w.query_receipt(731, &mut c, NOW + 4).await, 1_000)
+            .await
+            .map(|b| b.seq)
+            .expect_err("still suspect"),
+    );
+    // An operator checks and clears it: loads again, the history kept.
+    assert!(
+        l.clear_card(731, &card_hex, "checked with the cardholder", NOW + 5)
+            .await
+            .expect("ledger")
+    );
+    assert!(
+        !l.clear_card(731, &card_hex, "again", NOW + 6)
+            .await
+            .expect("ledger")
+    );
+    w.issuer
+        .bundle(&w.query_receipt(731, &mut c, NOW + 7).await, 1_000)
+        .await
+        .expect("cleared");
+    let state = l
+        .card_state(731, &card_hex)
+        .await
+        .expect("ledger")
+        .expect("row");
+    assert!(state.suspect.is_none() && state.history.contains("cleared by an operator"));
+    // Another card under the same number, its counter behind what the ledger settled.
+    let mut twin = card(&DES3, 500);
+    let evidence = refused(
+        w.issuer
+            .bundle(&w.query_receipt(731, &mut twin, NOW + 8).await, 1_000)
+            .await
+            .map(|b| b.seq)
+            .expect_err("a twin"),
+    );
+    assert!(evidence.contains("below"), "{evidence}");
 }

@@ -68,6 +68,12 @@ enum IssuerCmd {
         #[arg(value_name = "CRL")]
         crl: PathBuf,
     },
+    /// A card as the ledger knows it (counters, balance, whether it is suspect), or an
+    /// operator clearing a suspect card.
+    Card {
+        #[command(subcommand)]
+        cmd: CardCmd,
+    },
     /// Refuse every request for a card (lost, stolen, disputed).
     Block {
         /// Card id (application serial or UID, hex).
@@ -198,6 +204,28 @@ enum IssuerCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum CardCmd {
+    /// The card's base and last counter and balance, suspicion, history and loads.
+    Show {
+        /// Card id (hex).
+        #[arg(value_name = "CARD")]
+        card: String,
+    },
+    /// Clear a suspect card after checking it: its last query becomes the new base.
+    Clear {
+        /// Card id (hex).
+        #[arg(value_name = "CARD")]
+        card: String,
+        /// The city whose card it is.
+        #[arg(long)]
+        city: u32,
+        /// Why it is cleared (kept in its history).
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum CityCmd {
     /// Add or replace a city.
     Add {
@@ -304,6 +332,7 @@ async fn run_async(args: IssuerArgs) -> CliResult {
             ReaderCmd::Add { cert, terminal } => reader_add(&ledger, &cert, terminal).await,
         },
         IssuerCmd::Crl { crl } => crl_add(&ledger, &crl).await,
+        IssuerCmd::Card { cmd } => card_cmd(&ledger, cmd).await,
         IssuerCmd::Block { card, reason } => {
             check_card(&card)?;
             ledger
@@ -455,6 +484,73 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 => Ok(v),
         _ => Err(format!("`{text}`: seconds, above 0 and at most 86400")),
+    }
+}
+
+/// `issuer card show|clear`.
+async fn card_cmd(ledger: &Ledger, cmd: CardCmd) -> CliResult {
+    match cmd {
+        CardCmd::Show { card } => {
+            check_card(&card)?;
+            let states = ledger.card_states(&card).await.map_err(|e| e.to_string())?;
+            if states.is_empty() {
+                return Err(format!("card {}: never queried", card.to_ascii_uppercase()));
+            }
+            let at = cardvm::issuer::pki::rfc3339;
+            for state in &states {
+                println!("card {} of city {}", state.card_id, state.city);
+                println!(
+                    "  base: online counter {}, balance {} at {} ({} settled, {} open loads then)",
+                    state.base_online_atc,
+                    state.base_balance,
+                    at(state.base_at),
+                    state.base_settled_n,
+                    state.base_open_n
+                );
+                println!(
+                    "  last query: online counter {}, balance {} at {}",
+                    state.last_online_atc,
+                    state.last_balance,
+                    at(state.last_at)
+                );
+                match (&state.suspect, state.suspect_at) {
+                    (Some(why), Some(t)) => println!("  SUSPECT since {}: {why}", at(t)),
+                    (Some(why), None) => println!("  SUSPECT: {why}"),
+                    _ => println!("  not suspect"),
+                }
+                for line in state.history.lines() {
+                    println!("  history: {line}");
+                }
+            }
+            let rows = ledger
+                .list(&Filter {
+                    card_id: Some(card.to_ascii_uppercase()),
+                    ..Filter::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            print_ledger(&rows, false);
+            Ok(())
+        }
+        CardCmd::Clear { card, city, reason } => {
+            check_card(&card)?;
+            if reason.trim().is_empty() {
+                return Err("--reason: say why (it is kept in the card's history)".into());
+            }
+            if ledger
+                .clear_card(city, &card, reason.trim(), now())
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                println!("card {} of city {city} cleared", card.to_ascii_uppercase());
+                Ok(())
+            } else {
+                Err(format!(
+                    "card {} of city {city} is not suspect: nothing changed",
+                    card.to_ascii_uppercase()
+                ))
+            }
+        }
     }
 }
 

@@ -23,8 +23,8 @@ use crate::crypto::{KeyAlg, KeyUsage, SecretKey};
 use crate::envelope::{EnvelopeHeader, ScriptKind, SealError};
 use crate::issuer::keys::{KeyRole, KeyStoreError, MasterKeyStore};
 use crate::issuer::ledger::{
-    Applied, CityRow, Ledger, LedgerError, LoadLimits, NewTxn, ReaderRow, Recorded, Settlement,
-    TxnKind, TxnRow, TxnState, hex, unhex,
+    Applied, CardCheck, CityRow, Ledger, LedgerError, LoadLimits, NewTxn, ReaderRow, Recorded,
+    Settlement, TxnKind, TxnRow, TxnState, hex, unhex,
 };
 use crate::issuer::query::{CardQuery, QueryError, unix_to_bcd_datetime};
 use crate::issuer::{PkiError, ReaderIdentity, TrustStore};
@@ -123,6 +123,17 @@ pub enum IssuerError {
         card: String,
         /// Why.
         reason: String,
+    },
+    /// The card's counter or balance moved beyond what the ledger explains (DESIGN
+    /// invariant 14): no bundle until an operator clears it (`cardvm issuer card`).
+    #[error(
+        "card {card} is suspect: {evidence} (an operator checks it: cardvm issuer card show {card})"
+    )]
+    Suspect {
+        /// Card id (hex).
+        card: String,
+        /// What the ledger saw.
+        evidence: String,
     },
     /// The card is outside its validity dates.
     #[error("card {card} is not valid today ({detail})")]
@@ -609,6 +620,19 @@ impl Issuer {
             return Err(IssuerError::Blocked {
                 card: card_hex,
                 reason,
+            });
+        }
+        // The card against the ledger (invariant 14): where the query read the online
+        // counter and the balance (an M1 query reads neither).
+        if let (Some(atc), Some(balance)) = (q.card.online_atc, q.card.balance)
+            && let CardCheck::Suspect(evidence) = self
+                .ledger
+                .check_card(q.card.city, &card_hex, atc, balance, self.clock.now())
+                .await?
+        {
+            return Err(IssuerError::Suspect {
+                card: card_hex,
+                evidence,
             });
         }
         let city = self.city(q.card.city).await?;

@@ -40,6 +40,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "card limits",
         include_str!("../../migrations/0003_card_limits.sql"),
     ),
+    (
+        4,
+        "card state",
+        include_str!("../../migrations/0004_card_state.sql"),
+    ),
 ];
 
 /// A ledger failure: one line, with the operation.
@@ -349,6 +354,60 @@ pub enum Recorded {
         seq: u64,
     },
 }
+
+/// What [`Ledger::check_card`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CardCheck {
+    /// First sight, or the counter and balance are what the ledger explains.
+    Fine,
+    /// Suspect (now or before): the evidence.
+    Suspect(String),
+}
+
+/// A card as the ledger knows it (`cardvm issuer card show`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardStateRow {
+    /// City.
+    pub city: u32,
+    /// Card id, upper-case hex.
+    pub card_id: String,
+    /// Online counter at first sight or at the last clearing.
+    pub base_online_atc: u64,
+    /// Balance then.
+    pub base_balance: u64,
+    /// When (Unix seconds).
+    pub base_at: u64,
+    /// The card's settled loads in the ledger then (count).
+    pub base_settled_n: u64,
+    /// Their sum (fen).
+    pub base_settled_sum: u64,
+    /// Its open loads then (`issued` or `unknown`), which its counter may include.
+    pub base_open_n: u64,
+    /// The last query's online counter.
+    pub last_online_atc: u64,
+    /// The last query's balance.
+    pub last_balance: u64,
+    /// When (Unix seconds).
+    pub last_at: u64,
+    /// Why it is suspect, if it is.
+    pub suspect: Option<String>,
+    /// Since when.
+    pub suspect_at: Option<u64>,
+    /// Every suspicion and clearing, one per line.
+    pub history: String,
+}
+
+/// A card's loads in the ledger now.
+struct CardLoads {
+    settled_n: u64,
+    settled_sum: u64,
+    open_n: u64,
+    open_sum: u64,
+}
+
+/// How long after its expiry an `issued` load still explains a counter step (its bundle
+/// may have run just before it expired, its receipt still on the way).
+pub const ISSUED_GRACE: u64 = 86_400;
 
 /// What a request id holds ([`Ledger::reserve_request`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1333,6 +1392,240 @@ impl Ledger {
         .await
         .map_err(db("release request"))?;
         Ok(())
+    }
+
+    /// Compares a query's online counter and balance with what the ledger explains for
+    /// the card (DESIGN invariant 14): the base (first sight, or the last clearing) plus
+    /// one counter step and the amount for each load settled since, and for each still
+    /// open — `unknown`, or `issued` within [`ISSUED_GRACE`] of its expiry. A counter
+    /// above that (a load the ledger never settled), below what it settled (another card
+    /// under this number), or a balance above what loads explain (purchases only lower
+    /// it) marks the card suspect, with the evidence; a suspect card stays suspect until
+    /// [`Ledger::clear_card`].
+    pub async fn check_card(
+        &self,
+        city: u32,
+        card_id: &str,
+        online_atc: u64,
+        balance: u64,
+        now: u64,
+    ) -> Result<CardCheck, LedgerError> {
+        let card = card_id.to_ascii_uppercase();
+        let (atc, bal, at) = (
+            to_i64(online_atc, "online_atc")?,
+            to_i64(balance, "balance")?,
+            to_i64(now, "now")?,
+        );
+        let loads = self.card_loads(city, &card, now).await?;
+        let first = sqlx::query(
+            "INSERT INTO card_state (card_id, base_online_atc, base_balance, base_at, \
+             base_settled_n, base_settled_sum, base_open_n, last_online_atc, last_balance, \
+             last_at, history, city) VALUES ($1, $2, $3, $4, $5, $6, $7, $2, $3, $4, '', $8) \
+             ON CONFLICT (city, card_id) DO NOTHING",
+        )
+        .bind(card.as_str())
+        .bind(atc)
+        .bind(bal)
+        .bind(at)
+        .bind(to_i64(loads.settled_n, "settled_n")?)
+        .bind(to_i64(loads.settled_sum, "settled_sum")?)
+        .bind(to_i64(loads.open_n, "open_n")?)
+        .bind(i64::from(city))
+        .execute(&self.pool)
+        .await
+        .map_err(db("first sight of a card"))?;
+        if first.rows_affected() == 1 {
+            return Ok(CardCheck::Fine);
+        }
+        let Some(state) = self.card_state(city, &card).await? else {
+            return Err(LedgerError::Corrupt {
+                what: format!("card_state {city}/{card}"),
+                detail: "vanished after insert".into(),
+            });
+        };
+        let verdict = match &state.suspect {
+            Some(reason) => CardCheck::Suspect(reason.clone()),
+            None => {
+                let settled_n = loads.settled_n.saturating_sub(state.base_settled_n);
+                let settled_sum = loads.settled_sum.saturating_sub(state.base_settled_sum);
+                // Loads open at the base may already be in its counter: not required.
+                let low = state
+                    .base_online_atc
+                    .saturating_add(settled_n)
+                    .saturating_sub(state.base_open_n);
+                let high = state
+                    .base_online_atc
+                    .saturating_add(settled_n)
+                    .saturating_add(loads.open_n);
+                let most = state
+                    .base_balance
+                    .saturating_add(settled_sum)
+                    .saturating_add(loads.open_sum);
+                let mut evidence = Vec::new();
+                if online_atc > high {
+                    evidence.push(format!(
+                        "online counter {online_atc} is above the {high} the ledger explains ({} at the base + {settled_n} settled + {} open loads)",
+                        state.base_online_atc, loads.open_n
+                    ));
+                }
+                if online_atc < low {
+                    evidence.push(format!(
+                        "online counter {online_atc} is below the {low} the ledger settled (another card under this number?)"
+                    ));
+                }
+                if balance > most {
+                    evidence.push(format!(
+                        "balance {balance} is above the {most} the ledger explains ({} at the base + {settled_sum} settled + {} open loads)",
+                        state.base_balance, loads.open_sum
+                    ));
+                }
+                if evidence.is_empty() {
+                    CardCheck::Fine
+                } else {
+                    CardCheck::Suspect(evidence.join("; "))
+                }
+            }
+        };
+        match &verdict {
+            CardCheck::Suspect(reason) if state.suspect.is_none() => {
+                sqlx::query(
+                    "UPDATE card_state SET last_online_atc = $1, last_balance = $2, last_at = $3, \
+                     suspect = $4, suspect_at = $3, history = history || $5 \
+                     WHERE card_id = $6 AND city = $7",
+                )
+                .bind(atc)
+                .bind(bal)
+                .bind(at)
+                .bind(reason.as_str())
+                .bind(format!("{now} suspect: {reason}\n"))
+                .bind(card.as_str())
+                .bind(i64::from(city))
+                .execute(&self.pool)
+                .await
+                .map_err(db("mark a card suspect"))?;
+            }
+            _ => {
+                sqlx::query(
+                    "UPDATE card_state SET last_online_atc = $1, last_balance = $2, last_at = $3 \
+                     WHERE card_id = $4 AND city = $5",
+                )
+                .bind(atc)
+                .bind(bal)
+                .bind(at)
+                .bind(card.as_str())
+                .bind(i64::from(city))
+                .execute(&self.pool)
+                .await
+                .map_err(db("record a card's query"))?;
+            }
+        }
+        Ok(verdict)
+    }
+
+    /// A card's loads in the ledger: settled (count, sum) and open — `unknown`, or
+    /// `issued` within [`ISSUED_GRACE`] of its expiry (count, sum).
+    async fn card_loads(&self, city: u32, card: &str, now: u64) -> Result<CardLoads, LedgerError> {
+        let row = sqlx::query(
+            "SELECT \
+             CAST(COALESCE(SUM(CASE WHEN state IN ('committed', 'recovered-committed') THEN 1 ELSE 0 END), 0) AS BIGINT) AS settled_n, \
+             CAST(COALESCE(SUM(CASE WHEN state IN ('committed', 'recovered-committed') THEN amount ELSE 0 END), 0) AS BIGINT) AS settled_sum, \
+             CAST(COALESCE(SUM(CASE WHEN state = 'unknown' OR (state = 'issued' AND expires_at + $2 > $3) THEN 1 ELSE 0 END), 0) AS BIGINT) AS open_n, \
+             CAST(COALESCE(SUM(CASE WHEN state = 'unknown' OR (state = 'issued' AND expires_at + $2 > $3) THEN amount ELSE 0 END), 0) AS BIGINT) AS open_sum \
+             FROM transactions WHERE card_id = $1 AND kind = 'load' AND city = $4",
+        )
+        .bind(card)
+        .bind(to_i64(ISSUED_GRACE, "grace")?)
+        .bind(to_i64(now, "now")?)
+        .bind(i64::from(city))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("explain a card"))?;
+        Ok(CardLoads {
+            settled_n: get_u64(&row, "settled_n")?,
+            settled_sum: get_u64(&row, "settled_sum")?,
+            open_n: get_u64(&row, "open_n")?,
+            open_sum: get_u64(&row, "open_sum")?,
+        })
+    }
+
+    /// A card of a city as the ledger knows it.
+    pub async fn card_state(
+        &self,
+        city: u32,
+        card_id: &str,
+    ) -> Result<Option<CardStateRow>, LedgerError> {
+        Ok(self
+            .card_states(card_id)
+            .await?
+            .into_iter()
+            .find(|c| c.city == city))
+    }
+
+    /// A card as the ledger knows it, in every city that has seen that number.
+    pub async fn card_states(&self, card_id: &str) -> Result<Vec<CardStateRow>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT city, card_id, base_online_atc, base_balance, base_at, base_settled_n, \
+             base_settled_sum, base_open_n, last_online_atc, last_balance, last_at, suspect, \
+             suspect_at, history FROM card_state WHERE card_id = $1 ORDER BY city",
+        )
+        .bind(card_id.to_ascii_uppercase())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read a card"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(CardStateRow {
+                    city: u32::try_from(get_u64(r, "city")?).map_err(|_| LedgerError::Corrupt {
+                        what: "card_state.city".into(),
+                        detail: "out of range".into(),
+                    })?,
+                    card_id: get_str(r, "card_id")?,
+                    base_online_atc: get_u64(r, "base_online_atc")?,
+                    base_balance: get_u64(r, "base_balance")?,
+                    base_at: get_u64(r, "base_at")?,
+                    base_settled_n: get_u64(r, "base_settled_n")?,
+                    base_settled_sum: get_u64(r, "base_settled_sum")?,
+                    base_open_n: get_u64(r, "base_open_n")?,
+                    last_online_atc: get_u64(r, "last_online_atc")?,
+                    last_balance: get_u64(r, "last_balance")?,
+                    last_at: get_u64(r, "last_at")?,
+                    suspect: get_opt_str(r, "suspect")?,
+                    suspect_at: get_opt_u64(r, "suspect_at")?,
+                    history: get_str(r, "history")?,
+                })
+            })
+            .collect()
+    }
+
+    /// An operator clears a suspect card: its last query becomes the new base (loads
+    /// issued since that query still count), the
+    /// suspicion and `reason` stay in its history. `Ok(false)` when the card is not
+    /// suspect (nothing changes).
+    pub async fn clear_card(
+        &self,
+        city: u32,
+        card_id: &str,
+        reason: &str,
+        now: u64,
+    ) -> Result<bool, LedgerError> {
+        let card = card_id.to_ascii_uppercase();
+        let loads = self.card_loads(city, &card, now).await?;
+        let r = sqlx::query(
+            "UPDATE card_state SET base_online_atc = last_online_atc, base_balance = last_balance, \
+             base_at = last_at, base_settled_n = $1, base_settled_sum = $2, base_open_n = $3, \
+             suspect = NULL, suspect_at = NULL, history = history || $4 \
+             WHERE card_id = $5 AND city = $6 AND suspect IS NOT NULL",
+        )
+        .bind(to_i64(loads.settled_n, "settled_n")?)
+        .bind(to_i64(loads.settled_sum, "settled_sum")?)
+        .bind(to_i64(loads.open_n, "open_n")?)
+        .bind(format!("{now} cleared by an operator: {reason}\n"))
+        .bind(card.as_str())
+        .bind(i64::from(city))
+        .execute(&self.pool)
+        .await
+        .map_err(db("clear a card"))?;
+        Ok(r.rows_affected() == 1)
     }
 
     /// How many transactions are in each state (the service's metrics).

@@ -137,6 +137,7 @@ impl From<IssuerError> for Refusal {
             E::QueryUsed { .. } => (StatusCode::CONFLICT, "query_used"),
             E::City { .. } => (StatusCode::NOT_FOUND, "unknown_city"),
             E::Blocked { .. } => (StatusCode::FORBIDDEN, "card_blocked"),
+            E::Suspect { .. } => (StatusCode::FORBIDDEN, "card_suspect"),
             E::CardNotValid { .. } => (StatusCode::FORBIDDEN, "card_not_valid"),
             E::Limit { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "limit"),
             E::NoBundle { .. } => (StatusCode::NOT_FOUND, "no_bundle"),
