@@ -247,3 +247,31 @@ fn asm_compiles_high_level_scripts() {
     assert!(err.contains("x = k ++ [00]\n    ^"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The attack: 171 lines of empty routines calling each other ten times. `asm` and
+/// `lint` stop at the compile-step budget with a positioned error.
+#[test]
+fn routine_fan_out_fails_fast_in_asm_and_lint() {
+    let dir = tmp_dir("fan-out");
+    let mut src = String::from("routine a0() {}\n");
+    for i in 1..=14 {
+        src.push_str(&format!("routine a{i}() {{\n"));
+        src.push_str(&format!("    a{}()\n", i - 1).repeat(10));
+        src.push_str("}\n");
+    }
+    src.push_str("a14()\ndone\n");
+    assert_eq!(src.lines().count(), 171);
+    let main = dir.join("fan.cvs");
+    std::fs::write(&main, src).unwrap();
+    for cmd in ["asm", "lint"] {
+        let out = cardvm(&[cmd, s(&main)]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        let head = format!(
+            "{}:170:1: error: this call of routine `a14` expands to more than 1000000 compile steps",
+            main.display()
+        );
+        assert!(err.contains(&head), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
