@@ -33,7 +33,9 @@
 //! Any input gives a program or a positioned error: includes, expression and block
 //! nesting, routine expansion and the program size are bounded, and so is the total
 //! work ([`MAX_COMPILE_STEPS`]: every statement of every inline routine expansion
-//! counts, calls of empty routines too).
+//! counts, calls of empty routines too). Files are read through the caller's
+//! [`SourceLoader`]; [`crate::asm::assemble_file`] confines them to the root file's
+//! include root ([`crate::asm::include_root`]).
 
 mod ast;
 mod codegen;
