@@ -545,8 +545,9 @@ impl crate::isa::OperandVisitor for OperandChecks<'_> {
 }
 
 /// The SAM rules (module docs), for a script whose SAM slots pass 1 recorded in `uses`:
-/// refuses `ldrkey` next to them, and a SAM command register that may hold a key-derived
-/// value. A card-only script costs nothing here.
+/// refuses `ldrkey` next to them, a SAM command register that may hold a key-derived
+/// value, and a SAM command reachable from a decision on one ([`check_sam_control`]). A
+/// card-only script costs nothing here.
 fn check_sam_channels(
     code: &[Instr],
     offsets: &[u32],
