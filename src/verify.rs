@@ -14,10 +14,15 @@
 //! - SAM channels (instructions flagged `to_sam`, i.e. `samapdu`): no command sent to a
 //!   SAM may be built from a value a key produced (`mac`, `enc`, `dec` results, followed
 //!   through every register-to-register instruction, whatever the order: a conservative
-//!   flow-insensitive pass), and a script that addresses a SAM has no `ldrkey` (M1 key
-//!   bytes go only to the reader's key store, never to a terminal that also holds a SAM
-//!   it could be mistaken for). The SAM slots used are recorded so a run on a terminal
-//!   without them fails before any byte is sent
+//!   flow-insensitive pass); no `samapdu` may be reachable from a *decision* on such a
+//!   value — a conditional branch reading a key-derived register, a `chkmac`, or an
+//!   instruction that may fail on a key-derived value (integer arithmetic, `slicer`,
+//!   `tobe`, `tobcd`, `frombcd`) — since whether, when and with what the SAM is then
+//!   addressed depends on the key (an implicit flow: a loop comparing a counter with a
+//!   MAC byte, then sending the counter); and a script that addresses a SAM has no
+//!   `ldrkey` (M1 key bytes go only to the reader's key store, never to a terminal that
+//!   also holds a SAM it could be mistaken for). The SAM slots used are recorded so a
+//!   run on a terminal without them fails before any byte is sent
 //!   ([`VerifiedProgram::sam_slots_needed`]).
 //!
 //! Binding a data script ([`VerifiedProgram::bind`]) then checks that every declared
@@ -135,6 +140,19 @@ pub enum VerifyErrorKind {
     /// `ldrkey` in a script that also addresses a SAM.
     #[error("ldrkey in a script that addresses a SAM: M1 keys go only to the reader's key store")]
     ReaderKeyWithSam,
+    /// A command to a SAM can run after a decision on key-derived bytes (a branch on
+    /// them, a `chkmac`, or an instruction that may fail on their value): whether,
+    /// when and with what it is sent would reveal them (an implicit flow).
+    #[error(
+        "SAM slot {sam} is addressed after a decision on key-derived bytes at code offset \
+         {decision}: whether and what the SAM is sent would reveal them"
+    )]
+    KeyDependentSam {
+        /// The SAM slot.
+        sam: u8,
+        /// Code offset of the decision.
+        decision: u32,
+    },
 }
 
 /// A verification failure at a code offset.
@@ -527,8 +545,9 @@ impl crate::isa::OperandVisitor for OperandChecks<'_> {
 }
 
 /// The SAM rules (module docs), for a script whose SAM slots pass 1 recorded in `uses`:
-/// refuses `ldrkey` next to them, and a SAM command register that may hold a key-derived
-/// value. A card-only script costs nothing here.
+/// refuses `ldrkey` next to them, a SAM command register that may hold a key-derived
+/// value, and a SAM command reachable from a decision on one ([`check_sam_control`]). A
+/// card-only script costs nothing here.
 fn check_sam_channels(
     code: &[Instr],
     offsets: &[u32],
@@ -592,6 +611,122 @@ fn check_sam_channels(
                 offset: offsets[i],
                 kind: VerifyErrorKind::KeyMaterialToSam { reg: cmd, sam },
             });
+        }
+    }
+    check_sam_control(code, offsets, &tainted)
+}
+
+/// Whether `instr` decides on key-derived bytes: which instruction runs next, or whether
+/// the run goes on at all, may depend on them. `tainted`: the registers that may hold
+/// key-derived bytes.
+fn decides_on_key_bytes(instr: &Instr, tainted: &[bool; 256]) -> bool {
+    let reads_taint = || {
+        let specs = instr.opcode().operand_specs();
+        instr
+            .operands()
+            .as_slice()
+            .iter()
+            .zip(specs)
+            .any(|(op, spec)| {
+                matches!((*op, spec.role), (Operand::Reg(r), Role::RegSrc) if tainted[usize::from(r)])
+            })
+    };
+    match instr.opcode() {
+        // Compares a MAC made from a key, and fails unless it matches.
+        Opcode::CheckMac => true,
+        // Conditional branches, and instructions that fail on their operands' values
+        // (overflow, division by zero, bounds, digits). Instructions that fail only on
+        // lengths (`cat`, `slice`, `xor`, `pad`, `frombe`, `mkapdu`) are not here: the
+        // length of a key result is public (a MAC's is fixed, a cipher's is its
+        // input's), and a length made from a key-derived value comes from `slicer`.
+        Opcode::Beq
+        | Opcode::Bne
+        | Opcode::Blt
+        | Opcode::Ble
+        | Opcode::Bgt
+        | Opcode::Bge
+        | Opcode::Bz
+        | Opcode::Bnz
+        | Opcode::Add
+        | Opcode::Sub
+        | Opcode::Mul
+        | Opcode::Div
+        | Opcode::Rem
+        | Opcode::Addi
+        | Opcode::Subi
+        | Opcode::Shli
+        | Opcode::Slicer
+        | Opcode::ToBe
+        | Opcode::ToBcd
+        | Opcode::FromBcd => reads_taint(),
+        _ => false,
+    }
+}
+
+/// The implicit-flow half of the SAM rule: no `samapdu` reachable from a decision on
+/// key-derived bytes ([`decides_on_key_bytes`]).
+///
+/// Everything that runs after such a decision depends on it — not only what its two
+/// sides compute, but whether the script is still running (one side may `fail`, and
+/// the fuel left differs), so the region does not end where the branches re-join:
+/// every instruction reachable from the decision is refused a SAM. Reachability
+/// follows jumps, both sides of branches, calls and (context-insensitively) every
+/// `ret` to every return site. Registers written after the decision need no taint of
+/// their own: any `samapdu` that could read them is reachable from it too.
+fn check_sam_control(
+    code: &[Instr],
+    offsets: &[u32],
+    tainted: &[bool; 256],
+) -> Result<(), VerifyError> {
+    let n = code.len();
+    // The decision each reached instruction was first reached from.
+    let mut from: Vec<Option<u32>> = vec![None; n];
+    let mut stack: Vec<(usize, u32)> = Vec::new();
+    let return_sites: Vec<usize> = code
+        .iter()
+        .enumerate()
+        .filter(|(i, c)| matches!(c, Instr::Call { .. }) && i + 1 < n)
+        .map(|(i, _)| i + 1)
+        .collect();
+    let mut returns_seen = false;
+    let successors = |i: usize, out: &mut Vec<usize>| {
+        let instr = &code[i];
+        if let Some(t) = instr.target() {
+            out.push(t as usize);
+        }
+        if !instr.is_terminator() && i + 1 < n {
+            out.push(i + 1);
+        }
+    };
+    let mut next = Vec::with_capacity(2);
+    for (d, instr) in code.iter().enumerate() {
+        if !decides_on_key_bytes(instr, tainted) {
+            continue;
+        }
+        next.clear();
+        successors(d, &mut next);
+        for &s in &next {
+            stack.push((s, offsets[d]));
+        }
+        while let Some((i, decision)) = stack.pop() {
+            if i >= n || from[i].is_some() {
+                continue;
+            }
+            from[i] = Some(decision);
+            let instr = &code[i];
+            if let Instr::SamApdu { sam, .. } = *instr {
+                return Err(VerifyError {
+                    offset: offsets[i],
+                    kind: VerifyErrorKind::KeyDependentSam { sam, decision },
+                });
+            }
+            if matches!(instr, Instr::Ret {}) && !returns_seen {
+                returns_seen = true;
+                stack.extend(return_sites.iter().map(|&r| (r, decision)));
+            }
+            next.clear();
+            successors(i, &mut next);
+            stack.extend(next.iter().map(|&s| (s, decision)));
         }
     }
     Ok(())

@@ -247,3 +247,73 @@ fn asm_compiles_high_level_scripts() {
     assert!(err.contains("x = k ++ [00]\n    ^"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `include` stays in the include root: absolute paths and `..` out of it are refused,
+/// and the error quotes only the including line — nothing of the target file.
+#[test]
+fn includes_outside_the_root_are_refused_without_quoting_the_target() {
+    let dir = tmp_dir("include-root");
+    // Lines of the targets that must not appear in any error.
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let secret = dir.with_extension("secret.cvs");
+    std::fs::write(&secret, "secret-line-91c2 = 1\n").unwrap();
+    let secret_name = secret.file_name().unwrap().to_str().unwrap();
+    for (ext, kw) in [("cvs", "include"), ("casm", ".include")] {
+        for target in [
+            "/etc/passwd".to_string(),
+            "../../../../etc/passwd".to_string(),
+            format!("../{secret_name}"),
+        ] {
+            let main = dir.join(format!("main.{ext}"));
+            let line = format!("{kw} \"{target}\"");
+            std::fs::write(&main, format!("{line}\ndone\n")).unwrap();
+            for cmd in ["asm", "lint"] {
+                let out = cardvm(&[cmd, s(&main)]);
+                assert!(!out.status.success(), "{cmd} {target}");
+                let err = String::from_utf8_lossy(&out.stderr);
+                let head = format!("{}:1:", main.display());
+                assert!(err.contains(&head), "{err}");
+                assert!(
+                    err.contains("an absolute path") || err.contains("outside the include root"),
+                    "{err}"
+                );
+                // The including line is quoted; the target's lines are not.
+                assert!(err.contains(&line), "{err}");
+                assert!(!err.contains("secret-line-91c2"), "{err}");
+                for l in passwd.lines().filter(|l| l.len() > 3) {
+                    assert!(!err.contains(l), "{err}");
+                }
+            }
+        }
+    }
+    std::fs::remove_file(&secret).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The attack: 171 lines of empty routines calling each other ten times. `asm` and
+/// `lint` stop at the compile-step budget with a positioned error.
+#[test]
+fn routine_fan_out_fails_fast_in_asm_and_lint() {
+    let dir = tmp_dir("fan-out");
+    let mut src = String::from("routine a0() {}\n");
+    for i in 1..=14 {
+        src.push_str(&format!("routine a{i}() {{\n"));
+        src.push_str(&format!("    a{}()\n", i - 1).repeat(10));
+        src.push_str("}\n");
+    }
+    src.push_str("a14()\ndone\n");
+    assert_eq!(src.lines().count(), 171);
+    let main = dir.join("fan.cvs");
+    std::fs::write(&main, src).unwrap();
+    for cmd in ["asm", "lint"] {
+        let out = cardvm(&[cmd, s(&main)]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        let head = format!(
+            "{}:170:1: error: this call of routine `a14` expands to more than 1000000 compile steps",
+            main.display()
+        );
+        assert!(err.contains(&head), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

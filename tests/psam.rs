@@ -537,6 +537,87 @@ fn key_material_never_goes_to_the_sam() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The implicit flow: nothing of the MAC goes to the SAM, but a loop compares a counter
+/// with the MAC's first byte and sends the counter — refused, as is a SAM command after
+/// `check_mac`. The same key work with the SAM addressed first, or with a comparison
+/// that is reported and not branched on, still verifies.
+#[test]
+fn sam_commands_never_depend_on_decisions_over_key_bytes() {
+    let dir = std::env::temp_dir().join(format!("cardvm-psam-implicit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let header = "city 1\nscript 1\nversion 1\nfail_codes {\n    refused = 0x01\n}\n\
+                  input dpk: key(des3, purchase), rnd: bytes[8], tac: bytes[4]\n\
+                  output ok: u8, tag: bytes[4], head: bytes[1], first: u8, sent: bytes[13], nonce: bytes[8]\n";
+    let cases = [
+        (
+            "counter.cvs",
+            // The MAC's registers stay live to the end (reported after the SAM
+            // command), so no register holds both MAC bytes and the SAM command: the
+            // flow rule alone sees nothing wrong.
+            "sk = session_key(dpk, rnd)\n\
+             m = mac(sk, rnd)\n\
+             h = m[0..1]\n\
+             b = h:int\n\
+             c = 0\n\
+             for i in 0..256 {\n\
+             \x20   if i == b {\n\
+             \x20       c = i\n\
+             \x20   }\n\
+             }\n\
+             sam0 apdu 80 70 00 00 [{c:u8be}] else fail refused\n\
+             out tag = m, head = h, first = b\n\
+             done\n",
+            Some("decision on key-derived bytes"),
+        ),
+        (
+            "check_mac.cvs",
+            "sk = session_key(dpk, rnd)\n\
+             check_mac(sk, rnd, tac) else fail refused\n\
+             sam0 apdu 80 70 00 00 [01] else fail refused\n\
+             done\n",
+            Some("decision on key-derived bytes"),
+        ),
+        // The benign flows keep the SAM command and its parts live to the end, so
+        // that no register holds them and, at another time, MAC bytes (the flow rule
+        // follows registers, not times: the compiler reuses dead registers).
+        (
+            "sam_first.cvs",
+            "cmd = [80 70 00 00 08] ++ rnd\n\
+             sam0 apdu cmd -> seq:4 else fail refused\n\
+             sk = session_key(dpk, seq ++ rnd[0..4])\n\
+             if not ct_eq(mac(sk, rnd), tac) fail refused\n\
+             out sent = cmd, nonce = rnd\n\
+             done\n",
+            None,
+        ),
+        (
+            "reported.cvs",
+            "cmd = [80 70 00 00 08] ++ rnd\n\
+             sk = session_key(dpk, rnd)\n\
+             out ok = ct_eq(mac(sk, rnd), tac)\n\
+             sam0 apdu cmd else fail refused\n\
+             out sent = cmd, nonce = rnd\n\
+             done\n",
+            None,
+        ),
+    ];
+    for (name, body, why) in cases {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("{header}{body}")).unwrap();
+        let a =
+            assemble_file(&path, &AsmOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let verdict = VerifiedProgram::from_script(a.script).map(|_| ());
+        match why {
+            Some(why) => {
+                let e = verdict.expect_err(name).to_string();
+                assert!(e.contains(why), "{name}: {e}");
+            }
+            None => verdict.unwrap_or_else(|e| panic!("{name}: {e}")),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The PSAM's own answers: terminal number, key index, the T=0 `61 08` and GET RESPONSE,
 /// a wrong key version, and the two-level diversification with an issuer id.
 #[test]

@@ -117,23 +117,23 @@ pub fn assemble_casm(
 }
 
 /// Assembles the file at `path` (`.casm`, or `.cvs` through [`crate::lang`]), reading
-/// `.include`s from the file system (regular files of at most [`MAX_SOURCE_FILE`](super::loader::MAX_SOURCE_FILE) bytes).
+/// `.include`s from the file system (regular files of at most [`MAX_SOURCE_FILE`](super::loader::MAX_SOURCE_FILE) bytes),
+/// confined to the include root of `path` ([`include_root`](super::loader::include_root)).
 #[cfg(feature = "std")]
 pub fn assemble_file(path: &std::path::Path, opts: &AsmOptions) -> Result<Assembled, AsmError> {
     let name = path.to_string_lossy().into_owned();
-    let text = match super::loader::read_source_file(path, super::loader::MAX_SOURCE_FILE) {
-        Ok(t) => t,
-        Err(e) => {
-            return Err(AsmError {
-                file: name,
-                line: 0,
-                col: 0,
-                message: format!("cannot read: {e}"),
-                source_line: String::new(),
-            });
-        }
+    let unreadable = |message: String| AsmError {
+        file: name.clone(),
+        line: 0,
+        col: 0,
+        message,
+        source_line: String::new(),
     };
-    super::assemble(&text, &name, opts, &mut super::FsLoader)
+    let text = super::loader::read_source_file(path, super::loader::MAX_SOURCE_FILE)
+        .map_err(|e| unreadable(format!("cannot read: {e}")))?;
+    let mut loader = super::FsLoader::for_root_file(path)
+        .map_err(|e| unreadable(format!("cannot find the include root: {e}")))?;
+    super::assemble(&text, &name, opts, &mut loader)
 }
 
 // ---------------------------------------------------------------------------------

@@ -55,6 +55,10 @@
 //!   directly (the disassembler uses it only for indices past the pool).
 //! - **Inputs/outputs** are named by their declaration (`#N`: declaration `N`).
 //! - **Status words**: `9000`, `63Cx`, `6xxx`; any mask: `VVVV/MMMM` (value/mask hex).
+//! - **Includes** name files relative to the including one. [`FsLoader`] (what
+//!   [`assemble_file`] uses) refuses absolute paths and any file outside the include
+//!   root ([`include_root`]: the root file's directory, or its parent when that holds
+//!   `common/`), as written and after canonicalization.
 //! - **Macros**: `.macro NAME p1, p2` … `.endm`, defined before use. Parameters are
 //!   replaced by the call's arguments (whole tokens). Expansion nests at most
 //!   [`MAX_MACRO_DEPTH`] deep, so a recursive macro is an error, not a hang.
@@ -98,7 +102,7 @@ pub use data_toml::{DataError, compile_data};
 pub use disasm::disassemble;
 pub use error::{AsmError, Lint, Warning};
 #[cfg(feature = "std")]
-pub use loader::{FsLoader, MAX_SOURCE_FILE, SourceFileError, read_source_file};
+pub use loader::{FsLoader, MAX_SOURCE_FILE, SourceFileError, include_root, read_source_file};
 pub use loader::{MapLoader, SourceLoader, resolve_relative};
 
 /// Assembles `source`, called `name`: a high-level program when `name` ends in `.cvs`

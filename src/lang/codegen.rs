@@ -12,6 +12,7 @@ use super::regalloc::{self, A, Ins, Line};
 use super::{Diag, Span};
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
+use alloc::rc::Rc;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -21,6 +22,21 @@ pub const MAX_ROUTINE_DEPTH: usize = 16;
 pub const MAX_INSTRUCTIONS: usize = 20_000;
 /// Most loops a program expands to (keeps register allocation's loop pass small).
 pub const MAX_LOOPS: usize = 256;
+/// Most compile steps a program may take; the total work of code generation.
+///
+/// Routines are expanded inline, so a few lines of routines calling routines can stand
+/// for an exponential number of statements; this budget stops them, whatever they
+/// emit. A step is: each statement generated (each statement of each routine
+/// expansion again, so the call of an empty routine costs its call statement), each
+/// expression or condition node evaluated, each [`BYTES_PER_STEP`] bytes of a byte
+/// string made at compile time, and each variable in scope at an `if` or a loop (the
+/// compiler notes which are assigned). The shipped flows take a few hundred steps.
+pub const MAX_COMPILE_STEPS: usize = 1_000_000;
+/// Bytes of compile-time byte string that cost one compile step
+/// (see [`MAX_COMPILE_STEPS`]): what constant folding may hold is bounded too.
+pub const BYTES_PER_STEP: usize = 16;
+/// Most inputs, and most outputs, a program declares (as in the bytecode).
+pub const MAX_DECLS: usize = crate::script::MAX_ENTRIES;
 
 type R<T> = Result<T, Diag>;
 
@@ -92,7 +108,7 @@ struct Gen {
     codes: BTreeMap<String, u16>,
     inputs: Vec<Decl>,
     outputs: Vec<Decl>,
-    routines: BTreeMap<String, Routine>,
+    routines: BTreeMap<String, Rc<Routine>>,
     prologue: Vec<Line>,
     code: Vec<Line>,
     nreg: u32,
@@ -105,8 +121,13 @@ struct Gen {
     /// Control nesting: 0 while every instruction emitted runs on every path.
     depth: usize,
     stubs: Vec<(u16, u32, Span)>,
-    expanding: Vec<String>,
+    /// Failure code → the label of its stub in [`Gen::stubs`].
+    stub_of: BTreeMap<u16, u32>,
+    /// The routine expansions in progress: name and where it was called.
+    expanding: Vec<(String, Span)>,
     loops: usize,
+    /// Compile steps taken (see [`MAX_COMPILE_STEPS`]).
+    steps: usize,
 }
 
 /// Generates `.casm` from the items of a program (includes already spliced).
@@ -127,8 +148,10 @@ pub(crate) fn generate(items: Vec<Item>) -> R<Generated> {
         named: BTreeSet::new(),
         depth: 0,
         stubs: Vec::new(),
+        stub_of: BTreeMap::new(),
         expanding: Vec::new(),
         loops: 0,
+        steps: 0,
     };
     // Declarations first, so the flow may use what a later line (or an including
     // file) declares; constants in order, each from the ones before it.
@@ -168,6 +191,9 @@ pub(crate) fn generate(items: Vec<Item>) -> R<Generated> {
             }
             Item::Decl(DeclKind::Input, d) => {
                 claim(&d.name, d.span, "an input")?;
+                if g.inputs.len() >= MAX_DECLS {
+                    return err(d.span, format!("more than {MAX_DECLS} inputs"));
+                }
                 g.inputs.push(d);
             }
             Item::Decl(DeclKind::Output, d) => {
@@ -179,6 +205,9 @@ pub(crate) fn generate(items: Vec<Item>) -> R<Generated> {
                 }
                 if g.outputs.iter().any(|o| o.name == d.name) {
                     return err(d.span, format!("output `{}` is declared twice", d.name));
+                }
+                if g.outputs.len() >= MAX_DECLS {
+                    return err(d.span, format!("more than {MAX_DECLS} outputs"));
                 }
                 g.outputs.push(d);
             }
@@ -193,7 +222,7 @@ pub(crate) fn generate(items: Vec<Item>) -> R<Generated> {
             }
             Item::Routine(r) => {
                 claim(&r.name, r.span, "a routine")?;
-                g.routines.insert(r.name.clone(), r);
+                g.routines.insert(r.name.clone(), Rc::new(r));
             }
             Item::Stmt(s) => stmts.push(s),
         }
@@ -356,12 +385,49 @@ impl Gen {
     }
 
     fn stub(&mut self, code: u16, span: Span) -> u32 {
-        if let Some(s) = self.stubs.iter().find(|s| s.0 == code) {
-            return s.1;
+        if let Some(l) = self.stub_of.get(&code) {
+            return *l;
         }
         let l = self.label();
         self.stubs.push((code, l, span));
+        self.stub_of.insert(code, l);
         l
+    }
+
+    /// Takes `n` compile steps for work at `span`; past [`MAX_COMPILE_STEPS`], an error
+    /// at the outermost routine call being expanded (or at `span` outside routines).
+    fn charge(&mut self, n: usize, span: Span) -> R<()> {
+        self.steps = self.steps.saturating_add(n);
+        if self.steps <= MAX_COMPILE_STEPS {
+            return Ok(());
+        }
+        let limit = format!(
+            "more than {MAX_COMPILE_STEPS} compile steps (routines are expanded inline: \
+             every statement of every expansion counts, calls of empty routines too)"
+        );
+        match self.expanding.first() {
+            Some((name, call)) => {
+                let chain: Vec<&str> = self.expanding.iter().map(|(n, _)| n.as_str()).collect();
+                err(
+                    *call,
+                    format!(
+                        "this call of routine `{name}` expands to {limit}; stopped in {}",
+                        chain.join(" -> ")
+                    ),
+                )
+            }
+            None => err(span, format!("the program takes {limit}")),
+        }
+    }
+
+    /// One compile step, plus one per [`BYTES_PER_STEP`] bytes if `v` is a
+    /// compile-time byte string.
+    fn charge_value(&mut self, v: &V, span: Span) -> R<()> {
+        let bytes = match v {
+            V::Bytes(b) => b.len() / BYTES_PER_STEP,
+            _ => 0,
+        };
+        self.charge(1 + bytes, span)
     }
 
     fn code_of(&self, c: &Code) -> R<u16> {
@@ -379,7 +445,13 @@ impl Gen {
 
     // ---- constants ----
 
-    fn const_eval(&self, e: &Expr) -> R<V> {
+    fn const_eval(&mut self, e: &Expr) -> R<V> {
+        let v = self.const_eval_node(e)?;
+        self.charge_value(&v, e.span)?;
+        Ok(v)
+    }
+
+    fn const_eval_node(&mut self, e: &Expr) -> R<V> {
         match &e.kind {
             ExprKind::Int(v) => Ok(V::Int(*v)),
             ExprKind::Name(n) => match self.consts.get(n) {
@@ -396,6 +468,9 @@ impl Gen {
                             _ => return err(x.span, "only byte strings go inside `[…]`"),
                         },
                     }
+                    if out.len() > crate::script::MAX_BYTES_LEN {
+                        break;
+                    }
                 }
                 self.check_len(out, e.span)
             }
@@ -406,7 +481,10 @@ impl Gen {
                 }
                 _ => err(e.span, "`++` joins byte strings"),
             },
-            ExprKind::Conv(a, c) => self.fold_conv(self.const_eval(a)?, *c, e.span),
+            ExprKind::Conv(a, c) => {
+                let v = self.const_eval(a)?;
+                self.fold_conv(v, *c, e.span)
+            }
             _ => err(
                 e.span,
                 "a constant is a literal: a number, `[hex]` or a `++` of them",
@@ -587,6 +665,12 @@ impl Gen {
     /// Evaluates `e`. A computed result goes to `want` (when given) or a new register;
     /// names and constants come back as they are (see [`Gen::place`]).
     fn eval(&mut self, env: &Env, e: &Expr, want: Option<u32>) -> R<V> {
+        let v = self.eval_node(env, e, want)?;
+        self.charge_value(&v, e.span)?;
+        Ok(v)
+    }
+
+    fn eval_node(&mut self, env: &Env, e: &Expr, want: Option<u32>) -> R<V> {
         let span = e.span;
         match &e.kind {
             ExprKind::Int(v) => Ok(V::Int(*v)),
@@ -771,15 +855,28 @@ impl Gen {
     }
 
     fn flatten<'e>(&mut self, env: &Env, e: &'e Expr, out: &mut Vec<(V, &'e Expr)>) -> R<()> {
+        // Each part costs at least an instruction (`cat`) unless it is folded.
+        if out.len() > MAX_INSTRUCTIONS {
+            return err(
+                e.span,
+                format!("a byte string of more than {MAX_INSTRUCTIONS} parts"),
+            );
+        }
         match &e.kind {
             ExprKind::Concat(a, b) => {
+                self.charge(1, e.span)?;
                 self.flatten(env, a, out)?;
                 self.flatten(env, b, out)
             }
             ExprKind::Bytes(pieces) => {
+                self.charge(1, e.span)?;
                 for p in pieces {
                     match p {
-                        Piece::Hex(b) => out.push((V::Bytes(b.clone()), e)),
+                        Piece::Hex(b) => {
+                            let v = V::Bytes(b.clone());
+                            self.charge_value(&v, e.span)?;
+                            out.push((v, e));
+                        }
                         Piece::Expr(x) => self.flatten(env, x, out)?,
                     }
                 }
@@ -1066,6 +1163,7 @@ impl Gen {
 
     /// Generates one statement; returns whether it ends the flow on every path.
     fn stmt(&mut self, env: &mut Env, s: &Stmt) -> R<bool> {
+        self.charge(1, stmt_span(s))?;
         match s {
             Stmt::Assign(n, span, e) => self.assign(env, n, *span, e).map(|_| false),
             Stmt::Destructure(e, fields, span) => {
@@ -1227,6 +1325,7 @@ impl Gen {
                         format!("the program expands to more than {MAX_LOOPS} loops"),
                     );
                 }
+                self.charge(env.vars.len(), *span)?;
                 let before = env.snapshot();
                 let top = self.label();
                 self.depth += 1;
@@ -1301,7 +1400,7 @@ impl Gen {
         cond: &Cond,
         then: &[Stmt],
         els: Option<&[Stmt]>,
-        _span: Span,
+        span: Span,
     ) -> R<bool> {
         // `if c fail X`: one branch to the shared `fail X`.
         if let ([Stmt::Fail(code, fspan)], None) = (then, els) {
@@ -1310,6 +1409,7 @@ impl Gen {
             self.branch(env, cond, false, l)?;
             return Ok(false);
         }
+        self.charge(env.vars.len(), span)?;
         let before = env.snapshot();
         let else_l = self.label();
         self.branch(env, cond, true, else_l)?;
@@ -1347,6 +1447,15 @@ impl Gen {
 
     /// Emits a branch to `target` taken when `cond` holds (`negate`: when it does not).
     fn branch(&mut self, env: &Env, cond: &Cond, negate: bool, target: u32) -> R<()> {
+        // `not` is bounded by the parser's nesting; the rest is a compile step.
+        let at = match cond {
+            Cond::Not(_) => None,
+            Cond::Sw(_, _, s) => Some(*s),
+            Cond::Truthy(e) | Cond::Cmp(_, e, _) => Some(e.span),
+        };
+        if let Some(at) = at {
+            self.charge(1, at)?;
+        }
         match cond {
             Cond::Not(c) => self.branch(env, c, !negate, target),
             Cond::Sw(p, neg, span) => {
@@ -1397,7 +1506,7 @@ impl Gen {
         let Some(r) = self.routines.get(name).cloned() else {
             return err(span, format!("unknown routine `{name}`"));
         };
-        if self.expanding.iter().any(|n| n == name) {
+        if self.expanding.iter().any(|(n, _)| n == name) {
             return err(
                 span,
                 format!("routine `{name}` calls itself (routines are expanded inline)"),
@@ -1436,7 +1545,7 @@ impl Gen {
                 },
             );
         }
-        self.expanding.push(String::from(name));
+        self.expanding.push((String::from(name), span));
         let ends = self.block(&mut inner, &r.body)?;
         self.expanding.pop();
         Ok(ends)

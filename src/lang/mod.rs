@@ -31,7 +31,11 @@
 //! key bytes into a byte string or an integer is a type error.
 //!
 //! Any input gives a program or a positioned error: includes, expression and block
-//! nesting, routine expansion and the program size are bounded.
+//! nesting, routine expansion and the program size are bounded, and so is the total
+//! work ([`MAX_COMPILE_STEPS`]: every statement of every inline routine expansion
+//! counts, calls of empty routines too). Files are read through the caller's
+//! [`SourceLoader`]; [`crate::asm::assemble_file`] confines them to the root file's
+//! include root ([`crate::asm::include_root`]).
 
 mod ast;
 mod codegen;
@@ -48,7 +52,9 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-pub use codegen::{MAX_INSTRUCTIONS, MAX_LOOPS, MAX_ROUTINE_DEPTH};
+pub use codegen::{
+    BYTES_PER_STEP, MAX_COMPILE_STEPS, MAX_DECLS, MAX_INSTRUCTIONS, MAX_LOOPS, MAX_ROUTINE_DEPTH,
+};
 pub use parser::{MAX_BLOCK_DEPTH, MAX_EXPR_DEPTH};
 
 /// The file extension of the high-level language.

@@ -194,6 +194,79 @@ fn nesting_and_size_are_bounded() {
     build("include \"purse.cvs\"\ninclude \"purse.cvs\"\nfail bad\n").unwrap();
 }
 
+/// Routines `a1..=a{depth}`, each calling the one below `fan_out` times; `a0` is empty.
+fn fan_out_routines(depth: usize, fan_out: usize) -> String {
+    let mut src = String::from("routine a0() {}\n");
+    for i in 1..=depth {
+        src.push_str(&alloc::format!("routine a{i}() {{\n"));
+        for _ in 0..fan_out {
+            src.push_str(&alloc::format!("    a{}()\n", i - 1));
+        }
+        src.push_str("}\n");
+    }
+    src
+}
+
+#[test]
+fn routine_fan_out_is_refused_by_the_work_budget() {
+    // The attack: 171 lines of empty routines calling each other 10 times, 14 deep —
+    // 10^14 expansions that emit nothing. It must stop at the budget (this test
+    // finishing is the proof), at the call in the flow, naming the routine.
+    let mut src = fan_out_routines(14, 10);
+    src.push_str("a14()\ndone\n");
+    assert_eq!(src.lines().count(), 171);
+    let e = error(&src);
+    let want = alloc::format!(
+        "lib/main.cvs:170:1: error: this call of routine `a14` expands to more than {} compile steps",
+        super::MAX_COMPILE_STEPS
+    );
+    assert!(e.starts_with(&want), "{e}");
+    assert!(e.contains("stopped in a14 -> a13 -> "), "{e}");
+    assert!(e.contains("\na14()\n^"), "{e}");
+}
+
+#[test]
+fn a_program_within_the_work_budget_compiles() {
+    // a5() costs 111 111 steps (its call statement and 111 110 statements expanded);
+    // nine of them and `done` are exactly the budget.
+    assert_eq!(super::MAX_COMPILE_STEPS, 1_000_000);
+    let mut src = fan_out_routines(5, 10);
+    src.push_str(&"a5()\n".repeat(9));
+    let at_budget = alloc::format!("{src}done\n");
+    build(&at_budget).unwrap();
+    // One expansion more is refused, at the call that went over.
+    let over = alloc::format!("{src}a1()\ndone\n");
+    let e = error(&over);
+    assert!(
+        e.starts_with("lib/main.cvs:71:1: error: this call of routine `a1` expands to more than"),
+        "{e}"
+    );
+}
+
+#[test]
+fn folded_constants_and_declarations_are_bounded() {
+    // A 4096-byte constant used over and over: folding it is work, and bounded.
+    let big = alloc::format!("const C = [{}]\n", "00".repeat(4096));
+    let src = alloc::format!(
+        "{big}routine r() {{\n{}}}\n{}done\n",
+        "    x = C\n".repeat(10),
+        "r()\n".repeat(1000)
+    );
+    let e = error(&src);
+    assert!(e.contains("compile steps"), "{e}");
+    // Declarations are bounded as in the bytecode.
+    let outs: String = (0..=super::MAX_DECLS)
+        .map(|i| alloc::format!("output o{i}: u8\n"))
+        .collect();
+    let e = error(&alloc::format!("{outs}done\n"));
+    assert!(e.contains("more than 1024 outputs"), "{e}");
+    let ins: String = (0..=super::MAX_DECLS)
+        .map(|i| alloc::format!("input i{i}: u8\n"))
+        .collect();
+    let e = error(&alloc::format!("{ins}done\n"));
+    assert!(e.contains("more than 1024 inputs"), "{e}");
+}
+
 #[test]
 fn arbitrary_bytes_never_panic() {
     // A cheap deterministic sweep (the fuzz target `compile` goes further).

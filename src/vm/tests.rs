@@ -1675,6 +1675,171 @@ fn the_verifier_keeps_key_material_and_ldrkey_away_from_sams() {
     );
 }
 
+/// The SAM rule's implicit flows: a `samapdu` that can run after a decision on
+/// key-derived bytes is refused, even when the bytes it sends are not key-derived.
+#[test]
+fn the_verifier_refuses_sam_commands_after_decisions_on_key_bytes() {
+    let mac_key = || {
+        decl(
+            "k",
+            ValueType::Key {
+                alg: KeyAlg::Des3,
+                usage: KeyUsage::Mac,
+            },
+        )
+    };
+    let check = |instrs: &[Instr]| {
+        // Targets are instruction indices here (`script` makes them offsets).
+        VerifiedProgram::verify(&script(
+            instrs,
+            vec![],
+            vec![mac_key()],
+            vec![decl("o", ValueType::Int { bits: 8 })],
+        ))
+        .map(|_| ())
+        .map_err(|e| e.kind)
+    };
+    let mac = [
+        Instr::Ldkey { slot: 0, input: 0 },
+        Instr::Mac {
+            dst: 1,
+            key: 0,
+            data: 0,
+        },
+        Instr::Slice {
+            dst: 2,
+            src: 1,
+            offset: 0,
+            len: 1,
+        },
+        Instr::FromBe { dst: 2, src: 2 },
+    ];
+    let sam = |cmd| Instr::SamApdu {
+        resp: 5,
+        cmd,
+        sam: 1,
+    };
+    let refused = |r: Result<(), VerifyErrorKind>| {
+        assert!(
+            matches!(r, Err(VerifyErrorKind::KeyDependentSam { sam: 1, .. })),
+            "{r:?}"
+        );
+    };
+    // The attack: count up to the MAC's first byte, then send the counter to the SAM.
+    // The counter is never computed from the MAC, only chosen by branches over it.
+    let mut attack = mac.to_vec();
+    attack.extend([
+        Instr::Ldi { dst: 3, value: 0 },
+        Instr::Beq {
+            a: 3,
+            b: 2,
+            target: 8,
+        }, // 5
+        Instr::Addi {
+            dst: 3,
+            a: 3,
+            value: 1,
+        },
+        Instr::Jmp { target: 5 },
+        Instr::ToBe {
+            dst: 4,
+            src: 3,
+            width: 1,
+        }, // 8
+        sam(4),
+        Instr::Halt {},
+    ]);
+    refused(check(&attack));
+    // Where the branch re-joins does not matter: one side may end the run.
+    let mut join = mac.to_vec();
+    join.extend([
+        Instr::Ldi { dst: 3, value: 7 },
+        Instr::Bne {
+            a: 3,
+            b: 2,
+            target: 7,
+        },
+        Instr::Fail { code: 1 },
+        sam(3), // 7
+        Instr::Halt {},
+    ]);
+    refused(check(&join));
+    // `chkmac` decides (fail or go on) on a MAC made from a key.
+    refused(check(&[
+        Instr::Ldkey { slot: 0, input: 0 },
+        Instr::CheckMac {
+            key: 0,
+            data: 0,
+            mac: 1,
+            code: 1,
+        },
+        sam(0),
+        Instr::Halt {},
+    ]));
+    // An instruction that fails on a key-derived value decides too (BCD digits).
+    let mut fault = mac.to_vec();
+    fault.extend([Instr::FromBcd { dst: 3, src: 1 }, sam(0), Instr::Halt {}]);
+    refused(check(&fault));
+    // A decision inside a routine reaches the SAM command after the call.
+    let mut routine = mac.to_vec();
+    routine.extend([
+        Instr::Call { target: 8 }, // 4
+        Instr::Ldi { dst: 3, value: 1 },
+        sam(3),
+        Instr::Halt {},
+        Instr::Bz { a: 2, target: 9 }, // 8
+        Instr::Ret {},                 // 9
+    ]);
+    refused(check(&routine));
+    // A SAM command before the decision, in the loop around it: the next round's is after.
+    let mut looped = mac.to_vec();
+    looped.extend([
+        Instr::Ldi { dst: 3, value: 0 },
+        sam(3), // 5
+        Instr::Addi {
+            dst: 3,
+            a: 3,
+            value: 1,
+        },
+        Instr::Bne {
+            a: 3,
+            b: 2,
+            target: 5,
+        },
+        Instr::Halt {},
+    ]);
+    refused(check(&looped));
+
+    // Benign: the SAM is addressed before any decision on the MAC, a comparison that
+    // is not branched on goes to the receipt, and branches on the status word or on
+    // data that is not key-derived are fine.
+    let mut benign = vec![
+        Instr::Ldi { dst: 3, value: 2 },
+        sam(3),
+        Instr::Bsw {
+            pattern: SwPattern::exact(0x9000),
+            target: 4,
+        },
+        Instr::Fail { code: 2 },
+        Instr::Ldkey { slot: 0, input: 0 }, // 4
+        Instr::Mac {
+            dst: 1,
+            key: 0,
+            data: 0,
+        },
+        Instr::CtEq { dst: 2, a: 1, b: 0 },
+        Instr::Out { output: 0, src: 2 },
+        Instr::Bnz { a: 3, target: 9 },
+        sam(0), // 9
+    ];
+    benign.extend([
+        Instr::Bz { a: 2, target: 12 }, // 10: a decision, with no SAM after it
+        Instr::Halt {},
+        Instr::Fail { code: 3 }, // 12
+    ]);
+    assert_eq!(check(&benign), Ok(()));
+}
+
 /// The slots a script needs are known before it runs.
 #[test]
 fn the_program_knows_its_sam_slots() {
