@@ -17,9 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cardvm::issuer::TxnState;
-use cardvm::issuer::ledger::{Filter, hex};
 use cardvm::online::client::{Client, new_request_id, recharge};
-use cluster::{CITY, Cluster, card};
+use cluster::{CITY, Cluster, card, credited};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -88,6 +87,8 @@ struct Plan {
 }
 
 async fn faults_under_load(db: &str, plan: Plan) {
+    let started = std::time::Instant::now();
+    let retries = Arc::new(AtomicUsize::new(0));
     let mut cluster = Cluster::start(db, plan.instances, plan.readers, false).await;
     let (proxy, cuts) = cutting_proxy(cluster.services[0].addr, 5).await;
     // Readers reach the service through the proxy or an instance; on an error they try
@@ -108,7 +109,7 @@ async fn faults_under_load(db: &str, plan: Plan) {
             .iter()
             .map(|u| (u.clone(), cluster.client_for(i, u)))
             .collect();
-        let (urls, done) = (urls.clone(), done.clone());
+        let (urls, done, retries) = (urls.clone(), done.clone(), retries.clone());
         let reader_key = cluster.readers[i].clone();
         let tls_ca = cluster.tls_ca.clone();
         tasks.push(tokio::spawn(async move {
@@ -146,7 +147,10 @@ async fn faults_under_load(db: &str, plan: Plan) {
                             break;
                         }
                         // Nothing ran on the card: try again elsewhere.
-                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                        Err(_) => {
+                            retries.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await
+                        }
                     }
                 }
                 done.fetch_add(1, Ordering::SeqCst);
@@ -206,6 +210,20 @@ async fn faults_under_load(db: &str, plan: Plan) {
     assert!(cuts.load(Ordering::SeqCst) > 0, "the proxy cut nothing");
 
     // Deliver what the faults kept from the service (the reader's journal has them).
+    let redelivered: usize = results.iter().map(|(_, _, u)| u.len()).sum();
+    eprintln!(
+        "faults under load: {total} recharges by {} readers on {} instances in {:.1} s; {} connections cut, {} recharges retried, {redelivered} receipts delivered late{}",
+        plan.readers,
+        plan.instances,
+        started.elapsed().as_secs_f64(),
+        cuts.load(Ordering::SeqCst),
+        retries.load(Ordering::SeqCst),
+        if plan.restart_pg.is_some() {
+            ", database restarted"
+        } else {
+            ""
+        }
+    );
     let live = cluster.services[0].url();
     for (i, _, undelivered) in &results {
         let client = cluster.client_for(*i, &live);
@@ -218,19 +236,7 @@ async fn faults_under_load(db: &str, plan: Plan) {
         }
     }
     for (i, c, _) in &results {
-        let rows = cluster
-            .ledger
-            .list(&Filter {
-                card_id: Some(hex(c.card_number())),
-                ..Filter::default()
-            })
-            .await
-            .expect("ledger");
-        let credited: u64 = rows
-            .iter()
-            .filter(|r| r.state == TxnState::Committed)
-            .map(|r| r.amount)
-            .sum();
+        let (rows, credited) = credited(&cluster.ledger, c.card_number()).await;
         let loaded = u64::from(c.balance()) - u64::from(START);
         assert_eq!(
             loaded,
@@ -258,8 +264,8 @@ async fn faults_under_load_three_instances_postgresql() {
         &db,
         Plan {
             instances: 3,
-            readers: 20,
-            each: 10,
+            readers: 50,
+            each: 20,
             restart_pg: std::env::var("CARDVM_PG_RESTART")
                 .ok()
                 .filter(|c| !c.is_empty()),
@@ -383,19 +389,7 @@ async fn sqlite_on_a_full_disk_loses_nothing() {
         .expect("recharge after the disk has room");
     assert_eq!(out.settled.expect("settled").state, "committed");
     assert_eq!(c.balance(), START + 3 * AMOUNT as u32);
-    let rows = cluster
-        .ledger
-        .list(&Filter {
-            card_id: Some(hex(c.card_number())),
-            ..Filter::default()
-        })
-        .await
-        .expect("ledger");
-    let credited: u64 = rows
-        .iter()
-        .filter(|r| r.state == TxnState::Committed)
-        .map(|r| r.amount)
-        .sum();
+    let (rows, credited) = credited(&cluster.ledger, c.card_number()).await;
     assert_eq!(
         u64::from(c.balance()),
         u64::from(START) + credited,

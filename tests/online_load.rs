@@ -9,7 +9,7 @@ mod cluster;
 use std::time::Duration;
 
 use cardvm::issuer::TxnState;
-use cardvm::issuer::ledger::{Filter, hex};
+use cardvm::issuer::ledger::Filter;
 use cardvm::online::client::recharge;
 use cluster::{CITY, Cluster, card};
 
@@ -56,19 +56,7 @@ async fn load(db: &str, instances: usize, readers: usize, each: usize) {
     .await
     .expect("the load run did not finish within 900 s");
     for (i, serial, balance, committed) in results {
-        let rows = cluster
-            .ledger
-            .list(&Filter {
-                card_id: Some(hex(&serial)),
-                ..Filter::default()
-            })
-            .await
-            .expect("ledger");
-        let total: u64 = rows
-            .iter()
-            .filter(|r| r.state == TxnState::Committed)
-            .map(|r| r.amount)
-            .sum();
+        let (rows, total) = cluster::credited(&cluster.ledger, &serial).await;
         assert_eq!(committed, each as u64, "reader {i}");
         assert_eq!(rows.len(), each, "reader {i}: one ledger row per recharge");
         assert_eq!(balance, 1_000 + total, "reader {i}: card balance vs ledger");

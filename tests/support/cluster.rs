@@ -294,6 +294,23 @@ impl Cluster {
     }
 }
 
+/// A card's rows in the ledger and the total of its committed loads (fen).
+pub async fn credited(ledger: &Ledger, card: &[u8]) -> (Vec<cardvm::issuer::ledger::TxnRow>, u64) {
+    let rows = ledger
+        .list(&cardvm::issuer::ledger::Filter {
+            card_id: Some(cardvm::issuer::ledger::hex(card)),
+            ..cardvm::issuer::ledger::Filter::default()
+        })
+        .await
+        .expect("ledger");
+    let total = rows
+        .iter()
+        .filter(|r| r.state == cardvm::issuer::TxnState::Committed)
+        .map(|r| r.amount)
+        .sum();
+    (rows, total)
+}
+
 /// Card `i` of the city: its own serial, the city's masters (it diversifies them).
 pub fn card(i: usize, balance: u32) -> CpuCard {
     let mut serial = [0x41, 0, 0, 0, 0, 0, 0, 0];
