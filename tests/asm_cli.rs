@@ -310,7 +310,7 @@ fn routine_fan_out_fails_fast_in_asm_and_lint() {
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         let head = format!(
-            "{}:170:1: error: this call of routine `a14` expands to more than 1000000 compile steps",
+            "{}:170:1: error: this call of routine `a14` expands to more than 250000 compile steps",
             main.display()
         );
         assert!(err.contains(&head), "{err}");

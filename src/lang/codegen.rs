@@ -31,7 +31,7 @@ pub const MAX_LOOPS: usize = 256;
 /// expression or condition node evaluated, each [`BYTES_PER_STEP`] bytes of a byte
 /// string made at compile time, and each variable in scope at an `if` or a loop (the
 /// compiler notes which are assigned). The shipped flows take a few hundred steps.
-pub const MAX_COMPILE_STEPS: usize = 1_000_000;
+pub const MAX_COMPILE_STEPS: usize = 250_000;
 /// Bytes of compile-time byte string that cost one compile step
 /// (see [`MAX_COMPILE_STEPS`]): what constant folding may hold is bounded too.
 pub const BYTES_PER_STEP: usize = 16;

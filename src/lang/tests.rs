@@ -227,18 +227,21 @@ fn routine_fan_out_is_refused_by_the_work_budget() {
 
 #[test]
 fn a_program_within_the_work_budget_compiles() {
-    // a5() costs 111 111 steps (its call statement and 111 110 statements expanded);
-    // nine of them and `done` are exactly the budget.
-    assert_eq!(super::MAX_COMPILE_STEPS, 1_000_000);
-    let mut src = fan_out_routines(5, 10);
-    src.push_str(&"a5()\n".repeat(9));
+    // a_k() costs 1 + 10 × a_(k-1)() steps (its call statement and the expansion), a0()
+    // one: a4() 11 111, a3() 1 111. 22 × a4, 5 × a3, 2 × a0 and `done` are exactly the
+    // budget.
+    assert_eq!(super::MAX_COMPILE_STEPS, 250_000);
+    let mut src = fan_out_routines(4, 10);
+    src.push_str(&"a4()\n".repeat(22));
+    src.push_str(&"a3()\n".repeat(5));
+    src.push_str(&"a0()\n".repeat(2));
     let at_budget = alloc::format!("{src}done\n");
     build(&at_budget).unwrap();
     // One expansion more is refused, at the call that went over.
     let over = alloc::format!("{src}a1()\ndone\n");
     let e = error(&over);
     assert!(
-        e.starts_with("lib/main.cvs:71:1: error: this call of routine `a1` expands to more than"),
+        e.starts_with("lib/main.cvs:79:1: error: this call of routine `a1` expands to more than"),
         "{e}"
     );
 }
