@@ -695,10 +695,7 @@ impl Issuer {
             )));
         }
         let day_start = now - now % 86_400;
-        let total = self
-            .ledger
-            .load_total(&card, day_start, day_start + 86_400)
-            .await?;
+        let total = self.ledger.load_total(&card, day_start, now).await?;
         if total.saturating_add(amount) > city.day_limit {
             return Err(limit(format!(
                 "today's loads {total} + amount {amount} over the daily limit {}",

@@ -355,6 +355,32 @@ pub enum Recorded {
     },
 }
 
+/// A card's loads that count against its limits (`$1` the card, `$2` now): all but the
+/// failed ones, an `issued` one only until its bundle expires.
+const LIVE_LOADS: &str = "card_id = $1 AND kind = 'load' \
+    AND state NOT IN ('failed', 'recovered-failed') \
+    AND NOT (state = 'issued' AND expires_at <= $2)";
+
+/// The day's total of a card's loads that count against the daily limit: one query for
+/// the early check and for the decision under the card's lock.
+async fn day_total<'e, E>(e: E, card: &str, day_start: u64, now: u64) -> Result<u64, LedgerError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS total FROM transactions \
+         WHERE {LIVE_LOADS} AND issued_at >= $3 AND issued_at < $4"
+    )))
+    .bind(card)
+    .bind(to_i64(now, "now")?)
+    .bind(to_i64(day_start, "day_start")?)
+    .bind(to_i64(day_start.saturating_add(86_400), "day_end")?)
+    .fetch_one(e)
+    .await
+    .map_err(db("sum today's loads"))?;
+    get_u64(&row, "total")
+}
+
 /// What [`Ledger::check_card`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CardCheck {
@@ -1006,21 +1032,7 @@ impl Ledger {
             });
         }
         // Counted: loads not failed; an `issued` one only until its bundle expires.
-        let live = "card_id = $1 AND kind = 'load' \
-                    AND state NOT IN ('failed', 'recovered-failed') \
-                    AND NOT (state = 'issued' AND expires_at <= $2)";
-        let day = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS total FROM transactions \
-             WHERE {live} AND issued_at >= $3 AND issued_at < $4"
-        )))
-        .bind(card)
-        .bind(now)
-        .bind(to_i64(l.day_start, "day_start")?)
-        .bind(to_i64(l.day_start.saturating_add(86_400), "day_end")?)
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(db("sum today's loads"))?;
-        let today = get_u64(&day, "total")?;
+        let today = day_total(&mut **tx, card, l.day_start, l.now).await?;
         if today.saturating_add(amount) > l.day_limit {
             return Ok(Recorded::OverDailyLimit {
                 today,
@@ -1030,7 +1042,7 @@ impl Ledger {
         // Not yet on the card as far as the query's balance knows: issued or unknown.
         let open = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS total FROM transactions \
-             WHERE {live} AND state IN ('issued', 'unknown')"
+             WHERE {LIVE_LOADS} AND state IN ('issued', 'unknown')"
         )))
         .bind(card)
         .bind(now)
@@ -1121,22 +1133,15 @@ impl Ledger {
         row.map(|r| txn_from_row(&r)).transpose()
     }
 
-    /// Total of this card's loads issued in `[from, to)` that count against the limits
-    /// (everything but failed ones).
-    pub async fn load_total(&self, card_id: &str, from: u64, to: u64) -> Result<u64, LedgerError> {
-        let row = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS total FROM transactions \
-             WHERE card_id = $1 \
-             AND kind = 'load' AND issued_at >= $2 AND issued_at < $3 \
-             AND state NOT IN ('failed', 'recovered-failed')",
-        )
-        .bind(card_id.to_ascii_uppercase())
-        .bind(to_i64(from, "from")?)
-        .bind(to_i64(to, "to")?)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db("sum loads"))?;
-        get_u64(&row, "total")
+    /// Total of this card's loads issued on the day starting at `day_start` that count
+    /// against the daily limit at `now` (the rule [`Ledger::insert`] decides with).
+    pub async fn load_total(
+        &self,
+        card_id: &str,
+        day_start: u64,
+        now: u64,
+    ) -> Result<u64, LedgerError> {
+        day_total(&self.pool, &card_id.to_ascii_uppercase(), day_start, now).await
     }
 
     /// Settles an `issued` transaction. [`Applied::Already`] when it had been settled
