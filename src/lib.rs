@@ -20,6 +20,7 @@
 //! | run it against a card | [`vm`] over [`transport`] |
 //! | DES/3DES, SM4, SM3, SM2, PBOC MAC | [`crypto`] |
 //! | seal / open scripts, signed receipts | [`envelope`], [`receipt`] |
+//! | host-secured mode: the card company as a remote SAM | [`host`] |
 //! | **the transaction pipeline and its policy** | [`reader`] |
 //! | one reader/writer for the binary formats | [`codec`] |
 //! | durable device state (replay store) | [`storage`] |
@@ -96,6 +97,7 @@ pub mod frame;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod host;
 pub mod isa;
 pub mod journal;
 pub mod lang;

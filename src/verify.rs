@@ -32,7 +32,7 @@ use crate::isa::{DecodeError, Instr, Opcode, Operand, Role};
 use crate::script::{
     CommandScript, Constant, DataScript, DebugInfo, Decl, FieldValue, Header, ValueType,
 };
-use crate::transport::MAX_SAMS;
+use crate::transport::{MAX_SAMS, Slot};
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec;
@@ -130,26 +130,36 @@ pub enum VerifyErrorKind {
     TooManyRoutines,
     /// A command sent to a SAM may carry bytes derived from a key slot (a MAC, an
     /// encryption result): key-derived material never goes to a SAM.
-    #[error("register r{reg} sent to SAM slot {sam} may hold a value derived from a key")]
+    #[error("register r{reg} sent to {slot} may hold a value derived from a key")]
     KeyMaterialToSam {
         /// The command register.
         reg: u8,
-        /// The SAM slot.
-        sam: u8,
+        /// The SAM slot (or the card company, `hostapdu`).
+        slot: Slot,
     },
     /// `ldrkey` in a script that also addresses a SAM.
     #[error("ldrkey in a script that addresses a SAM: M1 keys go only to the reader's key store")]
     ReaderKeyWithSam,
+    /// A `hostapdu` can run more than once in a run (it is reachable from itself): the
+    /// round trips to the card company must be bounded by the code itself.
+    #[error(
+        "hostapdu can be reached again from itself (a loop): each exchange with the card company must run at most once"
+    )]
+    HostInLoop,
+    /// A `hostapdu` inside a routine (which may be called from several places): exchanges
+    /// with the card company belong to the script's main flow, where they are counted.
+    #[error("hostapdu inside a routine: exchanges with the card company belong to the main flow")]
+    HostInRoutine,
     /// A command to a SAM can run after a decision on key-derived bytes (a branch on
     /// them, a `chkmac`, or an instruction that may fail on their value): whether,
     /// when and with what it is sent would reveal them (an implicit flow).
     #[error(
-        "SAM slot {sam} is addressed after a decision on key-derived bytes at code offset \
+        "{slot} is addressed after a decision on key-derived bytes at code offset \
          {decision}: whether and what the SAM is sent would reveal them"
     )]
     KeyDependentSam {
-        /// The SAM slot.
-        sam: u8,
+        /// The SAM slot (or the card company, `hostapdu`).
+        slot: Slot,
         /// Code offset of the decision.
         decision: u32,
     },
@@ -201,6 +211,9 @@ pub struct VerifiedProgram {
     pub(crate) max_call_depth: u32,
     /// For each SAM slot, the code offset of the first instruction that addresses it.
     pub(crate) sam_uses: [Option<u32>; MAX_SAMS],
+    /// Code offset of the first `hostapdu`, and how many there are (each runs at most
+    /// once: the bound on round trips to the card company).
+    pub(crate) host_uses: Option<(u32, u32)>,
 }
 
 /// A verified program together with the data script it will run on.
@@ -234,6 +247,7 @@ impl VerifiedProgram {
             unsupported_debug: script.unsupported_debug.as_ref().map(|u| u.version),
             max_call_depth: c.max_call_depth,
             sam_uses: c.sam_uses,
+            host_uses: c.host_uses,
         })
     }
 
@@ -251,6 +265,7 @@ impl VerifiedProgram {
             unsupported_debug: script.unsupported_debug.map(|u| u.version),
             max_call_depth: c.max_call_depth,
             sam_uses: c.sam_uses,
+            host_uses: c.host_uses,
         })
     }
 
@@ -307,6 +322,18 @@ impl VerifiedProgram {
             .iter()
             .rposition(Option::is_some)
             .map_or(0, |i| i + 1)
+    }
+
+    /// The code offset of the first `hostapdu` when the script is host-secured (it
+    /// reaches the card company during the run), `None` for a script that runs offline.
+    pub fn host_use(&self) -> Option<u32> {
+        self.host_uses.map(|(at, _)| at)
+    }
+
+    /// The most round trips to the card company one run can make: the number of
+    /// `hostapdu` instructions (the verifier proved each runs at most once).
+    pub fn host_exchanges(&self) -> u32 {
+        self.host_uses.map_or(0, |(_, n)| n)
     }
 
     /// The first SAM slot the script addresses that a terminal with `available` SAMs
@@ -430,6 +457,7 @@ struct Checked {
     offsets: Vec<u32>,
     max_call_depth: u32,
     sam_uses: [Option<u32>; MAX_SAMS],
+    host_uses: Option<(u32, u32)>,
 }
 
 struct Verifier<'s> {
@@ -465,6 +493,7 @@ impl<'s> Verifier<'s> {
         let mut with_target = Vec::new();
         // For each SAM slot, the first instruction that addresses it.
         let mut sam_uses = [None; MAX_SAMS];
+        let mut host_uses: Option<(u32, u32)> = None;
         let mut at = 0usize;
         while at < s.code.len() {
             let err = |kind| VerifyError {
@@ -483,6 +512,9 @@ impl<'s> Verifier<'s> {
                 && let Some(u) = sam_uses.get_mut(usize::from(sam))
             {
                 u.get_or_insert(at as u32);
+            }
+            if let Instr::HostApdu { .. } = instr {
+                host_uses.get_or_insert((at as u32, 0)).1 += 1;
             }
             code.push(instr);
             offsets.push(at as u32);
@@ -511,12 +543,16 @@ impl<'s> Verifier<'s> {
             });
         }
         let max_call_depth = call_depth(&code, &offsets)?;
-        check_sam_channels(&code, &offsets, &sam_uses)?;
+        check_sam_channels(&code, &offsets, &sam_uses, host_uses.is_some())?;
+        if host_uses.is_some() {
+            check_host_once(&code, &offsets)?;
+        }
         Ok(Checked {
             code,
             offsets,
             max_call_depth,
             sam_uses,
+            host_uses,
         })
     }
 }
@@ -552,8 +588,9 @@ fn check_sam_channels(
     code: &[Instr],
     offsets: &[u32],
     uses: &[Option<u32>; MAX_SAMS],
+    host: bool,
 ) -> Result<(), VerifyError> {
-    if uses.iter().all(Option::is_none) {
+    if uses.iter().all(Option::is_none) && !host {
         return Ok(());
     }
     if let Some(i) = code
@@ -604,16 +641,83 @@ fn check_sam_channels(
         }
     }
     for (i, instr) in code.iter().enumerate() {
-        if let Instr::SamApdu { cmd, sam, .. } = *instr
+        if let Some((cmd, slot)) = sam_command(instr)
             && tainted[usize::from(cmd)]
         {
             return Err(VerifyError {
                 offset: offsets[i],
-                kind: VerifyErrorKind::KeyMaterialToSam { reg: cmd, sam },
+                kind: VerifyErrorKind::KeyMaterialToSam { reg: cmd, slot },
             });
         }
     }
     check_sam_control(code, offsets, &tainted)
+}
+
+/// The command register and channel of an instruction flagged `to_sam`.
+fn sam_command(instr: &Instr) -> Option<(u8, Slot)> {
+    match *instr {
+        Instr::SamApdu { cmd, sam, .. } => Some((cmd, Slot::Sam(sam))),
+        Instr::HostApdu { cmd, .. } => Some((cmd, Slot::Host)),
+        _ => None,
+    }
+}
+
+/// Each `hostapdu` runs at most once, so the number of `hostapdu` instructions bounds the
+/// round trips to the card company: every one is in the script's main flow (reached from
+/// the entry stepping over calls — the verifier already proved routines return and are not
+/// recursive), and none is reachable from itself there. A `hostapdu` inside a routine is
+/// refused (a routine may be called from several places).
+fn check_host_once(code: &[Instr], offsets: &[u32]) -> Result<(), VerifyError> {
+    let n = code.len();
+    // Successors in the main flow: a call steps over its routine.
+    let successors = |i: usize, out: &mut Vec<usize>| {
+        let instr = &code[i];
+        if let Some(t) = instr.target()
+            && !matches!(instr, Instr::Call { .. })
+        {
+            out.push(t as usize);
+        }
+        if !instr.is_terminator() && i + 1 < n {
+            out.push(i + 1);
+        }
+    };
+    let walk = |from: usize, seen: &mut Vec<bool>, stop: Option<usize>| -> bool {
+        let mut stack = vec![from];
+        let mut next = Vec::with_capacity(2);
+        while let Some(i) = stack.pop() {
+            if i >= n || seen[i] {
+                continue;
+            }
+            if Some(i) == stop {
+                return true;
+            }
+            seen[i] = true;
+            next.clear();
+            successors(i, &mut next);
+            stack.extend_from_slice(&next);
+        }
+        false
+    };
+    let mut main = vec![false; n];
+    walk(0, &mut main, None);
+    let mut seen = vec![false; n];
+    for (h, instr) in code.iter().enumerate() {
+        if !matches!(instr, Instr::HostApdu { .. }) {
+            continue;
+        }
+        let err = |kind| VerifyError {
+            offset: offsets[h],
+            kind,
+        };
+        if !main[h] {
+            return Err(err(VerifyErrorKind::HostInRoutine));
+        }
+        seen.iter_mut().for_each(|s| *s = false);
+        if walk(h + 1, &mut seen, Some(h)) {
+            return Err(err(VerifyErrorKind::HostInLoop));
+        }
+    }
+    Ok(())
 }
 
 /// Whether `instr` decides on key-derived bytes: which instruction runs next, or whether
@@ -714,10 +818,10 @@ fn check_sam_control(
             }
             from[i] = Some(decision);
             let instr = &code[i];
-            if let Instr::SamApdu { sam, .. } = *instr {
+            if let Some((_, slot)) = sam_command(instr) {
                 return Err(VerifyError {
                     offset: offsets[i],
-                    kind: VerifyErrorKind::KeyDependentSam { sam, decision },
+                    kind: VerifyErrorKind::KeyDependentSam { slot, decision },
                 });
             }
             if matches!(instr, Instr::Ret {}) && !returns_seen {

@@ -27,7 +27,8 @@ use std::time::Instant;
 fn arrows(slot: cardvm::transport::Slot) -> (String, String) {
     match slot {
         cardvm::transport::Slot::Sam(n) => (format!("sam{n}>"), format!("sam{n}<")),
-        _ => (String::from(">>"), String::from("<<")),
+        cardvm::transport::Slot::Host => (String::from("host>"), String::from("host<")),
+        cardvm::transport::Slot::Card => (String::from(">>"), String::from("<<")),
     }
 }
 

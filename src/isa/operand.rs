@@ -300,6 +300,9 @@ pub struct Flags {
     /// Its APDU goes to a SAM slot of the terminal, not to the card. Only these
     /// instructions reach a SAM; no key-bearing instruction (`ldrkey`) has the flag.
     pub to_sam: bool,
+    /// Its APDU goes to the card company (host-secured mode): a remote SAM reached over
+    /// the online protocol. Always together with `to_sam`, so every SAM rule applies.
+    pub to_host: bool,
 }
 
 impl Flags {
@@ -310,6 +313,7 @@ impl Flags {
         reads_sw: false,
         commit_point: false,
         to_sam: false,
+        to_host: false,
     };
 
     /// The names of the flags set, for the reference.
@@ -320,6 +324,7 @@ impl Flags {
             (self.reads_sw, "reads SW"),
             (self.commit_point, "commit point"),
             (self.to_sam, "to a SAM"),
+            (self.to_host, "to the card company"),
         ]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))

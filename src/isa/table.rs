@@ -21,7 +21,8 @@
 //! value/key input, `O` output, `L` jump target, `U8`/`U16`/`U32(lo..=hi)` immediate with
 //! its range, `Code` failure code, `SW` status-word pattern. Flags (see
 //! [`Flags`](super::Flags)): `terminator`, `sends_apdu`, `reads_sw`, `commit_point`,
-//! `to_sam` (the APDU goes to a SAM slot, see [`crate::transport::Slot`]).
+//! `to_sam` (the APDU goes to a SAM slot, see [`crate::transport::Slot`]), `to_host` (the
+//! SAM is the card company, reached over the online protocol).
 
 /// Calls `$mac!` with the whole instruction table (see the module docs for the format).
 macro_rules! for_each_op {
@@ -135,6 +136,8 @@ macro_rules! for_each_op {
             0x56 Uid "uid" (dst: Rd) [] => uid;
             /// Send the command APDU in `cmd` to SAM slot `sam` (a PSAM in the terminal), not to the card; `resp` = response data; the status word is kept like `apdu`'s.
             0x57 SamApdu "samapdu" (resp: Rd, cmd: Rs, sam: U8(0..=3)) [sends_apdu, to_sam] => sam_apdu;
+            /// Send the command APDU in `cmd` to the card company (host-secured mode: the card company's security module, reached over the online protocol, answers like a remote SAM); `resp` = response data; the status word is kept like `apdu`'s. The SAM rules apply; the verifier bounds how many times it can run.
+            0x58 HostApdu "hostapdu" (resp: Rd, cmd: Rs) [sends_apdu, to_sam, to_host] => host_apdu;
             // ---- cryptography over key slots ----
             /// Key slot `dst` = process (session) key of key slot `master` (`load` or `purchase`) over the 8 bytes in `data`; a `load-session` or `purchase-session` key.
             0x60 ProcessKey "pkey" (dst: Kd(Process), master: Ks(Load, Purchase), data: Rs) [] => process_key;

@@ -137,8 +137,9 @@ pub(crate) enum Stmt {
     Assign(String, Span, Expr),
     Destructure(Expr, Vec<Field>, Span),
     Apdu {
-        /// `samN apdu …`: SAM slot N instead of the card.
-        sam: Option<u8>,
+        /// Where the command goes: the card, `samN apdu …` SAM slot N, `host apdu …` the
+        /// card company (host-secured mode).
+        to: crate::transport::Slot,
         command: Command,
         target: Option<Target>,
         handlers: Vec<Handler>,

@@ -10,6 +10,7 @@ use super::ast::*;
 use super::parser::KEYWORDS;
 use super::regalloc::{self, A, Ins, Line};
 use super::{Diag, Span};
+use crate::transport::Slot;
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::rc::Rc;
@@ -1174,7 +1175,7 @@ impl Gen {
                 Ok(false)
             }
             Stmt::Apdu {
-                sam,
+                to,
                 command,
                 target,
                 handlers,
@@ -1231,13 +1232,16 @@ impl Gen {
                     Some(Target::Var(n, s)) => self.bytes_var(env, n, *s)?,
                     _ => self.reg(),
                 };
-                match sam {
-                    None => self.emit("apdu", alloc::vec![A::R(resp), A::R(cmd)], *span)?,
-                    Some(n) => self.emit(
+                match to {
+                    Slot::Card => self.emit("apdu", alloc::vec![A::R(resp), A::R(cmd)], *span)?,
+                    Slot::Sam(n) => self.emit(
                         "samapdu",
                         alloc::vec![A::R(resp), A::R(cmd), A::Imm(u64::from(*n))],
                         *span,
                     )?,
+                    Slot::Host => {
+                        self.emit("hostapdu", alloc::vec![A::R(resp), A::R(cmd)], *span)?
+                    }
                 }
                 self.handlers(handlers)?;
                 if let Some(Target::Fields(f)) = target {

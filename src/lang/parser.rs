@@ -4,6 +4,7 @@
 use super::ast::*;
 use super::lexer::{Tok, Token};
 use super::{Diag, Span};
+use crate::transport::Slot;
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
@@ -515,21 +516,25 @@ impl<'t> Parser<'t> {
         } else {
             ""
         };
-        // `sam0 apdu …` … `sam3 apdu …`: the command goes to that SAM slot. Only before
-        // `apdu` is `samN` special; elsewhere it stays an ordinary name.
-        let sam = match w.strip_prefix("sam").map(str::parse::<u8>) {
-            Some(Ok(n))
-                if w.len() == 4 && n <= 3 && {
-                    let next = self.peek_at(1);
-                    next.kind == Tok::Word && next.text == "apdu"
-                } =>
-            {
-                self.k += 1;
-                Some(n)
-            }
-            _ => None,
+        // `sam0 apdu …` … `sam3 apdu …`: the command goes to that SAM slot; `host apdu …`
+        // to the card company (host-secured mode). Only before `apdu` are `samN` and
+        // `host` special; elsewhere they stay ordinary names.
+        let before_apdu = {
+            let next = self.peek_at(1);
+            next.kind == Tok::Word && next.text == "apdu"
         };
-        let w = if sam.is_some() { "apdu" } else { w };
+        let to = match w.strip_prefix("sam").map(str::parse::<u8>) {
+            Some(Ok(n)) if w.len() == 4 && n <= 3 && before_apdu => {
+                self.k += 1;
+                Slot::Sam(n)
+            }
+            _ if w == "host" && before_apdu => {
+                self.k += 1;
+                Slot::Host
+            }
+            _ => Slot::Card,
+        };
+        let w = if to != Slot::Card { "apdu" } else { w };
         match w {
             "apdu" => {
                 self.k += 1;
@@ -541,7 +546,7 @@ impl<'t> Parser<'t> {
                 };
                 let handlers = self.handlers()?;
                 Ok(Stmt::Apdu {
-                    sam,
+                    to,
                     command,
                     target,
                     handlers,

@@ -523,7 +523,8 @@ impl Tracer for ExchangeLog {
         }
         let (to, from) = match e.slot {
             crate::transport::Slot::Sam(n) => (format!("sam{n}>"), format!("sam{n}<")),
-            _ => (">>".to_string(), "<<".to_string()),
+            crate::transport::Slot::Host => ("host>".to_string(), "host<".to_string()),
+            crate::transport::Slot::Card => (">>".to_string(), "<<".to_string()),
         };
         self.lines.push(format!("{to} {cmd}"));
         match (e.sw, e.error) {

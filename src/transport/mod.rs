@@ -252,6 +252,9 @@ pub enum Slot {
     Card,
     /// SAM slot `n` (`0..`[`MAX_SAMS`]).
     Sam(u8),
+    /// The card company, answering like a remote SAM over the online protocol
+    /// (host-secured mode, `hostapdu`).
+    Host,
 }
 
 impl core::fmt::Display for Slot {
@@ -259,6 +262,7 @@ impl core::fmt::Display for Slot {
         match self {
             Slot::Card => f.write_str("card"),
             Slot::Sam(n) => write!(f, "sam{n}"),
+            Slot::Host => f.write_str("host"),
         }
     }
 }
@@ -272,12 +276,15 @@ pub const MAX_SAMS: usize = 4;
 /// and expects GET RESPONSE). [`SamSlots::none`] allocates nothing.
 pub struct SamSlots<'a> {
     layers: Vec<ApduLayer<&'a mut dyn CardTransport>>,
+    /// The card company's channel (`hostapdu`), when the run has one.
+    host: Option<ApduLayer<&'a mut dyn CardTransport>>,
 }
 
 impl core::fmt::Debug for SamSlots<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("SamSlots")
             .field("sams", &self.layers.len())
+            .field("host", &self.host.is_some())
             .finish()
     }
 }
@@ -285,7 +292,27 @@ impl core::fmt::Debug for SamSlots<'_> {
 impl<'a> SamSlots<'a> {
     /// A terminal without SAMs.
     pub fn none() -> Self {
-        SamSlots { layers: Vec::new() }
+        SamSlots {
+            layers: Vec::new(),
+            host: None,
+        }
+    }
+
+    /// Adds the card company's channel: `hostapdu` reaches `host` (host-secured mode; the
+    /// online client's host link, or an in-process card company in tests).
+    pub fn with_host(mut self, host: &'a mut dyn CardTransport) -> Self {
+        self.host = Some(ApduLayer::new(host));
+        self
+    }
+
+    /// Whether the run has the card company's channel.
+    pub fn has_host(&self) -> bool {
+        self.host.is_some()
+    }
+
+    /// The card company's APDU layer, if the run has one.
+    pub fn host_mut(&mut self) -> Option<&mut ApduLayer<&'a mut dyn CardTransport>> {
+        self.host.as_mut()
     }
 
     /// SAM `n` is `sams[n]`. More than [`MAX_SAMS`] is refused (a script could not reach
@@ -299,6 +326,7 @@ impl<'a> SamSlots<'a> {
         }
         Ok(SamSlots {
             layers: sams.into_iter().map(ApduLayer::new).collect(),
+            host: None,
         })
     }
 

@@ -18,6 +18,8 @@
 //! Exchanges with SAM slot `n` are `samN>` / `samN<` lines, in the same file
 //! ([`parse_terminal`] returns the card and one [`ReplayCard`] per SAM slot;
 //! [`ReplayCard::parse`] refuses them, so a SAM recording never replays as the card).
+//! Exchanges with the card company (host-secured mode, `hostapdu`) are `host>` / `host<`
+//! lines ([`parse_recording`] returns them as their own [`ReplayCard`]).
 
 use super::{CardTransport, TransportError};
 use alloc::format;
@@ -128,8 +130,34 @@ fn sam_line(line: &str, arrow: char) -> Option<(usize, &str)> {
 /// recording and one per SAM slot up to the highest slot named (a slot never named gets
 /// an empty recording).
 pub fn parse_terminal(text: &str) -> Result<(ReplayCard, Vec<ReplayCard>), ReplayParseError> {
+    let r = parse_recording(text)?;
+    if r.host.is_some() {
+        return Err(ReplayParseError {
+            line: 0,
+            message: String::from(
+                "the recording has exchanges with the card company (host> lines): replay it with its host",
+            ),
+        });
+    }
+    Ok((r.card, r.sams))
+}
+
+/// A whole terminal's recording: the card, the SAM slots and the card company.
+#[derive(Debug)]
+pub struct Recording {
+    /// The card's exchanges (`>>` / `<<`).
+    pub card: ReplayCard,
+    /// One per SAM slot up to the highest named (`samN>` / `samN<`).
+    pub sams: Vec<ReplayCard>,
+    /// The card company's exchanges (`host>` / `host<`), when the trace has any.
+    pub host: Option<ReplayCard>,
+}
+
+/// Parses a trace with card, SAM and card-company (`host>`/`host<`) exchanges.
+pub fn parse_recording(text: &str) -> Result<Recording, ReplayParseError> {
     let mut card = Recorder::default();
     let mut sams: Vec<Recorder> = Vec::new();
+    let mut host: Option<Recorder> = None;
     for (n, raw) in text.lines().enumerate() {
         let line = raw.trim();
         let err = |message: String| ReplayParseError {
@@ -143,6 +171,16 @@ pub fn parse_terminal(text: &str) -> Result<(ReplayCard, Vec<ReplayCard>), Repla
         {
             continue;
         }
+        if let Some((is_command, rest)) = line
+            .strip_prefix("host>")
+            .map(|r| (true, r))
+            .or_else(|| line.strip_prefix("host<").map(|r| (false, r)))
+        {
+            host.get_or_insert_with(Recorder::default)
+                .line(is_command, rest)
+                .map_err(err)?;
+            continue;
+        }
         let (slot, is_command, rest) = if let Some(rest) = line.strip_prefix(">>") {
             (None, true, rest)
         } else if let Some(rest) = line.strip_prefix("<<") {
@@ -153,7 +191,7 @@ pub fn parse_terminal(text: &str) -> Result<(ReplayCard, Vec<ReplayCard>), Repla
             (Some(s), false, rest)
         } else {
             return Err(err(format!(
-                "expected `>>`, `<<`, `samN>` or `samN<`, found `{}`",
+                "expected `>>`, `<<`, `samN>`, `samN<`, `host>` or `host<`, found `{}`",
                 line.chars().take(20).collect::<String>()
             )));
         };
@@ -186,7 +224,8 @@ pub fn parse_terminal(text: &str) -> Result<(ReplayCard, Vec<ReplayCard>), Repla
         .into_iter()
         .map(finish)
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((card, sams))
+    let host = host.map(finish).transpose()?;
+    Ok(Recording { card, sams, host })
 }
 
 /// The exchanges of one slot while parsing.

@@ -191,6 +191,12 @@ pub enum VmErrorKind {
         /// SAM slots the terminal has.
         available: usize,
     },
+    /// The script reaches the card company (`hostapdu`, host-secured mode) and the run has
+    /// no channel to it (an offline run). Checked when the run starts: nothing was sent.
+    #[error(
+        "the script is host-secured: it needs the card company online (cardvm client), and this run has no host channel; nothing was sent"
+    )]
+    NoHost,
 }
 
 /// A VM fault at a code offset.
@@ -241,6 +247,11 @@ impl core::fmt::Display for Failure {
                 offset,
                 slot: Slot::Sam(n),
             } => write!(f, "at code offset {offset}: SAM slot {n}: {error}"),
+            Failure::Transport {
+                error,
+                offset,
+                slot: Slot::Host,
+            } => write!(f, "at code offset {offset}: card company: {error}"),
             Failure::Transport { error, offset, .. } => {
                 write!(f, "at code offset {offset}: {error}")
             }
@@ -251,7 +262,8 @@ impl core::fmt::Display for Failure {
 impl Failure {
     /// The numeric code for receipts: the script's code, or 0xFFxx for VM/transport
     /// faults: 0xFF01 VM fault, 0xFF02 card removed (tearing), 0xFF03 other card transport
-    /// failure, 0xFF04 SAM removed, 0xFF05 other SAM transport failure.
+    /// failure, 0xFF04 SAM removed, 0xFF05 other SAM transport failure, 0xFF06 the card
+    /// company (host-secured mode) did not answer.
     pub fn code(&self) -> u16 {
         match self {
             Failure::Script { code, .. } => *code,
@@ -264,6 +276,9 @@ impl Failure {
             Failure::Transport {
                 slot: Slot::Card, ..
             } => 0xFF03,
+            Failure::Transport {
+                slot: Slot::Host, ..
+            } => 0xFF06,
             Failure::Transport {
                 error: TransportError::CardRemoved,
                 ..
@@ -743,15 +758,22 @@ impl Vm {
         self.reset(&bound);
         let mut transcript = TranscriptHasher::new();
         let mut fuel_used = 0u64;
-        let result = match bound.program.missing_sam(sams.len()) {
-            Some((offset, slot)) => Err(VmError {
+        let result = match (
+            bound.program.missing_sam(sams.len()),
+            bound.program.host_use(),
+        ) {
+            (Some((offset, slot)), _) => Err(VmError {
                 offset,
                 kind: VmErrorKind::NoSam {
                     slot,
                     available: sams.len(),
                 },
             }),
-            None => self.exec(&bound, card, sams, tracer, &mut transcript, &mut fuel_used),
+            (None, Some(offset)) if !sams.has_host() => Err(VmError {
+                offset,
+                kind: VmErrorKind::NoHost,
+            }),
+            _ => self.exec(&bound, card, sams, tracer, &mut transcript, &mut fuel_used),
         };
         let failure = match result {
             Ok((Stop::Halt, _)) => None,

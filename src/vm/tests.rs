@@ -1320,12 +1320,13 @@ fn every_opcode_is_dispatched_and_behaves_as_its_table_line_says() {
         let mut layer = ApduLayer::new(ok_card());
         // A terminal with SAMs (the immediate picked below is slot 1), so `samapdu`
         // reaches the dispatch too.
-        let (mut sam0, mut sam1) = (ok_card(), ok_card());
+        let (mut sam0, mut sam1, mut host) = (ok_card(), ok_card(), ok_card());
         let mut sams = SamSlots::new(vec![
             &mut sam0 as &mut dyn CardTransport,
             &mut sam1 as &mut dyn CardTransport,
         ])
-        .unwrap();
+        .unwrap()
+        .with_host(&mut host);
         let mut log = StepLog::default();
         let report = Vm::default().run_with_sams(
             program.with_data(&data, &binding).unwrap(),
@@ -1376,15 +1377,27 @@ fn the_instructions_that_reach_the_card_are_flagged() {
         .collect();
     assert_eq!(
         flagged,
-        [Opcode::Apdu, Opcode::SamApdu, Opcode::LoadReaderKey]
+        [
+            Opcode::Apdu,
+            Opcode::SamApdu,
+            Opcode::HostApdu,
+            Opcode::LoadReaderKey
+        ]
     );
-    // Only `samapdu` goes to a SAM; nothing that reads a key slot does.
+    // Only `samapdu` and `hostapdu` go to a SAM; nothing that reads a key slot does.
     let to_sam: Vec<Opcode> = ALL_OPCODES
         .iter()
         .copied()
         .filter(|o| o.flags().to_sam)
         .collect();
-    assert_eq!(to_sam, [Opcode::SamApdu]);
+    assert_eq!(to_sam, [Opcode::SamApdu, Opcode::HostApdu]);
+    // Every host instruction is a SAM instruction (the SAM rules apply to it).
+    for op in ALL_OPCODES.iter().filter(|o| o.flags().to_host) {
+        assert!(
+            op.flags().to_sam,
+            "{op:?} reaches the card company outside the SAM rules"
+        );
+    }
     for op in ALL_OPCODES.iter().filter(|o| o.flags().to_sam) {
         assert!(
             op.operand_specs()
@@ -1606,7 +1619,10 @@ fn the_verifier_keeps_key_material_and_ldrkey_away_from_sams() {
             ],
             vec![key()],
         ),
-        VerifyErrorKind::KeyMaterialToSam { reg: 2, sam: 0 }
+        VerifyErrorKind::KeyMaterialToSam {
+            reg: 2,
+            slot: Slot::Sam(0)
+        }
     );
     // The same flow to the card is allowed (a terminal MAC goes to the card).
     let to_card = [
@@ -1647,7 +1663,10 @@ fn the_verifier_keeps_key_material_and_ldrkey_away_from_sams() {
             ],
             vec![enc],
         ),
-        VerifyErrorKind::KeyMaterialToSam { reg: 1, sam: 2 }
+        VerifyErrorKind::KeyMaterialToSam {
+            reg: 1,
+            slot: Slot::Sam(2)
+        }
     );
     // ldrkey anywhere in a script that addresses a SAM.
     let m1 = decl(
@@ -1721,7 +1740,13 @@ fn the_verifier_refuses_sam_commands_after_decisions_on_key_bytes() {
     };
     let refused = |r: Result<(), VerifyErrorKind>| {
         assert!(
-            matches!(r, Err(VerifyErrorKind::KeyDependentSam { sam: 1, .. })),
+            matches!(
+                r,
+                Err(VerifyErrorKind::KeyDependentSam {
+                    slot: Slot::Sam(1),
+                    ..
+                })
+            ),
             "{r:?}"
         );
     };

@@ -62,6 +62,11 @@ impl TranscriptHasher {
                 self.h.update(&(apdu.len() as u32).to_be_bytes());
                 self.h.update(apdu);
             }
+            Slot::Host => {
+                self.h.update(&[0x05]);
+                self.h.update(&(apdu.len() as u32).to_be_bytes());
+                self.h.update(apdu);
+            }
         }
     }
 
@@ -71,6 +76,12 @@ impl TranscriptHasher {
             Slot::Card => self.response(data, sw),
             Slot::Sam(n) => {
                 self.h.update(&[0x04, n]);
+                self.h.update(&(data.len() as u32 + 2).to_be_bytes());
+                self.h.update(data);
+                self.h.update(&sw.to_be_bytes());
+            }
+            Slot::Host => {
+                self.h.update(&[0x06]);
                 self.h.update(&(data.len() as u32 + 2).to_be_bytes());
                 self.h.update(data);
                 self.h.update(&sw.to_be_bytes());

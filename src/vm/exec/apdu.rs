@@ -1,4 +1,4 @@
-//! APDUs and status words: `apdu`, `samapdu`, `mkapdu`, `sw`, `bsw`, `bnsw`, `expect`,
+//! APDUs and status words: `apdu`, `samapdu`, `hostapdu`, `mkapdu`, `sw`, `bsw`, `bnsw`, `expect`,
 //! `uid`.
 
 use super::Exec;
@@ -63,6 +63,37 @@ impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, '_, T, R> {
         )? {
             Ok(()) => vm.set_from_scratch(resp)?,
             Err(e) => return Err(Exit::Stop(Stop::Transport(Slot::Sam(sam), e))),
+        }
+        Ok(())
+    }
+
+    /// `hostapdu`: like `samapdu`, to the card company (host-secured mode). The verifier
+    /// refused key-derived commands and bounded how often this runs; the run start checked
+    /// the channel exists.
+    #[inline(always)]
+    pub(super) fn host_apdu(&mut self, resp: u8, cmd: u8) -> Result<(), Exit> {
+        let vm = &mut *self.vm;
+        let Some(layer) = self.sams.host_mut() else {
+            return Err(Exit::Fault(VmErrorKind::NoHost));
+        };
+        let command = bytes_of(&vm.regs, cmd)?;
+        let shown = Shown {
+            hashed: command,
+            traced: command,
+            redacted: false,
+        };
+        match vm.ex.send(
+            Slot::Host,
+            layer,
+            self.tracer,
+            self.transcript,
+            &mut vm.scratch,
+            command,
+            shown,
+            vm.limits,
+        )? {
+            Ok(()) => vm.set_from_scratch(resp)?,
+            Err(e) => return Err(Exit::Stop(Stop::Transport(Slot::Host, e))),
         }
         Ok(())
     }
