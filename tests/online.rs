@@ -183,9 +183,16 @@ fn service_killed_after_the_card_committed_then_restarted() {
         .expect("bundle");
     let cmd = cardvm::online::protocol::from_hex(&bundle.command).expect("hex");
     let data = cardvm::online::protocol::from_hex(&bundle.data).expect("hex");
-    let done = r
-        .transact(&cmd, &data, &mut card, &mut cardvm::vm::NoTrace, &mut rng)
-        .expect("load");
+    let done = cardvm::online::client::run_bundle(
+        &c,
+        &mut r,
+        &mut card,
+        bundle.seq,
+        &cmd,
+        &data,
+        &mut cardvm::vm::NoTrace,
+    )
+    .expect("load");
     assert_eq!(done.receipt.outcome, cardvm::receipt::Outcome::Committed);
     // The service dies after the card committed, before the receipt arrives.
     drop(server);
@@ -515,15 +522,16 @@ fn card_pulled_mid_write_is_recovered_at_the_next_recharge() {
             cardvm::sim::Fault::TearBefore(at)
         });
         let before = card.balance();
-        let done = r
-            .transact(
-                &cardvm::online::protocol::from_hex(&bundle.command).expect("hex"),
-                &cardvm::online::protocol::from_hex(&bundle.data).expect("hex"),
-                &mut card,
-                &mut cardvm::vm::NoTrace,
-                &mut rng,
-            )
-            .expect("load");
+        let done = cardvm::online::client::run_bundle(
+            &c,
+            &mut r,
+            &mut card,
+            bundle.seq,
+            &cardvm::online::protocol::from_hex(&bundle.command).expect("hex"),
+            &cardvm::online::protocol::from_hex(&bundle.data).expect("hex"),
+            &mut cardvm::vm::NoTrace,
+        )
+        .expect("load");
         assert!(
             matches!(
                 done.receipt.outcome,

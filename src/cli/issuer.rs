@@ -235,10 +235,11 @@ enum CityCmd {
         /// Purse algorithm: des3, sm4 or m1.
         #[arg(long)]
         alg: String,
-        /// The query script (.cvm, or .casm to assemble).
+        /// The query script (.cvm, or .casm / .cvs to compile).
         #[arg(long, value_name = "FILE")]
         query: PathBuf,
-        /// The load script.
+        /// The load script: host-secured (`load_host.cvs`, no card key in any bundle) for a
+        /// CPU-card city; a key-bearing one is sent only to secure-element readers.
         #[arg(long, value_name = "FILE")]
         load: PathBuf,
         /// The recovery script (GET TRANSACTION PROVE); CPU cities.
@@ -752,9 +753,9 @@ async fn open_issuer(ledger: &Ledger) -> Result<Issuer, String> {
     ))
 }
 
-/// A command script from a `.cvm`, or assembled from a `.casm`.
+/// A command script from a `.cvm`, or compiled from a `.casm` or `.cvs`.
 fn script_bytes(path: &Path) -> Result<Vec<u8>, String> {
-    if path.extension().is_some_and(|e| e == "casm") {
+    if path.extension().is_some_and(|e| e == "casm" || e == "cvs") {
         let out = cardvm::asm::assemble_file(path, &cardvm::asm::AsmOptions::default())
             .map_err(|e| e.to_string())?;
         Ok(out.script.encode())

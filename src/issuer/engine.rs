@@ -23,8 +23,8 @@ use crate::crypto::{KeyAlg, KeyUsage, SecretKey};
 use crate::envelope::{EnvelopeHeader, ScriptKind, SealError};
 use crate::issuer::keys::{KeyRole, KeyStoreError, MasterKeyStore};
 use crate::issuer::ledger::{
-    Applied, CardCheck, CityRow, Ledger, LedgerError, LoadLimits, NewTxn, ReaderRow, Recorded,
-    Settlement, TxnKind, TxnRow, TxnState, hex, unhex,
+    Applied, CardCheck, CityRow, HostRecorded, Ledger, LedgerError, LoadLimits, NewTxn, ReaderRow,
+    Recorded, Settlement, TxnKind, TxnRow, TxnState, hex, unhex,
 };
 use crate::issuer::query::{CardQuery, QueryError, unix_to_bcd_datetime};
 use crate::issuer::{PkiError, ReaderIdentity, TrustStore};
@@ -219,6 +219,16 @@ pub enum IssuerError {
         /// Its state.
         state: TxnState,
     },
+}
+
+/// The card company's answer to one host command: the response APDU (data ‖ SW), and
+/// why it refused when it did (for the log; the script sees only the status word).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostAnswer {
+    /// Data ‖ SW.
+    pub response: Vec<u8>,
+    /// The reason of a refusal.
+    pub refused: Option<String>,
 }
 
 /// A sealed bundle: the city's command script and a data script for one card, both
@@ -944,6 +954,7 @@ impl Issuer {
                     recovers_seq,
                     issued_at: self.clock.now(),
                     expires_at: expires,
+                    host_secured: program.host_exchanges() > 0,
                 },
                 limits.as_ref(),
             )
@@ -1071,6 +1082,125 @@ impl Issuer {
         }
     }
 
+    /// Answers one host command of a host-secured bundle (`hostapdu`, docs/host.md): the
+    /// card company as the reader's remote SAM. The reader is the caller already
+    /// authenticated for `reader_id`; `seq` names its bundle. A refusal is a status word
+    /// in the answer (the script's handlers name it), with the reason for the log.
+    pub async fn host_exchange(
+        &self,
+        reader_id: &str,
+        seq: u64,
+        apdu: &[u8],
+    ) -> Result<HostAnswer, IssuerError> {
+        use crate::host::{HostCommand, HostRefusal, INS_LOAD_MAC2, LoadFacts, load_mac2};
+        let refused = |r: HostRefusal| {
+            Ok(HostAnswer {
+                response: r.response(),
+                refused: Some(r.reason),
+            })
+        };
+        let row = self
+            .ledger
+            .txn(reader_id, seq)
+            .await?
+            .ok_or_else(|| IssuerError::NoBundle {
+                reader: reader_id.into(),
+                seq,
+            })?;
+        if !row.host_secured || row.kind != TxnKind::Load {
+            return refused(HostRefusal::conditions(
+                "the bundle is not a host-secured load",
+            ));
+        }
+        let request = hex(apdu);
+        // Issued once: the same request again (a lost reply) gets the same answer.
+        let repeat = |req: &str, resp: &str| match unhex(resp) {
+            Some(r) if req.eq_ignore_ascii_case(&request) => Ok(HostAnswer {
+                response: r,
+                refused: None,
+            }),
+            _ => refused(HostRefusal::conditions(
+                "this bundle's MAC2 was already issued for another card state",
+            )),
+        };
+        if let Some((req, resp)) = self
+            .ledger
+            .host_answer(reader_id, seq, INS_LOAD_MAC2)
+            .await?
+        {
+            return repeat(&req, &resp);
+        }
+        let init = match HostCommand::parse(apdu) {
+            Ok(HostCommand::LoadMac2(init)) => init,
+            Err(r) => return refused(r),
+        };
+        let now = self.clock.now();
+        if row.state != TxnState::Issued {
+            return refused(HostRefusal::conditions(format!(
+                "the bundle is {}",
+                row.state
+            )));
+        }
+        if now > row.expires_at {
+            return refused(HostRefusal::conditions("the bundle expired"));
+        }
+        if Some(u64::from(init.balance)) != row.balance_before {
+            return refused(HostRefusal::conditions(format!(
+                "the card's balance {} is not the {} its query read",
+                init.balance,
+                row.balance_before.unwrap_or(0)
+            )));
+        }
+        let facts = match (
+            u32::try_from(row.amount),
+            unhex(&row.datetime).and_then(|d| <[u8; 7]>::try_from(d).ok()),
+        ) {
+            (Ok(amount), Some(datetime)) => LoadFacts {
+                amount,
+                terminal: row.terminal_id,
+                datetime,
+            },
+            _ => {
+                return refused(HostRefusal::new(
+                    0x6F00,
+                    "the bundle's amount or date/time does not fit the card",
+                ));
+            }
+        };
+        let card = unhex(&row.card_id).unwrap_or_default();
+        let dlk = self.keys.card_key(row.city, KeyRole::Load, &card)?;
+        let mac2 = match load_mac2(&dlk, &facts, &init) {
+            Ok(m) => m,
+            Err(r) => return refused(r),
+        };
+        drop(dlk);
+        let mut response = mac2.to_vec();
+        response.extend_from_slice(&[0x90, 0x00]);
+        match self
+            .ledger
+            .record_host_answer(
+                reader_id,
+                seq,
+                INS_LOAD_MAC2,
+                &request,
+                &hex(&response),
+                now,
+                Some(u64::from(init.atc)),
+                Some(&hex(&mac2)),
+            )
+            .await?
+        {
+            HostRecorded::Now => Ok(HostAnswer {
+                response,
+                refused: None,
+            }),
+            HostRecorded::Already { request, response } => repeat(&request, &response),
+            HostRecorded::NotIssued => refused(HostRefusal::conditions(
+                "the bundle was settled or expired meanwhile",
+            )),
+        }
+    }
+
     fn already(&self, row: &TxnRow, receipt_sm3: &str) -> Result<Settled, IssuerError> {
         if row
             .receipt_sm3
@@ -1122,6 +1252,15 @@ impl Issuer {
             note: None,
         };
         match &receipt.outcome {
+            // Host-secured: once the card company issued this load's MAC2, only the card
+            // can say whether it was used; the reader's "failed" is not evidence.
+            Outcome::Failed { code, reason } if row.host_secured && row.mac2.is_some() => {
+                s.state = TxnState::Unknown;
+                s.note = Some(format!(
+                    "the reader reported failed 0x{code:02X} ({reason}) after the card company issued MAC2: recovery decides"
+                ));
+                Ok(s)
+            }
             Outcome::Failed { code, reason } => {
                 s.note = Some(format!("failed 0x{code:02X}: {reason}"));
                 Ok(s)
@@ -1150,6 +1289,32 @@ impl Issuer {
                     )));
                 }
                 s.balance_after = Some(after);
+                if row.host_secured {
+                    // The card cannot commit without the MAC2 the card company issued for
+                    // this counter and balance (docs/host.md).
+                    let issued = row.mac2.as_deref().ok_or_else(|| {
+                        mismatch(
+                            "a host-secured load the card company never issued a MAC2 for cannot have committed"
+                                .into(),
+                        )
+                    })?;
+                    if !s
+                        .mac2
+                        .as_deref()
+                        .is_some_and(|m| m.eq_ignore_ascii_case(issued))
+                    {
+                        return Err(mismatch(format!(
+                            "MAC2 {} is not the one the card company issued ({issued})",
+                            s.mac2.as_deref().unwrap_or("none")
+                        )));
+                    }
+                    if atc != row.atc || Some(before) != row.balance_before {
+                        return Err(mismatch(format!(
+                            "counter {atc:?} and balance {before} are not the ones the card's MAC1 proved ({:?}, {:?})",
+                            row.atc, row.balance_before
+                        )));
+                    }
+                }
                 if receipt.card_id.is_empty() {
                     return Err(mismatch("a committed receipt without the card's id".into()));
                 }

@@ -45,6 +45,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "card state",
         include_str!("../../migrations/0004_card_state.sql"),
     ),
+    (
+        5,
+        "host secured",
+        include_str!("../../migrations/0005_host_secured.sql"),
+    ),
 ];
 
 /// A ledger failure: one line, with the operation.
@@ -277,6 +282,8 @@ pub struct TxnRow {
     pub balance_after: Option<u64>,
     /// Why it failed, or how it was recovered.
     pub note: Option<String>,
+    /// Whether its script is host-secured (the card company answers its MAC2).
+    pub host_secured: bool,
 }
 
 /// A transaction to record when its bundle is sealed.
@@ -310,6 +317,24 @@ pub struct NewTxn {
     pub issued_at: u64,
     /// Unix seconds.
     pub expires_at: u64,
+    /// Whether its script is host-secured (docs/host.md).
+    pub host_secured: bool,
+}
+
+/// What [`Ledger::record_host_answer`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostRecorded {
+    /// The answer is recorded now.
+    Now,
+    /// The bundle already has an answer to this command: the request and response then.
+    Already {
+        /// The request answered (hex).
+        request: String,
+        /// The answer given (hex).
+        response: String,
+    },
+    /// The transaction is no longer `issued` (settled, expired into `unknown`…).
+    NotIssued,
 }
 
 /// The limits a load must fit, checked by [`Ledger::insert`] under the card's lock.
@@ -627,7 +652,7 @@ fn terminal_from_hex(text: &str, what: &str) -> Result<[u8; 6], LedgerError> {
 
 const TXN_COLUMNS: &str = "reader_id, seq, kind, city, card_id, amount, terminal_id, txn_datetime, \
      command_sm3, balance_before, recovers_seq, issued_at, expires_at, state, receipt_sm3, \
-     settled_at, atc, mac2, tac, balance_after, note";
+     settled_at, atc, mac2, tac, balance_after, note, host_secured";
 
 fn txn_from_row(row: &AnyRow) -> Result<TxnRow, LedgerError> {
     let city = get_u64(row, "city")?;
@@ -661,6 +686,7 @@ fn txn_from_row(row: &AnyRow) -> Result<TxnRow, LedgerError> {
         tac: get_opt_str(row, "tac")?,
         balance_after: get_opt_u64(row, "balance_after")?,
         note: get_opt_str(row, "note")?,
+        host_secured: get_u64(row, "host_secured")? != 0,
     })
 }
 
@@ -978,8 +1004,8 @@ impl Ledger {
         sqlx::query(
             "INSERT INTO transactions (reader_id, seq, kind, city, card_id, amount, terminal_id, \
              txn_datetime, command_sm3, query_sm3, balance_before, recovers_seq, issued_at, \
-             expires_at, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-             $14, 'issued')",
+             expires_at, state, host_secured) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+             $11, $12, $13, $14, 'issued', $15)",
         )
         .bind(t.reader_id.as_str())
         .bind(to_i64(t.seq, "seq")?)
@@ -1003,6 +1029,7 @@ impl Ledger {
         )
         .bind(to_i64(t.issued_at, "issued_at")?)
         .bind(to_i64(t.expires_at, "expires_at")?)
+        .bind(i64::from(t.host_secured))
         .execute(&mut *tx)
         .await
         .map_err(db("record bundle"))?;
@@ -1058,6 +1085,96 @@ impl Ledger {
             });
         }
         Ok(Recorded::Yes)
+    }
+
+    /// Records the card company's answer to a host command of an `issued` transaction,
+    /// once (docs/host.md): with the card's counter and the MAC2 it was given, in one
+    /// database transaction. A second answer to the same command is not recorded; the
+    /// first is returned, so the caller answers a repeated request the same and refuses
+    /// any other.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record_host_answer(
+        &self,
+        reader_id: &str,
+        seq: u64,
+        ins: u8,
+        request: &str,
+        response: &str,
+        at: u64,
+        atc: Option<u64>,
+        mac2: Option<&str>,
+    ) -> Result<HostRecorded, LedgerError> {
+        let seq_i = to_i64(seq, "seq")?;
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        let inserted = sqlx::query(
+            "INSERT INTO host_answers (reader_id, seq, ins, request, response, at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (reader_id, seq, ins) DO NOTHING",
+        )
+        .bind(reader_id)
+        .bind(seq_i)
+        .bind(i64::from(ins))
+        .bind(request)
+        .bind(response)
+        .bind(to_i64(at, "at")?)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("record host answer"))?;
+        if inserted.rows_affected() == 0 {
+            let r = sqlx::query(
+                "SELECT request, response FROM host_answers WHERE reader_id = $1 AND seq = $2 \
+                 AND ins = $3",
+            )
+            .bind(reader_id)
+            .bind(seq_i)
+            .bind(i64::from(ins))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("read host answer"))?;
+            tx.rollback().await.map_err(db("rollback"))?;
+            return Ok(HostRecorded::Already {
+                request: get_str(&r, "request")?,
+                response: get_str(&r, "response")?,
+            });
+        }
+        let updated = sqlx::query(
+            "UPDATE transactions SET atc = COALESCE($1, atc), mac2 = COALESCE($2, mac2) \
+             WHERE reader_id = $3 AND seq = $4 AND state = 'issued'",
+        )
+        .bind(atc.map(|v| to_i64(v, "atc")).transpose()?)
+        .bind(mac2)
+        .bind(reader_id)
+        .bind(seq_i)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("record host answer"))?;
+        if updated.rows_affected() == 0 {
+            tx.rollback().await.map_err(db("rollback"))?;
+            return Ok(HostRecorded::NotIssued);
+        }
+        tx.commit().await.map_err(db("commit host answer"))?;
+        Ok(HostRecorded::Now)
+    }
+
+    /// The card company's answer to a host command of a transaction, if it gave one:
+    /// (request, response), hex.
+    pub async fn host_answer(
+        &self,
+        reader_id: &str,
+        seq: u64,
+        ins: u8,
+    ) -> Result<Option<(String, String)>, LedgerError> {
+        let r = sqlx::query(
+            "SELECT request, response FROM host_answers WHERE reader_id = $1 AND seq = $2 \
+             AND ins = $3",
+        )
+        .bind(reader_id)
+        .bind(to_i64(seq, "seq")?)
+        .bind(i64::from(ins))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("read host answer"))?;
+        r.map(|r| Ok((get_str(&r, "request")?, get_str(&r, "response")?)))
+            .transpose()
     }
 
     /// One transaction.

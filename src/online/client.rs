@@ -69,8 +69,11 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     reader_id: String,
-    key: Sm2PrivateKey,
+    key: Arc<Sm2PrivateKey>,
     clock: Arc<dyn Clock + Send + Sync>,
+    /// What [`Client::fork`] needs to build another connection pool.
+    server_ca_pem: Option<Vec<u8>>,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -99,6 +102,36 @@ impl Client {
         key: Sm2PrivateKey,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
+        let http = Self::http(server_ca_pem, timeout)?;
+        Ok(Client {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            reader_id: reader_id.into(),
+            key: Arc::new(key),
+            clock: Arc::new(crate::reader::SystemClock),
+            server_ca_pem: server_ca_pem.map(<[u8]>::to_vec),
+            timeout,
+        })
+    }
+
+    /// The same client with its own connection pool, for use from another tokio runtime
+    /// (the host link's thread: a pool's connections live on the runtime that made them).
+    pub fn fork(&self) -> Result<Self, ClientError> {
+        Ok(Client {
+            http: Self::http(self.server_ca_pem.as_deref(), self.timeout)?,
+            base: self.base.clone(),
+            reader_id: self.reader_id.clone(),
+            key: Arc::clone(&self.key),
+            clock: Arc::clone(&self.clock),
+            server_ca_pem: self.server_ca_pem.clone(),
+            timeout: self.timeout,
+        })
+    }
+
+    fn http(
+        server_ca_pem: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<reqwest::Client, ClientError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut builder = reqwest::Client::builder()
             .timeout(timeout)
@@ -125,16 +158,9 @@ impl Client {
                 .with_no_client_auth();
             builder = builder.tls_backend_preconfigured(config);
         }
-        let http = builder
+        builder
             .build()
-            .map_err(|e| ClientError::Setup(e.to_string()))?;
-        Ok(Client {
-            http,
-            base: base.trim_end_matches('/').to_string(),
-            reader_id: reader_id.into(),
-            key,
-            clock: Arc::new(crate::reader::SystemClock),
-        })
+            .map_err(|e| ClientError::Setup(e.to_string()))
     }
 
     /// Uses `clock` for the request time (tests, firmware clocks).
@@ -282,6 +308,33 @@ impl Client {
         .await
     }
 
+    /// One host command of a host-secured bundle (`hostapdu`): the card company's
+    /// response APDU (data ‖ SW).
+    pub async fn host(
+        &self,
+        request_id: &str,
+        seq: u64,
+        apdu: &[u8],
+    ) -> Result<Vec<u8>, ClientError> {
+        let url = self.url("/v1/host");
+        let reply: HostReply = self
+            .post(
+                "/v1/host",
+                &HostRequest {
+                    request_id: request_id.into(),
+                    seq,
+                    apdu: to_hex(apdu),
+                },
+            )
+            .await?;
+        from_hex(&reply.response)
+            .filter(|r| r.len() >= 2)
+            .ok_or_else(|| ClientError::BadReply {
+                url,
+                detail: "host response: not hex, or shorter than a status word".into(),
+            })
+    }
+
     /// One of this reader's transactions.
     pub async fn status(&self, seq: u64) -> Result<StatusReply, ClientError> {
         self.post(
@@ -379,6 +432,154 @@ pub enum RechargeError {
     },
 }
 
+/// The reader's channel to the card company for one host-secured transaction: the
+/// transport `hostapdu` reaches ([`crate::transport::SamSlots::with_host`]).
+///
+/// The VM runs synchronously and keeps its whole state (registers, the card's session)
+/// while a host command is out; the link's own thread carries the signed `POST /v1/host`
+/// on its own runtime and connection pool, so the caller's runtime — even a
+/// current-thread one blocked in the VM — is never re-entered. A lost reply is asked again
+/// with the same request id (the card company answers it the same); what cannot be
+/// answered fails the exchange, and the run reports it (0xFF06) before the card commits.
+pub struct HostLink {
+    to: Option<std::sync::mpsc::Sender<Vec<u8>>>,
+    from: std::sync::mpsc::Receiver<Result<Vec<u8>, ClientError>>,
+    worker: Option<std::thread::JoinHandle<()>>,
+    wait: Duration,
+    /// Exchanges made.
+    pub exchanges: u32,
+}
+
+impl std::fmt::Debug for HostLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostLink")
+            .field("exchanges", &self.exchanges)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostLink {
+    /// A link for bundle `seq` of `client`'s reader.
+    pub fn open(client: &Client, seq: u64) -> Result<Self, ClientError> {
+        let fork = client.fork()?;
+        let (to, requests) = std::sync::mpsc::channel::<Vec<u8>>();
+        let (answers, from) = std::sync::mpsc::channel();
+        let worker = std::thread::Builder::new()
+            .name("cardvm-host-link".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = answers.send(Err(ClientError::Setup(format!("host link: {e}"))));
+                        return;
+                    }
+                };
+                while let Ok(apdu) = requests.recv() {
+                    let id = new_request_id();
+                    let answer = rt.block_on(async {
+                        let mut last = None;
+                        for attempt in 0..3u64 {
+                            match fork.host(&id, seq, &apdu).await {
+                                Err(e) if e.is_retryable() => {
+                                    last = Some(e);
+                                    tokio::time::sleep(Duration::from_millis(100 * (attempt + 1)))
+                                        .await;
+                                }
+                                other => return other,
+                            }
+                        }
+                        Err(last.unwrap_or_else(|| ClientError::Setup("no attempt made".into())))
+                    });
+                    if answers.send(answer).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| ClientError::Setup(format!("host link thread: {e}")))?;
+        Ok(HostLink {
+            to: Some(to),
+            from,
+            worker: Some(worker),
+            // Three attempts and their pauses.
+            wait: client.timeout * 3 + Duration::from_secs(1),
+            exchanges: 0,
+        })
+    }
+}
+
+impl crate::transport::CardTransport for HostLink {
+    fn transmit(
+        &mut self,
+        command: &[u8],
+        response: &mut [u8],
+    ) -> Result<usize, crate::transport::TransportError> {
+        use crate::transport::TransportError;
+        let gone = || TransportError::Other("card company: the host link stopped".into());
+        self.to
+            .as_ref()
+            .ok_or_else(gone)?
+            .send(command.to_vec())
+            .map_err(|_| gone())?;
+        self.exchanges += 1;
+        let r = match self.from.recv_timeout(self.wait) {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(TransportError::Other(format!("card company: {e}"))),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return Err(TransportError::Timeout),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(gone()),
+        };
+        let capacity = response.len();
+        response
+            .get_mut(..r.len())
+            .ok_or(TransportError::ResponseTooLong {
+                needed: r.len(),
+                capacity,
+            })?
+            .copy_from_slice(&r);
+        Ok(r.len())
+    }
+}
+
+impl Drop for HostLink {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread after its exchange in flight.
+        self.to = None;
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Runs one sealed bundle on `card`: opens and verifies it, and — when its script is
+/// host-secured (no card key in the bundle) — gives it a [`HostLink`] to the card company
+/// for bundle `seq`. The receipt is signed and journaled as by [`Reader::run`].
+///
+/// [`Reader::run`]: crate::reader::Reader::run
+pub fn run_bundle<T: crate::transport::CardTransport, Tr: crate::vm::Tracer + ?Sized>(
+    client: &Client,
+    reader: &mut crate::reader::Reader,
+    card: &mut T,
+    seq: u64,
+    command: &[u8],
+    data: &[u8],
+    tracer: &mut Tr,
+) -> Result<crate::reader::Completed, RechargeError> {
+    let mut rng = os_rng();
+    let prepared = reader
+        .prepare(command, data)
+        .map_err(|e| RechargeError::Reader(e.to_string()))?;
+    if prepared.program().host_exchanges() > 0 {
+        let mut link = HostLink::open(client, seq)?;
+        let mut sams = crate::transport::SamSlots::none().with_host(&mut link);
+        reader.run_with_sams(&prepared, card, &mut sams, tracer, &mut rng)
+    } else {
+        reader.run(&prepared, card, tracer, &mut rng)
+    }
+    .map_err(|e| RechargeError::Reader(e.to_string()))
+}
+
 /// Delivers a receipt, retrying the same request a few times on a broken connection.
 async fn deliver(client: &Client, receipt_json: &str) -> Result<SettleReply, ClientError> {
     let id = new_request_id();
@@ -451,9 +652,15 @@ pub async fn recharge<T: crate::transport::CardTransport>(
             (Some(c), Some(d)) => (c, d),
             _ => return Err(RechargeError::Reader("bundle: not hex".into())),
         };
-        let done = reader
-            .transact(&command, &data, card, &mut crate::vm::NoTrace, &mut rng)
-            .map_err(|e| RechargeError::Reader(e.to_string()))?;
+        let done = run_bundle(
+            client,
+            reader,
+            card,
+            bundle.seq,
+            &command,
+            &data,
+            &mut crate::vm::NoTrace,
+        )?;
         let outcome = done.receipt.outcome.to_string();
         progress(&Step::CardDone {
             outcome: outcome.clone(),

@@ -150,6 +150,25 @@ pub struct CompleteRequest {
     pub receipt: String,
 }
 
+/// `POST /v1/host`: one host command of a host-secured bundle (`hostapdu`, docs/host.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HostRequest {
+    /// Idempotency key: a lost reply is asked again with the same id and body.
+    pub request_id: String,
+    /// The bundle's seq (the reader is the signer).
+    pub seq: u64,
+    /// The command APDU, hex.
+    pub apdu: String,
+}
+
+/// The card company's answer to a host command.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostReply {
+    /// The response APDU (data ‖ SW), hex: what the script receives.
+    pub response: String,
+}
+
 /// How a receipt was settled.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SettleReply {

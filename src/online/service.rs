@@ -557,6 +557,7 @@ macro_rules! has_request_id {
     ($($t:ty),*) => {$(impl HasRequestId for $t { fn request_id(&self) -> &str { &self.request_id } })*};
 }
 has_request_id!(
+    HostRequest,
     QueryScriptRequest,
     StartRequest,
     CompleteRequest,
@@ -676,6 +677,52 @@ async fn complete(
             let receipt = parse_receipt(&req.receipt, &caller, "receipt")?;
             let s = svc.issuer.settle(&receipt).await?;
             Ok(settle_reply(&s))
+        },
+    )
+    .await
+}
+
+async fn host(
+    State(svc): State<Arc<Service>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    svc.signed(
+        "/v1/host",
+        headers,
+        body,
+        true,
+        |svc, caller, req: HostRequest| async move {
+            let apdu = from_hex(&req.apdu)
+                .filter(|a| a.len() <= 261)
+                .ok_or_else(|| {
+                    Refusal::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_apdu",
+                        "apdu: not hex, or longer than a short APDU",
+                    )
+                })?;
+            let a = svc
+                .issuer
+                .host_exchange(&caller.reader_id, req.seq, &apdu)
+                .await?;
+            // The script sees only the status word; the reason goes to the log.
+            if let Some(why) = &a.refused
+                && svc.config.log
+            {
+                let line = serde_json::json!({
+                    "ts": svc.issuer.now(),
+                    "path": "/v1/host",
+                    "reader": caller.reader_id,
+                    "seq": req.seq,
+                    "host_refused": to_hex(&a.response),
+                    "note": why,
+                });
+                eprintln!("{line}");
+            }
+            Ok(HostReply {
+                response: to_hex(&a.response),
+            })
         },
     )
     .await
@@ -841,6 +888,7 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/query-script", post(query_script))
         .route("/v1/recharge/start", post(start))
         .route("/v1/recharge/complete", post(complete))
+        .route("/v1/host", post(host))
         .route("/v1/journal", post(journal))
         .route("/v1/status", post(status))
         .route("/metrics", get(metrics))

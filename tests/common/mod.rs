@@ -202,7 +202,13 @@ pub fn setup(tag: &str) -> Setup {
     ] {
         let (q, l, r) = (
             repo(&format!("{dir}/query.casm")),
-            repo(&format!("{dir}/load.casm")),
+            // Host-secured where the card allows it (no card key in any bundle); an M1
+            // card needs its sector keys in the reader.
+            repo(&if alg == "m1" {
+                format!("{dir}/load.casm")
+            } else {
+                format!("{dir}/load_host.cvs")
+            }),
             repo(&format!("{dir}/recover.casm")),
         );
         let mut args = vec![
