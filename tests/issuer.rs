@@ -1276,6 +1276,7 @@ async fn database_errors_are_typed_on(db: Option<String>, tag: &str) {
         recovers_seq: None,
         issued_at: NOW,
         expires_at: NOW + 600,
+        host_secured: false,
     };
     let e = w
         .issuer

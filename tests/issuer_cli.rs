@@ -7,7 +7,9 @@ mod common;
 use common::*;
 use std::path::Path;
 
-fn recharge(cwd: &Path, city: &str, card: &str, amount: &str, tag: &str) -> String {
+/// One recharge by hand: `issuer query-script`, `run --query`, `issuer bundle`, `run` (a
+/// host-secured bundle reaches the card company at `host`), `issuer settle`.
+fn recharge(cwd: &Path, host: &str, city: &str, card: &str, amount: &str, tag: &str) -> String {
     let c = |a: &[&str]| ok(cwd, a);
     let q = format!("q{city}.sealed");
     if !cwd.join(&q).exists() {
@@ -54,6 +56,10 @@ fn recharge(cwd: &Path, city: &str, card: &str, amount: &str, tag: &str) -> Stri
         "--save",
         "--receipt",
         r.as_str(),
+        "--host",
+        host,
+        "--server-ca",
+        "tls.crt",
     ];
     a.extend(READER);
     c(&a);
@@ -67,12 +73,15 @@ fn three_cities_recharge_through_the_cli() {
     cpu_card("scripts/city0731-des3/card.toml", &cwd.join("c731.toml"));
     cpu_card("scripts/city0755-sm4/card.toml", &cwd.join("c755.toml"));
     m1_card(&cwd.join("c571.toml"));
+    // The card company's service answers the host-secured loads' MAC2 (docs/host.md).
+    tls(cwd);
+    let server = serve(cwd, &[]);
     for (city, card, amount) in [
         ("731", "c731.toml", "100.00"),
         ("755", "c755.toml", "2500"),
         ("571", "c571.toml", "12.34"),
     ] {
-        let out = recharge(cwd, city, card, amount, city);
+        let out = recharge(cwd, &server.url, city, card, amount, city);
         assert!(
             out.contains("load R1/") && out.contains(" committed"),
             "{city}: {out}"

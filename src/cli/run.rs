@@ -7,7 +7,7 @@ use cardvm::reader::{
     Completed, JournalStatus, Policy, Prepared, Reader, ReaderConfig, ReceiptJournal, SystemClock,
 };
 use cardvm::script::DataScript;
-use cardvm::transport::replay::parse_terminal;
+use cardvm::transport::replay::parse_recording;
 use cardvm::transport::{CardTransport, SamSlots};
 use cardvm::vm::{Limits, RunReport};
 use clap::Args;
@@ -115,6 +115,19 @@ pub struct RunArgs {
     /// [default: K with extension .replay].
     #[arg(long, value_name = "PATH")]
     pub replay_store: Option<PathBuf>,
+    /// A host-secured script (`host apdu`, docs/host.md) reaches the card company at this
+    /// service URL (`https://host:port`, `cardvm issuer serve`), signing as the reader
+    /// (--reader-key, --reader-id) for the sealed bundle's seq.
+    #[arg(long, value_name = "URL", conflicts_with = "host_sim")]
+    pub host: Option<String>,
+    /// With --host: trust only this CA for the service's TLS certificate (PEM).
+    #[arg(long, value_name = "PEM", requires = "host")]
+    pub server_ca: Option<PathBuf>,
+    /// A host-secured script's card company, in-process, for script authors: a data TOML
+    /// holding the card's load key (`[keys.…]` with usage `load`, e.g. the city's
+    /// `load.toml`); it answers LOAD MAC2 once for the run's amount, terminal and time.
+    #[arg(long, value_name = "KEYS.toml")]
+    pub host_sim: Option<PathBuf>,
     /// Instruction budget.
     #[arg(long, default_value_t = Limits::default().fuel)]
     pub fuel: u64,
@@ -403,6 +416,104 @@ fn failure_report(tracer: &mut super::trace::VmTrace<'_>, report: &RunReport) {
     }
 }
 
+/// The card company's channel for a host-secured script: the service (--host) or the
+/// in-process one (--host-sim); none for a script that runs offline.
+fn host_channel(
+    args: &RunArgs,
+    prepared: &Prepared,
+) -> Result<Option<Box<dyn CardTransport>>, String> {
+    let needed = prepared.program().host_exchanges() > 0;
+    match (&args.host, &args.host_sim) {
+        _ if !needed => Ok(None),
+        (Some(url), _) => {
+            let seq = prepared
+                .data_identity()
+                .map(|d| d.seq)
+                .ok_or("--host: the card company answers sealed bundles only")?;
+            let key = super::keys::load_private_key(
+                args.reader_key
+                    .as_deref()
+                    .ok_or("--host needs --reader-key (requests are signed)")?,
+            )?;
+            let reader_id = args
+                .reader_id
+                .clone()
+                .unwrap_or_else(|| cardvm::reader::default_reader_id(Some(key.public_key())));
+            let ca = args
+                .server_ca
+                .as_deref()
+                .map(|p| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display())))
+                .transpose()?;
+            let client = cardvm::online::client::Client::new(
+                url,
+                ca.as_deref(),
+                &reader_id,
+                key,
+                std::time::Duration::from_secs(15),
+            )
+            .map_err(|e| format!("--host: {e}"))?;
+            let link = cardvm::online::client::HostLink::open(&client, seq)
+                .map_err(|e| format!("--host: {e}"))?;
+            Ok(Some(Box::new(link)))
+        }
+        (None, Some(path)) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let keys =
+                cardvm::asm::compile_data(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            let dlk = keys
+                .fields
+                .into_iter()
+                .find_map(|f| match f.value {
+                    cardvm::script::FieldValue::Key(k)
+                        if k.usage() == cardvm::crypto::KeyUsage::Load =>
+                    {
+                        Some(k)
+                    }
+                    _ => None,
+                })
+                .ok_or_else(|| format!("{}: no key with usage `load`", path.display()))?;
+            use cardvm::script::FieldValue as V;
+            let facts = match (
+                prepared.value_input("amount"),
+                prepared.value_input("terminal"),
+                prepared.value_input("now"),
+            ) {
+                (Some(V::Int(a)), Some(V::Bytes(t)), Some(V::BcdDateTime(now))) => {
+                    cardvm::host::LoadFacts {
+                        amount: u32::try_from(*a).map_err(|_| "--host-sim: amount over 2^32")?,
+                        terminal: t
+                            .as_slice()
+                            .try_into()
+                            .map_err(|_| "--host-sim: terminal is not 6 bytes")?,
+                        datetime: *now,
+                    }
+                }
+                _ => {
+                    return Err(String::from(
+                        "--host-sim: the data script needs amount, terminal (6 bytes) and now",
+                    ));
+                }
+            };
+            Ok(Some(Box::new(cardvm::host::HostSim::new(dlk, facts))))
+        }
+        // A replay brings its own `host>` lines.
+        (None, None) if args.replay.is_none() => Err(format!(
+            "{}: the script is host-secured (it asks the card company for MAC2): give --host URL (the card company's service) or --host-sim KEYS.toml",
+            args.command.display()
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+/// `sams` with the card company's channel, when there is one.
+fn with_host<'a>(sams: SamSlots<'a>, host: &'a mut Option<Box<dyn CardTransport>>) -> SamSlots<'a> {
+    match host.as_deref_mut() {
+        Some(h) => sams.with_host(h),
+        None => sams,
+    }
+}
+
 /// Runs on the card the arguments name. Also returns the card option that reaches the
 /// same card again (for the recovery hint).
 fn on_card(
@@ -414,6 +525,7 @@ fn on_card(
     if !args.sam_sim.is_empty() && args.sim.is_none() {
         return Err(String::from("--sam-sim needs a simulated card (--sim)"));
     }
+    let mut host = host_channel(args, prepared)?;
     match (&args.sim, &args.replay, &args.pcsc) {
         (Some(profile), None, None) => {
             let mut card = cardvm::sim::SimCard::load(profile)
@@ -437,7 +549,8 @@ fn on_card(
                 .iter_mut()
                 .map(|c| c as &mut dyn CardTransport)
                 .collect();
-            let mut sams = SamSlots::new(slots).map_err(|e| format!("--sam-sim: {e}"))?;
+            let sams = SamSlots::new(slots).map_err(|e| format!("--sam-sim: {e}"))?;
+            let mut sams = with_host(sams, &mut host);
             let completed = execute(args, reader, prepared, sources, &mut card, &mut sams)?;
             drop(sams);
             if args.trace {
@@ -465,13 +578,21 @@ fn on_card(
             let text = std::fs::read_to_string(replay)
                 .map_err(|e| format!("{}: {e}", replay.display()))?;
             // `samN>` / `samN<` lines replay the terminal's SAMs.
-            let (mut card, mut recorded) =
-                parse_terminal(&text).map_err(|e| format!("{}: {e}", replay.display()))?;
+            let cardvm::transport::replay::Recording {
+                mut card,
+                sams: mut recorded,
+                host: mut recorded_host,
+            } = parse_recording(&text).map_err(|e| format!("{}: {e}", replay.display()))?;
             let slots = recorded
                 .iter_mut()
                 .map(|c| c as &mut dyn CardTransport)
                 .collect();
-            let mut sams = SamSlots::new(slots).map_err(|e| format!("--replay: {e}"))?;
+            let sams = SamSlots::new(slots).map_err(|e| format!("--replay: {e}"))?;
+            // `host>` / `host<` lines replay the card company.
+            let mut sams = match recorded_host.as_mut() {
+                Some(h) => sams.with_host(h),
+                None => with_host(sams, &mut host),
+            };
             if args.trace {
                 eprint!(
                     "{}",
@@ -485,7 +606,7 @@ fn on_card(
             let completed = execute(args, reader, prepared, sources, &mut card, &mut sams)?;
             Ok((completed, String::from("<the same card: --sim or --pcsc>")))
         }
-        (None, None, Some(name)) => run_pcsc(name, args, reader, prepared, sources),
+        (None, None, Some(name)) => run_pcsc(name, args, reader, prepared, sources, &mut host),
         (None, None, None) => Err(String::from(
             "no card: give --sim CARD.toml, --pcsc [READER] or --replay TRACE",
         )),
@@ -500,6 +621,7 @@ fn run_pcsc(
     reader: &mut Reader,
     prepared: &Prepared,
     sources: &TraceSources,
+    host: &mut Option<Box<dyn CardTransport>>,
 ) -> Result<(Completed, String), String> {
     let timeout = super::pcsc::apdu_timeout(args.apdu_timeout)?;
     let mut card = super::pcsc::open_card("--pcsc", name, args.wait, timeout)?;
@@ -531,7 +653,8 @@ fn run_pcsc(
         .iter_mut()
         .map(|t| t as &mut dyn CardTransport)
         .collect();
-    let mut sams = SamSlots::new(slots).map_err(|e| format!("--sam: {e}"))?;
+    let sams = SamSlots::new(slots).map_err(|e| format!("--sam: {e}"))?;
+    let mut sams = with_host(sams, host);
     let completed = execute(args, reader, prepared, sources, &mut tx, &mut sams)?;
     Ok((completed, again))
 }
@@ -543,6 +666,7 @@ fn run_pcsc(
     _: &mut Reader,
     _: &Prepared,
     _: &TraceSources,
+    _: &mut Option<Box<dyn CardTransport>>,
 ) -> Result<(Completed, String), String> {
     Err(String::from(
         "--pcsc: this cardvm was built without the `pcsc` feature",

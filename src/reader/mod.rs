@@ -345,6 +345,18 @@ impl Prepared {
     pub fn is_query(&self) -> bool {
         self.query
     }
+
+    /// The data script's value of input `name` — never a key (`None` for a key input,
+    /// as for a missing one). An in-process card company takes the bundle's amount,
+    /// terminal and time from here ([`crate::host::HostSim`]).
+    pub fn value_input(&self, name: &str) -> Option<&crate::script::FieldValue> {
+        self.data
+            .fields
+            .iter()
+            .find(|f| &*f.name == name)
+            .map(|f| &f.value)
+            .filter(|v| !matches!(v, crate::script::FieldValue::Key(_)))
+    }
 }
 
 /// Everything a [`Reader`] is built from.
