@@ -131,9 +131,32 @@ pub fn pg_base() -> Option<String> {
     }
 }
 
+/// How the city's loads are secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadMode {
+    /// Host-secured (the default): no card key in any bundle; the card company answers
+    /// MAC2 over `POST /v1/host` (docs/host.md).
+    Host,
+    /// The sealed-key flow: the bundle carries the card's keys; the readers' certificates
+    /// say secure element.
+    SealedKeys,
+}
+
 impl Cluster {
-    /// Starts `instances` services over the ledger at `db`, with `readers` readers.
+    /// Starts `instances` services over the ledger at `db`, with `readers` readers, loads
+    /// host-secured.
     pub async fn start(db: &str, instances: usize, readers: usize, log: bool) -> Cluster {
+        Self::start_with(db, instances, readers, log, LoadMode::Host).await
+    }
+
+    /// [`Cluster::start`] with the load mode given.
+    pub async fn start_with(
+        db: &str,
+        instances: usize,
+        readers: usize,
+        log: bool,
+        mode: LoadMode,
+    ) -> Cluster {
         let dir = std::env::temp_dir().join(format!(
             "cardvm-cluster-{}-{}",
             std::process::id(),
@@ -166,13 +189,17 @@ impl Cluster {
             })
             .await
             .expect("city");
-        for (role, file) in [("query", "query"), ("load", "load"), ("recover", "recover")] {
+        let load = match mode {
+            LoadMode::Host => "load_host.cvs",
+            LoadMode::SealedKeys => "load.casm",
+        };
+        for (role, file) in [
+            ("query", "query.casm"),
+            ("load", load),
+            ("recover", "recover.casm"),
+        ] {
             ledger
-                .set_script(
-                    CITY,
-                    role,
-                    &script(&format!("scripts/city0731-des3/{file}.casm")),
-                )
+                .set_script(CITY, role, &script(&format!("scripts/city0731-des3/{file}")))
                 .await
                 .expect("script");
         }
