@@ -9,7 +9,7 @@ use cardvm::crypto::sm2::Sm2PrivateKey;
 use cardvm::issuer::cert::{CertKind, CertTemplate, issue, serial_of};
 use cardvm::issuer::csr::{reader_request, verify_request};
 use cardvm::issuer::pki::{CertSigner, entity_name, from_pem, parse_name, to_pem};
-use cardvm::issuer::{Ca, CaState, Certificate, PkiError, Role, TrustStore};
+use cardvm::issuer::{Ca, CaState, Certificate, PkiError, ReaderKind, Role, TrustStore};
 use der::{Decode, Encode};
 
 const NOW: u64 = 1_900_000_000; // 2030-03-17
@@ -34,7 +34,14 @@ fn root(name: &str) -> Ca {
 fn reader(ca: &mut Ca, id: &str) -> (Sm2PrivateKey, Certificate) {
     let k = key();
     let c = ca
-        .issue_reader(id, k.public_key(), NOW - DAY, NOW + 30 * DAY, os_rng())
+        .issue_reader(
+            id,
+            k.public_key(),
+            ReaderKind::Desktop,
+            NOW - DAY,
+            NOW + 30 * DAY,
+            os_rng(),
+        )
         .unwrap();
     (k, c)
 }
@@ -127,6 +134,7 @@ fn expired_and_not_yet_valid_certificates_refused() {
         .issue_reader(
             "R2",
             key().public_key(),
+            ReaderKind::Desktop,
             NOW - 50 * DAY,
             NOW + DAY,
             os_rng(),
@@ -239,6 +247,7 @@ fn wrong_reader_id_refused() {
         .issue_reader(
             "R1,OU=ca",
             key().public_key(),
+            ReaderKind::Desktop,
             NOW - DAY,
             NOW + DAY,
             os_rng(),
@@ -247,7 +256,14 @@ fn wrong_reader_id_refused() {
     let s = store(&ca.cert.clone(), &mut [&mut ca]);
     assert_eq!(s.verify_reader(&[cert], NOW).unwrap().reader_id, "R1,OU=ca");
     assert!(matches!(
-        ca.issue_reader("", key().public_key(), NOW, NOW + DAY, os_rng()),
+        ca.issue_reader(
+            "",
+            key().public_key(),
+            ReaderKind::Desktop,
+            NOW,
+            NOW + DAY,
+            os_rng()
+        ),
         Err(PkiError::InvalidReaderId { .. })
     ));
 }
@@ -309,6 +325,7 @@ fn only_ca_certificates_issue_and_only_reader_certificates_identify_readers() {
             not_before: NOW - DAY,
             not_after: NOW + DAY,
             kind: CertKind::EndEntity,
+            reader_kind: Some(ReaderKind::Desktop),
         },
         Some(&rcert),
         &rkey,
@@ -451,6 +468,7 @@ fn requests_prove_possession_and_name_the_reader() {
         .issue_from_request(
             &from_pem(&pem, "certificate request").unwrap(),
             None,
+            ReaderKind::Desktop,
             NOW - DAY,
             NOW + DAY,
             os_rng(),
@@ -464,14 +482,21 @@ fn requests_prove_possession_and_name_the_reader() {
     );
     // The CA refuses a request for another id than the one it was told.
     assert!(matches!(
-        ca.issue_from_request(&req, Some("R6"), NOW, NOW + DAY, os_rng()),
+        ca.issue_from_request(
+            &req,
+            Some("R6"),
+            ReaderKind::Desktop,
+            NOW,
+            NOW + DAY,
+            os_rng()
+        ),
         Err(PkiError::WrongReaderId { .. })
     ));
     // A request whose key was swapped (no proof of possession) is refused.
     let mut forged = req.clone();
     forged.info.public_key = cardvm::issuer::pki::spki_of(key().public_key()).unwrap();
     assert!(matches!(
-        ca.issue_from_request(&forged, None, NOW, NOW + DAY, os_rng()),
+        ca.issue_from_request(&forged, None, ReaderKind::Desktop, NOW, NOW + DAY, os_rng()),
         Err(PkiError::BadSignature { .. })
     ));
 }

@@ -16,7 +16,7 @@ use cardvm::issuer::pki::{
     from_pem, parse_name, parse_rfc3339, parse_serial, private_key_pkcs8_pem, rfc3339, to_pem,
 };
 use cardvm::issuer::trust::certs_from_pem;
-use cardvm::issuer::{Ca, CaState, TrustStore};
+use cardvm::issuer::{Ca, CaState, ReaderKind, TrustStore};
 use clap::{Args, Subcommand};
 use x509_cert::certificate::Certificate;
 use x509_cert::request::CertReq;
@@ -271,8 +271,15 @@ fn issue(a: IssueArgs) -> CliResult {
         (Some(csr), _, None) => {
             let req: CertReq = from_pem(&read_text(csr)?, "certificate request")
                 .map_err(|e| format!("{}: {e}", csr.display()))?;
-            ca.issue_from_request(&req, a.reader_id.as_deref(), start, end, os_rng())
-                .map_err(|e| format!("{}: {e}", csr.display()))?
+            ca.issue_from_request(
+                &req,
+                a.reader_id.as_deref(),
+                ReaderKind::Desktop,
+                start,
+                end,
+                os_rng(),
+            )
+            .map_err(|e| format!("{}: {e}", csr.display()))?
         }
         (Some(csr), _, Some(name)) => {
             let req: CertReq = from_pem(&read_text(csr)?, "certificate request")
@@ -286,7 +293,9 @@ fn issue(a: IssueArgs) -> CliResult {
             let key = load_public_key(p)?;
             match (signer, &a.reader_id) {
                 (Some(name), _) => ca.issue_script_signer(name, &key, start, end, os_rng()),
-                (None, Some(id)) => ca.issue_reader(id, &key, start, end, os_rng()),
+                (None, Some(id)) => {
+                    ca.issue_reader(id, &key, ReaderKind::Desktop, start, end, os_rng())
+                }
                 (None, None) => {
                     return Err("--pub needs --reader-id ID or --script-signer NAME".into());
                 }
