@@ -13,7 +13,9 @@ use cardvm::crypto::{KeyAlg, KeyUsage, SecretKey};
 use cardvm::envelope::{Expect, MemoryReplayStore, Opener};
 use cardvm::issuer::ledger::{CityRow, Filter, hex};
 use cardvm::issuer::pki::parse_name;
-use cardvm::issuer::{Ca, Certificate, Issuer, IssuerError, Ledger, TrustStore, TxnKind, TxnState};
+use cardvm::issuer::{
+    Ca, Certificate, Issuer, IssuerError, Ledger, ReaderKind, TrustStore, TxnKind, TxnState,
+};
 use cardvm::reader::{Clock, MemoryJournal, Policy, Reader, ReaderConfig};
 use cardvm::receipt::{FieldValue, Mode, Outcome, Receipt};
 use cardvm::script::DataScript;
@@ -137,6 +139,8 @@ impl World {
             .issue_reader(
                 "R1",
                 reader_key.public_key(),
+                // Reader firmware: the kind card keys go to.
+                ReaderKind::SecureElement,
                 NOW - DAY,
                 NOW + 30 * DAY,
                 os_rng(),
@@ -527,6 +531,7 @@ async fn reader_certificates_checked_on_every_request() {
         .issue_reader(
             "R1",
             w.reader_key.public_key(),
+            ReaderKind::SecureElement,
             NOW - DAY,
             NOW + 9 * DAY,
             os_rng(),
@@ -549,6 +554,7 @@ async fn reader_certificates_checked_on_every_request() {
         w.ca.issue_reader(
             "R2",
             w.reader_key.public_key(),
+            ReaderKind::SecureElement,
             NOW - DAY,
             NOW + 9 * DAY,
             os_rng(),

@@ -9,7 +9,7 @@ use cardvm::crypto::sm2::Sm2PrivateKey;
 use cardvm::issuer::cert::{CertKind, CertTemplate, issue, serial_of};
 use cardvm::issuer::csr::{reader_request, verify_request};
 use cardvm::issuer::pki::{CertSigner, entity_name, from_pem, parse_name, to_pem};
-use cardvm::issuer::{Ca, CaState, Certificate, PkiError, Role, TrustStore};
+use cardvm::issuer::{Ca, CaState, Certificate, PkiError, ReaderKind, Role, TrustStore};
 use der::{Decode, Encode};
 
 const NOW: u64 = 1_900_000_000; // 2030-03-17
@@ -34,7 +34,14 @@ fn root(name: &str) -> Ca {
 fn reader(ca: &mut Ca, id: &str) -> (Sm2PrivateKey, Certificate) {
     let k = key();
     let c = ca
-        .issue_reader(id, k.public_key(), NOW - DAY, NOW + 30 * DAY, os_rng())
+        .issue_reader(
+            id,
+            k.public_key(),
+            ReaderKind::Desktop,
+            NOW - DAY,
+            NOW + 30 * DAY,
+            os_rng(),
+        )
         .unwrap();
     (k, c)
 }
@@ -127,6 +134,7 @@ fn expired_and_not_yet_valid_certificates_refused() {
         .issue_reader(
             "R2",
             key().public_key(),
+            ReaderKind::Desktop,
             NOW - 50 * DAY,
             NOW + DAY,
             os_rng(),
@@ -239,6 +247,7 @@ fn wrong_reader_id_refused() {
         .issue_reader(
             "R1,OU=ca",
             key().public_key(),
+            ReaderKind::Desktop,
             NOW - DAY,
             NOW + DAY,
             os_rng(),
@@ -247,7 +256,14 @@ fn wrong_reader_id_refused() {
     let s = store(&ca.cert.clone(), &mut [&mut ca]);
     assert_eq!(s.verify_reader(&[cert], NOW).unwrap().reader_id, "R1,OU=ca");
     assert!(matches!(
-        ca.issue_reader("", key().public_key(), NOW, NOW + DAY, os_rng()),
+        ca.issue_reader(
+            "",
+            key().public_key(),
+            ReaderKind::Desktop,
+            NOW,
+            NOW + DAY,
+            os_rng()
+        ),
         Err(PkiError::InvalidReaderId { .. })
     ));
 }
@@ -309,6 +325,7 @@ fn only_ca_certificates_issue_and_only_reader_certificates_identify_readers() {
             not_before: NOW - DAY,
             not_after: NOW + DAY,
             kind: CertKind::EndEntity,
+            reader_kind: Some(ReaderKind::Desktop),
         },
         Some(&rcert),
         &rkey,
@@ -451,6 +468,7 @@ fn requests_prove_possession_and_name_the_reader() {
         .issue_from_request(
             &from_pem(&pem, "certificate request").unwrap(),
             None,
+            ReaderKind::Desktop,
             NOW - DAY,
             NOW + DAY,
             os_rng(),
@@ -464,14 +482,21 @@ fn requests_prove_possession_and_name_the_reader() {
     );
     // The CA refuses a request for another id than the one it was told.
     assert!(matches!(
-        ca.issue_from_request(&req, Some("R6"), NOW, NOW + DAY, os_rng()),
+        ca.issue_from_request(
+            &req,
+            Some("R6"),
+            ReaderKind::Desktop,
+            NOW,
+            NOW + DAY,
+            os_rng()
+        ),
         Err(PkiError::WrongReaderId { .. })
     ));
     // A request whose key was swapped (no proof of possession) is refused.
     let mut forged = req.clone();
     forged.info.public_key = cardvm::issuer::pki::spki_of(key().public_key()).unwrap();
     assert!(matches!(
-        ca.issue_from_request(&forged, None, NOW, NOW + DAY, os_rng()),
+        ca.issue_from_request(&forged, None, ReaderKind::Desktop, NOW, NOW + DAY, os_rng()),
         Err(PkiError::BadSignature { .. })
     ));
 }
@@ -790,4 +815,415 @@ fn crl_installation_refuses_forgeries_stale_lists_and_rollback() {
     assert_eq!(soon.len(), 1, "{soon:?}");
     assert!(soon[0].1.starts_with("CRL of"), "{soon:?}");
     assert!(s.expiring(NOW, DAY).is_empty());
+}
+
+// ---- the reader's kind (certificatePolicies) ----
+
+const OID_DESKTOP: &str = "2.25.324636397500241907971645557769933631632.1.1";
+const OID_SECURE_ELEMENT: &str = "2.25.324636397500241907971645557769933631632.1.2";
+
+/// `openssl asn1parse -genstr OID:<arc>.1.1` (and `.1.2`): tag, length, content octets.
+const DER_DESKTOP: &str = "06166983e8bad989ccd4d2a2bdbe93bddbdb88bce1100101";
+const DER_SECURE_ELEMENT: &str = "06166983e8bad989ccd4d2a2bdbe93bddbdb88bce1100102";
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// The kind's policy OID, DER (tag, length, content), as OpenSSL encodes it.
+fn oid_der(kind: ReaderKind) -> &'static str {
+    match kind {
+        ReaderKind::Desktop => DER_DESKTOP,
+        ReaderKind::SecureElement => DER_SECURE_ELEMENT,
+    }
+}
+
+/// The certificate's one `certificatePolicies` extension.
+fn policies_extension(cert: &Certificate) -> x509_cert::ext::Extension {
+    use der::oid::AssociatedOid;
+    let oid = x509_cert::ext::pkix::CertificatePolicies::OID;
+    let mut found = cert
+        .tbs_certificate()
+        .extensions()
+        .into_iter()
+        .flatten()
+        .filter(|e| e.extn_id == oid);
+    let ext = found.next().expect("certificatePolicies").clone();
+    assert!(found.next().is_none(), "certificatePolicies twice");
+    ext
+}
+
+/// A `certificatePolicies` extension holding the policies of every `from` extension,
+/// in order (each decoded as a SEQUENCE OF policies and re-encoded by `der`).
+fn merged_policies(from: &[x509_cert::ext::Extension]) -> x509_cert::ext::Extension {
+    let mut all: Vec<der::Any> = Vec::new();
+    for e in from {
+        all.extend(Vec::<der::Any>::from_der(e.extn_value.as_bytes()).unwrap());
+    }
+    x509_cert::ext::Extension {
+        extn_id: from[0].extn_id,
+        critical: false,
+        extn_value: der::asn1::OctetString::new(all.to_der().unwrap()).unwrap(),
+    }
+}
+
+/// A reader certificate for `R1` with exactly `exts`, issued by a root of its own, and
+/// a store that trusts that root (no CRL required).
+fn reader_with_extensions(exts: Vec<x509_cert::ext::Extension>) -> (TrustStore, Certificate) {
+    use x509_cert::builder::{Builder, CertificateBuilder, profile::BuilderProfile};
+    use x509_cert::ext::Extension;
+    use x509_cert::name::Name;
+    struct Exts(Name, Name, Vec<Extension>);
+    impl BuilderProfile for Exts {
+        fn get_issuer(&self, _: &Name) -> Name {
+            self.1.clone()
+        }
+        fn get_subject(&self) -> Name {
+            self.0.clone()
+        }
+        fn build_extensions(
+            &self,
+            _: spki::SubjectPublicKeyInfoRef<'_>,
+            _: spki::SubjectPublicKeyInfoRef<'_>,
+            _: &x509_cert::TbsCertificate,
+        ) -> x509_cert::builder::Result<Vec<Extension>> {
+            Ok(self.2.clone())
+        }
+    }
+    let ca_key = key();
+    let ca = Ca::new_root(
+        parse_name("CN=Policy Root,O=Transit").unwrap(),
+        ca_key.clone(),
+        NOW - 10 * DAY,
+        NOW + 365 * DAY,
+        None,
+        os_rng(),
+    )
+    .unwrap();
+    let leaf = CertificateBuilder::new(
+        Exts(
+            entity_name(Role::Reader, "R1", None).unwrap(),
+            ca.cert.tbs_certificate().subject().clone(),
+            exts,
+        ),
+        x509_cert::serial_number::SerialNumber::from(7u32),
+        x509_cert::time::Validity::new(
+            cardvm::issuer::pki::time_from_unix(NOW - DAY).unwrap(),
+            cardvm::issuer::pki::time_from_unix(NOW + DAY).unwrap(),
+        ),
+        cardvm::issuer::pki::spki_of(key().public_key()).unwrap(),
+    )
+    .unwrap()
+    .build::<_, sm2::dsa::DerSignature>(&CertSigner::new(&ca_key, os_rng()).unwrap())
+    .unwrap();
+    let mut s = TrustStore::new();
+    s.set_require_crl(false);
+    s.add_root(ca.cert.clone()).unwrap();
+    (s, leaf)
+}
+
+#[test]
+fn reader_kind_policy_oids_are_the_documented_ones() {
+    assert_eq!(ReaderKind::Desktop.policy_oid(), OID_DESKTOP);
+    assert_eq!(ReaderKind::SecureElement.policy_oid(), OID_SECURE_ELEMENT);
+    assert_eq!(
+        cardvm::issuer::pki::OID_PROJECT_ARC,
+        "2.25.324636397500241907971645557769933631632"
+    );
+    // The octets cardvm writes are OpenSSL's encoding of the dotted OIDs.
+    assert_eq!(
+        format!("0616{}", hex(ReaderKind::Desktop.policy_oid_octets())),
+        DER_DESKTOP
+    );
+    assert_eq!(
+        format!("0616{}", hex(ReaderKind::SecureElement.policy_oid_octets())),
+        DER_SECURE_ELEMENT
+    );
+    // Why they are raw octets: `der`'s ObjectIdentifier refuses a 128-bit arc. When it
+    // stops refusing, x509_cert's PolicyInformation can carry the policy instead.
+    assert!(der::oid::ObjectIdentifier::new(OID_SECURE_ELEMENT).is_err());
+    // The names the CLI takes and prints.
+    for kind in [ReaderKind::Desktop, ReaderKind::SecureElement] {
+        assert_eq!(kind.to_string().parse::<ReaderKind>().unwrap(), kind);
+    }
+    assert_eq!(ReaderKind::Desktop.to_string(), "desktop");
+    assert_eq!(ReaderKind::SecureElement.to_string(), "secure-element");
+    assert_eq!(ReaderKind::default(), ReaderKind::Desktop);
+    for bad in ["", "Desktop", "se", "secure_element", "secure-element "] {
+        assert!(bad.parse::<ReaderKind>().is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn reader_kind_round_trips_through_the_certificate() {
+    let mut ca = root("Root");
+    let mut certs = Vec::new();
+    for (id, kind) in [
+        ("D1", ReaderKind::Desktop),
+        ("S1", ReaderKind::SecureElement),
+    ] {
+        let k = key();
+        let cert = ca
+            .issue_reader(id, k.public_key(), kind, NOW - DAY, NOW + DAY, os_rng())
+            .unwrap();
+        certs.push((id, kind, cert));
+        // The same through a PKCS#10 request: the CA sets the kind, not the request.
+        let id = format!("{id}-csr");
+        let req = reader_request(&k, &id, os_rng()).unwrap();
+        let cert = ca
+            .issue_from_request(&req, None, kind, NOW - DAY, NOW + DAY, os_rng())
+            .unwrap();
+        certs.push((id.leak(), kind, cert));
+    }
+    let s = store(&ca.cert.clone(), &mut [&mut ca]);
+    for (id, kind, cert) in &certs {
+        // Non-critical, one policy: the kind's OID, no qualifiers.
+        let ext = policies_extension(cert);
+        assert!(!ext.critical);
+        let policies = Vec::<der::Any>::from_der(ext.extn_value.as_bytes()).unwrap();
+        assert_eq!(policies.len(), 1);
+        // PolicyInformation ::= SEQUENCE { policyIdentifier } (24 octets).
+        assert_eq!(
+            hex(&policies[0].to_der().unwrap()),
+            format!("3018{}", oid_der(*kind))
+        );
+        let got = s
+            .verify_reader_id(std::slice::from_ref(cert), id, NOW)
+            .unwrap();
+        assert_eq!(got.kind, *kind, "{id}");
+        assert_eq!(
+            cardvm::issuer::cert::reader_kind_of(cert).unwrap(),
+            *kind,
+            "{id}"
+        );
+    }
+    // Changing the kind after issuance breaks the signature (desktop -> secure element).
+    let (_, _, desktop) = &certs[0];
+    let mut der = desktop.to_der().unwrap();
+    let want = unhex(DER_DESKTOP);
+    let pos = der.windows(want.len()).position(|w| w == want).unwrap();
+    der[pos + want.len() - 1] = 0x02;
+    let forged = Certificate::from_der(&der).unwrap();
+    assert_eq!(
+        cardvm::issuer::cert::reader_kind_of(&forged).unwrap(),
+        ReaderKind::SecureElement
+    );
+    assert!(matches!(
+        s.verify_reader(&[forged], NOW),
+        Err(PkiError::BadSignature { .. })
+    ));
+    // CAs and the script signer carry no reader kind.
+    let signer = ca
+        .issue_script_signer("Scripts", key().public_key(), NOW, NOW + DAY, os_rng())
+        .unwrap();
+    for c in [&ca.cert, &signer] {
+        assert!(
+            c.tbs_certificate()
+                .extensions()
+                .into_iter()
+                .flatten()
+                .all(|e| e.extn_id.to_string() != "2.5.29.32")
+        );
+    }
+}
+
+#[test]
+fn reader_certificate_without_a_clear_kind_is_desktop() {
+    use der::oid::ObjectIdentifier;
+    use x509_cert::ext::ToExtension;
+    use x509_cert::ext::pkix::CertificatePolicies;
+    use x509_cert::ext::pkix::certpolicy::PolicyInformation;
+    // Issued without the extension (as before reader kinds, or by another CA).
+    let ca_key = key();
+    let mut ca = Ca::new_root(
+        parse_name("CN=Root,O=Transit").unwrap(),
+        ca_key.clone(),
+        NOW - 10 * DAY,
+        NOW + 3650 * DAY,
+        None,
+        os_rng(),
+    )
+    .unwrap();
+    let plain = issue(
+        &CertTemplate {
+            serial: 42,
+            subject: entity_name(Role::Reader, "R1", Some("Transit")).unwrap(),
+            public_key: key().public_key().clone(),
+            not_before: NOW - DAY,
+            not_after: NOW + DAY,
+            kind: CertKind::EndEntity,
+            reader_kind: None,
+        },
+        Some(&ca.cert),
+        &ca_key,
+        os_rng(),
+    )
+    .unwrap();
+    let s = store(&ca.cert.clone(), &mut [&mut ca]);
+    assert_eq!(
+        s.verify_reader_id(&[plain], "R1", NOW).unwrap().kind,
+        ReaderKind::Desktop
+    );
+
+    // The kind policies, as cardvm writes them.
+    let mut kinds = root("Kinds");
+    let (_, d) = reader(&mut kinds, "D");
+    let s_cert = kinds
+        .issue_reader(
+            "S",
+            key().public_key(),
+            ReaderKind::SecureElement,
+            NOW - DAY,
+            NOW + DAY,
+            os_rng(),
+        )
+        .unwrap();
+    let (desktop, secure) = (policies_extension(&d), policies_extension(&s_cert));
+    // Policies of another scheme (here one from the x509-cert crate's own types).
+    let other = CertificatePolicies(vec![PolicyInformation {
+        policy_identifier: ObjectIdentifier::new_unwrap("1.2.3.4.5"),
+        policy_qualifiers: None,
+    }])
+    .to_extension(&parse_name("CN=R1").unwrap(), &[])
+    .unwrap();
+    assert_eq!(other.extn_id, desktop.extn_id);
+    // A policy one arc off the secure-element one (<arc>.1.3) is unknown, not a kind.
+    let mut near = secure.clone();
+    let mut bytes = near.extn_value.as_bytes().to_vec();
+    *bytes.last_mut().unwrap() = 0x03;
+    near.extn_value = der::asn1::OctetString::new(bytes).unwrap();
+
+    for (what, exts, want) in [
+        ("no extension", vec![], ReaderKind::Desktop),
+        ("unknown policy", vec![other.clone()], ReaderKind::Desktop),
+        ("a near miss", vec![near.clone()], ReaderKind::Desktop),
+        (
+            "both kinds",
+            vec![merged_policies(&[secure.clone(), desktop.clone()])],
+            ReaderKind::Desktop,
+        ),
+        (
+            "both kinds, desktop first",
+            vec![merged_policies(&[desktop.clone(), secure.clone()])],
+            ReaderKind::Desktop,
+        ),
+        ("desktop", vec![desktop.clone()], ReaderKind::Desktop),
+        (
+            "secure element",
+            vec![secure.clone()],
+            ReaderKind::SecureElement,
+        ),
+        (
+            "secure element among unknown policies",
+            vec![merged_policies(&[
+                other.clone(),
+                secure.clone(),
+                near.clone(),
+            ])],
+            ReaderKind::SecureElement,
+        ),
+    ] {
+        let (s, cert) = reader_with_extensions(exts);
+        let id = s
+            .verify_reader(&[cert], NOW)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(id.kind, want, "{what}");
+    }
+
+    // A certificatePolicies that is not one is refused, not read as some kind.
+    let mut broken = secure.clone();
+    broken.extn_value = der::asn1::OctetString::new(vec![0x05, 0x00]).unwrap();
+    let (s, cert) = reader_with_extensions(vec![broken]);
+    assert!(matches!(
+        s.verify_reader(&[cert], NOW),
+        Err(PkiError::Malformed { .. })
+    ));
+    // Twice: refused by the verifier (every extension at most once).
+    let (s, cert) = reader_with_extensions(vec![secure.clone(), secure]);
+    assert!(matches!(
+        s.verify_reader(&[cert], NOW),
+        Err(PkiError::Malformed { .. })
+    ));
+}
+
+#[test]
+fn cli_issues_each_reader_kind_and_verify_prints_it() {
+    let d = tmp_dir("kind");
+    let (ca, r1, r2) = (p(&d, "ca"), p(&d, "r1"), p(&d, "r2"));
+    ok(&["ca", "init", "--dir", &ca, "--subject", "CN=City CA,O=City"]);
+    ok(&["reader", "init", "--reader-id", "R1", "--dir", &r1]);
+    ok(&["reader", "init", "--reader-id", "R2", "--dir", &r2]);
+    let cacrt = p(&d, "ca/ca.crt");
+    // The default is desktop.
+    let crt1 = p(&d, "R1.crt");
+    let out = ok(&[
+        "ca",
+        "issue",
+        "--dir",
+        &ca,
+        "--csr",
+        &p(&d, "r1/R1.csr"),
+        "-o",
+        &crt1,
+    ]);
+    assert!(out.contains("(desktop reader, valid until"), "{out}");
+    let out = ok(&["ca", "verify", "--ca", &cacrt, &crt1]);
+    assert!(out.contains("OK reader R1 serial 02"), "{out}");
+    assert!(out.trim_end().ends_with("kind desktop"), "{out}");
+    // --kind secure-element, from a request and from a public key.
+    let crt2 = p(&d, "R2.crt");
+    let out = ok(&[
+        "ca",
+        "issue",
+        "--dir",
+        &ca,
+        "--csr",
+        &p(&d, "r2/R2.csr"),
+        "--kind",
+        "secure-element",
+        "-o",
+        &crt2,
+    ]);
+    assert!(out.contains("(secure-element reader, valid until"), "{out}");
+    let out = ok(&["ca", "verify", "--ca", &cacrt, "--reader-id", "R2", &crt2]);
+    assert!(out.trim_end().ends_with("kind secure-element"), "{out}");
+    let out = ok(&["reader", "install", &crt2, "--ca", &cacrt, "--dir", &r2]);
+    assert!(out.contains("(secure-element reader, valid until"), "{out}");
+    let crt3 = p(&d, "R2-pub.crt");
+    ok(&[
+        "ca",
+        "issue",
+        "--dir",
+        &ca,
+        "--pub",
+        &p(&d, "r2/reader.pub"),
+        "--reader-id",
+        "R2",
+        "--kind",
+        "desktop",
+        "-o",
+        &crt3,
+    ]);
+    let out = ok(&["ca", "verify", "--ca", &cacrt, &crt3]);
+    assert!(out.trim_end().ends_with("kind desktop"), "{out}");
+    // An unknown kind, or a kind for the script signer, is a usage error.
+    for args in [
+        vec!["--reader-id", "R2", "--kind", "laptop"],
+        vec!["--script-signer", "Scripts", "--kind", "secure-element"],
+    ] {
+        let mut all = vec!["ca", "issue", "--dir", &ca, "--pub", "x.pub", "-o", "x.crt"];
+        all.extend(args);
+        let out = cardvm(&all);
+        assert!(!out.status.success(), "{all:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--kind"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&d);
 }

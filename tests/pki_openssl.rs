@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const ID: &str = "distid:1234567812345678";
+/// The reader-kind policies (docs/pki.md).
+const OID_DESKTOP: &str = "2.25.324636397500241907971645557769933631632.1.1";
+const OID_SECURE_ELEMENT: &str = "2.25.324636397500241907971645557769933631632.1.2";
 
 fn openssl_available() -> bool {
     let found = Command::new("openssl")
@@ -155,6 +158,9 @@ fn openssl_reads_and_verifies_what_cardvm_issues() {
         "OU = reader, CN = R1",
         "CA:FALSE",
         "Digital Signature",
+        // The reader's kind: desktop unless the CA says otherwise.
+        "X509v3 Certificate Policies: \n",
+        &format!("Policy: {OID_DESKTOP}\n"),
     ] {
         assert!(
             text.contains(want),
@@ -400,6 +406,8 @@ fn cardvm_verifies_what_openssl_issues() {
         ],
     );
     assert!(out.contains("OK reader R1 serial 1234"), "{out}");
+    // No certificatePolicies: a desktop reader.
+    assert!(out.trim_end().ends_with("kind desktop"), "{out}");
     ok(
         "cardvm",
         &[
@@ -517,5 +525,111 @@ fn cardvm_verifies_what_openssl_issues() {
         ],
     );
     assert!(err.contains("does not match"), "{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn openssl_and_cardvm_agree_on_the_reader_kind_policy() {
+    if !openssl_available() {
+        return;
+    }
+    let d = tmp_dir("kind");
+    let (ca, r1) = (p(&d, "ca"), p(&d, "r1"));
+    ok(
+        "cardvm",
+        &[
+            "ca",
+            "init",
+            "--dir",
+            &ca,
+            "--subject",
+            "CN=City CA,O=City",
+            "--pkcs8",
+        ],
+    );
+    ok(
+        "cardvm",
+        &["reader", "init", "--reader-id", "R1", "--dir", &r1],
+    );
+    let (cacrt, csr) = (p(&d, "ca/ca.crt"), p(&d, "r1/R1.csr"));
+
+    // cardvm issues a secure-element reader: OpenSSL shows the policy, non-critical,
+    // and still verifies the certificate.
+    let se = p(&d, "R1-se.crt");
+    ok(
+        "cardvm",
+        &[
+            "ca",
+            "issue",
+            "--dir",
+            &ca,
+            "--csr",
+            &csr,
+            "--kind",
+            "secure-element",
+            "-o",
+            &se,
+        ],
+    );
+    let text = ok("openssl", &["x509", "-in", &se, "-noout", "-text"]);
+    let want =
+        format!("X509v3 Certificate Policies: \n                Policy: {OID_SECURE_ELEMENT}\n");
+    assert!(text.contains(&want), "no {want:?} in:\n{text}");
+    assert!(!text.contains(OID_DESKTOP), "{text}");
+    let out = ok(
+        "openssl",
+        &["verify", "-vfyopt", ID, "-CAfile", &cacrt, &se],
+    );
+    assert!(out.contains(": OK"), "{out}");
+
+    // OpenSSL issues with the same CA key, writing the policies itself: cardvm reads
+    // the secure-element policy only when it stands without the desktop one.
+    let key = p(&d, "ca/ca.key.pem");
+    for (name, policies, want) in [
+        ("se", Some(OID_SECURE_ELEMENT.to_owned()), "secure-element"),
+        (
+            "se-among-others",
+            Some(format!("1.2.3.4, {OID_SECURE_ELEMENT}")),
+            "secure-element",
+        ),
+        ("desktop", Some(OID_DESKTOP.to_owned()), "desktop"),
+        (
+            "both",
+            Some(format!("{OID_SECURE_ELEMENT}, {OID_DESKTOP}")),
+            "desktop",
+        ),
+        ("unknown", Some("1.2.3.4".to_owned()), "desktop"),
+        ("none", None, "desktop"),
+    ] {
+        let ext = p(&d, &format!("{name}.ext"));
+        let mut lines =
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n".to_owned();
+        if let Some(pol) = &policies {
+            lines.push_str(&format!("certificatePolicies={pol}\n"));
+        }
+        std::fs::write(&ext, lines).unwrap();
+        let crt = p(&d, &format!("R1-{name}.crt"));
+        ok(
+            "openssl",
+            &[
+                "x509", "-req", "-in", &csr, "-vfyopt", ID, "-CA", &cacrt, "-CAkey", &key, "-sm3",
+                "-sigopt", ID, "-days", "10", "-extfile", &ext, "-out", &crt,
+            ],
+        );
+        let text = ok("openssl", &["x509", "-in", &crt, "-noout", "-text"]);
+        assert_eq!(
+            text.contains("X509v3 Certificate Policies"),
+            policies.is_some(),
+            "{name}: {text}"
+        );
+        let out = ok(
+            "cardvm",
+            &["ca", "verify", "--ca", &cacrt, "--reader-id", "R1", &crt],
+        );
+        assert!(
+            out.trim_end().ends_with(&format!("kind {want}")),
+            "{name}: {out}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -1,4 +1,5 @@
 //! `cardvm ca init|issue|revoke|crl|verify`: the card company's certification authority.
+//! `ca issue --kind` sets a reader certificate's kind; `ca verify` prints it.
 //!
 //! A CA lives in a directory: `ca.key` (private, `keygen` format, mode 0600),
 //! `ca.pub`, `ca.crt` (its certificate), `chain.crt` (its certificate and every
@@ -16,7 +17,7 @@ use cardvm::issuer::pki::{
     from_pem, parse_name, parse_rfc3339, parse_serial, private_key_pkcs8_pem, rfc3339, to_pem,
 };
 use cardvm::issuer::trust::certs_from_pem;
-use cardvm::issuer::{Ca, CaState, TrustStore};
+use cardvm::issuer::{Ca, CaState, ReaderKind, TrustStore};
 use clap::{Args, Subcommand};
 use x509_cert::certificate::Certificate;
 use x509_cert::request::CertReq;
@@ -116,6 +117,15 @@ struct IssueArgs {
     /// Issue the card company's script-signing certificate with this CN instead.
     #[arg(long, value_name = "NAME")]
     script_signer: Option<String>,
+    /// The reader's kind: `desktop` (a general-purpose computer) or `secure-element`
+    /// (the VM and the reader key in a secure element; only those get card keys).
+    #[arg(
+        long,
+        value_name = "KIND",
+        default_value = "desktop",
+        conflicts_with = "script_signer"
+    )]
+    kind: ReaderKind,
     /// Validity in days (never beyond the CA's own).
     #[arg(long, default_value_t = 365)]
     days: u64,
@@ -271,7 +281,7 @@ fn issue(a: IssueArgs) -> CliResult {
         (Some(csr), _, None) => {
             let req: CertReq = from_pem(&read_text(csr)?, "certificate request")
                 .map_err(|e| format!("{}: {e}", csr.display()))?;
-            ca.issue_from_request(&req, a.reader_id.as_deref(), start, end, os_rng())
+            ca.issue_from_request(&req, a.reader_id.as_deref(), a.kind, start, end, os_rng())
                 .map_err(|e| format!("{}: {e}", csr.display()))?
         }
         (Some(csr), _, Some(name)) => {
@@ -286,7 +296,7 @@ fn issue(a: IssueArgs) -> CliResult {
             let key = load_public_key(p)?;
             match (signer, &a.reader_id) {
                 (Some(name), _) => ca.issue_script_signer(name, &key, start, end, os_rng()),
-                (None, Some(id)) => ca.issue_reader(id, &key, start, end, os_rng()),
+                (None, Some(id)) => ca.issue_reader(id, &key, a.kind, start, end, os_rng()),
                 (None, None) => {
                     return Err("--pub needs --reader-id ID or --script-signer NAME".into());
                 }
@@ -304,8 +314,12 @@ fn issue(a: IssueArgs) -> CliResult {
         out.retain(|c| !is_self_signed(c));
     }
     write_file(&a.out, &pem_chain(&out)?, false, true)?;
+    let kind = match a.script_signer {
+        Some(_) => String::new(),
+        None => format!("{} reader, ", a.kind),
+    };
     println!(
-        "issued serial {} for {} (valid until {}) -> {}",
+        "issued serial {} for {} ({kind}valid until {}) -> {}",
         serial_of(&cert),
         subject_of(&cert),
         rfc3339(validity_of(&cert).1),
@@ -405,11 +419,12 @@ fn verify(a: VerifyArgs) -> CliResult {
     }
     .map_err(fail)?;
     println!(
-        "{}: OK reader {} serial {} valid until {}",
+        "{}: OK reader {} serial {} valid until {} kind {}",
         a.cert.display(),
         id.reader_id,
         id.serial,
-        rfc3339(id.not_after)
+        rfc3339(id.not_after),
+        id.kind
     );
     Ok(())
 }

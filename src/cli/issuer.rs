@@ -847,9 +847,10 @@ async fn reader_add(ledger: &Ledger, cert: &Path, terminal: Option<String>) -> C
         .await
         .map_err(|e| e.to_string())?;
     println!(
-        "reader {} registered: certificate {} (until {}), terminal {}",
+        "reader {} registered: certificate {} ({} reader, until {}), terminal {}",
         id.reader_id,
         id.serial,
+        id.kind,
         cardvm::issuer::pki::rfc3339(id.not_after),
         hex(&terminal)
     );

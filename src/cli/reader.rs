@@ -225,9 +225,10 @@ fn install(cert: &Path, ca: &Path, chain: &[PathBuf], crls: &[PathBuf], dir: &Pa
     }
     write_file(&dir.join("ca.crt"), &ca_pem, false, true)?;
     println!(
-        "installed certificate serial {} for reader {} (valid until {}) in {}",
+        "installed certificate serial {} for reader {} ({} reader, valid until {}) in {}",
         serial_of(&certs[0]),
         id.reader_id,
+        id.kind,
         rfc3339(validity_of(&certs[0]).1),
         dir.display()
     );

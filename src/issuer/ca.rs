@@ -19,7 +19,7 @@ use x509_cert::request::CertReq;
 use super::cert::{CertKind, CertTemplate, issue, name_parts, subject_of, validity_of};
 use super::crl::{Revocation, build_crl};
 use super::csr::{requested_cn, verify_request};
-use super::pki::{PkiError, Role, check_reader_id, entity_name, serial_hex};
+use super::pki::{PkiError, ReaderKind, Role, check_reader_id, entity_name, serial_hex};
 use crate::crypto::sm2::{Sm2PrivateKey, Sm2PublicKey};
 
 /// Version of the state file format.
@@ -175,6 +175,7 @@ impl Ca {
             not_before,
             not_after,
             kind: CertKind::Ca { path_len },
+            reader_kind: None,
         };
         let cert = issue(&tpl, None, &key, rng)?;
         let state = CaState {
@@ -209,6 +210,7 @@ impl Ca {
             not_before,
             not_after,
             CertKind::Ca { path_len },
+            None,
             "ca",
             rng,
         )?;
@@ -222,11 +224,15 @@ impl Ca {
         Ok(name_parts(self.cert.tbs_certificate().subject())?.o)
     }
 
-    /// Issues a reader certificate for `reader_id` and `public_key`.
+    /// Issues a reader certificate for `reader_id` and `public_key`, naming `kind` in
+    /// its `certificatePolicies`. The kind is the CA operator's word: only a reader
+    /// whose VM and key are in a secure element may be issued
+    /// [`ReaderKind::SecureElement`].
     pub fn issue_reader<R: CryptoRng>(
         &mut self,
         reader_id: &str,
         public_key: &Sm2PublicKey,
+        kind: ReaderKind,
         not_before: u64,
         not_after: u64,
         rng: R,
@@ -239,6 +245,7 @@ impl Ca {
             not_before,
             not_after,
             CertKind::EndEntity,
+            Some(kind),
             "reader",
             rng,
         )
@@ -261,6 +268,7 @@ impl Ca {
             not_before,
             not_after,
             CertKind::EndEntity,
+            None,
             "script-signing",
             rng,
         )
@@ -269,11 +277,13 @@ impl Ca {
     /// Issues a reader certificate from a PKCS#10 request: its signature must verify
     /// (the reader holds the key), and its `CN`, when present, must be `reader_id`
     /// (`None`: take the reader id from the `CN`). The subject is the CA's, not the
-    /// request's: only the key and the id are taken from it.
+    /// request's: only the key and the id are taken from it. The certificate names
+    /// `kind`; nothing in the request can choose it.
     pub fn issue_from_request<R: CryptoRng>(
         &mut self,
         req: &CertReq,
         reader_id: Option<&str>,
+        kind: ReaderKind,
         not_before: u64,
         not_after: u64,
         rng: R,
@@ -296,7 +306,7 @@ impl Ca {
                 });
             }
         };
-        self.issue_reader(&id, &key, not_before, not_after, rng)
+        self.issue_reader(&id, &key, kind, not_before, not_after, rng)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -307,6 +317,7 @@ impl Ca {
         not_before: u64,
         not_after: u64,
         kind: CertKind,
+        reader_kind: Option<ReaderKind>,
         role: &str,
         rng: R,
     ) -> Result<Certificate, PkiError> {
@@ -320,6 +331,7 @@ impl Ca {
             not_before,
             not_after,
             kind,
+            reader_kind,
         };
         let cert = issue(&tpl, Some(&self.cert), &self.key, rng)?;
         self.state.issued.push(IssuedCert {

@@ -6,8 +6,13 @@
 //! a critical `basicConstraints` and a critical `keyUsage`:
 //! CAs get `CA:TRUE` (with an optional `pathLenConstraint`) and `keyCertSign, cRLSign`;
 //! readers and the script signer get `CA:FALSE` and `digitalSignature`.
+//!
+//! A reader certificate also carries a non-critical `certificatePolicies` with one
+//! policy naming its [`ReaderKind`] ([`reader_kind_of`] reads it back).
 
-use der::Encode;
+use der::asn1::OctetString;
+use der::oid::AssociatedOid;
+use der::{Any, Decode, Encode, Sequence, Tag, Tagged};
 use rand_core::CryptoRng;
 use sm2::dsa::DerSignature;
 use spki::SubjectPublicKeyInfoRef;
@@ -15,7 +20,8 @@ use x509_cert::builder::profile::BuilderProfile;
 use x509_cert::builder::{Builder, CertificateBuilder};
 use x509_cert::certificate::{Certificate, TbsCertificate};
 use x509_cert::ext::pkix::{
-    AuthorityKeyIdentifier, BasicConstraints, KeyUsage, KeyUsages, SubjectKeyIdentifier,
+    AuthorityKeyIdentifier, BasicConstraints, CertificatePolicies, KeyUsage, KeyUsages,
+    SubjectKeyIdentifier,
 };
 use x509_cert::ext::{Extension, ToExtension};
 use x509_cert::name::Name;
@@ -23,8 +29,8 @@ use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::Validity;
 
 use super::pki::{
-    CertSigner, OID_COMMON_NAME, OID_ORG_UNIT, OID_ORGANIZATION, PkiError, Role, key_from_spki,
-    name_attr, serial_hex, spki_of, time_from_unix, time_to_unix, verify_signature,
+    CertSigner, OID_COMMON_NAME, OID_ORG_UNIT, OID_ORGANIZATION, PkiError, ReaderKind, Role,
+    key_from_spki, name_attr, serial_hex, spki_of, time_from_unix, time_to_unix, verify_signature,
 };
 use crate::crypto::sm2::{Sm2PrivateKey, Sm2PublicKey};
 
@@ -55,12 +61,39 @@ pub struct CertTemplate {
     pub not_after: u64,
     /// CA or end entity.
     pub kind: CertKind,
+    /// For a reader: its kind, as a `certificatePolicies` policy. `None`: no
+    /// `certificatePolicies` (CAs, the script signer).
+    pub reader_kind: Option<ReaderKind>,
 }
 
 struct Profile {
     subject: Name,
     issuer: Name,
     kind: CertKind,
+    reader_kind: Option<ReaderKind>,
+}
+
+/// `PolicyInformation` (RFC 5280 §4.2.1.4) with the policy identifier as a raw
+/// `OBJECT IDENTIFIER`: `x509_cert`'s [`x509_cert::ext::pkix::certpolicy::PolicyInformation`]
+/// holds a `const-oid` identifier, which refuses the 128-bit arc of a `2.25` UUID OID
+/// (and so would refuse to decode the whole extension).
+#[derive(Clone, Debug, PartialEq, Eq, Sequence)]
+struct PolicyInfo {
+    policy_identifier: Any,
+    policy_qualifiers: Option<Any>,
+}
+
+/// The `certificatePolicies` extension (non-critical) naming `kind`.
+fn reader_kind_extension(kind: ReaderKind) -> der::Result<Extension> {
+    let policies = vec![PolicyInfo {
+        policy_identifier: Any::new(Tag::ObjectIdentifier, kind.policy_oid_octets())?,
+        policy_qualifiers: None,
+    }];
+    Ok(Extension {
+        extn_id: CertificatePolicies::OID,
+        critical: false,
+        extn_value: OctetString::new(policies.to_der()?)?,
+    })
 }
 
 impl BuilderProfile for Profile {
@@ -109,6 +142,9 @@ impl BuilderProfile for Profile {
             ..Default::default()
         };
         exts.push(aki.to_extension(tbs.subject(), &exts)?);
+        if let Some(kind) = self.reader_kind {
+            exts.push(reader_kind_extension(kind)?);
+        }
         Ok(exts)
     }
 }
@@ -163,6 +199,7 @@ pub fn issue<R: CryptoRng>(
         subject: tpl.subject.clone(),
         issuer: issuer_name,
         kind: tpl.kind,
+        reader_kind: tpl.reader_kind,
     };
     let signer = CertSigner::new(signing_key, rng)?;
     let builder = CertificateBuilder::new(
@@ -275,4 +312,50 @@ pub fn key_usage(cert: &Certificate) -> Result<Option<KeyUsage>, PkiError> {
             subject: subject_of(cert),
             reason: format!("keyUsage: {e}"),
         })
+}
+
+/// The reader kind a certificate's `certificatePolicies` names.
+///
+/// [`ReaderKind::SecureElement`] only when the secure-element policy is present and the
+/// desktop policy is not; otherwise (no extension, only unknown policies, or both kind
+/// policies) [`ReaderKind::Desktop`]. A certificate naming both contradicts itself: it
+/// is read as the kind that gets no card key (failing safe) rather than refused, so a
+/// CA's mistake does not lock the reader out of what a desktop reader may do.
+/// Other policies are ignored. An extension that does not decode is
+/// [`PkiError::Malformed`].
+pub fn reader_kind_of(cert: &Certificate) -> Result<ReaderKind, PkiError> {
+    let malformed = |reason: String| PkiError::Malformed {
+        subject: subject_of(cert),
+        reason: format!("certificatePolicies: {reason}"),
+    };
+    let mut found = cert
+        .tbs_certificate()
+        .extensions()
+        .into_iter()
+        .flatten()
+        .filter(|e| e.extn_id == CertificatePolicies::OID);
+    let Some(ext) = found.next() else {
+        return Ok(ReaderKind::Desktop);
+    };
+    if found.next().is_some() {
+        return Err(malformed("appears twice".into()));
+    }
+    let policies = Vec::<PolicyInfo>::from_der(ext.extn_value.as_bytes())
+        .map_err(|e| malformed(e.to_string()))?;
+    let (mut desktop, mut secure_element) = (false, false);
+    for p in &policies {
+        if p.policy_identifier.tag() != Tag::ObjectIdentifier {
+            return Err(malformed(
+                "policyIdentifier is not an OBJECT IDENTIFIER".into(),
+            ));
+        }
+        let oid = p.policy_identifier.value();
+        desktop |= oid == ReaderKind::Desktop.policy_oid_octets();
+        secure_element |= oid == ReaderKind::SecureElement.policy_oid_octets();
+    }
+    Ok(if secure_element && !desktop {
+        ReaderKind::SecureElement
+    } else {
+        ReaderKind::Desktop
+    })
 }

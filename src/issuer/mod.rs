@@ -24,7 +24,8 @@
 //! A reader certificate's subject is `O=<card company>, OU=reader, CN=<reader id>`;
 //! the script-signing certificate's is `O=…, OU=script-signing, CN=<name>`. The
 //! reader id is the `CN`; the `OU` is the role, so a script-signing certificate can
-//! never pass as a reader's (or the other way round).
+//! never pass as a reader's (or the other way round). A reader certificate's
+//! `certificatePolicies` names its [`ReaderKind`] (desktop, or secure element).
 
 pub mod ca;
 pub mod cert;
@@ -46,7 +47,7 @@ pub use ca::{Ca, CaState, IssuedCert};
 pub use engine::{Bundle, Issuer, IssuerError, IssuerPolicy, SealedScript, Settled, VerifiedQuery};
 #[cfg(feature = "issuer")]
 pub use ledger::{Ledger, LedgerError, TxnKind, TxnState};
-pub use pki::{PkiError, Role};
+pub use pki::{PkiError, ReaderKind, Role};
 #[cfg(feature = "issuer")]
 pub use query::CardQuery;
 pub use trust::{CrlInstall, ReaderIdentity, TrustStore};

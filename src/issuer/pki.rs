@@ -38,6 +38,113 @@ pub const OID_ORG_UNIT: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.1
 /// `id-at-organizationName`: the card company, copied from the issuing CA's subject.
 pub const OID_ORGANIZATION: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.10");
 
+/// The project's own OID arc, `2.25.<UUID>` (ITU-T X.667 | ISO/IEC 9834-8, RFC 4122
+/// UUID `f43ab226-654a-489e-be26-f6ddb10f3090` as one decimal integer): an arc under
+/// `2.25` needs no registration.
+pub const OID_PROJECT_ARC: &str = "2.25.324636397500241907971645557769933631632";
+/// `<arc>.1.1`: the `certificatePolicies` policy of a desktop reader ([`ReaderKind::Desktop`]).
+pub const OID_READER_DESKTOP: &str = "2.25.324636397500241907971645557769933631632.1.1";
+/// `<arc>.1.2`: the `certificatePolicies` policy of a reader whose VM and key live in a
+/// secure element ([`ReaderKind::SecureElement`]).
+pub const OID_READER_SECURE_ELEMENT: &str = "2.25.324636397500241907971645557769933631632.1.2";
+
+/// The UUID of [`OID_PROJECT_ARC`] as an integer.
+const PROJECT_UUID: u128 = 324_636_397_500_241_907_971_645_557_769_933_631_632;
+/// Base-128 groups of the 128-bit UUID arc (X.690 §8.19.2): ceil(128 / 7).
+const UUID_GROUPS: usize = 19;
+// The first group is not zero, so the encoding below is the minimal (DER) one.
+const _: () = assert!(PROJECT_UUID >> (7 * (UUID_GROUPS - 1)) != 0);
+
+/// The content octets (X.690 §8.19) of `<arc>.1.<leaf>`, `leaf` < 128.
+///
+/// `der`'s `ObjectIdentifier` (`const-oid`) refuses arcs above 2^32-1 by design, so it
+/// cannot hold a `2.25` UUID arc; these octets are computed from the integer and
+/// compared with OpenSSL's encoding of the dotted form in the tests. The tag and length
+/// around them are `der`'s.
+const fn reader_policy_octets(leaf: u8) -> [u8; UUID_GROUPS + 3] {
+    let mut out = [0u8; UUID_GROUPS + 3];
+    // First two arcs 2.25 in one octet: 2 * 40 + 25.
+    out[0] = 105;
+    let mut i = 0;
+    while i < UUID_GROUPS {
+        let group = ((PROJECT_UUID >> (7 * (UUID_GROUPS - 1 - i))) & 0x7F) as u8;
+        out[1 + i] = if i + 1 < UUID_GROUPS {
+            group | 0x80
+        } else {
+            group
+        };
+        i += 1;
+    }
+    out[UUID_GROUPS + 1] = 1;
+    out[UUID_GROUPS + 2] = leaf & 0x7F;
+    out
+}
+
+/// What kind of reader a reader certificate vouches for (its `certificatePolicies`).
+///
+/// Bundles that carry card keys are for [`ReaderKind::SecureElement`] readers only: a
+/// desktop reader's owner controls its VM and key (`docs/security.md`). Anything a
+/// certificate does not clearly say (no policy, an unknown one, or both) is
+/// [`ReaderKind::Desktop`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ReaderKind {
+    /// A reader on a general-purpose computer (a cardholder's PC): its owner controls
+    /// the VM and the reader key. The default.
+    #[default]
+    Desktop,
+    /// Reader firmware whose VM and reader key live in a secure element.
+    SecureElement,
+}
+
+impl ReaderKind {
+    /// The name the CLI takes and prints: `desktop` or `secure-element`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReaderKind::Desktop => "desktop",
+            ReaderKind::SecureElement => "secure-element",
+        }
+    }
+
+    /// The policy OID, dotted ([`OID_READER_DESKTOP`], [`OID_READER_SECURE_ELEMENT`]).
+    pub fn policy_oid(self) -> &'static str {
+        match self {
+            ReaderKind::Desktop => OID_READER_DESKTOP,
+            ReaderKind::SecureElement => OID_READER_SECURE_ELEMENT,
+        }
+    }
+
+    /// The policy OID's DER content octets (without tag and length).
+    pub fn policy_oid_octets(self) -> &'static [u8] {
+        const DESKTOP: [u8; UUID_GROUPS + 3] = reader_policy_octets(1);
+        const SECURE_ELEMENT: [u8; UUID_GROUPS + 3] = reader_policy_octets(2);
+        match self {
+            ReaderKind::Desktop => &DESKTOP,
+            ReaderKind::SecureElement => &SECURE_ELEMENT,
+        }
+    }
+}
+
+impl fmt::Display for ReaderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ReaderKind {
+    type Err = PkiError;
+
+    fn from_str(s: &str) -> Result<Self, PkiError> {
+        match s {
+            "desktop" => Ok(ReaderKind::Desktop),
+            "secure-element" => Ok(ReaderKind::SecureElement),
+            other => Err(PkiError::Decode {
+                what: "reader kind",
+                reason: format!("{other:?} (expected desktop or secure-element)"),
+            }),
+        }
+    }
+}
+
 /// Longest reader id (the envelope's limit, `envelope::format::MAX_READER_ID`).
 pub const MAX_READER_ID: usize = 64;
 /// Longest issuer chain [`crate::issuer::TrustStore`] builds (certificates above the leaf).

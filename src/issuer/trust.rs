@@ -19,6 +19,10 @@
 //!    turned that off;
 //! 5. checks the leaf is an end entity of the wanted role (`OU=reader` with the
 //!    reader id in `CN`, or `OU=script-signing`).
+//!
+//! A verified reader's [`ReaderIdentity::kind`] comes from its certificate's
+//! `certificatePolicies` ([`super::cert::reader_kind_of`]): desktop unless the
+//! certificate names the secure-element policy alone.
 
 use std::collections::HashSet;
 
@@ -28,11 +32,13 @@ use x509_cert::crl::CertificateList;
 use x509_cert::ext::pkix::{BasicConstraints, KeyUsage};
 
 use super::cert::{
-    basic_constraints, cert_public_key, check_signed_by, key_usage, name_parts, role_of, serial_of,
-    subject_of, validity_of,
+    basic_constraints, cert_public_key, check_signed_by, key_usage, name_parts, reader_kind_of,
+    role_of, serial_of, subject_of, validity_of,
 };
 use super::crl::{crl_number, revoked_at, verify_crl};
-use super::pki::{MAX_CHAIN_DEPTH, PkiError, Role, check_reader_id, from_pem, time_to_unix};
+use super::pki::{
+    MAX_CHAIN_DEPTH, PkiError, ReaderKind, Role, check_reader_id, from_pem, time_to_unix,
+};
 use crate::crypto::sm2::Sm2PublicKey;
 
 /// Who a verified reader certificate names.
@@ -48,6 +54,10 @@ pub struct ReaderIdentity {
     pub not_after: u64,
     /// The issuing CA's subject.
     pub issuer: String,
+    /// What kind of reader the certificate vouches for (its `certificatePolicies`;
+    /// [`ReaderKind::Desktop`] when it does not say): only a
+    /// [`ReaderKind::SecureElement`] reader may be sent card keys.
+    pub kind: ReaderKind,
 }
 
 /// A verified path: the leaf first, the trust anchor last.
@@ -286,12 +296,14 @@ impl TrustStore {
                 reason: "reader certificate without CN (the reader id)".into(),
             })?;
         check_reader_id(&reader_id)?;
+        let kind = reader_kind_of(leaf)?;
         Ok(ReaderIdentity {
             reader_id,
             public_key: verified.leaf_key,
             serial: serial_of(leaf),
             not_after: validity_of(leaf).1,
             issuer: leaf.tbs_certificate().issuer().to_string(),
+            kind,
         })
     }
 

@@ -15,7 +15,7 @@ use cardvm::envelope::MemoryReplayStore;
 use cardvm::issuer::keys::{KeyRole, KeyStoreError, MasterKeyStore};
 use cardvm::issuer::ledger::CityRow;
 use cardvm::issuer::pki::{parse_name, to_pem};
-use cardvm::issuer::{Ca, Issuer, Ledger, TrustStore};
+use cardvm::issuer::{Ca, Issuer, Ledger, ReaderKind, TrustStore};
 use cardvm::online::client::Client;
 use cardvm::online::service::{Running, Service, ServiceConfig, spawn_tls};
 use cardvm::reader::{MemoryJournal, Policy, Reader, ReaderConfig, SystemClock};
@@ -208,7 +208,15 @@ impl Cluster {
             let id = format!("R{i:03}");
             let k = Sm2PrivateKey::generate(&mut os_rng());
             let cert = ca
-                .issue_reader(&id, k.public_key(), now - DAY, now + 30 * DAY, os_rng())
+                // Reader firmware: the kind card keys go to.
+                .issue_reader(
+                    &id,
+                    k.public_key(),
+                    ReaderKind::SecureElement,
+                    now - DAY,
+                    now + 30 * DAY,
+                    os_rng(),
+                )
                 .expect("cert");
             let pem = to_pem(&cert, "certificate").expect("pem");
             let n = (i as u64 + 1).to_be_bytes();
