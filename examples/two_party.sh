@@ -5,13 +5,19 @@
 # certificate). CARDVM may name the binary (default: cargo build, then target/debug/cardvm).
 set -euo pipefail
 repo="$(pwd)"
-if [ -z "${CARDVM:-}" ]; then cargo build -q; CARDVM="$repo/target/debug/cardvm"; fi
+if [ -z "${CARDVM:-}" ]; then
+    cargo build -q; CARDVM="${CARGO_TARGET_DIR:-$repo/target}/debug/cardvm"
+    case "$CARDVM" in /*) ;; *) CARDVM="$repo/$CARDVM" ;; esac
+fi
 cardvm() { "$CARDVM" "$@"; }
 work="$(mktemp -d)"; cd "$work"
-trap 'if [ -n "${server:-}" ]; then kill "$server" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
+# On failure the work folder (with the service's log) is kept and named.
+trap 'status=$?; if [ -n "${server:-}" ]; then kill "$server" 2>/dev/null || true; fi
+      if [ $status -eq 0 ]; then rm -rf "$work"; else echo "two_party.sh: failed; see $work/serve.log" >&2; fi' EXIT
 export CARDVM_KEYSTORE_PASSPHRASE="demo passphrase"
 
-# Card company: CA, sealing key, city master keys, ledger, city 731.
+# Card company: CA, sealing key, city master keys, ledger, city 731. Its loads are
+# host-secured: the reader never receives a card key (docs/host.md).
 cardvm ca init --dir ca --subject "CN=City Card CA,O=City Card" --days 3650
 cardvm ca crl --dir ca --days 7 -o ca.crl
 cardvm keygen --out issuer
@@ -20,7 +26,7 @@ cardvm issuer keys init --store issuer.keys
 cardvm issuer keys import 731 m731.toml --store issuer.keys
 cardvm issuer init --ca ca/ca.crt --crl ca.crl --key issuer.key --keys issuer.keys
 cardvm issuer city add 731 --alg des3 --query "$repo/scripts/city0731-des3/query.casm" \
-    --load "$repo/scripts/city0731-des3/load.casm" --recover "$repo/scripts/city0731-des3/recover.casm"
+    --load "$repo/scripts/city0731-des3/load_host.cvs" --recover "$repo/scripts/city0731-des3/recover.casm"
 
 # Enroll a reader: its key never leaves it; the CA issues from its request.
 cardvm reader init --reader-id R1 --dir r1
@@ -28,13 +34,21 @@ cardvm ca issue --dir ca --csr r1/R1.csr --days 365 -o R1.crt
 cardvm reader install R1.crt --ca ca/ca.crt --dir r1
 cardvm issuer reader add R1.crt
 
-# The service, over HTTPS on loopback.
+# The service, over HTTPS on loopback, on a port the system picks (printed).
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 \
     -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE \
     -keyout tls.key -out tls.crt 2>/dev/null
-"$CARDVM" issuer serve --listen 127.0.0.1:8443 --tls-cert tls.crt --tls-key tls.key --quiet 2> serve.log &
+"$CARDVM" issuer serve --listen 127.0.0.1:0 --tls-cert tls.crt --tls-key tls.key --quiet 2> serve.log &
 server=$!
-for _ in $(seq 1 100); do grep -q serving serve.log && break; sleep 0.2; done
+url=""
+for _ in $(seq 1 100); do
+    url="$(sed -n 's|.*serving \(https://[^/]*\)/v1.*|\1|p' serve.log | head -n 1)"
+    [ -n "$url" ] && break
+    kill -0 "$server" 2>/dev/null || { echo "two_party.sh: the service did not start:" >&2; cat serve.log >&2; exit 1; }
+    sleep 0.2
+done
+[ -n "$url" ] || { echo "two_party.sh: the service did not say where it listens" >&2; cat serve.log >&2; exit 1; }
+echo "service at $url"
 
 # A simulated card of city 731 that holds the city's masters, and one recharge of 100.00.
 sed -e 's/^master = false/master = true/' \
@@ -42,6 +56,6 @@ sed -e 's/^master = false/master = true/' \
     -e 's/^purchase = .*/purchase = "0123456789ABCDEFFEDCBA9876543210"/' \
     -e 's/^tac = .*/tac = "A1A2A3A4A5A6A7A8B1B2B3B4B5B6B7B8"/' \
     "$repo/scripts/city0731-des3/card.toml" > card.toml
-cardvm client recharge --server https://127.0.0.1:8443 --server-ca tls.crt --reader-dir r1 \
+cardvm client recharge --server "$url" --server-ca tls.crt --reader-dir r1 \
     --issuer-pub issuer.pub --city 731 --amount 100.00 --sim card.toml
 cardvm issuer ledger

@@ -44,6 +44,11 @@ pub struct IssuerPolicy {
     pub bundle_ttl: u64,
     /// How long a sealed query script stays openable (the reader keeps it).
     pub query_script_ttl: u64,
+    /// Highest single load on an M1 card (fen). An M1 card cannot be loaded
+    /// host-secured: the reader must load the sector key into its chip, so whoever owns
+    /// a desktop reader holds that card's keys (docs/security.md); the cap bounds what
+    /// one such key is worth per load, below the city's own per-load limit.
+    pub m1_max_load: u64,
 }
 
 impl Default for IssuerPolicy {
@@ -53,6 +58,7 @@ impl Default for IssuerPolicy {
             clock_skew: 300,
             bundle_ttl: 600,
             query_script_ttl: 30 * 86_400,
+            m1_max_load: 20_000,
         }
     }
 }
@@ -208,6 +214,21 @@ pub enum IssuerError {
         reader: String,
         /// Seq.
         seq: u64,
+    },
+    /// The city's script needs the card's keys in the bundle, and the reader is not a
+    /// secure-element reader: its owner would hold them (docs/security.md).
+    #[error(
+        "reader `{reader}` is a {kind} reader: city {city}'s {role} script needs the card's keys in the bundle, which go only to secure-element readers (register a host-secured script, e.g. load_host.cvs)"
+    )]
+    KeysToDesktop {
+        /// Reader.
+        reader: String,
+        /// Its certificate's kind.
+        kind: crate::issuer::ReaderKind,
+        /// City.
+        city: u32,
+        /// The script's role.
+        role: &'static str,
     },
     /// The transaction was already settled by a different receipt.
     #[error("transaction {reader}/{seq} was already settled as {state} by another receipt")]
@@ -691,6 +712,12 @@ impl Issuer {
                 city.txn_limit
             )));
         }
+        if city.alg == "m1" && amount > self.policy.m1_max_load {
+            return Err(limit(format!(
+                "amount {amount} over the M1 per-load cap {} (an M1 load puts the sector key in the reader)",
+                self.policy.m1_max_load
+            )));
+        }
         // An M1 query reads only the UID (the value block needs the sector key, which a
         // query never holds): its purse limit is left to the card's own sector layout.
         let balance = match q.card.balance {
@@ -725,16 +752,23 @@ impl Issuer {
         let now = self.clock.now();
         let when = unix_to_bcd_datetime(now);
         let terminal = q.reader.terminal_id;
-        let data = self.data_for(&program, city, "load", &q.card.card_id, |name, ty| {
-            Ok(match (name, ty) {
-                ("amount", ValueType::Int { .. }) => Some(FieldValue::Int(amount)),
-                ("terminal", ValueType::BytesN { len: 6 } | ValueType::Bytes) => {
-                    Some(FieldValue::Bytes(terminal.to_vec()))
-                }
-                ("now", ValueType::BcdDateTime) => Some(FieldValue::BcdDateTime(when)),
-                _ => None,
-            })
-        })?;
+        let data = self.data_for(
+            &q.identity,
+            &program,
+            city,
+            "load",
+            &q.card.card_id,
+            |name, ty| {
+                Ok(match (name, ty) {
+                    ("amount", ValueType::Int { .. }) => Some(FieldValue::Int(amount)),
+                    ("terminal", ValueType::BytesN { len: 6 } | ValueType::Bytes) => {
+                        Some(FieldValue::Bytes(terminal.to_vec()))
+                    }
+                    ("now", ValueType::BcdDateTime) => Some(FieldValue::BcdDateTime(when)),
+                    _ => None,
+                })
+            },
+        )?;
         self.finish(
             q,
             TxnKind::Load,
@@ -767,13 +801,20 @@ impl Issuer {
             seq: unknown.seq,
             detail: "the unknown receipt carries no ATC to ask the card about".into(),
         })?;
-        let data = self.data_for(&program, &city, "recover", &q.card.card_id, |name, ty| {
-            Ok(match (name, ty) {
-                ("txn_type", ValueType::Int { .. }) => Some(FieldValue::Int(2)),
-                ("atc", ValueType::Int { .. }) => Some(FieldValue::Int(atc)),
-                _ => None,
-            })
-        })?;
+        let data = self.data_for(
+            &q.identity,
+            &program,
+            &city,
+            "recover",
+            &q.card.card_id,
+            |name, ty| {
+                Ok(match (name, ty) {
+                    ("txn_type", ValueType::Int { .. }) => Some(FieldValue::Int(2)),
+                    ("atc", ValueType::Int { .. }) => Some(FieldValue::Int(atc)),
+                    _ => None,
+                })
+            },
+        )?;
         let when = hex(&unix_to_bcd_datetime(self.clock.now()));
         self.finish(
             q,
@@ -793,6 +834,7 @@ impl Issuer {
     /// diversified for this card by their declared usage.
     fn data_for(
         &self,
+        reader: &ReaderIdentity,
         program: &VerifiedProgram,
         city: &CityRow,
         role: &'static str,
@@ -803,6 +845,19 @@ impl Issuer {
         for decl in program.inputs() {
             let name: &str = &decl.name;
             let v = match decl.ty {
+                // A CPU card's keys go only to a reader whose VM and key live in a secure
+                // element; an M1 card has no other way (its cap: IssuerPolicy::m1_max_load).
+                ValueType::Key { usage, .. }
+                    if !matches!(usage, KeyUsage::M1A | KeyUsage::M1B)
+                        && reader.kind != crate::issuer::ReaderKind::SecureElement =>
+                {
+                    return Err(IssuerError::KeysToDesktop {
+                        reader: reader.reader_id.clone(),
+                        kind: reader.kind,
+                        city: city.city,
+                        role,
+                    });
+                }
                 ValueType::Key { alg, usage } => {
                     FieldValue::Key(self.card_key(city, role, card_id, alg, usage)?)
                 }

@@ -652,15 +652,24 @@ pub async fn recharge<T: crate::transport::CardTransport>(
             (Some(c), Some(d)) => (c, d),
             _ => return Err(RechargeError::Reader("bundle: not hex".into())),
         };
-        let done = run_bundle(
-            client,
-            reader,
-            card,
-            bundle.seq,
-            &command,
-            &data,
-            &mut crate::vm::NoTrace,
-        )?;
+        let mut run = || {
+            run_bundle(
+                client,
+                reader,
+                card,
+                bundle.seq,
+                &command,
+                &data,
+                &mut crate::vm::NoTrace,
+            )
+        };
+        // The card work is synchronous and, host-secured, waits on the card company: on
+        // a multi-threaded runtime (which may be serving that card company too) the
+        // worker hands its other tasks on meanwhile.
+        let done = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
+            _ => run(),
+        }?;
         let outcome = done.receipt.outcome.to_string();
         progress(&Step::CardDone {
             outcome: outcome.clone(),

@@ -145,6 +145,7 @@ impl From<IssuerError> for Refusal {
             E::Mismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "mismatch"),
             E::TacMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "tac_mismatch"),
             E::SettledByOther { .. } => (StatusCode::CONFLICT, "settled_by_other"),
+            E::KeysToDesktop { .. } => (StatusCode::FORBIDDEN, "keys_refused"),
             // A constraint decided: the row is there (a conflict, not retryable as it is);
             // any other database failure decided nothing and is retryable.
             E::Ledger(crate::issuer::ledger::LedgerError::Conflict { .. }) => {

@@ -199,7 +199,11 @@ impl Cluster {
             ("recover", "recover.casm"),
         ] {
             ledger
-                .set_script(CITY, role, &script(&format!("scripts/city0731-des3/{file}")))
+                .set_script(
+                    CITY,
+                    role,
+                    &script(&format!("scripts/city0731-des3/{file}")),
+                )
                 .await
                 .expect("script");
         }
@@ -208,11 +212,14 @@ impl Cluster {
             let id = format!("R{i:03}");
             let k = Sm2PrivateKey::generate(&mut os_rng());
             let cert = ca
-                // Reader firmware: the kind card keys go to.
+                // Card keys go only to reader firmware; host-secured loads serve a desktop.
                 .issue_reader(
                     &id,
                     k.public_key(),
-                    ReaderKind::SecureElement,
+                    match mode {
+                        LoadMode::Host => ReaderKind::Desktop,
+                        LoadMode::SealedKeys => ReaderKind::SecureElement,
+                    },
                     now - DAY,
                     now + 30 * DAY,
                     os_rng(),
