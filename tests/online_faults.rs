@@ -139,6 +139,25 @@ async fn faults_under_load(db: &str, plan: Plan) {
                     attempt += 1;
                     let (_, client) = &clients[(i + attempt) % clients.len()];
                     match recharge(client, &mut reader, &mut c, CITY, AMOUNT, |_| {}).await {
+                        // The instance went away during the host exchange: the load failed
+                        // before the card's commit (0xFF06), nothing moved; its receipt
+                        // still goes to the card company, and the card is asked again.
+                        Ok(out) if out.outcome.starts_with("failed 0xFF06") => {
+                            if out.settled.is_none() {
+                                // Another instance takes it now, so a MAC2 issued just
+                                // before the cut is recovered at the card's next recharge.
+                                let (_, other) = &clients[(i + attempt + 1) % clients.len()];
+                                if other
+                                    .complete(&new_request_id(), &out.receipt)
+                                    .await
+                                    .is_err()
+                                {
+                                    undelivered.push(out.receipt);
+                                }
+                            }
+                            retries.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await
+                        }
                         Ok(out) => {
                             assert_eq!(out.outcome, "committed", "reader {i} recharge {n}");
                             if out.settled.is_none() {
@@ -147,7 +166,10 @@ async fn faults_under_load(db: &str, plan: Plan) {
                             break;
                         }
                         // Nothing ran on the card: try again elsewhere.
-                        Err(_) => {
+                        Err(e) => {
+                            if tries % 50 == 49 {
+                                eprintln!("reader {i} recharge {n}: try {tries}: {e}");
+                            }
                             retries.fetch_add(1, Ordering::SeqCst);
                             tokio::time::sleep(Duration::from_millis(50)).await
                         }
@@ -232,7 +254,12 @@ async fn faults_under_load(db: &str, plan: Plan) {
                 .complete(&new_request_id(), receipt)
                 .await
                 .unwrap_or_else(|e| panic!("reader {i}: redelivery: {e}"));
-            assert_eq!(s.state, "committed", "reader {i}");
+            // A load cut during its host exchange failed before the card committed; it
+            // is `unknown` when its MAC2 had been issued (the card's counter decides).
+            assert!(
+                ["committed", "failed", "unknown"].contains(&s.state.as_str()),
+                "reader {i}: {s:?}"
+            );
         }
     }
     for (i, c, _) in &results {
@@ -245,8 +272,11 @@ async fn faults_under_load(db: &str, plan: Plan) {
         );
         assert_eq!(credited, loaded, "reader {i}: ledger vs card: {rows:?}");
         assert!(
-            rows.iter().all(|r| r.state != TxnState::Unknown),
-            "reader {i}: nothing torn here"
+            rows.iter().all(|r| r.state != TxnState::Unknown
+                || r.note
+                    .as_deref()
+                    .is_some_and(|n| n.contains("recovery decides"))),
+            "reader {i}: nothing torn here (an unknown only from a host exchange cut after its MAC2): {rows:?}"
         );
     }
     for s in cluster.services.drain(..) {
@@ -343,6 +373,19 @@ async fn sqlite_on_a_full_disk_loses_nothing() {
         .start(&new_request_id(), &query.receipt.to_json(), AMOUNT)
         .await
         .expect("bundle");
+    // The load runs (its MAC2 recorded while there is room); then the disk fills.
+    let done = tokio::task::block_in_place(|| {
+        cardvm::online::client::run_bundle(
+            &client,
+            &mut reader,
+            &mut c,
+            bundle.seq,
+            &cardvm::online::protocol::from_hex(&bundle.command).expect("hex"),
+            &cardvm::online::protocol::from_hex(&bundle.data).expect("hex"),
+            &mut cardvm::vm::NoTrace,
+        )
+    })
+    .expect("load");
     let filler = dir.join("filler");
     {
         use std::io::Write;
@@ -351,15 +394,6 @@ async fn sqlite_on_a_full_disk_loses_nothing() {
         while f.write_all(&block).is_ok() {}
         let _ = f.sync_all();
     }
-    let done = reader
-        .transact(
-            &cardvm::online::protocol::from_hex(&bundle.command).expect("hex"),
-            &cardvm::online::protocol::from_hex(&bundle.data).expect("hex"),
-            &mut c,
-            &mut cardvm::vm::NoTrace,
-            &mut rng,
-        )
-        .expect("load");
     assert_eq!(c.balance(), START + 2 * AMOUNT as u32, "the card committed");
     let receipt = done.receipt.to_json();
     let e = client

@@ -1270,8 +1270,8 @@ impl Ledger {
         s: &Settlement,
     ) -> Result<Applied, LedgerError> {
         let r = sqlx::query(
-            "UPDATE transactions SET state = $1, receipt_sm3 = $2, settled_at = $3, atc = $4, \
-             mac2 = $5, tac = $6, balance_before = COALESCE($7, balance_before), \
+            "UPDATE transactions SET state = $1, receipt_sm3 = $2, settled_at = $3, \
+             atc = COALESCE($4, atc), mac2 = COALESCE($5, mac2), tac = $6, balance_before = COALESCE($7, balance_before), \
              balance_after = $8, note = $9 WHERE reader_id = $10 AND seq = $11 AND state = 'issued'",
         )
         .bind(s.state.name())

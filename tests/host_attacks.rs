@@ -1,0 +1,355 @@
+//! Host-secured mode tried as the owner of a desktop reader would (DESIGN §4, invariants
+//! 11 and 12): the real card company (HTTPS service, SQLite ledger, key store) and a
+//! desktop reader whose owner holds everything the reader holds — its key, its bundles,
+//! its replay store. Each test fails if its attack works again.
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use cardvm::crypto::rng::os_rng;
+use cardvm::envelope::{Expect, MemoryReplayStore, Opener};
+use cardvm::online::client::{Client, ClientError, new_request_id, run_bundle};
+use cardvm::online::protocol::{BundleReply, from_hex};
+use cardvm::reader::Reader;
+use cardvm::receipt::{FieldValue, Outcome, Receipt};
+use cardvm::script::DataScript;
+use cardvm::sim::CpuCard;
+use cardvm::vm::NoTrace;
+use cluster::{CITY, Cluster, LoadMode, card};
+use des::cipher::{BlockCipherEncrypt, KeyInit};
+
+const MASTERS: [&str; 3] = [
+    "11223344556677888877665544332211",
+    "0123456789ABCDEFFEDCBA9876543210",
+    "A1A2A3A4A5A6A7A8B1B2B3B4B5B6B7B8",
+];
+
+fn unhex(s: &str) -> Vec<u8> {
+    from_hex(s).expect("hex")
+}
+
+/// DK = 3DES(MK, F) ‖ 3DES(MK, NOT F), computed here with the `des` crate.
+fn diversified(master: &str, serial: &[u8]) -> Vec<u8> {
+    let c = des::TdesEde2::new_from_slice(&unhex(master)).expect("key");
+    let mut l: [u8; 8] = serial.try_into().expect("8 bytes");
+    let mut r = l.map(|b| !b);
+    c.encrypt_block((&mut l).into());
+    c.encrypt_block((&mut r).into());
+    [l, r].concat()
+}
+
+/// The serial of the cluster's card `i` (`cluster::card`).
+fn serial(i: u32) -> Vec<u8> {
+    let mut s = vec![0x41, 0, 0, 0];
+    s.extend_from_slice(&i.to_be_bytes());
+    s
+}
+
+async fn cluster(tag: &str) -> (Cluster, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("cardvm-hostatk-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let db = dir.join("issuer.db");
+    let c = Cluster::start_with(db.to_str().expect("path"), 1, 3, false, LoadMode::Host).await;
+    (c, dir)
+}
+
+/// The card query and a bundle for `amount` fen.
+async fn bundle(
+    client: &Client,
+    reader: &mut Reader,
+    card: &mut CpuCard,
+    amount: u64,
+) -> (BundleReply, Receipt) {
+    let q = client.query_script(CITY).await.expect("query script");
+    let q = from_hex(&q.script).expect("hex");
+    let query = reader
+        .query(&q, b"nonce", card, &mut NoTrace, &mut os_rng())
+        .expect("query");
+    let b = client
+        .start(&new_request_id(), &query.receipt.to_json(), amount)
+        .await
+        .expect("bundle");
+    (b, query.receipt)
+}
+
+fn run(client: &Client, reader: &mut Reader, card: &mut CpuCard, b: &BundleReply) -> Receipt {
+    let (cmd, data) = (
+        from_hex(&b.command).expect("hex"),
+        from_hex(&b.data).expect("hex"),
+    );
+    tokio::task::block_in_place(|| {
+        run_bundle(client, reader, card, b.seq, &cmd, &data, &mut NoTrace).expect("run")
+    })
+    .receipt
+}
+
+fn refusal(e: ClientError) -> (u16, String) {
+    match e {
+        ClientError::Refused { status, code, .. } => (status, code),
+        other => panic!("not a refusal: {other}"),
+    }
+}
+
+fn failed_code(r: &Receipt) -> Option<u16> {
+    match &r.outcome {
+        Outcome::Failed { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_desktop_readers_bundles_hold_no_key() {
+    let (c, dir) = cluster("nokey").await;
+    let (mut reader, client) = c.reader(0);
+    let mut card = card(0, 500);
+    let sn = serial(0);
+    let keys: Vec<Vec<u8>> = MASTERS.iter().map(|m| diversified(m, &sn)).collect();
+    // A load bundle, and — after a load torn mid-write — the recovery bundle.
+    let (load, _) = bundle(&client, &mut reader, &mut card, 1_000).await;
+    let at = card.apdu_index() + 4;
+    card.faults_mut().push(cardvm::sim::Fault::TearAfter(at));
+    let torn = run(&client, &mut reader, &mut card, &load);
+    assert!(
+        matches!(torn.outcome, Outcome::Unknown { .. }),
+        "{:?}",
+        torn.outcome
+    );
+    client
+        .complete(&new_request_id(), &torn.to_json())
+        .await
+        .expect("unknown settles as unknown");
+    cardvm::transport::CardTransport::power_on(&mut card).expect("card back on the reader");
+    let (recover, _) = bundle(&client, &mut reader, &mut card, 1_000).await;
+    assert_eq!(recover.kind, "recover");
+    for b in [&load, &recover] {
+        // The owner opens the bundle with the reader's own key, as `cardvm open` would.
+        let mut opener = Opener::new(
+            Some(&c.readers[0].0),
+            c.readers[0].1.clone(),
+            c.issuer_key.public_key().clone(),
+            MemoryReplayStore::new(),
+        );
+        let now = cardvm::envelope::unix_now();
+        let cmd = opener
+            .open(&from_hex(&b.command).expect("hex"), now, Expect::Command)
+            .expect("command");
+        let digest = cardvm::crypto::sm3(cmd.payload());
+        let data = opener
+            .open(
+                &from_hex(&b.data).expect("hex"),
+                now,
+                Expect::DataFor(&digest),
+            )
+            .expect("data");
+        let fields = DataScript::parse(data.payload())
+            .expect("data script")
+            .fields;
+        assert!(
+            fields
+                .iter()
+                .all(|f| !matches!(f.value, cardvm::script::FieldValue::Key(_))),
+            "{} bundle: a key field",
+            b.kind
+        );
+        for (payload, what) in [(cmd.payload(), "command"), (data.payload(), "data")] {
+            for (k, role) in keys.iter().zip(["load", "purchase", "TAC"]) {
+                assert!(
+                    !payload.windows(k.len()).any(|w| w == k.as_slice()),
+                    "{} bundle's {what} script holds the card's {role} key",
+                    b.kind
+                );
+            }
+        }
+    }
+    c.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_bearing_script_is_refused_to_a_desktop_reader() {
+    let (c, dir) = cluster("keysrefused").await;
+    // The card company registers the sealed-key load script; its readers are desktops.
+    let p =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/city0731-des3/load.casm");
+    let sealed = cardvm::asm::assemble_file(&p, &Default::default())
+        .expect("load.casm")
+        .script
+        .encode();
+    c.ledger
+        .set_script(CITY, "load", &sealed)
+        .await
+        .expect("script");
+    let (mut reader, client) = c.reader(0);
+    let mut card = card(0, 500);
+    let q = from_hex(&client.query_script(CITY).await.expect("qs").script).expect("hex");
+    let query = reader
+        .query(&q, b"n", &mut card, &mut NoTrace, &mut os_rng())
+        .expect("query");
+    let e = client
+        .start(&new_request_id(), &query.receipt.to_json(), 1_000)
+        .await
+        .expect_err("keys to a desktop");
+    let text = e.to_string();
+    assert_eq!(refusal(e), (403, "keys_refused".into()));
+    assert!(
+        text.contains("desktop reader") && text.contains("secure-element") && !text.contains('\n'),
+        "{text}"
+    );
+    c.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bundle_run_twice_or_on_another_card_credits_once() {
+    let (c, dir) = cluster("twice").await;
+    let (mut reader, client) = c.reader(0);
+    let mut card_a = card(0, 500);
+    let mut card_b = card(1, 500);
+    let (b, _) = bundle(&client, &mut reader, &mut card_a, 10_000).await;
+    // On another card first: its MAC1 is not under the bundle's card's key.
+    let other = run(&client, &mut reader, &mut card_b, &b);
+    assert_eq!(failed_code(&other), Some(0x13), "{:?}", other.outcome);
+    assert_eq!(card_b.balance(), 500);
+    // The bundle's card: committed once.
+    let (mut fresh, _) = c.reader(0);
+    let first = run(&client, &mut fresh, &mut card_a, &b);
+    assert_eq!(first.outcome, Outcome::Committed);
+    assert_eq!(card_a.balance(), 10_500);
+    // The same bundle again on a reader with a fresh replay store and journal: the card
+    // company issued this bundle's MAC2 once, for the card's old counter.
+    let (mut again, _) = c.reader(0);
+    let second = run(&client, &mut again, &mut card_a, &b);
+    assert_eq!(failed_code(&second), Some(0x12), "{:?}", second.outcome);
+    assert_eq!(card_a.balance(), 10_500, "credited once");
+    let settled = client
+        .complete(&new_request_id(), &first.to_json())
+        .await
+        .expect("settle");
+    assert_eq!(settled.state, "committed");
+    let (_, total) = cluster::credited(&c.ledger, &serial(0)).await;
+    assert_eq!(total, 10_000);
+    c.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Re-signs `r` as its reader (the owner holds the reader key).
+fn resign(c: &Cluster, mut r: Receipt) -> Receipt {
+    r.signature = None;
+    r.sign(&c.readers[0].1, &mut os_rng()).expect("sign");
+    r
+}
+
+fn set_field(r: &mut Receipt, name: &str, v: FieldValue) {
+    let f = r.fields.iter_mut().find(|(n, _)| n == name).expect("field");
+    f.1 = v;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_the_card_did_not_sign_are_refused() {
+    let (c, dir) = cluster("forged").await;
+    let (mut reader, client) = c.reader(0);
+    let mut card = card(0, 500);
+    let (b1, _) = bundle(&client, &mut reader, &mut card, 10_000).await;
+    let real = run(&client, &mut reader, &mut card, &b1);
+    assert_eq!(real.outcome, Outcome::Committed);
+    // 1. A forged TAC (the owner has no TAC key; any guess).
+    let mut forged = real.clone();
+    set_field(&mut forged, "tac", FieldValue::Bytes(vec![0xA5; 4]));
+    let e = client
+        .complete(&new_request_id(), &resign(&c, forged).to_json())
+        .await
+        .expect_err("forged TAC");
+    assert_eq!(refusal(e), (422, "tac_mismatch".into()));
+    // 2. A 500.00 load that never ran: a second bundle, never run; the owner copies the
+    // committed receipt onto it and invents the balances.
+    let (b2, _) = bundle(&client, &mut reader, &mut card, 50_000).await;
+    let mut never = real.clone();
+    if let Some(d) = never.data.as_mut() {
+        d.seq = b2.seq;
+    }
+    set_field(&mut never, "amount", FieldValue::Int(50_000));
+    set_field(&mut never, "balance_before", FieldValue::Int(10_500));
+    set_field(&mut never, "balance_after", FieldValue::Int(60_500));
+    let e = client
+        .complete(&new_request_id(), &resign(&c, never).to_json())
+        .await
+        .expect_err("a load that never ran");
+    let (status, code) = refusal(e);
+    assert_eq!((status, code.as_str()), (422, "mismatch"));
+    // 3. The owner says the real load failed (after the card company issued its MAC2):
+    // not evidence — it stays undecided until the card speaks.
+    // Its outputs end before the host exchange, as when the reply is lost (0xFF06): the
+    // counter the card company recorded with the MAC2 is what recovery asks the card about.
+    let mut lie = real.clone();
+    lie.outcome = Outcome::Failed {
+        code: 0xFF06,
+        reason: "card company: the host link stopped".into(),
+    };
+    lie.fields.retain(|(n, _)| n == "card_id");
+    let s = client
+        .complete(&new_request_id(), &resign(&c, lie).to_json())
+        .await
+        .expect("settles as unknown");
+    assert_eq!(s.state, "unknown");
+    // Nothing was credited on the ledger; the next query of the card recovers the truth.
+    let (_, total) = cluster::credited(&c.ledger, &serial(0)).await;
+    assert_eq!(total, 0);
+    let (rec, _) = bundle(&client, &mut reader, &mut card, 1_000).await;
+    assert_eq!(rec.kind, "recover");
+    let proof = run(&client, &mut reader, &mut card, &rec);
+    let decided = client
+        .complete(&new_request_id(), &proof.to_json())
+        .await
+        .expect("recovery");
+    assert_eq!(
+        decided.decided_state.as_deref(),
+        Some("recovered-committed")
+    );
+    c.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_for_a_card_never_presented_buys_nothing_usable() {
+    let (c, dir) = cluster("phantom").await;
+    let (mut reader, client) = c.reader(0);
+    let mut card = card(0, 500);
+    let q = from_hex(&client.query_script(CITY).await.expect("qs").script).expect("hex");
+    let query = reader
+        .query(&q, b"n", &mut card, &mut NoTrace, &mut os_rng())
+        .expect("query");
+    // The owner re-signs the query for another card number.
+    let mut phantom = query.receipt.clone();
+    let victim = vec![0x41, 0, 0, 0, 0, 0, 0x30, 0x39];
+    phantom.card_id = victim.clone();
+    for (n, v) in phantom.fields.iter_mut() {
+        if n == "card_id" {
+            *v = FieldValue::Bytes(victim.clone());
+        }
+    }
+    let phantom = resign(&c, phantom);
+    let b = client
+        .start(&new_request_id(), &phantom.to_json(), 10_000)
+        .await
+        .expect("a key-free bundle");
+    // The bundle holds no key (above); the owner asks the card company for a MAC2 with an
+    // invented card answer (the queried balance, any counter, random and MAC1).
+    let mut apdu = vec![0x80, 0x7A, 0x00, 0x02, 0x10];
+    apdu.extend_from_slice(&500u32.to_be_bytes());
+    apdu.extend_from_slice(&[0, 1, 0x01, 0x00, 1, 2, 3, 4, 5, 6, 7, 8, 0x04]);
+    let answer = client
+        .host(&new_request_id(), b.seq, &apdu)
+        .await
+        .expect("answer");
+    assert_eq!(answer, vec![0x93, 0x02], "MAC1 refused, no MAC2");
+    let row = c
+        .ledger
+        .txn(&c.readers[0].0, b.seq)
+        .await
+        .expect("ledger")
+        .expect("row");
+    assert_eq!(row.mac2, None, "no MAC2 was issued");
+    c.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
