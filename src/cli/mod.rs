@@ -50,7 +50,7 @@ enum Command {
     /// Open a sealed script (reader side): verify, check reader/expiry/replay, decrypt.
     Open(envelope::OpenArgs),
     /// Run a command script with a data script against a card; print the receipt.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Send raw APDUs to a card and print the answers (like `opensc-tool -s`).
     Apdu(apdu::ApduArgs),
     /// Work with signed receipts.
@@ -86,7 +86,7 @@ pub fn dispatch(cli: Cli) -> CliResult {
         Command::Keygen(a) => keys::keygen(a),
         Command::Seal(a) => envelope::seal_cmd(a),
         Command::Open(a) => envelope::open_cmd(a),
-        Command::Run(a) => run::run(a),
+        Command::Run(a) => run::run(*a),
         Command::Apdu(a) => apdu::apdu(a),
         Command::Receipt(a) => receipt::receipt_cmd(a),
         Command::Journal { cmd } => journal::run(cmd),
