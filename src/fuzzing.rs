@@ -638,6 +638,13 @@ pub fn v1_bodies(data: &[u8]) {
             receipt(&item.receipt);
         }
     }
+    // `POST /v1/host`: the APDU a reader sends the card company, and the same bytes raw.
+    if let Ok(r) = serde_json::from_slice::<crate::online::protocol::HostRequest>(data)
+        && let Some(apdu) = crate::online::protocol::from_hex(&r.apdu)
+    {
+        let _ = crate::host::HostCommand::parse(&apdu);
+    }
+    let _ = crate::host::HostCommand::parse(data);
     receipt(&String::from_utf8_lossy(data));
 }
 

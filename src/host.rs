@@ -12,6 +12,7 @@
 //! | Command | C-APDU | Response |
 //! |---|---|---|
 //! | LOAD MAC2 | `80 7A 00 PP 10` ‖ the card's INITIALIZE FOR LOAD answer (16) | MAC2 (4) ‖ `90 00` |
+//! | PURCHASE MAC1 (INITIALIZE SAM FOR PURCHASE) | `80 70 00 00 1C` ‖ data (28) [‖ authentication code (9)] | terminal seq (4) ‖ MAC1 (4) ‖ `90 00` |
 //!
 //! `PP` is the purse: `02` electronic purse, `01` electronic deposit (the load's
 //! transaction type). The INITIALIZE FOR LOAD answer is balance (4) ‖ online ATC (2) ‖ key
@@ -22,6 +23,17 @@
 //! MAC2 = MAC(SESLK, amount ‖ type ‖ terminal ‖ date ‖ time) with the amount, terminal
 //! and date/time of the bundle it issued, never the reader's. A MAC2 works only on that
 //! card at that counter value; the card company issues it once per bundle.
+//!
+//! PURCHASE MAC1 makes the card company the terminal's PSAM for an online purchase (a
+//! home reader has none), in the PSAM's own format (`docs/psam.md`): card random (4) ‖
+//! offline ATC (2) ‖ amount (4) ‖ transaction type (1) ‖ date (4) ‖ time (3) ‖ key
+//! version (1) ‖ algorithm (1) ‖ card serial (8), then — for a city whose cards want it
+//! (`reference/epurse.md` "City variants") — the card's authentication code `85` ‖ 8
+//! bytes. The amount, type, date/time and serial must be the bundle's; the terminal is the
+//! reader's and the terminal sequence the bundle's seq. SESPK = process key of the card's
+//! DPK over random ‖ offline ATC ‖ seq[2..4]; MAC1 = MAC(SESPK, amount ‖ type ‖ terminal ‖
+//! date ‖ time [‖ code]). The card's MAC2 = MAC(SESPK, amount) and TAC come back in the
+//! receipt and are checked at settlement (no second round trip).
 //!
 //! Refusals are status words, so the script's `on … fail …` handlers name them:
 //!
@@ -45,6 +57,11 @@ pub const CLA: u8 = 0x80;
 pub const INS_LOAD_MAC2: u8 = 0x7A;
 /// Length of the INITIALIZE FOR LOAD answer a LOAD MAC2 carries.
 pub const LOAD_INIT_LEN: usize = 16;
+/// PURCHASE MAC1 (the PSAM's INITIALIZE SAM FOR PURCHASE).
+pub const INS_PURCHASE_MAC1: u8 = 0x70;
+/// PURCHASE MAC1's data without / with the card authentication code.
+pub const PURCHASE_INIT_LEN: usize = 28;
+const AUTH_CODE_LEN: usize = 9;
 
 /// Why the card company refused a host command: a status word and the reason (the reason
 /// goes to the card company's log and ledger, the status word to the script).
@@ -82,6 +99,28 @@ impl HostRefusal {
 pub enum HostCommand {
     /// LOAD MAC2: the card's INITIALIZE FOR LOAD answer.
     LoadMac2(LoadInit),
+    /// PURCHASE MAC1: the card's INITIALIZE FOR PURCHASE values.
+    PurchaseMac1(PurchaseInit),
+}
+
+impl HostCommand {
+    /// The instruction byte (one answer per bundle and instruction).
+    pub fn ins(&self) -> u8 {
+        match self {
+            HostCommand::LoadMac2(_) => INS_LOAD_MAC2,
+            HostCommand::PurchaseMac1(_) => INS_PURCHASE_MAC1,
+        }
+    }
+}
+
+/// The data field of a short case-3/4 APDU: `Lc` bytes, an optional Le after them.
+fn data_of(rest: &[u8]) -> Option<&[u8]> {
+    let (lc, data) = rest.split_first()?;
+    let n = usize::from(*lc);
+    match data.len() {
+        l if l == n || l == n + 1 => data.get(..n),
+        _ => None,
+    }
 }
 
 impl HostCommand {
@@ -125,9 +164,131 @@ impl HostCommand {
                 init.mac1.copy_from_slice(&data[12..16]);
                 Ok(HostCommand::LoadMac2(init))
             }
+            INS_PURCHASE_MAC1 => {
+                if *p1 != 0 || *p2 != 0 {
+                    return Err(HostRefusal::new(0x6A86, "PURCHASE MAC1 takes P1 P2 00 00"));
+                }
+                let d = data_of(rest)
+                    .filter(|d| {
+                        d.len() == PURCHASE_INIT_LEN || d.len() == PURCHASE_INIT_LEN + AUTH_CODE_LEN
+                    })
+                    .ok_or_else(|| {
+                        HostRefusal::new(0x6700, "PURCHASE MAC1 carries 28 or 37 bytes")
+                    })?;
+                let mut init = PurchaseInit {
+                    random: [0; 4],
+                    atc: u16::from_be_bytes([d[4], d[5]]),
+                    amount: u32::from_be_bytes([d[6], d[7], d[8], d[9]]),
+                    txn_type: d[10],
+                    datetime: [0; 7],
+                    key_version: d[18],
+                    alg: d[19],
+                    serial: [0; 8],
+                    auth_code: None,
+                };
+                init.random.copy_from_slice(&d[..4]);
+                init.datetime.copy_from_slice(&d[11..18]);
+                init.serial.copy_from_slice(&d[20..28]);
+                if let Some(code) = d.get(PURCHASE_INIT_LEN..)
+                    && !code.is_empty()
+                {
+                    if code[0] != 0x85 {
+                        return Err(HostRefusal::new(
+                            0x6A80,
+                            "the authentication code starts with 85",
+                        ));
+                    }
+                    let mut c = [0u8; AUTH_CODE_LEN];
+                    c.copy_from_slice(code);
+                    init.auth_code = Some(c);
+                }
+                Ok(HostCommand::PurchaseMac1(init))
+            }
             _ => Err(HostRefusal::new(0x6D00, "instruction not supported")),
         }
     }
+}
+
+/// The card's INITIALIZE FOR PURCHASE values, as a PURCHASE MAC1 carries them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PurchaseInit {
+    /// The card's random.
+    pub random: [u8; 4],
+    /// The card's offline transaction counter.
+    pub atc: u16,
+    /// Amount in fen.
+    pub amount: u32,
+    /// Transaction type (`06` EP purchase, `09` composite).
+    pub txn_type: u8,
+    /// Date and time (BCD `YYYYMMDDhhmmss`).
+    pub datetime: [u8; 7],
+    /// Key version.
+    pub key_version: u8,
+    /// Algorithm identifier.
+    pub alg: u8,
+    /// The card's application serial.
+    pub serial: [u8; 8],
+    /// The card authentication code (`85` ‖ 8 bytes), for a city whose MAC1 covers it.
+    pub auth_code: Option<[u8; 9]>,
+}
+
+/// What the card company issued a purchase bundle for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PurchaseFacts {
+    /// Amount in fen.
+    pub amount: u32,
+    /// Transaction type (`06` or `09`).
+    pub txn_type: u8,
+    /// The reader's terminal id.
+    pub terminal: [u8; 6],
+    /// The bundle's date and time.
+    pub datetime: [u8; 7],
+    /// The card's serial.
+    pub serial: [u8; 8],
+    /// The terminal transaction sequence (the bundle's seq).
+    pub seq: u32,
+}
+
+/// The purchase session key SESPK of the card's DPK for `init` at terminal sequence `seq`.
+pub fn purchase_session(
+    dpk: &SecretKey,
+    init: &PurchaseInit,
+    seq: u32,
+) -> Result<SecretKey, HostRefusal> {
+    let mut input = [0u8; 8];
+    input[..4].copy_from_slice(&init.random);
+    input[4..6].copy_from_slice(&init.atc.to_be_bytes());
+    input[6..].copy_from_slice(&seq.to_be_bytes()[2..]);
+    process_key(dpk, &input)
+        .map_err(|e| HostRefusal::new(0x6F00, alloc::format!("session key: {e}")))
+}
+
+/// Checks the card's values against `facts` and computes MAC1 under `dpk` (the card's
+/// diversified purchase key; module docs).
+pub fn purchase_mac1(
+    dpk: &SecretKey,
+    facts: &PurchaseFacts,
+    init: &PurchaseInit,
+) -> Result<[u8; 4], HostRefusal> {
+    if init.amount != facts.amount
+        || init.txn_type != facts.txn_type
+        || init.datetime != facts.datetime
+        || init.serial != facts.serial
+    {
+        return Err(HostRefusal::conditions(
+            "not the bundle's purchase (card, amount, type or date/time)",
+        ));
+    }
+    let session = purchase_session(dpk, init, facts.seq)?;
+    let mut m = Vec::with_capacity(18 + AUTH_CODE_LEN);
+    m.extend_from_slice(&facts.amount.to_be_bytes());
+    m.push(facts.txn_type);
+    m.extend_from_slice(&facts.terminal);
+    m.extend_from_slice(&facts.datetime);
+    if let Some(code) = &init.auth_code {
+        m.extend_from_slice(code);
+    }
+    pboc_mac(&session, &m).map_err(|e| HostRefusal::new(0x6F00, alloc::format!("MAC1: {e}")))
 }
 
 /// The card's INITIALIZE FOR LOAD answer, as a LOAD MAC2 carries it.
@@ -196,14 +357,25 @@ pub fn load_mac2(
     pboc_mac(&session, &m2).map_err(|e| internal("MAC2", e))
 }
 
-/// An in-process card company for one load: answers LOAD MAC2 once, from the card's load
-/// key it holds, for exactly the facts it was given — the same logic the card company
-/// runs. For tests, the simulator and `cardvm run --host-sim`.
+/// What an in-process card company was set up to answer.
+enum Job {
+    Load {
+        dlk: SecretKey,
+        facts: LoadFacts,
+    },
+    Purchase {
+        dpk: SecretKey,
+        facts: PurchaseFacts,
+    },
+}
+
+/// An in-process card company for one bundle: answers its host command once, from the
+/// card's key it holds, for exactly the facts it was given — the same logic the card
+/// company runs. For tests, the simulator and `cardvm run --host-sim`.
 pub struct HostSim {
-    dlk: SecretKey,
-    facts: LoadFacts,
-    /// The first LOAD MAC2 request answered, and its answer (issued once: the same request
-    /// again gets the same answer, any other is refused).
+    job: Job,
+    /// The first request answered, and its answer (issued once: the same request again
+    /// gets the same answer, any other is refused).
     answered: Option<(Vec<u8>, Vec<u8>)>,
     /// Every exchange, for tests: (command, response).
     pub log: Vec<(Vec<u8>, Vec<u8>)>,
@@ -212,7 +384,13 @@ pub struct HostSim {
 impl core::fmt::Debug for HostSim {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("HostSim")
-            .field("facts", &self.facts)
+            .field(
+                "job",
+                &match self.job {
+                    Job::Load { .. } => "load",
+                    Job::Purchase { .. } => "purchase",
+                },
+            )
             .field("answered", &self.answered.is_some())
             .finish_non_exhaustive()
     }
@@ -222,24 +400,45 @@ impl HostSim {
     /// A card company that will answer one LOAD MAC2 for `facts`, with `dlk`.
     pub fn new(dlk: SecretKey, facts: LoadFacts) -> Self {
         HostSim {
-            dlk,
-            facts,
+            job: Job::Load { dlk, facts },
             answered: None,
             log: Vec::new(),
         }
+    }
+
+    /// A card company that will answer one PURCHASE MAC1 for `facts`, with `dpk`.
+    pub fn purchase(dpk: SecretKey, facts: PurchaseFacts) -> Self {
+        HostSim {
+            job: Job::Purchase { dpk, facts },
+            answered: None,
+            log: Vec::new(),
+        }
+    }
+
+    fn compute(&self, apdu: &[u8]) -> Result<Vec<u8>, HostRefusal> {
+        let mut r = match (HostCommand::parse(apdu)?, &self.job) {
+            (HostCommand::LoadMac2(init), Job::Load { dlk, facts }) => {
+                load_mac2(dlk, facts, &init)?.to_vec()
+            }
+            (HostCommand::PurchaseMac1(init), Job::Purchase { dpk, facts }) => {
+                let mac1 = purchase_mac1(dpk, facts, &init)?;
+                let mut r = facts.seq.to_be_bytes().to_vec();
+                r.extend_from_slice(&mac1);
+                r
+            }
+            _ => return Err(HostRefusal::conditions("not this bundle's kind of command")),
+        };
+        r.extend_from_slice(&[0x90, 0x00]);
+        Ok(r)
     }
 
     /// The answer to one command APDU (data ‖ SW).
     pub fn answer(&mut self, apdu: &[u8]) -> Vec<u8> {
         let response = match &self.answered {
             Some((req, resp)) if req.as_slice() == apdu => resp.clone(),
-            Some(_) => HostRefusal::conditions("this bundle's MAC2 was already issued").response(),
-            None => match HostCommand::parse(apdu)
-                .and_then(|HostCommand::LoadMac2(init)| load_mac2(&self.dlk, &self.facts, &init))
-            {
-                Ok(mac2) => {
-                    let mut r = mac2.to_vec();
-                    r.extend_from_slice(&[0x90, 0x00]);
+            Some(_) => HostRefusal::conditions("this bundle's MAC was already issued").response(),
+            None => match self.compute(apdu) {
+                Ok(r) => {
                     self.answered = Some((apdu.to_vec(), r.clone()));
                     r
                 }

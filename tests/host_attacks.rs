@@ -353,3 +353,75 @@ async fn a_query_for_a_card_never_presented_buys_nothing_usable() {
     c.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Cluster card `i` of city 731 as its real cards are: the authentication code in MAC1.
+fn card_731(i: usize, balance: u32) -> CpuCard {
+    let c = card(i, balance);
+    let mut p = c.to_profile();
+    let v = cardvm::sim::Variant {
+        auth_code: Some([0x3A, 0x5C, 0x7E, 0x91, 0x02, 0xB4, 0xD6, 0xF8]),
+        ..cardvm::sim::Variant::default()
+    };
+    p.variant = (&v).into();
+    p.build().expect("card")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_online_purchase_is_bound_once_and_settled_on_the_cards_proof() {
+    let (c, dir) = cluster("purchase").await;
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts/city0731-des3/purchase_host.cvs");
+    let script = cardvm::asm::assemble_file(&p, &Default::default())
+        .expect("purchase_host.cvs")
+        .script
+        .encode();
+    c.ledger
+        .set_script(CITY, "purchase", &script)
+        .await
+        .expect("script");
+    let (mut reader, client) = c.reader(0);
+    let mut card = card_731(0, 10_000);
+    let q = from_hex(&client.query_script(CITY).await.expect("qs").script).expect("hex");
+    let query = reader
+        .query(&q, b"n", &mut card, &mut NoTrace, &mut os_rng())
+        .expect("query");
+    let b = client
+        .start_purchase(&new_request_id(), &query.receipt.to_json(), 2_500)
+        .await
+        .expect("purchase bundle");
+    assert_eq!(b.kind, "purchase");
+    // On another card: the card company's MAC1 is for the bundle's card only.
+    let mut other = card_731(1, 10_000);
+    let r = run(&client, &mut reader, &mut other, &b);
+    assert_eq!(failed_code(&r), Some(0x12), "{:?}", r.outcome);
+    assert_eq!(other.balance(), 10_000);
+    // The bundle's card pays once.
+    let (mut fresh, _) = c.reader(0);
+    let paid = run(&client, &mut fresh, &mut card, &b);
+    assert_eq!(paid.outcome, Outcome::Committed);
+    assert_eq!(card.balance(), 7_500);
+    let (mut again, _) = c.reader(0);
+    let twice = run(&client, &mut again, &mut card, &b);
+    assert_eq!(failed_code(&twice), Some(0x12), "{:?}", twice.outcome);
+    assert_eq!(card.balance(), 7_500, "debited once");
+    // Settlement on the card's proof: a forged TAC, or a forged MAC2, is refused.
+    for field in ["tac", "mac2"] {
+        let mut forged = paid.clone();
+        set_field(&mut forged, field, FieldValue::Bytes(vec![0x5A; 4]));
+        let e = client
+            .complete(&new_request_id(), &resign(&c, forged).to_json())
+            .await
+            .expect_err("forged");
+        assert_eq!(refusal(e), (422, "tac_mismatch".into()), "{field}");
+    }
+    let s = client
+        .complete(&new_request_id(), &paid.to_json())
+        .await
+        .expect("settle");
+    assert_eq!(
+        (s.kind.as_str(), s.state.as_str()),
+        ("purchase", "committed")
+    );
+    c.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -349,3 +349,78 @@ fn host_exchanges_are_bounded_by_the_code() {
     };
     assert!(in_routine.contains("inside a routine"), "{in_routine}");
 }
+
+#[test]
+fn an_online_purchase_with_the_card_company_as_the_psam() {
+    // 731's cards put the authentication code in MAC1; 755's do not.
+    for dir in CITIES {
+        let p = program(&format!("{dir}/purchase_host.cvs"));
+        assert_eq!(p.host_exchanges(), 1, "{dir}: one round trip");
+        assert!(
+            p.inputs().iter().all(|i| !i.ty.is_key()),
+            "{dir}: no key input"
+        );
+        let d = data(&format!("{dir}/purchase_host.toml"));
+        let keys = data(&format!("{dir}/purchase.toml"));
+        let key = |n: &str| match keys.fields.iter().find(|f| &*f.name == n).map(|f| &f.value) {
+            Some(FieldValue::Key(k)) => k.clone(),
+            other => panic!("{n}: {other:?}"),
+        };
+        let get = |n: &str| {
+            d.fields
+                .iter()
+                .find(|f| &*f.name == n)
+                .map(|f| f.value.clone())
+        };
+        let (Some(FieldValue::Int(amount)), Some(FieldValue::BcdDateTime(now))) =
+            (get("amount"), get("now"))
+        else {
+            panic!("purchase_host.toml")
+        };
+        let facts = cardvm::host::PurchaseFacts {
+            amount: amount as u32,
+            txn_type: 0x06,
+            terminal: [0, 0, 0, 0, 0, 1],
+            datetime: now,
+            serial: [0x41, 0, 0, 0, 0x89, 0x99, 0x99, 0x85],
+            seq: 0x0000_0107,
+        };
+        let mut c = card(dir);
+        let before = c.balance();
+        let mut host = HostSim::purchase(key("dpk"), facts);
+        let r = run(&p, &d, &mut c, Some(&mut host));
+        assert_eq!(r.outcome, Outcome::Committed, "{dir}: {r:?}");
+        assert_eq!(c.balance(), before - 250, "{dir}");
+        assert_eq!(bytes(&r, "terminal_seq"), 0x107u32.to_be_bytes(), "{dir}");
+        // TAC = MAC(DTK left ⊕ right, amount ‖ 06 ‖ terminal ‖ seq ‖ date ‖ time).
+        let tk = cardvm::crypto::tac_key(&key("dtk")).unwrap();
+        let input = [
+            &250u32.to_be_bytes()[..],
+            &[0x06],
+            &[0, 0, 0, 0, 0, 1],
+            &0x107u32.to_be_bytes(),
+            &now,
+        ]
+        .concat();
+        assert_eq!(
+            cardvm::crypto::pboc_mac(&tk, &input).unwrap().to_vec(),
+            bytes(&r, "tac"),
+            "{dir}: the card's TAC"
+        );
+        // Run again: the card company issued this bundle's MAC1 once.
+        let again = run(&p, &d, &mut c, Some(&mut host));
+        assert_eq!(script_code(&again), Some(0x12), "{dir}: {again:?}");
+        assert_eq!(c.balance(), before - 250, "{dir}: debited once");
+        // Another amount than the bundle's: refused before the card is asked to debit.
+        let mut more = d.clone();
+        for f in &mut more.fields {
+            if &*f.name == "amount" {
+                f.value = FieldValue::Int(1);
+            }
+        }
+        let mut other = HostSim::purchase(key("dpk"), facts);
+        let r = run(&p, &more, &mut c, Some(&mut other));
+        assert_eq!(script_code(&r), Some(0x12), "{dir}: {r:?}");
+        assert_eq!(c.balance(), before - 250, "{dir}");
+    }
+}

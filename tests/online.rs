@@ -54,11 +54,23 @@ fn client_recharge(
     card: &str,
     amount: &str,
 ) -> std::process::Output {
+    client_txn("recharge", cwd, url, city, card, amount)
+}
+
+/// `cardvm client recharge|purchase` on a simulated card.
+fn client_txn(
+    what: &str,
+    cwd: &Path,
+    url: &str,
+    city: &str,
+    card: &str,
+    amount: &str,
+) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_cardvm"))
         .current_dir(cwd)
         .args([
             "client",
-            "recharge",
+            what,
             "--server",
             url,
             "--server-ca",
@@ -75,7 +87,7 @@ fn client_recharge(
             card,
         ])
         .output()
-        .expect("cardvm client recharge")
+        .expect("cardvm client")
 }
 
 fn ledger(cwd: &Path) -> Vec<serde_json::Value> {
@@ -123,6 +135,54 @@ fn three_cities_recharge_over_https() {
         .output()
         .expect("journal list");
     assert!(!text(&o).contains("pending"), "{}", text(&o));
+}
+
+#[test]
+fn online_purchases_host_secured_on_3des_and_sm4() {
+    let s = setup("online-purchase");
+    let cwd = &s.cwd;
+    tls(cwd);
+    cpu_card("scripts/city0731-des3/card.toml", &cwd.join("c731.toml"));
+    cpu_card("scripts/city0755-sm4/card.toml", &cwd.join("c755.toml"));
+    let server = serve(cwd, &[]);
+    // 731's cards want the authentication code in MAC1 (a city variant); 755's do not.
+    for (city, card) in [("731", "c731.toml"), ("755", "c755.toml")] {
+        let o = client_txn("purchase", cwd, &server.url, city, card, "2.50");
+        let t = text(&o);
+        assert!(o.status.success(), "city {city}: {t}");
+        assert!(
+            t.contains("balance 5.00")
+                && t.contains("payment approved")
+                && t.contains("card company: purchase committed"),
+            "city {city}: {t}"
+        );
+        // The card paid: the next query reads 2.50.
+        let o = client_recharge(cwd, &server.url, city, card, "1.00");
+        let t = text(&o);
+        assert!(
+            o.status.success() && t.contains("balance 2.50"),
+            "city {city}: {t}"
+        );
+        // More than the balance is refused before anything is sealed.
+        let o = client_txn("purchase", cwd, &server.url, city, card, "100.00");
+        let t = text(&o);
+        assert!(
+            !o.status.success() && t.contains("less than the amount"),
+            "city {city}: {t}"
+        );
+    }
+    let rows = ledger(cwd);
+    let purchases: Vec<_> = rows
+        .iter()
+        .filter(|r| r["kind"] == "purchase" && r["state"] == "committed")
+        .collect();
+    assert_eq!(purchases.len(), 2, "{rows:?}");
+    assert!(
+        purchases
+            .iter()
+            .all(|r| r["amount"] == 250 && r["tac"].is_string()),
+        "{rows:?}"
+    );
 }
 
 /// The reader as `cardvm client` builds it, in-process (for timing faults exactly).

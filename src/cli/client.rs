@@ -1,4 +1,4 @@
-//! `cardvm client recharge|sync`: the reader's side of the online protocol (docs/online.md).
+//! `cardvm client recharge|purchase|sync`: the reader's side of the online protocol (docs/online.md).
 //!
 //! The reader is a directory made by `cardvm reader init` + `install`: `reader.key`,
 //! `reader.id`, `reader.crt`. Its journal (`reader.journal`) and replay store
@@ -37,38 +37,45 @@ struct Conn {
     timeout: u64,
 }
 
+/// The arguments of a transaction on the card (`recharge`, `purchase`).
+#[derive(Args, Debug)]
+struct CardTxn {
+    #[command(flatten)]
+    conn: Conn,
+    /// The card company's script-sealing public key.
+    #[arg(long, value_name = "P")]
+    issuer_pub: PathBuf,
+    /// The city whose cards this reader serves.
+    #[arg(long)]
+    city: u32,
+    /// Amount: yuan with a point (100.00) or fen (10000).
+    #[arg(long)]
+    amount: String,
+    /// A simulated card (profile; written back afterwards).
+    #[arg(long, value_name = "CARD.toml", conflicts_with = "pcsc")]
+    sim: Option<PathBuf>,
+    /// A card in a PC/SC reader: without a name, the reader that holds a card; else
+    /// an exact name, a substring matching one reader, or an index (`opensc-tool -r N`).
+    #[arg(long, value_name = "READER", num_args = 0..=1, default_missing_value = "")]
+    pcsc: Option<String>,
+    /// Seconds to wait for a card (PC/SC).
+    #[arg(long, default_value_t = 30)]
+    wait: u64,
+    /// Seconds one PC/SC exchange may take before the card counts as gone.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    apdu_timeout: f64,
+    /// Print one JSON object at the end instead of progress lines.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand, Debug)]
 enum ClientCmd {
     /// Recharge the card on the reader: query it, ask the service, run, report.
-    Recharge {
-        #[command(flatten)]
-        conn: Conn,
-        /// The card company's script-sealing public key.
-        #[arg(long, value_name = "P")]
-        issuer_pub: PathBuf,
-        /// The city whose cards this reader serves.
-        #[arg(long)]
-        city: u32,
-        /// Amount: yuan with a point (100.00) or fen (10000).
-        #[arg(long)]
-        amount: String,
-        /// A simulated card (profile; written back afterwards).
-        #[arg(long, value_name = "CARD.toml", conflicts_with = "pcsc")]
-        sim: Option<PathBuf>,
-        /// A card in a PC/SC reader: without a name, the reader that holds a card; else
-        /// an exact name, a substring matching one reader, or an index (`opensc-tool -r N`).
-        #[arg(long, value_name = "READER", num_args = 0..=1, default_missing_value = "")]
-        pcsc: Option<String>,
-        /// Seconds to wait for a card (PC/SC).
-        #[arg(long, default_value_t = 30)]
-        wait: u64,
-        /// Seconds one PC/SC exchange may take before the card counts as gone.
-        #[arg(long, value_name = "SECS", default_value_t = 30.0)]
-        apdu_timeout: f64,
-        /// Print one JSON object at the end instead of progress lines.
-        #[arg(long)]
-        json: bool,
-    },
+    Recharge(CardTxn),
+    /// Pay the card company from the card on the reader (an online purchase, host-secured:
+    /// the card company is the terminal's PSAM; docs/host.md).
+    Purchase(CardTxn),
     /// Deliver the journal's pending receipts; apply the acknowledgement and compact.
     Sync {
         #[command(flatten)]
@@ -77,6 +84,148 @@ enum ClientCmd {
         #[arg(long, value_name = "PATH")]
         journal: Option<PathBuf>,
     },
+}
+
+/// `client recharge` / `client purchase`: one transaction on the card, online.
+fn card_txn(t: CardTxn, purchase: bool) -> CliResult {
+    let CardTxn {
+        conn,
+        issuer_pub,
+        city,
+        amount,
+        sim,
+        pcsc,
+        wait,
+        apdu_timeout,
+        json,
+    } = t;
+    {
+        let apdu_timeout = super::pcsc::apdu_timeout(apdu_timeout)?;
+        let amount = super::issuer::parse_amount(&amount)?;
+        let key_path = conn.reader_dir.join("reader.key");
+        let key = super::keys::load_private_key(&key_path)?;
+        let store =
+            cardvm::envelope::FileReplayStore::open_file(key_path.with_extension("replay"), &key)
+                .map_err(|e| format!("{}: {e}", key_path.with_extension("replay").display()))?;
+        let journal_path = key_path.with_extension("journal");
+        let journal: Box<dyn ReceiptJournal + Send> = Box::new(
+            cardvm::journal::Journal::open(&journal_path)
+                .map_err(|e| format!("{}: {e}", journal_path.display()))?,
+        );
+        let mut reader = Reader::new(
+            ReaderConfig {
+                reader_id: read_id(&conn.reader_dir)?,
+                reader_key: Some(key),
+                issuers: vec![super::keys::load_public_key(&issuer_pub)?],
+                policy: Policy::SealedOnly,
+                limits: Limits::default(),
+            },
+            Some(Box::new(store)),
+            Some(journal),
+            Box::new(SystemClock),
+        )
+        .map_err(|e| e.to_string())?;
+        let client = client(&conn)?;
+        let rt = runtime()?;
+        let total = 5;
+        let mut n = 0;
+        let progress = |s: &Step| {
+            if json {
+                return;
+            }
+            n += 1;
+            let line = match s {
+                Step::QueryScript => "asking the card company for the card query".to_string(),
+                Step::CardRead { card_id, balance } => match balance {
+                    Some(b) => format!("card {card_id}: balance {}.{:02}", b / 100, b % 100),
+                    None => format!("card {card_id}"),
+                },
+                Step::Bundle { kind, seq } if kind == "recover" => format!(
+                    "an earlier load on this card is unfinished: recovering it first (seq {seq})"
+                ),
+                Step::Bundle { seq, .. } => {
+                    format!(
+                        "{} approved (seq {seq}); keep the card on the reader",
+                        if purchase { "payment" } else { "load" }
+                    )
+                }
+                Step::CardDone { outcome } => format!("card: {outcome}"),
+                Step::Settled(s) => format!("card company: {} {}", s.kind, s.state),
+            };
+            eprintln!("[{}/{total}] {line}", n.min(total));
+        };
+        let result = match (&sim, &pcsc) {
+            (Some(profile), None) => {
+                let mut card = cardvm::sim::SimCard::load(profile)
+                    .map_err(|e| format!("{}: {e}", profile.display()))?;
+                let r = rt.block_on(on_card(
+                    purchase,
+                    &client,
+                    &mut reader,
+                    &mut card,
+                    city,
+                    amount,
+                    progress,
+                ));
+                card.save(profile)
+                    .map_err(|e| format!("{}: {e}", profile.display()))?;
+                r
+            }
+            (None, Some(name)) => pcsc_recharge(
+                purchase,
+                &rt,
+                &client,
+                &mut reader,
+                name,
+                (wait, apdu_timeout),
+                city,
+                amount,
+                progress,
+            )?,
+            _ => return Err("give the card: --sim CARD.toml or --pcsc [READER]".into()),
+        }
+        .map_err(|e| e.to_string())?;
+        drop(reader);
+        // Deliver what is pending (this receipt if it was not delivered, queries) and
+        // compact; a failure here leaves them for `cardvm client sync`.
+        let synced = cardvm::journal::Journal::open(&journal_path)
+            .map_err(|e| e.to_string())
+            .and_then(|mut j| {
+                rt.block_on(sync(&client, &mut j))
+                    .map_err(|e| e.to_string())
+            });
+        if json {
+            let v = serde_json::json!({
+                "outcome": result.outcome,
+                "settled": result.settled.as_ref().map(|s| serde_json::json!({
+                    "seq": s.seq, "state": s.state, "already": s.already })),
+                "delivery_error": result.delivery_error,
+                "recovered": result.recovered.iter().map(|s| serde_json::json!({
+                    "seq": s.seq, "decided_seq": s.decided_seq, "decided_state": s.decided_state
+                })).collect::<Vec<_>>(),
+                "receipt": serde_json::from_str::<serde_json::Value>(&result.receipt).ok(),
+            });
+            println!("{v}");
+        }
+        if let Err(e) = &synced {
+            eprintln!("journal not synced now ({e}); run cardvm client sync later");
+        }
+        match (&result.settled, result.outcome.as_str()) {
+                (Some(s), "committed") if s.state == "committed" => Ok(()),
+                (Some(_), o) if o.starts_with("unknown") => Err(
+                    "the card was removed while it was being written: tap it again to finish (the next transaction recovers it first)".into(),
+                ),
+                (Some(s), o) => Err(format!(
+                    "{}: card {o}; card company: {}",
+                    if purchase { "not paid" } else { "not loaded" },
+                    s.state
+                )),
+                (None, o) => Err(format!(
+                    "card {o}; the card company has not confirmed it ({}): the receipt is kept in the journal, run cardvm client sync",
+                    result.delivery_error.unwrap_or_default()
+                )),
+            }
+    }
 }
 
 fn read_id(dir: &Path) -> Result<String, String> {
@@ -112,136 +261,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 /// Runs `cardvm client …`.
 pub fn run(args: ClientArgs) -> CliResult {
     match args.cmd {
-        ClientCmd::Recharge {
-            conn,
-            issuer_pub,
-            city,
-            amount,
-            sim,
-            pcsc,
-            wait,
-            apdu_timeout,
-            json,
-        } => {
-            let apdu_timeout = super::pcsc::apdu_timeout(apdu_timeout)?;
-            let amount = super::issuer::parse_amount(&amount)?;
-            let key_path = conn.reader_dir.join("reader.key");
-            let key = super::keys::load_private_key(&key_path)?;
-            let store = cardvm::envelope::FileReplayStore::open_file(
-                key_path.with_extension("replay"),
-                &key,
-            )
-            .map_err(|e| format!("{}: {e}", key_path.with_extension("replay").display()))?;
-            let journal_path = key_path.with_extension("journal");
-            let journal: Box<dyn ReceiptJournal + Send> = Box::new(
-                cardvm::journal::Journal::open(&journal_path)
-                    .map_err(|e| format!("{}: {e}", journal_path.display()))?,
-            );
-            let mut reader = Reader::new(
-                ReaderConfig {
-                    reader_id: read_id(&conn.reader_dir)?,
-                    reader_key: Some(key),
-                    issuers: vec![super::keys::load_public_key(&issuer_pub)?],
-                    policy: Policy::SealedOnly,
-                    limits: Limits::default(),
-                },
-                Some(Box::new(store)),
-                Some(journal),
-                Box::new(SystemClock),
-            )
-            .map_err(|e| e.to_string())?;
-            let client = client(&conn)?;
-            let rt = runtime()?;
-            let total = 5;
-            let mut n = 0;
-            let progress = |s: &Step| {
-                if json {
-                    return;
-                }
-                n += 1;
-                let line = match s {
-                    Step::QueryScript => "asking the card company for the card query".to_string(),
-                    Step::CardRead { card_id, balance } => match balance {
-                        Some(b) => format!("card {card_id}: balance {}.{:02}", b / 100, b % 100),
-                        None => format!("card {card_id}"),
-                    },
-                    Step::Bundle { kind, seq } if kind == "recover" => format!(
-                        "an earlier load on this card is unfinished: recovering it first (seq {seq})"
-                    ),
-                    Step::Bundle { seq, .. } => {
-                        format!("load approved (seq {seq}); keep the card on the reader")
-                    }
-                    Step::CardDone { outcome } => format!("card: {outcome}"),
-                    Step::Settled(s) => format!("card company: {} {}", s.kind, s.state),
-                };
-                eprintln!("[{}/{total}] {line}", n.min(total));
-            };
-            let result = match (&sim, &pcsc) {
-                (Some(profile), None) => {
-                    let mut card = cardvm::sim::SimCard::load(profile)
-                        .map_err(|e| format!("{}: {e}", profile.display()))?;
-                    let r = rt.block_on(recharge(
-                        &client,
-                        &mut reader,
-                        &mut card,
-                        city,
-                        amount,
-                        progress,
-                    ));
-                    card.save(profile)
-                        .map_err(|e| format!("{}: {e}", profile.display()))?;
-                    r
-                }
-                (None, Some(name)) => pcsc_recharge(
-                    &rt,
-                    &client,
-                    &mut reader,
-                    name,
-                    (wait, apdu_timeout),
-                    city,
-                    amount,
-                    progress,
-                )?,
-                _ => return Err("give the card: --sim CARD.toml or --pcsc [READER]".into()),
-            }
-            .map_err(|e| e.to_string())?;
-            drop(reader);
-            // Deliver what is pending (this receipt if it was not delivered, queries) and
-            // compact; a failure here leaves them for `cardvm client sync`.
-            let synced = cardvm::journal::Journal::open(&journal_path)
-                .map_err(|e| e.to_string())
-                .and_then(|mut j| {
-                    rt.block_on(sync(&client, &mut j))
-                        .map_err(|e| e.to_string())
-                });
-            if json {
-                let v = serde_json::json!({
-                    "outcome": result.outcome,
-                    "settled": result.settled.as_ref().map(|s| serde_json::json!({
-                        "seq": s.seq, "state": s.state, "already": s.already })),
-                    "delivery_error": result.delivery_error,
-                    "recovered": result.recovered.iter().map(|s| serde_json::json!({
-                        "seq": s.seq, "decided_seq": s.decided_seq, "decided_state": s.decided_state
-                    })).collect::<Vec<_>>(),
-                    "receipt": serde_json::from_str::<serde_json::Value>(&result.receipt).ok(),
-                });
-                println!("{v}");
-            }
-            if let Err(e) = &synced {
-                eprintln!("journal not synced now ({e}); run cardvm client sync later");
-            }
-            match (&result.settled, result.outcome.as_str()) {
-                (Some(s), "committed") if s.state == "committed" => Ok(()),
-                (Some(_), o) if o.starts_with("unknown") => Err(
-                    "the card was removed while it was being written: tap it again to finish (the next recharge recovers it first)".into(),
-                ),
-                (Some(s), o) => Err(format!("not loaded: card {o}; card company: {}", s.state)),
-                (None, o) => Err(format!(
-                    "card {o}; the card company has not confirmed it ({}): the receipt is kept in the journal, run cardvm client sync",
-                    result.delivery_error.unwrap_or_default()
-                )),
-            }
-        }
+        ClientCmd::Recharge(t) => card_txn(t, false),
+        ClientCmd::Purchase(t) => card_txn(t, true),
         ClientCmd::Sync { conn, journal } => {
             let path = journal.unwrap_or_else(|| conn.reader_dir.join("reader.journal"));
             let mut j = cardvm::journal::Journal::open(&path)
@@ -269,6 +290,7 @@ pub fn run(args: ClientArgs) -> CliResult {
 #[cfg(feature = "pcsc")]
 #[allow(clippy::too_many_arguments)]
 fn pcsc_recharge(
+    purchase: bool,
     rt: &tokio::runtime::Runtime,
     client: &Client,
     reader: &mut Reader,
@@ -282,12 +304,32 @@ fn pcsc_recharge(
     String,
 > {
     let mut card = super::pcsc::open_card("--pcsc", name, wait, timeout)?;
-    Ok(rt.block_on(recharge(client, reader, &mut card, city, amount, progress)))
+    Ok(rt.block_on(on_card(
+        purchase, client, reader, &mut card, city, amount, progress,
+    )))
+}
+
+/// A recharge or a purchase.
+async fn on_card<T: cardvm::transport::CardTransport>(
+    purchase: bool,
+    client: &Client,
+    reader: &mut Reader,
+    card: &mut T,
+    city: u32,
+    amount: u64,
+    progress: impl FnMut(&Step),
+) -> Result<cardvm::online::client::RechargeOutcome, cardvm::online::client::RechargeError> {
+    if purchase {
+        cardvm::online::client::purchase(client, reader, card, city, amount, progress).await
+    } else {
+        recharge(client, reader, card, city, amount, progress).await
+    }
 }
 
 #[cfg(not(feature = "pcsc"))]
 #[allow(clippy::too_many_arguments)]
 fn pcsc_recharge(
+    _: bool,
     _: &tokio::runtime::Runtime,
     _: &Client,
     _: &mut Reader,

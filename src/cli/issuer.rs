@@ -245,6 +245,10 @@ enum CityCmd {
         /// The recovery script (GET TRANSACTION PROVE); CPU cities.
         #[arg(long, value_name = "FILE")]
         recover: Option<PathBuf>,
+        /// The online purchase script, host-secured (`purchase_host.cvs`: the card company
+        /// is the terminal's PSAM); CPU cities. Without it the city takes no online payment.
+        #[arg(long, value_name = "FILE")]
+        purchase: Option<PathBuf>,
         /// Highest purse balance (fen).
         #[arg(long, default_value_t = 100_000)]
         purse_limit: u64,
@@ -309,6 +313,7 @@ async fn run_async(args: IssuerArgs) -> CliResult {
                 query,
                 load,
                 recover,
+                purchase,
                 purse_limit,
                 txn_limit,
                 day_limit,
@@ -325,6 +330,7 @@ async fn run_async(args: IssuerArgs) -> CliResult {
                     &query,
                     &load,
                     recover.as_deref(),
+                    purchase.as_deref(),
                 )
                 .await
             }
@@ -775,6 +781,7 @@ async fn city_add(
     query: &Path,
     load: &Path,
     recover: Option<&Path>,
+    purchase: Option<&Path>,
 ) -> CliResult {
     if !["des3", "sm4", "m1"].contains(&row.alg.as_str()) {
         return Err(format!("--alg {}: one of des3, sm4, m1", row.alg));
@@ -785,6 +792,9 @@ async fn city_add(
     ];
     if let Some(r) = recover {
         scripts.push(("recover", script_bytes(r)?));
+    }
+    if let Some(p) = purchase {
+        scripts.push(("purchase", script_bytes(p)?));
     }
     for (role, bytes) in &scripts {
         let script = cardvm::script::CommandScript::parse(bytes).map_err(|e| e.to_string())?;

@@ -242,6 +242,9 @@ pub enum IssuerError {
     },
 }
 
+/// The transaction type of an online purchase (EP purchase; `reference/epurse.md`).
+const PURCHASE_TYPE: u8 = 0x06;
+
 /// The card company's answer to one host command: the response APDU (data ‖ SW), and
 /// why it refused when it did (for the log; the script sees only the status word).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -672,6 +675,102 @@ impl Issuer {
         }
         self.check_load(&q, &city, amount).await?;
         self.load_bundle(&q, &city, amount).await
+    }
+
+    /// Builds an online purchase bundle of `amount` fen for a verified query: host-secured
+    /// (the card company is the terminal's PSAM: `docs/host.md`), so the reader holds no
+    /// purchase key. A card with a load left `unknown` gets its recovery bundle first.
+    pub async fn purchase(&self, receipt: &Receipt, amount: u64) -> Result<Bundle, IssuerError> {
+        let q = self.verify_query(receipt).await?;
+        let card_hex = hex(&q.card.card_id);
+        if let Some(used) = self.ledger.txn_by_query(&q.receipt_sm3).await? {
+            return Err(IssuerError::QueryUsed {
+                reader: used.reader_id,
+                seq: used.seq,
+            });
+        }
+        if let Some(reason) = self.ledger.blocked(&card_hex).await? {
+            return Err(IssuerError::Blocked {
+                card: card_hex,
+                reason,
+            });
+        }
+        if let (Some(atc), Some(balance)) = (q.card.online_atc, q.card.balance)
+            && let CardCheck::Suspect(evidence) = self
+                .ledger
+                .check_card(q.card.city, &card_hex, atc, balance, self.clock.now())
+                .await?
+        {
+            return Err(IssuerError::Suspect {
+                card: card_hex,
+                evidence,
+            });
+        }
+        let city = self.city(q.card.city).await?;
+        if let Some(unknown) = self.ledger.oldest_unknown(&card_hex).await? {
+            return self.recovery_bundle(&q, &unknown).await;
+        }
+        let limit = |detail: String| IssuerError::Limit {
+            card: card_hex.clone(),
+            detail,
+        };
+        if amount == 0 {
+            return Err(limit("amount 0: nothing to pay".into()));
+        }
+        if amount > city.txn_limit {
+            return Err(limit(format!(
+                "amount {amount} over the per-transaction limit {}",
+                city.txn_limit
+            )));
+        }
+        match q.card.balance {
+            Some(b) if b >= amount => {}
+            Some(b) => {
+                return Err(limit(format!(
+                    "balance {b} is less than the amount {amount}"
+                )));
+            }
+            None => return Err(limit("the query did not read the balance".into())),
+        }
+        let (command, program) = self.program(city.city, "purchase").await?;
+        if program.host_exchanges() == 0 {
+            return Err(IssuerError::Script {
+                city: city.city,
+                role: "purchase",
+                detail: "an online purchase script is host-secured (purchase_host.cvs)".into(),
+            });
+        }
+        let when = unix_to_bcd_datetime(self.clock.now());
+        let terminal = q.reader.terminal_id;
+        let data = self.data_for(
+            &q.identity,
+            &program,
+            &city,
+            "purchase",
+            &q.card.card_id,
+            |name, ty| {
+                Ok(match (name, ty) {
+                    ("amount", ValueType::Int { .. }) => Some(FieldValue::Int(amount)),
+                    ("terminal", ValueType::BytesN { len: 6 } | ValueType::Bytes) => {
+                        Some(FieldValue::Bytes(terminal.to_vec()))
+                    }
+                    ("now", ValueType::BcdDateTime) => Some(FieldValue::BcdDateTime(when)),
+                    _ => None,
+                })
+            },
+        )?;
+        self.finish(
+            &q,
+            TxnKind::Purchase,
+            &command,
+            &program,
+            &data,
+            amount,
+            hex(&when),
+            None,
+            None,
+        )
+        .await
     }
 
     async fn check_load(
@@ -1118,8 +1217,13 @@ impl Issuer {
         let now = self.clock.now();
         let city = self.city(row.city).await?;
         match row.kind {
-            TxnKind::Load => {
-                let s = self.load_settlement(receipt, &row, &city, receipt_sm3.clone(), now)?;
+            TxnKind::Load | TxnKind::Purchase => {
+                let s = if row.kind == TxnKind::Load {
+                    self.load_settlement(receipt, &row, &city, receipt_sm3.clone(), now)?
+                } else {
+                    self.purchase_settlement(receipt, &row, receipt_sm3.clone(), now)
+                        .await?
+                };
                 let state = s.state;
                 match self.ledger.settle(&reader, seq, &s).await? {
                     Applied::Now => Ok(Settled {
@@ -1147,7 +1251,9 @@ impl Issuer {
         seq: u64,
         apdu: &[u8],
     ) -> Result<HostAnswer, IssuerError> {
-        use crate::host::{HostCommand, HostRefusal, INS_LOAD_MAC2, LoadFacts, load_mac2};
+        use crate::host::{
+            HostCommand, HostRefusal, LoadFacts, PurchaseFacts, load_mac2, purchase_mac1,
+        };
         let refused = |r: HostRefusal| {
             Ok(HostAnswer {
                 response: r.response(),
@@ -1162,11 +1268,16 @@ impl Issuer {
                 reader: reader_id.into(),
                 seq,
             })?;
-        if !row.host_secured || row.kind != TxnKind::Load {
+        if !row.host_secured || !matches!(row.kind, TxnKind::Load | TxnKind::Purchase) {
             return refused(HostRefusal::conditions(
-                "the bundle is not a host-secured load",
+                "the bundle is not a host-secured load or purchase",
             ));
         }
+        let command = match HostCommand::parse(apdu) {
+            Ok(c) => c,
+            Err(r) => return refused(r),
+        };
+        let ins = command.ins();
         let request = hex(apdu);
         // Issued once: the same request again (a lost reply) gets the same answer.
         let repeat = |req: &str, resp: &str| match unhex(resp) {
@@ -1175,20 +1286,12 @@ impl Issuer {
                 refused: None,
             }),
             _ => refused(HostRefusal::conditions(
-                "this bundle's MAC2 was already issued for another card state",
+                "this bundle's MAC was already issued for another card state",
             )),
         };
-        if let Some((req, resp)) = self
-            .ledger
-            .host_answer(reader_id, seq, INS_LOAD_MAC2)
-            .await?
-        {
+        if let Some((req, resp)) = self.ledger.host_answer(reader_id, seq, ins).await? {
             return repeat(&req, &resp);
         }
-        let init = match HostCommand::parse(apdu) {
-            Ok(HostCommand::LoadMac2(init)) => init,
-            Err(r) => return refused(r),
-        };
         let now = self.clock.now();
         if row.state != TxnState::Issued {
             return refused(HostRefusal::conditions(format!(
@@ -1199,49 +1302,80 @@ impl Issuer {
         if now > row.expires_at {
             return refused(HostRefusal::conditions("the bundle expired"));
         }
-        if Some(u64::from(init.balance)) != row.balance_before {
-            return refused(HostRefusal::conditions(format!(
-                "the card's balance {} is not the {} its query read",
-                init.balance,
-                row.balance_before.unwrap_or(0)
-            )));
-        }
-        let facts = match (
+        let (Ok(amount), Some(datetime), Some(card)) = (
             u32::try_from(row.amount),
             unhex(&row.datetime).and_then(|d| <[u8; 7]>::try_from(d).ok()),
-        ) {
-            (Ok(amount), Some(datetime)) => LoadFacts {
-                amount,
-                terminal: row.terminal_id,
-                datetime,
-            },
+            unhex(&row.card_id),
+        ) else {
+            return refused(HostRefusal::new(
+                0x6F00,
+                "the bundle's amount, date/time or card does not fit the card",
+            ));
+        };
+        let (response, atc, mac) = match (command, row.kind) {
+            (HostCommand::LoadMac2(init), TxnKind::Load) => {
+                if Some(u64::from(init.balance)) != row.balance_before {
+                    return refused(HostRefusal::conditions(format!(
+                        "the card's balance {} is not the {} its query read",
+                        init.balance,
+                        row.balance_before.unwrap_or(0)
+                    )));
+                }
+                let facts = LoadFacts {
+                    amount,
+                    terminal: row.terminal_id,
+                    datetime,
+                };
+                let dlk = self.keys.card_key(row.city, KeyRole::Load, &card)?;
+                let mac2 = match load_mac2(&dlk, &facts, &init) {
+                    Ok(m) => m,
+                    Err(r) => return refused(r),
+                };
+                (mac2.to_vec(), init.atc, mac2)
+            }
+            (HostCommand::PurchaseMac1(init), TxnKind::Purchase) => {
+                let Ok(serial) = <[u8; 8]>::try_from(card.as_slice()) else {
+                    return refused(HostRefusal::conditions(
+                        "the bundle's card has no 8-byte serial",
+                    ));
+                };
+                let facts = PurchaseFacts {
+                    amount,
+                    txn_type: PURCHASE_TYPE,
+                    terminal: row.terminal_id,
+                    datetime,
+                    serial,
+                    seq: row.seq as u32,
+                };
+                let dpk = self.keys.card_key(row.city, KeyRole::Purchase, &card)?;
+                let mac1 = match purchase_mac1(&dpk, &facts, &init) {
+                    Ok(m) => m,
+                    Err(r) => return refused(r),
+                };
+                let mut r = facts.seq.to_be_bytes().to_vec();
+                r.extend_from_slice(&mac1);
+                (r, init.atc, mac1)
+            }
             _ => {
-                return refused(HostRefusal::new(
-                    0x6F00,
-                    "the bundle's amount or date/time does not fit the card",
-                ));
+                return refused(HostRefusal::conditions(format!(
+                    "a {} bundle does not take this command",
+                    row.kind.name()
+                )));
             }
         };
-        let card = unhex(&row.card_id).unwrap_or_default();
-        let dlk = self.keys.card_key(row.city, KeyRole::Load, &card)?;
-        let mac2 = match load_mac2(&dlk, &facts, &init) {
-            Ok(m) => m,
-            Err(r) => return refused(r),
-        };
-        drop(dlk);
-        let mut response = mac2.to_vec();
+        let mut response = response;
         response.extend_from_slice(&[0x90, 0x00]);
         match self
             .ledger
             .record_host_answer(
                 reader_id,
                 seq,
-                INS_LOAD_MAC2,
+                ins,
                 &request,
                 &hex(&response),
                 now,
-                Some(u64::from(init.atc)),
-                Some(&hex(&mac2)),
+                Some(u64::from(atc)),
+                Some(&hex(&mac)),
             )
             .await?
         {
@@ -1387,6 +1521,134 @@ impl Issuer {
                 Ok(s)
             }
         }
+    }
+
+    /// An online purchase's receipt (`docs/host.md`): committed only with the MAC1 the card
+    /// company issued, the card's MAC2 under that session and its TAC under the TAC key.
+    async fn purchase_settlement(
+        &self,
+        receipt: &Receipt,
+        row: &TxnRow,
+        receipt_sm3: String,
+        now: u64,
+    ) -> Result<Settlement, IssuerError> {
+        use crate::host::{HostCommand, INS_PURCHASE_MAC1, purchase_session};
+        let mismatch = |detail: String| IssuerError::Mismatch {
+            reader: row.reader_id.clone(),
+            seq: row.seq,
+            detail,
+        };
+        let atc = out_int(receipt, "atc");
+        let balance_before = out_int(receipt, "balance_before");
+        let mut s = Settlement {
+            state: TxnState::Failed,
+            receipt_sm3,
+            at: now,
+            atc,
+            mac2: None,
+            tac: None,
+            balance_before,
+            balance_after: None,
+            note: None,
+        };
+        match &receipt.outcome {
+            Outcome::Failed { code, reason } if row.mac2.is_some() => {
+                s.state = TxnState::Unknown;
+                s.note = Some(format!(
+                    "the reader reported failed 0x{code:02X} ({reason}) after the card company issued MAC1: recovery decides"
+                ));
+                return Ok(s);
+            }
+            Outcome::Failed { code, reason } => {
+                s.note = Some(format!("failed 0x{code:02X}: {reason}"));
+                return Ok(s);
+            }
+            Outcome::Unknown { reason } => {
+                s.state = TxnState::Unknown;
+                s.note = Some(reason.clone());
+                return Ok(s);
+            }
+            Outcome::Committed => {}
+        }
+        let issued = row.mac2.as_deref().ok_or_else(|| {
+            mismatch(
+                "a purchase the card company never issued a MAC1 for cannot have committed".into(),
+            )
+        })?;
+        if !out_bytes(receipt, "mac1").is_some_and(|m| hex(m).eq_ignore_ascii_case(issued)) {
+            return Err(mismatch(format!(
+                "MAC1 is not the one the card company issued ({issued})"
+            )));
+        }
+        let amount =
+            out_int(receipt, "amount").ok_or_else(|| mismatch("no `amount` output".into()))?;
+        let before = balance_before.ok_or_else(|| mismatch("no `balance_before` output".into()))?;
+        let after = out_int(receipt, "balance_after")
+            .ok_or_else(|| mismatch("no `balance_after` output".into()))?;
+        if amount != row.amount || before.checked_sub(amount) != Some(after) || atc != row.atc {
+            return Err(mismatch(format!(
+                "amount {amount}, balance {before} -> {after}, counter {atc:?} do not match the bundle's {} and the card's counter {:?}",
+                row.amount, row.atc
+            )));
+        }
+        let seq = (row.seq as u32).to_be_bytes();
+        let terminal = out_bytes(receipt, "terminal_id").unwrap_or(&[]);
+        let when = out_bytes(receipt, "datetime").unwrap_or(&[]);
+        if terminal != row.terminal_id
+            || !hex(when).eq_ignore_ascii_case(&row.datetime)
+            || out_bytes(receipt, "terminal_seq") != Some(&seq[..])
+        {
+            return Err(mismatch(
+                "terminal, terminal sequence or date/time is not the bundle's".into(),
+            ));
+        }
+        // The card's MAC2 under the session its INITIALIZE gave (the recorded request).
+        let init = match self
+            .ledger
+            .host_answer(&row.reader_id, row.seq, INS_PURCHASE_MAC1)
+            .await?
+            .and_then(|(req, _)| unhex(&req))
+            .map(|req| HostCommand::parse(&req))
+        {
+            Some(Ok(HostCommand::PurchaseMac1(init))) => init,
+            _ => {
+                return Err(mismatch(
+                    "the card company's MAC1 request is not on record".into(),
+                ));
+            }
+        };
+        let card = unhex(&row.card_id).unwrap_or_default();
+        let dpk = self.keys.card_key(row.city, KeyRole::Purchase, &card)?;
+        let session = purchase_session(&dpk, &init, row.seq as u32)
+            .map_err(|r| mismatch(format!("session key: {}", r.reason)))?;
+        let amount32 = u32::try_from(amount).map_err(|_| mismatch(format!("amount {amount}")))?;
+        let expected_mac2 = crate::crypto::pboc_mac(&session, &amount32.to_be_bytes())
+            .map_err(|e| mismatch(format!("MAC2: {e}")))?;
+        let tac: [u8; 4] = out_bytes(receipt, "tac")
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| mismatch("no 4-byte `tac` output".into()))?;
+        let dtk = self.keys.card_key(row.city, KeyRole::Tac, &card)?;
+        let tk = crate::crypto::tac_key(&dtk).map_err(|e| mismatch(format!("TAC key: {e}")))?;
+        let mut input = Vec::with_capacity(26);
+        input.extend_from_slice(&amount32.to_be_bytes());
+        input.push(PURCHASE_TYPE);
+        input.extend_from_slice(terminal);
+        input.extend_from_slice(&seq);
+        input.extend_from_slice(when);
+        let expected_tac =
+            crate::crypto::pboc_mac(&tk, &input).map_err(|e| mismatch(format!("TAC: {e}")))?;
+        let mac2_ok =
+            out_bytes(receipt, "mac2").is_some_and(|m| crate::crypto::ct_eq(m, &expected_mac2));
+        if !mac2_ok || !crate::crypto::ct_eq(&expected_tac, &tac) {
+            return Err(IssuerError::TacMismatch {
+                reader: row.reader_id.clone(),
+                seq: row.seq,
+            });
+        }
+        s.tac = Some(hex(&tac));
+        s.balance_after = Some(after);
+        s.state = TxnState::Committed;
+        Ok(s)
     }
 
     /// Recomputes the load TAC with the card's TAC key; returns the card's TAC.

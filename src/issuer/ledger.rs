@@ -184,14 +184,17 @@ pub enum TxnKind {
     Load,
     /// A recovery: asks the card about an earlier transaction left `unknown`.
     Recover,
+    /// An online purchase (消费): the card company is the terminal's PSAM (host-secured).
+    Purchase,
 }
 
 impl TxnKind {
-    /// `load` / `recover`.
+    /// `load` / `recover` / `purchase`.
     pub fn name(self) -> &'static str {
         match self {
             TxnKind::Load => "load",
             TxnKind::Recover => "recover",
+            TxnKind::Purchase => "purchase",
         }
     }
 
@@ -199,6 +202,7 @@ impl TxnKind {
         match s {
             "load" => Ok(TxnKind::Load),
             "recover" => Ok(TxnKind::Recover),
+            "purchase" => Ok(TxnKind::Purchase),
             _ => Err(LedgerError::Corrupt {
                 what: "transactions.kind".into(),
                 detail: format!("`{s}`"),
@@ -274,7 +278,8 @@ pub struct TxnRow {
     pub settled_at: Option<u64>,
     /// The card's transaction counter for it.
     pub atc: Option<u64>,
-    /// MAC2 the reader computed (hex; recovery compares the card's answer with it).
+    /// The MAC that lets the card commit (hex): a load's MAC2 (the card company issued it in
+    /// host-secured mode; recovery compares the card's proof with it), a purchase's MAC1.
     pub mac2: Option<String>,
     /// The card's TAC (hex).
     pub tac: Option<String>,

@@ -276,6 +276,25 @@ impl Client {
         .await
     }
 
+    /// Starts an online purchase from a signed query receipt (canonical JSON): a
+    /// host-secured purchase bundle (or the card's recovery bundle first).
+    pub async fn start_purchase(
+        &self,
+        request_id: &str,
+        query_json: &str,
+        amount: u64,
+    ) -> Result<BundleReply, ClientError> {
+        self.post(
+            "/v1/purchase/start",
+            &StartRequest {
+                request_id: request_id.into(),
+                query: query_json.into(),
+                amount,
+            },
+        )
+        .await
+    }
+
     /// Sends a transaction's signed receipt (canonical JSON).
     pub async fn complete(
         &self,
@@ -607,6 +626,32 @@ pub async fn recharge<T: crate::transport::CardTransport>(
     card: &mut T,
     city: u32,
     amount: u64,
+    progress: impl FnMut(&Step),
+) -> Result<RechargeOutcome, RechargeError> {
+    online(client, reader, card, city, amount, false, progress).await
+}
+
+/// One online purchase of `amount` fen from `card` (`docs/host.md`): as [`recharge`], with
+/// a host-secured purchase bundle — the card company is the terminal's PSAM, the reader
+/// holds no purchase key.
+pub async fn purchase<T: crate::transport::CardTransport>(
+    client: &Client,
+    reader: &mut crate::reader::Reader,
+    card: &mut T,
+    city: u32,
+    amount: u64,
+    progress: impl FnMut(&Step),
+) -> Result<RechargeOutcome, RechargeError> {
+    online(client, reader, card, city, amount, true, progress).await
+}
+
+async fn online<T: crate::transport::CardTransport>(
+    client: &Client,
+    reader: &mut crate::reader::Reader,
+    card: &mut T,
+    city: u32,
+    amount: u64,
+    purchase: bool,
     mut progress: impl FnMut(&Step),
 ) -> Result<RechargeOutcome, RechargeError> {
     let mut rng = os_rng();
@@ -641,9 +686,15 @@ pub async fn recharge<T: crate::transport::CardTransport>(
                 _ => None,
             },
         });
-        let bundle = client
-            .start(&new_request_id(), &q.receipt.to_json(), amount)
-            .await?;
+        let bundle = if purchase {
+            client
+                .start_purchase(&new_request_id(), &q.receipt.to_json(), amount)
+                .await?
+        } else {
+            client
+                .start(&new_request_id(), &q.receipt.to_json(), amount)
+                .await?
+        };
         progress(&Step::Bundle {
             kind: bundle.kind.clone(),
             seq: bundle.seq,

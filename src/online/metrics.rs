@@ -15,9 +15,10 @@ const BUCKETS: [f64; 10] = [
 
 /// The paths the service has; anything else is counted as `other` (no label from a
 /// client's URL, so the series stay few).
-const PATHS: [&str; 9] = [
+const PATHS: [&str; 10] = [
     "/v1/health",
     "/v1/host",
+    "/v1/purchase/start",
     "/v1/query-script",
     "/v1/recharge/start",
     "/v1/recharge/complete",

@@ -664,6 +664,35 @@ async fn start(
     .await
 }
 
+async fn purchase_start(
+    State(svc): State<Arc<Service>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    svc.signed(
+        "/v1/purchase/start",
+        headers,
+        body,
+        true,
+        |svc, caller, req: StartRequest| async move {
+            let query = parse_receipt(&req.query, &caller, "query")?;
+            let b = svc.issuer.purchase(&query, req.amount).await?;
+            Ok(BundleReply {
+                kind: b.kind.name().into(),
+                seq: b.seq,
+                city: b.city,
+                card_id: to_hex(&b.card_id),
+                amount: b.amount,
+                recovers_seq: b.recovers_seq,
+                expires: b.expires,
+                command: to_hex(&b.command),
+                data: to_hex(&b.data),
+            })
+        },
+    )
+    .await
+}
+
 async fn complete(
     State(svc): State<Arc<Service>>,
     headers: HeaderMap,
@@ -890,6 +919,7 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/recharge/start", post(start))
         .route("/v1/recharge/complete", post(complete))
         .route("/v1/host", post(host))
+        .route("/v1/purchase/start", post(purchase_start))
         .route("/v1/journal", post(journal))
         .route("/v1/status", post(status))
         .route("/metrics", get(metrics))

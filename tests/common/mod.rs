@@ -211,11 +211,13 @@ pub fn setup(tag: &str) -> Setup {
             }),
             repo(&format!("{dir}/recover.casm")),
         );
+        let p = repo(&format!("{dir}/purchase_host.cvs"));
         let mut args = vec![
             "issuer", "city", "add", city, "--alg", alg, "--query", &q, "--load", &l,
         ];
         if recover {
-            args.extend(["--recover", &r]);
+            // A CPU city also takes online payments, host-secured.
+            args.extend(["--recover", &r, "--purchase", &p]);
         }
         c(&args);
     }
