@@ -529,7 +529,7 @@ fn cli_sim_serve(ctx: &PcscContext) {
 }
 
 /// One city online through the real PC/SC stack: the card served by `cardvm sim serve` in
-/// a vpcd reader, the issuer's HTTPS service, and `cardvm client recharge --pcsc`.
+/// a vpcd reader, the issuer's HTTPS service, and `cardvm client recharge|purchase --pcsc`.
 #[cfg(feature = "cli")]
 fn online_recharge_over_pcsc(ctx: &PcscContext) {
     const READER2: &str = "Virtual PCD 00 01";
@@ -554,12 +554,12 @@ fn online_recharge_over_pcsc(ctx: &PcscContext) {
     );
     ctx.wait_for_card(READER2, WAIT).unwrap();
     let server = common::serve(cwd, &[]);
-    let recharge = |amount: &str| {
+    let txn = |what: &str, amount: &str| {
         let o = Command::new(env!("CARGO_BIN_EXE_cardvm"))
             .current_dir(cwd)
             .args([
                 "client",
-                "recharge",
+                what,
                 "--server",
                 &server.url,
                 "--server-ca",
@@ -581,14 +581,24 @@ fn online_recharge_over_pcsc(ctx: &PcscContext) {
         assert!(o.status.success(), "{t}");
         t
     };
-    let first = recharge("10.00");
+    // Host-secured: the card company answers the load's MAC2 and is the purchase's PSAM.
+    let first = txn("recharge", "10.00");
     assert!(
         first.contains("balance 5.00") && first.contains("load committed"),
         "{first}"
     );
     // The same card in the same reader: the second query sees the first load.
-    let second = recharge("1.00");
+    let second = txn("recharge", "1.00");
     assert!(second.contains("balance 15.00"), "{second}");
+    // An online purchase through the same stack (731's cards: the authentication code in
+    // MAC1, read with GET DATA over PC/SC).
+    let paid = txn("purchase", "2.50");
+    assert!(
+        paid.contains("balance 16.00") && paid.contains("purchase committed"),
+        "{paid}"
+    );
+    let after = txn("recharge", "1.00");
+    assert!(after.contains("balance 13.50"), "{after}");
     drop(_card);
     ctx.wait_for_removal(READER2, WAIT).unwrap();
 }
