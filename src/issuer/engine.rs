@@ -642,33 +642,7 @@ impl Issuer {
     /// Builds the bundle a verified query asks for: a load of `amount` fen, or — when the
     /// card has a load left `unknown` — the city's recovery bundle for it first.
     pub async fn bundle(&self, receipt: &Receipt, amount: u64) -> Result<Bundle, IssuerError> {
-        let q = self.verify_query(receipt).await?;
-        let card_hex = hex(&q.card.card_id);
-        if let Some(used) = self.ledger.txn_by_query(&q.receipt_sm3).await? {
-            return Err(IssuerError::QueryUsed {
-                reader: used.reader_id,
-                seq: used.seq,
-            });
-        }
-        if let Some(reason) = self.ledger.blocked(&card_hex).await? {
-            return Err(IssuerError::Blocked {
-                card: card_hex,
-                reason,
-            });
-        }
-        // The card against the ledger (invariant 14): where the query read the online
-        // counter and the balance (an M1 query reads neither).
-        if let (Some(atc), Some(balance)) = (q.card.online_atc, q.card.balance)
-            && let CardCheck::Suspect(evidence) = self
-                .ledger
-                .check_card(q.card.city, &card_hex, atc, balance, self.clock.now())
-                .await?
-        {
-            return Err(IssuerError::Suspect {
-                card: card_hex,
-                evidence,
-            });
-        }
+        let (q, card_hex) = self.admit(receipt).await?;
         let city = self.city(q.card.city).await?;
         if let Some(unknown) = self.ledger.oldest_unknown(&card_hex).await? {
             return self.recovery_bundle(&q, &unknown).await;
@@ -677,10 +651,10 @@ impl Issuer {
         self.load_bundle(&q, &city, amount).await
     }
 
-    /// Builds an online purchase bundle of `amount` fen for a verified query: host-secured
-    /// (the card company is the terminal's PSAM: `docs/host.md`), so the reader holds no
-    /// purchase key. A card with a load left `unknown` gets its recovery bundle first.
-    pub async fn purchase(&self, receipt: &Receipt, amount: u64) -> Result<Bundle, IssuerError> {
+    /// A verified query that may buy a bundle: not used before, its card not blocked and
+    /// not suspect (invariant 14: where the query read the online counter and the
+    /// balance; an M1 query reads neither). Returns it with the card id in hex.
+    async fn admit(&self, receipt: &Receipt) -> Result<(VerifiedQuery, String), IssuerError> {
         let q = self.verify_query(receipt).await?;
         let card_hex = hex(&q.card.card_id);
         if let Some(used) = self.ledger.txn_by_query(&q.receipt_sm3).await? {
@@ -706,6 +680,14 @@ impl Issuer {
                 evidence,
             });
         }
+        Ok((q, card_hex))
+    }
+
+    /// Builds an online purchase bundle of `amount` fen for a verified query: host-secured
+    /// (the card company is the terminal's PSAM: `docs/host.md`), so the reader holds no
+    /// purchase key. A card with a load left `unknown` gets its recovery bundle first.
+    pub async fn purchase(&self, receipt: &Receipt, amount: u64) -> Result<Bundle, IssuerError> {
+        let (q, card_hex) = self.admit(receipt).await?;
         let city = self.city(q.card.city).await?;
         if let Some(unknown) = self.ledger.oldest_unknown(&card_hex).await? {
             return self.recovery_bundle(&q, &unknown).await;

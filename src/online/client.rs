@@ -265,15 +265,8 @@ impl Client {
         query_json: &str,
         amount: u64,
     ) -> Result<BundleReply, ClientError> {
-        self.post(
-            "/v1/recharge/start",
-            &StartRequest {
-                request_id: request_id.into(),
-                query: query_json.into(),
-                amount,
-            },
-        )
-        .await
+        self.start_at("/v1/recharge/start", request_id, query_json, amount)
+            .await
     }
 
     /// Starts an online purchase from a signed query receipt (canonical JSON): a
@@ -284,8 +277,19 @@ impl Client {
         query_json: &str,
         amount: u64,
     ) -> Result<BundleReply, ClientError> {
+        self.start_at("/v1/purchase/start", request_id, query_json, amount)
+            .await
+    }
+
+    async fn start_at(
+        &self,
+        path: &str,
+        request_id: &str,
+        query_json: &str,
+        amount: u64,
+    ) -> Result<BundleReply, ClientError> {
         self.post(
-            "/v1/purchase/start",
+            path,
             &StartRequest {
                 request_id: request_id.into(),
                 query: query_json.into(),

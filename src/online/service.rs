@@ -587,6 +587,20 @@ fn parse_receipt(text: &str, caller: &Caller, what: &str) -> Result<Receipt, Ref
     Ok(r)
 }
 
+fn bundle_reply(b: &crate::issuer::Bundle) -> BundleReply {
+    BundleReply {
+        kind: b.kind.name().into(),
+        seq: b.seq,
+        city: b.city,
+        card_id: to_hex(&b.card_id),
+        amount: b.amount,
+        recovers_seq: b.recovers_seq,
+        expires: b.expires,
+        command: to_hex(&b.command),
+        data: to_hex(&b.data),
+    }
+}
+
 fn settle_reply(s: &Settled) -> SettleReply {
     SettleReply {
         reader_id: s.reader_id.clone(),
@@ -648,17 +662,7 @@ async fn start(
         |svc, caller, req: StartRequest| async move {
             let query = parse_receipt(&req.query, &caller, "query")?;
             let b = svc.issuer.bundle(&query, req.amount).await?;
-            Ok(BundleReply {
-                kind: b.kind.name().into(),
-                seq: b.seq,
-                city: b.city,
-                card_id: to_hex(&b.card_id),
-                amount: b.amount,
-                recovers_seq: b.recovers_seq,
-                expires: b.expires,
-                command: to_hex(&b.command),
-                data: to_hex(&b.data),
-            })
+            Ok(bundle_reply(&b))
         },
     )
     .await
@@ -677,17 +681,7 @@ async fn purchase_start(
         |svc, caller, req: StartRequest| async move {
             let query = parse_receipt(&req.query, &caller, "query")?;
             let b = svc.issuer.purchase(&query, req.amount).await?;
-            Ok(BundleReply {
-                kind: b.kind.name().into(),
-                seq: b.seq,
-                city: b.city,
-                card_id: to_hex(&b.card_id),
-                amount: b.amount,
-                recovers_seq: b.recovers_seq,
-                expires: b.expires,
-                command: to_hex(&b.command),
-                data: to_hex(&b.data),
-            })
+            Ok(bundle_reply(&b))
         },
     )
     .await

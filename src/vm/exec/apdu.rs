@@ -37,34 +37,7 @@ impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, '_, T, R> {
     /// here is the backstop.
     #[inline(always)]
     pub(super) fn sam_apdu(&mut self, resp: u8, cmd: u8, sam: u8) -> Result<(), Exit> {
-        let vm = &mut *self.vm;
-        let available = self.sams.len();
-        let Some(layer) = self.sams.layer_mut(sam) else {
-            return Err(Exit::Fault(VmErrorKind::NoSam {
-                slot: sam,
-                available,
-            }));
-        };
-        let command = bytes_of(&vm.regs, cmd)?;
-        let shown = Shown {
-            hashed: command,
-            traced: command,
-            redacted: false,
-        };
-        match vm.ex.send(
-            Slot::Sam(sam),
-            layer,
-            self.tracer,
-            self.transcript,
-            &mut vm.scratch,
-            command,
-            shown,
-            vm.limits,
-        )? {
-            Ok(()) => vm.set_from_scratch(resp)?,
-            Err(e) => return Err(Exit::Stop(Stop::Transport(Slot::Sam(sam), e))),
-        }
-        Ok(())
+        self.exchange_beside_card(Slot::Sam(sam), resp, cmd)
     }
 
     /// `hostapdu`: like `samapdu`, to the card company (host-secured mode). The verifier
@@ -72,9 +45,25 @@ impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, '_, T, R> {
     /// the channel exists.
     #[inline(always)]
     pub(super) fn host_apdu(&mut self, resp: u8, cmd: u8) -> Result<(), Exit> {
+        self.exchange_beside_card(Slot::Host, resp, cmd)
+    }
+
+    /// One exchange with a SAM slot or the card company (never the card).
+    #[inline(always)]
+    fn exchange_beside_card(&mut self, slot: Slot, resp: u8, cmd: u8) -> Result<(), Exit> {
         let vm = &mut *self.vm;
-        let Some(layer) = self.sams.host_mut() else {
-            return Err(Exit::Fault(VmErrorKind::NoHost));
+        let available = self.sams.len();
+        let layer = match slot {
+            Slot::Sam(n) => self
+                .sams
+                .layer_mut(n)
+                .ok_or(Exit::Fault(VmErrorKind::NoSam { slot: n, available }))?,
+            Slot::Host => self
+                .sams
+                .host_mut()
+                .ok_or(Exit::Fault(VmErrorKind::NoHost))?,
+            // Callers pass a SAM slot or the card company; the card has its own `apdu`.
+            Slot::Card => return Err(Exit::Fault(VmErrorKind::NoHost)),
         };
         let command = bytes_of(&vm.regs, cmd)?;
         let shown = Shown {
@@ -83,7 +72,7 @@ impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, '_, T, R> {
             redacted: false,
         };
         match vm.ex.send(
-            Slot::Host,
+            slot,
             layer,
             self.tracer,
             self.transcript,
@@ -93,7 +82,7 @@ impl<T: CardTransport, R: Tracer + ?Sized> Exec<'_, '_, T, R> {
             vm.limits,
         )? {
             Ok(()) => vm.set_from_scratch(resp)?,
-            Err(e) => return Err(Exit::Stop(Stop::Transport(Slot::Host, e))),
+            Err(e) => return Err(Exit::Stop(Stop::Transport(slot, e))),
         }
         Ok(())
     }
