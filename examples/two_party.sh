@@ -26,7 +26,8 @@ cardvm issuer keys init --store issuer.keys
 cardvm issuer keys import 731 m731.toml --store issuer.keys
 cardvm issuer init --ca ca/ca.crt --crl ca.crl --key issuer.key --keys issuer.keys
 cardvm issuer city add 731 --alg des3 --query "$repo/scripts/city0731-des3/query.casm" \
-    --load "$repo/scripts/city0731-des3/load_host.cvs" --recover "$repo/scripts/city0731-des3/recover.casm"
+    --load "$repo/scripts/city0731-des3/load_host.cvs" --recover "$repo/scripts/city0731-des3/recover.casm" \
+    --purchase "$repo/scripts/city0731-des3/purchase_host.cvs"
 
 # Enroll a reader: its key never leaves it; the CA issues from its request.
 cardvm reader init --reader-id R1 --dir r1
@@ -58,4 +59,7 @@ sed -e 's/^master = false/master = true/' \
     "$repo/scripts/city0731-des3/card.toml" > card.toml
 cardvm client recharge --server "$url" --server-ca tls.crt --reader-dir r1 \
     --issuer-pub issuer.pub --city 731 --amount 100.00 --sim card.toml
+# And pay 2.50 from it online: the card company acts as the terminal's PSAM.
+cardvm client purchase --server "$url" --server-ca tls.crt --reader-dir r1 \
+    --issuer-pub issuer.pub --city 731 --amount 2.50 --sim card.toml
 cardvm issuer ledger

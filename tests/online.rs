@@ -735,5 +735,6 @@ fn readme_two_party_script_runs() {
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("[5/5] card company: load committed"), "{t}");
-    assert!(t.contains("1 transaction(s)"), "{t}");
+    assert!(t.contains("[5/5] card company: purchase committed"), "{t}");
+    assert!(t.contains("2 transaction(s)"), "{t}");
 }
