@@ -200,9 +200,10 @@ async fn a_key_bearing_script_is_refused_to_a_desktop_reader() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_bundle_run_twice_or_on_another_card_credits_once() {
-    let (c, dir) = cluster("twice").await;
+async fn one_bundle_run_twice_or_on_another_card_credits_once_on(
+    c: Cluster,
+    dir: std::path::PathBuf,
+) {
     let (mut reader, client) = c.reader(0);
     let mut card_a = card(0, 500);
     let mut card_b = card(1, 500);
@@ -245,9 +246,7 @@ fn set_field(r: &mut Receipt, name: &str, v: FieldValue) {
     f.1 = v;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn receipts_the_card_did_not_sign_are_refused() {
-    let (c, dir) = cluster("forged").await;
+async fn receipts_the_card_did_not_sign_are_refused_on(c: Cluster, dir: std::path::PathBuf) {
     let (mut reader, client) = c.reader(0);
     let mut card = card(0, 500);
     let (b1, _) = bundle(&client, &mut reader, &mut card, 10_000).await;
@@ -366,9 +365,10 @@ fn card_731(i: usize, balance: u32) -> CpuCard {
     p.build().expect("card")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_online_purchase_is_bound_once_and_settled_on_the_cards_proof() {
-    let (c, dir) = cluster("purchase").await;
+async fn an_online_purchase_is_bound_once_and_settled_on_the_cards_proof_on(
+    c: Cluster,
+    dir: std::path::PathBuf,
+) {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("scripts/city0731-des3/purchase_host.cvs");
     let script = cardvm::asm::assemble_file(&p, &Default::default())
@@ -424,4 +424,42 @@ async fn an_online_purchase_is_bound_once_and_settled_on_the_cards_proof() {
     );
     c.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bundle_run_twice_or_on_another_card_credits_once() {
+    let (c, dir) = cluster("twice").await;
+    one_bundle_run_twice_or_on_another_card_credits_once_on(c, dir).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_the_card_did_not_sign_are_refused() {
+    let (c, dir) = cluster("forged").await;
+    receipts_the_card_did_not_sign_are_refused_on(c, dir).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_online_purchase_is_bound_once_and_settled_on_the_cards_proof() {
+    let (c, dir) = cluster("purchase").await;
+    an_online_purchase_is_bound_once_and_settled_on_the_cards_proof_on(c, dir).await;
+}
+
+/// The money attacks again with the ledger on PostgreSQL (skipped without one, unless
+/// CARDVM_REQUIRE_PG is set).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_money_attacks_on_postgresql() {
+    let Some(base) = cluster::pg_base() else {
+        return;
+    };
+    for (i, tag) in ["twice", "forged", "purchase"].into_iter().enumerate() {
+        let db = cluster::pg_database(&base, &format!("hostatk{i}"));
+        let c = Cluster::start_with(&db, 1, 3, false, LoadMode::Host).await;
+        let dir =
+            std::env::temp_dir().join(format!("cardvm-hostatk-pg-{tag}-{}", std::process::id()));
+        match tag {
+            "twice" => one_bundle_run_twice_or_on_another_card_credits_once_on(c, dir).await,
+            "forged" => receipts_the_card_did_not_sign_are_refused_on(c, dir).await,
+            _ => an_online_purchase_is_bound_once_and_settled_on_the_cards_proof_on(c, dir).await,
+        }
+    }
 }
