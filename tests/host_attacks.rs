@@ -463,3 +463,81 @@ async fn the_money_attacks_on_postgresql() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purchase_torn_mid_debit_is_decided_by_the_cards_proof_only() {
+    let (c, dir) = cluster("purchase-torn").await;
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts/city0731-des3/purchase_host.cvs");
+    let script = cardvm::asm::assemble_file(&p, &Default::default())
+        .expect("purchase_host.cvs")
+        .script
+        .encode();
+    c.ledger
+        .set_script(CITY, "purchase", &script)
+        .await
+        .expect("script");
+    for (i, committed) in [(0usize, true), (1, false)] {
+        let (mut reader, client) = c.reader(0);
+        let mut card = card_731(i, 10_000);
+        let q = from_hex(&client.query_script(CITY).await.expect("qs").script).expect("hex");
+        let query = reader
+            .query(&q, b"n", &mut card, &mut NoTrace, &mut os_rng())
+            .expect("query");
+        let b = client
+            .start_purchase(&new_request_id(), &query.receipt.to_json(), 2_500)
+            .await
+            .expect("purchase bundle");
+        // Torn at DEBIT FOR PURCHASE (the fifth APDU), after or before the card wrote it.
+        let at = card.apdu_index() + 5;
+        card.faults_mut().push(if committed {
+            cardvm::sim::Fault::TearAfter(at)
+        } else {
+            cardvm::sim::Fault::TearBefore(at)
+        });
+        let torn = run(&client, &mut reader, &mut card, &b);
+        assert!(
+            matches!(torn.outcome, Outcome::Unknown { .. }),
+            "{:?}",
+            torn.outcome
+        );
+        let s = client
+            .complete(&new_request_id(), &torn.to_json())
+            .await
+            .expect("unknown");
+        assert_eq!(s.state, "unknown");
+        cardvm::transport::CardTransport::power_on(&mut card).expect("card back");
+        // The card's next transaction recovers it first.
+        let r =
+            cardvm::online::client::purchase(&client, &mut reader, &mut card, CITY, 100, |_| {})
+                .await;
+        if committed {
+            let out = r.expect("recovered, then the new purchase");
+            assert_eq!(
+                out.recovered
+                    .first()
+                    .and_then(|s| s.decided_state.as_deref()),
+                Some("recovered-committed"),
+                "{out:?}"
+            );
+            assert_eq!(card.balance(), 10_000 - 2_500 - 100);
+        } else {
+            // No MAC protects a purchase's counter: nothing proves it was never counted,
+            // so it stays unknown for the operator (never decided `failed` on a guess).
+            match r {
+                Err(cardvm::online::client::RechargeError::Undecided { .. }) => {}
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(card.balance(), 10_000);
+            let row = c
+                .ledger
+                .txn(&c.readers[0].0, b.seq)
+                .await
+                .expect("ledger")
+                .expect("row");
+            assert_eq!(row.state, cardvm::issuer::TxnState::Unknown);
+        }
+    }
+    c.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

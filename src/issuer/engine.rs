@@ -890,7 +890,13 @@ impl Issuer {
             &q.card.card_id,
             |name, ty| {
                 Ok(match (name, ty) {
-                    ("txn_type", ValueType::Int { .. }) => Some(FieldValue::Int(2)),
+                    ("txn_type", ValueType::Int { .. }) => {
+                        Some(FieldValue::Int(if unknown.kind == TxnKind::Purchase {
+                            u64::from(PURCHASE_TYPE)
+                        } else {
+                            2
+                        }))
+                    }
                     ("atc", ValueType::Int { .. }) => Some(FieldValue::Int(atc)),
                     _ => None,
                 })
@@ -1789,6 +1795,9 @@ impl Issuer {
             seq: original.seq,
             detail: "the unknown load has no ATC".into(),
         })?;
+        if original.kind == TxnKind::Purchase {
+            return self.decide_purchase(receipt, original, atc, s);
+        }
         let mut evidence = Vec::new();
         match (out_bytes(receipt, "mac"), out_bytes(receipt, "tac")) {
             (Some(mac), Some(tac)) => {
@@ -1824,6 +1833,52 @@ impl Issuer {
             None => evidence.push("no verified counter".to_string()),
         }
         let note = format!("recovery undecided: {}", evidence.join(", "));
+        s.note = Some(note.clone());
+        Ok((TxnState::Unknown, note))
+    }
+
+    /// An unknown online purchase: committed on a PROVE whose TAC verifies for it (amount,
+    /// type, terminal, the bundle's seq, date/time). Nothing proves a purchase was
+    /// never counted (its offline counter carries no MAC), so otherwise it stays unknown
+    /// for the operator (`cardvm issuer decide`).
+    fn decide_purchase(
+        &self,
+        receipt: &Receipt,
+        original: &TxnRow,
+        atc: u64,
+        s: &mut Settlement,
+    ) -> Result<(TxnState, String), IssuerError> {
+        let asked = out_int(receipt, "prove_atc").unwrap_or(atc);
+        if let Some(tac) = out_bytes(receipt, "tac")
+            && let (Ok(amount), Some(when)) =
+                (u32::try_from(original.amount), unhex(&original.datetime))
+        {
+            let card = unhex(&original.card_id).unwrap_or_default();
+            let dtk = self.keys.card_key(original.city, KeyRole::Tac, &card)?;
+            let expected = crate::crypto::tac_key(&dtk)
+                .and_then(|tk| {
+                    let mut input = Vec::with_capacity(26);
+                    input.extend_from_slice(&amount.to_be_bytes());
+                    input.push(PURCHASE_TYPE);
+                    input.extend_from_slice(&original.terminal_id);
+                    input.extend_from_slice(&(original.seq as u32).to_be_bytes());
+                    input.extend_from_slice(&when);
+                    crate::crypto::pboc_mac(&tk, &input)
+                })
+                .ok();
+            if expected.is_some_and(|e| crate::crypto::ct_eq(&e, tac)) {
+                s.tac = Some(hex(tac));
+                return Ok((
+                    TxnState::RecoveredCommitted,
+                    format!(
+                        "recovery: the card proved the purchase (TAC verified; PROVE answered to counter {asked})"
+                    ),
+                ));
+            }
+        }
+        let note = format!(
+            "recovery undecided: no proof of this purchase (PROVE counter {asked}); a purchase's counter carries no MAC: the operator decides (cardvm issuer decide)"
+        );
         s.note = Some(note.clone());
         Ok((TxnState::Unknown, note))
     }

@@ -1245,7 +1245,7 @@ impl Ledger {
     pub async fn oldest_unknown(&self, card_id: &str) -> Result<Option<TxnRow>, LedgerError> {
         let sql = format!(
             "SELECT {TXN_COLUMNS} FROM transactions WHERE card_id = $1 AND state = 'unknown' \
-             AND kind = 'load' ORDER BY issued_at, seq LIMIT 1"
+             AND kind IN ('load', 'purchase') ORDER BY issued_at, seq LIMIT 1"
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(card_id.to_ascii_uppercase())
