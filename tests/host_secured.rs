@@ -424,3 +424,43 @@ fn an_online_purchase_with_the_card_company_as_the_psam() {
         assert_eq!(c.balance(), before - 250, "{dir}");
     }
 }
+
+#[test]
+fn a_host_secured_ed_load_verifies_the_pin_and_the_ed_tac() {
+    for dir in CITIES {
+        let p = program(&format!("{dir}/ed_load_host.cvs"));
+        assert_eq!(p.host_exchanges(), 1, "{dir}");
+        assert!(
+            p.inputs().iter().all(|i| !i.ty.is_key()),
+            "{dir}: no key input"
+        );
+        let d = data(&format!("{dir}/ed_load_host.toml"));
+        let mut c = card(dir);
+        let (ep, ed) = (c.balance(), c.ed_balance());
+        let mut host = HostSim::new(key(dir, "dlk"), facts(&d));
+        let r = run(&p, &d, &mut c, Some(&mut host));
+        assert_eq!(r.outcome, Outcome::Committed, "{dir}: {r:?}");
+        assert_eq!(
+            (c.balance(), c.ed_balance()),
+            (ep, ed + 10_000),
+            "{dir}: the ED, not the EP"
+        );
+        assert_eq!(host.log[0].0[3], 0x01, "{dir}: LOAD MAC2 names the ED");
+        // The ED's TAC: transaction type 01.
+        let tk = cardvm::crypto::tac_key(&key(dir, "dtk")).unwrap();
+        let input = [
+            &(int(&r, "balance_after") as u32).to_be_bytes()[..],
+            &(int(&r, "atc") as u16).to_be_bytes(),
+            &10_000u32.to_be_bytes(),
+            &[0x01],
+            &bytes(&r, "terminal_id"),
+            &bytes(&r, "datetime"),
+        ]
+        .concat();
+        assert_eq!(
+            cardvm::crypto::pboc_mac(&tk, &input).unwrap().to_vec(),
+            bytes(&r, "tac"),
+            "{dir}: the ED's TAC"
+        );
+    }
+}
