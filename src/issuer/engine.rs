@@ -242,6 +242,25 @@ pub enum IssuerError {
     },
 }
 
+/// The values a load's or a purchase's data script takes from the card company: the
+/// amount (fen), the reader's terminal and the bundle's date/time.
+fn txn_values(
+    amount: u64,
+    terminal: [u8; 6],
+    when: [u8; 7],
+) -> impl Fn(&str, &ValueType) -> Result<Option<FieldValue>, IssuerError> {
+    move |name, ty| {
+        Ok(match (name, ty) {
+            ("amount", ValueType::Int { .. }) => Some(FieldValue::Int(amount)),
+            ("terminal", ValueType::BytesN { len: 6 } | ValueType::Bytes) => {
+                Some(FieldValue::Bytes(terminal.to_vec()))
+            }
+            ("now", ValueType::BcdDateTime) => Some(FieldValue::BcdDateTime(when)),
+            _ => None,
+        })
+    }
+}
+
 /// The transaction type of an online purchase (EP purchase; `reference/epurse.md`).
 const PURCHASE_TYPE: u8 = 0x06;
 
@@ -730,16 +749,7 @@ impl Issuer {
             &city,
             "purchase",
             &q.card.card_id,
-            |name, ty| {
-                Ok(match (name, ty) {
-                    ("amount", ValueType::Int { .. }) => Some(FieldValue::Int(amount)),
-                    ("terminal", ValueType::BytesN { len: 6 } | ValueType::Bytes) => {
-                        Some(FieldValue::Bytes(terminal.to_vec()))
-                    }
-                    ("now", ValueType::BcdDateTime) => Some(FieldValue::BcdDateTime(when)),
-                    _ => None,
-                })
-            },
+            txn_values(amount, terminal, when),
         )?;
         self.finish(
             &q,
@@ -839,16 +849,7 @@ impl Issuer {
             city,
             "load",
             &q.card.card_id,
-            |name, ty| {
-                Ok(match (name, ty) {
-                    ("amount", ValueType::Int { .. }) => Some(FieldValue::Int(amount)),
-                    ("terminal", ValueType::BytesN { len: 6 } | ValueType::Bytes) => {
-                        Some(FieldValue::Bytes(terminal.to_vec()))
-                    }
-                    ("now", ValueType::BcdDateTime) => Some(FieldValue::BcdDateTime(when)),
-                    _ => None,
-                })
-            },
+            txn_values(amount, terminal, when),
         )?;
         self.finish(
             q,
@@ -1615,16 +1616,10 @@ impl Issuer {
         let tac: [u8; 4] = out_bytes(receipt, "tac")
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| mismatch("no 4-byte `tac` output".into()))?;
-        let dtk = self.keys.card_key(row.city, KeyRole::Tac, &card)?;
-        let tk = crate::crypto::tac_key(&dtk).map_err(|e| mismatch(format!("TAC key: {e}")))?;
-        let mut input = Vec::with_capacity(26);
-        input.extend_from_slice(&amount32.to_be_bytes());
-        input.push(PURCHASE_TYPE);
-        input.extend_from_slice(terminal);
-        input.extend_from_slice(&seq);
-        input.extend_from_slice(when);
-        let expected_tac =
-            crate::crypto::pboc_mac(&tk, &input).map_err(|e| mismatch(format!("TAC: {e}")))?;
+        // Terminal, seq and time were checked equal to the bundle's above.
+        let expected_tac = self
+            .purchase_tac(row)?
+            .ok_or_else(|| mismatch("the bundle's TAC input does not fit the card".into()))?;
         let mac2_ok =
             out_bytes(receipt, "mac2").is_some_and(|m| crate::crypto::ct_eq(m, &expected_mac2));
         if !mac2_ok || !crate::crypto::ct_eq(&expected_tac, &tac) {
@@ -1837,6 +1832,25 @@ impl Issuer {
         Ok((TxnState::Unknown, note))
     }
 
+    /// The TAC a purchase's card computes: MAC(TAC key, amount ‖ type 06 ‖ terminal ‖ seq ‖
+    /// date ‖ time), all the bundle's (`None` when its values do not fit the card's fields).
+    fn purchase_tac(&self, row: &TxnRow) -> Result<Option<[u8; 4]>, IssuerError> {
+        let (Ok(amount), Some(when)) = (u32::try_from(row.amount), unhex(&row.datetime)) else {
+            return Ok(None);
+        };
+        let card = unhex(&row.card_id).unwrap_or_default();
+        let dtk = self.keys.card_key(row.city, KeyRole::Tac, &card)?;
+        let mut input = Vec::with_capacity(26);
+        input.extend_from_slice(&amount.to_be_bytes());
+        input.push(PURCHASE_TYPE);
+        input.extend_from_slice(&row.terminal_id);
+        input.extend_from_slice(&(row.seq as u32).to_be_bytes());
+        input.extend_from_slice(&when);
+        Ok(crate::crypto::tac_key(&dtk)
+            .and_then(|tk| crate::crypto::pboc_mac(&tk, &input))
+            .ok())
+    }
+
     /// An unknown online purchase: committed on a PROVE whose TAC verifies for it (amount,
     /// type, terminal, the bundle's seq, date/time). Nothing proves a purchase was
     /// never counted (its offline counter carries no MAC), so otherwise it stays unknown
@@ -1849,23 +1863,8 @@ impl Issuer {
         s: &mut Settlement,
     ) -> Result<(TxnState, String), IssuerError> {
         let asked = out_int(receipt, "prove_atc").unwrap_or(atc);
-        if let Some(tac) = out_bytes(receipt, "tac")
-            && let (Ok(amount), Some(when)) =
-                (u32::try_from(original.amount), unhex(&original.datetime))
-        {
-            let card = unhex(&original.card_id).unwrap_or_default();
-            let dtk = self.keys.card_key(original.city, KeyRole::Tac, &card)?;
-            let expected = crate::crypto::tac_key(&dtk)
-                .and_then(|tk| {
-                    let mut input = Vec::with_capacity(26);
-                    input.extend_from_slice(&amount.to_be_bytes());
-                    input.push(PURCHASE_TYPE);
-                    input.extend_from_slice(&original.terminal_id);
-                    input.extend_from_slice(&(original.seq as u32).to_be_bytes());
-                    input.extend_from_slice(&when);
-                    crate::crypto::pboc_mac(&tk, &input)
-                })
-                .ok();
+        if let Some(tac) = out_bytes(receipt, "tac") {
+            let expected = self.purchase_tac(original)?;
             if expected.is_some_and(|e| crate::crypto::ct_eq(&e, tac)) {
                 s.tac = Some(hex(tac));
                 return Ok((
