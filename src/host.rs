@@ -456,15 +456,6 @@ impl crate::transport::CardTransport for HostSim {
         command: &[u8],
         response: &mut [u8],
     ) -> Result<usize, crate::transport::TransportError> {
-        let r = self.answer(command);
-        let capacity = response.len();
-        let out = response.get_mut(..r.len()).ok_or(
-            crate::transport::TransportError::ResponseTooLong {
-                needed: r.len(),
-                capacity,
-            },
-        )?;
-        out.copy_from_slice(&r);
-        Ok(r.len())
+        crate::transport::copy_response(&self.answer(command), response)
     }
 }

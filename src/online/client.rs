@@ -553,15 +553,7 @@ impl crate::transport::CardTransport for HostLink {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return Err(TransportError::Timeout),
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(gone()),
         };
-        let capacity = response.len();
-        response
-            .get_mut(..r.len())
-            .ok_or(TransportError::ResponseTooLong {
-                needed: r.len(),
-                capacity,
-            })?
-            .copy_from_slice(&r);
-        Ok(r.len())
+        crate::transport::copy_response(&r, response)
     }
 }
 

@@ -239,16 +239,7 @@ impl Harness {
             self.tear(&mut power_loss);
             return Err(TransportError::CardRemoved);
         }
-        let n = self.out.len();
-        let capacity = response.len();
-        let dst = response
-            .get_mut(..n)
-            .ok_or(TransportError::ResponseTooLong {
-                needed: n,
-                capacity,
-            })?;
-        dst.copy_from_slice(&self.out);
-        Ok(n)
+        crate::transport::copy_response(&self.out, response)
     }
 
     fn tear(&mut self, power_loss: &mut dyn FnMut()) {

@@ -67,6 +67,20 @@ pub enum TransportError {
     Other(String),
 }
 
+/// Writes a whole response into a transport's caller-supplied buffer, or reports
+/// [`TransportError::ResponseTooLong`] (a transport never truncates). Returns its length.
+pub fn copy_response(r: &[u8], response: &mut [u8]) -> Result<usize, TransportError> {
+    let capacity = response.len();
+    response
+        .get_mut(..r.len())
+        .ok_or(TransportError::ResponseTooLong {
+            needed: r.len(),
+            capacity,
+        })?
+        .copy_from_slice(r);
+    Ok(r.len())
+}
+
 /// A channel to one card.
 ///
 /// Implementors transmit exactly what they are given and report exactly what came back;

@@ -79,15 +79,7 @@ impl<F: FnMut(&[u8]) -> Result<Vec<u8>, TransportError>> CardTransport for SpyCa
     fn transmit(&mut self, command: &[u8], response: &mut [u8]) -> Result<usize, TransportError> {
         self.commands.push(command.to_vec());
         let r = (self.answer)(command)?;
-        let capacity = response.len();
-        response
-            .get_mut(..r.len())
-            .ok_or(TransportError::ResponseTooLong {
-                needed: r.len(),
-                capacity,
-            })?
-            .copy_from_slice(&r);
-        Ok(r.len())
+        crate::transport::copy_response(&r, response)
     }
 }
 
