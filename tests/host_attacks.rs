@@ -54,6 +54,16 @@ async fn cluster(tag: &str) -> (Cluster, std::path::PathBuf) {
     (c, dir)
 }
 
+/// The card's signed query receipt, with the city's sealed query script.
+async fn query(client: &Client, reader: &mut Reader, card: &mut CpuCard) -> Receipt {
+    let q = client.query_script(CITY).await.expect("query script");
+    let q = from_hex(&q.script).expect("hex");
+    reader
+        .query(&q, b"nonce", card, &mut NoTrace, &mut os_rng())
+        .expect("query")
+        .receipt
+}
+
 /// The card query and a bundle for `amount` fen.
 async fn bundle(
     client: &Client,
@@ -61,16 +71,25 @@ async fn bundle(
     card: &mut CpuCard,
     amount: u64,
 ) -> (BundleReply, Receipt) {
-    let q = client.query_script(CITY).await.expect("query script");
-    let q = from_hex(&q.script).expect("hex");
-    let query = reader
-        .query(&q, b"nonce", card, &mut NoTrace, &mut os_rng())
-        .expect("query");
+    let query = query(client, reader, card).await;
     let b = client
-        .start(&new_request_id(), &query.receipt.to_json(), amount)
+        .start(&new_request_id(), &query.to_json(), amount)
         .await
         .expect("bundle");
-    (b, query.receipt)
+    (b, query)
+}
+
+/// Registers the repository's `file` as the city's `role` script.
+async fn register(c: &Cluster, role: &str, file: &str) {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+    let script = cardvm::asm::assemble_file(&p, &Default::default())
+        .unwrap_or_else(|e| panic!("{file}: {e}"))
+        .script
+        .encode();
+    c.ledger
+        .set_script(CITY, role, &script)
+        .await
+        .expect("script");
 }
 
 fn run(client: &Client, reader: &mut Reader, card: &mut CpuCard, b: &BundleReply) -> Receipt {
@@ -170,24 +189,12 @@ async fn a_desktop_readers_bundles_hold_no_key() {
 async fn a_key_bearing_script_is_refused_to_a_desktop_reader() {
     let (c, dir) = cluster("keysrefused").await;
     // The card company registers the sealed-key load script; its readers are desktops.
-    let p =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/city0731-des3/load.casm");
-    let sealed = cardvm::asm::assemble_file(&p, &Default::default())
-        .expect("load.casm")
-        .script
-        .encode();
-    c.ledger
-        .set_script(CITY, "load", &sealed)
-        .await
-        .expect("script");
+    register(&c, "load", "scripts/city0731-des3/load.casm").await;
     let (mut reader, client) = c.reader(0);
     let mut card = card(0, 500);
-    let q = from_hex(&client.query_script(CITY).await.expect("qs").script).expect("hex");
-    let query = reader
-        .query(&q, b"n", &mut card, &mut NoTrace, &mut os_rng())
-        .expect("query");
+    let query = query(&client, &mut reader, &mut card).await;
     let e = client
-        .start(&new_request_id(), &query.receipt.to_json(), 1_000)
+        .start(&new_request_id(), &query.to_json(), 1_000)
         .await
         .expect_err("keys to a desktop");
     let text = e.to_string();
@@ -314,12 +321,9 @@ async fn a_query_for_a_card_never_presented_buys_nothing_usable() {
     let (c, dir) = cluster("phantom").await;
     let (mut reader, client) = c.reader(0);
     let mut card = card(0, 500);
-    let q = from_hex(&client.query_script(CITY).await.expect("qs").script).expect("hex");
-    let query = reader
-        .query(&q, b"n", &mut card, &mut NoTrace, &mut os_rng())
-        .expect("query");
+    let query = query(&client, &mut reader, &mut card).await;
     // The owner re-signs the query for another card number.
-    let mut phantom = query.receipt.clone();
+    let mut phantom = query.clone();
     let victim = vec![0x41, 0, 0, 0, 0, 0, 0x30, 0x39];
     phantom.card_id = victim.clone();
     for (n, v) in phantom.fields.iter_mut() {
@@ -369,24 +373,12 @@ async fn an_online_purchase_is_bound_once_and_settled_on_the_cards_proof_on(
     c: Cluster,
     dir: std::path::PathBuf,
 ) {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("scripts/city0731-des3/purchase_host.cvs");
-    let script = cardvm::asm::assemble_file(&p, &Default::default())
-        .expect("purchase_host.cvs")
-        .script
-        .encode();
-    c.ledger
-        .set_script(CITY, "purchase", &script)
-        .await
-        .expect("script");
+    register(&c, "purchase", "scripts/city0731-des3/purchase_host.cvs").await;
     let (mut reader, client) = c.reader(0);
     let mut card = card_731(0, 10_000);
-    let q = from_hex(&client.query_script(CITY).await.expect("qs").script).expect("hex");
-    let query = reader
-        .query(&q, b"n", &mut card, &mut NoTrace, &mut os_rng())
-        .expect("query");
+    let query = query(&client, &mut reader, &mut card).await;
     let b = client
-        .start_purchase(&new_request_id(), &query.receipt.to_json(), 2_500)
+        .start_purchase(&new_request_id(), &query.to_json(), 2_500)
         .await
         .expect("purchase bundle");
     assert_eq!(b.kind, "purchase");
@@ -467,25 +459,13 @@ async fn the_money_attacks_on_postgresql() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purchase_torn_mid_debit_is_decided_by_the_cards_proof_only() {
     let (c, dir) = cluster("purchase-torn").await;
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("scripts/city0731-des3/purchase_host.cvs");
-    let script = cardvm::asm::assemble_file(&p, &Default::default())
-        .expect("purchase_host.cvs")
-        .script
-        .encode();
-    c.ledger
-        .set_script(CITY, "purchase", &script)
-        .await
-        .expect("script");
+    register(&c, "purchase", "scripts/city0731-des3/purchase_host.cvs").await;
     for (i, committed) in [(0usize, true), (1, false)] {
         let (mut reader, client) = c.reader(0);
         let mut card = card_731(i, 10_000);
-        let q = from_hex(&client.query_script(CITY).await.expect("qs").script).expect("hex");
-        let query = reader
-            .query(&q, b"n", &mut card, &mut NoTrace, &mut os_rng())
-            .expect("query");
+        let query = query(&client, &mut reader, &mut card).await;
         let b = client
-            .start_purchase(&new_request_id(), &query.receipt.to_json(), 2_500)
+            .start_purchase(&new_request_id(), &query.to_json(), 2_500)
             .await
             .expect("purchase bundle");
         // Torn at DEBIT FOR PURCHASE (the fifth APDU), after or before the card wrote it.
