@@ -521,3 +521,85 @@ async fn a_purchase_torn_mid_debit_is_decided_by_the_cards_proof_only() {
     c.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Eight genuine INITIALIZE FOR LOAD answers of one card for one amount at reader 0's
+/// terminal (each INITIALIZE draws a new random, so each has its own valid MAC1), sent to
+/// the card company for one bundle at once, each twice: the database issues the bundle's
+/// MAC2 once — one card state wins, its repeats get the same answer, every other is refused.
+async fn one_mac2_per_bundle_under_a_race_on(c: Cluster, dir: std::path::PathBuf) {
+    use cardvm::transport::CardTransport;
+    let (mut reader, client) = c.reader(0);
+    let mut card = card(0, 500);
+    let (b, _) = bundle(&client, &mut reader, &mut card, 1_000).await;
+    let mut buf = [0u8; 64];
+    let select = [
+        0x00, 0xA4, 0x04, 0x00, 0x09, 0xA0, 0, 0, 0, 0x03, 0x86, 0x98, 0x07, 0x01, 0x00,
+    ];
+    card.transmit(&select, &mut buf).expect("select");
+    let mut init = vec![0x80, 0x50, 0x00, 0x02, 0x0B, 0x01];
+    init.extend_from_slice(&1_000u32.to_be_bytes());
+    init.extend_from_slice(&[0, 0, 0, 0, 0, 1, 0x10]);
+    let mut apdus = Vec::new();
+    for _ in 0..8 {
+        let n = card.transmit(&init, &mut buf).expect("initialize");
+        assert_eq!(&buf[n - 2..n], [0x90, 0x00]);
+        let mut apdu = vec![0x80, 0x7A, 0x00, 0x02, 0x10];
+        apdu.extend_from_slice(&buf[..16]);
+        apdu.push(0x04);
+        apdus.push(apdu);
+    }
+    let mut tasks = Vec::new();
+    for (k, apdu) in apdus.iter().chain(apdus.iter()).enumerate() {
+        // Spread over the instances (two on PostgreSQL).
+        let client = c.client_for(0, &c.services[k % c.services.len()].url());
+        let (apdu, seq) = (apdu.clone(), b.seq);
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .host(&new_request_id(), seq, &apdu)
+                .await
+                .expect("answer");
+            (k % 8, r)
+        }));
+    }
+    let mut won: Vec<(usize, Vec<u8>)> = Vec::new();
+    for t in tasks {
+        let (k, r) = t.await.expect("task");
+        if r.ends_with(&[0x90, 0x00]) {
+            won.push((k, r));
+        } else {
+            assert_eq!(r, vec![0x69, 0x85], "card state {k}");
+        }
+    }
+    assert_eq!(won.len(), 2, "one card state, answered twice: {won:?}");
+    assert!(won[0] == won[1], "the same MAC2 both times: {won:?}");
+    let row = c
+        .ledger
+        .txn(&c.readers[0].0, b.seq)
+        .await
+        .expect("ledger")
+        .expect("row");
+    assert_eq!(
+        row.mac2.as_deref(),
+        Some(cardvm::issuer::ledger::hex(&won[0].1[..4]).as_str()),
+        "the ledger holds the MAC2 it gave"
+    );
+    c.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_mac2_per_bundle_under_a_race() {
+    let (c, dir) = cluster("mac2race").await;
+    one_mac2_per_bundle_under_a_race_on(c, dir).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_mac2_per_bundle_under_a_race_on_postgresql() {
+    let Some(base) = cluster::pg_base() else {
+        return;
+    };
+    let db = cluster::pg_database(&base, "mac2race");
+    let c = Cluster::start_with(&db, 2, 1, false, LoadMode::Host).await;
+    let dir = std::env::temp_dir().join(format!("cardvm-mac2race-pg-{}", std::process::id()));
+    one_mac2_per_bundle_under_a_race_on(c, dir).await;
+}
