@@ -9,6 +9,7 @@ mod issuer;
 mod issuer_keys;
 mod journal;
 mod keys;
+mod lsp;
 mod pcsc;
 mod reader;
 mod receipt;
@@ -73,6 +74,9 @@ enum Command {
     Client(client::ClientArgs),
     /// The card company's side: ledger, master keys, cities, readers, bundles, settlement.
     Issuer(issuer::IssuerArgs),
+    /// A language server for `.cvs` and `.casm` on stdin/stdout (diagnostics, hover, go to
+    /// definition), for editors.
+    Lsp(lsp::LspArgs),
 }
 
 /// Runs one parsed command line.
@@ -96,6 +100,7 @@ pub fn dispatch(cli: Cli) -> CliResult {
         Command::Reader(a) => reader::run(a),
         Command::Issuer(a) => issuer::run(a),
         Command::Client(a) => client::run(a),
+        Command::Lsp(a) => lsp::run(a),
     }
 }
 
