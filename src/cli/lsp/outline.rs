@@ -253,6 +253,9 @@ pub struct Outline {
     keys: usize,
 }
 
+/// Records one declaration (the scanners' callback).
+type AddSymbol<'f> = dyn FnMut(&mut Outline, &Tok<'_>, Kind, Option<String>) + 'f;
+
 /// Most files an outline reads (the compiler's own limit).
 const MAX_FILES: usize = cardvm::asm::MAX_FILES;
 
@@ -365,12 +368,7 @@ impl Outline {
         includes
     }
 
-    fn scan_casm(
-        &mut self,
-        toks: &[Tok<'_>],
-        raw: &str,
-        add: &mut dyn FnMut(&mut Outline, &Tok<'_>, Kind, Option<String>),
-    ) {
+    fn scan_casm(&mut self, toks: &[Tok<'_>], raw: &str, add: &mut AddSymbol<'_>) {
         let mut k = 0;
         while let [name, colon, ..] = &toks[k..] {
             if name.kind == TokKind::Word && colon.text == ":" && !name.text.starts_with('.') {
@@ -397,7 +395,7 @@ impl Outline {
                 let value = rest
                     .get(2)
                     .filter(|t| t.text == "=")
-                    .map(|t| after(t))
+                    .map(after)
                     .unwrap_or_default();
                 add(self, name, Kind::Const(value), None);
             }
@@ -426,7 +424,7 @@ impl Outline {
         raw: &str,
         in_fail_codes: &mut bool,
         scope: Option<String>,
-        add: &mut dyn FnMut(&mut Outline, &Tok<'_>, Kind, Option<String>),
+        add: &mut AddSymbol<'_>,
     ) {
         let text_between = |a: &Tok<'_>, b: Option<&Tok<'_>>| {
             raw.get(a.byte..b.map_or(raw.len(), |b| b.byte))
