@@ -402,3 +402,33 @@ fn lsp_exit_without_shutdown_is_an_error_exit() {
     };
     assert_eq!(status.code(), Some(1));
 }
+
+#[test]
+fn lsp_a_fragment_is_checked_as_the_file_that_includes_it() {
+    let dir = tmp_dir("fragment");
+    let lib = dir.join("common/lib.cvs");
+    let lib_text = "routine select() {\n    apdu [00 A4 04 00 02 3F 00] else fail not_found\n}\n";
+    std::fs::write(&lib, lib_text).unwrap();
+    std::fs::create_dir_all(dir.join("city1")).unwrap();
+    std::fs::write(
+        dir.join("city1/main.cvs"),
+        "city 1\nscript 1\nversion 1\nfail_codes { not_found = 2 }\ninclude \"../common/lib.cvs\"\nselect()\ndone\n",
+    )
+    .unwrap();
+    let lib_uri = uri(&lib);
+    let mut c = Client::start();
+    // Alone, `not_found` is undeclared; as city1/main.cvs includes it, all is well.
+    c.open(&lib_uri, lib_text);
+    assert_eq!(c.diagnostics(&lib_uri), Vec::<Value>::new());
+    // An error in the fragment is shown in it, from the editor's (unsaved) text.
+    c.change(&lib_uri, 2, &lib_text.replace("not_found", "not_fuond"));
+    let d = c.diagnostics(&lib_uri);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0]["range"]["start"]["line"], 1, "{d:?}");
+    assert!(
+        d[0]["message"].as_str().unwrap().contains("not_fuond"),
+        "{d:?}"
+    );
+    c.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+}

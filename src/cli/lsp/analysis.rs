@@ -113,17 +113,195 @@ impl Doc {
 /// The diagnostics of a check: per URI (the document's first, possibly empty).
 pub type Published = Vec<(String, Vec<Diagnostic>)>;
 
+/// A loader that reads includes through another (which resolves and confines them) and
+/// hands the editor's text for the files open in it.
+struct Overlay<'a> {
+    inner: Box<dyn SourceLoader>,
+    open: &'a [&'a Doc],
+}
+
+impl SourceLoader for Overlay<'_> {
+    fn load(&mut self, path: &str, from: &str) -> Result<(String, String), String> {
+        let (name, text) = self.inner.load(path, from)?;
+        match self.open.iter().find(|d| d.name() == name) {
+            Some(d) => Ok((name, d.text.clone())),
+            None => Ok((name, text)),
+        }
+    }
+}
+
+/// Whether a source is a fragment for other files to include: it has no header line
+/// (`city N` / `.city N`), so compiled alone its names are undeclared.
+fn is_fragment(text: &str, lang: Lang) -> bool {
+    let header = match lang {
+        Lang::Cvs => "city",
+        Lang::Casm => ".city",
+    };
+    !text
+        .lines()
+        .any(|l| tokens(l, lang).first().is_some_and(|t| t.text == header))
+}
+
+/// Most files looked at for a root that includes a fragment.
+const MAX_ROOT_CANDIDATES: usize = 512;
+
+/// The files that may include `doc`: the open documents, then the sources of its
+/// language in its include root and the root's subdirectories (`scripts/` and
+/// `scripts/<city>/` in the shipped layout), in name order.
+fn root_candidates(doc: &Doc, open: &[&Doc]) -> Vec<(String, String)> {
+    let lang = doc.lang;
+    let mut out: Vec<(String, String)> = open
+        .iter()
+        .filter(|d| d.uri != doc.uri && d.lang == lang && d.path.is_some())
+        .map(|d| (d.name(), d.text.clone()))
+        .collect();
+    let Some(root) = doc
+        .path
+        .as_deref()
+        .and_then(|p| cardvm::asm::include_root(p).ok())
+    else {
+        return out;
+    };
+    let ext = match lang {
+        Some(Lang::Cvs) => "cvs",
+        _ => "casm",
+    };
+    let mut dirs = vec![root.clone()];
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        let mut subs: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        subs.sort();
+        dirs.extend(subs);
+    }
+    let mut files = Vec::new();
+    for d in dirs {
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            files.extend(
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == ext) && p.is_file()),
+            );
+        }
+        if files.len() > MAX_ROOT_CANDIDATES {
+            break;
+        }
+    }
+    files.sort();
+    files.truncate(MAX_ROOT_CANDIDATES);
+    for f in files {
+        let name = f.to_string_lossy().into_owned();
+        if out.iter().any(|(n, _)| *n == name) || Some(f.as_path()) == doc.path.as_deref() {
+            continue;
+        }
+        if let Ok(text) = cardvm::asm::read_source_file(&f, cardvm::asm::MAX_SOURCE_FILE) {
+            out.push((name, text));
+        }
+    }
+    out
+}
+
+/// A file with a header that includes `doc` (directly or not), if one is found.
+fn find_root(doc: &Doc, open: &[&Doc]) -> Option<Doc> {
+    let lang = doc.lang?;
+    let me = doc
+        .path
+        .as_deref()
+        .and_then(|p| std::fs::canonicalize(p).ok())?;
+    for (name, text) in root_candidates(doc, open) {
+        if is_fragment(&text, lang) {
+            continue;
+        }
+        let root = Doc::new(path_to_uri(Path::new(&name)), text);
+        let mut loader = root.loader();
+        let o = Outline::build(&name, &root.text, lang, &mut *loader);
+        let includes_me = o
+            .files
+            .iter()
+            .skip(1)
+            .any(|(n, _)| std::fs::canonicalize(n).is_ok_and(|c| c == me));
+        if includes_me {
+            return Some(root);
+        }
+    }
+    None
+}
+
 /// Compiles `doc` (`.cvs` or `.casm`) and turns its error or its lint warnings into
 /// diagnostics. An error in an included file is published on that file and, on the
-/// document, on the `include` line that leads to it.
-pub fn check(doc: &Doc) -> Published {
-    let mut out: Published = vec![(doc.uri.clone(), Vec::new())];
-    if doc.lang.is_none() {
-        return out;
+/// document, on the `include` line that leads to it. Included files open in the editor
+/// (`open`) are read from the editor's text.
+///
+/// A fragment (no header: a file for others to include) is checked as part of a file
+/// that includes it — an open one, or one found in its include root — and shows what
+/// that check finds in the fragment; without such a file it is checked alone.
+pub fn check(doc: &Doc, open: &[&Doc]) -> Published {
+    let Some(lang) = doc.lang else {
+        return vec![(doc.uri.clone(), Vec::new())];
+    };
+    if is_fragment(&doc.text, lang)
+        && let Some(root) = find_root(doc, open)
+    {
+        return check_in(doc, &root, open);
     }
+    check_alone(doc, open)
+}
+
+/// The fragment `doc`'s diagnostics as `root` (which includes it) compiles.
+fn check_in(doc: &Doc, root: &Doc, open: &[&Doc]) -> Published {
+    let mine = doc.name();
+    let me = doc
+        .path
+        .as_deref()
+        .and_then(|p| std::fs::canonicalize(p).ok());
+    let is_me = |name: &str| name == mine || std::fs::canonicalize(name).ok() == me;
+    let mut with_me: Vec<&Doc> = open.iter().copied().filter(|d| d.uri != doc.uri).collect();
+    with_me.push(doc);
+    let mut loader = Overlay {
+        inner: root.loader(),
+        open: &with_me,
+    };
+    let mut diags = Vec::new();
+    match cardvm::asm::assemble(
+        &root.text,
+        &root.name(),
+        &AsmOptions::default(),
+        &mut loader,
+    ) {
+        Ok(asm) => {
+            for w in asm.warnings.iter().filter(|w| is_me(&w.file)) {
+                let line = doc.text.lines().nth(w.line.saturating_sub(1) as usize);
+                diags.push(warning(w, line.unwrap_or("")));
+            }
+        }
+        Err(e) if is_me(&e.file) => diags.push(error(&e, &e.source_line, &e.message)),
+        Err(e) => diags.push(Diagnostic {
+            range: Range::default(),
+            severity: Some(DiagnosticSeverity::INFORMATION),
+            source: Some(String::from("cardvm")),
+            message: format!(
+                "checked as part of {}, which does not compile: {}",
+                root.name(),
+                e.headline()
+            ),
+            ..Diagnostic::default()
+        }),
+    }
+    vec![(doc.uri.clone(), diags)]
+}
+
+/// `doc` compiled on its own.
+fn check_alone(doc: &Doc, open: &[&Doc]) -> Published {
+    let mut out: Published = vec![(doc.uri.clone(), Vec::new())];
     let name = doc.name();
-    let mut loader = doc.loader();
-    let result = cardvm::asm::assemble(&doc.text, &name, &AsmOptions::default(), &mut *loader);
+    let mut loader = Overlay {
+        inner: doc.loader(),
+        open,
+    };
+    let result = cardvm::asm::assemble(&doc.text, &name, &AsmOptions::default(), &mut loader);
     match result {
         Ok(asm) => {
             for w in &asm.warnings {
@@ -632,7 +810,7 @@ mod tests {
     fn a_check_without_a_file_still_reports() {
         let doc = Doc::new("untitled:x.cvs".into(), "city 1\nx = \n".into());
         assert_eq!(doc.lang, Some(Lang::Cvs));
-        let got = check(&doc);
+        let got = check(&doc, &[]);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].1.len(), 1, "{got:?}");
     }

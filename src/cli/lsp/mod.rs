@@ -234,7 +234,7 @@ impl Server {
                     let uri = o.text_document.uri.as_str().to_string();
                     self.docs
                         .insert(uri.clone(), Doc::new(uri.clone(), o.text_document.text));
-                    self.check(&uri);
+                    self.check_all(&uri);
                 }
             }
             note::DidChangeTextDocument::METHOD => {
@@ -244,7 +244,7 @@ impl Server {
                         for change in c.content_changes {
                             apply_change(&mut doc.text, change);
                         }
-                        self.check(&uri);
+                        self.check_all(&uri);
                     }
                 }
             }
@@ -255,7 +255,7 @@ impl Server {
                         if let Some(text) = s.text {
                             doc.text = text;
                         }
-                        self.check(&uri);
+                        self.check_all(&uri);
                     }
                 }
             }
@@ -267,11 +267,22 @@ impl Server {
                     for u in std::iter::once(uri).chain(others) {
                         self.publish(&u, Vec::new());
                     }
+                    self.check_all("");
                 }
             }
             _ => {}
         }
         Flow::Continue
+    }
+
+    /// Checks `first`, then every other open document (one may include another, and
+    /// includes are read from the editor's text).
+    fn check_all(&mut self, first: &str) {
+        self.check(first);
+        let others: Vec<String> = self.docs.keys().filter(|u| *u != first).cloned().collect();
+        for u in others {
+            self.check(&u);
+        }
     }
 
     /// Checks a document and publishes its diagnostics (and clears those it published
@@ -280,7 +291,8 @@ impl Server {
         let Some(doc) = self.docs.get(uri) else {
             return;
         };
-        let results = analysis::check(doc);
+        let open: Vec<&Doc> = self.docs.values().filter(|d| d.uri != uri).collect();
+        let results = analysis::check(doc, &open);
         let before = self.published.remove(uri).unwrap_or_default();
         let mut now = BTreeSet::new();
         for (u, diags) in results {
