@@ -644,12 +644,14 @@ impl<'s> Asm<'s> {
                     ));
                 };
                 let version = self.number(v, u8::MAX.into())? as u8;
-                if version == DEBUG_VERSION || version == 0 {
+                // Versions 2 and up to this build's are read, not kept as bytes.
+                if (2..=DEBUG_VERSION).contains(&version) || version == 0 {
                     return Err(self.err(
                         v.pos,
                         format!(
-                            "`.debug_raw` keeps a debug section of another version than {DEBUG_VERSION} \
-                             (write version {DEBUG_VERSION} with `.debug`, `.file` and `.loc`)"
+                            "`.debug_raw` keeps a debug section of a version this build does not \
+                             read (1, or above {DEBUG_VERSION}); write the line table with \
+                             `.debug`, `.file` and `.loc`"
                         ),
                     ));
                 }
@@ -1127,6 +1129,7 @@ impl<'s> Asm<'s> {
                     })
                     .collect(),
                 lines: core::mem::take(&mut self.auto_lines),
+                ..DebugInfo::default()
             }),
             None => None,
         };

@@ -57,6 +57,15 @@ pub(crate) enum Ty {
 }
 
 impl Ty {
+    /// The type's name in the debug info and an editor's hover.
+    pub fn name(self) -> &'static str {
+        match self {
+            Ty::Int => "int",
+            Ty::Bytes => "bytes",
+            Ty::Key => "key",
+        }
+    }
+
     pub fn noun(self) -> &'static str {
         match self {
             Ty::Int => "an integer",

@@ -101,6 +101,55 @@ impl Env {
 pub(crate) struct Generated {
     pub casm: String,
     pub line_map: Vec<Option<Span>>,
+    /// Every source variable (and loaded input) with its register or key slot and the
+    /// generated lines it lives on.
+    pub vars: Vec<GenVar>,
+    /// Every inline routine expansion with the generated lines of its body.
+    pub scopes: Vec<GenScope>,
+}
+
+/// What a name is bound to during generation: a virtual register or key slot.
+#[derive(Debug, Clone, Copy)]
+enum Bound {
+    Reg(u32),
+    Key(u32),
+}
+
+/// A name bound to a register or key slot (the debug variable table's source).
+#[derive(Debug, Clone)]
+struct Binding {
+    name: String,
+    ty: Ty,
+    to: Bound,
+    span: Span,
+    /// 0: the flow itself; `n`: [`Gen::frames`]`[n - 1]`.
+    scope: u32,
+    /// A parameter: it holds its value from the expansion's first instruction on, not
+    /// only after the instruction that first mentions its register.
+    param: bool,
+}
+
+/// A variable after allocation: its physical register or slot and its generated lines
+/// (1-based, inclusive), from the first line that runs with its value in place (the one
+/// after the line that writes it) to the last that reads it.
+#[derive(Debug, Clone)]
+pub(crate) struct GenVar {
+    pub name: String,
+    pub ty: Ty,
+    pub slot: u32,
+    pub lines: (u32, u32),
+    pub span: Span,
+    pub scope: u32,
+}
+
+/// An inline routine expansion: its generated lines (1-based, inclusive; `None` when its
+/// body emitted no code), the call, and the expansion it was called from (0: the flow).
+#[derive(Debug, Clone)]
+pub(crate) struct GenScope {
+    pub routine: String,
+    pub call: Span,
+    pub lines: Option<(u32, u32)>,
+    pub parent: u32,
 }
 
 struct Gen {
@@ -126,6 +175,14 @@ struct Gen {
     stub_of: BTreeMap<u16, u32>,
     /// The routine expansions in progress: name and where it was called.
     expanding: Vec<(String, Span)>,
+    /// Instructions in `code` (its labels and scope marks are not).
+    emitted: usize,
+    /// Names bound to registers and key slots, in binding order.
+    bindings: Vec<Binding>,
+    /// Every routine expansion: name, call, parent (0: the flow).
+    frames: Vec<(String, Span, u32)>,
+    /// The expansions in progress, innermost last (1-based indices into `frames`).
+    frame_stack: Vec<u32>,
     loops: usize,
     /// Compile steps taken (see [`MAX_COMPILE_STEPS`]).
     steps: usize,
@@ -151,6 +208,10 @@ pub(crate) fn generate(items: Vec<Item>) -> R<Generated> {
         stubs: Vec::new(),
         stub_of: BTreeMap::new(),
         expanding: Vec::new(),
+        emitted: 0,
+        bindings: Vec::new(),
+        frames: Vec::new(),
+        frame_stack: Vec::new(),
         loops: 0,
         steps: 0,
     };
@@ -374,14 +435,35 @@ impl Gen {
         self.nlabel - 1
     }
 
+    /// Records that `name` now lives in `v`'s register or key slot (in `scope`, or the
+    /// current routine expansion), for the debugger. Constants have no storage.
+    fn bind(&mut self, name: &str, v: &V, span: Span, scope: Option<u32>) {
+        let to = match *v {
+            V::Reg(r, _) => Bound::Reg(r),
+            V::Key(k) => Bound::Key(k),
+            V::Bytes(_) | V::Int(_) => return,
+        };
+        let param = scope.is_some_and(|s| s > 0);
+        let scope = scope.unwrap_or_else(|| self.frame_stack.last().copied().unwrap_or(0));
+        self.bindings.push(Binding {
+            name: String::from(name),
+            ty: v.ty(),
+            to,
+            span,
+            scope,
+            param,
+        });
+    }
+
     fn emit(&mut self, op: &'static str, args: Vec<A>, span: Span) -> R<()> {
-        if self.code.len() + self.prologue.len() >= MAX_INSTRUCTIONS {
+        if self.emitted + self.prologue.len() >= MAX_INSTRUCTIONS {
             return err(
                 span,
                 format!("the program expands to more than {MAX_INSTRUCTIONS} instructions"),
             );
         }
         self.code.push(Line::I(Ins { op, args, span }));
+        self.emitted += 1;
         Ok(())
     }
 
@@ -581,6 +663,8 @@ impl Gen {
             } else {
                 self.prologue.push(Line::I(line));
             }
+            // Inputs are the flow's, wherever they are first read.
+            self.bind(&d.name, &v, d.span, Some(0));
             self.loaded.insert(d.name, v.clone());
             return Ok(v);
         }
@@ -1075,6 +1159,7 @@ impl Gen {
         if let V::Reg(r, _) = val {
             self.named.insert(r);
         }
+        self.bind(name, &val, span, None);
         env.vars.insert(
             String::from(name),
             Var {
@@ -1104,6 +1189,7 @@ impl Gen {
             None => {
                 let r = self.reg();
                 self.named.insert(r);
+                self.bind(name, &V::Reg(r, Ty::Bytes), span, None);
                 env.vars.insert(
                     String::from(name),
                     Var {
@@ -1342,6 +1428,7 @@ impl Gen {
                     }
                     self.emit("ldi", alloc::vec![A::R(counter), A::Imm(*from)], *span)?;
                     self.emit("ldi", alloc::vec![A::R(end), A::Imm(*to)], *span)?;
+                    self.bind(n, &V::Reg(counter, Ty::Int), *s, None);
                     env.vars.insert(
                         n.clone(),
                         Var {
@@ -1533,6 +1620,13 @@ impl Gen {
             );
         }
         let mut inner = Env::default();
+        // The expansion's frame: its parameters are bound in it, its body runs in it.
+        self.frames.push((
+            String::from(name),
+            span,
+            self.frame_stack.last().copied().unwrap_or(0),
+        ));
+        let frame = self.frames.len() as u32;
         for ((p, pspan), a) in r.params.iter().zip(args) {
             self.check_new_name(&inner, p, *pspan)?;
             let v = self.eval(env, a, None)?;
@@ -1540,6 +1634,7 @@ impl Gen {
                 // A parameter may alias a temporary: keep it from becoming a variable.
                 self.named.insert(r);
             }
+            self.bind(p, &v, *pspan, Some(frame));
             inner.vars.insert(
                 p.clone(),
                 Var {
@@ -1550,7 +1645,11 @@ impl Gen {
             );
         }
         self.expanding.push((String::from(name), span));
+        self.frame_stack.push(frame);
+        self.code.push(Line::Scope(frame, true));
         let ends = self.block(&mut inner, &r.body)?;
+        self.code.push(Line::Scope(frame, false));
+        self.frame_stack.pop();
         self.expanding.pop();
         Ok(ends)
     }
@@ -1566,33 +1665,54 @@ impl Gen {
                     A::L(n) => Some(*n),
                     _ => None,
                 }),
-                Line::Label(_) => None,
+                Line::Label(_) | Line::Scope(..) => None,
             })
             .collect();
         lines.retain(|l| !matches!(l, Line::Label(n) if !used.contains(n)));
-        let (regs, keys) = regalloc::allocate(&lines, self.nreg, self.nkey)?;
+        let alloc = regalloc::allocate(&lines, self.nreg, self.nkey)?;
+        let (regs, keys) = (&alloc.regs, &alloc.keys);
+        // The generated line of each position's instruction (0 for labels and scopes),
+        // and the bounds of each expansion's body, filled in as the lines are printed.
+        let mut line_at: Vec<u32> = Vec::with_capacity(lines.len());
+        let mut scope_lines: Vec<(Option<u32>, u32)> = alloc::vec![(None, 0); self.frames.len()];
         let mut casm = String::new();
         let mut map: Vec<Option<Span>> = Vec::new();
+        // Returns the generated line number just printed (1-based).
         let mut push = |text: String, span: Option<Span>| {
             casm.push_str(&text);
             casm.push('\n');
             map.push(span);
+            map.len() as u32
         };
-        push(String::from("; generated from a .cvs source"), None);
+        let mut printed = push(String::from("; generated from a .cvs source"), None);
         for key in ["city", "script", "version"] {
             if let Some((v, s)) = self.header.get(key) {
-                push(format!(".{key} {v}"), Some(*s));
+                printed = push(format!(".{key} {v}"), Some(*s));
             }
         }
         for d in &self.inputs {
-            push(format!(".input {} {}", d.name, d.ty_text), Some(d.span));
+            printed = push(format!(".input {} {}", d.name, d.ty_text), Some(d.span));
         }
         for d in &self.outputs {
-            push(format!(".output {} {}", d.name, d.ty_text), Some(d.span));
+            printed = push(format!(".output {} {}", d.name, d.ty_text), Some(d.span));
         }
         for l in &lines {
             match l {
-                Line::Label(n) => push(format!("L{n}:"), None),
+                Line::Label(n) => {
+                    printed = push(format!("L{n}:"), None);
+                    line_at.push(0);
+                }
+                Line::Scope(n, open) => {
+                    if let Some(b) = scope_lines.get_mut((*n as usize).wrapping_sub(1)) {
+                        // Opening: the next line printed; closing: the last one printed.
+                        if *open {
+                            b.0 = Some(printed + 1);
+                        } else {
+                            b.1 = printed;
+                        }
+                    }
+                    line_at.push(0);
+                }
                 Line::I(i) => {
                     let mut t = format!("    {}", i.op);
                     for (k, a) in i.args.iter().enumerate() {
@@ -1615,13 +1735,59 @@ impl Gen {
                             A::Sw(s) | A::In(s) | A::Out(s) => t.push_str(s),
                         }
                     }
-                    push(t, Some(i.span));
+                    printed = push(t, Some(i.span));
+                    line_at.push(printed);
                 }
             }
         }
+        let scopes: Vec<GenScope> = self
+            .frames
+            .into_iter()
+            .zip(&scope_lines)
+            .map(|((routine, call, parent), &(first, last))| GenScope {
+                routine,
+                call,
+                lines: first.filter(|&f| f <= last).map(|f| (f, last)),
+                parent,
+            })
+            .collect();
+        let vars = self
+            .bindings
+            .into_iter()
+            .filter_map(|b| {
+                let (slot, live) = match b.to {
+                    Bound::Reg(v) => (regs[v as usize], alloc.reg_live[v as usize]),
+                    Bound::Key(v) => (keys[v as usize], alloc.key_live[v as usize]),
+                };
+                let (s, e) = live?;
+                // Lines of the live interval's instructions after the one that writes
+                // it (a parameter's value is in place when its expansion starts); a
+                // parameter lives only inside its expansion.
+                let from = if b.param { s } else { s + 1 };
+                let first = line_at.get(from..=e)?.iter().copied().find(|&l| l > 0)?;
+                let last = line_at[s..=e].iter().rev().copied().find(|&l| l > 0)?;
+                let (first, last) = match b.scope {
+                    0 => (first, last),
+                    n => {
+                        let (f, l) = scopes.get(n as usize - 1)?.lines?;
+                        (first.max(f), last.min(l))
+                    }
+                };
+                (first <= last).then(|| GenVar {
+                    name: b.name,
+                    ty: b.ty,
+                    slot,
+                    lines: (first, last),
+                    span: b.span,
+                    scope: b.scope,
+                })
+            })
+            .collect();
         Ok(Generated {
             casm,
             line_map: map,
+            vars,
+            scopes,
         })
     }
 }

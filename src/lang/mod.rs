@@ -47,7 +47,10 @@ mod regalloc;
 mod tests;
 
 use crate::asm::{AsmError, AsmOptions, Assembled, MapLoader, SourceLoader, SourceText, Warning};
-use crate::script::{DebugFile, DebugInfo, LineEntry, MAX_DEBUG_NAME};
+use crate::script::{
+    DebugFile, DebugInfo, DebugScope, DebugVar, LineEntry, MAX_DEBUG_NAME, VarKind, is_debug_symbol,
+};
+use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -94,6 +97,22 @@ impl Diag {
     }
 }
 
+/// A source variable, loaded input or routine parameter, where it is bound and its
+/// type: what an editor shows on hover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// The name as written.
+    pub name: String,
+    /// Where it is bound (its first assignment, the declaration of an input, or the
+    /// routine's parameter list).
+    pub span: Span,
+    /// `int`, `bytes` or `key`.
+    pub ty: &'static str,
+    /// The routine whose expansion binds it (a parameter or a routine's own variable);
+    /// `None` for the flow itself.
+    pub routine: Option<String>,
+}
+
 /// The result of [`compile`]: `.casm` text and where each of its lines came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Compiled {
@@ -104,6 +123,21 @@ pub struct Compiled {
     pub line_map: Vec<Option<Span>>,
     /// The high-level files read, in [`Span::file`] order (index 0: the main file).
     pub sources: Vec<SourceText>,
+    /// Every variable, loaded input and routine parameter that has storage (one entry
+    /// per binding; an inline routine expanded twice binds its names twice).
+    pub bindings: Vec<Binding>,
+    /// The variable and scope tables in generated lines, for the debug section.
+    symbols: Symbols,
+}
+
+/// [`codegen::Generated`]'s variables and scopes, kept until the assembler gives each
+/// generated line its code offset.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Symbols {
+    /// Name, kind, slot, generated lines (inclusive), scope (0: the flow).
+    vars: Vec<(String, VarKind, u32, (u32, u32), u32)>,
+    /// Routine, call, generated lines of the body (`None`: no code), parent.
+    scopes: Vec<(String, Span, Option<(u32, u32)>, u32)>,
 }
 
 impl Compiled {
@@ -150,10 +184,43 @@ pub fn compile(
     read_file(0, &mut sources, &mut stack, loader, &mut items)
         .map_err(|d| error_at(&sources, d.span, d.message))?;
     let generated = codegen::generate(items).map_err(|d| error_at(&sources, d.span, d.message))?;
+    let routine_of = |scope: u32| {
+        let i = usize::try_from(scope).ok()?.checked_sub(1)?;
+        generated.scopes.get(i).map(|s| s.routine.clone())
+    };
+    let bindings = generated
+        .vars
+        .iter()
+        .map(|v| Binding {
+            name: v.name.clone(),
+            span: v.span,
+            ty: v.ty.name(),
+            routine: routine_of(v.scope),
+        })
+        .collect();
+    let kind = |t: ast::Ty| match t {
+        ast::Ty::Int => VarKind::Int,
+        ast::Ty::Bytes => VarKind::Bytes,
+        ast::Ty::Key => VarKind::Key,
+    };
+    let symbols = Symbols {
+        vars: generated
+            .vars
+            .into_iter()
+            .map(|v| (v.name, kind(v.ty), v.slot, v.lines, v.scope))
+            .collect(),
+        scopes: generated
+            .scopes
+            .into_iter()
+            .map(|s| (s.routine, s.call, s.lines, s.parent))
+            .collect(),
+    };
     Ok(Compiled {
         casm: generated.casm,
         line_map: generated.line_map,
         sources,
+        bindings,
+        symbols,
     })
 }
 
@@ -250,6 +317,7 @@ pub fn assemble(
         })
         .collect();
     if let Some(dbg) = asm.script.debug.as_mut() {
+        let (vars, scopes) = debug_symbols(&compiled, &dbg.lines);
         *dbg = DebugInfo {
             files: compiled
                 .sources
@@ -271,10 +339,68 @@ pub fn assemble(
                     })
                 })
                 .collect(),
+            vars,
+            scopes,
         };
     }
     asm.sources = compiled.sources;
     Ok(asm)
+}
+
+/// The variable and scope tables in code offsets: `lines` is the assembler's line table
+/// of the generated `.casm` (one row per instruction). A variable or scope whose lines
+/// hold no instruction, or whose name cannot be kept, is left out (a scope's variables
+/// and inner scopes with it).
+fn debug_symbols(compiled: &Compiled, lines: &[LineEntry]) -> (Vec<DebugVar>, Vec<DebugScope>) {
+    let offset_of: BTreeMap<u32, u32> = lines.iter().map(|e| (e.line, e.offset)).collect();
+    let offsets = |(first, last): (u32, u32)| {
+        let start = offset_of.range(first..).next().map(|(_, &o)| o)?;
+        let end = offset_of.range(..=last).next_back().map(|(_, &o)| o)?;
+        (start <= end).then_some((start, end))
+    };
+    // Old scope number (1-based) -> new one; 0 stays the flow, a dropped scope is None.
+    let mut renumber: Vec<Option<u16>> = alloc::vec![Some(0)];
+    let mut scopes = Vec::new();
+    for (routine, call, body, parent) in &compiled.symbols.scopes {
+        let parent = renumber.get(*parent as usize).copied().flatten();
+        let kept = match (body.and_then(offsets), parent) {
+            (Some((start, end)), Some(parent))
+                if is_debug_symbol(routine) && scopes.len() < crate::script::MAX_ENTRIES =>
+            {
+                scopes.push(DebugScope {
+                    routine: routine.clone(),
+                    call_file: call.file,
+                    call_line: call.line,
+                    start,
+                    end,
+                    parent,
+                });
+                Some(scopes.len() as u16)
+            }
+            _ => None,
+        };
+        renumber.push(kept);
+    }
+    let vars = compiled
+        .symbols
+        .vars
+        .iter()
+        .filter_map(|(name, kind, slot, lines, scope)| {
+            let scope = renumber.get(*scope as usize).copied().flatten()?;
+            let (start, end) = offsets(*lines)?;
+            Some(DebugVar {
+                name: name.clone(),
+                kind: *kind,
+                slot: u8::try_from(*slot).ok()?,
+                start,
+                end,
+                scope,
+            })
+            .filter(|_| is_debug_symbol(name))
+        })
+        .take(crate::script::MAX_ENTRIES)
+        .collect();
+    (vars, scopes)
 }
 
 fn truncate(s: &str, max: usize) -> String {

@@ -45,13 +45,25 @@ pub(crate) struct Ins {
 pub(crate) enum Line {
     I(Ins),
     Label(u32),
+    /// Where the body of inline routine expansion `n` (1-based) starts (`true`) or ends:
+    /// no code, only the bounds of a backtrace frame.
+    Scope(u32, bool),
+}
+
+/// Where each virtual register and key slot went, and the positions (indices into the
+/// lines) from its first to its last mention.
+pub(crate) struct Allocation {
+    pub regs: Vec<u32>,
+    pub keys: Vec<u32>,
+    pub reg_live: Vec<Option<(usize, usize)>>,
+    pub key_live: Vec<Option<(usize, usize)>>,
 }
 
 /// Most registers or key slots a script may use.
 const LIMIT: u32 = 255;
 
 /// Maps `nreg` virtual registers and `nkey` virtual key slots to physical ones.
-pub(crate) fn allocate(lines: &[Line], nreg: u32, nkey: u32) -> Result<(Vec<u32>, Vec<u32>), Diag> {
+pub(crate) fn allocate(lines: &[Line], nreg: u32, nkey: u32) -> Result<Allocation, Diag> {
     let mut labels = BTreeMap::new();
     for (p, l) in lines.iter().enumerate() {
         if let Line::Label(n) = l {
@@ -71,23 +83,31 @@ pub(crate) fn allocate(lines: &[Line], nreg: u32, nkey: u32) -> Result<(Vec<u32>
             }
         }
     }
-    let regs = class(lines, nreg, &loops, |a| match a {
+    let (regs, reg_live) = class(lines, nreg, &loops, |a| match a {
         A::R(v) => Some(*v),
         _ => None,
     })?;
-    let keys = class(lines, nkey, &loops, |a| match a {
+    let (keys, key_live) = class(lines, nkey, &loops, |a| match a {
         A::K(v) => Some(*v),
         _ => None,
     })?;
-    Ok((regs, keys))
+    Ok(Allocation {
+        regs,
+        keys,
+        reg_live,
+        key_live,
+    })
 }
+
+/// The live intervals of one class, then its physical assignment.
+type Classed = (Vec<u32>, Vec<Option<(usize, usize)>>);
 
 fn class(
     lines: &[Line],
     n: u32,
     loops: &[(usize, usize)],
     pick: impl Fn(&A) -> Option<u32>,
-) -> Result<Vec<u32>, Diag> {
+) -> Result<Classed, Diag> {
     let n = n as usize;
     let mut iv: Vec<Option<(usize, usize)>> = alloc::vec![None; n];
     for (p, l) in lines.iter().enumerate() {
@@ -188,7 +208,7 @@ fn class(
                     if next >= LIMIT {
                         let span = match &lines[s] {
                             Line::I(i) => i.span,
-                            Line::Label(_) => Span::default(),
+                            Line::Label(_) | Line::Scope(..) => Span::default(),
                         };
                         return Err(Diag::new(
                             span,
@@ -206,5 +226,5 @@ fn class(
         phys[v] = r;
         active.push((e, r));
     }
-    Ok(phys)
+    Ok((phys, iv))
 }

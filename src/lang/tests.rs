@@ -1,4 +1,5 @@
 use crate::asm::{AsmOptions, Assembled, MapLoader, assemble, disassemble};
+use crate::script::VarKind;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
@@ -330,7 +331,15 @@ fn dead_registers_are_reused_and_disasm_reassembles() {
         &mut MapLoader::new(),
     )
     .unwrap();
-    assert_eq!(again.script.encode(), a.script.encode());
+    // The listing carries the line table, not the variable table (a `.cvs` debugging
+    // aid that `.casm` has no directive for).
+    let mut lines_only = a.script.clone();
+    if let Some(d) = lines_only.debug.as_mut() {
+        assert!(!d.vars.is_empty());
+        d.vars.clear();
+        d.scopes.clear();
+    }
+    assert_eq!(again.script.encode(), lines_only.encode());
 }
 
 #[cfg(feature = "sim")]
@@ -425,4 +434,62 @@ mod run {
             "{r:?}"
         );
     }
+}
+
+#[test]
+fn the_debug_section_names_variables_and_routine_expansions() {
+    let src = "\
+include \"purse.cvs\"
+input amount: u32, dlk: key(des3, load)
+routine read(cmd) {
+    apdu cmd -> bal:4 on 9403 fail refused else fail bad
+    out balance = bal
+}
+c = GET_BALANCE
+read(c)
+m = mac(dlk, amount:u32be)
+out mac = m
+done
+";
+    let src = src.replace(
+        "input amount",
+        "output balance: bytes[4], mac: bytes\ninput amount",
+    );
+    let a = build(&src).unwrap();
+    let dbg = a.script.debug.clone().unwrap();
+    let var = |name: &str| {
+        dbg.vars
+            .iter()
+            .find(|v| v.name == name)
+            .unwrap_or_else(|| panic!("no `{name}` in {:?}", dbg.vars))
+    };
+    // The routine's expansion is a scope called from line 9 of the main file.
+    assert_eq!(dbg.scopes.len(), 1, "{:?}", dbg.scopes);
+    let read = &dbg.scopes[0];
+    assert_eq!(
+        (read.routine.as_str(), read.call_file, read.call_line),
+        ("read", 0, 9)
+    );
+    // Its parameter and its field variable live in it; `m` and the key in the flow.
+    assert_eq!(var("cmd").scope, 1);
+    assert_eq!(var("bal").scope, 1);
+    assert_eq!(var("bal").kind, VarKind::Bytes);
+    assert!(read.start <= var("cmd").start && var("bal").end <= read.end);
+    assert_eq!((var("m").scope, var("m").kind), (0, VarKind::Bytes));
+    assert_eq!((var("dlk").scope, var("dlk").kind), (0, VarKind::Key));
+    assert_eq!(var("amount").kind, VarKind::Int);
+    // A variable's range starts after the instruction that writes it: the line table
+    // puts that instruction on the variable's line, the range's first one after it.
+    let line_of = |o: u32| dbg.entry(o).map(|e| e.line);
+    assert_eq!(line_of(var("m").start), Some(11), "{:?}", var("m"));
+    // The compiler's bindings say the same, with types, for an editor.
+    let compiled = super::compile(&src, "lib/main.cvs", &mut loader()).unwrap();
+    let bal = compiled.bindings.iter().find(|b| b.name == "bal").unwrap();
+    assert_eq!(
+        (bal.ty, bal.routine.as_deref(), bal.span.line),
+        ("bytes", Some("read"), 5)
+    );
+    // The table round-trips through the script's bytes.
+    let again = crate::script::CommandScript::parse(&a.script.encode()).unwrap();
+    assert_eq!(again.debug, Some(dbg.clone()));
 }

@@ -21,10 +21,19 @@ const SEC_DEBUG_V1: u8 = 0x05;
 /// The versioned debug section: a version byte, then the body of that version.
 const SEC_DEBUG: u8 = 0x06;
 
-/// The debug info version this build writes and reads: file names with the SM3 of each
-/// source file's bytes. Version 1 is the older section 05 (names only); sections of
-/// other versions are kept as [`UnsupportedDebug`] so the script still parses and runs.
-pub const DEBUG_VERSION: u8 = 2;
+/// The newest debug info version this build reads and writes. Version 2: file names with
+/// the SM3 of each source file's bytes, and the line table. Version 3 adds the variable
+/// table and the inline routine scopes of a `.cvs` program (written only when there are
+/// variables or scopes, so a `.casm` script keeps its version 2 bytes). Version 1 is the
+/// older section 05 (names only); sections of other versions are kept as
+/// [`UnsupportedDebug`] so the script still parses and runs.
+pub const DEBUG_VERSION: u8 = 3;
+
+/// The debug info version of a line table without variables or scopes.
+const DEBUG_VERSION_LINES: u8 = 2;
+
+/// Longest variable or routine name kept in the debug section (bytes).
+pub const MAX_DEBUG_SYMBOL: usize = 64;
 
 /// Longest source file name kept in the debug section (bytes).
 pub const MAX_DEBUG_NAME: usize = 1024;
@@ -144,6 +153,84 @@ pub struct LineEntry {
     pub line: u32,
 }
 
+/// What a source variable holds: how a debugger shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VarKind {
+    /// An integer in a register.
+    Int,
+    /// A byte string in a register.
+    Bytes,
+    /// A key slot: a debugger shows only its algorithm and usage, never its bytes.
+    Key,
+}
+
+impl VarKind {
+    fn code(self) -> u8 {
+        match self {
+            VarKind::Int => 0,
+            VarKind::Bytes => 1,
+            VarKind::Key => 2,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<Self> {
+        match c {
+            0 => Some(VarKind::Int),
+            1 => Some(VarKind::Bytes),
+            2 => Some(VarKind::Key),
+            _ => None,
+        }
+    }
+
+    /// The type's name in the language (`int`, `bytes`, `key`).
+    pub fn name(self) -> &'static str {
+        match self {
+            VarKind::Int => "int",
+            VarKind::Bytes => "bytes",
+            VarKind::Key => "key",
+        }
+    }
+}
+
+/// One row of the variable table: source variable `name` is in register (or key slot)
+/// `slot` from the instruction at `start` (which writes it) to the one at `end` (the
+/// last that reads it), both code offsets, inclusive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebugVar {
+    /// The source name (an identifier of at most [`MAX_DEBUG_SYMBOL`] bytes).
+    pub name: String,
+    /// Integer, byte string or key.
+    pub kind: VarKind,
+    /// Register index, or key slot index for [`VarKind::Key`].
+    pub slot: u8,
+    /// Code offset of the first instruction of its live range.
+    pub start: u32,
+    /// Code offset of the last instruction of its live range (inclusive).
+    pub end: u32,
+    /// 0: the flow itself; `n`: the routine expansion [`DebugInfo::scopes`]`[n - 1]`.
+    pub scope: u16,
+}
+
+/// One inline routine expansion: the code from `start` to `end` (inclusive) is the body
+/// of `routine`, called at `call_file:call_line`. Routines are expanded inline, so this
+/// is what a backtrace shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebugScope {
+    /// The routine's name.
+    pub routine: String,
+    /// Index into [`DebugInfo::files`] of the call.
+    pub call_file: u16,
+    /// 1-based line of the call.
+    pub call_line: u32,
+    /// Code offset of the body's first instruction.
+    pub start: u32,
+    /// Code offset of the body's last instruction (inclusive).
+    pub end: u32,
+    /// 0: called from the flow itself; `n`: from [`DebugInfo::scopes`]`[n - 1]`, which
+    /// comes earlier in the table.
+    pub parent: u16,
+}
+
 /// Optional debug information from the assembler.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DebugInfo {
@@ -151,6 +238,10 @@ pub struct DebugInfo {
     pub files: Vec<DebugFile>,
     /// Line table, sorted by offset.
     pub lines: Vec<LineEntry>,
+    /// Source variables and where each lives (version 3; empty for `.casm`).
+    pub vars: Vec<DebugVar>,
+    /// Inline routine expansions (version 3; empty for `.casm`).
+    pub scopes: Vec<DebugScope>,
 }
 
 impl DebugInfo {
@@ -168,6 +259,21 @@ impl DebugInfo {
             .binary_search_by_key(&offset, |e| e.offset)
             .ok()?;
         Some(self.lines[i])
+    }
+
+    /// The routine expansions that contain `offset`, innermost first (a backtrace
+    /// without its bottom frame, the flow itself), with their indices in
+    /// [`DebugInfo::scopes`].
+    pub fn scopes_at(&self, offset: u32) -> Vec<(usize, &DebugScope)> {
+        let mut out: Vec<(usize, &DebugScope)> = self
+            .scopes
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.start <= offset && offset <= s.end)
+            .collect();
+        // Parents come first in the table, so the innermost expansion is the last.
+        out.reverse();
+        out
     }
 }
 
@@ -236,7 +342,12 @@ impl CommandScript {
         section(&mut out, SEC_CODE, &self.code);
         if let Some(dbg) = &self.debug {
             body.clear();
-            body.push(DEBUG_VERSION);
+            let v3 = !dbg.vars.is_empty() || !dbg.scopes.is_empty();
+            body.push(if v3 {
+                DEBUG_VERSION
+            } else {
+                DEBUG_VERSION_LINES
+            });
             body.extend_from_slice(&(dbg.files.len() as u16).to_be_bytes());
             for f in &dbg.files {
                 put_bytes16(&mut body, f.name.as_bytes());
@@ -247,6 +358,9 @@ impl CommandScript {
                 body.extend_from_slice(&e.offset.to_be_bytes());
                 body.extend_from_slice(&e.file.to_be_bytes());
                 body.extend_from_slice(&e.line.to_be_bytes());
+            }
+            if v3 {
+                encode_symbols(&mut body, dbg);
             }
             section(&mut out, SEC_DEBUG, &body);
         } else if let Some(u) = &self.unsupported_debug {
@@ -260,6 +374,47 @@ impl CommandScript {
             }
         }
         out
+    }
+}
+
+/// The version 3 tables: variables, then scopes. Names are a length byte and the bytes.
+fn encode_symbols(body: &mut Vec<u8>, dbg: &DebugInfo) {
+    body.extend_from_slice(&(dbg.vars.len() as u16).to_be_bytes());
+    for v in &dbg.vars {
+        put_name(body, &v.name);
+        body.push(v.kind.code());
+        body.push(v.slot);
+        body.extend_from_slice(&v.start.to_be_bytes());
+        body.extend_from_slice(&v.end.to_be_bytes());
+        body.extend_from_slice(&v.scope.to_be_bytes());
+    }
+    body.extend_from_slice(&(dbg.scopes.len() as u16).to_be_bytes());
+    for s in &dbg.scopes {
+        put_name(body, &s.routine);
+        body.extend_from_slice(&s.call_file.to_be_bytes());
+        body.extend_from_slice(&s.call_line.to_be_bytes());
+        body.extend_from_slice(&s.start.to_be_bytes());
+        body.extend_from_slice(&s.end.to_be_bytes());
+        body.extend_from_slice(&s.parent.to_be_bytes());
+    }
+}
+
+/// Whether `s` may name a debug variable or routine: an identifier of at most
+/// [`MAX_DEBUG_SYMBOL`] bytes.
+pub fn is_debug_symbol(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_DEBUG_SYMBOL
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+fn symbol(i: &[u8]) -> PResult<'_, String> {
+    let (rest, len) = u8_(i)?;
+    let (rest, bytes) = take_n(rest, usize::from(len))?;
+    match core::str::from_utf8(bytes) {
+        Ok(s) if is_debug_symbol(s) => Ok((rest, String::from(s))),
+        _ => fail(i, FormatErrorKind::BadName),
     }
 }
 
@@ -346,8 +501,10 @@ fn parse_script(i: &[u8]) -> PResult<'_, CommandScript> {
             let (i, body) = expect_section(i, SEC_DEBUG)?;
             let (rest, version) = u8_(body)?;
             match version {
-                DEBUG_VERSION => {
-                    let (_, dbg) = whole(rest, |b| parse_debug(b, code.len()))?;
+                DEBUG_VERSION_LINES | DEBUG_VERSION => {
+                    let (_, dbg) = whole(rest, |b| {
+                        parse_debug(b, code.len(), version == DEBUG_VERSION)
+                    })?;
                     (i, Some(dbg), None)
                 }
                 // A later version: still a valid script, just no source mapping here.
@@ -422,7 +579,7 @@ fn parse_decls(i: &[u8]) -> PResult<'_, Vec<Decl>> {
     Ok((i, out))
 }
 
-fn parse_debug(i: &[u8], code_len: usize) -> PResult<'_, DebugInfo> {
+fn parse_debug(i: &[u8], code_len: usize, symbols: bool) -> PResult<'_, DebugInfo> {
     let (mut i, n) = count16(i, "debug file count", MAX_ENTRIES)?;
     let mut files = Vec::with_capacity(n);
     for _ in 0..n {
@@ -461,7 +618,78 @@ fn parse_debug(i: &[u8], code_len: usize) -> PResult<'_, DebugInfo> {
         lines.push(LineEntry { offset, file, line });
         i = rest;
     }
-    Ok((i, DebugInfo { files, lines }))
+    let mut dbg = DebugInfo {
+        files,
+        lines,
+        vars: Vec::new(),
+        scopes: Vec::new(),
+    };
+    if !symbols {
+        return Ok((i, dbg));
+    }
+    let in_code = |start: u32, end: u32| start <= end && (end as usize) < code_len;
+    let (mut i, nvars) = count16(i, "debug variable count", MAX_ENTRIES)?;
+    for _ in 0..nvars {
+        let at = i;
+        let (rest, name) = symbol(i)?;
+        let (rest, kind) = u8_(rest)?;
+        let (rest, slot) = u8_(rest)?;
+        let (rest, start) = u32_(rest)?;
+        let (rest, end) = u32_(rest)?;
+        let (rest, scope) = u16_(rest)?;
+        let Some(kind) = VarKind::from_code(kind) else {
+            return fail(at, FormatErrorKind::BadDebugInfo);
+        };
+        dbg.vars.push(DebugVar {
+            name,
+            kind,
+            slot,
+            start,
+            end,
+            scope,
+        });
+        if !in_code(start, end) {
+            return fail(at, FormatErrorKind::BadDebugInfo);
+        }
+        i = rest;
+    }
+    let (mut i, nscopes) = count16(i, "debug scope count", MAX_ENTRIES)?;
+    for index in 0..nscopes {
+        let at = i;
+        let (rest, routine) = symbol(i)?;
+        let (rest, call_file) = u16_(rest)?;
+        let (rest, call_line) = u32_(rest)?;
+        let (rest, start) = u32_(rest)?;
+        let (rest, end) = u32_(rest)?;
+        let (rest, parent) = u16_(rest)?;
+        // A parent comes earlier in the table: no cycles, and a backtrace ends.
+        if !in_code(start, end)
+            || usize::from(call_file) >= dbg.files.len()
+            || usize::from(parent) > index
+        {
+            return fail(at, FormatErrorKind::BadDebugInfo);
+        }
+        dbg.scopes.push(DebugScope {
+            routine,
+            call_file,
+            call_line,
+            start,
+            end,
+            parent,
+        });
+        i = rest;
+    }
+    // Every variable's scope exists; version 3 is written only with symbols, so the
+    // bytes re-encode to themselves.
+    if dbg
+        .vars
+        .iter()
+        .any(|v| usize::from(v.scope) > dbg.scopes.len())
+        || (dbg.vars.is_empty() && dbg.scopes.is_empty())
+    {
+        return fail(i, FormatErrorKind::BadDebugInfo);
+    }
+    Ok((i, dbg))
 }
 
 #[cfg(test)]
@@ -523,7 +751,7 @@ pub(crate) mod tests {
             any_decls(),
             any_decls(),
             proptest::collection::vec(any::<u8>(), 1..40),
-            0u8..4,
+            0u8..5,
             any::<[u8; 32]>(),
         )
             .prop_map(
@@ -536,8 +764,10 @@ pub(crate) mod tests {
                     dbg,
                     sm3,
                 )| {
-                    // 0: none, 1: current version, 2: version 1 kept, 3: a later version kept.
-                    let debug = (dbg == 1).then(|| DebugInfo {
+                    // 0: none, 1: version 2 (lines), 2: version 1 kept, 3: a later version
+                    // kept, 4: version 3 (lines, variables and scopes).
+                    let last = code.len() as u32 - 1;
+                    let debug = (dbg == 1 || dbg == 4).then(|| DebugInfo {
                         files: alloc::vec![DebugFile {
                             name: String::from("city.casm"),
                             sm3
@@ -550,6 +780,30 @@ pub(crate) mod tests {
                                 line: o + 1,
                             })
                             .collect(),
+                        vars: if dbg == 4 {
+                            alloc::vec![DebugVar {
+                                name: String::from("balance"),
+                                kind: VarKind::Bytes,
+                                slot: registers,
+                                start: 0,
+                                end: last,
+                                scope: 1,
+                            }]
+                        } else {
+                            Vec::new()
+                        },
+                        scopes: if dbg == 4 {
+                            alloc::vec![DebugScope {
+                                routine: String::from("check_balance"),
+                                call_file: 0,
+                                call_line: 7,
+                                start: last / 2,
+                                end: last,
+                                parent: 0,
+                            }]
+                        } else {
+                            Vec::new()
+                        },
                     });
                     let unsupported_debug = match dbg {
                         2 => Some(UnsupportedDebug {
@@ -557,7 +811,7 @@ pub(crate) mod tests {
                             body: sm3[..5].to_vec(),
                         }),
                         3 => Some(UnsupportedDebug {
-                            version: 9,
+                            version: DEBUG_VERSION + 1,
                             body: sm3.to_vec(),
                         }),
                         _ => None,
@@ -728,6 +982,7 @@ pub(crate) mod tests {
                     file: 0,
                     line: 3
                 }],
+                ..DebugInfo::default()
             }),
             ..Default::default()
         };
@@ -739,13 +994,17 @@ pub(crate) mod tests {
         .encode()
         .len();
         // tag, length(4), then the version byte.
-        assert_eq!((bytes[at], bytes[at + 5]), (SEC_DEBUG, DEBUG_VERSION));
+        // Lines only: version 2, byte for byte what earlier builds wrote.
+        assert_eq!((bytes[at], bytes[at + 5]), (SEC_DEBUG, DEBUG_VERSION_LINES));
         assert_eq!(CommandScript::parse(&bytes).unwrap().debug, s.debug);
         // A later version parses (kept as bytes); versions below 2 never used section 06.
         let mut later = bytes.clone();
         later[at + 5] = DEBUG_VERSION + 1;
         let p = CommandScript::parse(&later).unwrap();
-        assert_eq!(p.unsupported_debug.as_ref().map(|u| u.version), Some(3));
+        assert_eq!(
+            p.unsupported_debug.as_ref().map(|u| u.version),
+            Some(DEBUG_VERSION + 1)
+        );
         assert_eq!(p.encode(), later);
         for v in [0, 1] {
             let mut old = bytes.clone();
@@ -753,6 +1012,110 @@ pub(crate) mod tests {
             let err = CommandScript::parse(&old).unwrap_err();
             assert_eq!(err.kind, FormatErrorKind::BadDebugInfo);
         }
+    }
+
+    fn with_symbols(vars: Vec<DebugVar>, scopes: Vec<DebugScope>) -> CommandScript {
+        CommandScript {
+            code: alloc::vec![0; 10],
+            debug: Some(DebugInfo {
+                files: alloc::vec![DebugFile::unhashed("a.cvs")],
+                vars,
+                scopes,
+                ..DebugInfo::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn var(start: u32, end: u32, scope: u16) -> DebugVar {
+        DebugVar {
+            name: String::from("balance"),
+            kind: VarKind::Bytes,
+            slot: 3,
+            start,
+            end,
+            scope,
+        }
+    }
+
+    fn scope(start: u32, end: u32, parent: u16) -> DebugScope {
+        DebugScope {
+            routine: String::from("read_balance"),
+            call_file: 0,
+            call_line: 4,
+            start,
+            end,
+            parent,
+        }
+    }
+
+    #[test]
+    fn version_3_carries_variables_and_scopes() {
+        let s = with_symbols(
+            alloc::vec![var(2, 9, 0), var(5, 6, 2)],
+            alloc::vec![scope(4, 8, 0), scope(5, 7, 1)],
+        );
+        let bytes = s.encode();
+        let parsed = CommandScript::parse(&bytes).unwrap();
+        assert_eq!(parsed, s);
+        assert_eq!(parsed.encode(), bytes);
+        let dbg = parsed.debug.unwrap();
+        let at: Vec<usize> = dbg.scopes_at(6).into_iter().map(|(i, _)| i).collect();
+        assert_eq!(at, [1, 0], "innermost first");
+        assert!(dbg.scopes_at(9).is_empty());
+    }
+
+    #[test]
+    fn version_3_refuses_what_a_debugger_would_misread() {
+        for (what, s) in [
+            (
+                "range past the code",
+                with_symbols(alloc::vec![var(2, 10, 0)], Vec::new()),
+            ),
+            (
+                "range backwards",
+                with_symbols(alloc::vec![var(5, 4, 0)], Vec::new()),
+            ),
+            (
+                "unknown scope",
+                with_symbols(alloc::vec![var(1, 2, 1)], Vec::new()),
+            ),
+            (
+                "parent after child",
+                with_symbols(Vec::new(), alloc::vec![scope(1, 2, 1)]),
+            ),
+            ("call in no file", {
+                let mut s = with_symbols(Vec::new(), alloc::vec![scope(1, 2, 0)]);
+                if let Some(d) = s.debug.as_mut() {
+                    d.scopes[0].call_file = 1;
+                }
+                s
+            }),
+        ] {
+            let err = CommandScript::parse(&s.encode()).unwrap_err();
+            assert_eq!(err.kind, FormatErrorKind::BadDebugInfo, "{what}");
+        }
+        // Version 3 without symbols would re-encode as version 2: not canonical.
+        let plain = with_symbols(Vec::new(), Vec::new()).encode();
+        let mut v3 = plain.clone();
+        // The section ends the file: version, file count, name length, "a.cvs", SM3,
+        // line count.
+        let at = plain.len() - (1 + 2 + 2 + 5 + 32 + 4);
+        assert_eq!(v3[at], DEBUG_VERSION_LINES);
+        v3[at] = DEBUG_VERSION;
+        v3.extend_from_slice(&[0, 0, 0, 0]);
+        let len_at = at - 4;
+        let len = u32::from_be_bytes([v3[len_at], v3[len_at + 1], v3[len_at + 2], v3[len_at + 3]]);
+        v3[len_at..at].copy_from_slice(&(len + 4).to_be_bytes());
+        let err = CommandScript::parse(&v3).unwrap_err();
+        assert_eq!(err.kind, FormatErrorKind::BadDebugInfo);
+        // A name that is not an identifier (a terminal escape, say) is refused.
+        let mut s = with_symbols(alloc::vec![var(1, 2, 0)], Vec::new());
+        if let Some(d) = s.debug.as_mut() {
+            d.vars[0].name = String::from("a\u{1b}[31m");
+        }
+        let err = CommandScript::parse(&s.encode()).unwrap_err();
+        assert_eq!(err.kind, FormatErrorKind::BadName);
     }
 
     #[test]

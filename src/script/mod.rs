@@ -36,8 +36,9 @@ mod types;
 pub use codec::{FormatError, FormatErrorKind};
 pub(crate) use command::acts_on_terminal;
 pub use command::{
-    CommandScript, Constant, DEBUG_VERSION, DebugFile, DebugInfo, Decl, Header, LineEntry,
-    MAX_DEBUG_NAME, UnsupportedDebug, display_safe,
+    CommandScript, Constant, DEBUG_VERSION, DebugFile, DebugInfo, DebugScope, DebugVar, Decl,
+    Header, LineEntry, MAX_DEBUG_NAME, MAX_DEBUG_SYMBOL, UnsupportedDebug, VarKind, display_safe,
+    is_debug_symbol,
 };
 pub use data::{DataScript, Field, FieldValue, with_encoded};
 pub use types::{ValueType, is_valid_name};
