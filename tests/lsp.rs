@@ -262,6 +262,13 @@ fn lsp_session_diagnostics_hover_definition() {
         "{d:?}"
     );
 
+    // Before the program ever compiled, a variable's type is what its assignment reads.
+    let text = hover_text(&c.at("textDocument/hover", &main_uri, 7, 0));
+    assert!(
+        text.contains("variable `x`: an integer (as its first assignment reads"),
+        "{text}"
+    );
+
     // Fixed: no diagnostics.
     c.change(&main_uri, 2, FIXED);
     assert_eq!(c.diagnostics(&main_uri), Vec::<Value>::new());
@@ -286,9 +293,9 @@ fn lsp_session_diagnostics_hover_definition() {
         json!({ "line": 7, "character": 4 }),
         "{h}"
     );
-    // A variable: its type as far as its first assignment shows, and the line.
     let text = hover_text(&c.at("textDocument/hover", &main_uri, 8, 3));
-    assert!(text.contains("variable `x`: an integer"), "{text}");
+    // A variable: the compiler's type for it, and its first assignment.
+    assert!(text.contains("variable `x`: `int` (an integer)"), "{text}");
     assert!(text.contains("line 8"), "{text}");
     // A constant and a builtin statement.
     let text = hover_text(&c.at("textDocument/hover", &main_uri, 8, 9));
@@ -407,12 +414,13 @@ fn lsp_exit_without_shutdown_is_an_error_exit() {
 fn lsp_a_fragment_is_checked_as_the_file_that_includes_it() {
     let dir = tmp_dir("fragment");
     let lib = dir.join("common/lib.cvs");
-    let lib_text = "routine select() {\n    apdu [00 A4 04 00 02 3F 00] else fail not_found\n}\n";
+    let lib_text = "routine select(aid) {\n    apdu 00 A4 04 00 [{aid}] else fail not_found\n}\n";
     std::fs::write(&lib, lib_text).unwrap();
     std::fs::create_dir_all(dir.join("city1")).unwrap();
     std::fs::write(
         dir.join("city1/main.cvs"),
-        "city 1\nscript 1\nversion 1\nfail_codes { not_found = 2 }\ninclude \"../common/lib.cvs\"\nselect()\ndone\n",
+        "city 1\nscript 1\nversion 1\ninput file_id: bytes[2]\nfail_codes { not_found = 2 }\n\
+         include \"../common/lib.cvs\"\nselect(file_id)\ndone\n",
     )
     .unwrap();
     let lib_uri = uri(&lib);
@@ -420,6 +428,12 @@ fn lsp_a_fragment_is_checked_as_the_file_that_includes_it() {
     // Alone, `not_found` is undeclared; as city1/main.cvs includes it, all is well.
     c.open(&lib_uri, lib_text);
     assert_eq!(c.diagnostics(&lib_uri), Vec::<Value>::new());
+    // Its parameter has the type the including program gives it.
+    let text = hover_text(&c.at("textDocument/hover", &lib_uri, 1, 23));
+    assert!(
+        text.contains("parameter `aid`: `bytes` of routine `select`"),
+        "{text}"
+    );
     // An error in the fragment is shown in it, from the editor's (unsaved) text.
     c.change(&lib_uri, 2, &lib_text.replace("not_found", "not_fuond"));
     let d = c.diagnostics(&lib_uri);

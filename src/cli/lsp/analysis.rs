@@ -113,6 +113,62 @@ impl Doc {
 /// The diagnostics of a check: per URI (the document's first, possibly empty).
 pub type Published = Vec<(String, Vec<Diagnostic>)>;
 
+/// A variable's, parameter's or loaded input's type as the compiler gave it
+/// ([`cardvm::lang::Binding`]), with its file by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Typed {
+    /// The name.
+    pub name: String,
+    /// The file it is bound in (the compiler's name for it).
+    pub file: String,
+    /// 1-based line of the binding.
+    pub line: u32,
+    /// `int`, `bytes` or `key`.
+    pub ty: &'static str,
+    /// The routine that binds it; `None` for the flow.
+    pub routine: Option<String>,
+}
+
+/// A check's result: the diagnostics, and the compiler's types when it compiled.
+#[derive(Debug, Clone, Default)]
+pub struct Checked {
+    /// Diagnostics per URI (the document's first).
+    pub published: Published,
+    /// The bindings with their types (`.cvs` that compiles).
+    pub types: Option<Vec<Typed>>,
+}
+
+/// The bindings of the `.cvs` program `root` (read through `loader`).
+fn types_of(root: &Doc, loader: &mut dyn SourceLoader) -> Option<Vec<Typed>> {
+    if root.lang != Some(Lang::Cvs) {
+        return None;
+    }
+    let c = cardvm::lang::compile(&root.text, &root.name(), loader).ok()?;
+    Some(
+        c.bindings
+            .iter()
+            .filter_map(|b| {
+                Some(Typed {
+                    name: b.name.clone(),
+                    file: c.sources.get(usize::from(b.span.file))?.name.clone(),
+                    line: b.span.line,
+                    ty: b.ty,
+                    routine: b.routine.clone(),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Whether two compiler file names are one file.
+fn same_file(a: &str, b: &str) -> bool {
+    a == b
+        || matches!(
+            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+            (Ok(x), Ok(y)) if x == y
+        )
+}
+
 /// A loader that reads includes through another (which resolves and confines them) and
 /// hands the editor's text for the files open in it.
 struct Overlay<'a> {
@@ -238,16 +294,39 @@ fn find_root(doc: &Doc, open: &[&Doc]) -> Option<Doc> {
 /// A fragment (no header: a file for others to include) is checked as part of a file
 /// that includes it — an open one, or one found in its include root — and shows what
 /// that check finds in the fragment; without such a file it is checked alone.
-pub fn check(doc: &Doc, open: &[&Doc]) -> Published {
+///
+/// For a `.cvs` program that compiles, [`Checked::types`] has the compiler's bindings.
+pub fn check(doc: &Doc, open: &[&Doc]) -> Checked {
     let Some(lang) = doc.lang else {
-        return vec![(doc.uri.clone(), Vec::new())];
+        return Checked {
+            published: vec![(doc.uri.clone(), Vec::new())],
+            types: None,
+        };
     };
+    let mut with_me: Vec<&Doc> = open.iter().copied().filter(|d| d.uri != doc.uri).collect();
+    with_me.push(doc);
     if is_fragment(&doc.text, lang)
         && let Some(root) = find_root(doc, open)
     {
-        return check_in(doc, &root, open);
+        let published = check_in(doc, &root, open);
+        let mut loader = Overlay {
+            inner: root.loader(),
+            open: &with_me,
+        };
+        return Checked {
+            published,
+            types: types_of(&root, &mut loader),
+        };
     }
-    check_alone(doc, open)
+    let published = check_alone(doc, open);
+    let mut loader = Overlay {
+        inner: doc.loader(),
+        open: &with_me,
+    };
+    Checked {
+        published,
+        types: types_of(doc, &mut loader),
+    }
 }
 
 /// The fragment `doc`'s diagnostics as `root` (which includes it) compiles.
@@ -448,7 +527,8 @@ fn at(doc: &Doc, pos: Position) -> Option<At<'_>> {
 }
 
 /// Hover text (Markdown) for the position, and the range it is about.
-pub fn hover(doc: &Doc, pos: Position) -> Option<(String, Range)> {
+/// `types`: the compiler's bindings from the last check that compiled, if any.
+pub fn hover(doc: &Doc, pos: Position, types: &[Typed]) -> Option<(String, Range)> {
     let lang = doc.lang?;
     let a = at(doc, pos)?;
     let toks = tokens(a.line_text, lang);
@@ -473,7 +553,7 @@ pub fn hover(doc: &Doc, pos: Position) -> Option<(String, Range)> {
     }
     let text = match lang {
         Lang::Casm => hover_casm(&a.outline, &toks, &tok, pos.line),
-        Lang::Cvs => hover_cvs(&a.outline, &toks, &tok, pos.line),
+        Lang::Cvs => hover_cvs(&a.outline, &toks, &tok, pos.line, types),
     }?;
     Some((text, range))
 }
@@ -526,10 +606,16 @@ fn hover_casm(o: &Outline, toks: &[Tok<'_>], tok: &Tok<'_>, line: u32) -> Option
     {
         return Some(instruction_doc(op));
     }
-    o.lookup(tok.text, 0, line).map(|s| describe(o, s))
+    o.lookup(tok.text, 0, line).map(|s| describe(o, s, &[]))
 }
 
-fn hover_cvs(o: &Outline, toks: &[Tok<'_>], tok: &Tok<'_>, line: u32) -> Option<String> {
+fn hover_cvs(
+    o: &Outline,
+    toks: &[Tok<'_>],
+    tok: &Tok<'_>,
+    line: u32,
+    types: &[Typed],
+) -> Option<String> {
     let called = toks
         .iter()
         .skip_while(|t| t.start != tok.start)
@@ -538,7 +624,7 @@ fn hover_cvs(o: &Outline, toks: &[Tok<'_>], tok: &Tok<'_>, line: u32) -> Option<
     if let Some(sym) = o.lookup(tok.text, 0, line)
         && !(called && builtin_doc(tok.text).is_some() && !matches!(sym.kind, Kind::Routine(_)))
     {
-        return Some(describe(o, sym));
+        return Some(describe(o, sym, types));
     }
     builtin_doc(tok.text)
 }
@@ -700,8 +786,37 @@ fn symbol_type(o: &Outline, s: &Symbol, depth: u32) -> Option<&'static str> {
     }
 }
 
-/// Hover text for a declaration.
-fn describe(o: &Outline, s: &Symbol) -> String {
+/// The compiler's type of a variable or parameter: the binding at its own line, else
+/// every binding of the name in its routine (or the flow).
+fn compiler_type(types: &[Typed], o: &Outline, s: &Symbol) -> Option<String> {
+    let file = &o.files.get(s.file)?.0;
+    let same: Vec<&Typed> = types
+        .iter()
+        .filter(|t| t.name == s.name && t.routine == s.scope)
+        .collect();
+    if let Some(t) = same
+        .iter()
+        .find(|t| t.line == s.line + 1 && same_file(&t.file, file))
+    {
+        return Some(t.ty.to_string());
+    }
+    let mut tys: Vec<&str> = same.iter().map(|t| t.ty).collect();
+    tys.sort_unstable();
+    tys.dedup();
+    (!tys.is_empty()).then(|| tys.join("` or `"))
+}
+
+fn ty_noun(ty: &str) -> &'static str {
+    match ty {
+        "int" => "an integer",
+        "bytes" => "a byte string",
+        "key" => "a key",
+        _ => "a value",
+    }
+}
+
+/// Hover text for a declaration; `types`: the compiler's bindings, if known.
+fn describe(o: &Outline, s: &Symbol, types: &[Typed]) -> String {
     let place = match o.files.get(s.file) {
         Some(_) if s.file == 0 => format!("line {}", s.line + 1),
         Some((name, _)) => format!("{name}:{}", s.line + 1),
@@ -713,13 +828,27 @@ fn describe(o: &Outline, s: &Symbol) -> String {
         Kind::Const(v) => format!("const `{}` = `{v}`", s.name),
         Kind::FailCode(v) => format!("failure code `{}` = `{v}`", s.name),
         Kind::Routine(p) => format!("routine `{}({p})`", s.name),
-        Kind::Param => format!(
-            "parameter `{}` of routine `{}`",
-            s.name,
-            s.scope.as_deref().unwrap_or("?")
-        ),
+        Kind::Param => {
+            let ty = compiler_type(types, o, s)
+                .map(|t| format!(": `{t}`"))
+                .unwrap_or_default();
+            format!(
+                "parameter `{}`{ty} of routine `{}`",
+                s.name,
+                s.scope.as_deref().unwrap_or("?")
+            )
+        }
         Kind::Variable(origin) => {
-            let ty = symbol_type(o, s, 0);
+            let ty = match compiler_type(types, o, s) {
+                Some(t) if !t.contains(' ') => format!(": `{t}` ({})", ty_noun(&t)),
+                Some(t) => format!(": `{t}` (in different expansions of the routine)"),
+                None => match symbol_type(o, s, 0) {
+                    Some(noun) => format!(
+                        ": {noun} (as its first assignment reads; not typed by the compiler)"
+                    ),
+                    None => String::new(),
+                },
+            };
             let what = match origin {
                 VarOrigin::Assign(_) => "variable",
                 VarOrigin::Response => "variable (an APDU response)",
@@ -732,7 +861,6 @@ fn describe(o: &Outline, s: &Symbol) -> String {
                 }
                 VarOrigin::Loop => "loop counter",
             };
-            let ty = ty.map(|t| format!(": {t}")).unwrap_or_default();
             return format!(
                 "{what} `{}`{ty}\n\nfirst assigned at {place}: `{}`",
                 s.name, s.source
@@ -810,7 +938,7 @@ mod tests {
     fn a_check_without_a_file_still_reports() {
         let doc = Doc::new("untitled:x.cvs".into(), "city 1\nx = \n".into());
         assert_eq!(doc.lang, Some(Lang::Cvs));
-        let got = check(&doc, &[]);
+        let got = check(&doc, &[]).published;
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].1.len(), 1, "{got:?}");
     }

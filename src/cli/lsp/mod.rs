@@ -46,6 +46,8 @@ struct Server {
     docs: BTreeMap<String, Doc>,
     /// Per document: the other URIs (included files) it published diagnostics on.
     published: BTreeMap<String, BTreeSet<String>>,
+    /// Per `.cvs` document: the compiler's types from its last check that compiled.
+    types: BTreeMap<String, Vec<analysis::Typed>>,
     out: Vec<Message>,
 }
 
@@ -178,7 +180,10 @@ impl Server {
                     let hover = self
                         .docs
                         .get(tdp.text_document.uri.as_str())
-                        .and_then(|d| analysis::hover(d, tdp.position))
+                        .and_then(|d| {
+                            let types = self.types.get(d.uri.as_str());
+                            analysis::hover(d, tdp.position, types.map_or(&[], Vec::as_slice))
+                        })
                         .map(|(value, range)| Hover {
                             contents: HoverContents::Markup(MarkupContent {
                                 kind: MarkupKind::Markdown,
@@ -263,6 +268,7 @@ impl Server {
                 if let Ok(c) = params::<lsp_types::DidCloseTextDocumentParams>(p) {
                     let uri = c.text_document.uri.as_str().to_string();
                     self.docs.remove(&uri);
+                    self.types.remove(&uri);
                     let others = self.published.remove(&uri).unwrap_or_default();
                     for u in std::iter::once(uri).chain(others) {
                         self.publish(&u, Vec::new());
@@ -292,7 +298,11 @@ impl Server {
             return;
         };
         let open: Vec<&Doc> = self.docs.values().filter(|d| d.uri != uri).collect();
-        let results = analysis::check(doc, &open);
+        let checked = analysis::check(doc, &open);
+        if let Some(types) = checked.types {
+            self.types.insert(uri.to_string(), types);
+        }
+        let results = checked.published;
         let before = self.published.remove(uri).unwrap_or_default();
         let mut now = BTreeSet::new();
         for (u, diags) in results {
