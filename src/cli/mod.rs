@@ -4,6 +4,7 @@ mod apdu;
 mod asm;
 mod ca;
 mod client;
+mod debugger;
 mod envelope;
 mod issuer;
 mod issuer_keys;

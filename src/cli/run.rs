@@ -1,6 +1,7 @@
 //! `cardvm run`: a thin adapter over [`cardvm::reader::Reader`] — it loads files and
 //! keys, picks the card, and prints; the reader applies the whole security policy.
 
+use super::debugger::{Debugger, Granularity, Options as DebugOptions};
 use super::trace::{StderrTrace, TraceSources};
 use super::{CliResult, read_file};
 use cardvm::reader::{
@@ -9,7 +10,7 @@ use cardvm::reader::{
 use cardvm::script::DataScript;
 use cardvm::transport::replay::parse_recording;
 use cardvm::transport::{CardTransport, SamSlots};
-use cardvm::vm::{Limits, RunReport};
+use cardvm::vm::Limits;
 use clap::Args;
 use std::path::{Path, PathBuf};
 
@@ -43,6 +44,11 @@ pub struct RunArgs {
     /// run continues from it (and each --sam-sim PSAM's, e.g. its terminal sequence).
     #[arg(long, requires = "sim")]
     pub save: bool,
+    /// With --sim: the card loses power after it executed APDU N (counted from 1 in this
+    /// run), so the answer never reaches the reader: a torn transaction, as when the
+    /// cardholder pulls the card. Repeat for several.
+    #[arg(long, value_name = "N", requires = "sim")]
+    pub tear_after: Vec<u32>,
     /// A simulated SAM in the terminal (a PSAM profile, `kind = "psam"`): SAM slot 0, then
     /// 1, … in the order given. Scripts reach it with `sam0 apdu …` (`samapdu`).
     #[arg(long, value_name = "PSAM.toml")]
@@ -70,14 +76,23 @@ pub struct RunArgs {
     /// Print the APDU trace on stderr.
     #[arg(long)]
     pub trace: bool,
-    /// Print every executed instruction with its source line (needs debug info: a
-    /// `.casm` input, or `asm -g`), the registers it changed and the APDUs, on stderr;
-    /// on failure, the failing source line and the last APDU exchange.
-    #[arg(long)]
-    pub trace_vm: bool,
-    /// Like --trace-vm, and wait for Enter after each instruction (`c` + Enter: run on).
-    #[arg(long)]
-    pub step: bool,
+    /// Trace the run on stderr (needs debug info: a `.cvs` or `.casm` source, or
+    /// `asm -g`). `line` (the default for a `.cvs` script): each source line, the
+    /// variables it set (`line 23  balance = 00 00 01 F4`; keys only as
+    /// `<des3 load key>`) and the APDUs. `instr` (the default for `.casm`): each
+    /// instruction, the registers it changed and the APDUs. On failure: the failing
+    /// source line, the variables on it and the last APDU exchange.
+    #[arg(long, value_name = "line|instr", num_args = 0..=1, require_equals = true)]
+    pub trace_vm: Option<Option<Granularity>>,
+    /// Like --trace-vm, and stop at each source line (`--step=instr`: each instruction)
+    /// with a prompt: Enter or `next`, `step` (into routine calls), `continue`,
+    /// `print NAME`, `locals`, `bt`, `break FILE:LINE`, `help`.
+    #[arg(long, value_name = "line|instr", num_args = 0..=1, require_equals = true)]
+    pub step: Option<Option<Granularity>>,
+    /// Stop at this source line with the prompt of --step (repeat for more). `FILE` may
+    /// be the file's name or the end of its path; `LINE` alone means the main file.
+    #[arg(long = "break", value_name = "FILE:LINE")]
+    pub breaks: Vec<String>,
     /// For --trace-vm / --step on a `.cvm`: a source file (`.casm`, or one it includes;
     /// repeat for each) to show lines from, used only if its SM3 matches the debug info.
     /// Files named inside the script are never opened.
@@ -368,12 +383,27 @@ fn execute<T: CardTransport>(
     sams: &mut SamSlots<'_>,
 ) -> Result<Completed, String> {
     let mut rng = cardvm::crypto::rng::os_rng();
-    let completed = if args.trace_vm || args.step {
-        let mut tracer = super::trace::VmTrace::new(prepared.program(), args.step, sources);
+    let options = DebugOptions {
+        trace: args.trace_vm,
+        step: args.step,
+        breaks: args.breaks.clone(),
+        apdus: args.trace,
+    };
+    // A script with debug info always runs under the debugger, quietly unless asked:
+    // a failure then names its source line and the variables on it.
+    let completed = if options.interactive_or_traced() || prepared.program().debug_info().is_some()
+    {
+        let stdin = std::io::stdin();
+        let mut tracer = Debugger::new(
+            prepared.program(),
+            sources,
+            &options,
+            Box::new(stdin.lock()),
+        )?;
         let c = reader
             .run_with_sams(prepared, card, sams, &mut tracer, &mut rng)
             .map_err(|e| e.to_string())?;
-        failure_report(&mut tracer, &c.report);
+        tracer.finish(&c.report);
         c
     } else {
         reader
@@ -387,33 +417,6 @@ fn execute<T: CardTransport>(
             .map_err(|e| e.to_string())?
     };
     Ok(completed)
-}
-
-/// After a traced run that did not commit: the failing source line and the last APDU.
-fn failure_report(tracer: &mut super::trace::VmTrace<'_>, report: &RunReport) {
-    use cardvm::vm::{Failure, Outcome};
-    let (Outcome::Failed(f) | Outcome::Unknown(f)) = &report.outcome else {
-        return;
-    };
-    let offset = match f {
-        Failure::Script { offset, .. } | Failure::Transport { offset, .. } => *offset,
-        Failure::Fault(e) => e.offset,
-        _ => return,
-    };
-    let at = tracer
-        .source_line(offset)
-        .unwrap_or_else(|| format!("code offset {offset} (no debug info)"));
-    eprintln!("-- {} at {at}", report.outcome.name());
-    eprintln!("--   {f}");
-    if let Some(last) = &report.last_exchange {
-        let sw = last
-            .sw
-            .map_or(String::from("no response"), |sw| format!("{sw:04X}"));
-        eprintln!(
-            "--   last APDU exchange: {} -> {sw}",
-            super::trace::hex(&last.header)
-        );
-    }
 }
 
 /// The card company's channel for a host-secured script: the service (--host) or the
@@ -530,6 +533,9 @@ fn on_card(
         (Some(profile), None, None) => {
             let mut card = cardvm::sim::SimCard::load(profile)
                 .map_err(|e| format!("{}: {e}", profile.display()))?;
+            for &n in &args.tear_after {
+                card.faults_mut().push(cardvm::sim::Fault::TearAfter(n));
+            }
             if args.trace {
                 eprint!(
                     "{}",

@@ -1,6 +1,7 @@
 //! The APDU trace printed by `run --trace` (and `sim serve --trace`): a `#` header with
 //! the reader, ATR and protocol, then `>> command` / `<< response SW (time)  # meaning`;
-//! and the VM trace of `run --trace-vm` / `--step`.
+//! and the source texts the debugger of `run --trace-vm` / `--step` shows
+//! ([`super::debugger`]).
 //!
 //! The APDU trace format is the one [`cardvm::transport::replay::ReplayCard`] reads back
 //! as it is (header, timings and meanings are comments), so a trace captured from a real
@@ -12,7 +13,6 @@
 //! (printed through [`display_safe`]): a crafted `.cvm` naming the reader's key file, a
 //! device or a FIFO makes the trace open nothing.
 
-use cardvm::isa::Instr;
 use cardvm::script::{DebugFile, display_safe};
 use cardvm::transport::{StatusWord, sw_meaning};
 use cardvm::vm::{ApduEvent, Tracer};
@@ -24,7 +24,7 @@ use std::time::Instant;
 
 /// The command and response markers of a slot: `>>`/`<<` for the card, `sam0>`/`sam0<`
 /// for SAM slot 0 (the forms [`cardvm::transport::replay`] reads back).
-fn arrows(slot: cardvm::transport::Slot) -> (String, String) {
+pub(super) fn arrows(slot: cardvm::transport::Slot) -> (String, String) {
     match slot {
         cardvm::transport::Slot::Sam(n) => (format!("sam{n}>"), format!("sam{n}<")),
         cardvm::transport::Slot::Host => (String::from("host>"), String::from("host<")),
@@ -115,8 +115,6 @@ pub fn slot_exchange_lines(
 }
 
 impl Tracer for StderrTrace {
-    fn step(&mut self, _offset: u32, _instr: &Instr) {}
-
     fn before_apdu(&mut self) {
         self.started = Some(Instant::now());
     }
@@ -192,6 +190,11 @@ impl TraceSources {
         }
     }
 
+    /// Why a source given was not used, said once when tracing starts.
+    pub(super) fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
     /// Adds `text`, called `name` in messages.
     pub fn add_text(&mut self, name: &str, text: &str) {
         let file_name = Path::new(name).file_name().map(OsString::from);
@@ -202,7 +205,7 @@ impl TraceSources {
     }
 
     /// The lines of the text `file` was assembled from, or why there are none.
-    fn resolve(&self, file: &DebugFile) -> Result<&[String], Unavailable> {
+    pub(super) fn resolve(&self, file: &DebugFile) -> Result<&[String], Unavailable> {
         if !file.has_hash() {
             return Err(Unavailable::NoHash);
         }
@@ -223,7 +226,7 @@ impl TraceSources {
 
 /// Why a debug-section file has no lines to show.
 #[derive(Debug)]
-enum Unavailable {
+pub(super) enum Unavailable {
     /// The debug info has no source hash for it.
     NoHash,
     /// A source of the same file name was given, with other contents (its display name).
@@ -234,7 +237,7 @@ enum Unavailable {
 
 impl Unavailable {
     /// The reason on every trace line.
-    fn short(&self) -> &'static str {
+    pub(super) fn short(&self) -> &'static str {
         match self {
             Unavailable::NoHash => "no source hash",
             Unavailable::Differs(_) => "SM3 mismatch",
@@ -243,7 +246,7 @@ impl Unavailable {
     }
 
     /// The reason printed once when tracing starts.
-    fn long(&self) -> String {
+    pub(super) fn long(&self) -> String {
         match self {
             Unavailable::NoHash => String::from("the debug info records no source hash"),
             Unavailable::Differs(shown) => {
@@ -251,195 +254,6 @@ impl Unavailable {
             }
             Unavailable::NotGiven => {
                 String::from("no source given matches its SM3 (pass it with --source PATH)")
-            }
-        }
-    }
-}
-
-/// `run --trace-vm` / `--step`: every executed instruction with its source line, the
-/// registers it changed (key slots as redacted handles, e.g. `k0=<des3 load key>`) and
-/// the APDUs. `--step` also waits for Enter after each instruction (`c` + Enter runs on).
-///
-/// Debug info never fails a run and never opens a file: a line whose source is not
-/// available reads `code offset N (source not available: why)`.
-pub struct VmTrace<'p> {
-    program: &'p cardvm::verify::VerifiedProgram,
-    /// Per debug-section file: its printable label, and its lines or why there are none.
-    files: Vec<(String, Result<&'p [String], Unavailable>)>,
-    regs: Vec<String>,
-    keys: Vec<String>,
-    step: bool,
-    out: std::io::Stderr,
-}
-
-impl<'p> VmTrace<'p> {
-    /// A tracer for `program` writing to stderr, showing lines from `sources`. Notes on
-    /// sources that cannot be shown are printed once, here.
-    pub fn new(
-        program: &'p cardvm::verify::VerifiedProgram,
-        step: bool,
-        sources: &'p TraceSources,
-    ) -> Self {
-        let files: Vec<_> = program
-            .debug_info()
-            .map(|d| d.files.as_slice())
-            .unwrap_or_default()
-            .iter()
-            .map(|f| (f.label(), sources.resolve(f)))
-            .collect();
-        let mut out = std::io::stderr();
-        for note in &sources.notes {
-            let _ = writeln!(out, "-- trace: {note}");
-        }
-        if let Some(v) = program.unsupported_debug_version() {
-            let _ = writeln!(
-                out,
-                "-- trace: unsupported debug info version {v} (this build reads version {}; \
-                 re-assemble with `cardvm asm -g`): no source lines",
-                cardvm::script::DEBUG_VERSION
-            );
-        }
-        for (label, lines) in &files {
-            if let Err(why) = lines {
-                let _ = writeln!(out, "-- trace: no source lines for {label}: {}", why.long());
-            }
-        }
-        VmTrace {
-            program,
-            files,
-            regs: Vec::new(),
-            keys: Vec::new(),
-            step,
-            out,
-        }
-    }
-
-    /// `file:line: text` of the source line behind code offset `offset`; `code offset
-    /// N (source not available: why)` in place of the text when it cannot be shown;
-    /// `None` without debug info for `offset`.
-    pub fn source_line(&mut self, offset: u32) -> Option<String> {
-        let unavailable = |why: &str| format!("code offset {offset} (source not available: {why})");
-        if let Some(v) = self.program.unsupported_debug_version() {
-            return Some(unavailable(&format!("unsupported debug info version {v}")));
-        }
-        let e = self.program.debug_info()?.entry(offset)?;
-        let (label, lines) = self.files.get(usize::from(e.file))?;
-        let text = match lines {
-            Ok(lines) => match e.line.checked_sub(1).and_then(|i| lines.get(i as usize)) {
-                Some(text) => text.clone(),
-                None => unavailable(&format!("the source has no line {}", e.line)),
-            },
-            Err(why) => unavailable(why.short()),
-        };
-        Some(format!("{label}:{}: {text}", e.line))
-    }
-
-    fn render(&self, instr: &Instr) -> String {
-        use cardvm::isa::Operand;
-        let ops: Vec<String> = instr
-            .operands()
-            .as_slice()
-            .iter()
-            .map(|o| match *o {
-                Operand::Reg(r) => format!("r{r}"),
-                Operand::Key(k) => format!("k{k}"),
-                Operand::Const(c) => format!("#{c}"),
-                Operand::Input(i) => self
-                    .program
-                    .inputs()
-                    .get(usize::from(i))
-                    .map_or(format!("#{i}"), |d| d.name.to_string()),
-                Operand::Output(i) => self
-                    .program
-                    .outputs()
-                    .get(usize::from(i))
-                    .map_or(format!("#{i}"), |d| d.name.to_string()),
-                Operand::Target(t) => self
-                    .program
-                    .offset_of(t as usize)
-                    .map_or(format!("#{t}"), |o| format!("@{o}")),
-                Operand::U8(v) => v.to_string(),
-                Operand::U16(v) => format!("{v:#x}"),
-                Operand::U32(v) => v.to_string(),
-                Operand::Sw(p) => p.to_string(),
-            })
-            .collect();
-        format!("{:<7}{}", instr.opcode().mnemonic(), ops.join(", "))
-    }
-}
-
-fn show(v: cardvm::vm::RegValue<'_>) -> String {
-    match v {
-        cardvm::vm::RegValue::Unset => String::from("-"),
-        cardvm::vm::RegValue::Int(i) => format!("{i} ({i:#x})"),
-        cardvm::vm::RegValue::Bytes(b) => format!("[{}]", hex(b)),
-    }
-}
-
-impl Tracer for VmTrace<'_> {
-    fn step(&mut self, offset: u32, instr: &Instr) {
-        let src = self.source_line(offset).unwrap_or_default();
-        let text = self.render(instr);
-        let _ = writeln!(self.out, "@{offset:<5} {text:<28} ; {src}");
-    }
-
-    fn apdu(&mut self, e: &ApduEvent<'_>) {
-        let redacted = if e.redacted {
-            " ** key bytes redacted **"
-        } else {
-            ""
-        };
-        let (to, from) = arrows(e.slot);
-        let _ = writeln!(self.out, "       {to} {}{redacted}", hex(e.command));
-        match (e.sw, e.error) {
-            (Some(sw), _) => {
-                let _ = writeln!(
-                    self.out,
-                    "       {from} {} {:04X} ({})",
-                    hex(e.response),
-                    sw.0,
-                    sw_meaning(sw)
-                );
-            }
-            (None, Some(err)) => {
-                let _ = writeln!(self.out, "       {from} !! {err}");
-            }
-            (None, None) => {}
-        }
-    }
-
-    fn wants_registers(&self) -> bool {
-        true
-    }
-
-    fn after_step(&mut self, _offset: u32, view: &cardvm::vm::RegView<'_>) {
-        let mut changes = Vec::new();
-        self.regs.resize(view.registers(), String::from("-"));
-        for r in 0..view.registers() {
-            let now = show(view.get(r));
-            if now != self.regs[r] {
-                changes.push(format!("r{r}={now}"));
-                self.regs[r] = now;
-            }
-        }
-        self.keys.resize(view.key_slots(), String::from("-"));
-        for k in 0..view.key_slots() {
-            let now = view.key(k).map_or(String::from("-"), |h| h.to_string());
-            if now != self.keys[k] {
-                changes.push(format!("k{k}={now}"));
-                self.keys[k] = now;
-            }
-        }
-        if !changes.is_empty() {
-            let _ = writeln!(self.out, "       {}", changes.join("  "));
-        }
-        if self.step {
-            let _ = self.out.flush();
-            let mut line = String::new();
-            match std::io::stdin().read_line(&mut line) {
-                Ok(0) | Err(_) => self.step = false,
-                Ok(_) if line.trim() == "c" => self.step = false,
-                Ok(_) => {}
             }
         }
     }

@@ -132,7 +132,7 @@ struct Binding {
 /// A variable after allocation: its physical register or slot and its generated lines
 /// (1-based, inclusive), from the first line that runs with its value in place (the one
 /// after the line that writes it) to the last that reads it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct GenVar {
     pub name: String,
     pub ty: Ty,
@@ -144,7 +144,7 @@ pub(crate) struct GenVar {
 
 /// An inline routine expansion: its generated lines (1-based, inclusive; `None` when its
 /// body emitted no code), the call, and the expansion it was called from (0: the flow).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct GenScope {
     pub routine: String,
     pub call: Span,
@@ -1773,7 +1773,7 @@ impl Gen {
                         (first.max(f), last.min(l))
                     }
                 };
-                (first <= last).then(|| GenVar {
+                (first <= last).then_some(GenVar {
                     name: b.name,
                     ty: b.ty,
                     slot,

@@ -134,10 +134,8 @@ pub struct Compiled {
 /// generated line its code offset.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Symbols {
-    /// Name, kind, slot, generated lines (inclusive), scope (0: the flow).
-    vars: Vec<(String, VarKind, u32, (u32, u32), u32)>,
-    /// Routine, call, generated lines of the body (`None`: no code), parent.
-    scopes: Vec<(String, Span, Option<(u32, u32)>, u32)>,
+    vars: Vec<codegen::GenVar>,
+    scopes: Vec<codegen::GenScope>,
 }
 
 impl Compiled {
@@ -198,22 +196,9 @@ pub fn compile(
             routine: routine_of(v.scope),
         })
         .collect();
-    let kind = |t: ast::Ty| match t {
-        ast::Ty::Int => VarKind::Int,
-        ast::Ty::Bytes => VarKind::Bytes,
-        ast::Ty::Key => VarKind::Key,
-    };
     let symbols = Symbols {
-        vars: generated
-            .vars
-            .into_iter()
-            .map(|v| (v.name, kind(v.ty), v.slot, v.lines, v.scope))
-            .collect(),
-        scopes: generated
-            .scopes
-            .into_iter()
-            .map(|s| (s.routine, s.call, s.lines, s.parent))
-            .collect(),
+        vars: generated.vars,
+        scopes: generated.scopes,
     };
     Ok(Compiled {
         casm: generated.casm,
@@ -361,16 +346,16 @@ fn debug_symbols(compiled: &Compiled, lines: &[LineEntry]) -> (Vec<DebugVar>, Ve
     // Old scope number (1-based) -> new one; 0 stays the flow, a dropped scope is None.
     let mut renumber: Vec<Option<u16>> = alloc::vec![Some(0)];
     let mut scopes = Vec::new();
-    for (routine, call, body, parent) in &compiled.symbols.scopes {
-        let parent = renumber.get(*parent as usize).copied().flatten();
-        let kept = match (body.and_then(offsets), parent) {
+    for s in &compiled.symbols.scopes {
+        let parent = renumber.get(s.parent as usize).copied().flatten();
+        let kept = match (s.lines.and_then(offsets), parent) {
             (Some((start, end)), Some(parent))
-                if is_debug_symbol(routine) && scopes.len() < crate::script::MAX_ENTRIES =>
+                if is_debug_symbol(&s.routine) && scopes.len() < crate::script::MAX_ENTRIES =>
             {
                 scopes.push(DebugScope {
-                    routine: routine.clone(),
-                    call_file: call.file,
-                    call_line: call.line,
+                    routine: s.routine.clone(),
+                    call_file: s.call.file,
+                    call_line: s.call.line,
                     start,
                     end,
                     parent,
@@ -385,18 +370,22 @@ fn debug_symbols(compiled: &Compiled, lines: &[LineEntry]) -> (Vec<DebugVar>, Ve
         .symbols
         .vars
         .iter()
-        .filter_map(|(name, kind, slot, lines, scope)| {
-            let scope = renumber.get(*scope as usize).copied().flatten()?;
-            let (start, end) = offsets(*lines)?;
+        .filter(|v| is_debug_symbol(&v.name))
+        .filter_map(|v| {
+            let scope = renumber.get(v.scope as usize).copied().flatten()?;
+            let (start, end) = offsets(v.lines)?;
             Some(DebugVar {
-                name: name.clone(),
-                kind: *kind,
-                slot: u8::try_from(*slot).ok()?,
+                name: v.name.clone(),
+                kind: match v.ty {
+                    ast::Ty::Int => VarKind::Int,
+                    ast::Ty::Bytes => VarKind::Bytes,
+                    ast::Ty::Key => VarKind::Key,
+                },
+                slot: u8::try_from(v.slot).ok()?,
                 start,
                 end,
                 scope,
             })
-            .filter(|_| is_debug_symbol(name))
         })
         .take(crate::script::MAX_ENTRIES)
         .collect();

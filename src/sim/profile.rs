@@ -656,6 +656,15 @@ pub enum SimCard {
 }
 
 impl SimCard {
+    /// The card's fault plan (tearing, forced status words, …), whatever its kind.
+    pub fn faults_mut(&mut self) -> &mut super::FaultPlan {
+        match self {
+            SimCard::Cpu(c) => c.faults_mut(),
+            SimCard::M1(c) => c.faults_mut(),
+            SimCard::Psam(c) => c.faults_mut(),
+        }
+    }
+
     /// Loads a card from CARD.toml.
     pub fn load(path: &Path) -> Result<Self, SimError> {
         let text = std::fs::read_to_string(path).map_err(|source| SimError::Io {
