@@ -146,7 +146,13 @@ pub fn parse(body: &[u8]) -> Incoming {
     let id = value
         .get("id")
         .and_then(|id| serde_json::from_value::<RequestId>(id.clone()).ok());
+    let has_id = value.get("id").is_some();
     match serde_json::from_value::<Message>(value) {
+        // A request whose id is neither a number nor a string reads as a notification.
+        Ok(Message::Notification(_)) if has_id => Incoming::Malformed(
+            String::from("an id that is neither a number nor a string"),
+            None,
+        ),
         Ok(m) => Incoming::Message(m),
         Err(e) => Incoming::Malformed(format!("not a JSON-RPC message: {e}"), id),
     }
@@ -197,14 +203,21 @@ mod tests {
         let mut input = String::new();
         input += &frame("{not json");
         input += &frame(r#"{"jsonrpc":"2.0","id":7,"method":5}"#);
+        input += &frame(r#"{"jsonrpc":"2.0","id":{"a":1},"method":"x"}"#);
         input += "Content-Length: x\r\n\r\n";
         input += "garbage line\r\n\r\n";
         input += &frame(ok);
         input += "Content-Length: 99999999999\r\n\r\nshort";
-        let got = frames(input.as_bytes());
-        assert_eq!(got.len(), 6, "{got:#?}");
+        let mut got = frames(input.as_bytes());
+        assert_eq!(got.len(), 7, "{got:#?}");
         assert!(got[0].starts_with("bad not JSON"), "{}", got[0]);
         assert!(got[1].contains("Some(RequestId(I32(7)))"), "{}", got[1]);
+        assert!(
+            got[2].contains("neither a number nor a string"),
+            "{}",
+            got[2]
+        );
+        got.remove(2);
         assert!(got[2].contains("not a number"), "{}", got[2]);
         assert!(got[3].contains("not a header"), "{}", got[3]);
         assert!(got[4].starts_with("msg "), "{}", got[4]);
