@@ -99,6 +99,8 @@ fn a_bad_source_fails_with_file_line_col_and_a_caret() {
         err.contains(&format!("{head}\n    apud a, a\n    ^")),
         "{err}"
     );
+    // The error is printed once, not again in the one-line reason.
+    assert_eq!(err.matches("unknown mnemonic").count(), 1, "{err}");
     // The last line is the one-line reason.
     assert!(
         err.trim_end()
@@ -245,6 +247,19 @@ fn asm_compiles_high_level_scripts() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.cvs:2:5: error: `k` is a key"), "{err}");
     assert!(err.contains("x = k ++ [00]\n    ^"), "{err}");
+    assert_eq!(err.matches("is a key").count(), 1, "{err}");
+    assert_eq!(
+        err.trim_end().lines().last(),
+        Some(format!("cardvm: {}: assembly failed", bad.display()).as_str()),
+        "{err}"
+    );
+    // `run` and `lint` print it once too.
+    for args in [vec!["run", s(&bad)], vec!["lint", s(&bad)]] {
+        let out = cardvm(&args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.matches("is a key").count(), 1, "{args:?}: {err}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -35,7 +35,7 @@ pub struct Cli {
 enum Command {
     /// Assemble a `.casm` or `.cvs` command script into bytecode (`.cvm`).
     Asm(asm::AsmArgs),
-    /// Check `.casm` sources with the assembler's lints; non-zero exit on any finding.
+    /// Check `.casm` or `.cvs` sources with the assembler's lints; non-zero exit on any finding.
     Lint(asm::LintArgs),
     /// Disassemble a `.cvm` command script into `.casm` text.
     Disasm(asm::DisasmArgs),
