@@ -252,6 +252,8 @@ pub struct ScenarioResult {
     pub error: Option<String>,
     /// For a failed run: where it failed (source line) and the last APDU exchange.
     pub report: Vec<String>,
+    /// Wall-clock time the scenario took (loading its scripts and card included).
+    pub duration: std::time::Duration,
 }
 
 impl ScenarioResult {
@@ -397,10 +399,13 @@ pub fn run_file(file: &ScenarioFile, path: &Path) -> Vec<ScenarioResult> {
                 mismatches: Vec::new(),
                 error: None,
                 report: Vec::new(),
+                duration: std::time::Duration::ZERO,
             };
+            let started = std::time::Instant::now();
             if let Err(e) = run_scenario(sc, &file.defaults, base, &mut r) {
                 r.error = Some(e);
             }
+            r.duration = started.elapsed();
             r
         })
         .collect()
