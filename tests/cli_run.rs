@@ -268,6 +268,25 @@ fn simulated_card_keeps_its_state_with_save() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("modelled air time"), "{stderr}");
+    // The trace footer's APDU air time is the receipt's; the activation is shown apart.
+    let footer = stderr
+        .lines()
+        .find(|l| l.starts_with("# modelled air time "))
+        .unwrap();
+    let number = |after: &str| -> u64 {
+        let rest = &footer[footer.find(after).unwrap() + after.len()..];
+        rest.split(' ').next().unwrap().parse().unwrap()
+    };
+    let exchanges = number("# modelled air time ");
+    let activation = number(" + ");
+    let total = number(" = ");
+    assert_eq!(
+        Some(exchanges),
+        receipt["air_time_us"].as_u64(),
+        "{footer}\n{receipt}"
+    );
+    assert!(footer.contains("(the receipt's air_time_us)"), "{footer}");
+    assert!(activation > 0 && exchanges + activation == total, "{footer}");
     // The saved card continues: its balance is the loaded one.
     let out = ok(&[
         "run",

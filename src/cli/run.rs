@@ -71,7 +71,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub trace: bool,
     /// Print every executed instruction with its source line (needs debug info: a
-    /// `.casm` input, or `asm -g`), the registers it changed and the APDUs, on stderr;
+    /// `.casm` or `.cvs` input, or `asm -g`), the registers it changed and the APDUs, on stderr;
     /// on failure, the failing source line and the last APDU exchange.
     #[arg(long)]
     pub trace_vm: bool,
@@ -134,6 +134,21 @@ pub struct RunArgs {
     /// Most APDUs the script may send.
     #[arg(long, default_value_t = Limits::default().max_apdus)]
     pub max_apdus: u32,
+}
+
+/// The trace's last line: the modelled air time of the APDU exchanges (what the
+/// receipt's `air_time_us` holds) and, apart, the card's activation (REQA … RATS, once
+/// per tap, before the script runs: not in the receipt), and their sum.
+fn air_time_footer(r: &cardvm::sim::airtime::AirTimeReport) -> String {
+    let activation = r.activation_ns / 1_000;
+    let exchanges = r.total_us().saturating_sub(activation);
+    format!(
+        "# modelled air time {exchanges} µs over {} APDUs (the receipt's air_time_us) \
+         + {activation} µs activation (once per tap) = {} µs on the air \
+         (a model, see cardvm::sim::airtime)",
+        r.apdus,
+        r.total_us()
+    )
 }
 
 /// Reads the command script: `.casm` or `.cvs` (assembled, with debug info), `.cvm`, or
@@ -554,11 +569,7 @@ fn on_card(
             let completed = execute(args, reader, prepared, sources, &mut card, &mut sams)?;
             drop(sams);
             if args.trace {
-                eprintln!(
-                    "# modelled air time {} µs over {} APDUs (a model, see cardvm::sim::airtime)",
-                    card.air_time().total_us(),
-                    card.air_time().apdus
-                );
+                eprintln!("{}", air_time_footer(card.air_time()));
             }
             if args.save {
                 card.save(profile)
