@@ -286,7 +286,10 @@ fn simulated_card_keeps_its_state_with_save() {
         "{footer}\n{receipt}"
     );
     assert!(footer.contains("(the receipt's air_time_us)"), "{footer}");
-    assert!(activation > 0 && exchanges + activation == total, "{footer}");
+    assert!(
+        activation > 0 && exchanges + activation == total,
+        "{footer}"
+    );
     // The saved card continues: its balance is the loaded one.
     let out = ok(&[
         "run",

@@ -198,12 +198,11 @@ fn cardvm_test_writes_junit_xml_with_a_failure_per_failing_scenario() {
         let (whole, millis) = t.split_once('.').expect("seconds.millis");
         assert!(whole.parse::<u64>().is_ok() && millis.len() == 3, "{t}");
     }
+    assert!(xml.contains("name=\"wrong balance\" time=\""), "{xml}");
     assert!(
-        xml.contains("name=\"wrong balance\" time=\""),
-        "{xml}"
-    );
-    assert!(
-        xml.contains("\">\n      <failure type=\"mismatch\" message=\"balance: expected 7, got 500\">"),
+        xml.contains(
+            "\">\n      <failure type=\"mismatch\" message=\"balance: expected 7, got 500\">"
+        ),
         "{xml}"
     );
     // A passing run writes a suite without failures and exits 0.
