@@ -438,7 +438,10 @@ impl Gen {
                 Some(v) => Ok(*v),
                 None => err(
                     *s,
-                    format!("unknown failure code `{n}` (declare it in `fail_codes {{ … }}`)"),
+                    format!(
+                        "unknown failure code `{n}` (declare it in `fail_codes {{ … }}`){}",
+                        super::suggest::hint(n, self.codes.keys().map(String::as_str))
+                    ),
                 ),
             },
         }
@@ -457,7 +460,13 @@ impl Gen {
             ExprKind::Int(v) => Ok(V::Int(*v)),
             ExprKind::Name(n) => match self.consts.get(n) {
                 Some(v) => Ok(v.clone()),
-                None => err(e.span, format!("`{n}` is not a constant defined above")),
+                None => err(
+                    e.span,
+                    format!(
+                        "`{n}` is not a constant defined above{}",
+                        super::suggest::hint(n, self.consts.keys().map(String::as_str))
+                    ),
+                ),
             },
             ExprKind::Bytes(pieces) => {
                 let mut out = Vec::new();
@@ -604,7 +613,18 @@ impl Gen {
                 format!("`{name}` is a failure code: use it in `fail {name}`"),
             );
         }
-        err(span, format!("unknown name `{name}`"))
+        let known = env
+            .vars
+            .keys()
+            .chain(self.consts.keys())
+            .chain(self.inputs.iter().map(|d| &d.name))
+            .chain(self.routines.keys())
+            .chain(self.codes.keys())
+            .map(String::as_str);
+        err(
+            span,
+            format!("unknown name `{name}`{}", super::suggest::hint(name, known)),
+        )
     }
 
     /// Puts a value in a register (`dst`, or a new one); returns the register.
@@ -915,7 +935,15 @@ impl Gen {
             | "fill" => 2,
             "tac_key" | "sm3" | "invert" | "len" => 1,
             "uid" | "sw" => 0,
-            _ => return err(span, format!("unknown function `{f}`")),
+            _ => {
+                return err(
+                    span,
+                    format!(
+                        "unknown function `{f}`{}",
+                        super::suggest::hint(f, super::parser::BUILTINS.iter().copied())
+                    ),
+                );
+            }
         };
         Self::arity(f, args, n, span)?;
         let d = || want;
@@ -1297,7 +1325,11 @@ impl Gen {
                         return err(
                             *span,
                             format!(
-                                "`{name}` is not a declared output (declare it with `output {name}: TYPE`)"
+                                "`{name}` is not a declared output (declare it with `output {name}: TYPE`){}",
+                                super::suggest::hint(
+                                    name,
+                                    self.outputs.iter().map(|d| d.name.as_str())
+                                )
                             ),
                         );
                     };
@@ -1508,7 +1540,13 @@ impl Gen {
 
     fn expand(&mut self, env: &mut Env, name: &str, args: &[Expr], span: Span) -> R<bool> {
         let Some(r) = self.routines.get(name).cloned() else {
-            return err(span, format!("unknown routine `{name}`"));
+            return err(
+                span,
+                format!(
+                    "unknown routine `{name}`{}",
+                    super::suggest::hint(name, self.routines.keys().map(String::as_str))
+                ),
+            );
         };
         if self.expanding.iter().any(|(n, _)| n == name) {
             return err(

@@ -42,6 +42,7 @@ mod codegen;
 mod lexer;
 mod parser;
 mod regalloc;
+pub(crate) mod suggest;
 
 #[cfg(test)]
 mod tests;

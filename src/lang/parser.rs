@@ -1057,7 +1057,10 @@ impl<'t> Parser<'t> {
                 if self.peek().is("(") {
                     return err(
                         s,
-                        format!("`{n}` is not a builtin function (routines are statements)"),
+                        format!(
+                            "`{n}` is not a builtin function (routines are statements){}",
+                            super::suggest::hint(&n, BUILTINS.iter().copied())
+                        ),
                     );
                 }
                 return Ok(Expr {

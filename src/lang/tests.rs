@@ -426,3 +426,43 @@ mod run {
         );
     }
 }
+
+/// An unknown name of any kind suggests the closest one declared.
+#[test]
+fn unknown_names_suggest_the_closest() {
+    let head = "input serial: bytes[8], amount: u32\noutput card_id: bytes\n\
+        const GET_BALANCE = [80 5C 00 02 04]\nfail_codes { refused = 4 }\n\
+        routine select_app() {\n    done\n}\n";
+    for (line, want) in [
+        (
+            "x = serail",
+            "unknown name `serail`; did you mean `serial`?",
+        ),
+        (
+            "x = amonut + 1",
+            "unknown name `amonut`; did you mean `amount`?",
+        ),
+        ("x = GET_BALANSE", "did you mean `GET_BALANCE`?"),
+        (
+            "fail refsued",
+            "unknown failure code `refsued` (declare it in `fail_codes { … }`); did you mean `refused`?",
+        ),
+        (
+            "select_ap()",
+            "unknown routine `select_ap`; did you mean `select_app`?",
+        ),
+        ("out card_di = serial", "did you mean `card_id`?"),
+        (
+            "x = mca(serial, serial)",
+            "`mca` is not a builtin function (routines are statements); did you mean `mac`?",
+        ),
+        ("x = terminal", "unknown name `terminal`"),
+    ] {
+        let e = error(&format!("{head}{line}\ndone\n"));
+        assert!(e.contains(want), "{line}: {e}");
+    }
+    let e = error(&format!("{head}x = terminal\ndone\n"));
+    assert!(!e.contains("did you mean"), "{e}");
+    let e = error("const A = [01]\nconst B = AA\ndone\n");
+    assert!(e.contains("did you mean `A`?"), "{e}");
+}
