@@ -394,6 +394,54 @@ mod run {
         );
     }
 
+    /// Comparison values are 1 or 0 at run time, for integers and byte strings, MACs
+    /// included, and usable as conditions.
+    #[test]
+    fn comparison_values_run() {
+        use crate::crypto::{KeyAlg, KeyUsage, SecretKey};
+        let src = "input n: u32, b: bytes[2], k: key(des3, mac)\n\
+            output e1: u32, e2: u32, n1: u32, n2: u32, m1: u32, m2: u32\n\
+            out e1 = n == 7, e2 = b == [12 34], n1 = n != 7, n2 = b != [12 34]\n\
+            m = mac(k, b)\nok = m == mac(k, [12 34])\nout m1 = ok, m2 = m != mac(k, [00 00])\n\
+            if ok == 1 {\n    if not ok fail 5\n    done\n}\nfail 6\n";
+        let key =
+            || FieldValue::Key(SecretKey::new(KeyAlg::Des3, KeyUsage::Mac, &[0x11; 16]).unwrap());
+        let r = run(
+            src,
+            alloc::vec![
+                ("b", FieldValue::Bytes(alloc::vec![0x12, 0x34])),
+                ("k", key()),
+                ("n", FieldValue::Int(7)),
+            ],
+        );
+        assert_eq!(r.outcome, Outcome::Committed, "{r:?}");
+        let got: Vec<u64> = ["e1", "e2", "n1", "n2", "m1", "m2"]
+            .iter()
+            .map(|n| int(&r, n))
+            .collect();
+        assert_eq!(got, [1, 1, 0, 0, 1, 1]);
+        let r = run(
+            src,
+            alloc::vec![
+                ("b", FieldValue::Bytes(alloc::vec![0x12, 0x35])),
+                ("k", key()),
+                ("n", FieldValue::Int(8)),
+            ],
+        );
+        let got: Vec<u64> = ["e1", "e2", "n1", "n2", "m1"]
+            .iter()
+            .map(|n| int(&r, n))
+            .collect();
+        assert_eq!(got, [0, 0, 1, 1, 0]);
+        assert!(
+            matches!(
+                r.outcome,
+                Outcome::Failed(crate::vm::Failure::Script { code: 6, .. })
+            ),
+            "{r:?}"
+        );
+    }
+
     #[test]
     fn fail_codes_conversions_and_conditions() {
         let src = "input n: u32\noutput a: bytes, b: u32\nfail_codes { small = 7 }\n\
@@ -424,6 +472,75 @@ mod run {
             ),
             "{r:?}"
         );
+    }
+}
+
+/// `==` and `!=` make values (1 or 0) of integers with integers and byte strings with
+/// byte strings, in constant time (`cteq`); keys stay incomparable; ordered
+/// comparisons and chains are errors that say why.
+#[test]
+fn comparisons_are_values() {
+    let head =
+        "input sk: key(des3, mac), amt: bytes[4], card_mac2: bytes[4], n: u32\noutput ok: u32\n";
+    let a = build(&format!(
+        "{head}ok = mac(sk, amt) == card_mac2\nout ok = ok\nif ok fail 3\ndone\n"
+    ))
+    .unwrap();
+    let listing = disassemble(&a.script);
+    assert!(listing.contains("cteq"), "{listing}");
+    assert!(
+        a.warnings
+            .iter()
+            .all(|w| w.lint != crate::asm::Lint::MacCompare),
+        "{:?}",
+        a.warnings
+    );
+    for (line, what) in [
+        ("x = sk == sk", "`sk` is a key"),
+        ("x = amt == sk", "`sk` is a key"),
+        (
+            "x = n == amt",
+            "the right side of the comparison must be an integer",
+        ),
+        (
+            "x = amt != n",
+            "the right side of the comparison must be a byte string",
+        ),
+        ("x = n < 4", "`<` makes no value"),
+        ("x = n == 4 == 1", "comparisons do not chain"),
+    ] {
+        let e = error(&format!("{head}{line}\ndone\n"));
+        assert!(e.contains(what), "{line}: {e}");
+        assert!(e.starts_with("lib/main.cvs:3:"), "{line}: {e}");
+    }
+}
+
+/// A comparison where either side comes from a MAC — directly, through a variable, a
+/// routine parameter, a slice or a concatenation — never compiles to `beq`/`bne`
+/// (variable time), in a value or in an `if`; the mac-compare lint stays silent.
+#[test]
+fn mac_comparisons_are_constant_time() {
+    let head = "input sk: key(des3, mac), amt: bytes[4], card_mac2: bytes[4], alg: bytes[1]\n\
+        output ok: u32\nfail_codes { bad_mac = 3 }\n";
+    for flow in [
+        "ok = mac(sk, amt) == card_mac2\nout ok = ok",
+        "ok = card_mac2 != mac(sk, amt)\nout ok = ok",
+        "m = mac(sk, amt)\nif m == card_mac2 {\n    out ok = 1\n}",
+        "m = mac(sk, amt)\nif m[0..2] != card_mac2[0..2] fail bad_mac",
+        "m = mac(sk, amt) ++ [00]\nif card_mac2 ++ [00] == m fail bad_mac",
+        "routine check(x) {\n    if x != card_mac2 fail bad_mac\n}\ncheck(mac(sk, amt))",
+        "mac(sk, amt) -> a:2 b:2\nif a == card_mac2[0..2] fail bad_mac",
+    ] {
+        let a = build(&format!("{head}{flow}\nif alg == [01] fail 9\ndone\n")).unwrap();
+        let listing = disassemble(&a.script);
+        assert!(listing.contains("cteq"), "{flow}\n{listing}");
+        // The one `beq`/`bne` left is the comparison of `alg` (no MAC in it).
+        let branches = listing
+            .lines()
+            .filter(|l| l.trim_start().starts_with("beq") || l.trim_start().starts_with("bne"))
+            .count();
+        assert_eq!(branches, 1, "{flow}\n{listing}");
+        assert!(a.warnings.is_empty(), "{flow}: {:?}", a.warnings);
     }
 }
 
