@@ -299,12 +299,15 @@ fn warnings_and_debug_info_name_the_high_level_lines() {
             .any(|w| w.starts_with("lib/main.cvs:2:7: warning: input `unused` is never read")),
         "{w:?}"
     );
+    // In `.cvs` terms: what to write, not which instruction to add.
     assert!(
-        w.iter().any(|w| w.starts_with(
-            "lib/main.cvs:4:1: warning: the status word of this `apdu` is never checked"
+        w.contains(&String::from(
+            "lib/main.cvs:4:1: warning: the status word of this `apdu` is never checked \
+             (`done` follows): add `else fail CODE` (or `on SW fail CODE` lines) after it"
         )),
         "{w:?}"
     );
+    assert!(a.warnings.iter().all(|w| w.cvs_message.is_none()));
     let dbg = a.script.debug.as_ref().unwrap();
     let names: Vec<&str> = dbg.files.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(names, ["lib/main.cvs", "lib/purse.cvs"]);
