@@ -191,7 +191,7 @@ pub fn data(a: DataArgs) -> CliResult {
         std::fs::read_to_string(&a.input).map_err(|e| format!("{}: {e}", a.input.display()))?;
     let compiled = compile_data(&text);
     text.zeroize();
-    let data = compiled.map_err(|e| format!("{}: {e}", a.input.display()))?;
+    let data = compiled.map_err(|e| e.located(&a.input.display().to_string()))?;
     let path = a.output.unwrap_or_else(|| a.input.with_extension("cvd"));
     with_encoded(&data, |bytes| write_private(&path, bytes))
 }

@@ -167,16 +167,21 @@ fn load_command(path: &Path) -> Result<(Vec<u8>, Option<TraceSources>), String> 
     }
 }
 
-/// Reads the data script: `.toml` (compiled), `.cvd`, sealed, or none (no inputs).
-fn load_data(path: Option<&Path>) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+/// Reads the data script: `.toml` (compiled), `.cvd`, sealed, or none (no inputs). A
+/// `.toml` is checked against a plain `command` script's inputs here, so a misfit is
+/// reported at its `file:line:col` (a sealed command is checked by the reader).
+fn load_data(path: Option<&Path>, command: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
     match path {
         None => Ok(zeroize::Zeroizing::new(DataScript::default().encode())),
         Some(d) if d.extension().is_some_and(|x| x == "toml") => {
             let text = zeroize::Zeroizing::new(
                 std::fs::read_to_string(d).map_err(|e| format!("{}: {e}", d.display()))?,
             );
-            let data =
-                cardvm::asm::compile_data(&text).map_err(|e| format!("{}: {e}", d.display()))?;
+            let data = match cardvm::script::CommandScript::parse(command) {
+                Ok(script) => cardvm::asm::compile_data_for(&text, &script.inputs),
+                Err(_) => cardvm::asm::compile_data(&text),
+            }
+            .map_err(|e| e.located(&d.display().to_string()))?;
             Ok(zeroize::Zeroizing::new(data.encode()))
         }
         Some(d) => Ok(zeroize::Zeroizing::new(read_file(d)?)),
@@ -264,7 +269,7 @@ pub fn run(args: RunArgs) -> CliResult {
         };
         reader.prepare_query(&command, &nonce)
     } else {
-        let data = load_data(args.data.as_deref())?;
+        let data = load_data(args.data.as_deref(), &command)?;
         reader.prepare(&command, &data)
     }
     .map_err(|e| format!("{}: {e}", args.command.display()))?;
@@ -474,8 +479,8 @@ fn host_channel(
         (None, Some(path)) => {
             let text =
                 std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let keys =
-                cardvm::asm::compile_data(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            let keys = cardvm::asm::compile_data(&text)
+                .map_err(|e| e.located(&path.display().to_string()))?;
             let dlk = keys
                 .fields
                 .into_iter()
