@@ -737,3 +737,21 @@ fn data_script_errors_name_file_line_col_and_the_expected_type() {
         )
     );
 }
+
+/// A card profile that cannot be read is named once in the error, not twice.
+#[test]
+fn a_missing_card_profile_is_named_once() {
+    let missing = tmp("missing-card", "nowhere.toml");
+    let out = cardvm(&[
+        "run",
+        "scripts/city0731-des3/load.cvs",
+        "--data",
+        "scripts/city0731-des3/load.toml",
+        "--sim",
+        s(&missing),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches(s(&missing)).count(), 1, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

@@ -548,8 +548,7 @@ fn on_card(
     let mut host = host_channel(args, prepared)?;
     match (&args.sim, &args.replay, &args.pcsc) {
         (Some(profile), None, None) => {
-            let mut card = cardvm::sim::SimCard::load(profile)
-                .map_err(|e| format!("{}: {e}", profile.display()))?;
+            let mut card = super::sim::load_card(profile)?;
             if args.trace {
                 eprint!(
                     "{}",
@@ -563,7 +562,7 @@ fn on_card(
             let mut psams = args
                 .sam_sim
                 .iter()
-                .map(|p| cardvm::sim::SimCard::load(p).map_err(|e| format!("{}: {e}", p.display())))
+                .map(|p| super::sim::load_card(p))
                 .collect::<Result<Vec<_>, _>>()?;
             let slots = psams
                 .iter_mut()
