@@ -332,3 +332,19 @@ fn routine_fan_out_fails_fast_in_asm_and_lint() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The help says what works: `lint` and `run --trace-vm` take `.cvs` sources too.
+#[test]
+fn help_says_lint_and_trace_vm_take_cvs() {
+    let lint = String::from_utf8_lossy(&cardvm(&["lint", "--help"]).stdout).into_owned();
+    assert!(lint.lines().next().unwrap().contains("`.cvs`"), "{lint}");
+    let top = String::from_utf8_lossy(&cardvm(&["--help"]).stdout).into_owned();
+    let line = top
+        .lines()
+        .find(|l| l.trim_start().starts_with("lint "))
+        .unwrap();
+    assert!(line.contains("`.cvs`"), "{line}");
+    let run = String::from_utf8_lossy(&cardvm(&["run", "--help"]).stdout).into_owned();
+    let trace_vm = run.lines().find(|l| l.contains("--trace-vm ")).unwrap();
+    assert!(trace_vm.contains("`.cvs`"), "{trace_vm}");
+}
