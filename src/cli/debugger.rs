@@ -419,6 +419,10 @@ impl<'p> Debugger<'p> {
             .iter()
             .map(|v| v.name.as_str())
             .collect();
+        if let Some(near) = cardvm::lang::closest(name, debug.vars.iter().map(|v| v.name.as_str()))
+        {
+            return format!("no variable `{name}`; did you mean `{near}`?");
+        }
         format!(
             "no variable `{name}` (live here: {})",
             if here.is_empty() {
