@@ -99,6 +99,8 @@ fn a_bad_source_fails_with_file_line_col_and_a_caret() {
         err.contains(&format!("{head}\n    apud a, a\n    ^")),
         "{err}"
     );
+    // The error is printed once, not again in the one-line reason.
+    assert_eq!(err.matches("unknown mnemonic").count(), 1, "{err}");
     // The last line is the one-line reason.
     assert!(
         err.trim_end()
@@ -245,6 +247,19 @@ fn asm_compiles_high_level_scripts() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.cvs:2:5: error: `k` is a key"), "{err}");
     assert!(err.contains("x = k ++ [00]\n    ^"), "{err}");
+    assert_eq!(err.matches("is a key").count(), 1, "{err}");
+    assert_eq!(
+        err.trim_end().lines().last(),
+        Some(format!("cardvm: {}: assembly failed", bad.display()).as_str()),
+        "{err}"
+    );
+    // `run` and `lint` print it once too.
+    for args in [vec!["run", s(&bad)], vec!["lint", s(&bad)]] {
+        let out = cardvm(&args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.matches("is a key").count(), 1, "{args:?}: {err}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -316,4 +331,23 @@ fn routine_fan_out_fails_fast_in_asm_and_lint() {
         assert!(err.contains(&head), "{err}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The help says what works: `lint` and `run --trace-vm` take `.cvs` sources too.
+#[test]
+fn help_says_lint_and_trace_vm_take_cvs() {
+    let lint = String::from_utf8_lossy(&cardvm(&["lint", "--help"]).stdout).into_owned();
+    assert!(lint.lines().next().unwrap().contains("`.cvs`"), "{lint}");
+    let top = String::from_utf8_lossy(&cardvm(&["--help"]).stdout).into_owned();
+    let line = top
+        .lines()
+        .find(|l| l.trim_start().starts_with("lint "))
+        .unwrap();
+    assert!(line.contains("`.cvs`"), "{line}");
+    let run = String::from_utf8_lossy(&cardvm(&["run", "--help"]).stdout).into_owned();
+    // The option's help runs from its line to the next option.
+    let at = run.find("--trace-vm[").unwrap();
+    let rest = &run[at..];
+    let trace_vm = &rest[..rest[1..].find("\n  -").map_or(rest.len(), |e| e + 1)];
+    assert!(trace_vm.contains("`.cvs`"), "{trace_vm}");
 }

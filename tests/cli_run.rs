@@ -268,6 +268,28 @@ fn simulated_card_keeps_its_state_with_save() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("modelled air time"), "{stderr}");
+    // The trace footer's APDU air time is the receipt's; the activation is shown apart.
+    let footer = stderr
+        .lines()
+        .find(|l| l.starts_with("# modelled air time "))
+        .unwrap();
+    let number = |after: &str| -> u64 {
+        let rest = &footer[footer.find(after).unwrap() + after.len()..];
+        rest.split(' ').next().unwrap().parse().unwrap()
+    };
+    let exchanges = number("# modelled air time ");
+    let activation = number(" + ");
+    let total = number(" = ");
+    assert_eq!(
+        Some(exchanges),
+        receipt["air_time_us"].as_u64(),
+        "{footer}\n{receipt}"
+    );
+    assert!(footer.contains("(the receipt's air_time_us)"), "{footer}");
+    assert!(
+        activation > 0 && exchanges + activation == total,
+        "{footer}"
+    );
     // The saved card continues: its balance is the loaded one.
     let out = ok(&[
         "run",
@@ -657,4 +679,79 @@ fn card_query_through_the_cli() {
             "{extra:?} reached the card: {err}"
         );
     }
+}
+
+/// A `.toml` data script that does not fit the command script is reported at the
+/// field's `file:line:col`, with the declared type and, for a misspelling, the input it
+/// probably means; nothing reaches the card. `cardvm data` positions its own errors.
+#[test]
+fn data_script_errors_name_file_line_col_and_the_expected_type() {
+    let dir = "scripts/city0731-des3";
+    let load = std::fs::read_to_string(format!("{dir}/load.toml")).unwrap();
+    let line_of =
+        |text: &str, start: &str| text.lines().position(|l| l.starts_with(start)).unwrap() + 1;
+    let cases = [
+        (
+            "amonut",
+            load.replacen("amount", "amonut", 1),
+            "amonut",
+            "1: error: field `amonut`: the script has no input `amonut`; did you mean `amount` (declared u32)?",
+        ),
+        (
+            "usage",
+            load.replacen("usage = \"load\"", "usage = \"purchase\"", 1),
+            "[keys.dlk]",
+            "7: error: field `keys.dlk`: is key(des3, purchase), but the script declares `dlk: key(des3, load)`",
+        ),
+    ];
+    for (name, text, at, want) in cases {
+        let toml = tmp("data-errors", &format!("{name}.toml"));
+        std::fs::write(&toml, &text).unwrap();
+        let card = tmp("data-errors", &format!("{name}-card.toml"));
+        std::fs::copy(format!("{dir}/card.toml"), &card).unwrap();
+        let out = cardvm(&[
+            "run",
+            &format!("{dir}/load.cvs"),
+            "--data",
+            s(&toml),
+            "--sim",
+            s(&card),
+        ]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        let head = format!("cardvm: {}:{}:", toml.display(), line_of(&text, at));
+        assert!(err.starts_with(&head), "{head}\n{err}");
+        assert!(err.trim_end().ends_with(want), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    let toml = tmp("data-errors", "bad-hex.toml");
+    std::fs::write(&toml, "amount = 5\nterminal = { hex = \"0G\" }\n").unwrap();
+    let out = cardvm(&["data", s(&toml), "-o", s(&tmp("data-errors", "x.cvd"))]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "cardvm: {}:2:1: error: field `terminal`: not hex: character 2 is not a hex digit",
+            toml.display()
+        )
+    );
+}
+
+/// A card profile that cannot be read is named once in the error, not twice.
+#[test]
+fn a_missing_card_profile_is_named_once() {
+    let missing = tmp("missing-card", "nowhere.toml");
+    let out = cardvm(&[
+        "run",
+        "scripts/city0731-des3/load.cvs",
+        "--data",
+        "scripts/city0731-des3/load.toml",
+        "--sim",
+        s(&missing),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches(s(&missing)).count(), 1, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
 }

@@ -145,7 +145,7 @@ fn trace_vm_on_cvs_names_variables_by_line_and_redacts_keys() {
 fn a_torn_purchase_is_debugged_with_a_breakpoint_and_print() {
     let r = purchase(
         &["--tear-after", "5", "--break", "purse_purchase.cvs:46"],
-        "print m1\nprint before\nprint dpk\nprint card_tac\nprint serail\nbt\ncontinue\n",
+        "print m1\nprint before\nprint dpk\nprint card_tac\nprint serail\nprint nothing_like_it\nbt\ncontinue\n",
     );
     assert!(!r.ok, "a torn purchase is not a success");
     assert!(
@@ -170,7 +170,14 @@ fn a_torn_purchase_is_debugged_with_a_breakpoint_and_print() {
         "{e}"
     );
     assert!(e.contains("`card_tac` holds no value here"), "{e}");
-    assert!(e.contains("no variable `serail` (live here: "), "{e}");
+    assert!(
+        e.contains("no variable `serail`; did you mean `serial`?"),
+        "{e}"
+    );
+    assert!(
+        e.contains("no variable `nothing_like_it` (live here: "),
+        "{e}"
+    );
     assert!(
         e.contains("#0  flow at scripts/common/purse_purchase.cvs:46"),
         "{e}"

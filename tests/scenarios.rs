@@ -179,16 +179,30 @@ fn cardvm_test_writes_junit_xml_with_a_failure_per_failing_scenario() {
     let xml = std::fs::read_to_string(&xml_path).unwrap();
     assert!(xml.starts_with("<?xml"), "{xml}");
     assert!(
-        xml.contains("<testsuites name=\"cardvm scenarios\" tests=\"2\" failures=\"1\">"),
+        xml.contains("<testsuites name=\"cardvm scenarios\" tests=\"2\" failures=\"1\" time=\""),
         "{xml}"
     );
     assert_eq!(xml.matches("<testcase ").count(), 2, "{xml}");
     assert!(
-        xml.contains("name=\"balance &lt;ok&gt; &amp; fine\"/>"),
+        xml.contains("name=\"balance &lt;ok&gt; &amp; fine\" time=\""),
         "{xml}"
     );
+    // Every testcase and suite says how long it took, in seconds.
+    let times: Vec<&str> = xml
+        .split(" time=\"")
+        .skip(1)
+        .map(|t| t.split('"').next().unwrap())
+        .collect();
+    assert_eq!(times.len(), 4, "{xml}");
+    for t in times {
+        let (whole, millis) = t.split_once('.').expect("seconds.millis");
+        assert!(whole.parse::<u64>().is_ok() && millis.len() == 3, "{t}");
+    }
+    assert!(xml.contains("name=\"wrong balance\" time=\""), "{xml}");
     assert!(
-        xml.contains("name=\"wrong balance\">\n      <failure type=\"mismatch\" message=\"balance: expected 7, got 500\">"),
+        xml.contains(
+            "\">\n      <failure type=\"mismatch\" message=\"balance: expected 7, got 500\">"
+        ),
         "{xml}"
     );
     // A passing run writes a suite without failures and exits 0.
@@ -206,6 +220,30 @@ fn cardvm_test_writes_junit_xml_with_a_failure_per_failing_scenario() {
     let xml = std::fs::read_to_string(&xml_path).unwrap();
     assert!(!xml.contains("<failure"), "{xml}");
     assert!(xml.contains("credits the card"), "{xml}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `cardvm test` on a folder without scenario files: one clear line, exit code 1, not
+/// a run of zero scenarios counted as one failure.
+#[cfg(feature = "cli")]
+#[test]
+fn cardvm_test_on_a_folder_without_scenarios_says_so() {
+    let dir = std::env::temp_dir().join(format!("cardvm-noscen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cardvm"))
+        .arg("test")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("cardvm: no scenarios in {}", dir.display())),
+        "{stderr}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

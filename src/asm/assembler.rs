@@ -12,9 +12,9 @@ use super::loader::SourceLoader;
 use crate::crypto::{KeyAlg, KeyUsage};
 use crate::isa::{Instr, MAX_OPERANDS, Opcode, Operand, OperandKind, SwPattern};
 use crate::script::{
-    CommandScript, Constant, DEBUG_VERSION, DebugFile, DebugInfo, Decl, Header, LineEntry,
-    MAX_BYTES_LEN, MAX_CODE_LEN, MAX_DEBUG_NAME, MAX_ENTRIES, MAX_SCRIPT_LEN, UnsupportedDebug,
-    ValueType, is_valid_name,
+    CommandScript, Constant, DEBUG_VERSION, DebugFile, DebugInfo, DebugScope, DebugVar, Decl,
+    Header, LineEntry, MAX_BYTES_LEN, MAX_CODE_LEN, MAX_DEBUG_NAME, MAX_ENTRIES, MAX_SCRIPT_LEN,
+    UnsupportedDebug, ValueType, VarKind, is_valid_name,
 };
 use alloc::collections::BTreeMap;
 use alloc::format;
@@ -728,6 +728,82 @@ impl<'s> Asm<'s> {
                 dbg.lines.push(LineEntry { offset, file, line });
                 Ok(())
             }
+            ".var" | ".scope" => {
+                // `.var NAME int|bytes|key SLOT START END SCOPE` and
+                // `.scope ROUTINE FILE LINE START END PARENT`: a `.cvs` script's variable
+                // table as the disassembler writes it (code offsets, not labels).
+                let Some(name) = args
+                    .first()
+                    .filter(|t| t.kind == Kind::Word && crate::script::is_debug_symbol(&t.text))
+                else {
+                    return Err(self.err(
+                        after(d, args),
+                        format!("`{}` starts with a name (an identifier)", d.text),
+                    ));
+                };
+                let want = 6;
+                if args.len() != want {
+                    return Err(self.err(
+                        after(d, args),
+                        format!(
+                            "`{}` takes {want} fields: {}",
+                            d.text,
+                            if d.text == ".var" {
+                                "NAME int|bytes|key SLOT START END SCOPE"
+                            } else {
+                                "ROUTINE FILE LINE START END PARENT"
+                            }
+                        ),
+                    ));
+                }
+                self.debug_section(d.pos)?;
+                let n = |me: &Self, i: usize, max: u64| me.number(&args[i], max);
+                if d.text == ".var" {
+                    let kind = match args[1].text.as_str() {
+                        "int" => VarKind::Int,
+                        "bytes" => VarKind::Bytes,
+                        "key" => VarKind::Key,
+                        _ => return Err(self.err(args[1].pos, "a variable is int, bytes or key")),
+                    };
+                    let var = DebugVar {
+                        name: name.text.clone(),
+                        kind,
+                        slot: n(self, 2, u8::MAX.into())? as u8,
+                        start: n(self, 3, u32::MAX.into())? as u32,
+                        end: n(self, 4, u32::MAX.into())? as u32,
+                        scope: n(self, 5, u16::MAX.into())? as u16,
+                    };
+                    let dbg = self.explicit_debug.get_or_insert_with(DebugInfo::default);
+                    if usize::from(var.scope) > dbg.scopes.len() || dbg.vars.len() >= MAX_ENTRIES {
+                        return Err(self.err(
+                            args[5].pos,
+                            format!("no `.scope` number {} before this `.var`", var.scope),
+                        ));
+                    }
+                    dbg.vars.push(var);
+                } else {
+                    let scope = DebugScope {
+                        routine: name.text.clone(),
+                        call_file: n(self, 1, u16::MAX.into())? as u16,
+                        call_line: n(self, 2, u32::MAX.into())? as u32,
+                        start: n(self, 3, u32::MAX.into())? as u32,
+                        end: n(self, 4, u32::MAX.into())? as u32,
+                        parent: n(self, 5, u16::MAX.into())? as u16,
+                    };
+                    let dbg = self.explicit_debug.get_or_insert_with(DebugInfo::default);
+                    if usize::from(scope.call_file) >= dbg.files.len()
+                        || usize::from(scope.parent) > dbg.scopes.len()
+                        || dbg.scopes.len() >= MAX_ENTRIES
+                    {
+                        return Err(self.err(
+                            args[1].pos,
+                            "a `.scope` names a declared `.file` and an earlier `.scope` (or 0)",
+                        ));
+                    }
+                    dbg.scopes.push(scope);
+                }
+                Ok(())
+            }
             ".include" | ".macro" => Err(self.err(
                 d.pos,
                 format!("`{}` is handled earlier; this should not happen", d.text),
@@ -1116,6 +1192,15 @@ impl<'s> Asm<'s> {
         let debug = match self.explicit_debug.take() {
             Some(mut d) => {
                 d.lines.retain(|e| e.offset < code_len);
+                // An edited listing whose variable table no longer fits the code: the
+                // table goes (a debugger then shows instructions), the lines stay.
+                let fits = |start: u32, end: u32| start <= end && end < code_len;
+                if !d.vars.iter().all(|v| fits(v.start, v.end))
+                    || !d.scopes.iter().all(|s| fits(s.start, s.end))
+                {
+                    d.vars.clear();
+                    d.scopes.clear();
+                }
                 Some(d)
             }
             None if opts.debug && self.raw_debug.is_none() => Some(DebugInfo {

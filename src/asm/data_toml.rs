@@ -19,11 +19,18 @@
 //! sector keys for `ldrkey`). Session keys (`load-session`, `purchase-session`) are only
 //! derived in a transaction, and the old `master`, `session` and `any` are gone.
 //!
-//! Fields appear in the data script in name order. Errors name the field and what is
-//! wrong with it; they never repeat key bytes.
+//! Fields appear in the data script in name order. Errors name the field, its line and
+//! column, and what is wrong with it ([`DataError::located`] gives the compiler-style
+//! `file:line:col: error: …` line); they never repeat key bytes, nor show a source line
+//! (it may hold them). [`compile_data_for`] also checks the fields against a command
+//! script's declared inputs: a missing field names the type the script expects, a
+//! misspelled one the input it probably means.
 
 use crate::crypto::{KeyAlg, KeyUsage, SecretKey};
-use crate::script::{DataScript, Field, FieldValue, MAX_BYTES_LEN, MAX_ENTRIES, is_valid_name};
+use crate::script::{
+    DataScript, Decl, Field, FieldValue, MAX_BYTES_LEN, MAX_ENTRIES, is_valid_name,
+};
+use std::collections::BTreeMap;
 use toml::Value;
 use toml::value::Datetime;
 use zeroize::Zeroize;
@@ -42,21 +49,196 @@ pub enum DataError {
         /// The TOML parser's message.
         message: String,
     },
-    /// A field is malformed.
-    #[error("field `{field}`: {message}")]
+    /// A field is malformed, or does not fit the command script's inputs.
+    #[error("{}field `{field}`: {message}", position(*line, *col))]
     Field {
         /// The field (`amount`, `keys.dlk.hex`, …).
         field: String,
         /// What is wrong (never the key bytes).
         message: String,
+        /// 1-based line of the field's name in the TOML (0: no place to point at,
+        /// e.g. a missing field).
+        line: usize,
+        /// 1-based column (0 with line 0).
+        col: usize,
     },
+}
+
+fn position(line: usize, col: usize) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!("line {line}, column {col}: ")
+    }
+}
+
+impl DataError {
+    /// Where the error is: 1-based line and column, if it points at a place.
+    pub fn position(&self) -> Option<(usize, usize)> {
+        match *self {
+            DataError::Syntax { line, col, .. } | DataError::Field { line, col, .. }
+                if line > 0 =>
+            {
+                Some((line, col))
+            }
+            _ => None,
+        }
+    }
+
+    /// The compiler-style one-line diagnostic for the TOML file `file`:
+    /// `file:line:col: error: field `amount`: …` (`file: error: …` without a place).
+    /// No source line is shown: it may hold key bytes.
+    pub fn located(&self, file: &str) -> String {
+        let what = match self {
+            DataError::Syntax { message, .. } => message.clone(),
+            DataError::Field { field, message, .. } => format!("field `{field}`: {message}"),
+        };
+        match self.position() {
+            Some((line, col)) => format!("{file}:{line}:{col}: error: {what}"),
+            None => format!("{file}: error: {what}"),
+        }
+    }
 }
 
 fn field_err(field: &str, message: impl Into<String>) -> DataError {
     DataError::Field {
         field: field.into(),
         message: message.into(),
+        line: 0,
+        col: 0,
     }
+}
+
+/// Byte offset of every key's name in the TOML text, by dotted path (`amount`,
+/// `keys`, `keys.dlk`, `keys.dlk.hex`): where a field error points. Only names are
+/// copied, never values.
+fn key_offsets(text: &str) -> BTreeMap<String, usize> {
+    fn walk(
+        t: &toml::de::DeTable<'_>,
+        prefix: &str,
+        depth: u32,
+        out: &mut BTreeMap<String, usize>,
+    ) {
+        for (k, v) in t.iter() {
+            let path = if prefix.is_empty() {
+                String::from(k.get_ref().as_ref())
+            } else {
+                format!("{prefix}.{}", k.get_ref())
+            };
+            if let (toml::de::DeValue::Table(inner), true) = (v.get_ref(), depth < 2) {
+                walk(inner, &path, depth + 1, out);
+            }
+            out.entry(path).or_insert(k.span().start);
+        }
+    }
+    let mut out = BTreeMap::new();
+    if let Ok(root) = toml::de::DeTable::parse(text) {
+        walk(root.get_ref(), "", 0, &mut out);
+    }
+    out
+}
+
+/// Gives a field error the line and column of its field (or of the nearest enclosing
+/// table the text names).
+fn locate(e: DataError, text: &str) -> DataError {
+    match e {
+        DataError::Field {
+            field,
+            message,
+            line: 0,
+            ..
+        } => {
+            let offsets = key_offsets(text);
+            let mut path = field.as_str();
+            let at = loop {
+                if let Some(at) = offsets.get(path) {
+                    break Some(*at);
+                }
+                match path.rsplit_once('.') {
+                    Some((up, _)) => path = up,
+                    None => break None,
+                }
+            };
+            let (line, col) = at.map_or((0, 0), |at| line_col(text, at));
+            DataError::Field {
+                field,
+                message,
+                line,
+                col,
+            }
+        }
+        other => other,
+    }
+}
+
+/// Compiles TOML text into a data script for a command script with these declared
+/// `inputs`, and checks that every input has a field of its type. A missing field says
+/// the type the script declares; a field that is no input but one edit or two from a
+/// missing one is named, with the input it probably means (`amonut` → `amount`); a
+/// field of another type names both types. Errors carry the field's line and column.
+/// Fields no input reads are allowed, as in [`compile_data`].
+pub fn compile_data_for(toml_text: &str, inputs: &[Decl]) -> Result<DataScript, DataError> {
+    let data = compile_data(toml_text)?;
+    let path = |name: &str, v: &FieldValue| match v {
+        FieldValue::Key(_) => format!("keys.{name}"),
+        _ => String::from(name),
+    };
+    for decl in inputs {
+        match data.fields.iter().find(|f| *f.name == *decl.name) {
+            Some(f) if f.value.fits(&decl.ty) => {}
+            Some(f) => {
+                return Err(locate(
+                    field_err(
+                        &path(&f.name, &f.value),
+                        format!(
+                            "is {}, but the script declares `{}: {}`",
+                            f.value.type_name(),
+                            decl.name,
+                            decl.ty
+                        ),
+                    ),
+                    toml_text,
+                ));
+            }
+            None => {
+                let strays = data
+                    .fields
+                    .iter()
+                    .filter(|f| !inputs.iter().any(|d| *d.name == *f.name));
+                let near = crate::lang::suggest::closest(
+                    &decl.name,
+                    strays.clone().map(|f| f.name.as_str()),
+                );
+                let e = match near.and_then(|n| strays.clone().find(|f| f.name == n)) {
+                    Some(f) => field_err(
+                        &path(&f.name, &f.value),
+                        format!(
+                            "the script has no input `{}`; did you mean `{}` (declared {})?",
+                            f.name, decl.name, decl.ty
+                        ),
+                    ),
+                    None => {
+                        let how = match decl.ty {
+                            crate::script::ValueType::Key { .. } => format!(
+                                " (add a [keys.{}] table with alg, usage and hex)",
+                                decl.name
+                            ),
+                            _ => String::new(),
+                        };
+                        field_err(
+                            &decl.name,
+                            format!(
+                                "missing: the script declares `{}: {}`{how}",
+                                decl.name, decl.ty
+                            ),
+                        )
+                    }
+                };
+                return Err(locate(e, toml_text));
+            }
+        }
+    }
+    Ok(data)
 }
 
 /// Zeroizes every string in a TOML value when dropped (key hex strings).
@@ -77,8 +259,13 @@ impl Drop for Wipe {
     }
 }
 
-/// Compiles TOML text into a data script.
+/// Compiles TOML text into a data script. A field error carries the line and column
+/// of the field's name.
 pub fn compile_data(toml_text: &str) -> Result<DataScript, DataError> {
+    compile(toml_text).map_err(|e| locate(e, toml_text))
+}
+
+fn compile(toml_text: &str) -> Result<DataScript, DataError> {
     let mut table: toml::Table = toml::from_str(toml_text).map_err(|e| {
         let (line, col) = e
             .span()
@@ -402,7 +589,7 @@ hex   = "3F013F013F013F013F013F013F013F01"
 
     fn field_error(text: &str) -> (String, String) {
         match compile_data(text).unwrap_err() {
-            DataError::Field { field, message } => (field, message),
+            DataError::Field { field, message, .. } => (field, message),
             e => panic!("{e:?}"),
         }
     }
@@ -508,6 +695,93 @@ hex   = "3F013F013F013F013F013F013F013F01"
             let shown = format!("{e} {e:?}");
             assert!(!shown.contains("3F01"), "{shown}");
         }
+    }
+
+    /// Field errors point at the field's name: `file:line:col`, never the line itself
+    /// (it may hold key bytes).
+    #[test]
+    fn field_errors_have_a_position() {
+        let text = "amount = 5\nterminal = { hex = \"0G\" }\n";
+        let e = compile_data(text).unwrap_err();
+        assert_eq!(e.position(), Some((2, 1)), "{e:?}");
+        assert_eq!(
+            e.located("load.toml"),
+            "load.toml:2:1: error: field `terminal`: not hex: character 2 is not a hex digit"
+        );
+        assert_eq!(
+            e.to_string(),
+            "line 2, column 1: field `terminal`: not hex: character 2 is not a hex digit"
+        );
+        let text = "a = 1\n\n[keys.dlk]\nalg = \"des3\"\nusage = \"load\"\nhex = \"3F013F01\"\n";
+        let e = compile_data(text).unwrap_err();
+        assert_eq!(e.position(), Some((6, 1)), "{e:?}");
+        assert!(!e.located("x.toml").contains("3F01"));
+        let e = compile_data("[keys.k]\nusage = \"load\"\nhex = \"00\"").unwrap_err();
+        // A missing property points at its table.
+        assert_eq!(e.position(), Some((1, 7)), "{e:?}");
+        let e = compile_data("a = 1\nb = = 2").unwrap_err();
+        assert!(e.located("d.toml").starts_with("d.toml:2:"), "{e}");
+    }
+
+    /// Against the command script's inputs: a misspelled field is named with the input
+    /// it probably means, a missing one with the type the script declares, a field of
+    /// another type with both types — each at its line and column.
+    #[test]
+    fn fields_are_checked_against_the_inputs() {
+        let decl = |name: &str, ty: ValueType| Decl {
+            name: name.into(),
+            ty,
+        };
+        let inputs = [
+            decl("amount", ValueType::Int { bits: 32 }),
+            decl(
+                "dlk",
+                ValueType::Key {
+                    alg: KeyAlg::Des3,
+                    usage: KeyUsage::Load,
+                },
+            ),
+        ];
+        let key = |usage: &str| {
+            format!(
+                "[keys.dlk]\nalg = \"des3\"\nusage = \"{usage}\"\nhex = \"{}\"\n",
+                "11".repeat(16)
+            )
+        };
+        assert!(
+            compile_data_for(&format!("amount = 5\nextra = 1\n{}", key("load")), &inputs).is_ok()
+        );
+        let e = compile_data_for(&format!("note = 1\namonut = 5\n{}", key("load")), &inputs)
+            .unwrap_err();
+        assert_eq!(
+            e.located("load.toml"),
+            "load.toml:2:1: error: field `amonut`: the script has no input `amonut`; did you mean `amount` (declared u32)?"
+        );
+        let e = compile_data_for(&format!("note = 1\n{}", key("load")), &inputs).unwrap_err();
+        assert_eq!(
+            e.located("load.toml"),
+            "load.toml: error: field `amount`: missing: the script declares `amount: u32`"
+        );
+        let e = compile_data_for("amount = 5\n", &inputs).unwrap_err();
+        assert!(
+            e.to_string().ends_with(
+                "missing: the script declares `dlk: key(des3, load)` (add a [keys.dlk] table with alg, usage and hex)"
+            ),
+            "{e}"
+        );
+        let e =
+            compile_data_for(&format!("amount = 5\n\n{}", key("purchase")), &inputs).unwrap_err();
+        assert_eq!(
+            e.located("load.toml"),
+            "load.toml:3:7: error: field `keys.dlk`: is key(des3, purchase), but the script declares `dlk: key(des3, load)`"
+        );
+        assert!(!format!("{e:?}").contains("1111"));
+        let e = compile_data_for(
+            &format!("amount = {{ hex = \"05\" }}\n{}", key("load")),
+            &inputs,
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("line 1, column 1: field `amount`: is bytes[1], but the script declares `amount: u32`"), "{e}");
     }
 
     #[test]

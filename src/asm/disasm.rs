@@ -109,6 +109,26 @@ pub fn disassemble(script: &CommandScript) -> String {
                 let _ = writeln!(out, ".file {}", quote(&f.name));
             }
         }
+        // The variable table of a `.cvs` script (debug info version 3), in code offsets.
+        for sc in &dbg.scopes {
+            let _ = writeln!(
+                out,
+                ".scope {} {} {} {} {} {}",
+                sc.routine, sc.call_file, sc.call_line, sc.start, sc.end, sc.parent
+            );
+        }
+        for v in &dbg.vars {
+            let _ = writeln!(
+                out,
+                ".var {} {} {} {} {} {}",
+                v.name,
+                v.kind.name(),
+                v.slot,
+                v.start,
+                v.end,
+                v.scope
+            );
+        }
     } else if let Some(u) = &script.unsupported_debug {
         let _ = writeln!(
             out,

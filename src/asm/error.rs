@@ -105,8 +105,12 @@ pub struct Warning {
     pub line: u32,
     /// 1-based column.
     pub col: u32,
-    /// What is suspicious.
+    /// What is suspicious, in `.casm` terms (mnemonics).
     pub message: String,
+    /// The same finding in the terms of the high-level language (`.cvs` statements and
+    /// operators), when they differ from [`Warning::message`]: [`crate::lang::assemble`]
+    /// reports this one for a program compiled from `.cvs`.
+    pub cvs_message: Option<String>,
 }
 
 impl Warning {
@@ -157,6 +161,7 @@ mod tests {
             line: 1,
             col: 2,
             message: "m".into(),
+            cvs_message: None,
         };
         assert_eq!(alloc::format!("{w}"), "a.casm:1:2: warning: m");
         assert_eq!(w.annotation(), "a.casm:1:2: unused-label: m");

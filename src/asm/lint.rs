@@ -9,6 +9,11 @@
 //! * `beq`/`bne` on a register written by `mac`: not constant-time (use `cteq` or
 //!   `chkmac`).
 //!
+//! A finding whose `.casm` words (mnemonics, the fix in instructions) mean nothing to a
+//! `.cvs` author also carries its `.cvs` phrasing ([`Warning::cvs_message`]): the
+//! statement as written (`samN apdu`, `load_reader_key`, `==`) and the fix in the
+//! language (`else fail CODE`, `check_mac`).
+//!
 //! Lints run on the assembled code, so instructions from `.include`d files and macros
 //! are covered; positions come from the assembler's line table. Which instructions send
 //! an APDU, read the status word, read an input or end a path comes from the instruction
@@ -38,6 +43,7 @@ impl LintInput<'_> {
     fn warn(&self, lint: Lint, file: u16, line: u32, col: u32, message: String) -> Warning {
         Warning {
             lint,
+            cvs_message: None,
             file: self
                 .files
                 .get(usize::from(file))
@@ -156,14 +162,30 @@ pub(crate) fn lint(script: &CommandScript, input: &LintInput<'_>) -> Vec<Warning
             continue;
         }
         if let Some(why) = unchecked_path(&code, k) {
-            out.push(input.at(
+            let mut w = input.at(
                 Lint::UncheckedSw,
                 *offset,
                 format!(
                     "the status word of this `{}` is never checked ({why})",
                     instr.opcode().mnemonic()
                 ),
+            );
+            let statement = match instr {
+                Instr::SamApdu { sam, .. } => format!("sam{sam} apdu"),
+                Instr::HostApdu { .. } => String::from("host apdu"),
+                Instr::LoadReaderKey { .. } => String::from("load_reader_key"),
+                other => String::from(other.opcode().mnemonic()),
+            };
+            let why = match why {
+                "the script halts" => "`done` follows",
+                "the script ends" => "the flow ends",
+                other => other,
+            };
+            w.cvs_message = Some(format!(
+                "the status word of this `{statement}` is never checked ({why}): \
+                 add `else fail CODE` (or `on SW fail CODE` lines) after it"
             ));
+            out.push(w);
         }
     }
 
@@ -179,14 +201,24 @@ pub(crate) fn lint(script: &CommandScript, input: &LintInput<'_>) -> Vec<Warning
         if let Instr::Beq { a, b, .. } | Instr::Bne { a, b, .. } = *i
             && (macs.contains(&a) || macs.contains(&b))
         {
-            out.push(input.at(
+            let mut w = input.at(
                 Lint::MacCompare,
                 *offset,
                 format!(
                     "`{}` compares a MAC (not constant-time): use `cteq` or `chkmac`",
                     i.opcode().mnemonic()
                 ),
+            );
+            let op = if matches!(i, Instr::Beq { .. }) {
+                "=="
+            } else {
+                "!="
+            };
+            w.cvs_message = Some(format!(
+                "`{op}` on a MAC compares in variable time: use \
+                 `check_mac(k, d, m) else fail CODE` or a comparison value (`ok = m {op} mac2`)"
             ));
+            out.push(w);
         }
     }
     out.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
@@ -306,6 +338,40 @@ mod tests {
             w,
             [
                 "t.casm:6:1: warning: `beq` compares a MAC (not constant-time): use `cteq` or `chkmac`"
+            ]
+        );
+    }
+
+    /// A finding in `.casm` words also carries its phrasing for a `.cvs` author.
+    #[test]
+    fn findings_carry_their_cvs_phrasing() {
+        let out = assemble(
+            ".input k key(des3, mac)\n.key sk\n  ldkey sk, k\n  ldc r0, [00 00 00 00 00 00 00 00]\n  mac r1, sk, r0\n  bne r1, r0, bad\n  ldrkey sk, 0\n  halt\nbad: fail 3\n",
+            "t.casm",
+            &AsmOptions::default(),
+            &mut MapLoader::new(),
+        )
+        .unwrap();
+        let got: Vec<_> = out
+            .warnings
+            .iter()
+            .map(|w| (w.message.as_str(), w.cvs_message.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "`bne` compares a MAC (not constant-time): use `cteq` or `chkmac`",
+                    Some(
+                        "`!=` on a MAC compares in variable time: use `check_mac(k, d, m) else fail CODE` or a comparison value (`ok = m != mac2`)"
+                    )
+                ),
+                (
+                    "the status word of this `ldrkey` is never checked (the script halts)",
+                    Some(
+                        "the status word of this `load_reader_key` is never checked (`done` follows): add `else fail CODE` (or `on SW fail CODE` lines) after it"
+                    )
+                ),
             ]
         );
     }

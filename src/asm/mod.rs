@@ -98,7 +98,7 @@ pub use assembler::{
     assemble_casm,
 };
 #[cfg(feature = "std")]
-pub use data_toml::{DataError, compile_data};
+pub use data_toml::{DataError, compile_data, compile_data_for};
 pub use disasm::disassemble;
 pub use error::{AsmError, Lint, Warning};
 #[cfg(feature = "std")]

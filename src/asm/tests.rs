@@ -1173,3 +1173,32 @@ fn the_rustdoc_syntax_example_assembles_and_verifies() {
     assert_eq!(s.header.city, 731);
     round_trip(&s).unwrap();
 }
+
+#[test]
+fn variable_table_directives_round_trip_and_refuse_what_does_not_fit() {
+    let src = ".file \"f.cvs\"\n.scope read 0 7 1 2 0\n.var bal bytes 3 1 2 1\n.var k key 0 0 1 0\n\
+               .loc 0 1\nnop\nnop\nhalt";
+    let s = asm(src);
+    let d = s.debug.clone().unwrap();
+    assert_eq!((d.vars.len(), d.scopes.len()), (2, 1));
+    assert_eq!(d.vars[0].kind, crate::script::VarKind::Bytes);
+    let text = disassemble(&s);
+    assert!(text.contains(".scope read 0 7 1 2 0"), "{text}");
+    assert!(text.contains(".var bal bytes 3 1 2 1"), "{text}");
+    round_trip(&s).unwrap();
+    // A scope before its file, a variable before its scope, a bad kind or name.
+    for (bad, why) in [
+        (".scope read 0 7 0 0 0", "declared `.file`"),
+        (".file \"f\"\n.var x int 0 0 0 1", "no `.scope` number 1"),
+        (".file \"f\"\n.var x float 0 0 0 0", "int, bytes or key"),
+        (".file \"f\"\n.var 9x int 0 0 0 0", "starts with a name"),
+        (".file \"f\"\n.var x int 0 0", "takes 6 fields"),
+    ] {
+        let e = err(bad);
+        assert!(e.message.contains(why), "{bad}: {e}");
+    }
+    // An edited listing whose ranges pass the code keeps its lines, not its variables.
+    let s = asm(".file \"f.cvs\"\n.var x int 0 0 9 0\n.loc 0 1\nnop\nhalt");
+    let d = s.debug.unwrap();
+    assert!(d.vars.is_empty() && d.lines.len() == 1, "{d:?}");
+}

@@ -51,8 +51,7 @@ pub fn apdu(args: ApduArgs) -> CliResult {
         .collect::<Result<Vec<_>, String>>()?;
     match (&args.sim, &args.pcsc) {
         (Some(profile), None) => {
-            let mut card = cardvm::sim::SimCard::load(profile)
-                .map_err(|e| format!("{}: {e}", profile.display()))?;
+            let mut card = super::sim::load_card(profile)?;
             let header = header_lines(
                 &format!("simulated card {}", profile.display()),
                 card.atr(),

@@ -28,7 +28,7 @@ pub struct AsmArgs {
 /// Arguments of `cardvm lint`.
 #[derive(Args, Debug)]
 pub struct LintArgs {
-    /// The `.casm` sources to check.
+    /// The sources to check: `.casm`, or `.cvs` (findings name the `.cvs` lines).
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
 }
@@ -81,8 +81,10 @@ pub fn asm(a: AsmArgs) -> CliResult {
     let out = match assemble_file(&a.input, &opts) {
         Ok(out) => out,
         Err(e) => {
+            // The diagnostic (with its source line and caret) once; the one-line
+            // reason names the input only.
             eprintln!("{e}");
-            return Err(format!("{}: assembly failed", e.headline()));
+            return Err(format!("{}: assembly failed", a.input.display()));
         }
     };
     if a.lint && !out.warnings.is_empty() {
@@ -102,7 +104,7 @@ pub fn asm(a: AsmArgs) -> CliResult {
     write(&path, &out.script.encode())
 }
 
-/// `cardvm lint FILE.casm...`: assembles each file and prints every lint finding on
+/// `cardvm lint FILE.casm|FILE.cvs...`: assembles each file and prints every lint finding on
 /// stdout as `file:line:col: lint-name: message` (the form editors and CI annotate);
 /// fails when any file has a finding or does not assemble.
 pub fn lint(a: LintArgs) -> CliResult {
@@ -189,7 +191,7 @@ pub fn data(a: DataArgs) -> CliResult {
         std::fs::read_to_string(&a.input).map_err(|e| format!("{}: {e}", a.input.display()))?;
     let compiled = compile_data(&text);
     text.zeroize();
-    let data = compiled.map_err(|e| format!("{}: {e}", a.input.display()))?;
+    let data = compiled.map_err(|e| e.located(&a.input.display().to_string()))?;
     let path = a.output.unwrap_or_else(|| a.input.with_extension("cvd"));
     with_encoded(&data, |bytes| write_private(&path, bytes))
 }

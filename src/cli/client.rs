@@ -156,8 +156,7 @@ fn card_txn(t: CardTxn, purchase: bool) -> CliResult {
         };
         let result = match (&sim, &pcsc) {
             (Some(profile), None) => {
-                let mut card = cardvm::sim::SimCard::load(profile)
-                    .map_err(|e| format!("{}: {e}", profile.display()))?;
+                let mut card = super::sim::load_card(profile)?;
                 let r = rt.block_on(on_card(
                     purchase,
                     &client,

@@ -331,31 +331,9 @@ impl<'p> Debugger<'p> {
         self.debug.map_or(0, |d| d.scopes_at(offset).len())
     }
 
-    /// The variable called `name` in scope at `offset` (innermost expansion first), or
-    /// the one variable in a register or slot at `offset`.
+    /// The variable `pick` selects at `offset` ([`DebugInfo::var_at`]).
     fn var_at(&self, offset: u32, pick: impl Fn(&DebugVar) -> bool) -> Option<&'p DebugVar> {
-        let debug = self.debug?;
-        // Scope numbers from innermost out, then the flow (0).
-        let mut chain: Vec<u16> = debug
-            .scopes_at(offset)
-            .into_iter()
-            .filter_map(|(i, _)| u16::try_from(i + 1).ok())
-            .collect();
-        chain.push(0);
-        let live: Vec<&DebugVar> = debug
-            .vars
-            .iter()
-            .filter(|v| v.start <= offset && offset <= v.end && pick(v))
-            .collect();
-        chain
-            .iter()
-            .find_map(|s| {
-                live.iter()
-                    .filter(|v| v.scope == *s)
-                    .max_by_key(|v| v.start)
-                    .copied()
-            })
-            .or_else(|| live.iter().max_by_key(|v| v.start).copied())
+        self.debug?.var_at(offset, pick)
     }
 
     fn value_text(&self, v: &DebugVar) -> String {
@@ -373,24 +351,9 @@ impl<'p> Debugger<'p> {
         }
     }
 
-    /// Every variable live at `offset`, innermost scope first, one per name.
+    /// Every variable live at `offset`, one per name ([`DebugInfo::live_vars`]).
     fn live_vars(&self, offset: u32) -> Vec<&'p DebugVar> {
-        let Some(debug) = self.debug else {
-            return Vec::new();
-        };
-        let mut seen = BTreeSet::new();
-        let mut out = Vec::new();
-        for v in &debug.vars {
-            if v.start <= offset
-                && offset <= v.end
-                && !seen.contains(v.name.as_str())
-                && let Some(best) = self.var_at(offset, |x| x.name == v.name)
-            {
-                seen.insert(best.name.as_str());
-                out.push(best);
-            }
-        }
-        out
+        self.debug.map(|d| d.live_vars(offset)).unwrap_or_default()
     }
 
     /// `print NAME`: its value where the run stands, or why there is none.
@@ -419,6 +382,10 @@ impl<'p> Debugger<'p> {
             .iter()
             .map(|v| v.name.as_str())
             .collect();
+        if let Some(near) = cardvm::lang::closest(name, debug.vars.iter().map(|v| v.name.as_str()))
+        {
+            return format!("no variable `{name}`; did you mean `{near}`?");
+        }
         format!(
             "no variable `{name}` (live here: {})",
             if here.is_empty() {

@@ -37,7 +37,7 @@ pub struct Cli {
 enum Command {
     /// Assemble a `.casm` or `.cvs` command script into bytecode (`.cvm`).
     Asm(asm::AsmArgs),
-    /// Check `.casm` sources with the assembler's lints; non-zero exit on any finding.
+    /// Check `.casm` or `.cvs` sources with the assembler's lints; non-zero exit on any finding.
     Lint(asm::LintArgs),
     /// Disassemble a `.cvm` command script into `.casm` text.
     Disasm(asm::DisasmArgs),
@@ -70,6 +70,9 @@ enum Command {
     /// Provision a reader's certificate: init (key pair + PKCS#10 request), install.
     Reader(reader::ReaderArgs),
     /// Run scenario tests: a scenario file, or every `scenarios/*.toml` under a directory.
+    ///
+    /// Exits 0 when every scenario passed, 1 when one failed, when none matched --filter
+    /// or when the path holds no scenario file (`no scenarios in PATH`).
     Test(test::TestArgs),
     /// The reader's side of the online protocol: recharge a card, sync the journal.
     Client(client::ClientArgs),

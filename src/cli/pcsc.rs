@@ -309,8 +309,7 @@ pub fn serve(args: ServeArgs) -> CliResult {
             )
         }
         (None, Some(path)) => {
-            let card =
-                cardvm::sim::SimCard::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let card = super::sim::load_card(path)?;
             (
                 Box::new(ReplayCard::default()),
                 Some(card),

@@ -151,6 +151,21 @@ pub struct RunArgs {
     pub max_apdus: u32,
 }
 
+/// The trace's last line: the modelled air time of the APDU exchanges (what the
+/// receipt's `air_time_us` holds) and, apart, the card's activation (REQA … RATS, once
+/// per tap, before the script runs: not in the receipt), and their sum.
+fn air_time_footer(r: &cardvm::sim::airtime::AirTimeReport) -> String {
+    let activation = r.activation_ns / 1_000;
+    let exchanges = r.total_us().saturating_sub(activation);
+    format!(
+        "# modelled air time {exchanges} µs over {} APDUs (the receipt's air_time_us) \
+         + {activation} µs activation (once per tap) = {} µs on the air \
+         (a model, see cardvm::sim::airtime)",
+        r.apdus,
+        r.total_us()
+    )
+}
+
 /// Reads the command script: `.casm` or `.cvs` (assembled, with debug info), `.cvm`, or
 /// sealed. For a source, also the texts the assembler read (what `--trace-vm` shows).
 fn load_command(path: &Path) -> Result<(Vec<u8>, Option<TraceSources>), String> {
@@ -167,16 +182,21 @@ fn load_command(path: &Path) -> Result<(Vec<u8>, Option<TraceSources>), String> 
     }
 }
 
-/// Reads the data script: `.toml` (compiled), `.cvd`, sealed, or none (no inputs).
-fn load_data(path: Option<&Path>) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+/// Reads the data script: `.toml` (compiled), `.cvd`, sealed, or none (no inputs). A
+/// `.toml` is checked against a plain `command` script's inputs here, so a misfit is
+/// reported at its `file:line:col` (a sealed command is checked by the reader).
+fn load_data(path: Option<&Path>, command: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
     match path {
         None => Ok(zeroize::Zeroizing::new(DataScript::default().encode())),
         Some(d) if d.extension().is_some_and(|x| x == "toml") => {
             let text = zeroize::Zeroizing::new(
                 std::fs::read_to_string(d).map_err(|e| format!("{}: {e}", d.display()))?,
             );
-            let data =
-                cardvm::asm::compile_data(&text).map_err(|e| format!("{}: {e}", d.display()))?;
+            let data = match cardvm::script::CommandScript::parse(command) {
+                Ok(script) => cardvm::asm::compile_data_for(&text, &script.inputs),
+                Err(_) => cardvm::asm::compile_data(&text),
+            }
+            .map_err(|e| e.located(&d.display().to_string()))?;
             Ok(zeroize::Zeroizing::new(data.encode()))
         }
         Some(d) => Ok(zeroize::Zeroizing::new(read_file(d)?)),
@@ -264,7 +284,7 @@ pub fn run(args: RunArgs) -> CliResult {
         };
         reader.prepare_query(&command, &nonce)
     } else {
-        let data = load_data(args.data.as_deref())?;
+        let data = load_data(args.data.as_deref(), &command)?;
         reader.prepare(&command, &data)
     }
     .map_err(|e| format!("{}: {e}", args.command.display()))?;
@@ -462,8 +482,8 @@ fn host_channel(
         (None, Some(path)) => {
             let text =
                 std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let keys =
-                cardvm::asm::compile_data(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            let keys = cardvm::asm::compile_data(&text)
+                .map_err(|e| e.located(&path.display().to_string()))?;
             let dlk = keys
                 .fields
                 .into_iter()
@@ -531,8 +551,7 @@ fn on_card(
     let mut host = host_channel(args, prepared)?;
     match (&args.sim, &args.replay, &args.pcsc) {
         (Some(profile), None, None) => {
-            let mut card = cardvm::sim::SimCard::load(profile)
-                .map_err(|e| format!("{}: {e}", profile.display()))?;
+            let mut card = super::sim::load_card(profile)?;
             for &n in &args.tear_after {
                 card.faults_mut().push(cardvm::sim::Fault::TearAfter(n));
             }
@@ -549,7 +568,7 @@ fn on_card(
             let mut psams = args
                 .sam_sim
                 .iter()
-                .map(|p| cardvm::sim::SimCard::load(p).map_err(|e| format!("{}: {e}", p.display())))
+                .map(|p| super::sim::load_card(p))
                 .collect::<Result<Vec<_>, _>>()?;
             let slots = psams
                 .iter_mut()
@@ -560,11 +579,7 @@ fn on_card(
             let completed = execute(args, reader, prepared, sources, &mut card, &mut sams)?;
             drop(sams);
             if args.trace {
-                eprintln!(
-                    "# modelled air time {} µs over {} APDUs (a model, see cardvm::sim::airtime)",
-                    card.air_time().total_us(),
-                    card.air_time().apdus
-                );
+                eprintln!("{}", air_time_footer(card.air_time()));
             }
             if args.save {
                 card.save(profile)

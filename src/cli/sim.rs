@@ -83,6 +83,15 @@ pub struct NewArgs {
 }
 
 /// Runs a `sim` command.
+/// Loads a simulated card's profile; the error names the file once (an I/O error
+/// already names it).
+pub fn load_card(path: &std::path::Path) -> Result<cardvm::sim::SimCard, String> {
+    cardvm::sim::SimCard::load(path).map_err(|e| match e {
+        cardvm::sim::SimError::Io { .. } => e.to_string(),
+        other => format!("{}: {other}", path.display()),
+    })
+}
+
 pub fn run(cmd: SimCommand) -> CliResult {
     match cmd {
         SimCommand::New(a) => new(a),

@@ -19,8 +19,15 @@ pub struct TestArgs {
     pub junit: Option<PathBuf>,
 }
 
-/// Runs the scenarios, prints test-runner output; fails when any scenario fails.
+/// Runs the scenarios, prints test-runner output; fails (exit code 1) when any scenario
+/// fails, and with the one line `no scenarios in PATH` when PATH holds no scenario file.
 pub fn test(args: TestArgs) -> CliResult {
+    if cardvm::sim::scenario::discover(&args.path).is_empty() {
+        return Err(format!(
+            "no scenarios in {} (a scenario file, or a directory with `scenarios/*.toml`)",
+            args.path.display()
+        ));
+    }
     let mut summary = cardvm::sim::scenario::run_path(&args.path);
     if let Some(f) = &args.filter {
         summary.results.retain(|r| r.name.contains(f.as_str()));

@@ -239,4 +239,6 @@ pub(crate) enum ExprKind {
     Slice(Box<Expr>, Box<Expr>, Box<Expr>),
     Conv(Box<Expr>, Conv),
     Call(String, Vec<Expr>),
+    /// `a == b` / `a != b` as a value: integer 1 or 0 (constant-time, `cteq`).
+    Cmp(Cmp, Box<Expr>, Box<Expr>),
 }

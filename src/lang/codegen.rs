@@ -168,6 +168,9 @@ struct Gen {
     loaded: BTreeMap<String, V>,
     /// Registers bound to a name (a variable or an input): never reused as a temporary.
     named: BTreeSet<u32>,
+    /// Registers of variables and parameters whose value comes from a `mac` (see
+    /// [`Gen::mac_derived`]): compared only in constant time.
+    macs: BTreeSet<u32>,
     /// Control nesting: 0 while every instruction emitted runs on every path.
     depth: usize,
     stubs: Vec<(u16, u32, Span)>,
@@ -204,6 +207,7 @@ pub(crate) fn generate(items: Vec<Item>) -> R<Generated> {
         nlabel: 0,
         loaded: BTreeMap::new(),
         named: BTreeSet::new(),
+        macs: BTreeSet::new(),
         depth: 0,
         stubs: Vec::new(),
         stub_of: BTreeMap::new(),
@@ -334,7 +338,9 @@ fn mentions(e: &Expr, n: &str) -> bool {
         ExprKind::Bytes(p) => p
             .iter()
             .any(|p| matches!(p, Piece::Expr(e) if mentions(e, n))),
-        ExprKind::Concat(a, b) | ExprKind::Bin(_, a, b) => mentions(a, n) || mentions(b, n),
+        ExprKind::Concat(a, b) | ExprKind::Bin(_, a, b) | ExprKind::Cmp(_, a, b) => {
+            mentions(a, n) || mentions(b, n)
+        }
         ExprKind::Slice(a, b, c) => mentions(a, n) || mentions(b, n) || mentions(c, n),
         ExprKind::Conv(a, _) => mentions(a, n),
         ExprKind::Call(_, args) => args.iter().any(|a| mentions(a, n)),
@@ -520,7 +526,10 @@ impl Gen {
                 Some(v) => Ok(*v),
                 None => err(
                     *s,
-                    format!("unknown failure code `{n}` (declare it in `fail_codes {{ … }}`)"),
+                    format!(
+                        "unknown failure code `{n}` (declare it in `fail_codes {{ … }}`){}",
+                        super::suggest::hint(n, self.codes.keys().map(String::as_str))
+                    ),
                 ),
             },
         }
@@ -539,7 +548,13 @@ impl Gen {
             ExprKind::Int(v) => Ok(V::Int(*v)),
             ExprKind::Name(n) => match self.consts.get(n) {
                 Some(v) => Ok(v.clone()),
-                None => err(e.span, format!("`{n}` is not a constant defined above")),
+                None => err(
+                    e.span,
+                    format!(
+                        "`{n}` is not a constant defined above{}",
+                        super::suggest::hint(n, self.consts.keys().map(String::as_str))
+                    ),
+                ),
             },
             ExprKind::Bytes(pieces) => {
                 let mut out = Vec::new();
@@ -688,7 +703,18 @@ impl Gen {
                 format!("`{name}` is a failure code: use it in `fail {name}`"),
             );
         }
-        err(span, format!("unknown name `{name}`"))
+        let known = env
+            .vars
+            .keys()
+            .chain(self.consts.keys())
+            .chain(self.inputs.iter().map(|d| &d.name))
+            .chain(self.routines.keys())
+            .chain(self.codes.keys())
+            .map(String::as_str);
+        err(
+            span,
+            format!("unknown name `{name}`{}", super::suggest::hint(name, known)),
+        )
     }
 
     /// Puts a value in a register (`dst`, or a new one); returns the register.
@@ -936,6 +962,92 @@ impl Gen {
                 Ok(V::Reg(d, to))
             }
             ExprKind::Call(f, args) => self.call(env, f, args, want, span),
+            ExprKind::Cmp(op, a, b) => self.compare(env, *op, a, b, want, span),
+        }
+    }
+
+    /// Whether `e`'s value comes from a MAC: a `mac(…)`, a variable or parameter
+    /// holding one, or anything made from them (a slice, a concatenation, a
+    /// conversion). A comparison of such a value runs in constant time (`cteq`).
+    fn mac_derived(&self, env: &Env, e: &Expr) -> bool {
+        match &e.kind {
+            ExprKind::Int(_) | ExprKind::Cmp(..) => false,
+            ExprKind::Name(n) => {
+                matches!(env.vars.get(n), Some(Var { val: V::Reg(r, _), .. }) if self.macs.contains(r))
+            }
+            ExprKind::Call(f, _) if f == "mac" => true,
+            ExprKind::Call(_, args) => args.iter().any(|a| self.mac_derived(env, a)),
+            ExprKind::Bytes(p) => p
+                .iter()
+                .any(|p| matches!(p, Piece::Expr(x) if self.mac_derived(env, x))),
+            ExprKind::Concat(a, b) | ExprKind::Bin(_, a, b) => {
+                self.mac_derived(env, a) || self.mac_derived(env, b)
+            }
+            ExprKind::Slice(a, _, _) | ExprKind::Conv(a, _) => self.mac_derived(env, a),
+        }
+    }
+
+    /// Notes that `v` (the value of a variable or parameter) comes from a MAC.
+    fn mark_mac(&mut self, v: &V) {
+        if let V::Reg(r, _) = v {
+            self.macs.insert(*r);
+        }
+    }
+
+    /// `a == b` / `a != b` as a value: 1 or 0, computed in constant time (`cteq`; an
+    /// integer is compared as its 8 big-endian bytes). Integers compare with integers,
+    /// byte strings with byte strings; keys never.
+    fn compare(
+        &mut self,
+        env: &Env,
+        op: Cmp,
+        a: &Expr,
+        b: &Expr,
+        want: Option<u32>,
+        span: Span,
+    ) -> R<V> {
+        if !matches!(op, Cmp::Eq | Cmp::Ne) {
+            return err(span, "only `==` and `!=` give a value (1 or 0)");
+        }
+        let va = self.eval(env, a, None)?;
+        if va.ty() == Ty::Key {
+            need(&va, Ty::Bytes, a, "a compared value")?;
+        }
+        let vb = self.eval(env, b, None)?;
+        need(&vb, va.ty(), b, "the right side of the comparison")?;
+        let equal = match (&va, &vb) {
+            (V::Int(x), V::Int(y)) => Some(x == y),
+            (V::Bytes(x), V::Bytes(y)) => Some(x == y),
+            _ => None,
+        };
+        if let Some(e) = equal {
+            return Ok(V::Int(u64::from(e == (op == Cmp::Eq))));
+        }
+        let ra = self.compared_bytes(&va, a.span)?;
+        let rb = self.compared_bytes(&vb, b.span)?;
+        let d = want.unwrap_or_else(|| self.reg());
+        if op == Cmp::Eq {
+            self.emit("cteq", alloc::vec![A::R(d), A::R(ra), A::R(rb)], span)?;
+        } else {
+            let eq = self.reg();
+            self.emit("cteq", alloc::vec![A::R(eq), A::R(ra), A::R(rb)], span)?;
+            let one = self.reg();
+            self.emit("ldi", alloc::vec![A::R(one), A::Imm(1)], span)?;
+            self.emit("sub", alloc::vec![A::R(d), A::R(one), A::R(eq)], span)?;
+        }
+        Ok(V::Reg(d, Ty::Int))
+    }
+
+    /// A register holding `v` as bytes for `cteq`: an integer as 8 big-endian bytes.
+    fn compared_bytes(&mut self, v: &V, span: Span) -> R<u32> {
+        match v {
+            V::Int(x) => self.place(&V::Bytes(x.to_be_bytes().to_vec()), None, span),
+            V::Reg(r, Ty::Int) => {
+                let t = self.reg();
+                self.emit("tobe", alloc::vec![A::R(t), A::R(*r), A::Imm(8)], span)?;
+                Ok(t)
+            }
+            other => self.place(other, None, span),
         }
     }
 
@@ -999,7 +1111,15 @@ impl Gen {
             | "fill" => 2,
             "tac_key" | "sm3" | "invert" | "len" => 1,
             "uid" | "sw" => 0,
-            _ => return err(span, format!("unknown function `{f}`")),
+            _ => {
+                return err(
+                    span,
+                    format!(
+                        "unknown function `{f}`{}",
+                        super::suggest::hint(f, super::parser::BUILTINS.iter().copied())
+                    ),
+                );
+            }
         };
         Self::arity(f, args, n, span)?;
         let d = || want;
@@ -1014,6 +1134,9 @@ impl Gen {
                     _ => "dec",
                 };
                 self.emit(op, alloc::vec![A::R(dst), A::K(k), A::R(x)], span)?;
+                if f == "mac" {
+                    self.macs.insert(dst);
+                }
                 Ok(V::Reg(dst, Ty::Bytes))
             }
             "session_key" | "div_key" => {
@@ -1113,6 +1236,18 @@ impl Gen {
     /// into (an existing variable's), if any.
     fn assign(&mut self, env: &mut Env, name: &str, span: Span, e: &Expr) -> R<()> {
         self.check_new_name(env, name, span)?;
+        if self.mac_derived(env, e) {
+            // Whatever register the variable ends up in holds a MAC.
+            self.assign_value(env, name, span, e)?;
+            if let Some(v) = env.vars.get(name).map(|v| v.val.clone()) {
+                self.mark_mac(&v);
+            }
+            return Ok(());
+        }
+        self.assign_value(env, name, span, e)
+    }
+
+    fn assign_value(&mut self, env: &mut Env, name: &str, span: Span, e: &Expr) -> R<()> {
         if let Some(var) = env.vars.get(name).cloned() {
             if var.readonly {
                 return err(
@@ -1258,6 +1393,13 @@ impl Gen {
                 need(&v, Ty::Bytes, e, "a destructured value")?;
                 let r = self.place(&v, None, e.span)?;
                 self.fields(env, r, fields, *span)?;
+                if self.mac_derived(env, e) || self.macs.contains(&r) {
+                    for n in fields.iter().filter_map(|f| f.name.as_ref()) {
+                        if let Some(v) = env.vars.get(n).map(|v| v.val.clone()) {
+                            self.mark_mac(&v);
+                        }
+                    }
+                }
                 Ok(false)
             }
             Stmt::Apdu {
@@ -1383,7 +1525,11 @@ impl Gen {
                         return err(
                             *span,
                             format!(
-                                "`{name}` is not a declared output (declare it with `output {name}: TYPE`)"
+                                "`{name}` is not a declared output (declare it with `output {name}: TYPE`){}",
+                                super::suggest::hint(
+                                    name,
+                                    self.outputs.iter().map(|d| d.name.as_str())
+                                )
                             ),
                         );
                     };
@@ -1558,6 +1704,19 @@ impl Gen {
                 let op = if negate { "bz" } else { "bnz" };
                 self.emit(op, alloc::vec![A::R(r), A::L(target)], e.span)
             }
+            Cond::Cmp(op @ (Cmp::Eq | Cmp::Ne), a, b)
+                if self.mac_derived(env, a) || self.mac_derived(env, b) =>
+            {
+                // A MAC is never compared with `beq`/`bne` (variable time).
+                let eq = self.compare(env, Cmp::Eq, a, b, None, a.span)?;
+                let r = self.place(&eq, None, a.span)?;
+                let op = if (*op == Cmp::Eq) != negate {
+                    "bnz"
+                } else {
+                    "bz"
+                };
+                self.emit(op, alloc::vec![A::R(r), A::L(target)], a.span)
+            }
             Cond::Cmp(op, a, b) => {
                 let va = self.eval(env, a, None)?;
                 let vb = self.eval(env, b, None)?;
@@ -1595,7 +1754,13 @@ impl Gen {
 
     fn expand(&mut self, env: &mut Env, name: &str, args: &[Expr], span: Span) -> R<bool> {
         let Some(r) = self.routines.get(name).cloned() else {
-            return err(span, format!("unknown routine `{name}`"));
+            return err(
+                span,
+                format!(
+                    "unknown routine `{name}`{}",
+                    super::suggest::hint(name, self.routines.keys().map(String::as_str))
+                ),
+            );
         };
         if self.expanding.iter().any(|(n, _)| n == name) {
             return err(
@@ -1635,6 +1800,9 @@ impl Gen {
                 self.named.insert(r);
             }
             self.bind(p, &v, *pspan, Some(frame));
+            if self.mac_derived(env, a) {
+                self.mark_mac(&v);
+            }
             inner.vars.insert(
                 p.clone(),
                 Var {

@@ -42,6 +42,9 @@ mod codegen;
 mod lexer;
 mod parser;
 mod regalloc;
+pub(crate) mod suggest;
+
+pub use suggest::closest;
 
 #[cfg(test)]
 mod tests;
@@ -295,10 +298,15 @@ pub fn assemble(
                 file: compiled.sources[usize::from(s.file)].name.clone(),
                 line: s.line,
                 col: s.col,
-                message: w.message,
+                message: w.cvs_message.unwrap_or(w.message),
+                cvs_message: None,
                 lint: w.lint,
             },
-            None => w,
+            None => Warning {
+                message: w.cvs_message.unwrap_or(w.message),
+                cvs_message: None,
+                ..w
+            },
         })
         .collect();
     if let Some(dbg) = asm.script.debug.as_mut() {

@@ -747,18 +747,12 @@ impl<'t> Parser<'t> {
             let (p, _) = self.sw_pattern()?;
             return Ok(Cond::Sw(p, neg, t.span));
         }
-        let a = self.expr()?;
-        let op = match self.peek() {
-            x if x.is("==") => Cmp::Eq,
-            x if x.is("!=") => Cmp::Ne,
-            x if x.is("<") => Cmp::Lt,
-            x if x.is("<=") => Cmp::Le,
-            x if x.is(">") => Cmp::Gt,
-            x if x.is(">=") => Cmp::Ge,
-            _ => return Ok(Cond::Truthy(a)),
+        let a = self.operand()?;
+        let Some(op) = self.cmp_op() else {
+            return Ok(Cond::Truthy(a));
         };
         self.k += 1;
-        let b = self.expr()?;
+        let b = self.operand()?;
         Ok(Cond::Cmp(op, a, b))
     }
 
@@ -877,7 +871,18 @@ impl<'t> Parser<'t> {
         }
     }
 
+    /// An expression, a comparison `a == b` / `a != b` (a value: 1 or 0) included.
     pub fn expr(&mut self) -> R<Expr> {
+        self.nested(Self::comparison)
+    }
+
+    /// An expression without a comparison at its top: an operand of `if`'s comparison,
+    /// which compiles to a branch.
+    fn operand(&mut self) -> R<Expr> {
+        self.nested(Self::concat)
+    }
+
+    fn nested(&mut self, f: fn(&mut Self) -> R<Expr>) -> R<Expr> {
         let at = self.peek().span;
         if self.expr_depth >= MAX_EXPR_DEPTH {
             return err(
@@ -886,9 +891,51 @@ impl<'t> Parser<'t> {
             );
         }
         self.expr_depth += 1;
-        let r = self.concat();
+        let r = f(self);
         self.expr_depth -= 1;
         r
+    }
+
+    /// The comparison operator at the cursor, if any.
+    fn cmp_op(&self) -> Option<Cmp> {
+        match self.peek() {
+            x if x.is("==") => Some(Cmp::Eq),
+            x if x.is("!=") => Some(Cmp::Ne),
+            x if x.is("<") => Some(Cmp::Lt),
+            x if x.is("<=") => Some(Cmp::Le),
+            x if x.is(">") => Some(Cmp::Gt),
+            x if x.is(">=") => Some(Cmp::Ge),
+            _ => None,
+        }
+    }
+
+    fn comparison(&mut self) -> R<Expr> {
+        let a = self.concat()?;
+        let Some(op) = self.cmp_op() else {
+            return Ok(a);
+        };
+        let t = self.bump();
+        if !matches!(op, Cmp::Eq | Cmp::Ne) {
+            return err(
+                t.span,
+                format!(
+                    "`{}` makes no value: `==` and `!=` give 1 or 0; ordered comparisons go in `if`",
+                    t.text
+                ),
+            );
+        }
+        let b = self.concat()?;
+        if self.cmp_op().is_some() {
+            let c = self.peek();
+            return err(
+                c.span,
+                "comparisons do not chain: put one in parentheses, `(a == b) == c`",
+            );
+        }
+        Ok(Expr {
+            kind: ExprKind::Cmp(op, Box::new(a), Box::new(b)),
+            span: t.span,
+        })
     }
 
     fn concat(&mut self) -> R<Expr> {
@@ -1057,7 +1104,10 @@ impl<'t> Parser<'t> {
                 if self.peek().is("(") {
                     return err(
                         s,
-                        format!("`{n}` is not a builtin function (routines are statements)"),
+                        format!(
+                            "`{n}` is not a builtin function (routines are statements){}",
+                            super::suggest::hint(&n, BUILTINS.iter().copied())
+                        ),
                     );
                 }
                 return Ok(Expr {

@@ -300,12 +300,15 @@ fn warnings_and_debug_info_name_the_high_level_lines() {
             .any(|w| w.starts_with("lib/main.cvs:2:7: warning: input `unused` is never read")),
         "{w:?}"
     );
+    // In `.cvs` terms: what to write, not which instruction to add.
     assert!(
-        w.iter().any(|w| w.starts_with(
-            "lib/main.cvs:4:1: warning: the status word of this `apdu` is never checked"
+        w.contains(&String::from(
+            "lib/main.cvs:4:1: warning: the status word of this `apdu` is never checked \
+             (`done` follows): add `else fail CODE` (or `on SW fail CODE` lines) after it"
         )),
         "{w:?}"
     );
+    assert!(a.warnings.iter().all(|w| w.cvs_message.is_none()));
     let dbg = a.script.debug.as_ref().unwrap();
     let names: Vec<&str> = dbg.files.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(names, ["lib/main.cvs", "lib/purse.cvs"]);
@@ -331,15 +334,9 @@ fn dead_registers_are_reused_and_disasm_reassembles() {
         &mut MapLoader::new(),
     )
     .unwrap();
-    // The listing carries the line table, not the variable table (a `.cvs` debugging
-    // aid that `.casm` has no directive for).
-    let mut lines_only = a.script.clone();
-    if let Some(d) = lines_only.debug.as_mut() {
-        assert!(!d.vars.is_empty());
-        d.vars.clear();
-        d.scopes.clear();
-    }
-    assert_eq!(again.script.encode(), lines_only.encode());
+    // The listing carries the line table and the variable table (`.var`, `.scope`).
+    assert!(listing.contains(".var x bytes "), "{listing}");
+    assert_eq!(again.script.encode(), a.script.encode());
 }
 
 #[cfg(feature = "sim")]
@@ -400,6 +397,54 @@ mod run {
             Some(OutputValue::Bytes(alloc::vec![
                 0xAA, 1, 2, 3, 4, 5, 6, 7, 8, 0xBB, 0xBB
             ]))
+        );
+    }
+
+    /// Comparison values are 1 or 0 at run time, for integers and byte strings, MACs
+    /// included, and usable as conditions.
+    #[test]
+    fn comparison_values_run() {
+        use crate::crypto::{KeyAlg, KeyUsage, SecretKey};
+        let src = "input n: u32, b: bytes[2], k: key(des3, mac)\n\
+            output e1: u32, e2: u32, n1: u32, n2: u32, m1: u32, m2: u32\n\
+            out e1 = n == 7, e2 = b == [12 34], n1 = n != 7, n2 = b != [12 34]\n\
+            m = mac(k, b)\nok = m == mac(k, [12 34])\nout m1 = ok, m2 = m != mac(k, [00 00])\n\
+            if ok == 1 {\n    if not ok fail 5\n    done\n}\nfail 6\n";
+        let key =
+            || FieldValue::Key(SecretKey::new(KeyAlg::Des3, KeyUsage::Mac, &[0x11; 16]).unwrap());
+        let r = run(
+            src,
+            alloc::vec![
+                ("b", FieldValue::Bytes(alloc::vec![0x12, 0x34])),
+                ("k", key()),
+                ("n", FieldValue::Int(7)),
+            ],
+        );
+        assert_eq!(r.outcome, Outcome::Committed, "{r:?}");
+        let got: Vec<u64> = ["e1", "e2", "n1", "n2", "m1", "m2"]
+            .iter()
+            .map(|n| int(&r, n))
+            .collect();
+        assert_eq!(got, [1, 1, 0, 0, 1, 1]);
+        let r = run(
+            src,
+            alloc::vec![
+                ("b", FieldValue::Bytes(alloc::vec![0x12, 0x35])),
+                ("k", key()),
+                ("n", FieldValue::Int(8)),
+            ],
+        );
+        let got: Vec<u64> = ["e1", "e2", "n1", "n2", "m1"]
+            .iter()
+            .map(|n| int(&r, n))
+            .collect();
+        assert_eq!(got, [0, 0, 1, 1, 0]);
+        assert!(
+            matches!(
+                r.outcome,
+                Outcome::Failed(crate::vm::Failure::Script { code: 6, .. })
+            ),
+            "{r:?}"
         );
     }
 
@@ -492,4 +537,113 @@ done
     // The table round-trips through the script's bytes.
     let again = crate::script::CommandScript::parse(&a.script.encode()).unwrap();
     assert_eq!(again.debug, Some(dbg.clone()));
+}
+
+/// `==` and `!=` make values (1 or 0) of integers with integers and byte strings with
+/// byte strings, in constant time (`cteq`); keys stay incomparable; ordered
+/// comparisons and chains are errors that say why.
+#[test]
+fn comparisons_are_values() {
+    let head =
+        "input sk: key(des3, mac), amt: bytes[4], card_mac2: bytes[4], n: u32\noutput ok: u32\n";
+    let a = build(&format!(
+        "{head}ok = mac(sk, amt) == card_mac2\nout ok = ok\nif ok fail 3\ndone\n"
+    ))
+    .unwrap();
+    let listing = disassemble(&a.script);
+    assert!(listing.contains("cteq"), "{listing}");
+    assert!(
+        a.warnings
+            .iter()
+            .all(|w| w.lint != crate::asm::Lint::MacCompare),
+        "{:?}",
+        a.warnings
+    );
+    for (line, what) in [
+        ("x = sk == sk", "`sk` is a key"),
+        ("x = amt == sk", "`sk` is a key"),
+        (
+            "x = n == amt",
+            "the right side of the comparison must be an integer",
+        ),
+        (
+            "x = amt != n",
+            "the right side of the comparison must be a byte string",
+        ),
+        ("x = n < 4", "`<` makes no value"),
+        ("x = n == 4 == 1", "comparisons do not chain"),
+    ] {
+        let e = error(&format!("{head}{line}\ndone\n"));
+        assert!(e.contains(what), "{line}: {e}");
+        assert!(e.starts_with("lib/main.cvs:3:"), "{line}: {e}");
+    }
+}
+
+/// A comparison where either side comes from a MAC — directly, through a variable, a
+/// routine parameter, a slice or a concatenation — never compiles to `beq`/`bne`
+/// (variable time), in a value or in an `if`; the mac-compare lint stays silent.
+#[test]
+fn mac_comparisons_are_constant_time() {
+    let head = "input sk: key(des3, mac), amt: bytes[4], card_mac2: bytes[4], alg: bytes[1]\n\
+        output ok: u32\nfail_codes { bad_mac = 3 }\n";
+    for flow in [
+        "ok = mac(sk, amt) == card_mac2\nout ok = ok",
+        "ok = card_mac2 != mac(sk, amt)\nout ok = ok",
+        "m = mac(sk, amt)\nif m == card_mac2 {\n    out ok = 1\n}",
+        "m = mac(sk, amt)\nif m[0..2] != card_mac2[0..2] fail bad_mac",
+        "m = mac(sk, amt) ++ [00]\nif card_mac2 ++ [00] == m fail bad_mac",
+        "routine check(x) {\n    if x != card_mac2 fail bad_mac\n}\ncheck(mac(sk, amt))",
+        "mac(sk, amt) -> a:2 b:2\nif a == card_mac2[0..2] fail bad_mac",
+    ] {
+        let a = build(&format!("{head}{flow}\nif alg == [01] fail 9\ndone\n")).unwrap();
+        let listing = disassemble(&a.script);
+        assert!(listing.contains("cteq"), "{flow}\n{listing}");
+        // The one `beq`/`bne` left is the comparison of `alg` (no MAC in it).
+        let branches = listing
+            .lines()
+            .filter(|l| l.trim_start().starts_with("beq") || l.trim_start().starts_with("bne"))
+            .count();
+        assert_eq!(branches, 1, "{flow}\n{listing}");
+        assert!(a.warnings.is_empty(), "{flow}: {:?}", a.warnings);
+    }
+}
+
+/// An unknown name of any kind suggests the closest one declared.
+#[test]
+fn unknown_names_suggest_the_closest() {
+    let head = "input serial: bytes[8], amount: u32\noutput card_id: bytes\n\
+        const GET_BALANCE = [80 5C 00 02 04]\nfail_codes { refused = 4 }\n\
+        routine select_app() {\n    done\n}\n";
+    for (line, want) in [
+        (
+            "x = serail",
+            "unknown name `serail`; did you mean `serial`?",
+        ),
+        (
+            "x = amonut + 1",
+            "unknown name `amonut`; did you mean `amount`?",
+        ),
+        ("x = GET_BALANSE", "did you mean `GET_BALANCE`?"),
+        (
+            "fail refsued",
+            "unknown failure code `refsued` (declare it in `fail_codes { … }`); did you mean `refused`?",
+        ),
+        (
+            "select_ap()",
+            "unknown routine `select_ap`; did you mean `select_app`?",
+        ),
+        ("out card_di = serial", "did you mean `card_id`?"),
+        (
+            "x = mca(serial, serial)",
+            "`mca` is not a builtin function (routines are statements); did you mean `mac`?",
+        ),
+        ("x = terminal", "unknown name `terminal`"),
+    ] {
+        let e = error(&format!("{head}{line}\ndone\n"));
+        assert!(e.contains(want), "{line}: {e}");
+    }
+    let e = error(&format!("{head}x = terminal\ndone\n"));
+    assert!(!e.contains("did you mean"), "{e}");
+    let e = error("const A = [01]\nconst B = AA\ndone\n");
+    assert!(e.contains("did you mean `A`?"), "{e}");
 }

@@ -275,6 +275,56 @@ impl DebugInfo {
         out.reverse();
         out
     }
+
+    /// The variable `pick` selects that holds its value at `offset`: of several, the one
+    /// in the innermost routine expansion around `offset` (then outer ones, then the
+    /// flow), and within one scope the latest to start.
+    pub fn var_at(&self, offset: u32, pick: impl Fn(&DebugVar) -> bool) -> Option<&DebugVar> {
+        // Scope numbers from innermost out, then the flow (0).
+        let mut chain: Vec<u16> = self
+            .scopes_at(offset)
+            .into_iter()
+            .filter_map(|(i, _)| u16::try_from(i + 1).ok())
+            .collect();
+        chain.push(0);
+        let live: Vec<&DebugVar> = self
+            .vars
+            .iter()
+            .filter(|v| v.start <= offset && offset <= v.end && pick(v))
+            .collect();
+        chain
+            .iter()
+            .find_map(|s| {
+                live.iter()
+                    .filter(|v| v.scope == *s)
+                    .max_by_key(|v| v.start)
+                    .copied()
+            })
+            .or_else(|| live.iter().max_by_key(|v| v.start).copied())
+    }
+
+    /// The variable called `name` at `offset` (see [`DebugInfo::var_at`]).
+    pub fn var_named(&self, offset: u32, name: &str) -> Option<&DebugVar> {
+        self.var_at(offset, |v| v.name == name)
+    }
+
+    /// Every variable that holds its value at `offset`, one per name (the one
+    /// [`DebugInfo::var_named`] gives), in table order.
+    pub fn live_vars(&self, offset: u32) -> Vec<&DebugVar> {
+        let mut seen: Vec<&str> = Vec::new();
+        let mut out = Vec::new();
+        for v in &self.vars {
+            if v.start <= offset
+                && offset <= v.end
+                && !seen.contains(&v.name.as_str())
+                && let Some(best) = self.var_named(offset, &v.name)
+            {
+                seen.push(best.name.as_str());
+                out.push(best);
+            }
+        }
+        out
+    }
 }
 
 /// A command script.
@@ -1063,6 +1113,11 @@ pub(crate) mod tests {
         let at: Vec<usize> = dbg.scopes_at(6).into_iter().map(|(i, _)| i).collect();
         assert_eq!(at, [1, 0], "innermost first");
         assert!(dbg.scopes_at(9).is_empty());
+        // Two `balance`s: inside the inner expansion its own, outside it the flow's.
+        assert_eq!(dbg.var_named(6, "balance").map(|v| v.scope), Some(2));
+        assert_eq!(dbg.var_named(8, "balance").map(|v| v.scope), Some(0));
+        assert_eq!(dbg.var_named(1, "balance"), None);
+        assert_eq!(dbg.live_vars(6).len(), 1);
     }
 
     #[test]

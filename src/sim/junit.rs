@@ -1,11 +1,14 @@
 //! Scenario results as JUnit XML (`cardvm test --junit OUT.xml`), so Jenkins, GitLab and
 //! other CI systems show them like any test suite: one `<testsuite>` per scenario file,
 //! one `<testcase>` per scenario, a `<failure>` with the mismatches and the run's report
-//! for each scenario that did not pass. A small writer: every attribute and text is
+//! for each scenario that did not pass. Each testcase has a `time` attribute (seconds
+//! the scenario took, loading its scripts and card included), each testsuite and the
+//! document the sum of theirs. A small writer: every attribute and text is
 //! escaped, and characters XML 1.0 cannot hold are written as `\u{..}`.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::scenario::{ScenarioResult, Summary};
 
@@ -28,6 +31,11 @@ fn escape(text: &str) -> String {
         }
     }
     s
+}
+
+/// A duration as JUnit's `time` attribute: seconds with millisecond precision.
+fn seconds(d: Duration) -> String {
+    format!("{}.{:03}", d.as_secs(), d.subsec_millis())
 }
 
 /// The first line of a failure: what the CI list view shows.
@@ -81,23 +89,26 @@ impl Summary {
         let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
         let _ = writeln!(
             x,
-            "<testsuites name=\"cardvm scenarios\" tests=\"{}\" failures=\"{}\">",
+            "<testsuites name=\"cardvm scenarios\" tests=\"{}\" failures=\"{}\" time=\"{}\">",
             self.results.len() + self.file_errors.len(),
-            self.failed()
+            self.failed(),
+            seconds(self.results.iter().map(|r| r.duration).sum())
         );
         for (file, results) in &files {
             let name = escape(&file.display().to_string());
             let failed = results.iter().filter(|r| !r.passed()).count();
             let _ = writeln!(
                 x,
-                "  <testsuite name=\"{name}\" tests=\"{}\" failures=\"{failed}\">",
-                results.len()
+                "  <testsuite name=\"{name}\" tests=\"{}\" failures=\"{failed}\" time=\"{}\">",
+                results.len(),
+                seconds(results.iter().map(|r| r.duration).sum())
             );
             for r in results {
                 let _ = write!(
                     x,
-                    "    <testcase classname=\"{name}\" name=\"{}\"",
-                    escape(&r.name)
+                    "    <testcase classname=\"{name}\" name=\"{}\" time=\"{}\"",
+                    escape(&r.name),
+                    seconds(r.duration)
                 );
                 if r.passed() {
                     x.push_str("/>\n");
@@ -120,14 +131,14 @@ impl Summary {
         if !self.file_errors.is_empty() {
             let _ = writeln!(
                 x,
-                "  <testsuite name=\"scenario files\" tests=\"{n}\" failures=\"{n}\">",
+                "  <testsuite name=\"scenario files\" tests=\"{n}\" failures=\"{n}\" time=\"0.000\">",
                 n = self.file_errors.len()
             );
             for e in &self.file_errors {
                 let e = escape(e);
                 let _ = writeln!(
                     x,
-                    "    <testcase classname=\"scenario files\" name=\"{e}\">\n      <failure type=\"error\" message=\"{e}\"/>\n    </testcase>"
+                    "    <testcase classname=\"scenario files\" name=\"{e}\" time=\"0.000\">\n      <failure type=\"error\" message=\"{e}\"/>\n    </testcase>"
                 );
             }
             x.push_str("  </testsuite>\n");
@@ -149,6 +160,7 @@ mod tests {
             mismatches,
             error: error.map(String::from),
             report: vec!["-- failed at load.casm:7: fail 0x05".into()],
+            duration: Duration::from_millis(1250),
         }
     }
 
@@ -171,22 +183,23 @@ mod tests {
             file_errors: vec!["y.toml: expected `=` <here>".into()],
         };
         let x = summary.junit_xml();
-        assert!(x.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"cardvm scenarios\" tests=\"4\" failures=\"3\">"), "{x}");
+        assert!(x.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"cardvm scenarios\" tests=\"4\" failures=\"3\" time=\"3.750\">"), "{x}");
         assert!(
-            x.contains("<testsuite name=\"city/scenarios/load.toml\" tests=\"3\" failures=\"2\">"),
+            x.contains("<testsuite name=\"city/scenarios/load.toml\" tests=\"3\" failures=\"2\" time=\"3.750\">"),
             "{x}"
         );
-        assert!(x.contains("<testcase classname=\"city/scenarios/load.toml\" name=\"load &lt;100&gt; &amp; &quot;more&quot;\"/>"), "{x}");
-        assert!(x.contains("name=\"tearing\\u{1b}[31m\">\n      <failure type=\"mismatch\" message=\"outcome: expected unknown, got committed\">outcome:\n-   expected: unknown\n+   actual:   committed\n-- failed at load.casm:7: fail 0x05\n</failure>"), "{x}");
+        assert!(x.contains("<testcase classname=\"city/scenarios/load.toml\" name=\"load &lt;100&gt; &amp; &quot;more&quot;\" time=\"1.250\"/>"), "{x}");
+        assert!(x.contains("name=\"tearing\\u{1b}[31m\" time=\"1.250\">\n      <failure type=\"mismatch\" message=\"outcome: expected unknown, got committed\">outcome:\n-   expected: unknown\n+   actual:   committed\n-- failed at load.casm:7: fail 0x05\n</failure>"), "{x}");
         assert!(
             x.contains("<failure type=\"error\" message=\"../x.casm: not found\">"),
             "{x}"
         );
         assert!(
-            x.contains("name=\"y.toml: expected `=` &lt;here&gt;\""),
+            x.contains("name=\"y.toml: expected `=` &lt;here&gt;\" time=\"0.000\""),
             "{x}"
         );
         assert_eq!(x.matches("<testcase ").count(), 4, "{x}");
+        assert_eq!(x.matches(" time=\"").count(), 4 + 2 + 1, "{x}");
         assert_eq!(x.matches("<failure ").count(), 3, "{x}");
         assert_eq!(x.matches("</testcase>").count(), 3, "{x}");
         assert!(x.ends_with("  </testsuite>\n</testsuites>\n"), "{x}");

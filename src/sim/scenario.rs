@@ -46,8 +46,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::asm::{AsmOptions, assemble_file, compile_data};
-use crate::script::DataScript;
+use crate::asm::{AsmOptions, assemble_file, compile_data_for};
+use crate::script::{DataScript, Decl};
 use crate::sim::{CardProfile, Fault, SimCard, m1};
 use crate::transport::CardTransport;
 use crate::verify::VerifiedProgram;
@@ -252,6 +252,8 @@ pub struct ScenarioResult {
     pub error: Option<String>,
     /// For a failed run: where it failed (source line) and the last APDU exchange.
     pub report: Vec<String>,
+    /// Wall-clock time the scenario took (loading its scripts and card included).
+    pub duration: std::time::Duration,
 }
 
 impl ScenarioResult {
@@ -397,10 +399,13 @@ pub fn run_file(file: &ScenarioFile, path: &Path) -> Vec<ScenarioResult> {
                 mismatches: Vec::new(),
                 error: None,
                 report: Vec::new(),
+                duration: std::time::Duration::ZERO,
             };
+            let started = std::time::Instant::now();
             if let Err(e) = run_scenario(sc, &file.defaults, base, &mut r) {
                 r.error = Some(e);
             }
+            r.duration = started.elapsed();
             r
         })
         .collect()
@@ -468,17 +473,25 @@ fn build_card(path: &Path, set: &toml::Table) -> Result<SimCard, String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn load_data(base: &Path, step: &Step) -> Result<DataScript, String> {
+/// The step's data script, checked against the command script's `inputs` (positions
+/// in the error are the file's when no `set` overrides rewrote it).
+fn load_data(base: &Path, step: &Step, inputs: &[Decl]) -> Result<DataScript, String> {
     match &step.data {
         None if step.set.is_empty() => Ok(DataScript::default()),
         None => {
             let text = toml::to_string(&step.set).map_err(|e| e.to_string())?;
-            compile_data(&text).map_err(|e| format!("data overrides: {e}"))
+            compile_data_for(&text, inputs).map_err(|e| format!("data overrides: {e}"))
         }
         Some(d) => {
             let path = base.join(d);
             let text = merged_text(&path, &step.set)?;
-            compile_data(&text).map_err(|e| format!("{}: {e}", path.display()))
+            compile_data_for(&text, inputs).map_err(|e| {
+                if step.set.is_empty() {
+                    e.located(&path.display().to_string())
+                } else {
+                    format!("{} (with `set`): {e}", path.display())
+                }
+            })
         }
     }
 }
@@ -595,7 +608,7 @@ fn run_step(
     let script_path = base.join(script_rel);
     let asm =
         assemble_file(&script_path, &AsmOptions { debug: true }).map_err(|e| e.to_string())?;
-    let data = load_data(base, step)?;
+    let data = load_data(base, step, &asm.script.inputs)?;
     // Scenarios run through the reader pipeline, as an authoring reader (plain scripts,
     // unsigned development receipts): the same open/verify/bind/run as production.
     let mut reader = crate::reader::Reader::new(
