@@ -186,7 +186,20 @@ fn sigkill_during_appends_loses_nothing_that_returned() {
         if report.torn_tail_bytes > 0 {
             torn_rounds += 1;
         }
-        assert_eq!(report.torn_tail_bytes, simulated_tear);
+        // SIGKILL can also cut the writer's one write(2) short: Linux checks for a fatal
+        // signal between the pages it copies, so an entry that crosses a page of the page
+        // cache may be left as a prefix. That append never returned (no `SEQ` line), so
+        // the prefix is a torn tail like the simulated one, just before it.
+        let killed_mid_write = report
+            .torn_tail_bytes
+            .checked_sub(simulated_tear)
+            .unwrap_or_else(|| {
+                panic!("torn tail {report:?} shorter than the {simulated_tear} bytes torn")
+            });
+        assert!(
+            killed_mid_write < (ENTRY_OVERHEAD + 700) as u64,
+            "{killed_mid_write} torn bytes before the simulated tear: more than one entry"
+        );
         let j = Journal::open(&path).unwrap();
         assert!(
             j.acked_upto() >= last_ack,
