@@ -216,6 +216,45 @@ fn a_failure_names_its_cvs_line_and_variables_without_any_flag() {
     assert!(!r.stderr.contains("line 28  amt"), "{}", r.stderr);
 }
 
+/// A status-word handler names no variable; the report shows the statement it checked.
+#[test]
+fn a_failed_status_word_check_shows_the_statement_before_it() {
+    let dir = std::env::temp_dir().join(format!("cardvm-debugger-sw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let card = dir.join("locked.toml");
+    let text = std::fs::read_to_string(CARD)
+        .unwrap()
+        .replace("locked = false", "locked = true");
+    std::fs::write(&card, text).unwrap();
+    let r = cardvm(
+        &[
+            "run",
+            LOAD,
+            "--data",
+            LOAD_DATA,
+            "--sim",
+            card.to_str().unwrap(),
+        ],
+        "",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!r.ok);
+    assert!(
+        r.stderr
+            .contains("-- failed at scripts/common/purse_load.cvs:21: on 9303 fail locked\n"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(
+            "--   after scripts/common/purse_load.cvs:19: amt = 00 00 27 10, terminal = 00 00 00 00 00 01\n"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("on this line"), "{}", r.stderr);
+}
+
 #[test]
 fn step_goes_over_routine_calls_and_step_into_enters_them_with_a_backtrace() {
     // Enter at line 17 (`apdu SELECT_PURSE`) goes over `read_card_id()` (line 18, whose

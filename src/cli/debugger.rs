@@ -128,6 +128,10 @@ pub struct Debugger<'p> {
     /// (the failure report reads the variables there; at most [`LINE_HISTORY`]).
     last_loc: Option<(u16, u32)>,
     line_offsets: Vec<u32>,
+    /// The lines run before it, most recent last (at most [`LINES_KEPT`]), each with its
+    /// offsets: a failure on a line that names no variable (`on 9303 fail locked`) is
+    /// reported with the statement before it.
+    earlier_lines: std::collections::VecDeque<((u16, u32), Vec<u32>)>,
     /// Length of the instruction being executed (the start of the next one, for the
     /// variables an instruction writes as the run ends).
     current_len: u32,
@@ -181,6 +185,7 @@ impl<'p> Debugger<'p> {
             changed_at: 0,
             last_loc: None,
             line_offsets: Vec::new(),
+            earlier_lines: std::collections::VecDeque::new(),
             current_len: 0,
             apdus: (trace.is_none() && options.apdus).then(|| StderrTrace::new(true)),
             input,
@@ -543,9 +548,28 @@ impl<'p> Debugger<'p> {
             .unwrap_or_else(|| format!("code offset {offset} (no debug info)"));
         self.say(&format!("-- {} at {at}", report.outcome.name()));
         self.say(&format!("--   {f}"));
-        let on_line = self.vars_on_failed_line(offset);
+        let here = self.loc(offset);
+        let on_line = self.vars_on_line(here, offset, &self.line_offsets);
         if !on_line.is_empty() {
             self.say(&format!("--   on this line: {}", on_line.join(", ")));
+        } else if let Some((at, vars)) = self
+            .earlier_lines
+            .iter()
+            .rev()
+            .filter(|(at, _)| Some(*at) != here)
+            .find_map(|(at, offsets)| {
+                let last = offsets.last().copied()?;
+                let vars = self.vars_on_line(Some(*at), last, offsets);
+                (!vars.is_empty()).then_some((*at, vars))
+            })
+        {
+            // A status-word handler names no variable: show the statement it checks.
+            self.say(&format!(
+                "--   after {}:{}: {}",
+                self.label(at.0),
+                at.1,
+                vars.join(", ")
+            ));
         }
         if let Some(last) = &report.last_exchange {
             let sw = last
@@ -558,12 +582,12 @@ impl<'p> Debugger<'p> {
         }
     }
 
-    /// `name = value` for the variables the failed line mentions (all live ones when
-    /// its text is not available), as they stood when it ran: a variable the line read
-    /// before the instruction that failed (building an APDU, say) counts too.
-    fn vars_on_failed_line(&self, offset: u32) -> Vec<String> {
-        let text = self
-            .loc(offset)
+    /// `name = value` for the variables source line `at` mentions (all live ones when
+    /// its text is not available), as they stood when it ran: live at `offset` or at any
+    /// of the line's `offsets` (a variable it read before the instruction that failed,
+    /// building an APDU, say, counts too).
+    fn vars_on_line(&self, at: Option<(u16, u32)>, offset: u32, offsets: &[u32]) -> Vec<String> {
+        let text = at
             .and_then(|(f, l)| self.text_of(f, l).ok())
             .map(String::from);
         let mentioned = |name: &str| {
@@ -574,7 +598,7 @@ impl<'p> Debugger<'p> {
         };
         let mut names = BTreeSet::new();
         let mut out = Vec::new();
-        for at in std::iter::once(offset).chain(self.line_offsets.iter().rev().copied()) {
+        for at in std::iter::once(offset).chain(offsets.iter().rev().copied()) {
             for v in self.live_vars(at) {
                 if mentioned(&v.name) && names.insert(v.name.as_str()) {
                     out.push(format!("{} = {}", v.name, self.value_text(v)));
@@ -617,6 +641,9 @@ impl<'p> Debugger<'p> {
         format!("{:<7}{}", instr.opcode().mnemonic(), ops.join(", "))
     }
 }
+
+/// Source lines run before the current one that the failure report may fall back on.
+const LINES_KEPT: usize = 8;
 
 /// Offsets of one source line kept for the failure report (a line is a few dozen
 /// instructions; a loop on one line stops adding).
@@ -672,7 +699,13 @@ impl Tracer for Debugger<'_> {
             self.prompt(offset);
         }
         if new_line {
-            self.line_offsets.clear();
+            let offsets = std::mem::take(&mut self.line_offsets);
+            if let Some(at) = self.last_loc {
+                if self.earlier_lines.len() == LINES_KEPT {
+                    self.earlier_lines.pop_front();
+                }
+                self.earlier_lines.push_back((at, offsets));
+            }
         }
         if loc.is_some() {
             self.last_loc = loc;
