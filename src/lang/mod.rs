@@ -61,7 +61,7 @@ use alloc::vec::Vec;
 pub use codegen::{
     BYTES_PER_STEP, MAX_COMPILE_STEPS, MAX_DECLS, MAX_INSTRUCTIONS, MAX_LOOPS, MAX_ROUTINE_DEPTH,
 };
-pub use parser::{MAX_BLOCK_DEPTH, MAX_EXPR_DEPTH};
+pub use parser::{KEYWORDS, MAX_BLOCK_DEPTH, MAX_EXPR_DEPTH};
 
 /// The file extension of the high-level language.
 pub const EXTENSION: &str = "cvs";

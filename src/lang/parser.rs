@@ -16,7 +16,7 @@ pub const MAX_EXPR_DEPTH: usize = 64;
 pub const MAX_BLOCK_DEPTH: usize = 32;
 
 /// Words that cannot name a variable, a constant, a routine or a failure code.
-pub(crate) const KEYWORDS: &[&str] = &[
+pub const KEYWORDS: &[&str] = &[
     "city",
     "script",
     "version",

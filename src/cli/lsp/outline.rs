@@ -527,7 +527,7 @@ impl Outline {
             }
             _ => {
                 if first.kind == TokKind::Word
-                    && !KEYWORDS.contains(&first.text)
+                    && !cardvm::lang::KEYWORDS.contains(&first.text)
                     && toks.get(1).is_some_and(|t| t.text == "=")
                 {
                     let rhs = toks
@@ -606,34 +606,6 @@ impl Outline {
             .find(|i| i.file == file && i.line == line && i.start <= col && col <= i.end)
     }
 }
-
-/// Words that start a statement and are never variables.
-const KEYWORDS: [&str; 24] = [
-    "city",
-    "script",
-    "version",
-    "input",
-    "output",
-    "const",
-    "fail_codes",
-    "include",
-    "routine",
-    "apdu",
-    "on",
-    "else",
-    "fail",
-    "out",
-    "if",
-    "for",
-    "repeat",
-    "done",
-    "commit_point",
-    "check_mac",
-    "load_reader_key",
-    "expect",
-    "host",
-    "not",
-];
 
 /// The line without its comment, trimmed.
 fn source_text(raw: &str, toks: &[Tok<'_>]) -> String {
