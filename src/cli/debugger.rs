@@ -132,9 +132,6 @@ pub struct Debugger<'p> {
     /// offsets: a failure on a line that names no variable (`on 9303 fail locked`) is
     /// reported with the statement before it.
     earlier_lines: std::collections::VecDeque<((u16, u32), Vec<u32>)>,
-    /// Length of the instruction being executed (the start of the next one, for the
-    /// variables an instruction writes as the run ends).
-    current_len: u32,
     apdus: Option<StderrTrace>,
     input: Box<dyn BufRead + 'p>,
     out: std::io::Stderr,
@@ -186,7 +183,6 @@ impl<'p> Debugger<'p> {
             last_loc: None,
             line_offsets: Vec::new(),
             earlier_lines: std::collections::VecDeque::new(),
-            current_len: 0,
             apdus: (trace.is_none() && options.apdus).then(|| StderrTrace::new(true)),
             input,
             out: std::io::stderr(),
@@ -532,7 +528,14 @@ impl<'p> Debugger<'p> {
     /// not commit, where it stopped (source line, the variables on it) and the last APDU.
     pub fn finish(&mut self, report: &RunReport) {
         if self.trace == Some(Granularity::Line) {
-            let next = self.changed_at.saturating_add(self.current_len);
+            // The variables the last instruction wrote hold from the one after it on
+            // (past the end of the code: none).
+            let count = self.program.instructions().len();
+            let next = (0..count)
+                .map(|i| self.program.offset_of(i))
+                .find(|o| o.is_some_and(|o| o > self.changed_at))
+                .flatten()
+                .unwrap_or(u32::MAX);
             self.name_changes(next);
         }
         let (Outcome::Failed(f) | Outcome::Unknown(f)) = &report.outcome else {
@@ -713,9 +716,6 @@ impl Tracer for Debugger<'_> {
         if self.line_offsets.len() < LINE_HISTORY {
             self.line_offsets.push(offset);
         }
-        let mut buf = Vec::new();
-        instr.encode(&mut buf);
-        self.current_len = buf.len() as u32;
     }
 
     fn before_apdu(&mut self) {
