@@ -1,4 +1,5 @@
-//! `cardvm client recharge|purchase|sync`: the reader's side of the online protocol (docs/online.md).
+//! `cardvm client recharge|purchase|pay|sync`: the reader's side of the online protocol
+//! (docs/online.md; paying a merchant's order: docs/clearing.md).
 //!
 //! The reader is a directory made by `cardvm reader init` + `install`: `reader.key`,
 //! `reader.id`, `reader.crt`. Its journal (`reader.journal`) and replay store
@@ -41,6 +42,26 @@ struct Conn {
 #[derive(Args, Debug)]
 struct CardTxn {
     #[command(flatten)]
+    on: CardOn,
+    /// Amount: yuan with a point (100.00) or fen (10000).
+    #[arg(long)]
+    amount: String,
+}
+
+/// `client pay`: a merchant's order.
+#[derive(Args, Debug)]
+struct PayTxn {
+    #[command(flatten)]
+    on: CardOn,
+    /// The card company's order id (the merchant shows it); its amount is paid.
+    #[arg(long, value_name = "ID")]
+    order: String,
+}
+
+/// The card, the reader and the service of a transaction.
+#[derive(Args, Debug)]
+struct CardOn {
+    #[command(flatten)]
     conn: Conn,
     /// The card company's script-sealing public key.
     #[arg(long, value_name = "P")]
@@ -48,9 +69,6 @@ struct CardTxn {
     /// The city whose cards this reader serves.
     #[arg(long)]
     city: u32,
-    /// Amount: yuan with a point (100.00) or fen (10000).
-    #[arg(long)]
-    amount: String,
     /// A simulated card (profile; written back afterwards).
     #[arg(long, value_name = "CARD.toml", conflicts_with = "pcsc")]
     sim: Option<PathBuf>,
@@ -76,6 +94,9 @@ enum ClientCmd {
     /// Pay the card company from the card on the reader (an online purchase, host-secured:
     /// the card company is the terminal's PSAM; docs/host.md).
     Purchase(CardTxn),
+    /// Pay a merchant's order from the card on the reader (docs/clearing.md): shows the
+    /// merchant, amount and description, then pays exactly that amount.
+    Pay(PayTxn),
     /// Deliver the journal's pending receipts; apply the acknowledgement and compact.
     Sync {
         #[command(flatten)]
@@ -86,22 +107,30 @@ enum ClientCmd {
     },
 }
 
-/// `client recharge` / `client purchase`: one transaction on the card, online.
-fn card_txn(t: CardTxn, purchase: bool) -> CliResult {
-    let CardTxn {
+/// What a transaction does on the card.
+#[derive(Debug, Clone)]
+enum What {
+    Load(u64),
+    Purchase(u64),
+    Pay(String),
+}
+
+/// `client recharge` / `client purchase` / `client pay`: one transaction on the card,
+/// online.
+fn card_txn(t: CardOn, what: What) -> CliResult {
+    let CardOn {
         conn,
         issuer_pub,
         city,
-        amount,
         sim,
         pcsc,
         wait,
         apdu_timeout,
         json,
     } = t;
+    let purchase = !matches!(what, What::Load(_));
     {
         let apdu_timeout = super::pcsc::apdu_timeout(apdu_timeout)?;
-        let amount = super::issuer::parse_amount(&amount)?;
         let key_path = conn.reader_dir.join("reader.key");
         let key = super::keys::load_private_key(&key_path)?;
         let store =
@@ -127,7 +156,7 @@ fn card_txn(t: CardTxn, purchase: bool) -> CliResult {
         .map_err(|e| e.to_string())?;
         let client = client(&conn)?;
         let rt = runtime()?;
-        let total = 5;
+        let total = if matches!(what, What::Pay(_)) { 6 } else { 5 };
         let mut n = 0;
         let progress = |s: &Step| {
             if json {
@@ -151,6 +180,10 @@ fn card_txn(t: CardTxn, purchase: bool) -> CliResult {
                 }
                 Step::CardDone { outcome } => format!("card: {outcome}"),
                 Step::Settled(s) => format!("card company: {} {}", s.kind, s.state),
+                Step::Order(o) => format!(
+                    "order {}: {} yuan to {} for {} ({})",
+                    o.order_id, o.amount_display, o.merchant_name, o.description, o.state
+                ),
             };
             eprintln!("[{}/{total}] {line}", n.min(total));
         };
@@ -158,12 +191,11 @@ fn card_txn(t: CardTxn, purchase: bool) -> CliResult {
             (Some(profile), None) => {
                 let mut card = super::sim::load_card(profile)?;
                 let r = rt.block_on(on_card(
-                    purchase,
+                    &what,
                     &client,
                     &mut reader,
                     &mut card,
                     city,
-                    amount,
                     progress,
                 ));
                 card.save(profile)
@@ -171,14 +203,13 @@ fn card_txn(t: CardTxn, purchase: bool) -> CliResult {
                 r
             }
             (None, Some(name)) => pcsc_recharge(
-                purchase,
+                &what,
                 &rt,
                 &client,
                 &mut reader,
                 name,
                 (wait, apdu_timeout),
                 city,
-                amount,
                 progress,
             )?,
             _ => return Err("give the card: --sim CARD.toml or --pcsc [READER]".into()),
@@ -260,8 +291,15 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 /// Runs `cardvm client …`.
 pub fn run(args: ClientArgs) -> CliResult {
     match args.cmd {
-        ClientCmd::Recharge(t) => card_txn(t, false),
-        ClientCmd::Purchase(t) => card_txn(t, true),
+        ClientCmd::Recharge(t) => {
+            let amount = super::issuer::parse_amount(&t.amount)?;
+            card_txn(t.on, What::Load(amount))
+        }
+        ClientCmd::Purchase(t) => {
+            let amount = super::issuer::parse_amount(&t.amount)?;
+            card_txn(t.on, What::Purchase(amount))
+        }
+        ClientCmd::Pay(t) => card_txn(t.on, What::Pay(t.order)),
         ClientCmd::Sync { conn, journal } => {
             let path = journal.unwrap_or_else(|| conn.reader_dir.join("reader.journal"));
             let mut j = cardvm::journal::Journal::open(&path)
@@ -289,53 +327,52 @@ pub fn run(args: ClientArgs) -> CliResult {
 #[cfg(feature = "pcsc")]
 #[allow(clippy::too_many_arguments)]
 fn pcsc_recharge(
-    purchase: bool,
+    what: &What,
     rt: &tokio::runtime::Runtime,
     client: &Client,
     reader: &mut Reader,
     name: &str,
     (wait, timeout): (u64, Duration),
     city: u32,
-    amount: u64,
     progress: impl FnMut(&Step),
 ) -> Result<
     Result<cardvm::online::client::RechargeOutcome, cardvm::online::client::RechargeError>,
     String,
 > {
     let mut card = super::pcsc::open_card("--pcsc", name, wait, timeout)?;
-    Ok(rt.block_on(on_card(
-        purchase, client, reader, &mut card, city, amount, progress,
-    )))
+    Ok(rt.block_on(on_card(what, client, reader, &mut card, city, progress)))
 }
 
-/// A recharge or a purchase.
+/// A recharge, a purchase or an order's payment.
 async fn on_card<T: cardvm::transport::CardTransport>(
-    purchase: bool,
+    what: &What,
     client: &Client,
     reader: &mut Reader,
     card: &mut T,
     city: u32,
-    amount: u64,
     progress: impl FnMut(&Step),
 ) -> Result<cardvm::online::client::RechargeOutcome, cardvm::online::client::RechargeError> {
-    if purchase {
-        cardvm::online::client::purchase(client, reader, card, city, amount, progress).await
-    } else {
-        recharge(client, reader, card, city, amount, progress).await
+    match what {
+        What::Load(amount) => recharge(client, reader, card, city, *amount, progress).await,
+        What::Purchase(amount) => {
+            cardvm::online::client::purchase(client, reader, card, city, *amount, progress).await
+        }
+        What::Pay(order) => {
+            cardvm::online::client::pay_order(client, reader, card, city, order, progress).await
+        }
     }
 }
 
 #[cfg(not(feature = "pcsc"))]
 #[allow(clippy::too_many_arguments)]
 fn pcsc_recharge(
-    _: bool,
+    _: &What,
     _: &tokio::runtime::Runtime,
     _: &Client,
     _: &mut Reader,
     _: &str,
     _: (u64, Duration),
     _: u32,
-    _: u64,
     _: impl FnMut(&Step),
 ) -> Result<
     Result<cardvm::online::client::RechargeOutcome, cardvm::online::client::RechargeError>,

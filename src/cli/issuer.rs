@@ -182,6 +182,30 @@ enum IssuerCmd {
         #[arg(long, default_value_t = 7)]
         warn_days: u64,
     },
+    /// Merchants: add, list, show (with their orders), disable, enable
+    /// (docs/clearing.md).
+    Merchant {
+        #[command(subcommand)]
+        cmd: super::money::MerchantCmd,
+    },
+    /// Clear a business day (counts, sums, fees, merchants' net; signed files), set
+    /// the day's zone and cut-off, or verify a day's files.
+    Clearing {
+        #[command(subcommand)]
+        cmd: super::money::ClearingCmd,
+    },
+    /// The cleared days between two dates, with their totals.
+    Report {
+        /// First day, YYYY-MM-DD.
+        #[arg(long, value_name = "DATE")]
+        from: String,
+        /// Last day, YYYY-MM-DD.
+        #[arg(long, value_name = "DATE")]
+        to: String,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Decide an `unknown` load that recovery could not prove either way (see the
     /// recovery's note in `issuer ledger`; docs/cards.md "Recovery").
     Decide {
@@ -410,6 +434,7 @@ async fn run_async(args: IssuerArgs) -> CliResult {
                     header_timeout: std::time::Duration::from_secs_f64(header_timeout),
                     body_timeout: std::time::Duration::from_secs_f64(body_timeout),
                     max_connections,
+                    notify: Default::default(),
                 },
             );
             let handle = axum_server::Handle::new();
@@ -481,6 +506,11 @@ async fn run_async(args: IssuerArgs) -> CliResult {
             reason,
         } => decide(&ledger, &reader, seq, committed, &reason).await,
         IssuerCmd::Status { warn_days } => status(&ledger, warn_days).await,
+        IssuerCmd::Merchant { cmd } => super::money::merchant(&ledger, cmd).await,
+        IssuerCmd::Clearing { cmd } => super::money::clearing_cmd(&ledger, cmd).await,
+        IssuerCmd::Report { from, to, json } => {
+            super::money::report(&ledger, &from, &to, json).await
+        }
     };
     ledger.close().await;
     r
@@ -744,6 +774,11 @@ fn split_pem(text: &str, label: &str) -> Vec<String> {
 async fn key_store(ledger: &Ledger) -> Result<Arc<dyn MasterKeyStore>, String> {
     let spec = config(ledger, "keystore").await?;
     super::issuer_keys::open_store(&spec)
+}
+
+/// The card company's signing key, as `issuer init` recorded it.
+pub async fn open_signing(ledger: &Ledger) -> Result<cardvm::crypto::sm2::Sm2PrivateKey, String> {
+    load_private_key(Path::new(&config(ledger, "issuer_key").await?))
 }
 
 async fn open_issuer(ledger: &Ledger) -> Result<Issuer, String> {

@@ -11,6 +11,7 @@ mod issuer_keys;
 mod journal;
 mod keys;
 mod lsp;
+mod money;
 mod pcsc;
 mod reader;
 mod receipt;

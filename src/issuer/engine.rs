@@ -181,6 +181,18 @@ pub enum IssuerError {
         /// What failed.
         detail: String,
     },
+    /// No such order, or not one the caller may see.
+    #[error("order `{0}`: no such order")]
+    UnknownOrder(String),
+    /// The order cannot be paid (or changed) now: paid, being paid, cancelled, expired,
+    /// another amount, or its merchant disabled.
+    #[error("order `{order}`: {detail}")]
+    Order {
+        /// The order.
+        order: String,
+        /// Why.
+        detail: String,
+    },
     /// The receipt names no bundle this issuer sealed.
     #[error("no bundle was issued for reader `{reader}` seq {seq}")]
     NoBundle {
@@ -458,6 +470,12 @@ impl Issuer {
         &self.ledger
     }
 
+    /// Signs `msg` with the card company's key (SM2 with the default distinguishing
+    /// id): merchants' notifications, clearing summaries.
+    pub fn sign(&self, msg: &[u8]) -> Result<[u8; 64], crate::crypto::sm2::Sm2Error> {
+        self.key.sign(&mut crate::crypto::rng::os_rng(), msg)
+    }
+
     /// The public half of the sealing key (readers are configured with it).
     pub fn public_key(&self) -> &Sm2PublicKey {
         self.key.public_key()
@@ -706,6 +724,71 @@ impl Issuer {
     /// (the card company is the terminal's PSAM: `docs/host.md`), so the reader holds no
     /// purchase key. A card with a load left `unknown` gets its recovery bundle first.
     pub async fn purchase(&self, receipt: &Receipt, amount: u64) -> Result<Bundle, IssuerError> {
+        self.purchase_for(receipt, amount, None).await
+    }
+
+    /// An online purchase paying a merchant's order (`docs/clearing.md`): as
+    /// [`Issuer::purchase`], for exactly the order's amount; the order is bound to the
+    /// bundle's transaction in the same database transaction (a raced order gets one
+    /// bundle). A card with a load left `unknown` gets its recovery bundle first, and the
+    /// order stays open.
+    pub async fn purchase_order(
+        &self,
+        receipt: &Receipt,
+        amount: u64,
+        order_id: &str,
+    ) -> Result<Bundle, IssuerError> {
+        self.purchase_for(receipt, amount, Some(order_id)).await
+    }
+
+    /// The order a cardholder is about to pay, if it can be paid now.
+    pub async fn payable_order(
+        &self,
+        order_id: &str,
+    ) -> Result<(crate::issuer::merchant::OrderRow, crate::issuer::merchant::MerchantRow), IssuerError>
+    {
+        use crate::issuer::merchant::OrderState;
+        let order = self
+            .ledger
+            .order(order_id)
+            .await?
+            .ok_or_else(|| IssuerError::UnknownOrder(order_id.into()))?;
+        let merchant = self
+            .ledger
+            .merchant(&order.merchant_id)
+            .await?
+            .ok_or_else(|| IssuerError::UnknownOrder(order_id.into()))?;
+        let state = order.state(self.clock.now());
+        if state != OrderState::Open {
+            return Err(IssuerError::Order {
+                order: order_id.into(),
+                detail: format!("it is {}, not open for payment", state.name()),
+            });
+        }
+        if !merchant.enabled {
+            return Err(IssuerError::Order {
+                order: order_id.into(),
+                detail: "its merchant takes no payments now".into(),
+            });
+        }
+        Ok((order, merchant))
+    }
+
+    async fn purchase_for(
+        &self,
+        receipt: &Receipt,
+        amount: u64,
+        order_id: Option<&str>,
+    ) -> Result<Bundle, IssuerError> {
+        if let Some(id) = order_id {
+            let (order, _) = self.payable_order(id).await?;
+            if order.amount != amount {
+                return Err(IssuerError::Order {
+                    order: id.into(),
+                    detail: format!("amount {amount} is not the order's {}", order.amount),
+                });
+            }
+        }
         let (q, card_hex) = self.admit(receipt).await?;
         let city = self.city(q.card.city).await?;
         if let Some(unknown) = self.ledger.oldest_unknown(&card_hex).await? {
@@ -751,7 +834,7 @@ impl Issuer {
             &q.card.card_id,
             txn_values(amount, terminal, when),
         )?;
-        self.finish(
+        self.finish_order(
             &q,
             TxnKind::Purchase,
             &command,
@@ -761,6 +844,7 @@ impl Issuer {
             hex(&when),
             None,
             None,
+            order_id,
         )
         .await
     }
@@ -1049,6 +1133,35 @@ impl Issuer {
         recovers_seq: Option<u64>,
         limits: Option<LoadLimits>,
     ) -> Result<Bundle, IssuerError> {
+        self.finish_order(
+            q,
+            kind,
+            command,
+            program,
+            data,
+            amount,
+            datetime,
+            recovers_seq,
+            limits,
+            None,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_order(
+        &self,
+        q: &VerifiedQuery,
+        kind: TxnKind,
+        command: &[u8],
+        program: &VerifiedProgram,
+        data: &DataScript,
+        amount: u64,
+        datetime: String,
+        recovers_seq: Option<u64>,
+        limits: Option<LoadLimits>,
+        order_id: Option<&str>,
+    ) -> Result<Bundle, IssuerError> {
         let reader_id = q.reader.reader_id.clone();
         let city = program.header().city;
         let data_bytes = zeroize::Zeroizing::new(data.encode());
@@ -1098,6 +1211,7 @@ impl Issuer {
                     issued_at: self.clock.now(),
                     expires_at: expires,
                     host_secured: program.host_exchanges() > 0,
+                    order_id: order_id.map(String::from),
                 },
                 limits.as_ref(),
             )
@@ -1134,6 +1248,13 @@ impl Issuer {
                 return Err(limit(format!(
                     "the card's load {seq} is unknown: it is recovered first"
                 )));
+            }
+            Recorded::OrderNotPayable => {
+                return Err(IssuerError::Order {
+                    order: order_id.unwrap_or_default().into(),
+                    detail: "another payment holds it, or it was cancelled or expired meanwhile"
+                        .into(),
+                });
             }
         }
         Ok(Bundle {

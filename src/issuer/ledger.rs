@@ -50,6 +50,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "host secured",
         include_str!("../../migrations/0005_host_secured.sql"),
     ),
+    (
+        6,
+        "merchants",
+        include_str!("../../migrations/0006_merchants.sql"),
+    ),
 ];
 
 /// A ledger failure: one line, with the operation.
@@ -89,7 +94,7 @@ pub enum LedgerError {
 
 /// Maps a driver error by what it means: a unique violation is a conflict (decided by
 /// the database: the row is there), anything else a failure that is safe to retry.
-fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> LedgerError {
+pub(super) fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> LedgerError {
     move |e| match &e {
         sqlx::Error::Database(d) if d.is_unique_violation() => LedgerError::Conflict {
             op,
@@ -324,6 +329,9 @@ pub struct NewTxn {
     pub expires_at: u64,
     /// Whether its script is host-secured (docs/host.md).
     pub host_secured: bool,
+    /// The merchant order a purchase pays: bound to this transaction in the same
+    /// database transaction, or nothing is recorded ([`Recorded::OrderNotPayable`]).
+    pub order_id: Option<String>,
 }
 
 /// What [`Ledger::record_host_answer`] did.
@@ -383,6 +391,9 @@ pub enum Recorded {
         /// That load's seq.
         seq: u64,
     },
+    /// Not recorded: the order is not open for this amount (paid or being paid by
+    /// another transaction, cancelled, expired, another amount, or its merchant disabled).
+    OrderNotPayable,
 }
 
 /// A card's loads that count against its limits (`$1` the card, `$2` now): all but the
@@ -536,7 +547,7 @@ pub struct Filter {
 /// The ledger (a connection pool; cheap to clone).
 #[derive(Clone)]
 pub struct Ledger {
-    pool: AnyPool,
+    pub(super) pool: AnyPool,
     url: String,
 }
 
@@ -600,14 +611,14 @@ pub fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-fn to_i64(v: u64, what: &'static str) -> Result<i64, LedgerError> {
+pub(super) fn to_i64(v: u64, what: &'static str) -> Result<i64, LedgerError> {
     i64::try_from(v).map_err(|_| LedgerError::Corrupt {
         what: what.into(),
         detail: format!("{v} does not fit a BIGINT"),
     })
 }
 
-fn get_u64(row: &AnyRow, col: &str) -> Result<u64, LedgerError> {
+pub(super) fn get_u64(row: &AnyRow, col: &str) -> Result<u64, LedgerError> {
     let v: i64 = row.try_get(col).map_err(|e| LedgerError::Corrupt {
         what: col.into(),
         detail: e.to_string(),
@@ -618,7 +629,7 @@ fn get_u64(row: &AnyRow, col: &str) -> Result<u64, LedgerError> {
     })
 }
 
-fn get_opt_u64(row: &AnyRow, col: &str) -> Result<Option<u64>, LedgerError> {
+pub(super) fn get_opt_u64(row: &AnyRow, col: &str) -> Result<Option<u64>, LedgerError> {
     let v: Option<i64> = row.try_get(col).map_err(|e| LedgerError::Corrupt {
         what: col.into(),
         detail: e.to_string(),
@@ -632,14 +643,14 @@ fn get_opt_u64(row: &AnyRow, col: &str) -> Result<Option<u64>, LedgerError> {
     .transpose()
 }
 
-fn get_str(row: &AnyRow, col: &str) -> Result<String, LedgerError> {
+pub(super) fn get_str(row: &AnyRow, col: &str) -> Result<String, LedgerError> {
     row.try_get(col).map_err(|e| LedgerError::Corrupt {
         what: col.into(),
         detail: e.to_string(),
     })
 }
 
-fn get_opt_str(row: &AnyRow, col: &str) -> Result<Option<String>, LedgerError> {
+pub(super) fn get_opt_str(row: &AnyRow, col: &str) -> Result<Option<String>, LedgerError> {
     row.try_get(col).map_err(|e| LedgerError::Corrupt {
         what: col.into(),
         detail: e.to_string(),
@@ -1038,6 +1049,12 @@ impl Ledger {
         .execute(&mut *tx)
         .await
         .map_err(db("record bundle"))?;
+        if let Some(order) = &t.order_id
+            && !super::merchant::bind_order(&mut tx, order, t).await?
+        {
+            tx.rollback().await.map_err(db("rollback"))?;
+            return Ok(Recorded::OrderNotPayable);
+        }
         tx.commit().await.map_err(db("commit bundle"))?;
         Ok(Recorded::Yes)
     }

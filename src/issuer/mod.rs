@@ -37,6 +37,10 @@ pub mod engine;
 pub mod keys;
 #[cfg(feature = "issuer")]
 pub mod ledger;
+#[cfg(feature = "issuer")]
+pub mod merchant;
+#[cfg(feature = "issuer")]
+pub mod clearing;
 pub mod pki;
 #[cfg(feature = "issuer")]
 pub mod query;

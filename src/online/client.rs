@@ -74,6 +74,8 @@ pub struct Client {
     /// What [`Client::fork`] needs to build another connection pool.
     server_ca_pem: Option<Vec<u8>>,
     timeout: Duration,
+    /// Signing as a merchant ([`MerchantClient`]) rather than as a reader.
+    merchant: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -82,6 +84,95 @@ impl std::fmt::Debug for Client {
             .field("base", &self.base)
             .field("reader_id", &self.reader_id)
             .finish_non_exhaustive()
+    }
+}
+
+/// A merchant's client of the card company's service (`docs/clearing.md`): every
+/// request signed with the merchant's SM2 key.
+#[derive(Debug)]
+pub struct MerchantClient(Client);
+
+impl MerchantClient {
+    /// A client of the service at `base`, trusting only `server_ca_pem` when given,
+    /// signing as merchant `merchant_id` with `key`.
+    pub fn new(
+        base: &str,
+        server_ca_pem: Option<&[u8]>,
+        merchant_id: &str,
+        key: Sm2PrivateKey,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let mut c = Client::new(base, server_ca_pem, merchant_id, key, timeout)?;
+        c.merchant = true;
+        Ok(MerchantClient(c))
+    }
+
+    /// Uses `clock` for the request time.
+    pub fn with_clock(self, clock: Arc<dyn Clock + Send + Sync>) -> Self {
+        MerchantClient(self.0.with_clock(clock))
+    }
+
+    /// A signed `POST` to any merchant endpoint.
+    pub async fn post<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        req: &Req,
+    ) -> Result<Resp, ClientError> {
+        self.0.post(path, req).await
+    }
+
+    /// Creates an order (the same `merchant_order` again returns the same order).
+    pub async fn create_order(
+        &self,
+        merchant_order: &str,
+        amount: u64,
+        description: &str,
+        expires_in: Option<u64>,
+    ) -> Result<OrderReply, ClientError> {
+        self.post(
+            "/v1/merchant/orders",
+            &CreateOrderRequest {
+                request_id: new_request_id(),
+                merchant_order: merchant_order.into(),
+                amount,
+                description: description.into(),
+                expires_in,
+            },
+        )
+        .await
+    }
+
+    /// One of its orders, by the card company's id.
+    pub async fn order(&self, order_id: &str) -> Result<OrderReply, ClientError> {
+        self.post("/v1/merchant/orders/query", &Self::by_id(order_id))
+            .await
+    }
+
+    /// Cancels an open order.
+    pub async fn cancel(&self, order_id: &str) -> Result<OrderReply, ClientError> {
+        self.post("/v1/merchant/orders/cancel", &Self::by_id(order_id))
+            .await
+    }
+
+    /// Refunds a paid order in full.
+    pub async fn refund(&self, order_id: &str, reason: &str) -> Result<OrderReply, ClientError> {
+        self.post(
+            "/v1/merchant/orders/refund",
+            &RefundRequest {
+                request_id: new_request_id(),
+                order_id: order_id.into(),
+                reason: reason.into(),
+            },
+        )
+        .await
+    }
+
+    fn by_id(order_id: &str) -> OrderRequest {
+        OrderRequest {
+            request_id: new_request_id(),
+            order_id: Some(order_id.into()),
+            merchant_order: None,
+        }
     }
 }
 
@@ -111,6 +202,7 @@ impl Client {
             clock: Arc::new(crate::reader::SystemClock),
             server_ca_pem: server_ca_pem.map(<[u8]>::to_vec),
             timeout,
+            merchant: false,
         })
     }
 
@@ -125,6 +217,7 @@ impl Client {
             clock: Arc::clone(&self.clock),
             server_ca_pem: self.server_ca_pem.clone(),
             timeout: self.timeout,
+            merchant: self.merchant,
         })
     }
 
@@ -214,7 +307,17 @@ impl Client {
     ) -> Result<Resp, ClientError> {
         let body = serde_json::to_vec(req).map_err(|e| ClientError::Setup(e.to_string()))?;
         let time = self.clock.now();
-        let msg = signing_input("POST", path, &self.reader_id, time, &body);
+        let (header, msg) = if self.merchant {
+            (
+                HDR_MERCHANT,
+                merchant_signing_input("POST", path, &self.reader_id, time, &body),
+            )
+        } else {
+            (
+                HDR_READER,
+                signing_input("POST", path, &self.reader_id, time, &body),
+            )
+        };
         let sig = self
             .key
             .sign(&mut os_rng(), &msg)
@@ -223,7 +326,7 @@ impl Client {
         let resp = self
             .http
             .post(&url)
-            .header(HDR_READER, &self.reader_id)
+            .header(header, &self.reader_id)
             .header(HDR_TIME, time.to_string())
             .header(HDR_SIGNATURE, to_hex(&sig))
             .header("content-type", "application/json")
@@ -269,6 +372,19 @@ impl Client {
             .await
     }
 
+    /// The order `order_id` as a cardholder about to pay it sees it.
+    pub async fn order(&self, order_id: &str) -> Result<OrderReply, ClientError> {
+        self.post(
+            "/v1/order",
+            &OrderRequest {
+                request_id: new_request_id(),
+                order_id: Some(order_id.into()),
+                merchant_order: None,
+            },
+        )
+        .await
+    }
+
     /// Starts an online purchase from a signed query receipt (canonical JSON): a
     /// host-secured purchase bundle (or the card's recovery bundle first).
     pub async fn start_purchase(
@@ -294,6 +410,7 @@ impl Client {
                 request_id: request_id.into(),
                 query: query_json.into(),
                 amount,
+                order_id: None,
             },
         )
         .await
@@ -416,6 +533,8 @@ pub enum Step {
     },
     /// The service settled it.
     Settled(SettleReply),
+    /// The order about to be paid ([`pay_order`]): show it to the cardholder.
+    Order(OrderReply),
 }
 
 /// How a recharge ended.
@@ -624,7 +743,7 @@ pub async fn recharge<T: crate::transport::CardTransport>(
     amount: u64,
     progress: impl FnMut(&Step),
 ) -> Result<RechargeOutcome, RechargeError> {
-    online(client, reader, card, city, amount, false, progress).await
+    online(client, reader, card, city, amount, Mode::Load, progress).await
 }
 
 /// One online purchase of `amount` fen from `card` (`docs/host.md`): as [`recharge`], with
@@ -638,7 +757,46 @@ pub async fn purchase<T: crate::transport::CardTransport>(
     amount: u64,
     progress: impl FnMut(&Step),
 ) -> Result<RechargeOutcome, RechargeError> {
-    online(client, reader, card, city, amount, true, progress).await
+    online(client, reader, card, city, amount, Mode::Purchase(None), progress).await
+}
+
+/// Pays a merchant's order from `card` (`docs/clearing.md`): asks the card company what
+/// the order is (merchant, amount, description: [`Step::Order`], for the cardholder to
+/// see), then runs [`purchase`] for exactly its amount, bound to the order. The card
+/// company notifies the merchant once the purchase is settled committed.
+pub async fn pay_order<T: crate::transport::CardTransport>(
+    client: &Client,
+    reader: &mut crate::reader::Reader,
+    card: &mut T,
+    city: u32,
+    order_id: &str,
+    mut progress: impl FnMut(&Step),
+) -> Result<RechargeOutcome, RechargeError> {
+    let order = client.order(order_id).await?;
+    progress(&Step::Order(order.clone()));
+    if order.state != "open" {
+        return Err(RechargeError::Reader(format!(
+            "order {order_id} is {}: it cannot be paid",
+            order.state
+        )));
+    }
+    online(
+        client,
+        reader,
+        card,
+        city,
+        order.amount,
+        Mode::Purchase(Some(order_id.to_string())),
+        progress,
+    )
+    .await
+}
+
+/// What an online transaction does on the card.
+enum Mode {
+    Load,
+    /// A purchase, paying an order or the card company itself.
+    Purchase(Option<String>),
 }
 
 async fn online<T: crate::transport::CardTransport>(
@@ -647,7 +805,7 @@ async fn online<T: crate::transport::CardTransport>(
     card: &mut T,
     city: u32,
     amount: u64,
-    purchase: bool,
+    mode: Mode,
     mut progress: impl FnMut(&Step),
 ) -> Result<RechargeOutcome, RechargeError> {
     let mut rng = os_rng();
@@ -682,14 +840,25 @@ async fn online<T: crate::transport::CardTransport>(
                 _ => None,
             },
         });
-        let bundle = if purchase {
-            client
-                .start_purchase(&new_request_id(), &q.receipt.to_json(), amount)
-                .await?
-        } else {
-            client
-                .start(&new_request_id(), &q.receipt.to_json(), amount)
-                .await?
+        let bundle = match &mode {
+            Mode::Purchase(order) => {
+                client
+                    .post(
+                        "/v1/purchase/start",
+                        &StartRequest {
+                            request_id: new_request_id(),
+                            query: q.receipt.to_json(),
+                            amount,
+                            order_id: order.clone(),
+                        },
+                    )
+                    .await?
+            }
+            Mode::Load => {
+                client
+                    .start(&new_request_id(), &q.receipt.to_json(), amount)
+                    .await?
+            }
         };
         progress(&Step::Bundle {
             kind: bundle.kind.clone(),

@@ -8,6 +8,23 @@
 //! | `POST /v1/recharge/complete` | [`CompleteRequest`] (signed receipt) | [`SettleReply`] |
 //! | `POST /v1/journal` | [`JournalRequest`] (offline receipts) | [`JournalReply`] |
 //! | `POST /v1/status` | [`StatusRequest`] | [`StatusReply`] |
+//! | `POST /v1/order` | [`OrderRequest`] (an order the cardholder is about to pay) | [`OrderReply`] |
+//! | `POST /v1/purchase/start` | [`StartRequest`] with `order_id` | [`BundleReply`] |
+//!
+//! Merchants (`docs/clearing.md`) sign the same way with their own key, under
+//! [`HDR_MERCHANT`] and [`merchant_signing_input`] (another domain string, so a reader's
+//! signature is never a merchant's):
+//!
+//! | method and path | body | answer |
+//! |---|---|---|
+//! | `POST /v1/merchant/orders` | [`CreateOrderRequest`] | [`OrderReply`] |
+//! | `POST /v1/merchant/orders/query` | [`OrderRequest`] | [`OrderReply`] |
+//! | `POST /v1/merchant/orders/cancel` | [`OrderRequest`] | [`OrderReply`] |
+//! | `POST /v1/merchant/orders/refund` | [`RefundRequest`] | [`OrderReply`] |
+//!
+//! The card company posts a [`Notification`] to the merchant's URL when an order is paid,
+//! signed over [`notification_signing_input`] with its sealing key
+//! ([`verify_notification`]).
 //!
 //! Every `POST` carries three headers: [`HDR_READER`] (the reader id), [`HDR_TIME`] (its
 //! clock, unix seconds) and [`HDR_SIGNATURE`] (hex `r ‖ s`): the reader's SM2 signature over
@@ -28,6 +45,10 @@ use serde::{Deserialize, Serialize};
 pub const API: &str = "/v1";
 /// Header: the reader id.
 pub const HDR_READER: &str = "x-cardvm-reader";
+/// Header: the merchant id (merchant requests, instead of [`HDR_READER`]).
+pub const HDR_MERCHANT: &str = "x-cardvm-merchant";
+/// Header of a notification: the key id (hex) of the card company's key that signed it.
+pub const HDR_ISSUER_KEY: &str = "x-cardvm-issuer-key";
 /// Header: the reader's clock, unix seconds.
 pub const HDR_TIME: &str = "x-cardvm-time";
 /// Header: hex SM2 signature over [`signing_input`].
@@ -47,6 +68,71 @@ pub fn signing_input(method: &str, path: &str, reader_id: &str, time: u64, body:
         s.push_str(&format!("{b:02x}"));
     }
     s.into_bytes()
+}
+
+/// What a merchant signs for a request: as [`signing_input`], under its own domain
+/// string.
+pub fn merchant_signing_input(
+    method: &str,
+    path: &str,
+    merchant_id: &str,
+    time: u64,
+    body: &[u8],
+) -> Vec<u8> {
+    domain_input("cardvm-merchant-v1", method, path, merchant_id, time, body)
+}
+
+/// What the card company signs for a notification posted to `path` (the path of the
+/// merchant's notification URL) for `merchant_id` at `time`.
+pub fn notification_signing_input(path: &str, merchant_id: &str, time: u64, body: &[u8]) -> Vec<u8> {
+    domain_input("cardvm-notify-v1", "POST", path, merchant_id, time, body)
+}
+
+fn domain_input(
+    domain: &str,
+    method: &str,
+    path: &str,
+    id: &str,
+    time: u64,
+    body: &[u8],
+) -> Vec<u8> {
+    let digest = crate::crypto::sm3(body);
+    let mut s = format!("{domain}\n{method}\n{path}\n{id}\n{time}\n");
+    for b in digest {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s.into_bytes()
+}
+
+/// Checks a notification as a merchant receives it (`docs/clearing.md`): the
+/// [`HDR_TIME`] and [`HDR_SIGNATURE`] header values, the body, the path it was posted
+/// to, the merchant's own id, the card company's public key, and the merchant's clock
+/// (`now`, unix seconds; at most [`MAX_CLOCK_SKEW`] apart). Returns the notification.
+pub fn verify_notification(
+    issuer: &crate::crypto::sm2::Sm2PublicKey,
+    merchant_id: &str,
+    path: &str,
+    time: &str,
+    signature: &str,
+    body: &[u8],
+    now: u64,
+) -> Result<Notification, String> {
+    let (time, sig) = parse_auth_headers(time, signature).map_err(|e| match e {
+        AuthHeaderError::Time => format!("{HDR_TIME}: not unix seconds"),
+        AuthHeaderError::Signature => format!("{HDR_SIGNATURE}: not 64 bytes of hex"),
+    })?;
+    if now.abs_diff(time) > MAX_CLOCK_SKEW {
+        return Err(format!("signed at {time}, {} s from now", now.abs_diff(time)));
+    }
+    issuer
+        .verify(&notification_signing_input(path, merchant_id, time, body), &sig)
+        .map_err(|_| "the card company's signature does not verify".to_string())?;
+    let n: Notification =
+        serde_json::from_slice(body).map_err(|e| format!("notification body: {e}"))?;
+    if n.merchant_id != merchant_id {
+        return Err(format!("notification for merchant `{}`", n.merchant_id));
+    }
+    Ok(n)
 }
 
 /// Why a request's authentication headers were refused (before any signature work).
@@ -113,8 +199,138 @@ pub struct StartRequest {
     pub request_id: String,
     /// The signed query receipt, canonical JSON text.
     pub query: String,
-    /// Amount to load, fen.
+    /// Amount to load (or pay), fen.
     pub amount: u64,
+    /// `/v1/purchase/start` only: the merchant order this purchase pays (its amount
+    /// must be the order's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+}
+
+/// `POST /v1/order` (a reader, before paying) and `POST /v1/merchant/orders/query` and
+/// `…/cancel` (the merchant): one order, by the card company's id or (merchants only)
+/// the merchant's own order number.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OrderRequest {
+    /// Idempotency key.
+    pub request_id: String,
+    /// The card company's order id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+    /// The merchant's order number (merchant requests only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merchant_order: Option<String>,
+}
+
+/// `POST /v1/merchant/orders`: a payment order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrderRequest {
+    /// Idempotency key.
+    pub request_id: String,
+    /// The merchant's own order number (1–32 of `A-Z a-z 0-9 - _ .`); the same number
+    /// again returns the same order.
+    pub merchant_order: String,
+    /// Fen (> 0).
+    pub amount: u64,
+    /// What is bought, shown to the cardholder (at most 200 characters).
+    pub description: String,
+    /// Seconds until no payment for it starts (60..=604800; default 900).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u64>,
+}
+
+/// `POST /v1/merchant/orders/refund`: refund a paid order in full.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RefundRequest {
+    /// Idempotency key.
+    pub request_id: String,
+    /// The card company's order id.
+    pub order_id: String,
+    /// Why (kept with the refund; at most 200 characters).
+    pub reason: String,
+}
+
+/// An order as its merchant, or the cardholder about to pay it, sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OrderReply {
+    /// The card company's order id (the cardholder pays this).
+    pub order_id: String,
+    /// The merchant.
+    pub merchant_id: String,
+    /// The merchant's name.
+    pub merchant_name: String,
+    /// The merchant's order number.
+    pub merchant_order: String,
+    /// Fen.
+    pub amount: u64,
+    /// Yuan, for display (`12.34`).
+    pub amount_display: String,
+    /// What is bought.
+    pub description: String,
+    /// `open`, `paying`, `paid`, `cancelled`, `expired` or `refunded`.
+    pub state: String,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// When its purchase settled, unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paid_at: Option<u64>,
+    /// The card that paid, masked to its last 4 digits (merchant answers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card: Option<String>,
+    /// When it was refunded, unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refunded_at: Option<u64>,
+    /// The card company's fee on it (fen; merchant answers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fee: Option<u64>,
+}
+
+/// What the card company posts to a merchant's notification URL when an order is paid
+/// (signed: [`verify_notification`]). Delivered until the merchant answers 2xx; the
+/// same `notify_id` may arrive more than once.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Notification {
+    /// Stable id of this event (deduplicate on it).
+    pub notify_id: String,
+    /// `order.paid`.
+    pub event: String,
+    /// The card company's order id.
+    pub order_id: String,
+    /// The merchant.
+    pub merchant_id: String,
+    /// The merchant's order number.
+    pub merchant_order: String,
+    /// Fen.
+    pub amount: u64,
+    /// When the purchase settled, unix seconds.
+    pub paid_at: u64,
+    /// The card, masked to its last 4 digits.
+    pub card: String,
+    /// Delivery attempt (1, 2, …).
+    pub attempt: u64,
+}
+
+/// Yuan text of an amount in fen: `12345` → `123.45`.
+pub fn yuan(fen: u64) -> String {
+    format!("{}.{:02}", fen / 100, fen % 100)
+}
+
+/// A card id shown outside the card company: its last 4 characters.
+pub fn mask_card(card_hex: &str) -> String {
+    let tail: String = card_hex
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("****{tail}")
 }
 
 /// A bundle: the sealed scripts the reader runs next.

@@ -28,6 +28,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::protocol::*;
+
+mod merchant;
+mod notify;
+pub use notify::{NotifyConfig, notify_url_ok};
 use crate::issuer::ledger::{Reservation, hex};
 use crate::issuer::{Issuer, IssuerError, Settled};
 use crate::receipt::Receipt;
@@ -53,6 +57,8 @@ pub struct ServiceConfig {
     pub body_timeout: Duration,
     /// Connections open at once (TLS handshakes included); more are closed at once.
     pub max_connections: usize,
+    /// Merchants' paid notifications.
+    pub notify: NotifyConfig,
 }
 
 impl Default for ServiceConfig {
@@ -66,6 +72,7 @@ impl Default for ServiceConfig {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
             max_connections: 256,
+            notify: NotifyConfig::default(),
         }
     }
 }
@@ -141,6 +148,8 @@ impl From<IssuerError> for Refusal {
             E::CardNotValid { .. } => (StatusCode::FORBIDDEN, "card_not_valid"),
             E::Limit { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "limit"),
             E::NoBundle { .. } => (StatusCode::NOT_FOUND, "no_bundle"),
+            E::UnknownOrder(_) => (StatusCode::NOT_FOUND, "unknown_order"),
+            E::Order { .. } => (StatusCode::CONFLICT, "order_not_payable"),
             E::NotOurs { .. } => (StatusCode::BAD_REQUEST, "not_ours"),
             E::Mismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "mismatch"),
             E::TacMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "tac_mismatch"),
@@ -171,7 +180,18 @@ fn transient(e: &IssuerError) -> bool {
 
 /// What an authenticated request carries.
 struct Caller {
+    /// The reader id, or `merchant:ID` for a merchant (the key of its stored answers and
+    /// of its rate limit).
     reader_id: String,
+    /// The merchant, for a merchant request.
+    merchant: Option<crate::issuer::merchant::MerchantRow>,
+}
+
+/// Who signs a request to an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signer {
+    Reader,
+    Merchant,
 }
 
 impl Service {
@@ -287,7 +307,78 @@ impl Service {
             }
         }
         self.rate_limit(&reader_id)?;
-        Ok(Caller { reader_id })
+        Ok(Caller {
+            reader_id,
+            merchant: None,
+        })
+    }
+
+    /// Checks a merchant's signature (its registered SM2 key), clock and standing.
+    async fn authenticate_merchant(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Caller, Refusal> {
+        let merchant_id = Self::header(headers, HDR_MERCHANT)?.to_string();
+        let unauthenticated = |e: String| Refusal::new(StatusCode::UNAUTHORIZED, "unauthenticated", e);
+        let (time, sig) = parse_auth_headers(
+            Self::header(headers, HDR_TIME)?,
+            Self::header(headers, HDR_SIGNATURE)?,
+        )
+        .map_err(|e| {
+            unauthenticated(match e {
+                AuthHeaderError::Time => format!("{HDR_TIME}: not unix seconds"),
+                AuthHeaderError::Signature => format!("{HDR_SIGNATURE}: not 64 bytes of hex"),
+            })
+        })?;
+        let now = self.issuer.now();
+        let skew = now.abs_diff(time);
+        if skew > MAX_CLOCK_SKEW {
+            return Err(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "clock_skew",
+                format!(
+                    "merchant `{merchant_id}` clock is {skew} s off the service's (at most {MAX_CLOCK_SKEW} s)"
+                ),
+            ));
+        }
+        let bad_signature = || {
+            unauthenticated(format!(
+                "request signature of merchant `{merchant_id}` does not verify (or no such merchant is registered)"
+            ))
+        };
+        if !crate::issuer::merchant::valid_id(&merchant_id) {
+            return Err(bad_signature());
+        }
+        let merchant = self
+            .issuer
+            .ledger()
+            .merchant(&merchant_id)
+            .await
+            .map_err(IssuerError::from)?
+            .ok_or_else(bad_signature)?;
+        let key = from_hex(&merchant.public_key)
+            .and_then(|k| crate::crypto::sm2::Sm2PublicKey::from_sec1_bytes(&k).ok())
+            .ok_or_else(bad_signature)?;
+        key.verify(
+            &merchant_signing_input("POST", path, &merchant_id, time, body),
+            &sig,
+        )
+        .map_err(|_| bad_signature())?;
+        if !merchant.enabled {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                "merchant_disabled",
+                format!("merchant `{merchant_id}` is disabled by the card company"),
+            ));
+        }
+        let key = format!("merchant:{merchant_id}");
+        self.rate_limit(&key)?;
+        Ok(Caller {
+            reader_id: key,
+            merchant: Some(merchant),
+        })
     }
 
     fn rate_limit(&self, reader_id: &str) -> Result<(), Refusal> {
@@ -371,6 +462,26 @@ impl Service {
         F: FnOnce(Arc<Self>, Caller, Req) -> Fut,
         Fut: std::future::Future<Output = Result<Resp, Refusal>>,
     {
+        self.signed_by(Signer::Reader, path, headers, body, store, work)
+            .await
+    }
+
+    /// [`Service::signed`] for a reader's or a merchant's request.
+    async fn signed_by<Req, Resp, F, Fut>(
+        self: Arc<Self>,
+        signer: Signer,
+        path: &'static str,
+        headers: HeaderMap,
+        body: Result<Bytes, BytesRejection>,
+        store: bool,
+        work: F,
+    ) -> Response
+    where
+        Req: DeserializeOwned + HasRequestId,
+        Resp: Serialize,
+        F: FnOnce(Arc<Self>, Caller, Req) -> Fut,
+        Fut: std::future::Future<Output = Result<Resp, Refusal>>,
+    {
         let started = Instant::now();
         let mut reader = None;
         let mut logged_id = None;
@@ -383,7 +494,10 @@ impl Service {
                 )
             })?;
             too_large(&body)?;
-            let caller = self.authenticate(path, &headers, &body).await?;
+            let caller = match signer {
+                Signer::Reader => self.authenticate(path, &headers, &body).await?,
+                Signer::Merchant => self.authenticate_merchant(path, &headers, &body).await?,
+            };
             reader = Some(caller.reader_id.clone());
             let req: Req = serde_json::from_slice(&body).map_err(|e| {
                 Refusal::new(
@@ -558,6 +672,9 @@ macro_rules! has_request_id {
     ($($t:ty),*) => {$(impl HasRequestId for $t { fn request_id(&self) -> &str { &self.request_id } })*};
 }
 has_request_id!(
+    OrderRequest,
+    CreateOrderRequest,
+    RefundRequest,
     HostRequest,
     QueryScriptRequest,
     StartRequest,
@@ -680,7 +797,14 @@ async fn purchase_start(
         true,
         |svc, caller, req: StartRequest| async move {
             let query = parse_receipt(&req.query, &caller, "query")?;
-            let b = svc.issuer.purchase(&query, req.amount).await?;
+            let b = match &req.order_id {
+                Some(order) => {
+                    svc.issuer
+                        .purchase_order(&query, req.amount, order)
+                        .await?
+                }
+                None => svc.issuer.purchase(&query, req.amount).await?,
+            };
             Ok(bundle_reply(&b))
         },
     )
@@ -914,6 +1038,11 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/recharge/complete", post(complete))
         .route("/v1/host", post(host))
         .route("/v1/purchase/start", post(purchase_start))
+        .route("/v1/order", post(merchant::order_for_payment))
+        .route("/v1/merchant/orders", post(merchant::create))
+        .route("/v1/merchant/orders/query", post(merchant::query))
+        .route("/v1/merchant/orders/cancel", post(merchant::cancel))
+        .route("/v1/merchant/orders/refund", post(merchant::refund))
         .route("/v1/journal", post(journal))
         .route("/v1/status", post(status))
         .route("/metrics", get(metrics))
@@ -1115,10 +1244,14 @@ pub async fn serve_tls(
         .http_builder()
         .http1()
         .header_read_timeout(Some(c.header_timeout));
-    server
+    // Merchants' notifications go out while the service runs.
+    let notifier = tokio::spawn(notify::run(svc.clone()));
+    let served = server
         .serve(router(svc).into_make_service_with_connect_info::<SocketAddr>())
         .await
-        .map_err(|e| format!("serving on {listen}: {e}"))
+        .map_err(|e| format!("serving on {listen}: {e}"));
+    notifier.abort();
+    served
 }
 
 /// A service running in this process (tests, benchmarks, embedding).
