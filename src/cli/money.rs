@@ -242,7 +242,10 @@ pub async fn clearing_cmd(ledger: &Ledger, cmd: ClearingCmd) -> CliResult {
     match cmd {
         ClearingCmd::Config { zone, cutoff } => {
             let bd = BusinessDay::new(&zone, &cutoff).map_err(e)?;
-            ledger.set_config("clearing_zone", bd.zone()).await.map_err(e)?;
+            ledger
+                .set_config("clearing_zone", bd.zone())
+                .await
+                .map_err(e)?;
             ledger
                 .set_config("clearing_cutoff", &bd.cutoff())
                 .await
@@ -312,13 +315,20 @@ pub async fn clearing_cmd(ledger: &Ledger, cmd: ClearingCmd) -> CliResult {
 }
 
 /// Writes the day's files and the signed summary; returns the summary's path.
-fn write_files(c: &Clearing, out: &Path, issuer: &cardvm::crypto::sm2::Sm2PrivateKey) -> Result<PathBuf, String> {
+fn write_files(
+    c: &Clearing,
+    out: &Path,
+    issuer: &cardvm::crypto::sm2::Sm2PrivateKey,
+) -> Result<PathBuf, String> {
     std::fs::create_dir_all(out).map_err(|x| format!("{}: {x}", out.display()))?;
     let json = serde_json::to_string_pretty(c).map_err(e)?;
     let files = [
         (format!("clearing-{}.json", c.day), json),
         (format!("clearing-{}.csv", c.day), clearing::lines_csv(c)),
-        (format!("clearing-{}-items.csv", c.day), clearing::items_csv(c)),
+        (
+            format!("clearing-{}-items.csv", c.day),
+            clearing::items_csv(c),
+        ),
     ];
     let mut listed = Vec::new();
     for (name, text) in &files {
@@ -348,23 +358,32 @@ fn write_files(c: &Clearing, out: &Path, issuer: &cardvm::crypto::sm2::Sm2Privat
 /// Checks a summary's signature and the SM3 of each file beside it.
 fn verify(path: &Path, public: &cardvm::crypto::sm2::Sm2PublicKey) -> Result<Summary, String> {
     let text = std::fs::read_to_string(path).map_err(|x| format!("{}: {x}", path.display()))?;
-    let s: Summary =
-        serde_json::from_str(&text).map_err(|x| format!("{}: {x}", path.display()))?;
+    let s: Summary = serde_json::from_str(&text).map_err(|x| format!("{}: {x}", path.display()))?;
     let sig = cardvm::issuer::ledger::unhex(&s.signature)
         .and_then(|b| <[u8; 64]>::try_from(b).ok())
         .ok_or_else(|| format!("{}: signature is not 64 bytes of hex", path.display()))?;
-    public
-        .verify(&s.signing_input(), &sig)
-        .map_err(|_| format!("{}: the signature does not verify under key {}", path.display(), hex(&public.key_id())))?;
+    public.verify(&s.signing_input(), &sig).map_err(|_| {
+        format!(
+            "{}: the signature does not verify under key {}",
+            path.display(),
+            hex(&public.key_id())
+        )
+    })?;
     let dir = path.parent().unwrap_or(Path::new("."));
     for (name, sm3) in &s.files {
         if name.contains('/') || name.contains('\\') || name.starts_with('.') {
-            return Err(format!("{}: file name `{name}` is not a plain name", path.display()));
+            return Err(format!(
+                "{}: file name `{name}` is not a plain name",
+                path.display()
+            ));
         }
         let p = dir.join(name);
         let bytes = std::fs::read(&p).map_err(|x| format!("{}: {x}", p.display()))?;
         if !hex(&cardvm::crypto::sm3(&bytes)).eq_ignore_ascii_case(sm3) {
-            return Err(format!("{}: changed since it was signed (SM3 differs)", p.display()));
+            return Err(format!(
+                "{}: changed since it was signed (SM3 differs)",
+                p.display()
+            ));
         }
     }
     Ok(s)
@@ -404,11 +423,7 @@ pub async fn report(ledger: &Ledger, from: &str, to: &str, json: bool) -> CliRes
             }
         })
     };
-    let (loads, purchases, refunds) = (
-        sum(|l| l.loads),
-        sum(|l| l.purchases),
-        sum(|l| l.refunds),
-    );
+    let (loads, purchases, refunds) = (sum(|l| l.loads), sum(|l| l.purchases), sum(|l| l.refunds));
     let fees: i64 = days.iter().map(|c| c.totals.fees).sum();
     let net: i64 = days.iter().map(|c| c.totals.net).sum();
     if json {
@@ -426,20 +441,30 @@ pub async fn report(ledger: &Ledger, from: &str, to: &str, json: bool) -> CliRes
             let t = &c.totals;
             println!(
                 "{}  loads {:>5} {:>12}  purchases {:>5} {:>12}  refunds {:>4} {:>10}  fees {:>9}  net {:>12}",
-                c.day, t.loads.count, t.loads.sum, t.purchases.count, t.purchases.sum,
-                t.refunds.count, t.refunds.sum, t.fees, t.net
+                c.day,
+                t.loads.count,
+                t.loads.sum,
+                t.purchases.count,
+                t.purchases.sum,
+                t.refunds.count,
+                t.refunds.sum,
+                t.fees,
+                t.net
             );
         }
         println!(
             "total       loads {:>5} {:>12}  purchases {:>5} {:>12}  refunds {:>4} {:>10}  fees {:>9}  net {:>12}",
-            loads.count, loads.sum, purchases.count, purchases.sum, refunds.count, refunds.sum, fees, net
+            loads.count,
+            loads.sum,
+            purchases.count,
+            purchases.sum,
+            refunds.count,
+            refunds.sum,
+            fees,
+            net
         );
         if !missing.is_empty() {
-            eprintln!(
-                "not cleared ({}): {}",
-                missing.len(),
-                missing.join(" ")
-            );
+            eprintln!("not cleared ({}): {}", missing.len(), missing.join(" "));
         }
     }
     Ok(())

@@ -39,7 +39,9 @@ pub enum ClearingError {
     #[error("{0}")]
     Config(String),
     /// Another run changed the rows meanwhile; nothing was stored (run it again).
-    #[error("clearing {day}: another clearing run took some of its transactions meanwhile; run it again")]
+    #[error(
+        "clearing {day}: another clearing run took some of its transactions meanwhile; run it again"
+    )]
     Raced {
         /// The day.
         day: String,
@@ -95,11 +97,17 @@ impl BusinessDay {
             .ok_or_else(|| ClearingError::Config(format!("date `{text}`: use YYYY-MM-DD")))
     }
 
-    fn instant(&self, date: jiff::civil::Date, time: jiff::civil::Time) -> Result<u64, ClearingError> {
+    fn instant(
+        &self,
+        date: jiff::civil::Date,
+        time: jiff::civil::Time,
+    ) -> Result<u64, ClearingError> {
         let z = date
             .to_datetime(time)
             .to_zoned_datetime(self.zone.clone())
-            .map_err(|e| ClearingError::Config(format!("{date} {time} in {}: {e}", self.zone_name)))?;
+            .map_err(|e| {
+                ClearingError::Config(format!("{date} {time} in {}: {e}", self.zone_name))
+            })?;
         u64::try_from(z.timestamp().as_second())
             .map_err(|_| ClearingError::Config(format!("{date}: before 1970")))
     }
@@ -113,7 +121,10 @@ impl BusinessDay {
             Ok((self.instant(date, midnight)?, self.instant(next, midnight)?))
         } else {
             let prev = date.yesterday().map_err(err)?;
-            Ok((self.instant(prev, self.cutoff)?, self.instant(date, self.cutoff)?))
+            Ok((
+                self.instant(prev, self.cutoff)?,
+                self.instant(date, self.cutoff)?,
+            ))
         }
     }
 
@@ -307,9 +318,36 @@ impl Ledger {
                 bd.zone()
             )));
         }
-        let cleared_days: std::collections::HashSet<String> =
-            self.cleared_days().await?.into_iter().collect();
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        // Clearing runs are serialised by one lock row (PostgreSQL locks it, SQLite takes
+        // its write lock here, before any read): a second run waits, then finds the
+        // day stored.
+        sqlx::query(
+            "INSERT INTO card_locks (card_id, version) VALUES ('~clearing', 1) \
+             ON CONFLICT (card_id) DO UPDATE SET version = card_locks.version + 1",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(db("lock clearing"))?;
+        let mut cleared_days = std::collections::HashSet::new();
+        for r in sqlx::query("SELECT day, result FROM clearing_days")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("read clearing"))?
+        {
+            let d = get_str(&r, "day")?;
+            if d == day {
+                let c = serde_json::from_str(&get_str(&r, "result")?).map_err(|e| {
+                    LedgerError::Corrupt {
+                        what: format!("clearing_days {day}"),
+                        detail: e.to_string(),
+                    }
+                })?;
+                tx.rollback().await.map_err(db("rollback"))?;
+                return Ok(Cleared::Already(Box::new(c)));
+            }
+            cleared_days.insert(d);
+        }
         let rows = sqlx::query(
             "SELECT t.reader_id, t.seq, t.kind, t.city, t.card_id, t.amount, t.issued_at, \
              t.order_id, o.merchant_id, o.fee_bp FROM transactions t \
@@ -695,7 +733,11 @@ mod tests {
 
     #[test]
     fn bad_config_is_one_line() {
-        for (z, c) in [("Mars/Olympus", "00:00"), (DEFAULT_ZONE, "25:00"), (DEFAULT_ZONE, "7")] {
+        for (z, c) in [
+            ("Mars/Olympus", "00:00"),
+            (DEFAULT_ZONE, "25:00"),
+            (DEFAULT_ZONE, "7"),
+        ] {
             let e = BusinessDay::new(z, c).expect_err("refused").to_string();
             assert!(!e.contains('\n'), "{e}");
         }
@@ -734,8 +776,20 @@ mod tests {
             .iter()
             .find(|l| l.scope == "merchant" && l.id == "shop")
             .expect("shop");
-        assert_eq!(shop.purchases, Tally { count: 2, sum: 7_000 });
-        assert_eq!(shop.refunds, Tally { count: 1, sum: 2_000 });
+        assert_eq!(
+            shop.purchases,
+            Tally {
+                count: 2,
+                sum: 7_000
+            }
+        );
+        assert_eq!(
+            shop.refunds,
+            Tally {
+                count: 1,
+                sum: 2_000
+            }
+        );
         assert_eq!(shop.fees, 30);
         assert_eq!(shop.net, 7_000 - 2_000 - 30);
         let cafe = ls
@@ -747,7 +801,13 @@ mod tests {
             .iter()
             .find(|l| l.scope == "city" && l.section == "day")
             .expect("city");
-        assert_eq!(city.loads, Tally { count: 1, sum: 10_000 });
+        assert_eq!(
+            city.loads,
+            Tally {
+                count: 1,
+                sum: 10_000
+            }
+        );
         let t = total(&items);
         assert_eq!(t.purchases.sum, 8_000);
         assert_eq!(t.net, 8_000 - 2_000 - 36);
@@ -762,7 +822,10 @@ mod tests {
             items: items.to_vec(),
             totals: t,
         });
-        assert!(csv.contains("2026-12-07,day,merchant,shop,0,0,2,7000,1,2000,30,4970\n"), "{csv}");
+        assert!(
+            csv.contains("2026-12-07,day,merchant,shop,0,0,2,7000,1,2000,30,4970\n"),
+            "{csv}"
+        );
     }
 
     #[test]

@@ -745,8 +745,13 @@ impl Issuer {
     pub async fn payable_order(
         &self,
         order_id: &str,
-    ) -> Result<(crate::issuer::merchant::OrderRow, crate::issuer::merchant::MerchantRow), IssuerError>
-    {
+    ) -> Result<
+        (
+            crate::issuer::merchant::OrderRow,
+            crate::issuer::merchant::MerchantRow,
+        ),
+        IssuerError,
+    > {
         use crate::issuer::merchant::OrderState;
         let order = self
             .ledger

@@ -14,8 +14,7 @@
 use sqlx::any::AnyRow;
 
 use super::ledger::{
-    Ledger, LedgerError, NewTxn, TxnState, db, get_opt_str, get_opt_u64, get_str, get_u64,
-    to_i64,
+    Ledger, LedgerError, NewTxn, TxnState, db, get_opt_str, get_opt_u64, get_str, get_u64, to_i64,
 };
 
 /// A registered merchant.
@@ -459,8 +458,14 @@ impl Ledger {
     }
 
     /// A merchant's orders, newest first (at most `limit`, 0 for all).
-    pub async fn orders(&self, merchant_id: &str, limit: u32) -> Result<Vec<OrderRow>, LedgerError> {
-        let mut sql = format!("{ORDER_SELECT} WHERE o.merchant_id = $1 ORDER BY o.created_at DESC, o.order_id");
+    pub async fn orders(
+        &self,
+        merchant_id: &str,
+        limit: u32,
+    ) -> Result<Vec<OrderRow>, LedgerError> {
+        let mut sql = format!(
+            "{ORDER_SELECT} WHERE o.merchant_id = $1 ORDER BY o.created_at DESC, o.order_id"
+        );
         if limit > 0 {
             sql.push_str(&format!(" LIMIT {limit}"));
         }
@@ -655,11 +660,23 @@ mod tests {
             (order("open", Some(T::Issued), 500, true), 2000, O::Paying),
             (order("open", Some(T::Unknown), 500, true), 2000, O::Paying),
             (order("open", Some(T::Failed), 500, true), 10, O::Open),
-            (order("open", Some(T::RecoveredFailed), 500, true), 2000, O::Expired),
+            (
+                order("open", Some(T::RecoveredFailed), 500, true),
+                2000,
+                O::Expired,
+            ),
             (order("open", Some(T::Committed), 500, true), 2000, O::Paid),
-            (order("open", Some(T::RecoveredCommitted), 500, true), 10, O::Paid),
+            (
+                order("open", Some(T::RecoveredCommitted), 500, true),
+                10,
+                O::Paid,
+            ),
             (order("cancelled", None, 0, false), 10, O::Cancelled),
-            (order("refunded", Some(T::Committed), 0, true), 10, O::Refunded),
+            (
+                order("refunded", Some(T::Committed), 0, true),
+                10,
+                O::Refunded,
+            ),
         ];
         for (o, now, want) in cases {
             assert_eq!(o.state(now), want, "{o:?} at {now}");

@@ -29,6 +29,8 @@
 
 pub mod ca;
 pub mod cert;
+#[cfg(feature = "issuer")]
+pub mod clearing;
 pub mod crl;
 pub mod csr;
 #[cfg(feature = "issuer")]
@@ -39,8 +41,6 @@ pub mod keys;
 pub mod ledger;
 #[cfg(feature = "issuer")]
 pub mod merchant;
-#[cfg(feature = "issuer")]
-pub mod clearing;
 pub mod pki;
 #[cfg(feature = "issuer")]
 pub mod query;

@@ -757,7 +757,16 @@ pub async fn purchase<T: crate::transport::CardTransport>(
     amount: u64,
     progress: impl FnMut(&Step),
 ) -> Result<RechargeOutcome, RechargeError> {
-    online(client, reader, card, city, amount, Mode::Purchase(None), progress).await
+    online(
+        client,
+        reader,
+        card,
+        city,
+        amount,
+        Mode::Purchase(None),
+        progress,
+    )
+    .await
 }
 
 /// Pays a merchant's order from `card` (`docs/clearing.md`): asks the card company what

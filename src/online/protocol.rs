@@ -84,7 +84,12 @@ pub fn merchant_signing_input(
 
 /// What the card company signs for a notification posted to `path` (the path of the
 /// merchant's notification URL) for `merchant_id` at `time`.
-pub fn notification_signing_input(path: &str, merchant_id: &str, time: u64, body: &[u8]) -> Vec<u8> {
+pub fn notification_signing_input(
+    path: &str,
+    merchant_id: &str,
+    time: u64,
+    body: &[u8],
+) -> Vec<u8> {
     domain_input("cardvm-notify-v1", "POST", path, merchant_id, time, body)
 }
 
@@ -122,10 +127,16 @@ pub fn verify_notification(
         AuthHeaderError::Signature => format!("{HDR_SIGNATURE}: not 64 bytes of hex"),
     })?;
     if now.abs_diff(time) > MAX_CLOCK_SKEW {
-        return Err(format!("signed at {time}, {} s from now", now.abs_diff(time)));
+        return Err(format!(
+            "signed at {time}, {} s from now",
+            now.abs_diff(time)
+        ));
     }
     issuer
-        .verify(&notification_signing_input(path, merchant_id, time, body), &sig)
+        .verify(
+            &notification_signing_input(path, merchant_id, time, body),
+            &sig,
+        )
         .map_err(|_| "the card company's signature does not verify".to_string())?;
     let n: Notification =
         serde_json::from_slice(body).map_err(|e| format!("notification body: {e}"))?;

@@ -11,7 +11,9 @@ use axum::response::Response;
 
 use super::{Caller, Refusal, Service, Signer};
 use crate::issuer::IssuerError;
-use crate::issuer::merchant::{MerchantRow, NewOrder, OrderCreated, OrderRow, OrderState, valid_id};
+use crate::issuer::merchant::{
+    MerchantRow, NewOrder, OrderCreated, OrderRow, OrderState, valid_id,
+};
 use crate::online::protocol::*;
 
 /// Default and bounds of an order's life (seconds).
@@ -66,7 +68,11 @@ fn merchant_of(caller: &Caller) -> Result<&MerchantRow, Refusal> {
 
 /// The caller's order, by the card company's id or its own order number. Another
 /// merchant's order is answered as missing (its existence is not disclosed).
-async fn own_order(svc: &Service, m: &MerchantRow, req: &OrderRequest) -> Result<OrderRow, Refusal> {
+async fn own_order(
+    svc: &Service,
+    m: &MerchantRow,
+    req: &OrderRequest,
+) -> Result<OrderRow, Refusal> {
     let ledger = svc.issuer.ledger();
     let found = match (&req.order_id, &req.merchant_order) {
         (Some(id), None) => ledger.order(id).await.map_err(IssuerError::from)?,
@@ -265,7 +271,10 @@ pub(super) async fn refund(
             {
                 return Err(IssuerError::Order {
                     order: o.order_id.clone(),
-                    detail: format!("it is {}: only a paid order is refunded", o.state(now).name()),
+                    detail: format!(
+                        "it is {}: only a paid order is refunded",
+                        o.state(now).name()
+                    ),
                 }
                 .into());
             }

@@ -31,10 +31,10 @@ use super::protocol::*;
 
 mod merchant;
 mod notify;
-pub use notify::{NotifyConfig, notify_url_ok};
 use crate::issuer::ledger::{Reservation, hex};
 use crate::issuer::{Issuer, IssuerError, Settled};
 use crate::receipt::Receipt;
+pub use notify::{NotifyConfig, notify_url_ok};
 
 /// Service tunables.
 #[derive(Debug, Clone, Copy)]
@@ -321,7 +321,8 @@ impl Service {
         body: &[u8],
     ) -> Result<Caller, Refusal> {
         let merchant_id = Self::header(headers, HDR_MERCHANT)?.to_string();
-        let unauthenticated = |e: String| Refusal::new(StatusCode::UNAUTHORIZED, "unauthenticated", e);
+        let unauthenticated =
+            |e: String| Refusal::new(StatusCode::UNAUTHORIZED, "unauthenticated", e);
         let (time, sig) = parse_auth_headers(
             Self::header(headers, HDR_TIME)?,
             Self::header(headers, HDR_SIGNATURE)?,
@@ -798,11 +799,7 @@ async fn purchase_start(
         |svc, caller, req: StartRequest| async move {
             let query = parse_receipt(&req.query, &caller, "query")?;
             let b = match &req.order_id {
-                Some(order) => {
-                    svc.issuer
-                        .purchase_order(&query, req.amount, order)
-                        .await?
-                }
+                Some(order) => svc.issuer.purchase_order(&query, req.amount, order).await?,
                 None => svc.issuer.purchase(&query, req.amount).await?,
             };
             Ok(bundle_reply(&b))

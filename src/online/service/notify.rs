@@ -69,7 +69,9 @@ pub fn notify_url_ok(url: &str) -> Result<(), String> {
                 ))
             }
         }
-        other => Err(format!("notification URL `{url}`: scheme {other} (use https://)")),
+        other => Err(format!(
+            "notification URL `{url}`: scheme {other} (use https://)"
+        )),
     }
 }
 
@@ -84,7 +86,10 @@ pub(super) async fn run(svc: Arc<Service>) {
     {
         Ok(h) => h,
         Err(e) => {
-            eprintln!("{}", serde_json::json!({"notify": "disabled", "error": e.to_string()}));
+            eprintln!(
+                "{}",
+                serde_json::json!({"notify": "disabled", "error": e.to_string()})
+            );
             return;
         }
     };
