@@ -1283,6 +1283,7 @@ async fn database_errors_are_typed_on(db: Option<String>, tag: &str) {
         issued_at: NOW,
         expires_at: NOW + 600,
         host_secured: false,
+        order_id: None,
     };
     let e = w
         .issuer
