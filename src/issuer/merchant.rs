@@ -6,7 +6,7 @@
 //!
 //! An order never records "paid" itself: it names the purchase transaction that pays
 //! it, bound in the same database transaction that records the bundle
-//! ([`bind_order`]), and it is paid exactly when that transaction is committed. So the
+//! (`bind_order`), and it is paid exactly when that transaction is committed. So the
 //! order, the ledger and the clearing cannot disagree, and two cardholders racing for
 //! one order get one bundle: the binding is an `UPDATE … WHERE` whose row count the
 //! database decides.
@@ -479,7 +479,7 @@ impl Ledger {
             .collect()
     }
 
-    /// Cancels an order that no purchase holds (as [`bind_order`] decides holding).
+    /// Cancels an order that no purchase holds (as the binding of a purchase decides holding).
     /// `Ok(false)`: it is paid, being paid, cancelled or refunded — nothing changed.
     pub async fn cancel_order(&self, order_id: &str, now: u64) -> Result<bool, LedgerError> {
         let r = sqlx::query(
