@@ -60,3 +60,35 @@ CREATE TABLE clearing_days (
     run_at     BIGINT NOT NULL,
     result     TEXT   NOT NULL
 );
+
+-- Recharges paid first (a city setting): a payment provider (bank, third-party payment)
+-- notifies the card company, signed with its own key, that a recharge order was paid;
+-- only then does a load for exactly that card and amount get a bundle. The order names
+-- the load that uses it (transactions.order_id), bound like a merchant order.
+CREATE TABLE providers (
+    provider_id TEXT   PRIMARY KEY,
+    name        TEXT   NOT NULL,
+    -- sm2 (public key: SEC1 hex) or rsa-sha256 (public key: SPKI PEM).
+    alg         TEXT   NOT NULL,
+    public_key  TEXT   NOT NULL,
+    enabled     BIGINT NOT NULL,
+    added_at    BIGINT NOT NULL
+);
+
+CREATE TABLE recharge_orders (
+    order_id     TEXT   PRIMARY KEY,
+    city         BIGINT NOT NULL,
+    card_id      TEXT   NOT NULL,
+    amount       BIGINT NOT NULL,
+    provider_id  TEXT   NOT NULL REFERENCES providers (provider_id),
+    created_at   BIGINT NOT NULL,
+    expires_at   BIGINT NOT NULL,
+    -- What the provider says was paid (recorded even when it is not the amount).
+    paid_amount  BIGINT,
+    provider_ref TEXT,
+    paid_at      BIGINT,
+    reader_id    TEXT,
+    seq          BIGINT
+);
+CREATE UNIQUE INDEX recharge_orders_txn ON recharge_orders (reader_id, seq);
+CREATE UNIQUE INDEX recharge_orders_ref ON recharge_orders (provider_id, provider_ref);

@@ -235,6 +235,82 @@ async fn order_race(db: &Db, n: u64, instances: usize) {
     l.close().await;
 }
 
+/// `n` loads race for one paid recharge order: one is bound; an unpaid or underpaid
+/// order binds none.
+async fn recharge_order_race(db: &Db, n: u64) {
+    use cardvm::issuer::payment::{PaymentRecorded, ProviderAlg, ProviderRow};
+    let l = world(db).await;
+    let k = cardvm::crypto::sm2::Sm2PrivateKey::generate(&mut cardvm::crypto::rng::os_rng());
+    l.set_provider(&ProviderRow {
+        provider_id: "bank".into(),
+        name: "Bank".into(),
+        alg: ProviderAlg::Sm2,
+        public_key: cardvm::issuer::ledger::hex(&k.public_key().to_sec1_bytes()),
+        enabled: true,
+        added_at: T0,
+    })
+    .await
+    .expect("provider");
+    for (id, paid) in [("P-paid", 800), ("P-unpaid", 0), ("P-under", 799)] {
+        l.create_recharge_order(id, 731, "CAFE", 800, "bank", T0, T0 + DAY)
+            .await
+            .expect("order");
+        if paid > 0 {
+            assert_eq!(
+                l.record_payment(id, "bank", paid, &format!("ref-{id}"), T0)
+                    .await
+                    .expect("pay"),
+                PaymentRecorded::Now
+            );
+        }
+    }
+    // The same provider reference for another order is another payment.
+    assert_eq!(
+        l.record_payment("P-unpaid", "bank", 800, "ref-P-paid", T0)
+            .await
+            .expect("pay"),
+        PaymentRecorded::OtherPayment
+    );
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let l = l.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut t = txn("R1", 500 + i, TxnKind::Load, "CAFE", 800, T0 + 1);
+            t.order_id = Some("P-paid".into());
+            l.insert(&t, None).await.expect("insert")
+        }));
+    }
+    let mut bound = 0;
+    for t in tasks {
+        if t.await.expect("task") == Recorded::Yes {
+            bound += 1;
+        }
+    }
+    assert_eq!(bound, 1, "{n} racing loads");
+    for id in ["P-unpaid", "P-under"] {
+        let mut t = txn("R2", 900, TxnKind::Load, "CAFE", 800, T0 + 1);
+        t.order_id = Some(id.into());
+        assert_eq!(
+            l.insert(&t, None).await.expect("insert"),
+            Recorded::OrderNotPayable
+        );
+    }
+    l.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_loads_use_a_paid_recharge_order_once_on_sqlite() {
+    recharge_order_race(&sqlite("rorder"), 16).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_loads_use_a_paid_recharge_order_once_on_postgresql() {
+    let Some(db) = postgres("rorder") else {
+        return;
+    };
+    recharge_order_race(&db, 32).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_purchases_bind_an_order_once_on_sqlite() {
     order_race(&sqlite("race"), 16, 2).await;

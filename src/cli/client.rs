@@ -46,6 +46,10 @@ struct CardTxn {
     /// Amount: yuan with a point (100.00) or fen (10000).
     #[arg(long)]
     amount: String,
+    /// `recharge` only: the recharge order paid first at a payment provider (a city
+    /// that loads only paid recharges requires it; docs/clearing.md).
+    #[arg(long, value_name = "ID")]
+    order: Option<String>,
 }
 
 /// `client pay`: a merchant's order.
@@ -110,7 +114,7 @@ enum ClientCmd {
 /// What a transaction does on the card.
 #[derive(Debug, Clone)]
 enum What {
-    Load(u64),
+    Load(u64, Option<String>),
     Purchase(u64),
     Pay(String),
 }
@@ -128,7 +132,7 @@ fn card_txn(t: CardOn, what: What) -> CliResult {
         apdu_timeout,
         json,
     } = t;
-    let purchase = !matches!(what, What::Load(_));
+    let purchase = !matches!(what, What::Load(..));
     {
         let apdu_timeout = super::pcsc::apdu_timeout(apdu_timeout)?;
         let key_path = conn.reader_dir.join("reader.key");
@@ -293,9 +297,15 @@ pub fn run(args: ClientArgs) -> CliResult {
     match args.cmd {
         ClientCmd::Recharge(t) => {
             let amount = super::issuer::parse_amount(&t.amount)?;
-            card_txn(t.on, What::Load(amount))
+            card_txn(t.on, What::Load(amount, t.order))
         }
         ClientCmd::Purchase(t) => {
+            if t.order.is_some() {
+                return Err(
+                    "--order on a purchase: pay a merchant's order with cardvm client pay --order ID"
+                        .into(),
+                );
+            }
             let amount = super::issuer::parse_amount(&t.amount)?;
             card_txn(t.on, What::Purchase(amount))
         }
@@ -353,7 +363,13 @@ async fn on_card<T: cardvm::transport::CardTransport>(
     progress: impl FnMut(&Step),
 ) -> Result<cardvm::online::client::RechargeOutcome, cardvm::online::client::RechargeError> {
     match what {
-        What::Load(amount) => recharge(client, reader, card, city, *amount, progress).await,
+        What::Load(amount, None) => recharge(client, reader, card, city, *amount, progress).await,
+        What::Load(amount, Some(order)) => {
+            cardvm::online::client::recharge_paid(
+                client, reader, card, city, *amount, order, progress,
+            )
+            .await
+        }
         What::Purchase(amount) => {
             cardvm::online::client::purchase(client, reader, card, city, *amount, progress).await
         }

@@ -188,6 +188,11 @@ enum IssuerCmd {
         #[command(subcommand)]
         cmd: super::money::MerchantCmd,
     },
+    /// Payment providers whose signed notifications mark recharge orders paid.
+    Provider {
+        #[command(subcommand)]
+        cmd: super::money::ProviderCmd,
+    },
     /// Clear a business day (counts, sums, fees, merchants' net; signed files), set
     /// the day's zone and cut-off, or verify a day's files.
     Clearing {
@@ -282,6 +287,10 @@ enum CityCmd {
         /// Highest total of loads per card per day (fen).
         #[arg(long, default_value_t = 200_000)]
         day_limit: u64,
+        /// Load only recharges paid first at a payment provider (a load presents the
+        /// paid order: docs/clearing.md).
+        #[arg(long)]
+        paid_first: bool,
     },
 }
 
@@ -341,7 +350,15 @@ async fn run_async(args: IssuerArgs) -> CliResult {
                 purse_limit,
                 txn_limit,
                 day_limit,
+                paid_first,
             } => {
+                ledger
+                    .set_config(
+                        &format!("paid_first.{city}"),
+                        if paid_first { "1" } else { "0" },
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
                 city_add(
                     &ledger,
                     CityRow {
@@ -507,6 +524,7 @@ async fn run_async(args: IssuerArgs) -> CliResult {
         } => decide(&ledger, &reader, seq, committed, &reason).await,
         IssuerCmd::Status { warn_days } => status(&ledger, warn_days).await,
         IssuerCmd::Merchant { cmd } => super::money::merchant(&ledger, cmd).await,
+        IssuerCmd::Provider { cmd } => super::money::provider(&ledger, cmd).await,
         IssuerCmd::Clearing { cmd } => super::money::clearing_cmd(&ledger, cmd).await,
         IssuerCmd::Report { from, to, json } => {
             super::money::report(&ledger, &from, &to, json).await

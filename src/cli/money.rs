@@ -65,6 +65,76 @@ pub enum MerchantCmd {
     },
 }
 
+/// `issuer provider …`.
+#[derive(Subcommand, Debug)]
+pub enum ProviderCmd {
+    /// Register (or update) a payment provider and the key it signs notifications with.
+    Add {
+        /// Its id (1-32 of A-Z a-z 0-9 - _ .).
+        #[arg(value_name = "ID")]
+        id: String,
+        /// Its name.
+        #[arg(long)]
+        name: String,
+        /// How it signs: sm2 (key: `cardvm keygen` public key) or rsa-sha256 (key: an
+        /// RSA public key, SPKI PEM, 2048 bits or more).
+        #[arg(long)]
+        alg: String,
+        /// Its public key file.
+        #[arg(long, value_name = "PUB")]
+        key: PathBuf,
+    },
+    /// The providers.
+    List,
+}
+
+/// Runs `issuer provider …`.
+pub async fn provider(ledger: &Ledger, cmd: ProviderCmd) -> CliResult {
+    use cardvm::issuer::payment::{ProviderAlg, ProviderRow};
+    match cmd {
+        ProviderCmd::Add { id, name, alg, key } => {
+            if !valid_id(&id) {
+                return Err(format!("provider id `{id}`: 1-32 of A-Z a-z 0-9 - _ ."));
+            }
+            let a = ProviderAlg::parse(&alg)
+                .ok_or_else(|| format!("--alg {alg}: sm2 or rsa-sha256"))?;
+            let public_key = match a {
+                ProviderAlg::Sm2 => hex(&super::keys::load_public_key(&key)?.to_sec1_bytes()),
+                ProviderAlg::RsaSha256 => {
+                    std::fs::read_to_string(&key).map_err(|x| format!("{}: {x}", key.display()))?
+                }
+            };
+            a.check_key(&public_key)
+                .map_err(|x| format!("{}: {x}", key.display()))?;
+            ledger
+                .set_provider(&ProviderRow {
+                    provider_id: id.clone(),
+                    name: name.clone(),
+                    alg: a,
+                    public_key,
+                    enabled: true,
+                    added_at: now(),
+                })
+                .await
+                .map_err(e)?;
+            println!("payment provider {id} ({name}): signs with {}", a.name());
+            Ok(())
+        }
+        ProviderCmd::List => {
+            for p in ledger.providers().await.map_err(e)? {
+                println!(
+                    "{:<16} {:<24} {:<10} {}",
+                    p.provider_id,
+                    p.name,
+                    p.alg.name(),
+                    if p.enabled { "enabled" } else { "DISABLED" }
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
 /// `issuer clearing …`.
 #[derive(Subcommand, Debug)]
 pub enum ClearingCmd {

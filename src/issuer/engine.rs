@@ -679,13 +679,94 @@ impl Issuer {
     /// Builds the bundle a verified query asks for: a load of `amount` fen, or — when the
     /// card has a load left `unknown` — the city's recovery bundle for it first.
     pub async fn bundle(&self, receipt: &Receipt, amount: u64) -> Result<Bundle, IssuerError> {
+        self.bundle_for(receipt, amount, None).await
+    }
+
+    /// [`Issuer::bundle`] using a paid recharge order (`docs/clearing.md` "Recharges
+    /// paid first"): required in a city that takes only paid recharges. The order must be
+    /// for this card and amount, paid exactly that by its provider, unexpired and not held
+    /// by another load; it is bound to the bundle in the transaction that records it.
+    pub async fn bundle_for(
+        &self,
+        receipt: &Receipt,
+        amount: u64,
+        order_id: Option<&str>,
+    ) -> Result<Bundle, IssuerError> {
         let (q, card_hex) = self.admit(receipt).await?;
         let city = self.city(q.card.city).await?;
         if let Some(unknown) = self.ledger.oldest_unknown(&card_hex).await? {
             return self.recovery_bundle(&q, &unknown).await;
         }
         self.check_load(&q, &city, amount).await?;
-        self.load_bundle(&q, &city, amount).await
+        match order_id {
+            Some(id) => {
+                self.check_recharge_order(id, &city, &card_hex, amount)
+                    .await?
+            }
+            None if self.paid_first(city.city).await? => {
+                return Err(IssuerError::Order {
+                    order: String::new(),
+                    detail: format!(
+                        "city {} loads only recharges paid first: give the paid order's id",
+                        city.city
+                    ),
+                });
+            }
+            None => {}
+        }
+        self.load_bundle(&q, &city, amount, order_id).await
+    }
+
+    /// Whether a city loads only recharges paid first (`issuer city add --paid-first`).
+    pub async fn paid_first(&self, city: u32) -> Result<bool, IssuerError> {
+        Ok(self
+            .ledger
+            .config(&format!("paid_first.{city}"))
+            .await?
+            .is_some_and(|v| v == "1"))
+    }
+
+    async fn check_recharge_order(
+        &self,
+        order_id: &str,
+        city: &CityRow,
+        card_hex: &str,
+        amount: u64,
+    ) -> Result<(), IssuerError> {
+        use crate::issuer::payment::RechargeState;
+        let refuse = |detail: String| IssuerError::Order {
+            order: order_id.into(),
+            detail,
+        };
+        let o = self
+            .ledger
+            .recharge_order(order_id)
+            .await?
+            .ok_or_else(|| IssuerError::UnknownOrder(order_id.into()))?;
+        if o.city != city.city || !o.card_id.eq_ignore_ascii_case(card_hex) {
+            return Err(refuse(format!(
+                "it is for card {} of city {}, not this card",
+                o.card_id, o.city
+            )));
+        }
+        if o.amount != amount {
+            return Err(refuse(format!(
+                "amount {amount} is not the order's {}",
+                o.amount
+            )));
+        }
+        match o.state(self.clock.now()) {
+            RechargeState::Paid => Ok(()),
+            RechargeState::Unpaid => Err(refuse(
+                "not paid: the payment provider has not confirmed it".into(),
+            )),
+            RechargeState::Mispaid => Err(refuse(format!(
+                "the provider reported {} paid, not {}: no load (the card company settles it)",
+                o.paid_amount.unwrap_or_default(),
+                o.amount
+            ))),
+            other => Err(refuse(format!("it is {}", other.name()))),
+        }
     }
 
     /// A verified query that may buy a bundle: not used before, its card not blocked and
@@ -927,6 +1008,7 @@ impl Issuer {
         q: &VerifiedQuery,
         city: &CityRow,
         amount: u64,
+        order_id: Option<&str>,
     ) -> Result<Bundle, IssuerError> {
         let (command, program) = self.program(city.city, "load").await?;
         let now = self.clock.now();
@@ -940,7 +1022,7 @@ impl Issuer {
             &q.card.card_id,
             txn_values(amount, terminal, when),
         )?;
-        self.finish(
+        self.finish_order(
             q,
             TxnKind::Load,
             &command,
@@ -956,6 +1038,7 @@ impl Issuer {
                 day_start: now - now % 86_400,
                 now,
             }),
+            order_id,
         )
         .await
     }

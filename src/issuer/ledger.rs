@@ -329,8 +329,9 @@ pub struct NewTxn {
     pub expires_at: u64,
     /// Whether its script is host-secured (docs/host.md).
     pub host_secured: bool,
-    /// The merchant order a purchase pays: bound to this transaction in the same
-    /// database transaction, or nothing is recorded ([`Recorded::OrderNotPayable`]).
+    /// The merchant order a purchase pays, or the paid recharge order a load uses: bound
+    /// to this transaction in the same database transaction, or nothing is recorded
+    /// ([`Recorded::OrderNotPayable`]).
     pub order_id: Option<String>,
 }
 
@@ -1049,9 +1050,14 @@ impl Ledger {
         .execute(&mut *tx)
         .await
         .map_err(db("record bundle"))?;
-        if let Some(order) = &t.order_id
-            && !super::merchant::bind_order(&mut tx, order, t).await?
-        {
+        let bound = match (&t.order_id, t.kind) {
+            (None, _) => true,
+            (Some(order), TxnKind::Load) => {
+                super::payment::bind_recharge_order(&mut tx, order, t).await?
+            }
+            (Some(order), _) => super::merchant::bind_order(&mut tx, order, t).await?,
+        };
+        if !bound {
             tx.rollback().await.map_err(db("rollback"))?;
             return Ok(Recorded::OrderNotPayable);
         }

@@ -246,6 +246,20 @@ fn merchant_from_row(row: &AnyRow) -> Result<MerchantRow, LedgerError> {
     })
 }
 
+/// The SQL condition that no transaction holds the order row of `table` at time `now`
+/// (a bind parameter): none is bound, or the one bound failed, or its bundle expired
+/// before the card company answered its host command (then the card cannot have it).
+pub(super) fn not_held(table: &str, now: &str) -> String {
+    format!(
+        "({table}.reader_id IS NULL OR EXISTS ( \
+             SELECT 1 FROM transactions b WHERE b.reader_id = {table}.reader_id \
+             AND b.seq = {table}.seq AND (b.state IN ('failed', 'recovered-failed') \
+             OR (b.state = 'issued' AND b.expires_at <= {now} AND NOT EXISTS ( \
+                 SELECT 1 FROM host_answers h WHERE h.reader_id = b.reader_id \
+                 AND h.seq = b.seq)))))"
+    )
+}
+
 /// Binds `order` to the purchase `t` inside the transaction that records it: only an
 /// open, unexpired order of exactly `t.amount` whose merchant is enabled, and only when
 /// no other purchase holds it (none bound, or the bound one failed, or expired before
@@ -256,18 +270,13 @@ pub(super) async fn bind_order(
     t: &NewTxn,
 ) -> Result<bool, LedgerError> {
     let now = to_i64(t.issued_at, "issued_at")?;
-    let r = sqlx::query(
+    let r = sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE orders SET reader_id = $1, seq = $2 \
          WHERE order_id = $3 AND state = 'open' AND expires_at > $4 AND amount = $5 \
          AND EXISTS (SELECT 1 FROM merchants m WHERE m.merchant_id = orders.merchant_id \
-                     AND m.enabled = 1) \
-         AND (orders.reader_id IS NULL OR EXISTS ( \
-             SELECT 1 FROM transactions b WHERE b.reader_id = orders.reader_id \
-             AND b.seq = orders.seq AND (b.state IN ('failed', 'recovered-failed') \
-             OR (b.state = 'issued' AND b.expires_at <= $4 AND NOT EXISTS ( \
-                 SELECT 1 FROM host_answers h WHERE h.reader_id = b.reader_id \
-                 AND h.seq = b.seq)))))",
-    )
+                     AND m.enabled = 1) AND {}",
+        not_held("orders", "$4")
+    )))
     .bind(t.reader_id.as_str())
     .bind(to_i64(t.seq, "seq")?)
     .bind(order)
@@ -482,15 +491,11 @@ impl Ledger {
     /// Cancels an order that no purchase holds (as the binding of a purchase decides holding).
     /// `Ok(false)`: it is paid, being paid, cancelled or refunded — nothing changed.
     pub async fn cancel_order(&self, order_id: &str, now: u64) -> Result<bool, LedgerError> {
-        let r = sqlx::query(
+        let r = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE orders SET state = 'cancelled' WHERE order_id = $1 AND state = 'open' \
-             AND (orders.reader_id IS NULL OR EXISTS ( \
-                 SELECT 1 FROM transactions b WHERE b.reader_id = orders.reader_id \
-                 AND b.seq = orders.seq AND (b.state IN ('failed', 'recovered-failed') \
-                 OR (b.state = 'issued' AND b.expires_at <= $2 AND NOT EXISTS ( \
-                     SELECT 1 FROM host_answers h WHERE h.reader_id = b.reader_id \
-                     AND h.seq = b.seq)))))",
-        )
+             AND {}",
+            not_held("orders", "$2")
+        )))
         .bind(order_id)
         .bind(to_i64(now, "now")?)
         .execute(&self.pool)

@@ -41,6 +41,8 @@ pub mod keys;
 pub mod ledger;
 #[cfg(feature = "issuer")]
 pub mod merchant;
+#[cfg(feature = "issuer")]
+pub mod payment;
 pub mod pki;
 #[cfg(feature = "issuer")]
 pub mod query;

@@ -372,6 +372,44 @@ impl Client {
             .await
     }
 
+    /// A recharge order for `card_id` (hex) of `amount` fen, to be paid at
+    /// `provider_id` before the load (`docs/clearing.md`).
+    pub async fn recharge_order(
+        &self,
+        city: u32,
+        card_id: &str,
+        amount: u64,
+        provider_id: &str,
+    ) -> Result<RechargeOrderReply, ClientError> {
+        self.post(
+            "/v1/recharge/order",
+            &RechargeOrderRequest {
+                request_id: new_request_id(),
+                city,
+                card_id: card_id.into(),
+                amount,
+                provider_id: provider_id.into(),
+            },
+        )
+        .await
+    }
+
+    /// Where a recharge order stands (`paid` once its provider confirmed it).
+    pub async fn recharge_order_state(
+        &self,
+        order_id: &str,
+    ) -> Result<RechargeOrderReply, ClientError> {
+        self.post(
+            "/v1/recharge/order/query",
+            &OrderRequest {
+                request_id: new_request_id(),
+                order_id: Some(order_id.into()),
+                merchant_order: None,
+            },
+        )
+        .await
+    }
+
     /// The order `order_id` as a cardholder about to pay it sees it.
     pub async fn order(&self, order_id: &str) -> Result<OrderReply, ClientError> {
         self.post(
@@ -743,7 +781,39 @@ pub async fn recharge<T: crate::transport::CardTransport>(
     amount: u64,
     progress: impl FnMut(&Step),
 ) -> Result<RechargeOutcome, RechargeError> {
-    online(client, reader, card, city, amount, Mode::Load, progress).await
+    online(
+        client,
+        reader,
+        card,
+        city,
+        amount,
+        Mode::Load(None),
+        progress,
+    )
+    .await
+}
+
+/// [`recharge`] presenting a recharge order paid first at a payment provider
+/// (`docs/clearing.md`): required in a city that loads only paid recharges.
+pub async fn recharge_paid<T: crate::transport::CardTransport>(
+    client: &Client,
+    reader: &mut crate::reader::Reader,
+    card: &mut T,
+    city: u32,
+    amount: u64,
+    order_id: &str,
+    progress: impl FnMut(&Step),
+) -> Result<RechargeOutcome, RechargeError> {
+    online(
+        client,
+        reader,
+        card,
+        city,
+        amount,
+        Mode::Load(Some(order_id.into())),
+        progress,
+    )
+    .await
 }
 
 /// One online purchase of `amount` fen from `card` (`docs/host.md`): as [`recharge`], with
@@ -803,7 +873,8 @@ pub async fn pay_order<T: crate::transport::CardTransport>(
 
 /// What an online transaction does on the card.
 enum Mode {
-    Load,
+    /// A load, with the paid recharge order it uses.
+    Load(Option<String>),
     /// A purchase, paying an order or the card company itself.
     Purchase(Option<String>),
 }
@@ -849,7 +920,7 @@ async fn online<T: crate::transport::CardTransport>(
                 _ => None,
             },
         });
-        let bundle = match &mode {
+        let bundle: BundleReply = match &mode {
             Mode::Purchase(order) => {
                 client
                     .post(
@@ -863,9 +934,17 @@ async fn online<T: crate::transport::CardTransport>(
                     )
                     .await?
             }
-            Mode::Load => {
+            Mode::Load(order) => {
                 client
-                    .start(&new_request_id(), &q.receipt.to_json(), amount)
+                    .post(
+                        "/v1/recharge/start",
+                        &StartRequest {
+                            request_id: new_request_id(),
+                            query: q.receipt.to_json(),
+                            amount,
+                            order_id: order.clone(),
+                        },
+                    )
                     .await?
             }
         };

@@ -15,8 +15,16 @@ const BUCKETS: [f64; 10] = [
 
 /// The paths the service has; anything else is counted as `other` (no label from a
 /// client's URL, so the series stay few).
-const PATHS: [&str; 10] = [
+const PATHS: [&str; 18] = [
     "/v1/health",
+    "/v1/order",
+    "/v1/recharge/order",
+    "/v1/recharge/order/query",
+    "/v1/provider/notify",
+    "/v1/merchant/orders",
+    "/v1/merchant/orders/query",
+    "/v1/merchant/orders/cancel",
+    "/v1/merchant/orders/refund",
     "/v1/host",
     "/v1/purchase/start",
     "/v1/query-script",

@@ -47,6 +47,8 @@ pub const API: &str = "/v1";
 pub const HDR_READER: &str = "x-cardvm-reader";
 /// Header: the merchant id (merchant requests, instead of [`HDR_READER`]).
 pub const HDR_MERCHANT: &str = "x-cardvm-merchant";
+/// Header: the payment provider id (a provider's payment notification).
+pub const HDR_PROVIDER: &str = "x-cardvm-provider";
 /// Header of a notification: the key id (hex) of the card company's key that signed it.
 pub const HDR_ISSUER_KEY: &str = "x-cardvm-issuer-key";
 /// Header: the reader's clock, unix seconds.
@@ -107,6 +109,15 @@ fn domain_input(
         s.push_str(&format!("{b:02x}"));
     }
     s.into_bytes()
+}
+
+/// What a payment provider signs for its notification (`docs/clearing.md`): the domain
+/// string, its id and time, and the body as sent. SM2 (default distinguishing id) or
+/// RSA PKCS#1 v1.5 with SHA-256 over these bytes, hex in [`HDR_SIGNATURE`].
+pub fn provider_signing_input(provider_id: &str, time: u64, body: &[u8]) -> Vec<u8> {
+    let mut s = format!("cardvm-provider-v1\n{provider_id}\n{time}\n").into_bytes();
+    s.extend_from_slice(body);
+    s
 }
 
 /// Checks a notification as a merchant receives it (`docs/clearing.md`): the
@@ -232,6 +243,71 @@ pub struct OrderRequest {
     /// The merchant's order number (merchant requests only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merchant_order: Option<String>,
+}
+
+/// `POST /v1/recharge/order`: a recharge to be paid first at a payment provider.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RechargeOrderRequest {
+    /// Idempotency key.
+    pub request_id: String,
+    /// The card's city.
+    pub city: u32,
+    /// The card to load (hex, as the card query read it).
+    pub card_id: String,
+    /// Fen.
+    pub amount: u64,
+    /// The provider the cardholder pays at.
+    pub provider_id: String,
+}
+
+/// A recharge order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RechargeOrderReply {
+    /// The card company's id (the provider is told it; the load presents it).
+    pub order_id: String,
+    /// City.
+    pub city: u32,
+    /// Card (hex).
+    pub card_id: String,
+    /// Fen.
+    pub amount: u64,
+    /// Yuan, for display.
+    pub amount_display: String,
+    /// The provider.
+    pub provider_id: String,
+    /// `unpaid`, `mispaid`, `paid`, `loading`, `loaded` or `expired`.
+    pub state: String,
+    /// Unix seconds: no load for it starts from then on.
+    pub expires_at: u64,
+    /// When the provider confirmed payment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paid_at: Option<u64>,
+}
+
+/// `POST /v1/provider/notify`: a payment provider confirms a recharge order was paid.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderNotification {
+    /// The card company's order id.
+    pub order_id: String,
+    /// What was paid, fen.
+    pub amount: u64,
+    /// The provider's own reference of the payment (unique per provider).
+    pub provider_ref: String,
+    /// `paid`.
+    pub status: String,
+}
+
+/// The card company's acknowledgement of a provider's notification.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProviderAck {
+    /// The order.
+    pub order_id: String,
+    /// `recorded` now or `already` recorded.
+    pub result: String,
+    /// The order's state now.
+    pub state: String,
 }
 
 /// `POST /v1/merchant/orders`: a payment order.

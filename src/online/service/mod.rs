@@ -31,6 +31,7 @@ use super::protocol::*;
 
 mod merchant;
 mod notify;
+mod payment;
 use crate::issuer::ledger::{Reservation, hex};
 use crate::issuer::{Issuer, IssuerError, Settled};
 use crate::receipt::Receipt;
@@ -673,6 +674,7 @@ macro_rules! has_request_id {
     ($($t:ty),*) => {$(impl HasRequestId for $t { fn request_id(&self) -> &str { &self.request_id } })*};
 }
 has_request_id!(
+    RechargeOrderRequest,
     OrderRequest,
     CreateOrderRequest,
     RefundRequest,
@@ -779,7 +781,10 @@ async fn start(
         true,
         |svc, caller, req: StartRequest| async move {
             let query = parse_receipt(&req.query, &caller, "query")?;
-            let b = svc.issuer.bundle(&query, req.amount).await?;
+            let b = svc
+                .issuer
+                .bundle_for(&query, req.amount, req.order_id.as_deref())
+                .await?;
             Ok(bundle_reply(&b))
         },
     )
@@ -1036,6 +1041,9 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/host", post(host))
         .route("/v1/purchase/start", post(purchase_start))
         .route("/v1/order", post(merchant::order_for_payment))
+        .route("/v1/recharge/order", post(payment::create))
+        .route("/v1/recharge/order/query", post(payment::query))
+        .route("/v1/provider/notify", post(payment::notify))
         .route("/v1/merchant/orders", post(merchant::create))
         .route("/v1/merchant/orders/query", post(merchant::query))
         .route("/v1/merchant/orders/cancel", post(merchant::cancel))
