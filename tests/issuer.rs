@@ -337,6 +337,19 @@ async fn load_flow(c: &City) {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].balance_after, Some(10_500));
     assert_eq!(rows[0].card_id, hex(&SERIAL));
+    // The card was given Beijing time (NOW is 12:00 UTC), and its TAC verified over it.
+    assert_eq!(rows[0].datetime, "20261123200000");
+    assert_eq!(w.issuer.local_bcd(NOW), [0x20, 0x26, 0x11, 0x23, 0x20, 0, 0]);
+    let utc = Issuer::new(
+        w.issuer.ledger().clone(),
+        TrustStore::new(),
+        key(),
+        Arc::new(cluster::Masters(vec![])),
+        Arc::new(TestClock(AtomicU64::new(NOW))),
+    )
+    .with_zone("UTC")
+    .expect("zone");
+    assert_eq!(utc.local_bcd(NOW), [0x20, 0x26, 0x11, 0x23, 0x12, 0, 0]);
 }
 
 #[tokio::test]

@@ -803,13 +803,14 @@ async fn open_issuer(ledger: &Ledger) -> Result<Issuer, String> {
     let trust = trust_store(ledger).await?;
     let key = load_private_key(Path::new(&config(ledger, "issuer_key").await?))?;
     let keys = key_store(ledger).await?;
-    Ok(Issuer::new(
-        ledger.clone(),
-        trust,
-        key,
-        keys,
-        Arc::new(SystemClock),
-    ))
+    // One zone for the card company: cards' dates, the daily limit and clearing
+    // (`issuer clearing config`).
+    let zone = ledger
+        .config("clearing_zone")
+        .await
+        .map_err(|e| e.to_string())?
+        .unwrap_or_else(|| cardvm::issuer::clearing::DEFAULT_ZONE.into());
+    Issuer::new(ledger.clone(), trust, key, keys, Arc::new(SystemClock)).with_zone(&zone)
 }
 
 /// A command script from a `.cvm`, or compiled from a `.casm` or `.cvs`.

@@ -147,7 +147,9 @@ pub enum ClearingCmd {
         #[arg(short = 'o', long = "out", value_name = "DIR", default_value = ".")]
         out: PathBuf,
     },
-    /// Set the business day: time zone and cut-off (used by every later run).
+    /// Set the card company's time zone (business days, the dates written to cards, the
+    /// daily limit's day) and the clearing cut-off; a running service takes the zone at
+    /// its next start.
     Config {
         /// IANA time zone.
         #[arg(long, default_value = clearing::DEFAULT_ZONE)]

@@ -386,6 +386,9 @@ pub struct Issuer {
     keys: Arc<dyn MasterKeyStore>,
     clock: Arc<dyn Clock + Send + Sync>,
     policy: IssuerPolicy,
+    /// The card company's time zone: the date and time written to cards (and so into
+    /// their TACs and receipts), the card's validity dates and the daily limit's day.
+    zone: jiff::tz::TimeZone,
 }
 
 impl Issuer {
@@ -406,7 +409,33 @@ impl Issuer {
             keys,
             clock,
             policy: IssuerPolicy::default(),
+            zone: jiff::tz::TimeZone::get(crate::issuer::clearing::DEFAULT_ZONE)
+                .unwrap_or(jiff::tz::TimeZone::UTC),
         }
+    }
+
+    /// Uses the IANA time zone `zone` for the dates written to cards, card validity and
+    /// the daily limit (default `Asia/Shanghai`; the ledger keeps UTC).
+    pub fn with_zone(mut self, zone: &str) -> Result<Self, String> {
+        self.zone = jiff::tz::TimeZone::get(zone).map_err(|e| format!("time zone `{zone}`: {e}"))?;
+        Ok(self)
+    }
+
+    /// `t` (unix seconds) as the BCD date-time `YYYYMMDDhhmmss` in the card company's zone.
+    pub fn local_bcd(&self, t: u64) -> [u8; 7] {
+        let offset = jiff::Timestamp::from_second(i64::try_from(t).unwrap_or(i64::MAX))
+            .map(|ts| i64::from(self.zone.to_offset(ts).seconds()))
+            .unwrap_or(0);
+        unix_to_bcd_datetime(t.saturating_add_signed(offset))
+    }
+
+    /// The start (unix seconds) of the local day that holds `t`.
+    fn local_day_start(&self, t: u64) -> u64 {
+        jiff::Timestamp::from_second(i64::try_from(t).unwrap_or(i64::MAX))
+            .ok()
+            .and_then(|ts| ts.to_zoned_datetime(self.zone.clone()).start_of_day().ok())
+            .and_then(|z| u64::try_from(z.timestamp().as_second()).ok())
+            .unwrap_or(t - t % 86_400)
     }
 
     /// Replaces the trust anchors and CRLs (a service reloads them from the ledger, so a
@@ -910,7 +939,7 @@ impl Issuer {
                 detail: "an online purchase script is host-secured (purchase_host.cvs)".into(),
             });
         }
-        let when = unix_to_bcd_datetime(self.clock.now());
+        let when = self.local_bcd(self.clock.now());
         let terminal = q.reader.terminal_id;
         let data = self.data_for(
             &q.identity,
@@ -947,7 +976,7 @@ impl Issuer {
             detail,
         };
         let now = self.clock.now();
-        let today = &unix_to_bcd_datetime(now)[..4];
+        let today = &self.local_bcd(now)[..4];
         if let Some(until) = q.card.valid_until
             && until.as_slice() < today
         {
@@ -992,7 +1021,7 @@ impl Issuer {
                 city.purse_limit
             )));
         }
-        let day_start = now - now % 86_400;
+        let day_start = self.local_day_start(now);
         let total = self.ledger.load_total(&card, day_start, now).await?;
         if total.saturating_add(amount) > city.day_limit {
             return Err(limit(format!(
@@ -1012,7 +1041,7 @@ impl Issuer {
     ) -> Result<Bundle, IssuerError> {
         let (command, program) = self.program(city.city, "load").await?;
         let now = self.clock.now();
-        let when = unix_to_bcd_datetime(now);
+        let when = self.local_bcd(now);
         let terminal = q.reader.terminal_id;
         let data = self.data_for(
             &q.identity,
@@ -1035,7 +1064,7 @@ impl Issuer {
                 balance: q.card.balance.unwrap_or(0),
                 purse_limit: city.purse_limit,
                 day_limit: city.day_limit,
-                day_start: now - now % 86_400,
+                day_start: self.local_day_start(now),
                 now,
             }),
             order_id,
@@ -1075,7 +1104,7 @@ impl Issuer {
                 })
             },
         )?;
-        let when = hex(&unix_to_bcd_datetime(self.clock.now()));
+        let when = hex(&self.local_bcd(self.clock.now()));
         self.finish(
             q,
             TxnKind::Recover,

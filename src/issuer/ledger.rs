@@ -227,7 +227,7 @@ pub struct CityRow {
     pub purse_limit: u64,
     /// Highest single load (fen).
     pub txn_limit: u64,
-    /// Highest total of loads per card per UTC day (fen).
+    /// Highest total of loads per card per local day (the card company's zone) (fen).
     pub day_limit: u64,
 }
 
