@@ -496,6 +496,103 @@ async fn a_mixed_day_clears_once_and_reconciles_on_postgresql() {
     mixed_day(&db).await;
 }
 
+/// Journals against the ledger, and card counters, on synthetic receipts.
+async fn reconciliation(db: &Db) {
+    use cardvm::issuer::reconcile::{JournalReceipt, reconcile};
+    let l = world(db).await;
+    let mut at = T0;
+    // Card D: loads at online counters 1, 2, 4 (3 is missing); card E: purchases at
+    // offline counters 7 and 7 again.
+    for (seq, kind, card, atc) in [
+        (1, TxnKind::Load, "D", 1),
+        (2, TxnKind::Load, "D", 2),
+        (3, TxnKind::Load, "D", 4),
+        (4, TxnKind::Purchase, "E", 7),
+        (5, TxnKind::Purchase, "E", 7),
+    ] {
+        at += 10;
+        l.insert(&txn("R1", seq, kind, card, 100, at), None)
+            .await
+            .expect("insert");
+        let s = Settlement {
+            state: TxnState::Committed,
+            receipt_sm3: format!("SM3-{seq}"),
+            at,
+            atc: Some(atc),
+            mac2: None,
+            tac: None,
+            balance_before: None,
+            balance_after: None,
+            note: None,
+        };
+        l.settle("R1", seq, &s).await.expect("settle");
+    }
+    // Seq 6 issued, never settled.
+    l.insert(&txn("R1", 6, TxnKind::Load, "D", 100, at + 10), None)
+        .await
+        .expect("insert");
+    let r = |seq: u64, sm3: &str, journal_seq: u64| JournalReceipt {
+        journal: "r1.journal".into(),
+        journal_seq,
+        reader_id: "R1".into(),
+        seq,
+        receipt_sm3: sm3.into(),
+        card_id: "D".into(),
+        outcome: "committed".into(),
+    };
+    let receipts = [
+        r(1, "SM3-1", 1),  // matches
+        r(2, "SM3-X", 2),  // settled with another receipt
+        r(6, "SM3-6", 3),  // never delivered
+        r(9, "SM3-9", 4),  // no such bundle
+        r(1, "SM3-1b", 5), // a second, different receipt for seq 1
+    ];
+    let rec = reconcile(&l, &receipts).await.expect("reconcile");
+    let kinds: Vec<(&str, u64)> = rec
+        .findings
+        .iter()
+        .map(|f| (f.kind.as_str(), f.seq))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("other_receipt", 2),
+            ("not_settled", 6),
+            ("not_in_ledger", 9),
+            ("duplicated", 1),
+            ("counter_gap", 3),
+            ("counter_gap", 5),
+        ],
+        "{:#?}",
+        rec.findings
+    );
+    assert_eq!((rec.receipts, rec.matched, rec.counted), (5, 1, 5));
+    assert!(
+        rec.findings[4].detail.contains("jumps from 2"),
+        "{:?}",
+        rec.findings[4]
+    );
+    assert!(
+        rec.findings[5].detail.contains("settled twice"),
+        "{:?}",
+        rec.findings[5]
+    );
+    l.close().await;
+}
+
+#[tokio::test]
+async fn reconciliation_finds_every_mismatch_on_sqlite() {
+    reconciliation(&sqlite("reconcile")).await;
+}
+
+#[tokio::test]
+async fn reconciliation_finds_every_mismatch_on_postgresql() {
+    let Some(db) = postgres("reconcile") else {
+        return;
+    };
+    reconciliation(&db).await;
+}
+
 #[test]
 fn the_default_zone_is_beijing_time() {
     let bd = BusinessDay::new(DEFAULT_ZONE, "00:00").expect("zone");

@@ -339,7 +339,10 @@ async fn load_flow(c: &City) {
     assert_eq!(rows[0].card_id, hex(&SERIAL));
     // The card was given Beijing time (NOW is 12:00 UTC), and its TAC verified over it.
     assert_eq!(rows[0].datetime, "20261123200000");
-    assert_eq!(w.issuer.local_bcd(NOW), [0x20, 0x26, 0x11, 0x23, 0x20, 0, 0]);
+    assert_eq!(
+        w.issuer.local_bcd(NOW),
+        [0x20, 0x26, 0x11, 0x23, 0x20, 0, 0]
+    );
     let utc = Issuer::new(
         w.issuer.ledger().clone(),
         TrustStore::new(),

@@ -411,6 +411,28 @@ fn a_merchant_is_paid_from_home_notified_and_cleared() {
     let summary = format!("clearing/clearing-{yesterday}.summary.json");
     let v = ok(cwd, &["issuer", "clearing", "verify", &summary]);
     assert!(v.contains("3 file(s) match"), "{v}");
+    // The reader's journal against the ledger: everything it still holds was settled
+    // as journaled, and the card's counters follow one another.
+    let rec = ok(
+        cwd,
+        &[
+            "issuer",
+            "reconcile",
+            "r1/reader.journal",
+            "-o",
+            "reconcile",
+        ],
+    );
+    assert!(
+        rec.contains("from 1 journal(s)") && rec.contains(" 0 finding(s)"),
+        "{rec}"
+    );
+    let summary_path = rec.lines().last().expect("summary path").to_string();
+    let v = ok(cwd, &["issuer", "clearing", "verify", &summary_path]);
+    assert!(
+        v.contains("reconcile") && v.contains("2 file(s) match"),
+        "{v}"
+    );
     let again = ok(
         cwd,
         &[

@@ -199,6 +199,16 @@ enum IssuerCmd {
         #[command(subcommand)]
         cmd: super::money::ClearingCmd,
     },
+    /// Readers' journals against the ledger (receipts not settled, unknown, settled
+    /// otherwise, duplicated) and the cards' counters (gaps): docs/clearing.md.
+    Reconcile {
+        /// Journals (reader.journal files, read only).
+        #[arg(value_name = "JOURNAL", required = true)]
+        journals: Vec<PathBuf>,
+        /// Also write reconcile-DATE.json, .csv and a signed summary into this directory.
+        #[arg(short = 'o', long = "out", value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// The cleared days between two dates, with their totals.
     Report {
         /// First day, YYYY-MM-DD.
@@ -526,6 +536,9 @@ async fn run_async(args: IssuerArgs) -> CliResult {
         IssuerCmd::Merchant { cmd } => super::money::merchant(&ledger, cmd).await,
         IssuerCmd::Provider { cmd } => super::money::provider(&ledger, cmd).await,
         IssuerCmd::Clearing { cmd } => super::money::clearing_cmd(&ledger, cmd).await,
+        IssuerCmd::Reconcile { journals, out } => {
+            super::money::reconcile(&ledger, &journals, out.as_deref()).await
+        }
         IssuerCmd::Report { from, to, json } => {
             super::money::report(&ledger, &from, &to, json).await
         }

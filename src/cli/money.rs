@@ -376,7 +376,10 @@ pub async fn clearing_cmd(ledger: &Ledger, cmd: ClearingCmd) -> CliResult {
             };
             let s = verify(&summary, &public)?;
             println!(
-                "clearing {} verified: signed by key {}, {} file(s) match",
+                "{} {} verified: signed by key {}, {} file(s) match",
+                s.format
+                    .trim_start_matches("cardvm-")
+                    .trim_end_matches("-v1"),
                 s.day,
                 s.issuer_key_id,
                 s.files.len()
@@ -392,7 +395,6 @@ fn write_files(
     out: &Path,
     issuer: &cardvm::crypto::sm2::Sm2PrivateKey,
 ) -> Result<PathBuf, String> {
-    std::fs::create_dir_all(out).map_err(|x| format!("{}: {x}", out.display()))?;
     let json = serde_json::to_string_pretty(c).map_err(e)?;
     let files = [
         (format!("clearing-{}.json", c.day), json),
@@ -402,29 +404,103 @@ fn write_files(
             clearing::items_csv(c),
         ),
     ];
-    let mut listed = Vec::new();
-    for (name, text) in &files {
-        super::keys::write_file(&out.join(name), text, false, true)?;
-        listed.push((name.clone(), hex(&cardvm::crypto::sm3(text.as_bytes()))));
-    }
-    let mut summary = Summary {
+    let summary = Summary {
         format: "cardvm-clearing-v1".into(),
         day: c.day.clone(),
         zone: c.zone.clone(),
         cutoff: c.cutoff.clone(),
-        totals: c.totals.clone(),
-        files: listed,
-        issuer_key_id: hex(&issuer.public_key().key_id()),
+        totals: serde_json::to_value(&c.totals).map_err(e)?,
+        files: Vec::new(),
+        issuer_key_id: String::new(),
         signature: String::new(),
     };
+    write_signed(out, &format!("clearing-{}", c.day), &files, summary, issuer)
+}
+
+/// Writes `files` into `out`, then `STEM.summary.json`: their SM3s in `summary`, signed.
+fn write_signed(
+    out: &Path,
+    stem: &str,
+    files: &[(String, String)],
+    mut summary: Summary,
+    issuer: &cardvm::crypto::sm2::Sm2PrivateKey,
+) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(out).map_err(|x| format!("{}: {x}", out.display()))?;
+    for (name, text) in files {
+        super::keys::write_file(&out.join(name), text, false, true)?;
+        summary
+            .files
+            .push((name.clone(), hex(&cardvm::crypto::sm3(text.as_bytes()))));
+    }
+    summary.issuer_key_id = hex(&issuer.public_key().key_id());
     let sig = issuer
         .sign(&mut cardvm::crypto::rng::os_rng(), &summary.signing_input())
         .map_err(|x| format!("signing the summary: {x}"))?;
     summary.signature = hex(&sig);
-    let path = out.join(format!("clearing-{}.summary.json", c.day));
+    let path = out.join(format!("{stem}.summary.json"));
     let text = serde_json::to_string_pretty(&summary).map_err(e)?;
     super::keys::write_file(&path, &text, false, true)?;
     Ok(path)
+}
+
+/// `issuer reconcile JOURNAL…`: the journals against the ledger, and the cards'
+/// counters; the findings on stdout and, with `-o`, as signed files.
+pub async fn reconcile(ledger: &Ledger, journals: &[PathBuf], out: Option<&Path>) -> CliResult {
+    use cardvm::issuer::reconcile::{findings_csv, journal_receipts, reconcile};
+    let mut receipts = Vec::new();
+    for j in journals {
+        receipts.extend(journal_receipts(j)?);
+    }
+    let r = reconcile(ledger, &receipts).await.map_err(e)?;
+    for f in &r.findings {
+        println!(
+            "{:<13} {} {}",
+            f.kind,
+            if f.reader_id.is_empty() {
+                format!("card {}", f.card_id)
+            } else {
+                format!("{}/{} card {}", f.reader_id, f.seq, f.card_id)
+            },
+            f.detail
+        );
+    }
+    println!(
+        "{} receipt(s) from {} journal(s): {} settled as journaled; {} settled transaction(s) counted; {} finding(s)",
+        r.receipts,
+        journals.len(),
+        r.matched,
+        r.counted,
+        r.findings.len()
+    );
+    if let Some(out) = out {
+        let bd = business_day(ledger).await?;
+        let today = bd.day_of(now()).map_err(e)?.to_string();
+        let stem = format!("reconcile-{today}");
+        let files = [
+            (
+                format!("{stem}.json"),
+                serde_json::to_string_pretty(&r).map_err(e)?,
+            ),
+            (format!("{stem}.csv"), findings_csv(&r)),
+        ];
+        let summary = Summary {
+            format: "cardvm-reconcile-v1".into(),
+            day: today,
+            zone: bd.zone().into(),
+            cutoff: bd.cutoff(),
+            totals: serde_json::json!({
+                "receipts": r.receipts, "matched": r.matched, "counted": r.counted,
+                "findings": r.findings.len(),
+            }),
+            files: Vec::new(),
+            issuer_key_id: String::new(),
+            signature: String::new(),
+        };
+        let issuer = super::issuer::open_signing(ledger).await?;
+        let path = write_signed(out, &stem, &files, summary, &issuer)?;
+        println!("{}", path.display());
+    }
+    Ok(())
 }
 
 /// Checks a summary's signature and the SM3 of each file beside it.

@@ -643,19 +643,19 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// The signed summary of a cleared day's files (`docs/clearing.md` "Verifying").
+/// The signed summary of a cleared day's (or a reconciliation's) files (`docs/clearing.md` "Verifying").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
-    /// `cardvm-clearing-v1`.
+    /// `cardvm-clearing-v1` or `cardvm-reconcile-v1`.
     pub format: String,
-    /// The day.
+    /// The day (clearing) or the date it was made (reconciliation).
     pub day: String,
     /// Zone and cut-off.
     pub zone: String,
     /// `HH:MM`.
     pub cutoff: String,
-    /// The day's and adjustments' totals.
-    pub totals: Line,
+    /// The totals (a clearing's [`Line`], a reconciliation's counts).
+    pub totals: serde_json::Value,
     /// Each file beside the summary and its SM3 (hex).
     pub files: Vec<(String, String)>,
     /// The key id (hex) of the card company key that signed it.
@@ -666,12 +666,12 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// What is signed: `cardvm-clearing-v1\n` and the summary's JSON with an empty
+    /// What is signed: the format, a line feed, and the summary's JSON with an empty
     /// `signature`.
     pub fn signing_input(&self) -> Vec<u8> {
         let mut unsigned = self.clone();
         unsigned.signature = String::new();
-        let mut out = b"cardvm-clearing-v1\n".to_vec();
+        let mut out = format!("{}\n", self.format).into_bytes();
         out.extend_from_slice(
             serde_json::to_string(&unsigned)
                 .unwrap_or_default()

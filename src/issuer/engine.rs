@@ -417,7 +417,8 @@ impl Issuer {
     /// Uses the IANA time zone `zone` for the dates written to cards, card validity and
     /// the daily limit (default `Asia/Shanghai`; the ledger keeps UTC).
     pub fn with_zone(mut self, zone: &str) -> Result<Self, String> {
-        self.zone = jiff::tz::TimeZone::get(zone).map_err(|e| format!("time zone `{zone}`: {e}"))?;
+        self.zone =
+            jiff::tz::TimeZone::get(zone).map_err(|e| format!("time zone `{zone}`: {e}"))?;
         Ok(self)
     }
 

@@ -46,6 +46,8 @@ pub mod payment;
 pub mod pki;
 #[cfg(feature = "issuer")]
 pub mod query;
+#[cfg(feature = "issuer")]
+pub mod reconcile;
 pub mod trust;
 
 pub use ca::{Ca, CaState, IssuedCert};
