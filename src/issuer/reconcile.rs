@@ -73,6 +73,9 @@ pub struct Reconciliation {
     pub findings: Vec<Finding>,
 }
 
+/// A settled transaction's counter value, reader and seq.
+type Counted = (u64, String, u64);
+
 /// Compares `receipts` (from readers' journals) with the ledger, and each card's
 /// counters in the ledger.
 pub async fn reconcile(
@@ -143,7 +146,7 @@ pub async fn reconcile(
         }
     }
     // Counters: per card and counter, the settled transactions in counter order.
-    let mut counters: BTreeMap<(String, &'static str), Vec<(u64, String, u64)>> = BTreeMap::new();
+    let mut counters: BTreeMap<(String, &'static str), Vec<Counted>> = BTreeMap::new();
     let mut counted = 0;
     for state in [TxnState::Committed, TxnState::RecoveredCommitted] {
         let rows = ledger
