@@ -3,11 +3,11 @@
 //! on PostgreSQL (when `CARDVM_TEST_PG` names one), and the SM2 floor — the cost of the
 //! SM2 operations one recharge needs, measured in the same run.
 //!
-//! `cargo bench --bench online` (add `CARDVM_TEST_PG=postgres://…` for PostgreSQL).
+//! `cargo bench -p cardvm-bench --bench online` (add `CARDVM_TEST_PG=postgres://…` for PostgreSQL).
 //! The simulated card answers in process: its modelled air time is not slept, so the
 //! latencies here are host time only.
 
-#[path = "../tests/support/cluster.rs"]
+#[path = "../../tests/support/cluster.rs"]
 mod cluster;
 
 use std::time::{Duration, Instant};

@@ -1,5 +1,5 @@
 //! Shared set-up of the load benchmarks (benches/load.rs) and the DESIGN §5 report
-//! (examples/targets.rs, which includes this file by path).
+//! (benches/examples/targets.rs, which includes this file by path).
 //!
 //! A "load" is the city's `load.casm` (3DES: city 0731, SM4: city 0755) with its example
 //! `load.toml`, run against a fresh simulated CPU card built from the city's `card.toml`

@@ -1,8 +1,8 @@
 //! A full 3DES and SM4 load against the in-process simulated CPU card, side by side with
 //! the same flow in Lua 5.4 (mlua, vendored) driving the same card through the same Rust
-//! crypto. Method (total / card / crypto / overhead): see benches/common/mod.rs.
+//! crypto. Method (total / card / crypto / overhead): see benches/benches/common/mod.rs.
 //!
-//! `cargo bench --bench load`; the DESIGN §5 ratios: `cargo run --release --example targets`.
+//! `cargo bench -p cardvm-bench --bench load`; the DESIGN §5 ratios: `cargo run --release -p cardvm-bench --example targets`.
 
 mod common;
 

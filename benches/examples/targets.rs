@@ -1,13 +1,13 @@
 //! Prints every DESIGN §5 performance target with the value measured in this run, the
 //! ratio against the target (or the Lua peer) and PASS/FAIL.
 //!
-//! `cargo run --release --example targets`
+//! `cargo run --release -p cardvm-bench --example targets`
 //!
 //! Timing: the load shares (cardvm, Lua, card model, crypto) are measured side by side,
 //! interleaved in rounds of short batches, so drift on a shared machine hits them alike;
 //! each figure is the median over rounds, and each ratio the median of the per-round
 //! ratios. Other figures: warm-up, then the median of many samples. Method of the
-//! total / card / crypto / overhead split: benches/common/mod.rs. Memory: a counting
+//! total / card / crypto / overhead split: benches/benches/common/mod.rs. Memory: a counting
 //! global allocator (peak live heap bytes of a cold VM's load, above the baseline).
 
 #[path = "../benches/common/mod.rs"]

@@ -1,7 +1,7 @@
 //! Core speed: parse + verify throughput, VM dispatch cost per instruction, and a whole
 //! 3DES load (VM + crypto) against a card double that answers instantly.
 //!
-//! `cargo bench --bench vm`
+//! `cargo bench -p cardvm-bench --bench vm`
 
 use cardvm::asm::{AsmOptions, MapLoader, assemble, assemble_file, compile_data};
 use cardvm::script::{CommandScript, DataScript};
