@@ -62,4 +62,15 @@ cardvm client recharge --server "$url" --server-ca tls.crt --reader-dir r1 \
 # And pay 2.50 from it online: the card company acts as the terminal's PSAM.
 cardvm client purchase --server "$url" --server-ca tls.crt --reader-dir r1 \
     --issuer-pub issuer.pub --city 731 --amount 2.50 --sim card.toml
+# A merchant with its own key: the card company registers it, it takes an order, the
+# cardholder pays it from home, and the merchant sees it paid (docs/clearing.md).
+cardvm keygen --out shop
+cardvm issuer merchant add shop --name "Corner Shop" --fee-bp 60 --account "ICBC 6222 0000 1111" --key shop.pub
+shop=(--server "$url" --server-ca tls.crt --id shop --key shop.key)
+order="$(cardvm merchant order create "${shop[@]}" --merchant-order A-1001 --amount 25.00 \
+    --description "Two notebooks" --json | sed -n 's/.*"order_id":"\([^"]*\)".*/\1/p')"
+[ -n "$order" ] || { echo "two_party.sh: no order id" >&2; exit 1; }
+cardvm client pay --server "$url" --server-ca tls.crt --reader-dir r1 \
+    --issuer-pub issuer.pub --city 731 --order "$order" --sim card.toml
+cardvm merchant order show "$order" "${shop[@]}"
 cardvm issuer ledger

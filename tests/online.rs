@@ -736,5 +736,10 @@ fn readme_two_party_script_runs() {
     assert!(o.status.success(), "{t}");
     assert!(t.contains("[5/5] card company: load committed"), "{t}");
     assert!(t.contains("[5/5] card company: purchase committed"), "{t}");
-    assert!(t.contains("2 transaction(s)"), "{t}");
+    assert!(t.contains("[6/6] card company: purchase committed"), "{t}");
+    assert!(
+        t.contains("25.00 yuan, paid, Two notebooks, paid by card ****"),
+        "{t}"
+    );
+    assert!(t.contains("3 transaction(s)"), "{t}");
 }

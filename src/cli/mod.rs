@@ -11,6 +11,7 @@ mod issuer_keys;
 mod journal;
 mod keys;
 mod lsp;
+mod merchant;
 mod money;
 mod pcsc;
 mod reader;
@@ -77,8 +78,11 @@ enum Command {
     Test(test::TestArgs),
     /// The reader's side of the online protocol: recharge a card, sync the journal.
     Client(client::ClientArgs),
-    /// The card company's side: ledger, master keys, cities, readers, bundles, settlement.
+    /// The card company's side: ledger, master keys, cities, readers, bundles, settlement,
+    /// merchants, providers, clearing.
     Issuer(issuer::IssuerArgs),
+    /// A merchant's side: create, show, cancel and refund payment orders (docs/clearing.md).
+    Merchant(merchant::MerchantArgs),
     /// A language server for `.cvs` and `.casm` on stdin/stdout (diagnostics, hover, go to
     /// definition), for editors.
     Lsp(lsp::LspArgs),
@@ -105,6 +109,7 @@ pub fn dispatch(cli: Cli) -> CliResult {
         Command::Reader(a) => reader::run(a),
         Command::Issuer(a) => issuer::run(a),
         Command::Client(a) => client::run(a),
+        Command::Merchant(a) => merchant::run(a),
         Command::Lsp(a) => lsp::run(a),
     }
 }
