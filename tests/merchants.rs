@@ -51,14 +51,16 @@ fn runtime() -> tokio::runtime::Runtime {
 /// What the merchant's notification endpoint received: headers and body of each post.
 type Received = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
 
-/// The merchant's notification endpoint on 127.0.0.1 (plain HTTP, allowed to this
-/// machine only): refuses the first delivery with 500, acknowledges the rest.
-fn notification_endpoint(rt: &tokio::runtime::Runtime) -> (String, Received) {
+/// The merchant's notification endpoint: HTTPS on 127.0.0.1 under its own CA
+/// (`merchant-tls.crt`, which the card company is told to trust with `--notify-ca`).
+/// It refuses the first delivery with 500 and acknowledges the rest.
+fn notification_endpoint(rt: &tokio::runtime::Runtime, cwd: &Path) -> (String, Received) {
+    cardvm::online::service::install_crypto_provider();
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("tls");
+    std::fs::write(cwd.join("merchant-tls.crt"), ck.cert.pem()).expect("write");
     let got: Received = Arc::default();
     let seen = got.clone();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let app = axum::Router::new().route(
         "/shop/notify",
@@ -84,10 +86,22 @@ fn notification_endpoint(rt: &tokio::runtime::Runtime) -> (String, Received) {
             },
         ),
     );
+    let config = rt
+        .block_on(axum_server::tls_rustls::RustlsConfig::from_pem(
+            ck.cert.pem().into_bytes(),
+            ck.signing_key.serialize_pem().into_bytes(),
+        ))
+        .expect("merchant TLS");
+    listener.set_nonblocking(true).expect("nonblocking");
     rt.spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        match axum_server::tls_rustls::from_tcp_rustls(listener, config) {
+            Ok(server) => {
+                let _ = server.serve(app.into_make_service()).await;
+            }
+            Err(e) => eprintln!("merchant endpoint: {e}"),
+        }
     });
-    (format!("http://{addr}/shop/notify"), got)
+    (format!("https://{addr}/shop/notify"), got)
 }
 
 fn pay(cwd: &Path, url: &str, order: &str) -> std::process::Output {
@@ -131,7 +145,7 @@ fn a_merchant_is_paid_from_home_notified_and_cleared() {
     ok(cwd, &["keygen", "--out", "shop"]);
     ok(cwd, &["keygen", "--out", "cafe"]);
     let rt = runtime();
-    let (notify_url, received) = notification_endpoint(&rt);
+    let (notify_url, received) = notification_endpoint(&rt, cwd);
     let out = ok(
         cwd,
         &[
@@ -193,7 +207,7 @@ fn a_merchant_is_paid_from_home_notified_and_cleared() {
         ],
     );
     assert!(e.contains("http:// only to this machine"), "{e}");
-    let server = serve(cwd, &[]);
+    let server = serve(cwd, &["--notify-ca", "merchant-tls.crt"]);
     let url = server.url.clone();
     let o = Command::new(env!("CARGO_BIN_EXE_cardvm"))
         .current_dir(cwd)

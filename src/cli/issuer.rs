@@ -155,6 +155,10 @@ enum IssuerCmd {
         /// No per-request log lines.
         #[arg(long)]
         quiet: bool,
+        /// Trust this CA (PEM) for merchants' HTTPS notification URLs, beside the
+        /// system's roots.
+        #[arg(long, value_name = "PEM")]
+        notify_ca: Option<PathBuf>,
     },
     /// The transactions: a table, or JSON lines with --json.
     Ledger {
@@ -444,6 +448,7 @@ async fn run_async(args: IssuerArgs) -> CliResult {
             body_timeout,
             max_connections,
             quiet,
+            notify_ca,
         } => {
             let issuer = open_issuer(&ledger).await?;
             for w in expiry_warnings(&trust_store(&ledger).await?, now(), 7) {
@@ -464,6 +469,10 @@ async fn run_async(args: IssuerArgs) -> CliResult {
                     notify: Default::default(),
                 },
             );
+            if let Some(p) = &notify_ca {
+                svc.set_notify_ca(&read(p)?)
+                    .map_err(|e| format!("{}: {e}", p.display()))?;
+            }
             let handle = axum_server::Handle::new();
             let h = handle.clone();
             let url = ledger.url();

@@ -102,6 +102,9 @@ pub struct Service {
     buckets: Mutex<HashMap<String, Bucket>>,
     known: Mutex<HashMap<String, Known>>,
     metrics: super::metrics::Metrics,
+    /// Extra CA certificates (PEM) the notifier trusts for merchants' HTTPS URLs, beside
+    /// the system's roots.
+    notify_ca: std::sync::OnceLock<Vec<u8>>,
 }
 
 /// A refusal on its way out.
@@ -204,7 +207,22 @@ impl Service {
             buckets: Mutex::new(HashMap::new()),
             known: Mutex::new(HashMap::new()),
             metrics: super::metrics::Metrics::default(),
+            notify_ca: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Trusts the CA certificates in `pem` (beside the system's roots) for merchants'
+    /// HTTPS notification URLs: a card company's own CA for its merchants. Set before the
+    /// service starts; once.
+    pub fn set_notify_ca(&self, pem: &[u8]) -> Result<(), String> {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| format!("notification CA: {e}"))?;
+        if certs.is_empty() {
+            return Err("notification CA: no certificate in the PEM".into());
+        }
+        self.notify_ca
+            .set(pem.to_vec())
+            .map_err(|_| "notification CA: already set".to_string())
     }
 
     /// The issuer it serves.

@@ -78,12 +78,16 @@ pub fn notify_url_ok(url: &str) -> Result<(), String> {
 /// Runs until the task is aborted.
 pub(super) async fn run(svc: Arc<Service>) {
     let c = svc.config.notify;
-    let http = match reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .timeout(c.timeout)
         .connect_timeout(c.timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-    {
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(pem) = svc.notify_ca.get() {
+        for cert in reqwest::Certificate::from_pem_bundle(pem).unwrap_or_default() {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    let http = match builder.build() {
         Ok(h) => h,
         Err(e) => {
             eprintln!(
