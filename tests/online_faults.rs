@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cardvm::issuer::TxnState;
-use cardvm::online::client::{Client, new_request_id, recharge};
+use cardvm::online::client::{Client, ClientError, new_request_id, recharge};
 use cluster::{CITY, Cluster, card, credited};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -433,4 +433,70 @@ async fn sqlite_on_a_full_disk_loses_nothing() {
     for s in services.drain(..) {
         s.kill();
     }
+}
+
+/// A revocation installed into the ledger (as `cardvm issuer crl` does, from any
+/// process) reaches an embedded service while it runs, and every instance: the revoked
+/// reader is refused within seconds; the others are still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_services_reload_a_revocation_from_the_ledger() {
+    let dir = std::env::temp_dir().join(format!("cardvm-reload-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let _keep = cluster::Temp(dir.clone());
+    let db = dir.join("ledger.db").display().to_string();
+    let c = Cluster::start(&db, 2, 2, false).await;
+    let (_, r0) = c.reader(0);
+    let (_, r1) = c.reader(1);
+    r0.query_script(CITY)
+        .await
+        .expect("served before the revocation");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let pem = {
+        let mut ca = c.ca.lock().expect("ca");
+        let serial = ca
+            .state
+            .issued
+            .iter()
+            .find(|i| i.subject.contains("R000"))
+            .map(|i| i.serial)
+            .expect("R000's certificate");
+        ca.revoke(serial, now - 1).expect("revoke");
+        let crl = ca
+            .crl(now - 60, now + 86_400, cardvm::crypto::rng::os_rng())
+            .expect("crl");
+        cardvm::issuer::pki::to_pem(&crl, "CRL").expect("pem")
+    };
+    cardvm::issuer::bootstrap::install_crls(&c.ledger, &pem, now)
+        .await
+        .expect("install");
+    // Each instance reloads within its period (2 s); both are asked.
+    let mut refused = [false, false];
+    for _ in 0..40 {
+        for (i, s) in c.services.iter().enumerate() {
+            let client = c.client_for(0, &s.url());
+            if let Err(ClientError::Refused { status, error, .. }) = client.query_script(CITY).await
+            {
+                assert_eq!(status, 403, "{error}");
+                assert!(error.contains("revoked"), "{error}");
+                refused[i] = true;
+            }
+        }
+        if refused == [true, true] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        refused,
+        [true, true],
+        "the revocation did not reach every instance"
+    );
+    r1.query_script(CITY)
+        .await
+        .expect("the other reader is still served");
+    c.shutdown().await;
 }

@@ -454,7 +454,6 @@ async fn run_async(args: IssuerArgs) -> CliResult {
             for w in expiry_warnings(&trust_store(&ledger).await?, now(), 7) {
                 eprintln!("cardvm issuer: {w}");
             }
-            let (ca0, crl0) = (ledger.config("ca_pem").await, ledger.config("crls").await);
             let svc = cardvm::online::service::Service::new(
                 issuer,
                 cardvm::online::service::ServiceConfig {
@@ -466,7 +465,7 @@ async fn run_async(args: IssuerArgs) -> CliResult {
                     header_timeout: std::time::Duration::from_secs_f64(header_timeout),
                     body_timeout: std::time::Duration::from_secs_f64(body_timeout),
                     max_connections,
-                    notify: Default::default(),
+                    ..Default::default()
                 },
             );
             if let Some(p) = &notify_ca {
@@ -481,33 +480,9 @@ async fn run_async(args: IssuerArgs) -> CliResult {
                     eprintln!("cardvm issuer: serving https://{addr}/v1 (ledger {url})");
                 }
             });
-            // Trust anchors and CRLs are re-read from the ledger every few seconds: `cardvm
-            // issuer crl` takes effect on a running service (and on every instance).
-            let reload = svc.clone();
-            let reload_ledger = ledger.clone();
-            tokio::spawn(async move {
-                let mut seen = (ca0.ok().flatten(), crl0.ok().flatten());
-                loop {
-                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-                    let now = (
-                        reload_ledger.config("ca_pem").await.ok().flatten(),
-                        reload_ledger.config("crls").await.ok().flatten(),
-                    );
-                    if now != seen {
-                        match trust_store(&reload_ledger).await {
-                            Ok(t) => {
-                                for w in expiry_warnings(&t, super::ca::now(), 7) {
-                                    eprintln!("cardvm issuer: {w}");
-                                }
-                                reload.issuer().set_trust(t);
-                                eprintln!("cardvm issuer: trust anchors / CRLs reloaded");
-                                seen = now;
-                            }
-                            Err(e) => eprintln!("cardvm issuer: CRL reload failed: {e}"),
-                        }
-                    }
-                }
-            });
+            // Trust anchors and CRLs are re-read from the ledger while it serves
+            // (ServiceConfig::trust_reload): `cardvm issuer crl` takes effect on a running
+            // service, and on every instance.
             let shutdown = handle.clone();
             tokio::spawn(async move {
                 let _ = tokio::signal::ctrl_c().await;
@@ -783,32 +758,9 @@ async fn config(ledger: &Ledger, name: &str) -> Result<String, String> {
 
 /// The trust store from the ledger: the CA anchors and the installed CRLs.
 async fn trust_store(ledger: &Ledger) -> Result<TrustStore, String> {
-    let mut trust = TrustStore::new();
-    trust
-        .add_roots_pem(&config(ledger, "ca_pem").await?)
-        .map_err(|e| format!("trusted CA: {e}"))?;
-    if let Some(crls) = ledger.config("crls").await.map_err(|e| e.to_string())? {
-        for block in split_pem(&crls, "X509 CRL") {
-            trust
-                .add_crl_pem(&block)
-                .map_err(|e| format!("installed CRL: {e}"))?;
-        }
-    }
-    Ok(trust)
-}
-
-fn split_pem(text: &str, label: &str) -> Vec<String> {
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(b) = rest.find(&begin) {
-        let Some(e) = rest[b..].find(&end) else { break };
-        let stop = b + e + end.len();
-        out.push(format!("{}\n", &rest[b..stop]));
-        rest = &rest[stop..];
-    }
-    out
+    cardvm::issuer::bootstrap::trust_store(ledger)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn key_store(ledger: &Ledger) -> Result<Arc<dyn MasterKeyStore>, String> {
@@ -945,46 +897,16 @@ async fn reader_add(ledger: &Ledger, cert: &Path, terminal: Option<String>) -> C
 
 async fn crl_add(ledger: &Ledger, path: &Path) -> CliResult {
     let pem = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let blocks = split_pem(&pem, "X509 CRL");
-    if blocks.is_empty() {
-        return Err(format!("{}: no `BEGIN X509 CRL` block", path.display()));
-    }
-    // Installed only if a trusted CA signed it, it is current, and its number is above
-    // the installed one's (no rollback: an older CRL could un-revoke a reader).
-    let mut trust = trust_store(ledger).await?;
-    for b in &blocks {
-        let crl = cardvm::issuer::pki::from_pem::<cardvm::issuer::CertificateList>(b, "CRL")
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        trust
-            .install_crl(crl, now())
-            .map_err(|e| format!("{}: refused: {e}", path.display()))?;
-    }
-    let mut all = ledger
-        .config("crls")
+    let n = cardvm::issuer::bootstrap::install_crls(ledger, &pem, now())
         .await
-        .map_err(|e| e.to_string())?
-        .map(|s| split_pem(&s, "X509 CRL"))
-        .unwrap_or_default();
-    // A newer CRL of the same CA replaces the older one.
-    let issuer_of = |b: &str| -> Option<String> {
-        cardvm::issuer::pki::from_pem::<cardvm::issuer::CertificateList>(b, "CRL")
-            .ok()
-            .map(|c| c.tbs_cert_list.issuer.to_string())
-    };
-    for b in &blocks {
-        let who = issuer_of(b);
-        all.retain(|old| issuer_of(old) != who);
-        all.push(b.clone());
-    }
-    ledger
-        .set_config("crls", &all.concat())
-        .await
-        .map_err(|e| e.to_string())?;
-    println!(
-        "{}: installed; {} CRL(s) in the ledger",
-        path.display(),
-        all.len()
-    );
+        .map_err(|e| match e {
+            cardvm::issuer::bootstrap::BootstrapError::Pki {
+                what: "CRL refused",
+                error,
+            } => format!("{}: refused: {error}", path.display()),
+            other => format!("{}: {other}", path.display()),
+        })?;
+    println!("{}: installed; {n} CRL(s) in the ledger", path.display());
     Ok(())
 }
 

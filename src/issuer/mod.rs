@@ -27,6 +27,8 @@
 //! never pass as a reader's (or the other way round). A reader certificate's
 //! `certificatePolicies` names its [`ReaderKind`] (desktop, or secure element).
 
+#[cfg(feature = "issuer")]
+pub mod bootstrap;
 pub mod ca;
 pub mod cert;
 #[cfg(feature = "issuer")]

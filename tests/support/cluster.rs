@@ -80,6 +80,8 @@ pub struct Cluster {
     db: String,
     trust: TrustStore,
     log: bool,
+    /// The readers' CA (a test revokes with it).
+    pub ca: std::sync::Mutex<Ca>,
     _dir: Temp,
 }
 
@@ -176,9 +178,19 @@ impl Cluster {
         .expect("ca");
         let mut trust = TrustStore::new();
         trust.add_root(ca.cert.clone()).expect("root");
-        trust.add_crl(ca.crl(now - DAY, now + 30 * DAY, os_rng()).expect("crl"));
+        let crl = ca.crl(now - DAY, now + 30 * DAY, os_rng()).expect("crl");
+        trust.add_crl(crl.clone());
         let issuer_key = Sm2PrivateKey::generate(&mut os_rng());
         let ledger = Ledger::open(db).await.expect("ledger");
+        // The trust as `issuer init` records it: the services reload it from the ledger.
+        ledger
+            .set_config("ca_pem", &to_pem(&ca.cert, "certificate").expect("pem"))
+            .await
+            .expect("config");
+        ledger
+            .set_config("crls", &to_pem(&crl, "CRL").expect("pem"))
+            .await
+            .expect("config");
         ledger
             .set_city(&CityRow {
                 city: CITY,
@@ -245,6 +257,7 @@ impl Cluster {
             db: db.to_string(),
             trust,
             log,
+            ca: std::sync::Mutex::new(ca),
             _dir: dir,
         };
         for _ in 0..instances {

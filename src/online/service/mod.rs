@@ -60,6 +60,11 @@ pub struct ServiceConfig {
     pub max_connections: usize,
     /// Merchants' paid notifications.
     pub notify: NotifyConfig,
+    /// How often the trust anchors and CRLs recorded in the ledger are compared with the
+    /// ones in use, and installed when they changed (`cardvm issuer crl` from any process
+    /// reaches a running service); `None`: never (an issuer whose trust does not come
+    /// from its ledger).
+    pub trust_reload: Option<Duration>,
 }
 
 impl Default for ServiceConfig {
@@ -74,6 +79,7 @@ impl Default for ServiceConfig {
             body_timeout: Duration::from_secs(10),
             max_connections: 256,
             notify: NotifyConfig::default(),
+            trust_reload: Some(Duration::from_secs(2)),
         }
     }
 }
@@ -1267,14 +1273,53 @@ pub async fn serve_tls(
         .http_builder()
         .http1()
         .header_read_timeout(Some(c.header_timeout));
-    // Merchants' notifications go out while the service runs.
+    // Merchants' notifications go out, and revocations come in, while the service runs.
     let notifier = tokio::spawn(notify::run(svc.clone()));
+    let reload = c
+        .trust_reload
+        .map(|every| tokio::spawn(trust_reload(svc.clone(), every)));
     let served = server
         .serve(router(svc).into_make_service_with_connect_info::<SocketAddr>())
         .await
         .map_err(|e| format!("serving on {listen}: {e}"));
     notifier.abort();
+    if let Some(r) = reload {
+        r.abort();
+    }
     served
+}
+
+/// Re-reads the trust anchors and CRLs the ledger records every `every`; installs them
+/// into the issuer when they changed. A ledger that records none (an issuer built with
+/// its trust in hand) is left alone; a store that does not build is logged and the one in
+/// use kept.
+async fn trust_reload(svc: Arc<Service>, every: Duration) {
+    use crate::issuer::bootstrap;
+    let ledger = svc.issuer.ledger().clone();
+    let mut seen = bootstrap::recorded(&ledger).await.ok();
+    loop {
+        tokio::time::sleep(every).await;
+        let Ok(now) = bootstrap::recorded(&ledger).await else {
+            continue; // the ledger is away; the next round asks again
+        };
+        if seen.as_ref() == Some(&now) || now.0.is_none() {
+            continue;
+        }
+        let note = match bootstrap::trust_store(&ledger).await {
+            Ok(t) => {
+                svc.issuer.set_trust(t);
+                seen = Some(now);
+                "trust anchors / CRLs reloaded".to_string()
+            }
+            Err(e) => format!("trust reload failed, the trust in use is kept: {e}"),
+        };
+        if svc.config.log {
+            eprintln!(
+                "{}",
+                serde_json::json!({"ts": svc.issuer.now(), "trust": note})
+            );
+        }
+    }
 }
 
 /// A service running in this process (tests, benchmarks, embedding).
