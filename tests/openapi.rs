@@ -332,6 +332,9 @@ fn the_document_covers_the_router_and_every_refusal() {
         }
         let expected: BTreeSet<&str> = match (method.as_str(), path.starts_with("/v1/merchant/")) {
             ("get", _) => BTreeSet::new(),
+            (_, false) if path == "/v1/provider/notify" => {
+                ["providerId", "providerTime", "providerSignature"].into()
+            }
             (_, true) => ["merchantId", "merchantTime", "merchantSignature"].into(),
             (_, false) => ["readerId", "readerTime", "readerSignature"].into(),
         };
@@ -637,6 +640,60 @@ fn each_protocol_struct_is_its_schema_field_by_field() {
             }),
         ),
         (
+            "RechargeOrderRequest",
+            plain(&RechargeOrderRequest {
+                request_id: id(),
+                city: 731,
+                card_id: "4100000089999985".into(),
+                amount: 10_000,
+                provider_id: "bank".into(),
+            }),
+        ),
+        (
+            "RechargeOrderReply",
+            extremes(
+                &RechargeOrderReply {
+                    order_id: "P1".into(),
+                    city: 731,
+                    card_id: "4100000089999985".into(),
+                    amount: 10_000,
+                    amount_display: "100.00".into(),
+                    provider_id: "bank".into(),
+                    state: "paid".into(),
+                    expires_at: 2,
+                    paid_at: Some(1),
+                },
+                &RechargeOrderReply {
+                    order_id: "P1".into(),
+                    city: 731,
+                    card_id: "4100000089999985".into(),
+                    amount: 10_000,
+                    amount_display: "100.00".into(),
+                    provider_id: "bank".into(),
+                    state: "unpaid".into(),
+                    expires_at: 2,
+                    paid_at: None,
+                },
+            ),
+        ),
+        (
+            "ProviderNotification",
+            plain(&ProviderNotification {
+                order_id: "P1".into(),
+                amount: 10_000,
+                provider_ref: "B-1".into(),
+                status: "paid".into(),
+            }),
+        ),
+        (
+            "ProviderAck",
+            plain(&ProviderAck {
+                order_id: "P1".into(),
+                result: "recorded".into(),
+                state: "paid".into(),
+            }),
+        ),
+        (
             "ErrorBody",
             plain(&ErrorBody {
                 code: "unauthenticated".into(),
@@ -689,6 +746,8 @@ fn each_protocol_struct_is_its_schema_field_by_field() {
         "OrderRequest",
         "CreateOrderRequest",
         "RefundRequest",
+        "RechargeOrderRequest",
+        "ProviderNotification",
     ] {
         assert_eq!(
             doc["components"]["schemas"][name]["additionalProperties"], false,
@@ -1452,6 +1511,66 @@ async fn the_running_service_answers_as_documented() {
         assert_eq!(n.order_id, o1.order_id);
     }
 
+    // A recharge paid first: the reader's order, the provider's signed notification.
+    let bank_key = Sm2PrivateKey::generate(&mut os_rng());
+    c.ledger
+        .set_provider(&cardvm::issuer::payment::ProviderRow {
+            provider_id: "bank".into(),
+            name: "Bank".into(),
+            alg: cardvm::issuer::payment::ProviderAlg::Sm2,
+            public_key: to_hex(&bank_key.public_key().to_sec1_bytes()),
+            enabled: true,
+            added_at: now(),
+        })
+        .await
+        .expect("provider");
+    let provider_post = |body: Vec<u8>| {
+        let raw = &raw;
+        let bank_key = &bank_key;
+        async move {
+            let time = now();
+            let sig = bank_key
+                .sign(&mut os_rng(), &provider_signing_input("bank", time, &body))
+                .expect("sign");
+            raw.send(
+                reqwest::Method::POST,
+                "/v1/provider/notify",
+                &[
+                    (HDR_PROVIDER, "bank".to_string()),
+                    (HDR_TIME, time.to_string()),
+                    (HDR_SIGNATURE, to_hex(&sig)),
+                    ("content-type", "application/json".to_string()),
+                ],
+                body,
+            )
+            .await
+        }
+    };
+    let ro = client
+        .recharge_order(CITY, "4100000089999985", 10_000, "bank")
+        .await
+        .expect("recharge order");
+    assert_eq!(ro.state, "unpaid");
+    let (status, ack) = provider_post(
+        serde_json::to_vec(&ProviderNotification {
+            order_id: ro.order_id.clone(),
+            amount: 10_000,
+            provider_ref: "B-1".into(),
+            status: "paid".into(),
+        })
+        .expect("json"),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&ack));
+    assert_eq!(
+        client
+            .recharge_order_state(&ro.order_id)
+            .await
+            .expect("state")
+            .state,
+        "paid"
+    );
+
     // Every documented request schema varied field by field from a body the service
     // accepted. A body the document rejects must be refused 400; one it accepts (a field
     // it says is optional, left out) must be read by the service as its JSON.
@@ -1487,6 +1606,19 @@ async fn the_running_service_answers_as_documented() {
             );
             let r: Result<Value, ClientError> = if path.starts_with("/v1/merchant/") {
                 shop.post(&path, &body).await
+            } else if path == "/v1/provider/notify" {
+                let (status, bytes) = provider_post(serde_json::to_vec(&body).expect("json")).await;
+                let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                if status == 200 {
+                    Ok(v)
+                } else {
+                    Err(ClientError::Refused {
+                        url: path.clone(),
+                        status,
+                        code: v["code"].as_str().unwrap_or_default().to_string(),
+                        error: v["error"].as_str().unwrap_or_default().to_string(),
+                    })
+                }
             } else {
                 client.post(&path, &body).await
             };

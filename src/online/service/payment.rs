@@ -118,7 +118,9 @@ pub(super) async fn query(
         body,
         false,
         |svc, _caller, req: OrderRequest| async move {
-            let id = req.order_id.unwrap_or_default();
+            let id = req.order_id.ok_or_else(|| {
+                Refusal::new(StatusCode::BAD_REQUEST, "bad_order", "order_id: required")
+            })?;
             let o = svc
                 .issuer
                 .ledger()
