@@ -559,7 +559,7 @@ pub enum Step {
     },
     /// The service answered with a bundle.
     Bundle {
-        /// `load` or `recover`.
+        /// `load`, `purchase` or `recover`.
         kind: String,
         /// Its seq.
         seq: u64,

@@ -423,7 +423,8 @@ pub fn mask_card(card_hex: &str) -> String {
 /// A bundle: the sealed scripts the reader runs next.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BundleReply {
-    /// `load`, or `recover` (the card has a load in state unknown: run this first).
+    /// `load`, `purchase`, or `recover` (the card has a transaction in state unknown:
+    /// run this first).
     pub kind: String,
     /// Seq of both envelopes.
     pub seq: u64,
@@ -479,7 +480,7 @@ pub struct SettleReply {
     pub reader_id: String,
     /// Seq.
     pub seq: u64,
-    /// `load` / `recover`.
+    /// `load`, `purchase` or `recover`.
     pub kind: String,
     /// The transaction's state now.
     pub state: String,
@@ -516,7 +517,8 @@ pub struct JournalRequest {
 pub struct JournalResult {
     /// Its journal seq.
     pub journal_seq: u64,
-    /// `settled`, `query` (a query receipt: nothing to settle) or `refused`.
+    /// `settled`, `query` (a query receipt: nothing to settle), `refused`, or `retry`
+    /// (the ledger failed: nothing after it is acknowledged; send it again).
     pub status: String,
     /// The settlement, when settled.
     pub settled: Option<SettleReply>,
@@ -550,7 +552,7 @@ pub struct StatusRequest {
 pub struct StatusReply {
     /// Seq.
     pub seq: u64,
-    /// `load` / `recover`.
+    /// `load`, `purchase` or `recover`.
     pub kind: String,
     /// Card id, hex.
     pub card_id: String,
