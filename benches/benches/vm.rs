@@ -29,14 +29,18 @@ impl CardTransport for PublishedCard {
 }
 
 fn load() -> (CommandScript, DataScript) {
+    // The repository root: this crate is benches/ in it.
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let script = assemble_file(
-        "scripts/examples/load.casm".as_ref(),
+        format!("{root}/scripts/examples/load.casm").as_ref(),
         &AsmOptions::default(),
     )
     .unwrap()
     .script;
-    let data =
-        compile_data(&std::fs::read_to_string("scripts/examples/load.toml").unwrap()).unwrap();
+    let data = compile_data(
+        &std::fs::read_to_string(format!("{root}/scripts/examples/load.toml")).unwrap(),
+    )
+    .unwrap();
     (script, data)
 }
 

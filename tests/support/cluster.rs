@@ -85,8 +85,16 @@ pub struct Cluster {
     _dir: Temp,
 }
 
+/// The repository root: the crate that includes this file (cardvm, or cardvm-bench in
+/// benches/) or the first folder above it that holds `scripts/`.
+fn repo_root() -> PathBuf {
+    let mut d = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    while !d.join("scripts").is_dir() && d.pop() {}
+    d
+}
+
 fn script(path: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path);
+    let p = repo_root().join(path);
     assemble_file(&p, &AsmOptions::default())
         .unwrap_or_else(|e| panic!("{path}: {e}"))
         .script

@@ -61,7 +61,8 @@ pub fn cases() -> Vec<LoadCase> {
 }
 
 fn case(name: &'static str, dir: &str, alg_id: u8) -> LoadCase {
-    let root = env!("CARGO_MANIFEST_DIR");
+    // The repository root: this crate is benches/ in it.
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let script = assemble_file(
         format!("{root}/{dir}/load.casm").as_ref(),
         &AsmOptions::default(),
