@@ -18,7 +18,7 @@
 //! document rejects must be answered 400, and one it allows (an optional field left out)
 //! must not be answered `bad_json`.
 
-#[path = "support/cluster.rs"]
+#[path = "../../tests/support/cluster.rs"]
 mod cluster;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -40,8 +40,9 @@ use cardvm::vm::NoTrace;
 use cluster::{CITY, Cluster, card};
 use serde_json::{Value, json};
 
+/// A file of the repository (this crate is conformance/ in it).
 fn repo(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(p)
 }
 
 fn document() -> Value {
