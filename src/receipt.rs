@@ -23,6 +23,11 @@
 //!   [`Reader::query`](crate::reader::Reader::query) — the reader's signed request for a
 //!   bundle (DESIGN §7). It names no bundle and carries no TAC: **settlement must refuse
 //!   it** (check [`Receipt::data`] is `Some` and matches an issued bundle);
+//! - **whether it is an offline terminal purchase**: [`Mode::Terminal`] (always with
+//!   `data: None`) is the receipt of the city's sealed terminal program run by
+//!   [`Reader::prepare_terminal`](crate::reader::Reader::prepare_terminal) with the
+//!   amount keyed in at the terminal: the card company settles it on the card's TAC,
+//!   once per terminal sequence number (docs/psam.md "Offline purchases");
 //! - **which card**: read from the card by the script (CPU: the application serial
 //!   number of EF 0015; M1: the UID), whatever the transport.
 //!
@@ -32,7 +37,7 @@
 //! checked against the limits below. Version 1 receipts are refused as unsupported.
 //!
 //! ```text
-//! "CVRC" | version u8 = 2 | mode u8 (0 production, 1 development)
+//! "CVRC" | version u8 = 2 | mode u8 (0 production, 1 development, 2 terminal)
 //! | city u32 | script id u32 | script version u16 | command SM3 [32]
 //! | data: 0 (plain) | 1 + issuer key id [8] + seq u64
 //! | reader id: len u8 (1..=64) + UTF-8
@@ -86,6 +91,9 @@ pub enum Mode {
     Production,
     /// Plain (unsealed) scripts ran: authoring and tests; never settled.
     Development,
+    /// The card company's sealed offline terminal program ran, with the data the reader
+    /// built (the amount keyed in at the terminal, its clock); no data identity.
+    Terminal,
 }
 
 impl Mode {
@@ -94,6 +102,7 @@ impl Mode {
         match self {
             Mode::Production => "production",
             Mode::Development => "development",
+            Mode::Terminal => "terminal",
         }
     }
 }
@@ -378,6 +387,7 @@ impl Receipt {
             .u8(match self.mode {
                 Mode::Production => 0,
                 Mode::Development => 1,
+                Mode::Terminal => 2,
             })
             .u32(self.city)
             .u32(self.script_id)
@@ -433,12 +443,13 @@ impl Receipt {
     }
 
     /// Verifies the signature under the reader's public key **and** that the receipt is a
-    /// production one (sealed scripts). A sealed card query passes too: settlement must
-    /// also require [`Receipt::data`] (see [`Receipt::is_query`]).
+    /// production one (sealed scripts): [`Mode::Production`] or [`Mode::Terminal`]. A
+    /// sealed card query passes too: settlement must also require [`Receipt::data`] (see
+    /// [`Receipt::is_query`]) for a bundle, and `Mode::Terminal` for an offline purchase.
     pub fn verify_production(&self, reader_pub: &Sm2PublicKey) -> Result<(), ReceiptError> {
         self.verify(reader_pub)?;
         match self.mode {
-            Mode::Production => Ok(()),
+            Mode::Production | Mode::Terminal => Ok(()),
             Mode::Development => Err(ReceiptError::Development),
         }
     }
@@ -477,9 +488,10 @@ impl Codec for Receipt {
         }
         r.magic(&MAGIC)?;
         let format_version = r.version(FORMAT_VERSION)?;
-        let mode = match tag(r, "mode", 1)? {
+        let mode = match tag(r, "mode", 2)? {
             0 => Mode::Production,
-            _ => Mode::Development,
+            1 => Mode::Development,
+            _ => Mode::Terminal,
         };
         let city = r.u32("city")?;
         let script_id = r.u32("script id")?;
@@ -788,6 +800,7 @@ mod json {
             let mode = match string(m, "mode")? {
                 "production" => Mode::Production,
                 "development" => Mode::Development,
+                "terminal" => Mode::Terminal,
                 other => return Err(err(format!("unknown mode `{other}`"))),
             };
             let data = match get(m, "data")? {

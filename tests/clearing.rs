@@ -539,6 +539,7 @@ async fn reconciliation(db: &Db) {
         receipt_sm3: sm3.into(),
         card_id: "D".into(),
         outcome: "committed".into(),
+        offline: None,
     };
     let receipts = [
         r(1, "SM3-1", 1),  // matches

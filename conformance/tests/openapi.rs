@@ -1361,6 +1361,10 @@ async fn the_running_service_answers_as_documented() {
         (404, "unknown_city".into())
     );
     assert_eq!(
+        refused(client.terminal_script(CITY).await),
+        (403, "not_a_terminal".into())
+    );
+    assert_eq!(
         refused(client.order("O00000000000000000000").await),
         (404, "unknown_order".into())
     );

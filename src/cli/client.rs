@@ -101,6 +101,19 @@ enum ClientCmd {
     /// Pay a merchant's order from the card on the reader (docs/clearing.md): shows the
     /// merchant, amount and description, then pays exactly that amount.
     Pay(PayTxn),
+    /// Fetch the city's offline terminal program, sealed for this reader (a merchant's
+    /// PSAM terminal): run it with `cardvm run FILE --terminal-purchase AMOUNT` for each
+    /// sale, then `client sync` (docs/psam.md "Offline purchases").
+    TerminalScript {
+        #[command(flatten)]
+        conn: Conn,
+        /// The city.
+        #[arg(long)]
+        city: u32,
+        /// Output file.
+        #[arg(short = 'o', long = "out", value_name = "OUT")]
+        out: PathBuf,
+    },
     /// Deliver the journal's pending receipts; apply the acknowledgement and compact.
     Sync {
         #[command(flatten)]
@@ -310,6 +323,21 @@ pub fn run(args: ClientArgs) -> CliResult {
             card_txn(t.on, What::Purchase(amount))
         }
         ClientCmd::Pay(t) => card_txn(t.on, What::Pay(t.order)),
+        ClientCmd::TerminalScript { conn, city, out } => {
+            let client = client(&conn)?;
+            let reply = runtime()?
+                .block_on(client.terminal_script(city))
+                .map_err(|e| e.to_string())?;
+            let bytes = cardvm::issuer::ledger::unhex(&reply.script)
+                .ok_or("the service answered a script that is not hex")?;
+            super::write_output(Some(&out), &bytes)?;
+            println!(
+                "terminal program of city {city} (seq {}): {}",
+                reply.seq,
+                out.display()
+            );
+            Ok(())
+        }
         ClientCmd::Sync { conn, journal } => {
             let path = journal.unwrap_or_else(|| conn.reader_dir.join("reader.journal"));
             let mut j = cardvm::journal::Journal::open(&path)
@@ -319,10 +347,11 @@ pub fn run(args: ClientArgs) -> CliResult {
                 .block_on(sync(&client, &mut j))
                 .map_err(|e| e.to_string())?;
             println!(
-                "sent {} receipt(s): {} settled, {} queries, {} refused; acknowledged up to {}",
+                "sent {} receipt(s): {} settled, {} queries, {} failed sales, {} refused; acknowledged up to {}",
                 r.sent,
                 r.settled,
                 r.queries,
+                r.failed,
                 r.refused.len(),
                 r.acknowledged_up_to
             );

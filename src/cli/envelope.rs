@@ -22,6 +22,9 @@ pub enum KindArg {
     Data,
     /// A card query script (.cvm), run only by the reader's query (`run --query`).
     Query,
+    /// An offline terminal program (.cvm), run only as a PSAM purchase with the amount
+    /// keyed in at the terminal (`run --terminal-purchase`; docs/psam.md).
+    Terminal,
 }
 
 /// Arguments of `cardvm seal`.
@@ -121,6 +124,7 @@ pub fn seal_cmd(args: SealArgs) -> CliResult {
         Some(KindArg::Command) => ScriptKind::Command,
         Some(KindArg::Data) => ScriptKind::Data,
         Some(KindArg::Query) => ScriptKind::Query,
+        Some(KindArg::Terminal) => ScriptKind::Terminal,
         None if payload.starts_with(b"CVMD") => ScriptKind::Data,
         None if payload.starts_with(b"CVMS") => ScriptKind::Command,
         None if args.input.extension().is_some_and(|e| e == "cvd") => ScriptKind::Data,
@@ -128,13 +132,13 @@ pub fn seal_cmd(args: SealArgs) -> CliResult {
     };
     // A command script names itself: seal it under its own city, id and version.
     let own = match kind {
-        ScriptKind::Command | ScriptKind::Query => cardvm::script::CommandScript::parse(&payload)
+        k if k.is_program() => cardvm::script::CommandScript::parse(&payload)
             .map(|s| s.header)
             .map_err(|e| format!("{}: not a command script: {e}", args.input.display()))?,
         _ => cardvm::script::Header::default(),
     };
     let (binding, command_header) = match (kind, &args.command) {
-        (ScriptKind::Command | ScriptKind::Query, _) => (cardvm::crypto::sm3(&payload), own),
+        (k, _) if k.is_program() => (cardvm::crypto::sm3(&payload), own),
         (_, Some(cmd)) => {
             let bytes = read(cmd)?;
             let header = cardvm::script::CommandScript::parse(&bytes)

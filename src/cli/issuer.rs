@@ -101,6 +101,19 @@ enum IssuerCmd {
         #[arg(short = 'o', long = "out", value_name = "OUT")]
         out: PathBuf,
     },
+    /// Seal a city's offline terminal program for a merchant's terminal (it runs it with
+    /// `cardvm run … --terminal-purchase AMOUNT` for every sale; docs/psam.md).
+    TerminalScript {
+        /// The reader (registered with --merchant).
+        #[arg(long, value_name = "ID")]
+        reader: String,
+        /// The city.
+        #[arg(long)]
+        city: u32,
+        /// Output file.
+        #[arg(short = 'o', long = "out", value_name = "OUT")]
+        out: PathBuf,
+    },
     /// From a reader's signed query receipt and an amount: seal a load (or the card's
     /// pending recovery) for that reader.
     Bundle {
@@ -292,6 +305,12 @@ enum CityCmd {
         /// is the terminal's PSAM); CPU cities. Without it the city takes no online payment.
         #[arg(long, value_name = "FILE")]
         purchase: Option<PathBuf>,
+        /// The offline terminal program of merchants' PSAM terminals (`psam_purchase.cvs`:
+        /// inputs `amount` and `now` only, no key, MAC1 from the PSAM); sealed for each
+        /// terminal with `issuer terminal-script`. Every program a city has had keeps
+        /// settling (docs/psam.md "Offline purchases").
+        #[arg(long, value_name = "FILE")]
+        terminal_purchase: Option<PathBuf>,
         /// Highest purse balance (fen).
         #[arg(long, default_value_t = 100_000)]
         purse_limit: u64,
@@ -319,6 +338,10 @@ enum ReaderCmd {
         /// number].
         #[arg(long, value_name = "HEX")]
         terminal: Option<String>,
+        /// Make it this merchant's terminal: it may sell offline with a PSAM whose
+        /// terminal number is --terminal (docs/psam.md "Offline purchases").
+        #[arg(long, value_name = "ID")]
+        merchant: Option<String>,
     },
 }
 
@@ -361,6 +384,7 @@ async fn run_async(args: IssuerArgs) -> CliResult {
                 load,
                 recover,
                 purchase,
+                terminal_purchase,
                 purse_limit,
                 txn_limit,
                 day_limit,
@@ -386,12 +410,17 @@ async fn run_async(args: IssuerArgs) -> CliResult {
                     &load,
                     recover.as_deref(),
                     purchase.as_deref(),
+                    terminal_purchase.as_deref(),
                 )
                 .await
             }
         },
         IssuerCmd::Reader { cmd } => match cmd {
-            ReaderCmd::Add { cert, terminal } => reader_add(&ledger, &cert, terminal).await,
+            ReaderCmd::Add {
+                cert,
+                terminal,
+                merchant,
+            } => reader_add(&ledger, &cert, terminal, merchant).await,
         },
         IssuerCmd::Crl { crl } => crl_add(&ledger, &crl).await,
         IssuerCmd::Card { cmd } => card_cmd(&ledger, cmd).await,
@@ -430,6 +459,21 @@ async fn run_async(args: IssuerArgs) -> CliResult {
             println!(
                 "query script of city {city} sealed for {reader} (seq {}): {}",
                 s.seq,
+                out.display()
+            );
+            Ok(())
+        }
+        IssuerCmd::TerminalScript { reader, city, out } => {
+            let issuer = open_issuer(&ledger).await?;
+            let s = issuer
+                .terminal_script(&reader, city)
+                .await
+                .map_err(|e| e.to_string())?;
+            write(&out, &s.bytes)?;
+            println!(
+                "terminal program of city {city} sealed for {reader} (seq {}, until {}): {}",
+                s.seq,
+                cardvm::issuer::pki::rfc3339(s.expires),
                 out.display()
             );
             Ok(())
@@ -810,6 +854,7 @@ async fn city_add(
     load: &Path,
     recover: Option<&Path>,
     purchase: Option<&Path>,
+    terminal_purchase: Option<&Path>,
 ) -> CliResult {
     if !["des3", "sm4", "m1"].contains(&row.alg.as_str()) {
         return Err(format!("--alg {}: one of des3, sm4, m1", row.alg));
@@ -824,6 +869,12 @@ async fn city_add(
     if let Some(p) = purchase {
         scripts.push(("purchase", script_bytes(p)?));
     }
+    if let Some(p) = terminal_purchase {
+        let bytes = script_bytes(p)?;
+        cardvm::issuer::offline::check_program(&bytes)
+            .map_err(|e| format!("--terminal-purchase {}: {e}", p.display()))?;
+        scripts.push((cardvm::issuer::offline::TERMINAL_ROLE, bytes));
+    }
     for (role, bytes) in &scripts {
         let script = cardvm::script::CommandScript::parse(bytes).map_err(|e| e.to_string())?;
         if script.header.city != row.city {
@@ -835,10 +886,12 @@ async fn city_add(
     }
     ledger.set_city(&row).await.map_err(|e| e.to_string())?;
     for (role, bytes) in &scripts {
-        ledger
-            .set_script(row.city, role, bytes)
-            .await
-            .map_err(|e| e.to_string())?;
+        if *role == cardvm::issuer::offline::TERMINAL_ROLE {
+            ledger.set_terminal_program(row.city, bytes, now()).await
+        } else {
+            ledger.set_script(row.city, role, bytes).await
+        }
+        .map_err(|e| e.to_string())?;
     }
     println!(
         "city {} ({}): {} script(s); limits: purse {}, load {}, day {} fen",
@@ -852,7 +905,23 @@ async fn city_add(
     Ok(())
 }
 
-async fn reader_add(ledger: &Ledger, cert: &Path, terminal: Option<String>) -> CliResult {
+async fn reader_add(
+    ledger: &Ledger,
+    cert: &Path,
+    terminal: Option<String>,
+    merchant: Option<String>,
+) -> CliResult {
+    if let Some(m) = &merchant
+        && ledger
+            .merchant(m)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none()
+    {
+        return Err(format!(
+            "--merchant {m}: no such merchant (cardvm issuer merchant add)"
+        ));
+    }
     let pem = fs::read_to_string(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
     let chain = certs_from_pem(&pem).map_err(|e| format!("{}: {e}", cert.display()))?;
     let trust = trust_store(ledger).await?;
@@ -884,13 +953,23 @@ async fn reader_add(ledger: &Ledger, cert: &Path, terminal: Option<String>) -> C
         .add_reader(&id.reader_id, &pem, &id.serial, &terminal, now())
         .await
         .map_err(|e| e.to_string())?;
+    if let Some(m) = &merchant {
+        ledger
+            .set_reader_merchant(&id.reader_id, Some(m))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     println!(
-        "reader {} registered: certificate {} ({} reader, until {}), terminal {}",
+        "reader {} registered: certificate {} ({} reader, until {}), terminal {}{}",
         id.reader_id,
         id.serial,
         id.kind,
         cardvm::issuer::pki::rfc3339(id.not_after),
-        hex(&terminal)
+        hex(&terminal),
+        merchant
+            .as_deref()
+            .map(|m| format!(", merchant {m}'s terminal"))
+            .unwrap_or_default()
     );
     Ok(())
 }

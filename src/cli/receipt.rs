@@ -69,6 +69,9 @@ pub fn receipt_cmd(args: ReceiptArgs) -> CliResult {
                 (Mode::Production, None) => String::from(
                     "production CARD QUERY receipt (the request for a bundle): not for settlement",
                 ),
+                (Mode::Terminal, None) => String::from(
+                    "offline TERMINAL purchase receipt (settled on the card's TAC, once per terminal sequence)",
+                ),
                 _ => String::from("DEVELOPMENT receipt (plain scripts): not for settlement"),
             };
             println!(

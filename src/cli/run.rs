@@ -37,6 +37,24 @@ pub struct RunArgs {
     /// field (hex, at most 32 bytes) [default: empty].
     #[arg(long, value_name = "HEX", requires = "query")]
     pub nonce: Option<String>,
+    /// Run the command script as the city's offline terminal purchase of this amount
+    /// (yuan, e.g. 2.50) through the terminal's PSAM (docs/psam.md "Offline purchases"):
+    /// the script must be sealed as a terminal program (`cardvm issuer terminal-script`)
+    /// unless in development mode; the reader builds the data script itself (`amount`,
+    /// and `now` in --zone) and refuses a script with a key input, another input or no
+    /// SAM command. The receipt (`"mode": "terminal"`) is journaled for `cardvm client
+    /// sync`.
+    #[arg(long, value_name = "YUAN", conflicts_with_all = ["data", "query"])]
+    pub terminal_purchase: Option<String>,
+    /// With --terminal-purchase: the terminal's time zone (IANA name): the date and time
+    /// written to the card.
+    #[arg(
+        long,
+        value_name = "ZONE",
+        default_value = "Asia/Shanghai",
+        requires = "terminal_purchase"
+    )]
+    pub zone: String,
     /// Run on a simulated card described by this profile (see `cardvm sim new`).
     #[arg(long, value_name = "CARD.toml")]
     pub sim: Option<PathBuf>,
@@ -270,6 +288,12 @@ fn build_reader(args: &RunArgs) -> Result<(Reader, Option<PathBuf>), String> {
     Ok((reader, journal_path))
 }
 
+/// The zone's offset from UTC now, in seconds.
+fn utc_offset(zone: &str) -> Result<i32, String> {
+    let tz = jiff::tz::TimeZone::get(zone).map_err(|e| format!("--zone {zone}: {e}"))?;
+    Ok(tz.to_offset(jiff::Timestamp::now()).seconds())
+}
+
 pub fn run(args: RunArgs) -> CliResult {
     let (mut reader, journal_path) = build_reader(&args)?;
     let (command, casm_sources) = load_command(&args.command)?;
@@ -283,6 +307,11 @@ pub fn run(args: RunArgs) -> CliResult {
             None => Vec::new(),
         };
         reader.prepare_query(&command, &nonce)
+    } else if let Some(yuan) = &args.terminal_purchase {
+        let amount = super::issuer::parse_amount(yuan)
+            .map_err(|e| e.replacen("--amount", "--terminal-purchase", 1))?;
+        let offset = utc_offset(&args.zone)?;
+        reader.prepare_terminal(&command, amount, offset)
     } else {
         let data = load_data(args.data.as_deref(), &command)?;
         reader.prepare(&command, &data)

@@ -67,6 +67,12 @@ pub enum ScriptKind {
     /// transaction's command script, and in a replay stream of its own, so the reader
     /// keeps its query while it runs the card company's bundles.
     Query,
+    /// An offline terminal program (`.cvm`): bytecode sealed to run only as the
+    /// terminal's PSAM purchase ([`crate::reader::Reader::prepare_terminal`]), with the
+    /// data the reader builds (the amount keyed in at the terminal and its clock), many
+    /// times while offline; in a replay stream of its own. It may declare no key: the
+    /// PSAM holds them (docs/psam.md "Offline purchases").
+    Terminal,
 }
 
 impl ScriptKind {
@@ -76,6 +82,7 @@ impl ScriptKind {
             ScriptKind::Command => 1,
             ScriptKind::Data => 2,
             ScriptKind::Query => 3,
+            ScriptKind::Terminal => 4,
         }
     }
 
@@ -85,23 +92,28 @@ impl ScriptKind {
             1 => Some(ScriptKind::Command),
             2 => Some(ScriptKind::Data),
             3 => Some(ScriptKind::Query),
+            4 => Some(ScriptKind::Terminal),
             _ => None,
         }
     }
 
-    /// Lower-case name (`command` / `data` / `query`).
+    /// Lower-case name (`command` / `data` / `query` / `terminal`).
     pub fn name(self) -> &'static str {
         match self {
             ScriptKind::Command => "command",
             ScriptKind::Data => "data",
             ScriptKind::Query => "query",
+            ScriptKind::Terminal => "terminal",
         }
     }
 
-    /// Whether the payload is bytecode (a command or query script): bound to its own
-    /// SM3, cacheable, and re-openable at the same sequence number.
+    /// Whether the payload is bytecode (a command, query or terminal script): bound to
+    /// its own SM3, cacheable, and re-openable at the same sequence number.
     pub fn is_program(self) -> bool {
-        matches!(self, ScriptKind::Command | ScriptKind::Query)
+        matches!(
+            self,
+            ScriptKind::Command | ScriptKind::Query | ScriptKind::Terminal
+        )
     }
 }
 
@@ -317,8 +329,9 @@ mod tests {
         )
             .prop_map(|(h, ik, rk, wk, nonce, ct, tag, sig)| SealedEnvelope {
                 header: EnvelopeHeader {
-                    kind: match (h.0, h.5 % 3) {
+                    kind: match (h.0, h.5 % 4) {
                         (true, 0) => ScriptKind::Query,
+                        (true, 1) => ScriptKind::Terminal,
                         (true, _) => ScriptKind::Command,
                         _ => ScriptKind::Data,
                     },

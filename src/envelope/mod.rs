@@ -177,6 +177,8 @@ pub enum Expect<'a> {
     Command,
     /// A card query script ([`ScriptKind::Query`]).
     Query,
+    /// An offline terminal program ([`ScriptKind::Terminal`]).
+    Terminal,
     /// A data script bound to the command script with this SM3.
     DataFor(&'a [u8; 32]),
     /// Either kind, binding not checked: only for inspecting an envelope (`cardvm
@@ -410,13 +412,15 @@ impl<S: ReplayStore> Opener<S> {
         match (expect, h.kind) {
             (Expect::Command, ScriptKind::Command)
             | (Expect::Query, ScriptKind::Query)
+            | (Expect::Terminal, ScriptKind::Terminal)
             | (Expect::DataFor(_), ScriptKind::Data)
             | (Expect::Inspect, _) => {}
-            (Expect::Command | Expect::Query | Expect::DataFor(_), found) => {
+            (Expect::Command | Expect::Query | Expect::Terminal | Expect::DataFor(_), found) => {
                 return Err(OpenError::WrongKind {
                     expected: match expect {
                         Expect::Command => "command",
                         Expect::Query => "query",
+                        Expect::Terminal => "terminal",
                         _ => "data",
                     },
                     found: found.name(),

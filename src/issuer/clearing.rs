@@ -5,7 +5,9 @@
 //! `Asia/Shanghai`) with a cut-off time: a transaction at or after the cut-off counts
 //! for the next date (with the cut-off 00:00, a day is its calendar date). A
 //! transaction's time is when its bundle was issued (the card ran it within the bundle's
-//! life, minutes); a refund's is when it was made.
+//! life, minutes); an offline PSAM purchase's is the card's date and time (at most its
+//! settlement: docs/psam.md); a refund's is when it was made. An online purchase is
+//! credited to its order's merchant, an offline one to its terminal's.
 //!
 //! **Once.** Clearing a day stamps every transaction and refund it counts with the day
 //! (`cleared_day`, only where it is still empty, in one database transaction) and
@@ -350,7 +352,8 @@ impl Ledger {
         }
         let rows = sqlx::query(
             "SELECT t.reader_id, t.seq, t.kind, t.city, t.card_id, t.amount, t.issued_at, \
-             t.order_id, o.merchant_id, o.fee_bp FROM transactions t \
+             t.order_id, COALESCE(o.merchant_id, t.merchant_id) AS merchant_id, \
+             COALESCE(o.fee_bp, t.fee_bp) AS fee_bp FROM transactions t \
              LEFT JOIN orders o ON o.order_id = t.order_id \
              WHERE t.cleared_day IS NULL AND t.kind IN ('load', 'purchase') \
              AND t.state IN ('committed', 'recovered-committed') AND t.issued_at < $1",

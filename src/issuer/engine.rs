@@ -242,6 +242,26 @@ pub enum IssuerError {
         /// The script's role.
         role: &'static str,
     },
+    /// The reader is not a merchant's terminal, or its PSAM is not the one registered.
+    #[error("reader `{reader}` cannot sell offline: {detail}")]
+    NotATerminal {
+        /// Reader id.
+        reader: String,
+        /// Why.
+        detail: String,
+    },
+    /// An offline purchase's TAC does not verify.
+    #[error(
+        "offline purchase from reader `{reader}`, terminal {terminal} seq {terminal_seq}: the card's TAC does not verify (not settled)"
+    )]
+    OfflineTac {
+        /// Reader id.
+        reader: String,
+        /// Terminal number (hex).
+        terminal: String,
+        /// Terminal sequence.
+        terminal_seq: u32,
+    },
     /// The transaction was already settled by a different receipt.
     #[error("transaction {reader}/{seq} was already settled as {state} by another receipt")]
     SettledByOther {
@@ -430,6 +450,21 @@ impl Issuer {
         unix_to_bcd_datetime(t.saturating_add_signed(offset))
     }
 
+    /// The card company's time zone.
+    pub(super) fn zone(&self) -> &jiff::tz::TimeZone {
+        &self.zone
+    }
+
+    /// The card master keys.
+    pub(super) fn master_keys(&self) -> &dyn MasterKeyStore {
+        &*self.keys
+    }
+
+    /// The policy.
+    pub(super) fn policy(&self) -> &IssuerPolicy {
+        &self.policy
+    }
+
     /// The start (unix seconds) of the local day that holds `t`.
     fn local_day_start(&self, t: u64) -> u64 {
         jiff::Timestamp::from_second(i64::try_from(t).unwrap_or(i64::MAX))
@@ -533,7 +568,7 @@ impl Issuer {
         Ok((row, identity))
     }
 
-    async fn verify_receipt(
+    pub(super) async fn verify_receipt(
         &self,
         receipt: &Receipt,
     ) -> Result<(ReaderRow, ReaderIdentity, String), IssuerError> {
@@ -611,7 +646,7 @@ impl Issuer {
             })
     }
 
-    async fn program(
+    pub(super) async fn program(
         &self,
         city: u32,
         role: &'static str,
@@ -671,7 +706,7 @@ impl Issuer {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn seal(
+    pub(super) fn seal(
         &self,
         reader: &ReaderIdentity,
         kind: ScriptKind,
@@ -1395,6 +1430,15 @@ impl Issuer {
     pub async fn settle(&self, receipt: &Receipt) -> Result<Settled, IssuerError> {
         let (_, _, receipt_sm3) = self.verify_receipt(receipt).await?;
         let reader = receipt.reader_id.clone();
+        if receipt.mode != crate::receipt::Mode::Production {
+            return Err(IssuerError::NotOurs {
+                reader,
+                detail: format!(
+                    "a {} receipt names no bundle (an offline sale settles through the journal)",
+                    receipt.mode.name()
+                ),
+            });
+        }
         let data = receipt.data.ok_or_else(|| IssuerError::NotOurs {
             reader: reader.clone(),
             detail: "a query receipt names no bundle; nothing to settle".into(),

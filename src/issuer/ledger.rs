@@ -55,6 +55,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "merchants",
         include_str!("../../migrations/0006_merchants.sql"),
     ),
+    (
+        7,
+        "offline purchases",
+        include_str!("../../migrations/0007_offline_purchases.sql"),
+    ),
 ];
 
 /// A ledger failure: one line, with the operation.
@@ -1264,11 +1269,14 @@ impl Ledger {
         rows.iter().map(txn_from_row).collect()
     }
 
-    /// The oldest load of this card left `unknown`, if any.
+    /// The oldest load or online purchase of this card left `unknown`, if any (an
+    /// offline terminal sale left `unknown` is an operator's to decide: its recovery is
+    /// not a bundle of the reader the card is on next).
     pub async fn oldest_unknown(&self, card_id: &str) -> Result<Option<TxnRow>, LedgerError> {
         let sql = format!(
             "SELECT {TXN_COLUMNS} FROM transactions WHERE card_id = $1 AND state = 'unknown' \
-             AND kind IN ('load', 'purchase') ORDER BY issued_at, seq LIMIT 1"
+             AND kind IN ('load', 'purchase') AND terminal_seq IS NULL \
+             ORDER BY issued_at, seq LIMIT 1"
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(card_id.to_ascii_uppercase())

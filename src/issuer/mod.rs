@@ -43,6 +43,9 @@ pub mod keys;
 pub mod ledger;
 #[cfg(feature = "issuer")]
 pub mod merchant;
+/// Offline purchases from PSAM terminals, settled from their journals.
+#[cfg(feature = "issuer")]
+pub mod offline;
 #[cfg(feature = "issuer")]
 pub mod payment;
 pub mod pki;

@@ -11,6 +11,10 @@
 //! * **another receipt** — the ledger settled it with a different receipt;
 //! * **duplicated** — two different receipts in the journals for one transaction.
 //!
+//! An offline terminal sale (docs/psam.md) is named by its city, terminal number and
+//! terminal sequence instead of a bundle; one that failed before the card's commit point
+//! moved nothing and is not compared.
+//!
 //! And each card's counters, as the settled transactions report them (the online
 //! counter for loads, the offline counter for purchases), should follow one another:
 //! a **counter gap** is a transaction on the card the ledger does not know, such as an
@@ -39,6 +43,9 @@ pub struct JournalReceipt {
     pub card_id: String,
     /// What the reader saw (`committed`, `failed …`, `unknown …`).
     pub outcome: String,
+    /// For an offline terminal sale (`seq` is then 0): city, the PSAM's terminal number
+    /// and its terminal sequence, which name the sale in the ledger.
+    pub offline: Option<(u32, [u8; 6], u32)>,
 }
 
 /// What reconciliation found.
@@ -86,7 +93,10 @@ pub async fn reconcile(
     let mut matched = 0;
     let mut seen: HashMap<(String, u64), &JournalReceipt> = HashMap::new();
     for r in receipts {
-        let key = (r.reader_id.clone(), r.seq);
+        let key = match r.offline {
+            Some((city, terminal, tseq)) => (format!("{city}/{}", hex(&terminal)), u64::from(tseq)),
+            None => (r.reader_id.clone(), r.seq),
+        };
         let finding = |kind: &str, detail: String| Finding {
             kind: kind.into(),
             reader_id: r.reader_id.clone(),
@@ -109,7 +119,26 @@ pub async fn reconcile(
             continue;
         }
         seen.insert(key, r);
-        match ledger.txn(&r.reader_id, r.seq).await? {
+        let row = match r.offline {
+            Some((city, terminal, tseq)) => {
+                match ledger.offline_txn(city, &terminal, tseq).await? {
+                    Some(row) => Some(row),
+                    None => {
+                        findings.push(finding(
+                        "not_settled",
+                        format!(
+                            "offline sale of terminal {} seq {tseq} is not in the ledger; the card {}: deliver it (cardvm client sync)",
+                            hex(&terminal),
+                            r.outcome
+                        ),
+                    ));
+                        continue;
+                    }
+                }
+            }
+            None => ledger.txn(&r.reader_id, r.seq).await?,
+        };
+        match row {
             None => findings.push(finding(
                 "not_in_ledger",
                 format!(
@@ -244,12 +273,38 @@ pub fn journal_receipts(path: &std::path::Path) -> Result<Vec<JournalReceipt>, S
         let Ok(r) = crate::receipt::Receipt::from_bytes(&e.payload) else {
             continue;
         };
-        let Some(data) = r.data else { continue };
+        let offline = if r.mode == crate::receipt::Mode::Terminal {
+            // A sale that failed before the card's commit point moved nothing.
+            if matches!(r.outcome, crate::receipt::Outcome::Failed { .. }) {
+                continue;
+            }
+            let field = |name: &str| match r.field(name) {
+                Some(crate::receipt::FieldValue::Bytes(b)) => Some(b.clone()),
+                _ => None,
+            };
+            let terminal = field("terminal_id").and_then(|b| <[u8; 6]>::try_from(b).ok());
+            let tseq = field("terminal_seq")
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_be_bytes);
+            match (terminal, tseq) {
+                (Some(t), Some(q)) => Some((r.city, t, q)),
+                // Torn before the PSAM numbered it: nothing reached the card.
+                _ => continue,
+            }
+        } else {
+            None
+        };
+        let seq = match (&r.data, offline) {
+            (Some(d), _) => d.seq,
+            (None, Some(_)) => 0,
+            (None, None) => continue,
+        };
         out.push(JournalReceipt {
+            offline,
             journal: path.display().to_string(),
             journal_seq: e.seq,
             reader_id: r.reader_id.clone(),
-            seq: data.seq,
+            seq,
             receipt_sm3: r
                 .to_bytes()
                 .map(|b| hex(&crate::crypto::sm3(&b)))

@@ -361,6 +361,19 @@ impl Client {
         .await
     }
 
+    /// The city's offline terminal program, sealed for this reader (a merchant terminal
+    /// with a PSAM: docs/psam.md "Offline purchases").
+    pub async fn terminal_script(&self, city: u32) -> Result<SealedReply, ClientError> {
+        self.post(
+            "/v1/terminal-script",
+            &QueryScriptRequest {
+                request_id: new_request_id(),
+                city,
+            },
+        )
+        .await
+    }
+
     /// Starts a recharge from a signed query receipt (canonical JSON).
     pub async fn start(
         &self,
@@ -1033,6 +1046,9 @@ pub struct SyncReport {
     pub settled: usize,
     /// Of which query receipts (nothing to settle).
     pub queries: usize,
+    /// Of which offline terminal sales that failed before the card's commit point
+    /// (nothing moved).
+    pub failed: usize,
     /// Of which refused by the service (the reason stays in its log and answer).
     pub refused: Vec<String>,
     /// The journal is acknowledged up to here.
@@ -1087,6 +1103,7 @@ pub async fn sync<S: crate::journal::Storage>(
             match r.status.as_str() {
                 "settled" => report.settled += 1,
                 "query" => report.queries += 1,
+                "failed" => report.failed += 1,
                 "refused" => report.refused.push(format!(
                     "journal seq {}: {}",
                     r.journal_seq,

@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `GET /v1/health` | — | [`Health`] (no authentication) |
 //! | `POST /v1/query-script` | [`QueryScriptRequest`] | [`SealedReply`] |
+//! | `POST /v1/terminal-script` | [`QueryScriptRequest`] | [`SealedReply`] (a merchant terminal's offline purchase program) |
 //! | `POST /v1/recharge/start` | [`StartRequest`] (signed query receipt + amount) | [`BundleReply`] |
 //! | `POST /v1/recharge/complete` | [`CompleteRequest`] (signed receipt) | [`SettleReply`] |
 //! | `POST /v1/journal` | [`JournalRequest`] (offline receipts) | [`JournalReply`] |
@@ -517,7 +518,9 @@ pub struct JournalRequest {
 pub struct JournalResult {
     /// Its journal seq.
     pub journal_seq: u64,
-    /// `settled`, `query` (a query receipt: nothing to settle), `refused`, or `retry`
+    /// `settled`, `query` (a query receipt: nothing to settle), `failed` (an offline
+    /// terminal sale that failed before the card's commit point: nothing moved),
+    /// `refused`, or `retry`
     /// (the ledger failed: nothing after it is acknowledged; send it again).
     pub status: String,
     /// The settlement, when settled.

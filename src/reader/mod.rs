@@ -210,6 +210,10 @@ pub enum ReaderError {
     /// The command script cannot run as a card query ([`Reader::query`]).
     #[error("card query refused: {0}")]
     Query(#[from] QueryRefusal),
+    /// The command script cannot run as an offline terminal purchase
+    /// ([`Reader::prepare_terminal`]).
+    #[error("terminal purchase refused: {0}")]
+    Terminal(#[from] TerminalRefusal),
     /// The script addresses SAM slots this terminal does not have
     /// ([`Reader::run_with_sams`]); nothing was sent to the card or a SAM.
     #[error(
@@ -263,6 +267,48 @@ pub enum QueryRefusal {
         now: u64,
     },
 }
+
+/// Why [`Reader::prepare_terminal`] refused a terminal program or its amount, before the
+/// card was touched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TerminalRefusal {
+    /// The program declares a key input: whatever a terminal holds, its owner holds, so
+    /// the purchase keys stay in the PSAM.
+    #[error(
+        "the script declares the key input `{name}`: a terminal program holds no key (the PSAM does)"
+    )]
+    KeyInput {
+        /// The input's name.
+        name: String,
+    },
+    /// The program declares an input the reader does not supply.
+    #[error(
+        "the script declares the input `{name}`: a terminal program gets only `amount` and `now`, from the terminal"
+    )]
+    OtherInput {
+        /// The input's name.
+        name: String,
+    },
+    /// The program addresses no SAM: an offline purchase's MAC1 comes from the PSAM.
+    #[error("the script sends nothing to a SAM: an offline purchase needs the terminal's PSAM")]
+    NoSam,
+    /// The amount does not fit the program's `amount` input.
+    #[error("amount {amount} fen does not fit the script's `amount` input")]
+    Amount {
+        /// The amount, fen.
+        amount: u64,
+    },
+    /// The reader's clock does not give a BCD date-time.
+    #[error("the reader's clock ({now}) is not a date a card can carry")]
+    Clock {
+        /// The clock's reading (local), unix seconds.
+        now: i64,
+    },
+}
+
+/// The inputs a terminal program may declare; the reader supplies both.
+pub const TERMINAL_INPUTS: [&str; 2] = ["amount", "now"];
 
 /// Longest nonce a card query echoes (the card company's challenge).
 pub const MAX_QUERY_NONCE: usize = 32;
@@ -764,6 +810,94 @@ impl Reader {
                 Mode::Development
             },
             query: true,
+        })
+    }
+
+    /// Opens (when sealed), parses and verifies an **offline terminal program** and builds
+    /// its data script, applying the policy; nothing here touches a card.
+    ///
+    /// A terminal with a PSAM sells offline (docs/psam.md "Offline purchases"): the card
+    /// company seals its purchase program once ([`ScriptKind::Terminal`], a replay stream
+    /// of its own, re-opened for every sale), and the terminal supplies what only it
+    /// knows. So:
+    ///
+    /// * the command script must be sealed **as a terminal program** (a transaction's
+    ///   command script or a query is refused with [`OpenError::WrongKind`], and a
+    ///   terminal program never runs through [`prepare`](Self::prepare)), unless the
+    ///   reader is in development mode;
+    /// * the reader builds the data script with two fields and nothing else: `amount`
+    ///   (fen, keyed in at the terminal) and `now` (`bcd_datetime`: its clock moved by
+    ///   `utc_offset` seconds, the terminal's local time as cards carry it);
+    /// * the program may declare no key input ([`TerminalRefusal::KeyInput`]), no input
+    ///   but those two ([`TerminalRefusal::OtherInput`]), and must talk to a SAM
+    ///   ([`TerminalRefusal::NoSam`]): the PSAM holds the purchase key and computes MAC1.
+    ///
+    /// The receipt is [`Mode::Terminal`] with `data: None`; the card company settles it
+    /// on the card's TAC, once per terminal sequence number.
+    pub fn prepare_terminal(
+        &mut self,
+        command: &[u8],
+        amount: u64,
+        utc_offset: i32,
+    ) -> Result<Prepared, ReaderError> {
+        if is_sealed(command) && self.journal.is_none() {
+            return Err(ReaderError::NoJournal);
+        }
+        let now = self.clock.now();
+        let local = i64::try_from(now)
+            .unwrap_or(i64::MAX)
+            .saturating_add(i64::from(utc_offset));
+        let when = u64::try_from(local)
+            .ok()
+            .and_then(crate::envelope::time::bcd_datetime)
+            .ok_or(TerminalRefusal::Clock { now: local })?;
+        let (command_bytes, sealed) = self.open_command(command, now, Expect::Terminal)?;
+        let command_sm3 = crate::crypto::sm3(&command_bytes);
+        let program = self.verified_program(&command_bytes, command_sm3)?;
+        if let Some(d) = program.inputs().iter().find(|d| d.ty.is_key()) {
+            let name = String::from(&*d.name);
+            return Err(TerminalRefusal::KeyInput { name }.into());
+        }
+        if let Some(d) = program
+            .inputs()
+            .iter()
+            .find(|d| !TERMINAL_INPUTS.contains(&&*d.name))
+        {
+            let name = String::from(&*d.name);
+            return Err(TerminalRefusal::OtherInput { name }.into());
+        }
+        if program.sam_slots_needed() == 0 {
+            return Err(TerminalRefusal::NoSam.into());
+        }
+        let amount_value = FieldValue::Int(amount);
+        if let Some(d) = program.inputs().iter().find(|d| &*d.name == "amount")
+            && !amount_value.fits(&d.ty)
+        {
+            return Err(TerminalRefusal::Amount { amount }.into());
+        }
+        let data = DataScript {
+            fields: alloc::vec![
+                Field {
+                    name: String::from("amount"),
+                    value: amount_value,
+                },
+                Field {
+                    name: String::from("now"),
+                    value: FieldValue::BcdDateTime(when),
+                },
+            ],
+        };
+        Ok(Prepared {
+            program,
+            data,
+            command_sm3,
+            data_identity: None,
+            mode: if sealed {
+                Mode::Terminal
+            } else {
+                Mode::Development
+            },
+            query: false,
         })
     }
 

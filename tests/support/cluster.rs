@@ -24,7 +24,8 @@ use cardvm::vm::Limits;
 
 pub const CITY: u32 = 731;
 const DAY: u64 = 86_400;
-const MASTERS: [&str; 3] = [
+/// The card master keys (load, purchase, TAC) of every city in the cluster.
+pub const MASTERS: [&str; 3] = [
     "11223344556677888877665544332211",
     "0123456789ABCDEFFEDCBA9876543210",
     "A1A2A3A4A5A6A7A8B1B2B3B4B5B6B7B8",
@@ -283,7 +284,8 @@ impl Cluster {
             l,
             self.trust.clone(),
             self.issuer_key.clone(),
-            Arc::new(Masters(vec![(CITY, KeyAlg::Des3)])),
+            // City 755 (SM4) for the offline PSAM terminals (tests/offline_purchases.rs).
+            Arc::new(Masters(vec![(CITY, KeyAlg::Des3), (755, KeyAlg::Sm4)])),
             Arc::new(SystemClock),
         );
         let svc = Service::new(

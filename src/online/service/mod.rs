@@ -162,7 +162,10 @@ impl From<IssuerError> for Refusal {
             E::Order { .. } => (StatusCode::CONFLICT, "order_not_payable"),
             E::NotOurs { .. } => (StatusCode::BAD_REQUEST, "not_ours"),
             E::Mismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "mismatch"),
-            E::TacMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "tac_mismatch"),
+            E::TacMismatch { .. } | E::OfflineTac { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "tac_mismatch")
+            }
+            E::NotATerminal { .. } => (StatusCode::FORBIDDEN, "not_a_terminal"),
             E::SettledByOther { .. } => (StatusCode::CONFLICT, "settled_by_other"),
             E::KeysToDesktop { .. } => (StatusCode::FORBIDDEN, "keys_refused"),
             // A constraint decided: the row is there (a conflict, not retryable as it is);
@@ -793,6 +796,31 @@ async fn query_script(
     .await
 }
 
+async fn terminal_script(
+    State(svc): State<Arc<Service>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    svc.signed(
+        "/v1/terminal-script",
+        headers,
+        body,
+        true,
+        |svc, caller, req: QueryScriptRequest| async move {
+            let s = svc
+                .issuer
+                .terminal_script(&caller.reader_id, req.city)
+                .await?;
+            Ok(SealedReply {
+                seq: s.seq,
+                expires: s.expires,
+                script: to_hex(&s.bytes),
+            })
+        },
+    )
+    .await
+}
+
 async fn start(
     State(svc): State<Arc<Service>>,
     headers: HeaderMap,
@@ -938,7 +966,20 @@ async fn journal(
                         continue;
                     }
                 };
-                if receipt.data.is_none() {
+                let offline = receipt.mode == crate::receipt::Mode::Terminal;
+                if receipt.mode == crate::receipt::Mode::Development {
+                    results.push(JournalResult {
+                        journal_seq: item.journal_seq,
+                        status: "refused".into(),
+                        settled: None,
+                        error: Some(
+                            "a development receipt (plain scripts) is never settled".into(),
+                        ),
+                    });
+                    acked = item.journal_seq;
+                    continue;
+                }
+                if receipt.data.is_none() && !offline {
                     // A query receipt: delivered, nothing to settle.
                     results.push(JournalResult {
                         journal_seq: item.journal_seq,
@@ -949,7 +990,21 @@ async fn journal(
                     acked = item.journal_seq;
                     continue;
                 }
-                match svc.issuer.settle(&receipt).await {
+                let settled = if offline {
+                    svc.issuer.settle_offline(&receipt).await
+                } else {
+                    svc.issuer.settle(&receipt).await
+                };
+                match settled {
+                    Ok(s) if offline && s.state == crate::issuer::TxnState::Failed => {
+                        // A sale that failed before the card's commit point: nothing moved.
+                        results.push(JournalResult {
+                            journal_seq: item.journal_seq,
+                            status: "failed".into(),
+                            settled: None,
+                            error: None,
+                        })
+                    }
                     Ok(s) => results.push(JournalResult {
                         journal_seq: item.journal_seq,
                         status: "settled".into(),
@@ -1060,6 +1115,7 @@ pub fn router(svc: Arc<Service>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/query-script", post(query_script))
+        .route("/v1/terminal-script", post(terminal_script))
         .route("/v1/recharge/start", post(start))
         .route("/v1/recharge/complete", post(complete))
         .route("/v1/host", post(host))
