@@ -28,6 +28,13 @@ cardvm issuer init --ca ca/ca.crt --crl ca.crl --key issuer.key --keys issuer.ke
 cardvm issuer city add 731 --alg des3 --query "$repo/scripts/city0731-des3/query.casm" \
     --load "$repo/scripts/city0731-des3/load_host.cvs" --recover "$repo/scripts/city0731-des3/recover.casm" \
     --purchase "$repo/scripts/city0731-des3/purchase_host.cvs"
+# City 755 (SM4) sells offline too: merchants' PSAM terminals run its terminal program
+# (inputs amount and time only; the purchase key is in the PSAM: docs/psam.md).
+printf 'alg = "sm4"\nload = "0123456789ABCDEFFEDCBA9876543210"\npurchase = "11223344556677888877665544332211"\ntac = "00112233445566778899AABBCCDDEEFF"\n' > m755.toml
+cardvm issuer keys import 755 m755.toml --store issuer.keys
+cardvm issuer city add 755 --alg sm4 --query "$repo/scripts/city0755-sm4/query.casm" \
+    --load "$repo/scripts/city0755-sm4/load_host.cvs" \
+    --terminal-purchase "$repo/scripts/city0755-sm4/psam_purchase.cvs"
 
 # Enroll a reader: its key never leaves it; the CA issues from its request.
 cardvm reader init --reader-id R1 --dir r1
@@ -73,4 +80,19 @@ order="$(cardvm merchant order create "${shop[@]}" --merchant-order A-1001 --amo
 cardvm client pay --server "$url" --server-ca tls.crt --reader-dir r1 \
     --issuer-pub issuer.pub --city 731 --order "$order" --sim card.toml
 cardvm merchant order show "$order" "${shop[@]}"
+
+# The shop's PSAM terminal T1 (its PSAM numbers it 000000000001): it fetches the sealed
+# terminal program once, sells 2.50 offline, and uploads its journal later; the sale is
+# settled on the card's TAC and credited to the shop (docs/psam.md "Offline purchases").
+cardvm reader init --reader-id T1 --dir t1
+cardvm ca issue --dir ca --csr t1/T1.csr --days 365 -o T1.crt
+cardvm reader install T1.crt --ca ca/ca.crt --dir t1
+cardvm issuer reader add T1.crt --terminal 000000000001 --merchant shop
+cardvm client terminal-script --server "$url" --server-ca tls.crt --reader-dir t1 --city 755 -o purchase.cvm
+cp "$repo/scripts/city0755-sm4/psam_card.toml" card755.toml
+cp "$repo/scripts/cards/psam_sm4.toml" psam.toml
+cardvm run purchase.cvm --terminal-purchase 2.50 --reader-key t1/reader.key --reader-id T1 \
+    --issuer-pub issuer.pub --journal t1/reader.journal --sim card755.toml --sam-sim psam.toml \
+    --save --receipt sale.json
+cardvm client sync --server "$url" --server-ca tls.crt --reader-dir t1
 cardvm issuer ledger

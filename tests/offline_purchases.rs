@@ -370,7 +370,7 @@ async fn offline_day(db: &str, tag: &str) {
     assert_eq!(offline.len(), 4, "{offline:#?}");
     let settled_a: u64 = offline
         .iter()
-        .filter(|r| r.card_id == hex(&a.card_number()))
+        .filter(|r| r.card_id == hex(a.card_number()))
         .map(|r| r.amount)
         .sum();
     assert_eq!(settled_a, 1_250, "s3 not uploaded yet");

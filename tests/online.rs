@@ -741,5 +741,8 @@ fn readme_two_party_script_runs() {
         t.contains("25.00 yuan, paid, Two notebooks, paid by card ****"),
         "{t}"
     );
-    assert!(t.contains("3 transaction(s)"), "{t}");
+    // The shop's PSAM terminal: one offline sale, uploaded and settled on its TAC.
+    assert!(t.contains("sent 1 receipt(s): 1 settled"), "{t}");
+    assert!(t.contains("offline purchase (PSAM terminal)"), "{t}");
+    assert!(t.contains("4 transaction(s)"), "{t}");
 }

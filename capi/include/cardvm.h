@@ -107,6 +107,11 @@
 // `cardvm_set_allow_plain`); never settled.
 #define CARDVM_MODE_DEVELOPMENT 1
 
+// Receipt mode: the card company's sealed offline terminal program ran with the amount
+// keyed in at the terminal (a PSAM sale; docs/psam.md "Offline purchases"); settled on
+// the card's TAC once its journal is uploaded.
+#define CARDVM_MODE_TERMINAL 2
+
 // Transmit callback result: the response is in `resp[0..*resp_len]`.
 #define CARDVM_TX_OK 0
 
@@ -331,7 +336,8 @@ int cardvm_receipt_bytes(cardvm_ctx ctx, uint8_t *buf, size_t cap, size_t *neede
 int cardvm_receipt_json(cardvm_ctx ctx, char *buf, size_t cap, size_t *needed);
 
 // The last receipt's mode: [`CARDVM_MODE_PRODUCTION`] (both scripts sealed by the
-// trusted issuer) or [`CARDVM_MODE_DEVELOPMENT`] (plain scripts; never settled).
+// trusted issuer), [`CARDVM_MODE_DEVELOPMENT`] (plain scripts; never settled) or
+// [`CARDVM_MODE_TERMINAL`] (an offline terminal sale).
 //
 // # Safety
 // `out` null (→ `CARDVM_E_NULL`) or valid for writing one `int`.

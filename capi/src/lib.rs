@@ -147,6 +147,10 @@ pub const CARDVM_MODE_PRODUCTION: c_int = 0;
 /// Receipt mode: plain scripts ran (authoring, or the development mode of
 /// `cardvm_set_allow_plain`); never settled.
 pub const CARDVM_MODE_DEVELOPMENT: c_int = 1;
+/// Receipt mode: the card company's sealed offline terminal program ran with the amount
+/// keyed in at the terminal (a PSAM sale; docs/psam.md "Offline purchases"); settled on
+/// the card's TAC once its journal is uploaded.
+pub const CARDVM_MODE_TERMINAL: c_int = 2;
 
 /// Transmit callback result: the response is in `resp[0..*resp_len]`.
 pub const CARDVM_TX_OK: c_int = 0;
@@ -873,7 +877,8 @@ pub unsafe extern "C" fn cardvm_receipt_json(
 }
 
 /// The last receipt's mode: [`CARDVM_MODE_PRODUCTION`] (both scripts sealed by the
-/// trusted issuer) or [`CARDVM_MODE_DEVELOPMENT`] (plain scripts; never settled).
+/// trusted issuer), [`CARDVM_MODE_DEVELOPMENT`] (plain scripts; never settled) or
+/// [`CARDVM_MODE_TERMINAL`] (an offline terminal sale).
 ///
 /// # Safety
 /// `out` null (→ `CARDVM_E_NULL`) or valid for writing one `int`.
@@ -885,6 +890,7 @@ pub unsafe extern "C" fn cardvm_receipt_mode(ctx: cardvm_ctx, out: *mut c_int) -
             Ok(match c.receipt()?.mode {
                 Mode::Production => CARDVM_MODE_PRODUCTION,
                 Mode::Development => CARDVM_MODE_DEVELOPMENT,
+                Mode::Terminal => CARDVM_MODE_TERMINAL,
             })
         })?;
         // SAFETY: forwarded contract (checked non-null above).

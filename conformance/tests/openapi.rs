@@ -1364,6 +1364,37 @@ async fn the_running_service_answers_as_documented() {
         refused(client.terminal_script(CITY).await),
         (403, "not_a_terminal".into())
     );
+    // The same reader as the shop's PSAM terminal gets city 755's terminal program.
+    c.ledger
+        .set_city(&cardvm::issuer::ledger::CityRow {
+            city: 755,
+            alg: "sm4".into(),
+            purse_limit: 100_000,
+            txn_limit: 100_000,
+            day_limit: 200_000,
+        })
+        .await
+        .expect("city");
+    let terminal = cardvm::asm::assemble_file(
+        &repo("scripts/city0755-sm4/psam_purchase.cvs"),
+        &Default::default(),
+    )
+    .expect("psam_purchase.cvs")
+    .script
+    .encode();
+    c.ledger
+        .set_terminal_program(755, &terminal, now())
+        .await
+        .expect("terminal program");
+    c.ledger
+        .set_reader_merchant(&reader_id, Some("shop"))
+        .await
+        .expect("terminal");
+    client.terminal_script(755).await.expect("terminal program");
+    c.ledger
+        .set_reader_merchant(&reader_id, None)
+        .await
+        .expect("not a terminal");
     assert_eq!(
         refused(client.order("O00000000000000000000").await),
         (404, "unknown_order".into())

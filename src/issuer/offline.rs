@@ -2,14 +2,14 @@
 //!
 //! A terminal is a reader registered to a merchant (`issuer reader add … --merchant`)
 //! whose PSAM answers with the reader's registered terminal number. It gets the city's
-//! **terminal program** once, sealed for it as [`ScriptKind::Terminal`]
+//! **terminal program** once, sealed for it as [`ScriptKind::Terminal`](crate::envelope::ScriptKind::Terminal)
 //! ([`Issuer::terminal_script`]), and runs it offline for every sale with the amount
 //! keyed in ([`crate::reader::Reader::prepare_terminal`]). The PSAM holds the purchase
 //! key; the terminal holds none. Each receipt reaches the card company through the
 //! reader's journal (`cardvm client sync`), where [`Issuer::settle_offline`]:
 //!
 //! 1. verifies the reader's certificate and signature, that the receipt is
-//!    [`Mode::Terminal`] without a data identity, and that its program is one of the
+//!    [`Mode::Terminal`](crate::receipt::Mode::Terminal) without a data identity, and that its program is one of the
 //!    city's terminal programs;
 //! 2. takes the terminal number from the receipt and requires it to be the reader's
 //!    registered one, and the reader to be an enabled merchant's terminal;
