@@ -1,6 +1,7 @@
 //! The `cardvm` command-line tool: assemble, verify, seal and run card scripts.
 //!
-//! Every command exits 0 on success and non-zero with a one-line reason on failure.
+//! Every command exits 0 on success and non-zero with a one-line reason on failure
+//! (`cardvm client` transactions: an exit code per outcome class, docs/kiosk.md).
 
 mod cli;
 
@@ -13,7 +14,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cardvm: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(cli::exit_code())
         }
     }
 }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cardvm::online::client::{Client, Step, recharge, sync};
+use cardvm::online::kiosk::{Class, Code, Event, Final, Progress, progress_line};
 use cardvm::reader::{Policy, Reader, ReaderConfig, ReceiptJournal, SystemClock};
 use cardvm::vm::Limits;
 use clap::{Args, Subcommand};
@@ -86,7 +87,8 @@ struct CardOn {
     /// Seconds one PC/SC exchange may take before the card counts as gone.
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     apdu_timeout: f64,
-    /// Print one JSON object at the end instead of progress lines.
+    /// Print JSON Lines events on stdout instead of progress lines: each step, then one
+    /// `result` with its stable code, in every case (docs/kiosk.md).
     #[arg(long)]
     json: bool,
 }
@@ -101,6 +103,9 @@ enum ClientCmd {
     /// Pay a merchant's order from the card on the reader (docs/clearing.md): shows the
     /// merchant, amount and description, then pays exactly that amount.
     Pay(PayTxn),
+    /// Read the card on the reader (number, balance, counters, validity) with the city's
+    /// sealed query, before an amount is chosen: the card is not changed.
+    Card(CardOn),
     /// Fetch the city's offline terminal program, sealed for this reader (a merchant's
     /// PSAM terminal): run it with `cardvm run FILE --terminal-purchase AMOUNT` for each
     /// sale, then `client sync` (docs/psam.md "Offline purchases").
@@ -133,8 +138,246 @@ enum What {
 }
 
 /// `client recharge` / `client purchase` / `client pay`: one transaction on the card,
-/// online.
+/// online. Progress lines on stderr, or with --json JSON Lines events on stdout
+/// (docs/kiosk.md); in either case one final outcome with its code and an exit code per
+/// outcome class.
 fn card_txn(t: CardOn, what: What) -> CliResult {
+    let json = t.json;
+    let purchase = !matches!(what, What::Load(..));
+    let amount = std::cell::Cell::new(match &what {
+        What::Load(a, _) | What::Purchase(a) => *a,
+        What::Pay(_) => 0,
+    });
+    let mut steps = Progress::new(purchase, matches!(what, What::Pay(_)));
+    let emit = |e: &Event| {
+        if json {
+            if let Ok(line) = serde_json::to_string(e) {
+                println!("{line}");
+            }
+        } else if let Some(line) = progress_line(e) {
+            eprintln!("{line}");
+        }
+    };
+    let progress = |s: &Step| {
+        if let Step::Order(o) = s {
+            amount.set(o.amount);
+        }
+        emit(&steps.event(s));
+    };
+    let last = match txn_on_card(t, &what, progress) {
+        Ok((result, synced)) => {
+            let mut f = Final::of(&result, amount.get(), purchase);
+            if let Err(e) = synced {
+                f.detail.push_str(&format!(
+                    "; journal not synced now ({e}): cardvm client sync delivers it"
+                ));
+            }
+            f
+        }
+        Err(f) => *f,
+    };
+    let (code, class, message, detail) = (
+        last.code,
+        last.class,
+        last.message.clone(),
+        last.detail.clone(),
+    );
+    if json {
+        emit(&Event::Result(Box::new(last)));
+    }
+    match class {
+        Class::Ok => {
+            if !json {
+                eprintln!("{message}");
+            }
+            Ok(())
+        }
+        _ => super::fail_with(
+            class.exit_code(),
+            format!("{message} [{}] ({detail})", code.as_str()),
+        ),
+    }
+}
+
+/// The reader of `--reader-dir`, as a sealed-only reader with its replay store and
+/// journal; the journal's path.
+fn open_reader(conn: &Conn, issuer_pub: &Path) -> Result<(Reader, PathBuf), String> {
+    let key_path = conn.reader_dir.join("reader.key");
+    let key = super::keys::load_private_key(&key_path)?;
+    let store_path = key_path.with_extension("replay");
+    let store = cardvm::envelope::FileReplayStore::open_file(&store_path, &key)
+        .map_err(|e| format!("{}: {e}", store_path.display()))?;
+    let journal_path = key_path.with_extension("journal");
+    let journal: Box<dyn ReceiptJournal + Send> = Box::new(
+        cardvm::journal::Journal::open(&journal_path)
+            .map_err(|e| format!("{}: {e}", journal_path.display()))?,
+    );
+    let reader = Reader::new(
+        ReaderConfig {
+            reader_id: read_id(&conn.reader_dir)?,
+            reader_key: Some(key),
+            issuers: vec![super::keys::load_public_key(issuer_pub)?],
+            policy: Policy::SealedOnly,
+            limits: Limits::default(),
+        },
+        Some(Box::new(store)),
+        Some(journal),
+        Box::new(SystemClock),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok((reader, journal_path))
+}
+
+/// `client card`: the card as the city's query reads it.
+fn read_card_cmd(t: CardOn) -> CliResult {
+    let json = t.json;
+    let emit = |e: &Event| {
+        if json && let Ok(line) = serde_json::to_string(e) {
+            println!("{line}");
+        }
+    };
+    let last = match read_card_on(&t) {
+        Ok(info) => {
+            let fields: serde_json::Map<String, serde_json::Value> = info
+                .fields
+                .iter()
+                .map(|(name, v)| {
+                    let v = match v {
+                        cardvm::receipt::FieldValue::Int(i) => serde_json::json!(i),
+                        cardvm::receipt::FieldValue::Bytes(b) => {
+                            serde_json::json!(cardvm::issuer::ledger::hex(b))
+                        }
+                    };
+                    (name.clone(), v)
+                })
+                .collect();
+            emit(&Event::Card {
+                card_id: info.card_id.clone(),
+                balance_fen: info.balance,
+                balance: info.balance.map(cardvm::online::kiosk::yuan),
+                fields: fields.clone(),
+            });
+            if !json {
+                println!("card {}", info.card_id);
+                if let Some(b) = info.balance {
+                    println!("balance {}", cardvm::online::kiosk::yuan(b));
+                }
+                for (name, v) in &fields {
+                    println!("{name} {v}");
+                }
+            }
+            let mut f = Final::new(Code::CardRead, 0, format!("card {}", info.card_id));
+            f.card_id = Some(info.card_id);
+            f.balance_before_fen = info.balance;
+            f
+        }
+        Err(f) => *f,
+    };
+    let (code, class, message, detail) = (
+        last.code,
+        last.class,
+        last.message.clone(),
+        last.detail.clone(),
+    );
+    emit(&Event::Result(Box::new(last)));
+    match class {
+        Class::Ok => Ok(()),
+        _ => super::fail_with(
+            class.exit_code(),
+            format!("{message} [{}] ({detail})", code.as_str()),
+        ),
+    }
+}
+
+fn read_card_on(t: &CardOn) -> Result<cardvm::online::client::CardInfo, Box<Final>> {
+    let setup = |e: String| Box::new(Final::new(Code::ReaderNotAccepted, 0, e));
+    let apdu_timeout = super::pcsc::apdu_timeout(t.apdu_timeout).map_err(setup)?;
+    let (mut reader, journal_path) = open_reader(&t.conn, &t.issuer_pub).map_err(setup)?;
+    let client = client(&t.conn).map_err(setup)?;
+    let rt = runtime().map_err(setup)?;
+    let fail = |e: cardvm::online::client::RechargeError| {
+        let r = Err(e);
+        Box::new(Final::of(&r, 0, false))
+    };
+    let info = match (&t.sim, &t.pcsc) {
+        (Some(profile), None) => {
+            let mut card = super::sim::load_card(profile).map_err(setup)?;
+            let r = rt.block_on(cardvm::online::client::read_card(
+                &client,
+                &mut reader,
+                &mut card,
+                t.city,
+            ));
+            card.save(profile)
+                .map_err(|e| setup(format!("{}: {e}", profile.display())))?;
+            r.map_err(fail)?
+        }
+        (None, Some(name)) => {
+            let r = pcsc_read(
+                &rt,
+                &client,
+                &mut reader,
+                name,
+                (t.wait, apdu_timeout),
+                t.city,
+            )
+            .map_err(|e| Box::new(Final::new(Code::NoCard, 0, e)))?;
+            r.map_err(fail)?
+        }
+        _ => {
+            return Err(setup(
+                "give the card: --sim CARD.toml or --pcsc [READER]".into(),
+            ));
+        }
+    };
+    drop(reader);
+    // The query receipt is delivered with the journal (nothing to settle).
+    if let Ok(mut j) = cardvm::journal::Journal::open(&journal_path) {
+        let _ = rt.block_on(sync(&client, &mut j));
+    }
+    Ok(info)
+}
+
+#[cfg(feature = "pcsc")]
+fn pcsc_read(
+    rt: &tokio::runtime::Runtime,
+    client: &Client,
+    reader: &mut Reader,
+    name: &str,
+    (wait, timeout): (u64, Duration),
+    city: u32,
+) -> Result<Result<cardvm::online::client::CardInfo, cardvm::online::client::RechargeError>, String>
+{
+    let mut card = super::pcsc::open_card("--pcsc", name, wait, timeout)?;
+    Ok(rt.block_on(cardvm::online::client::read_card(
+        client, reader, &mut card, city,
+    )))
+}
+
+#[cfg(not(feature = "pcsc"))]
+fn pcsc_read(
+    _: &tokio::runtime::Runtime,
+    _: &Client,
+    _: &mut Reader,
+    _: &str,
+    _: (u64, Duration),
+    _: u32,
+) -> Result<Result<cardvm::online::client::CardInfo, cardvm::online::client::RechargeError>, String>
+{
+    Err("--pcsc: this cardvm was built without the `pcsc` feature".into())
+}
+
+type TxnResult = Result<
+    (
+        Result<cardvm::online::client::RechargeOutcome, cardvm::online::client::RechargeError>,
+        Result<(), String>,
+    ),
+    Box<Final>,
+>;
+
+/// The transaction on the card; an error before the card company or the card was asked
+/// anything is its final event already.
+fn txn_on_card(t: CardOn, what: &What, progress: impl FnMut(&Step)) -> TxnResult {
     let CardOn {
         conn,
         issuer_pub,
@@ -143,136 +386,60 @@ fn card_txn(t: CardOn, what: What) -> CliResult {
         pcsc,
         wait,
         apdu_timeout,
-        json,
+        json: _,
     } = t;
-    let purchase = !matches!(what, What::Load(..));
-    {
-        let apdu_timeout = super::pcsc::apdu_timeout(apdu_timeout)?;
-        let key_path = conn.reader_dir.join("reader.key");
-        let key = super::keys::load_private_key(&key_path)?;
-        let store =
-            cardvm::envelope::FileReplayStore::open_file(key_path.with_extension("replay"), &key)
-                .map_err(|e| format!("{}: {e}", key_path.with_extension("replay").display()))?;
-        let journal_path = key_path.with_extension("journal");
-        let journal: Box<dyn ReceiptJournal + Send> = Box::new(
-            cardvm::journal::Journal::open(&journal_path)
-                .map_err(|e| format!("{}: {e}", journal_path.display()))?,
-        );
-        let mut reader = Reader::new(
-            ReaderConfig {
-                reader_id: read_id(&conn.reader_dir)?,
-                reader_key: Some(key),
-                issuers: vec![super::keys::load_public_key(&issuer_pub)?],
-                policy: Policy::SealedOnly,
-                limits: Limits::default(),
-            },
-            Some(Box::new(store)),
-            Some(journal),
-            Box::new(SystemClock),
-        )
-        .map_err(|e| e.to_string())?;
-        let client = client(&conn)?;
-        let rt = runtime()?;
-        let total = if matches!(what, What::Pay(_)) { 6 } else { 5 };
-        let mut n = 0;
-        let progress = |s: &Step| {
-            if json {
-                return;
-            }
-            n += 1;
-            let line = match s {
-                Step::QueryScript => "asking the card company for the card query".to_string(),
-                Step::CardRead { card_id, balance } => match balance {
-                    Some(b) => format!("card {card_id}: balance {}.{:02}", b / 100, b % 100),
-                    None => format!("card {card_id}"),
-                },
-                Step::Bundle { kind, seq } if kind == "recover" => format!(
-                    "an earlier load on this card is unfinished: recovering it first (seq {seq})"
-                ),
-                Step::Bundle { seq, .. } => {
-                    format!(
-                        "{} approved (seq {seq}); keep the card on the reader",
-                        if purchase { "payment" } else { "load" }
-                    )
-                }
-                Step::CardDone { outcome } => format!("card: {outcome}"),
-                Step::Settled(s) => format!("card company: {} {}", s.kind, s.state),
-                Step::Order(o) => format!(
-                    "order {}: {} yuan to {} for {} ({})",
-                    o.order_id, o.amount_display, o.merchant_name, o.description, o.state
-                ),
-            };
-            eprintln!("[{}/{total}] {line}", n.min(total));
-        };
-        let result = match (&sim, &pcsc) {
-            (Some(profile), None) => {
-                let mut card = super::sim::load_card(profile)?;
-                let r = rt.block_on(on_card(
-                    &what,
-                    &client,
-                    &mut reader,
-                    &mut card,
-                    city,
-                    progress,
-                ));
-                card.save(profile)
-                    .map_err(|e| format!("{}: {e}", profile.display()))?;
-                r
-            }
-            (None, Some(name)) => pcsc_recharge(
-                &what,
-                &rt,
+    let amount = match what {
+        What::Load(a, _) | What::Purchase(a) => *a,
+        What::Pay(_) => 0,
+    };
+    let setup = |e: String| Box::new(Final::new(Code::ReaderNotAccepted, amount, e));
+    let apdu_timeout = super::pcsc::apdu_timeout(apdu_timeout).map_err(setup)?;
+    let (mut reader, journal_path) = open_reader(&conn, &issuer_pub).map_err(setup)?;
+    let client = client(&conn).map_err(setup)?;
+    let rt = runtime().map_err(setup)?;
+    let result = match (&sim, &pcsc) {
+        (Some(profile), None) => {
+            let mut card = super::sim::load_card(profile).map_err(setup)?;
+            let r = rt.block_on(on_card(
+                what,
                 &client,
                 &mut reader,
-                name,
-                (wait, apdu_timeout),
+                &mut card,
                 city,
                 progress,
-            )?,
-            _ => return Err("give the card: --sim CARD.toml or --pcsc [READER]".into()),
+            ));
+            card.save(profile)
+                .map_err(|e| setup(format!("{}: {e}", profile.display())))?;
+            r
         }
-        .map_err(|e| e.to_string())?;
-        drop(reader);
-        // Deliver what is pending (this receipt if it was not delivered, queries) and
-        // compact; a failure here leaves them for `cardvm client sync`.
-        let synced = cardvm::journal::Journal::open(&journal_path)
-            .map_err(|e| e.to_string())
-            .and_then(|mut j| {
-                rt.block_on(sync(&client, &mut j))
-                    .map_err(|e| e.to_string())
-            });
-        if json {
-            let v = serde_json::json!({
-                "outcome": result.outcome,
-                "settled": result.settled.as_ref().map(|s| serde_json::json!({
-                    "seq": s.seq, "state": s.state, "already": s.already })),
-                "delivery_error": result.delivery_error,
-                "recovered": result.recovered.iter().map(|s| serde_json::json!({
-                    "seq": s.seq, "decided_seq": s.decided_seq, "decided_state": s.decided_state
-                })).collect::<Vec<_>>(),
-                "receipt": serde_json::from_str::<serde_json::Value>(&result.receipt).ok(),
-            });
-            println!("{v}");
+        (None, Some(name)) => pcsc_recharge(
+            what,
+            &rt,
+            &client,
+            &mut reader,
+            name,
+            (wait, apdu_timeout),
+            city,
+            progress,
+        )
+        .map_err(|e| Box::new(Final::new(Code::NoCard, amount, e)))?,
+        _ => {
+            return Err(setup(
+                "give the card: --sim CARD.toml or --pcsc [READER]".into(),
+            ));
         }
-        if let Err(e) = &synced {
-            eprintln!("journal not synced now ({e}); run cardvm client sync later");
-        }
-        match (&result.settled, result.outcome.as_str()) {
-                (Some(s), "committed") if s.state == "committed" => Ok(()),
-                (Some(_), o) if o.starts_with("unknown") => Err(
-                    "the card was removed while it was being written: tap it again to finish (the next transaction recovers it first)".into(),
-                ),
-                (Some(s), o) => Err(format!(
-                    "{}: card {o}; card company: {}",
-                    if purchase { "not paid" } else { "not loaded" },
-                    s.state
-                )),
-                (None, o) => Err(format!(
-                    "card {o}; the card company has not confirmed it ({}): the receipt is kept in the journal, run cardvm client sync",
-                    result.delivery_error.unwrap_or_default()
-                )),
-            }
-    }
+    };
+    drop(reader);
+    // Deliver what is pending (this receipt if it was not delivered, queries) and
+    // compact; a failure here leaves them for `cardvm client sync`.
+    let synced = cardvm::journal::Journal::open(&journal_path)
+        .map_err(|e| e.to_string())
+        .and_then(|mut j| {
+            rt.block_on(sync(&client, &mut j))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+    Ok((result, synced))
 }
 
 fn read_id(dir: &Path) -> Result<String, String> {
@@ -323,6 +490,7 @@ pub fn run(args: ClientArgs) -> CliResult {
             card_txn(t.on, What::Purchase(amount))
         }
         ClientCmd::Pay(t) => card_txn(t.on, What::Pay(t.order)),
+        ClientCmd::Card(t) => read_card_cmd(t),
         ClientCmd::TerminalScript { conn, city, out } => {
             let client = client(&conn)?;
             let reply = runtime()?

@@ -27,6 +27,23 @@ use std::path::Path;
 /// A failure, reported as one line.
 pub type CliResult = Result<(), String>;
 
+/// The process exit code of a failure (1 unless a command says otherwise).
+static EXIT_CODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
+
+/// A failure whose exit code tells its class (`cardvm client`: docs/kiosk.md).
+pub fn fail_with(code: i32, message: String) -> CliResult {
+    EXIT_CODE.store(
+        u8::try_from(code).unwrap_or(1).max(1),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    Err(message)
+}
+
+/// The exit code of the failure being reported.
+pub fn exit_code() -> u8 {
+    EXIT_CODE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// cardvm: run city smart-card transaction scripts against cards.
 #[derive(Parser, Debug)]
 #[command(name = "cardvm", version, about, long_about = None)]

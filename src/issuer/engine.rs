@@ -242,6 +242,16 @@ pub enum IssuerError {
         /// The script's role.
         role: &'static str,
     },
+    /// A purchase of more than the card's balance (refused before anything is sealed).
+    #[error("card {card}: balance {balance} is less than the amount {amount}")]
+    Insufficient {
+        /// Card id (hex).
+        card: String,
+        /// Its balance, fen.
+        balance: u64,
+        /// The amount asked, fen.
+        amount: u64,
+    },
     /// The reader is not a merchant's terminal, or its PSAM is not the one registered.
     #[error("reader `{reader}` cannot sell offline: {detail}")]
     NotATerminal {
@@ -961,9 +971,11 @@ impl Issuer {
         match q.card.balance {
             Some(b) if b >= amount => {}
             Some(b) => {
-                return Err(limit(format!(
-                    "balance {b} is less than the amount {amount}"
-                )));
+                return Err(IssuerError::Insufficient {
+                    card: card_hex.clone(),
+                    balance: b,
+                    amount,
+                });
             }
             None => return Err(limit("the query did not read the balance".into())),
         }

@@ -48,6 +48,15 @@ pub enum ClientError {
         /// What is wrong.
         detail: String,
     },
+    /// The service's TLS certificate was not accepted (an unknown CA, another name, an
+    /// expired certificate): nothing was sent.
+    #[error("{url}: the service's TLS certificate is not trusted ({detail})")]
+    Untrusted {
+        /// The URL.
+        url: String,
+        /// What rustls said.
+        detail: String,
+    },
     /// Setting up TLS or signing failed.
     #[error("client setup: {0}")]
     Setup(String),
@@ -539,11 +548,60 @@ impl Client {
     }
 }
 
-fn unreachable(url: &str, e: &dyn std::error::Error) -> ClientError {
-    ClientError::Unreachable {
-        url: url.into(),
-        detail: error_chain(e),
+fn unreachable(url: &str, e: &(dyn std::error::Error + 'static)) -> ClientError {
+    match tls_error(e) {
+        Some(detail) => ClientError::Untrusted {
+            url: url.into(),
+            detail,
+        },
+        None => ClientError::Unreachable {
+            url: url.into(),
+            detail: error_chain(e),
+        },
     }
+}
+
+/// The TLS certificate error somewhere in `e`'s sources, if that is what failed.
+fn tls_error(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let cert = match find_rustls(e, 0)? {
+        rustls::Error::InvalidCertificate(c) => c,
+        _ => return None,
+    };
+    Some(match cert {
+        rustls::CertificateError::UnknownIssuer => {
+            "issued by a CA this client does not trust".into()
+        }
+        rustls::CertificateError::NotValidForName
+        | rustls::CertificateError::NotValidForNameContext { .. } => {
+            "issued for another name".into()
+        }
+        rustls::CertificateError::Expired | rustls::CertificateError::ExpiredContext { .. } => {
+            "expired".into()
+        }
+        other => format!("{other:?}").to_lowercase(),
+    })
+}
+
+/// A `rustls::Error` in `e` or its sources. An `io::Error` hides the error it wraps from
+/// `source()`, so each one is opened too.
+fn find_rustls<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+    depth: u32,
+) -> Option<&'a rustls::Error> {
+    if depth > 16 {
+        return None;
+    }
+    if let Some(r) = e.downcast_ref::<rustls::Error>() {
+        return Some(r);
+    }
+    if let Some(inner) = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        && let Some(r) = find_rustls(inner, depth + 1)
+    {
+        return Some(r);
+    }
+    find_rustls(e.source()?, depth + 1)
 }
 
 /// The error and its sources on one line.
@@ -588,6 +646,44 @@ pub enum Step {
     Order(OrderReply),
 }
 
+/// What went wrong with the card itself, when a run ended on a transport fault on the
+/// card's slot (the receipt's 0xFF02 / 0xFF03): a kiosk tells the cardholder which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CardFault {
+    /// The card left the field during an exchange (tearing).
+    Removed,
+    /// The card is there but did not answer in time (a mute card).
+    NotAnswering,
+    /// No card was in the field.
+    Absent,
+    /// The reader failed (unplugged, in use by another application, …).
+    Reader,
+}
+
+impl CardFault {
+    /// The fault behind a run's failure, if it was the card's transport.
+    pub fn of(report: &crate::vm::RunReport) -> Option<Self> {
+        use crate::transport::{Slot, TransportError as T};
+        let failure = match &report.outcome {
+            crate::vm::Outcome::Failed(f) | crate::vm::Outcome::Unknown(f) => f,
+            crate::vm::Outcome::Committed => return None,
+        };
+        match failure {
+            crate::vm::Failure::Transport {
+                error,
+                slot: Slot::Card,
+                ..
+            } => Some(match error {
+                T::CardRemoved => CardFault::Removed,
+                T::Timeout => CardFault::NotAnswering,
+                T::NoCard => CardFault::Absent,
+                _ => CardFault::Reader,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// How a recharge ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RechargeOutcome {
@@ -602,6 +698,12 @@ pub struct RechargeOutcome {
     pub delivery_error: Option<String>,
     /// Loads recovered on the way (a previous `unknown` of this card).
     pub recovered: Vec<SettleReply>,
+    /// When the run ended on the card's transport: which fault.
+    pub card_fault: Option<CardFault>,
+    /// The card's balance as its last query read it (after any recovery), fen.
+    pub balance_before: Option<u64>,
+    /// The card's id (hex), as its query read it.
+    pub card_id: String,
 }
 
 /// Why a recharge stopped before the card committed anything.
@@ -613,6 +715,23 @@ pub enum RechargeError {
     /// The reader refused (sealed scripts, journal, policy) or the card failed.
     #[error("reader: {0}")]
     Reader(String),
+    /// The card could not be read (the query did not complete): nothing was asked of
+    /// the card company and nothing changed on the card.
+    #[error("card query {outcome}")]
+    Card {
+        /// The transport fault, when it was one.
+        fault: Option<CardFault>,
+        /// The query's outcome.
+        outcome: String,
+    },
+    /// The order cannot be paid (paid, cancelled or expired).
+    #[error("order {order} is {state}: it cannot be paid")]
+    OrderState {
+        /// The order.
+        order: String,
+        /// Its state.
+        state: String,
+    },
     /// The card's earlier load is still `unknown`: its recovery (`recovery_seq`) found
     /// no proof either way, so the card gets no new load until the card company decides
     /// (`cardvm issuer decide`).
@@ -867,10 +986,10 @@ pub async fn pay_order<T: crate::transport::CardTransport>(
     let order = client.order(order_id).await?;
     progress(&Step::Order(order.clone()));
     if order.state != "open" {
-        return Err(RechargeError::Reader(format!(
-            "order {order_id} is {}: it cannot be paid",
-            order.state
-        )));
+        return Err(RechargeError::OrderState {
+            order: order_id.into(),
+            state: order.state,
+        });
     }
     online(
         client,
@@ -921,17 +1040,20 @@ async fn online<T: crate::transport::CardTransport>(
             )
             .map_err(|e| RechargeError::Reader(e.to_string()))?;
         if !matches!(q.receipt.outcome, crate::receipt::Outcome::Committed) {
-            return Err(RechargeError::Reader(format!(
-                "card query {}",
-                q.receipt.outcome
-            )));
+            return Err(RechargeError::Card {
+                fault: CardFault::of(&q.report),
+                outcome: q.receipt.outcome.to_string(),
+            });
         }
+        let balance = match q.receipt.field("balance") {
+            Some(crate::receipt::FieldValue::Int(b)) => Some(*b),
+            _ => None,
+        };
+        let card_id = to_hex(&q.receipt.card_id);
+        let balance_before = balance;
         progress(&Step::CardRead {
-            card_id: to_hex(&q.receipt.card_id),
-            balance: match q.receipt.field("balance") {
-                Some(crate::receipt::FieldValue::Int(b)) => Some(*b),
-                _ => None,
-            },
+            card_id: card_id.clone(),
+            balance,
         });
         let bundle: BundleReply = match &mode {
             Mode::Purchase(order) => {
@@ -988,6 +1110,7 @@ async fn online<T: crate::transport::CardTransport>(
             _ => run(),
         }?;
         let outcome = done.receipt.outcome.to_string();
+        let card_fault = CardFault::of(&done.report);
         progress(&Step::CardDone {
             outcome: outcome.clone(),
         });
@@ -1015,6 +1138,9 @@ async fn online<T: crate::transport::CardTransport>(
                         settled: None,
                         delivery_error: Some(e.to_string()),
                         recovered,
+                        card_fault,
+                        balance_before,
+                        card_id,
                     });
                 }
             }
@@ -1029,12 +1155,66 @@ async fn online<T: crate::transport::CardTransport>(
             settled,
             delivery_error,
             recovered,
+            card_fault,
+            balance_before,
+            card_id,
         });
     }
     Err(RechargeError::Reader(
         "the service kept answering with recoveries; the card's earlier load is still undecided"
             .into(),
     ))
+}
+
+/// A card as the city's query script read it ([`read_card`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardInfo {
+    /// Card id (hex).
+    pub card_id: String,
+    /// Balance, fen, when the query reads it.
+    pub balance: Option<u64>,
+    /// Every field the query reported (balance, counters, validity, …), in order.
+    pub fields: Vec<(String, crate::receipt::FieldValue)>,
+}
+
+/// Reads the card on the reader with the city's sealed query script, before the
+/// cardholder chooses an amount: nothing is asked of the card company but the script, and
+/// nothing on the card changes (the reader lets only read-only commands through). The
+/// signed query receipt is journaled like every other.
+pub async fn read_card<T: crate::transport::CardTransport>(
+    client: &Client,
+    reader: &mut crate::reader::Reader,
+    card: &mut T,
+    city: u32,
+) -> Result<CardInfo, RechargeError> {
+    let mut rng = os_rng();
+    let query_script = from_hex(&client.query_script(city).await?.script)
+        .ok_or_else(|| RechargeError::Reader("query script: not hex".into()))?;
+    let mut nonce = [0u8; 16];
+    rand_core::Rng::fill_bytes(&mut rng, &mut nonce);
+    let q = reader
+        .query(
+            &query_script,
+            &nonce,
+            card,
+            &mut crate::vm::NoTrace,
+            &mut rng,
+        )
+        .map_err(|e| RechargeError::Reader(e.to_string()))?;
+    if !matches!(q.receipt.outcome, crate::receipt::Outcome::Committed) {
+        return Err(RechargeError::Card {
+            fault: CardFault::of(&q.report),
+            outcome: q.receipt.outcome.to_string(),
+        });
+    }
+    Ok(CardInfo {
+        card_id: to_hex(&q.receipt.card_id),
+        balance: match q.receipt.field("balance") {
+            Some(crate::receipt::FieldValue::Int(b)) => Some(*b),
+            _ => None,
+        },
+        fields: q.receipt.fields.clone(),
+    })
 }
 
 /// What [`sync`] did.

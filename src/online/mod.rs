@@ -4,6 +4,8 @@
 //! * [`service`] (feature `service`) — the issuer's HTTPS service: axum on tokio, rustls,
 //!   one [`crate::issuer::Issuer`] over a shared ledger (SQLite or PostgreSQL).
 //! * [`client`] (feature `client`) — the reader's side: reqwest over rustls.
+//! * [`kiosk`] (feature `client`) — outcome codes, messages and the JSON Lines events a
+//!   kiosk or a web page shows (docs/kiosk.md).
 //! * `metrics` (with `service`) — the service's Prometheus counters (`GET /metrics`).
 //!
 //! TLS gives confidentiality and the server's identity. It is ordinary TLS 1.2/1.3 with
@@ -22,3 +24,6 @@ mod metrics;
 
 #[cfg(feature = "client")]
 pub mod client;
+
+#[cfg(feature = "client")]
+pub mod kiosk;

@@ -157,6 +157,7 @@ impl From<IssuerError> for Refusal {
             E::Suspect { .. } => (StatusCode::FORBIDDEN, "card_suspect"),
             E::CardNotValid { .. } => (StatusCode::FORBIDDEN, "card_not_valid"),
             E::Limit { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "limit"),
+            E::Insufficient { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_balance"),
             E::NoBundle { .. } => (StatusCode::NOT_FOUND, "no_bundle"),
             E::UnknownOrder(_) => (StatusCode::NOT_FOUND, "unknown_order"),
             E::Order { .. } => (StatusCode::CONFLICT, "order_not_payable"),
