@@ -129,6 +129,20 @@ enum ClientCmd {
     },
 }
 
+/// Arguments of `cardvm agent`.
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    on: CardOn,
+    /// An origin allowed to drive the reader, exactly as the browser sends it
+    /// (`https://pay.citycard.example`); repeat for more. Every other page is refused.
+    #[arg(long = "origin", value_name = "ORIGIN", required = true)]
+    origins: Vec<String>,
+    /// The loopback port (0: any free port, printed).
+    #[arg(long, default_value_t = 47_731)]
+    port: u16,
+}
+
 /// What a transaction does on the card.
 #[derive(Debug, Clone)]
 enum What {
@@ -238,31 +252,14 @@ fn read_card_cmd(t: CardOn) -> CliResult {
     };
     let last = match read_card_on(&t) {
         Ok(info) => {
-            let fields: serde_json::Map<String, serde_json::Value> = info
-                .fields
-                .iter()
-                .map(|(name, v)| {
-                    let v = match v {
-                        cardvm::receipt::FieldValue::Int(i) => serde_json::json!(i),
-                        cardvm::receipt::FieldValue::Bytes(b) => {
-                            serde_json::json!(cardvm::issuer::ledger::hex(b))
-                        }
-                    };
-                    (name.clone(), v)
-                })
-                .collect();
-            emit(&Event::Card {
-                card_id: info.card_id.clone(),
-                balance_fen: info.balance,
-                balance: info.balance.map(cardvm::online::kiosk::yuan),
-                fields: fields.clone(),
-            });
-            if !json {
+            let event = cardvm::online::kiosk::card_event(&info);
+            emit(&event);
+            if !json && let Event::Card { fields, .. } = &event {
                 println!("card {}", info.card_id);
                 if let Some(b) = info.balance {
                     println!("balance {}", cardvm::online::kiosk::yuan(b));
                 }
-                for (name, v) in &fields {
+                for (name, v) in fields {
                     println!("{name} {v}");
                 }
             }
@@ -440,6 +437,119 @@ fn txn_on_card(t: CardOn, what: &What, progress: impl FnMut(&Step)) -> TxnResult
                 .map_err(|e| e.to_string())
         });
     Ok((result, synced))
+}
+
+/// A simulated card profile: loaded for each transaction and saved after it.
+struct SimSlot(PathBuf);
+
+impl cardvm::online::agent::CardSlot for SimSlot {
+    fn with_card(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn cardvm::transport::CardTransport) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let mut card = super::sim::load_card(&self.0)?;
+        let r = f(&mut card);
+        card.save(&self.0)
+            .map_err(|e| format!("{}: {e}", self.0.display()))?;
+        r
+    }
+
+    fn present(&mut self) -> Option<bool> {
+        Some(self.0.exists())
+    }
+}
+
+/// A PC/SC reader: the card is connected for each transaction.
+#[cfg(feature = "pcsc")]
+struct PcscSlot {
+    name: String,
+    wait: u64,
+    timeout: Duration,
+}
+
+#[cfg(feature = "pcsc")]
+impl cardvm::online::agent::CardSlot for PcscSlot {
+    fn with_card(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn cardvm::transport::CardTransport) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let mut card = super::pcsc::open_card("--pcsc", &self.name, self.wait, self.timeout)?;
+        f(&mut card)
+    }
+
+    fn present(&mut self) -> Option<bool> {
+        let ctx = cardvm::transport::pcsc::Context::establish().ok()?;
+        let name = ctx
+            .find_reader((!self.name.is_empty()).then_some(self.name.as_str()))
+            .ok()?;
+        ctx.reader_state(&name).ok().map(|s| s.card_present)
+    }
+}
+
+/// `cardvm agent`: the local reader agent (docs/agent.md).
+pub fn agent(args: AgentArgs) -> CliResult {
+    let AgentArgs { on, origins, port } = args;
+    for o in &origins {
+        if !(o.starts_with("https://")
+            || o.starts_with("http://127.0.0.1")
+            || o.starts_with("http://localhost"))
+            || o.ends_with('/')
+        {
+            return Err(format!(
+                "--origin {o}: an origin is https://host[:port] (http only for 127.0.0.1 or localhost), without a path"
+            ));
+        }
+    }
+    let (reader, _) = open_reader(&on.conn, &on.issuer_pub)?;
+    let key = super::keys::load_private_key(&on.conn.reader_dir.join("reader.key"))?;
+    let ca_pem = on
+        .conn
+        .server_ca
+        .as_deref()
+        .map(|p| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display())))
+        .transpose()?;
+    let slot: Box<dyn cardvm::online::agent::CardSlot> = match (&on.sim, &on.pcsc) {
+        (Some(profile), None) => Box::new(SimSlot(profile.clone())),
+        #[cfg(feature = "pcsc")]
+        (None, Some(name)) => Box::new(PcscSlot {
+            name: name.clone(),
+            wait: on.wait,
+            timeout: super::pcsc::apdu_timeout(on.apdu_timeout)?,
+        }),
+        #[cfg(not(feature = "pcsc"))]
+        (None, Some(_)) => {
+            return Err("--pcsc: this cardvm was built without the `pcsc` feature".into());
+        }
+        _ => return Err("give the card: --sim CARD.toml or --pcsc [READER]".into()),
+    };
+    let config = cardvm::online::agent::AgentConfig {
+        origins: origins.clone(),
+        city: on.city,
+        service: cardvm::online::agent::ServiceLink {
+            url: on.conn.server.clone(),
+            ca_pem,
+            reader_id: read_id(&on.conn.reader_dir)?,
+            key,
+            timeout: Duration::from_secs(on.conn.timeout),
+        },
+        poll: Duration::from_millis(500),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    rt.block_on(async {
+        let running = cardvm::online::agent::spawn(config, reader, slot, port).await?;
+        eprintln!(
+            "cardvm agent: listening on {} for {}",
+            running.url,
+            origins.join(", ")
+        );
+        let _ = tokio::signal::ctrl_c().await;
+        running.shutdown().await;
+        Ok(())
+    })
 }
 
 fn read_id(dir: &Path) -> Result<String, String> {

@@ -95,6 +95,9 @@ enum Command {
     Test(test::TestArgs),
     /// The reader's side of the online protocol: recharge a card, sync the journal.
     Client(client::ClientArgs),
+    /// The local reader agent: the card company's web page drives this reader through it
+    /// (loopback only, the given origins only; docs/agent.md).
+    Agent(client::AgentArgs),
     /// The card company's side: ledger, master keys, cities, readers, bundles, settlement,
     /// merchants, providers, clearing.
     Issuer(issuer::IssuerArgs),
@@ -126,6 +129,7 @@ pub fn dispatch(cli: Cli) -> CliResult {
         Command::Reader(a) => reader::run(a),
         Command::Issuer(a) => issuer::run(a),
         Command::Client(a) => client::run(a),
+        Command::Agent(a) => client::agent(a),
         Command::Merchant(a) => merchant::run(a),
         Command::Lsp(a) => lsp::run(a),
     }

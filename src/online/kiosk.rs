@@ -518,6 +518,28 @@ impl Progress {
     }
 }
 
+/// The `card` event of a card read ([`super::client::read_card`]).
+pub fn card_event(info: &super::client::CardInfo) -> Event {
+    Event::Card {
+        card_id: info.card_id.clone(),
+        balance_fen: info.balance,
+        balance: info.balance.map(yuan),
+        fields: info
+            .fields
+            .iter()
+            .map(|(name, v)| {
+                let v = match v {
+                    crate::receipt::FieldValue::Int(i) => serde_json::json!(i),
+                    crate::receipt::FieldValue::Bytes(b) => {
+                        serde_json::json!(super::protocol::to_hex(b))
+                    }
+                };
+                (name.clone(), v)
+            })
+            .collect(),
+    }
+}
+
 /// The text line of a progress event for a person (`[2/5] card …`).
 pub fn progress_line(e: &Event) -> Option<String> {
     match e {

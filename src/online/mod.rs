@@ -6,6 +6,8 @@
 //! * [`client`] (feature `client`) — the reader's side: reqwest over rustls.
 //! * [`kiosk`] (feature `client`) — outcome codes, messages and the JSON Lines events a
 //!   kiosk or a web page shows (docs/kiosk.md).
+//! * [`agent`] (feature `agent`) — the local reader agent a web page drives, on loopback,
+//!   for the card company's origins only (docs/agent.md).
 //! * `metrics` (with `service`) — the service's Prometheus counters (`GET /metrics`).
 //!
 //! TLS gives confidentiality and the server's identity. It is ordinary TLS 1.2/1.3 with
@@ -27,3 +29,6 @@ pub mod client;
 
 #[cfg(feature = "client")]
 pub mod kiosk;
+
+#[cfg(feature = "agent")]
+pub mod agent;
