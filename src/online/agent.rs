@@ -108,6 +108,8 @@ struct Agent {
     card: Mutex<Option<Card>>,
     tokens: Mutex<VecDeque<String>>,
     events: broadcast::Sender<String>,
+    /// Whether a card is on the reader, as last polled (a new event stream starts with it).
+    present: Mutex<Option<bool>>,
     port: u16,
 }
 
@@ -263,7 +265,15 @@ async fn event_stream(State(agent): State<Arc<Agent>>, Query(q): Query<TokenQuer
         return unpaired();
     }
     let rx = agent.events.subscribe();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+    // A page that subscribes late still learns whether a card is on the reader.
+    let now: Vec<Result<SseEvent, Infallible>> = (*agent
+        .present
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()))
+    .map(|p| Ok(SseEvent::default().data(presence_event(p))))
+    .into_iter()
+    .collect();
+    let later = futures_util::stream::unfold(rx, |mut rx| async move {
         loop {
             match rx.recv().await {
                 Ok(line) => return Some((Ok::<_, Infallible>(SseEvent::default().data(line)), rx)),
@@ -272,6 +282,7 @@ async fn event_stream(State(agent): State<Arc<Agent>>, Query(q): Query<TokenQuer
             }
         }
     });
+    let stream = futures_util::StreamExt::chain(futures_util::stream::iter(now), later);
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
@@ -524,6 +535,16 @@ fn job_on_card(agent: &Agent, card: &mut Card, job: &Job) -> Result<Box<Final>, 
     }
 }
 
+/// `card_present` or `card_removed`.
+fn presence_event(present: bool) -> String {
+    let event = if present {
+        "card_present"
+    } else {
+        "card_removed"
+    };
+    serde_json::json!({ "event": event }).to_string()
+}
+
 /// Polls the slot for a card arriving or leaving (when the reader is not in use).
 fn watch(agent: Arc<Agent>) {
     let mut last: Option<bool> = None;
@@ -536,15 +557,11 @@ fn watch(agent: Arc<Agent>) {
             Ok(mut g) => g.as_mut().and_then(|c| c.slot.present()),
             Err(_) => continue,
         };
-        if now.is_some() && now != last {
-            let event = if now == Some(true) {
-                "card_present"
-            } else {
-                "card_removed"
-            };
-            let _ = agent
-                .events
-                .send(serde_json::json!({ "event": event }).to_string());
+        if let Some(p) = now
+            && now != last
+        {
+            *agent.present.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+            let _ = agent.events.send(presence_event(p));
             last = now;
         }
     }
@@ -590,6 +607,7 @@ pub async fn spawn(
         card: Mutex::new(Some(Card { reader, slot })),
         tokens: Mutex::new(VecDeque::new()),
         events,
+        present: Mutex::new(None),
         port,
     });
     let watcher = agent.clone();

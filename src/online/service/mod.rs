@@ -31,6 +31,7 @@ use super::protocol::*;
 
 mod merchant;
 mod notify;
+mod page;
 mod payment;
 use crate::issuer::ledger::{Reservation, hex};
 use crate::issuer::{Issuer, IssuerError, Settled};
@@ -1132,6 +1133,7 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/journal", post(journal))
         .route("/v1/status", post(status))
         .route("/metrics", get(metrics))
+        .merge(page::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(READ_LIMIT))
         .layer(axum::middleware::from_fn_with_state(svc.clone(), guard))
