@@ -266,13 +266,11 @@ async fn event_stream(State(agent): State<Arc<Agent>>, Query(q): Query<TokenQuer
     }
     let rx = agent.events.subscribe();
     // A page that subscribes late still learns whether a card is on the reader.
-    let now: Vec<Result<SseEvent, Infallible>> = (*agent
-        .present
-        .lock()
-        .unwrap_or_else(|e| e.into_inner()))
-    .map(|p| Ok(SseEvent::default().data(presence_event(p))))
-    .into_iter()
-    .collect();
+    let now: Vec<Result<SseEvent, Infallible>> =
+        (*agent.present.lock().unwrap_or_else(|e| e.into_inner()))
+            .map(|p| Ok(SseEvent::default().data(presence_event(p))))
+            .into_iter()
+            .collect();
     let later = futures_util::stream::unfold(rx, |mut rx| async move {
         loop {
             match rx.recv().await {
