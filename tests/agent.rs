@@ -24,6 +24,8 @@ const PAGE: &str = "https://pay.citycard.example";
 struct Slot {
     card: Arc<Mutex<CpuCard>>,
     present: Arc<AtomicBool>,
+    /// Set by the test to keep a transaction on the card.
+    hold: Arc<AtomicBool>,
 }
 
 impl CardSlot for Slot {
@@ -33,6 +35,9 @@ impl CardSlot for Slot {
     ) -> Result<(), String> {
         if !self.present.load(Ordering::SeqCst) {
             return Err("no card on the reader".into());
+        }
+        while self.hold.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(10));
         }
         let mut card = self.card.lock().map_err(|_| "poisoned".to_string())?;
         f(&mut *card)
@@ -119,6 +124,7 @@ async fn only_the_card_companys_page_drives_the_reader_with_confirmation() {
     let (reader, _) = c.reader(0);
     let card = Arc::new(Mutex::new(cluster::card(7, 500)));
     let present = Arc::new(AtomicBool::new(true));
+    let hold = Arc::new(AtomicBool::new(false));
     let card_id = cardvm::issuer::ledger::hex(card.lock().expect("lock").card_number());
     let agent = spawn(
         AgentConfig {
@@ -137,6 +143,7 @@ async fn only_the_card_companys_page_drives_the_reader_with_confirmation() {
         Box::new(Slot {
             card: card.clone(),
             present: present.clone(),
+            hold: hold.clone(),
         }),
         0,
     )
@@ -300,6 +307,52 @@ async fn only_the_card_companys_page_drives_the_reader_with_confirmation() {
         })
         .collect();
     assert_eq!(steps, [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]);
+
+    // One transaction at a time: while one is on the card, another is `409 busy`, and
+    // the presence poll does not make a request busy.
+    hold.store(true, Ordering::SeqCst);
+    let first = {
+        let (http, base, t) = (page.http.clone(), page.base.clone(), token.clone());
+        tokio::spawn(async move {
+            http.post(format!("{base}/v1/card"))
+                .header("origin", PAGE)
+                .header("authorization", format!("Bearer {t}"))
+                .json(&json!({}))
+                .send()
+                .await
+                .expect("agent")
+                .status()
+                .as_u16()
+        })
+    };
+    let mut running = false;
+    for _ in 0..200 {
+        let status: Value = page
+            .http
+            .get(format!("{}/v1/status", page.base))
+            .header("origin", PAGE)
+            .header("authorization", format!("Bearer {token}"))
+            .send()
+            .await
+            .expect("agent")
+            .json()
+            .await
+            .expect("json");
+        if status["busy"] == true {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(running, "the first request is on the card");
+    let (s, _, v) = page.post("/v1/card", Some(&token), json!({})).await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("busy")), "{v}");
+    hold.store(false, Ordering::SeqCst);
+    assert_eq!(first.await.expect("first"), 200);
+    for _ in 0..5 {
+        let (s, _, v) = page.post("/v1/card", Some(&token), json!({})).await;
+        assert_eq!((s, v["code"].as_str()), (200, Some("card_read")), "{v}");
+    }
 
     // The card taken off the reader: announced; a request now says there is no card.
     present.store(false, Ordering::SeqCst);

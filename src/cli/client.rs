@@ -478,7 +478,7 @@ impl cardvm::online::agent::CardSlot for PcscSlot {
     }
 
     fn present(&mut self) -> Option<bool> {
-        let ctx = cardvm::transport::pcsc::Context::establish().ok()?;
+        let ctx = cardvm::transport::pcsc::PcscContext::establish().ok()?;
         let name = ctx
             .find_reader((!self.name.is_empty()).then_some(self.name.as_str()))
             .ok()?;

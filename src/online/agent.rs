@@ -105,7 +105,10 @@ const MAX_TOKENS: usize = 8;
 
 struct Agent {
     config: AgentConfig,
-    card: Mutex<Option<Card>>,
+    card: Mutex<Card>,
+    /// A transaction is running: another request is `409 busy` (the card's lock alone
+    /// would also be held, briefly, by the presence poll).
+    busy: std::sync::atomic::AtomicBool,
     tokens: Mutex<VecDeque<String>>,
     events: broadcast::Sender<String>,
     /// Whether a card is on the reader, as last polled (a new event stream starts with it).
@@ -246,7 +249,7 @@ async fn status(State(agent): State<Arc<Agent>>, headers: HeaderMap) -> Response
     if !bearer(&headers).is_some_and(|t| agent.paired(t)) {
         return unpaired();
     }
-    let busy = agent.card.try_lock().is_err();
+    let busy = agent.busy.load(std::sync::atomic::Ordering::SeqCst);
     axum::Json(serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "city": agent.config.city,
@@ -371,23 +374,29 @@ async fn run_job(agent: Arc<Agent>, headers: &HeaderMap, job: Job) -> Response {
     }
     let worker = agent.clone();
     let done = tokio::task::spawn_blocking(move || {
-        let mut guard = match worker.card.try_lock() {
-            Ok(g) => g,
-            Err(_) => {
-                return Err(Stop::Refused(
-                    StatusCode::CONFLICT,
-                    "busy",
-                    "the reader is busy with another request".into(),
-                ));
-            }
-        };
-        let Some(card) = guard.as_mut() else {
+        use std::sync::atomic::Ordering;
+        if worker
+            .busy
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
             return Err(Stop::Refused(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_reader",
-                "the agent has no reader".into(),
+                StatusCode::CONFLICT,
+                "busy",
+                "the reader is busy with another request".into(),
             ));
-        };
+        }
+        /// Clears `busy` however the job ends.
+        struct Idle<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Idle<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let _idle = Idle(&worker.busy);
+        // Waits for a presence poll that holds the card, never for another job.
+        let mut guard = worker.card.lock().unwrap_or_else(|p| p.into_inner());
+        let card = &mut *guard;
         job_on_card(&worker, card, &job)
     })
     .await;
@@ -552,7 +561,7 @@ fn watch(agent: Arc<Agent>) {
             return;
         }
         let now = match agent.card.try_lock() {
-            Ok(mut g) => g.as_mut().and_then(|c| c.slot.present()),
+            Ok(mut g) => g.slot.present(),
             Err(_) => continue,
         };
         if let Some(p) = now
@@ -602,7 +611,8 @@ pub async fn spawn(
     let (events, _) = broadcast::channel(256);
     let agent = Arc::new(Agent {
         config,
-        card: Mutex::new(Some(Card { reader, slot })),
+        card: Mutex::new(Card { reader, slot }),
+        busy: std::sync::atomic::AtomicBool::new(false),
         tokens: Mutex::new(VecDeque::new()),
         events,
         present: Mutex::new(None),
