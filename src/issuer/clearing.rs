@@ -637,8 +637,8 @@ pub fn items_csv(c: &Clearing) -> String {
     s
 }
 
-/// A CSV field, quoted when it holds a comma, quote or line break.
-fn csv_field(s: &str) -> String {
+/// A CSV field (RFC 4180): quoted when it holds a comma, a quote or a line break.
+pub(super) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

@@ -244,23 +244,15 @@ pub fn findings_csv(r: &Reconciliation) -> String {
         s.push_str(&format!(
             "{},{},{},{},{},{},{}\n",
             f.kind,
-            quote(&f.reader_id),
+            super::clearing::csv_field(&f.reader_id),
             f.seq,
             f.card_id,
-            quote(&f.journal),
+            super::clearing::csv_field(&f.journal),
             f.journal_seq,
-            quote(&f.detail)
+            super::clearing::csv_field(&f.detail)
         ));
     }
     s
-}
-
-fn quote(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
 }
 
 /// Reads a journal's transaction receipts (queries and lost-entry records are skipped).
