@@ -1674,7 +1674,7 @@ impl Issuer {
         }
     }
 
-    fn already(&self, row: &TxnRow, receipt_sm3: &str) -> Result<Settled, IssuerError> {
+    pub(super) fn already(&self, row: &TxnRow, receipt_sm3: &str) -> Result<Settled, IssuerError> {
         if row
             .receipt_sm3
             .as_deref()

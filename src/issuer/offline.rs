@@ -545,28 +545,7 @@ impl Issuer {
                 already: false,
                 decided: None,
             }),
-            OfflineRecorded::Already(row) => {
-                if row
-                    .receipt_sm3
-                    .as_deref()
-                    .is_some_and(|s| s.eq_ignore_ascii_case(receipt_sm3))
-                {
-                    Ok(Settled {
-                        reader_id: row.reader_id.clone(),
-                        seq: row.seq,
-                        kind: row.kind,
-                        state: row.state,
-                        already: true,
-                        decided: None,
-                    })
-                } else {
-                    Err(IssuerError::SettledByOther {
-                        reader: row.reader_id.clone(),
-                        seq: row.seq,
-                        state: row.state,
-                    })
-                }
-            }
+            OfflineRecorded::Already(row) => self.already(&row, receipt_sm3),
         }
     }
 }

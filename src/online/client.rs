@@ -1028,23 +1028,7 @@ async fn online<T: crate::transport::CardTransport>(
     // At most one recovery before the load: the service answers a card with an unknown
     // load by its recovery bundle; after that the card gets its load.
     for _round in 0..3 {
-        let mut nonce = [0u8; 16];
-        rand_core::Rng::fill_bytes(&mut rng, &mut nonce);
-        let q = reader
-            .query(
-                &query_script,
-                &nonce,
-                card,
-                &mut crate::vm::NoTrace,
-                &mut rng,
-            )
-            .map_err(|e| RechargeError::Reader(e.to_string()))?;
-        if !matches!(q.receipt.outcome, crate::receipt::Outcome::Committed) {
-            return Err(RechargeError::Card {
-                fault: CardFault::of(&q.report),
-                outcome: q.receipt.outcome.to_string(),
-            });
-        }
+        let q = query_card(reader, card, &query_script, &mut rng)?;
         let balance = match q.receipt.field("balance") {
             Some(crate::receipt::FieldValue::Int(b)) => Some(*b),
             _ => None,
@@ -1166,6 +1150,28 @@ async fn online<T: crate::transport::CardTransport>(
     ))
 }
 
+/// Runs the city's sealed query on the card with a fresh nonce; a query that did not
+/// complete is [`RechargeError::Card`], with the card's fault when it was one.
+fn query_card<T: crate::transport::CardTransport, R: rand_core::CryptoRng>(
+    reader: &mut crate::reader::Reader,
+    card: &mut T,
+    query_script: &[u8],
+    rng: &mut R,
+) -> Result<crate::reader::Completed, RechargeError> {
+    let mut nonce = [0u8; 16];
+    rand_core::Rng::fill_bytes(rng, &mut nonce);
+    let q = reader
+        .query(query_script, &nonce, card, &mut crate::vm::NoTrace, rng)
+        .map_err(|e| RechargeError::Reader(e.to_string()))?;
+    if !matches!(q.receipt.outcome, crate::receipt::Outcome::Committed) {
+        return Err(RechargeError::Card {
+            fault: CardFault::of(&q.report),
+            outcome: q.receipt.outcome.to_string(),
+        });
+    }
+    Ok(q)
+}
+
 /// A card as the city's query script read it ([`read_card`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CardInfo {
@@ -1190,23 +1196,7 @@ pub async fn read_card<T: crate::transport::CardTransport>(
     let mut rng = os_rng();
     let query_script = from_hex(&client.query_script(city).await?.script)
         .ok_or_else(|| RechargeError::Reader("query script: not hex".into()))?;
-    let mut nonce = [0u8; 16];
-    rand_core::Rng::fill_bytes(&mut rng, &mut nonce);
-    let q = reader
-        .query(
-            &query_script,
-            &nonce,
-            card,
-            &mut crate::vm::NoTrace,
-            &mut rng,
-        )
-        .map_err(|e| RechargeError::Reader(e.to_string()))?;
-    if !matches!(q.receipt.outcome, crate::receipt::Outcome::Committed) {
-        return Err(RechargeError::Card {
-            fault: CardFault::of(&q.report),
-            outcome: q.receipt.outcome.to_string(),
-        });
-    }
+    let q = query_card(reader, card, &query_script, &mut rng)?;
     Ok(CardInfo {
         card_id: to_hex(&q.receipt.card_id),
         balance: match q.receipt.field("balance") {
